@@ -1,0 +1,1 @@
+//! Benches: `cargo bench -p resilience-benches`; peer comparisons in `benches/*.sh`.

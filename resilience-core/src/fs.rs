@@ -1,0 +1,1 @@
+//! A directory [`crate::source::Source`] and [`crate::source::Target`].

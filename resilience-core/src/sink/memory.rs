@@ -1,0 +1,146 @@
+//! An in-memory [`Sink`], for unit tests and examples.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+
+use super::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
+
+/// A [`Sink`] that keeps objects in a map. Cheap to create; shares nothing between instances.
+///
+/// ```
+/// use resilience_core::sink::{MemorySink, Sink, PutMode};
+/// # tokio_test_block(async {
+/// let sink = MemorySink::new();
+/// sink.put("config", "{}".into(), PutMode::Create).await.unwrap();
+/// assert_eq!(sink.get("config").await.unwrap(), "{}");
+/// # });
+/// # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    objects: Mutex<BTreeMap<String, Bytes>>,
+}
+
+impl MemorySink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lookup(&self, key: &str) -> Result<Bytes, SinkError> {
+        self.objects
+            .lock()
+            .expect("memory sink lock poisoned")
+            .get(key)
+            .cloned()
+            .ok_or_else(|| SinkError::NotFound { key: key.to_owned() })
+    }
+
+    /// Replaces an object's bytes without any check: for tests that damage a repository.
+    pub fn tamper(&self, key: &str, data: Bytes) {
+        self.objects
+            .lock()
+            .expect("memory sink lock poisoned")
+            .insert(key.to_owned(), data);
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    fn location(&self) -> String {
+        "memory://".to_owned()
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+        let mut objects = self.objects.lock().expect("memory sink lock poisoned");
+        if mode == PutMode::Create && objects.contains_key(key) {
+            return Err(SinkError::AlreadyExists { key: key.to_owned() });
+        }
+        objects.insert(key.to_owned(), data);
+        Ok(())
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
+        let buffer = data
+            .try_fold(BytesMut::new(), |mut acc, part| async move {
+                acc.extend_from_slice(&part);
+                Ok(acc)
+            })
+            .await?;
+        let len = buffer.len() as u64;
+        self.put(key, buffer.freeze(), mode).await?;
+        Ok(len)
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
+        self.lookup(key)
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
+        let data = self.lookup(key)?;
+        let size = data.len() as u64;
+        if range.start > range.end || range.end > size {
+            return Err(SinkError::BadRange {
+                key: key.to_owned(),
+                start: range.start,
+                end: range.end,
+                size,
+            });
+        }
+        Ok(data.slice(range.start as usize..range.end as usize))
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
+        let data = self.lookup(key)?;
+        let parts: Vec<Result<Bytes, SinkError>> = data
+            .chunks(1 << 20)
+            .map(|c| Ok(data.slice_ref(c)))
+            .collect();
+        Ok(stream::iter(parts).boxed())
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
+        let data = self.lookup(key)?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: data.len() as u64,
+        })
+    }
+
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
+        let metas: Vec<Result<ObjectMeta, SinkError>> = self
+            .objects
+            .lock()
+            .expect("memory sink lock poisoned")
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| {
+                Ok(ObjectMeta {
+                    key: k.clone(),
+                    size: v.len() as u64,
+                })
+            })
+            .collect();
+        stream::iter(metas).boxed()
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        self.objects
+            .lock()
+            .expect("memory sink lock poisoned")
+            .remove(key);
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! Where backups come from and restores go to.
+//!
+//! A [`Source`] produces one snapshot as a stream of entries, each with an async reader for its
+//! content; a [`Target`] is its inverse and applies entries on restore. Adapters implement them
+//! for one store each (a directory here; Postgres, Redis and buckets in their own crates).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+use crate::entry::EntryMeta;
+use crate::sink::BoxError;
+
+/// An entry's content, read once, front to back.
+pub type EntryReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// A source's identity: the catalog groups backups by it, retention applies per source, and a
+/// backup reuses the previous snapshot of the same source id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SourceDescriptor {
+    /// A stable name chosen by the user or derived from the location (`dir:/srv/docs`).
+    pub id: String,
+    /// The kind of store: `dir`, `postgres`, `redis`, `bucket`, …
+    pub kind: String,
+}
+
+/// Store-specific facts about one snapshot, recorded in the catalog (Postgres LSNs and timeline,
+/// Redis server version, bucket versioning…). Values are JSON so that each adapter keeps its own
+/// typed view.
+pub type SourceMetadata = BTreeMap<String, serde_json::Value>;
+
+/// One entry produced by a source.
+pub struct SourceEntry {
+    /// Its metadata.
+    pub meta: EntryMeta,
+    /// Its content, for [`crate::entry::EntryKind::File`] entries.
+    pub content: Option<EntryReader>,
+}
+
+/// A failure in a source or target, naming the object (file, key, table) it concerned.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} of {object} failed: {message}")]
+pub struct AdapterError {
+    /// What was being done ("read", "open", "list", "write", …).
+    pub operation: &'static str,
+    /// The path, key or URL concerned.
+    pub object: String,
+    /// What went wrong, in words.
+    pub message: String,
+    /// The underlying error, if any.
+    #[source]
+    pub source: Option<BoxError>,
+}
+
+impl AdapterError {
+    /// An error with a cause.
+    pub fn new(
+        operation: &'static str,
+        object: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        let source = source.into();
+        AdapterError {
+            operation,
+            object: object.into(),
+            message: source.to_string(),
+            source: Some(source),
+        }
+    }
+
+    /// An error described in words only.
+    pub fn msg(operation: &'static str, object: impl Into<String>, message: impl Into<String>) -> Self {
+        AdapterError {
+            operation,
+            object: object.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
+/// Produces snapshots.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// Which source this is.
+    fn descriptor(&self) -> SourceDescriptor;
+
+    /// Begins one snapshot (for Postgres: `pg_backup_start`), returning its entry stream.
+    async fn start(&self) -> Result<Box<dyn SourceSession>, AdapterError>;
+}
+
+/// One snapshot being taken.
+///
+/// Entries should come in [`crate::entry::EntryPath::walk_cmp`] order where the source can
+/// (it lets the engine reuse unchanged content without reading it); any order is correct.
+#[async_trait]
+pub trait SourceSession: Send {
+    /// The next entry, or `None` when the snapshot is complete. A source may emit entries
+    /// after finishing its own work (Postgres' `backup_label` after `pg_backup_stop`).
+    async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError>;
+
+    /// Store-specific metadata, called once after `next_entry` returned `None`.
+    async fn finish(&mut self) -> Result<SourceMetadata, AdapterError>;
+}
+
+/// Applies a snapshot's entries on restore.
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// Creates an entry. For file-like entries returns a writer that receives the content in
+    /// order; for directories, symlinks and others creates them and returns `None`.
+    /// Several entries may be open at once.
+    async fn create(&self, meta: &EntryMeta) -> Result<Option<Box<dyn ContentWriter>>, AdapterError>;
+
+    /// Called for every entry in a second pass, after all content is written, to apply what
+    /// writing would disturb (directory times, read-only modes).
+    async fn apply_metadata(&self, meta: &EntryMeta) -> Result<(), AdapterError>;
+
+    /// Called once at the end of a successful restore.
+    async fn finish(&self) -> Result<(), AdapterError>;
+}
+
+/// Receives one entry's content during a restore.
+#[async_trait]
+pub trait ContentWriter: Send {
+    /// Appends the next piece of content.
+    async fn write(&mut self, data: Bytes) -> Result<(), AdapterError>;
+
+    /// Called after the last piece; makes the entry durable and complete.
+    async fn complete(self: Box<Self>) -> Result<(), AdapterError>;
+}
