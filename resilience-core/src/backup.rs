@@ -1,0 +1,548 @@
+//! Taking a backup: entries from a [`Source`] are chunked, hashed, deduplicated, compressed,
+//! sealed and packed; the snapshot and its catalog record become visible only after every pack
+//! and index they depend on is durable.
+//!
+//! Memory stays bounded whatever the data: a bounded window of chunks is in flight, packs are
+//! uploaded with bounded concurrency, and the tree is written as it is produced.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinSet;
+
+use crate::blob::{self, BlobId, BlobKind};
+use crate::catalog::{BackupKind, BackupRecord, BackupStatus, Catalog, CatalogQuery};
+use crate::chunker::Chunker;
+use crate::entry::{EntryKind, EntryMeta};
+use crate::error::{Error, Result};
+use crate::index::{Index, PackRecord};
+use crate::lock::{self, LockKind, RepoLock};
+use crate::object::{self, ObjectKind};
+use crate::pack::{self, PackBuilder};
+use crate::progress::Progress;
+use crate::repo::{self, Repository};
+use crate::restore::TreeReader;
+use crate::snapshot::{self, BlobRef, Content, Manifest, TreeRecord};
+use crate::source::{EntryReader, Source};
+
+/// How to take a backup.
+#[derive(Clone)]
+pub struct BackupOptions {
+    /// Labels recorded with the backup.
+    pub labels: BTreeMap<String, String>,
+    /// Reuse unchanged entries of the latest succeeded snapshot of the same source.
+    pub use_parent: bool,
+    /// Chunks hashed, compressed and sealed at once.
+    pub chunk_concurrency: usize,
+    /// Packs uploaded at once.
+    pub upload_concurrency: usize,
+    /// Progress reports.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        BackupOptions {
+            labels: BTreeMap::new(),
+            use_parent: true,
+            chunk_concurrency: cores * 2,
+            upload_concurrency: 3,
+            progress: None,
+        }
+    }
+}
+
+/// What a backup did.
+#[derive(Clone, Debug)]
+pub struct BackupReport {
+    /// The snapshot's catalog record, as finally written.
+    pub record: BackupRecord,
+    /// Entries whose content was reused from the parent without reading.
+    pub reused_entries: u64,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+struct Shared {
+    repo: Repository,
+    dedup: Mutex<Dedup>,
+}
+
+struct Dedup {
+    index: Index,
+    claimed: HashSet<BlobId>,
+}
+
+struct Encoded {
+    id: BlobId,
+    kind: BlobKind,
+    raw_len: u32,
+    stored: Vec<u8>,
+}
+
+/// Seals full packs and uploads them with bounded concurrency; writes an index file every few
+/// packs so that an interrupted backup loses little.
+struct Packer {
+    shared: Arc<Shared>,
+    current: PackBuilder,
+    uploads: JoinSet<Result<PackRecord>>,
+    max_uploads: usize,
+    unindexed: Vec<PackRecord>,
+    stored_bytes: u64,
+}
+
+const PACKS_PER_INDEX: usize = 16;
+
+impl Packer {
+    fn new(shared: Arc<Shared>, max_uploads: usize) -> Self {
+        let cap = shared.repo.config.pack_size as usize + 1024;
+        Packer {
+            current: PackBuilder::new(shared.repo.keys.current_key_id(), cap),
+            shared,
+            uploads: JoinSet::new(),
+            max_uploads: max_uploads.max(1),
+            unindexed: Vec::new(),
+            stored_bytes: 0,
+        }
+    }
+
+    async fn add(&mut self, blob: Encoded) -> Result<()> {
+        self.current.add(blob.id, blob.kind, blob.raw_len, &blob.stored);
+        if self.current.len() >= self.shared.repo.config.pack_size as usize {
+            self.seal_current().await?;
+        }
+        Ok(())
+    }
+
+    async fn seal_current(&mut self) -> Result<()> {
+        if self.current.is_empty() {
+            return Ok(());
+        }
+        while self.uploads.len() >= self.max_uploads {
+            self.reap_one().await?;
+        }
+        let cap = self.shared.repo.config.pack_size as usize + 1024;
+        let full = std::mem::replace(&mut self.current, PackBuilder::new(self.shared.repo.keys.current_key_id(), cap));
+        let shared = self.shared.clone();
+        self.uploads.spawn(async move {
+            let keys = shared.repo.keys.clone();
+            let key_id = keys.current_key_id();
+            let (id, bytes, blobs) = tokio::task::spawn_blocking(move || full.finish(&keys))
+                .await
+                .map_err(|e| Error::Invalid(format!("pack sealing task failed: {e}")))?;
+            let size = bytes.len() as u64;
+            repo::put_idempotent(shared.repo.sink.as_ref(), &pack::pack_key(&id), bytes).await?;
+            Ok(PackRecord { id, size, key_id, blobs })
+        });
+        Ok(())
+    }
+
+    async fn reap_one(&mut self) -> Result<()> {
+        if let Some(done) = self.uploads.join_next().await {
+            let record = done.map_err(|e| Error::Invalid(format!("pack upload task failed: {e}")))??;
+            self.stored_bytes += record.size;
+            self.unindexed.push(record);
+            if self.unindexed.len() >= PACKS_PER_INDEX {
+                self.flush_index().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_index(&mut self) -> Result<()> {
+        let packs = std::mem::take(&mut self.unindexed);
+        self.stored_bytes += self.shared.repo.write_index(&packs).await?;
+        let mut dedup = self.shared.dedup.lock().expect("dedup lock poisoned");
+        for p in &packs {
+            dedup.index.add_pack(p);
+        }
+        Ok(())
+    }
+
+    /// Seals the last pack, waits for every upload, writes the remaining index.
+    async fn finish(&mut self) -> Result<()> {
+        self.seal_current().await?;
+        while !self.uploads.is_empty() {
+            self.reap_one().await?;
+        }
+        self.flush_index().await
+    }
+}
+
+/// Hashes a chunk and, unless the repository (or this backup) already has it, seals it.
+fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Option<Encoded>) {
+    let repo = &shared.repo;
+    let id = repo.keys.blob_id(&chunk);
+    let r = BlobRef { id, len: chunk.len() as u32 };
+    {
+        let mut dedup = shared.dedup.lock().expect("dedup lock poisoned");
+        if dedup.index.contains(&id) || !dedup.claimed.insert(id) {
+            return (r, None);
+        }
+    }
+    let mut stored = Vec::with_capacity(chunk.len() / 2 + 64);
+    blob::encode_blob(&repo.keys.current_key(), kind, &id, &chunk, repo.config.compression_level, &mut stored);
+    (r, Some(Encoded { id, kind, raw_len: chunk.len() as u32, stored }))
+}
+
+/// Feeds chunks through hashing and sealing with a bounded window, in order.
+struct ChunkPipeline {
+    shared: Arc<Shared>,
+    inflight: FuturesOrdered<tokio::task::JoinHandle<(BlobRef, Option<Encoded>)>>,
+    window: usize,
+    new_bytes: u64,
+}
+
+impl ChunkPipeline {
+    async fn push(&mut self, kind: BlobKind, chunk: Bytes, packer: &mut Packer, refs: &mut Vec<BlobRef>) -> Result<()> {
+        while self.inflight.len() >= self.window {
+            self.pop(packer, refs).await?;
+        }
+        let shared = self.shared.clone();
+        self.inflight
+            .push_back(tokio::task::spawn_blocking(move || hash_and_seal(&shared, kind, chunk)));
+        Ok(())
+    }
+
+    async fn pop(&mut self, packer: &mut Packer, refs: &mut Vec<BlobRef>) -> Result<()> {
+        if let Some(done) = self.inflight.next().await {
+            let (r, encoded) = done.map_err(|e| Error::Invalid(format!("chunk task failed: {e}")))?;
+            refs.push(r);
+            if let Some(enc) = encoded {
+                if enc.kind == BlobKind::Data {
+                    self.new_bytes += enc.raw_len as u64;
+                }
+                packer.add(enc).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self, packer: &mut Packer, refs: &mut Vec<BlobRef>) -> Result<()> {
+        while !self.inflight.is_empty() {
+            self.pop(packer, refs).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Walks the parent snapshot's tree alongside the new entries, to reuse unchanged content.
+struct ParentCursor {
+    reader: Option<TreeReader>,
+    current: Option<TreeRecord>,
+}
+
+impl ParentCursor {
+    async fn find(&mut self, meta: &EntryMeta) -> Result<Option<Vec<BlobRef>>> {
+        let Some(fingerprint) = &meta.fingerprint else { return Ok(None) };
+        loop {
+            if self.current.is_none() {
+                let Some(reader) = self.reader.as_mut() else { return Ok(None) };
+                self.current = reader.next().await?;
+                if self.current.is_none() {
+                    self.reader = None;
+                    return Ok(None);
+                }
+            }
+            let cur = self.current.as_ref().expect("set above");
+            match cur.meta.path.walk_cmp(&meta.path) {
+                std::cmp::Ordering::Less => self.current = None,
+                std::cmp::Ordering::Greater => return Ok(None),
+                std::cmp::Ordering::Equal => {
+                    let same = cur.meta.kind == EntryKind::File
+                        && cur.meta.size == meta.size
+                        && cur.meta.fingerprint.as_ref() == Some(fingerprint);
+                    return Ok(match (&cur.content, same) {
+                        (Content::Blobs(b), true) => Some(b.clone()),
+                        _ => None,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Repository {
+    /// Backs up `source` into a new snapshot.
+    pub async fn backup(&self, source: &dyn Source, options: BackupOptions) -> Result<BackupReport> {
+        let started = Instant::now();
+        let started_at = self.clock.now();
+        let id = repo::new_backup_id(started_at);
+        let descriptor = source.descriptor();
+        let lock = RepoLock::acquire(
+            self.sink.clone(),
+            self.clock.clone(),
+            LockKind::Shared,
+            "backup",
+            Some(id.clone()),
+            self.lock_settings,
+        )
+        .await?;
+        if let Err(e) = self.reap_interrupted().await {
+            tracing::warn!(error = %e, "could not mark interrupted backups failed");
+        }
+        let catalog = self.catalog();
+        let mut record = BackupRecord {
+            id: id.clone(),
+            revision: 1,
+            source: descriptor.clone(),
+            kind: BackupKind::Full,
+            status: BackupStatus::Running,
+            error: None,
+            started_at,
+            finished_at: None,
+            logical_bytes: 0,
+            stored_bytes: 0,
+            new_bytes: 0,
+            entries: 0,
+            manifest_checksum: None,
+            tier: Default::default(),
+            labels: options.labels.clone(),
+            legal_hold: false,
+            verifications: Vec::new(),
+            source_metadata: Default::default(),
+            parent: None,
+            host: lock::host_name(),
+            updated_at: started_at,
+        };
+        catalog.put(&record).await?;
+        let outcome = self.run_backup(source, &options, &mut record, &lock).await;
+        record.revision += 1;
+        record.finished_at = Some(self.clock.now());
+        record.updated_at = self.clock.now();
+        let result = match outcome {
+            Ok(reused) => {
+                lock.check()?;
+                record.status = BackupStatus::Succeeded;
+                catalog.put(&record).await?;
+                Ok(BackupReport { record: record.clone(), reused_entries: reused, duration: started.elapsed() })
+            }
+            Err(e) => {
+                record.status = BackupStatus::Failed;
+                record.error = Some(e.to_string());
+                if let Err(e2) = catalog.put(&record).await {
+                    tracing::warn!(error = %e2, backup = %id, "could not record the failure");
+                }
+                Err(e)
+            }
+        };
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "could not remove the backup lock; it will expire");
+        }
+        result
+    }
+
+    async fn run_backup(
+        &self,
+        source: &dyn Source,
+        options: &BackupOptions,
+        record: &mut BackupRecord,
+        lock: &RepoLock,
+    ) -> Result<u64> {
+        let mut index = self.load_index().await?;
+        let adopted = self.unindexed_packs(&index).await?;
+        for p in &adopted {
+            index.add_pack(p);
+        }
+        let parent = if options.use_parent { self.latest_for_source(&record.source.id).await? } else { None };
+        let mut cursor = ParentCursor { reader: None, current: None };
+        if let Some(parent) = &parent {
+            let manifest = self.load_manifest(parent).await?;
+            record.parent = Some(parent.id.clone());
+            record.kind = BackupKind::Incremental;
+            cursor.reader = Some(TreeReader::new(self.clone(), &index, &manifest.tree));
+        }
+        let shared = Arc::new(Shared {
+            repo: self.clone(),
+            dedup: Mutex::new(Dedup { index, claimed: HashSet::new() }),
+        });
+        let mut packer = Packer::new(shared.clone(), options.upload_concurrency);
+        packer.unindexed = adopted;
+        let new_pipeline = || ChunkPipeline {
+            shared: shared.clone(),
+            inflight: FuturesOrdered::new(),
+            window: options.chunk_concurrency.max(1),
+            new_bytes: 0,
+        };
+        // Content and tree chunks go through separate pipelines so their refs never mix.
+        let mut pipeline = new_pipeline();
+        let mut tree_pipeline = new_pipeline();
+        let mut chunker = Chunker::new(self.config.chunker, self.keys.chunker_seed());
+        let mut tree_chunker = Chunker::new(self.config.chunker, self.keys.chunker_seed());
+        let mut tree_refs: Vec<BlobRef> = Vec::new();
+        let mut record_buf = Vec::new();
+        let (mut entries, mut logical, mut reused) = (0u64, 0u64, 0u64);
+
+        let mut session = source.start().await?;
+        while let Some(entry) = session.next_entry().await? {
+            let mut meta = entry.meta;
+            if let Some(p) = &options.progress {
+                p.entry(&meta);
+            }
+            let content = match (meta.kind, entry.content) {
+                (EntryKind::File, Some(reader)) => {
+                    let reuse = cursor.find(&meta).await?;
+                    let reusable = reuse.filter(|refs| {
+                        let dedup = shared.dedup.lock().expect("dedup lock poisoned");
+                        refs.iter().all(|r| dedup.index.contains(&r.id))
+                    });
+                    if let Some(refs) = reusable {
+                        reused += 1;
+                        if let Some(p) = &options.progress {
+                            p.bytes(meta.size);
+                        }
+                        Content::Blobs(refs)
+                    } else {
+                        let (content, read) = self
+                            .store_content(reader, &meta, &mut chunker, &mut pipeline, &mut packer, options)
+                            .await?;
+                        if read != meta.size {
+                            tracing::warn!(entry = %meta.path, expected = meta.size, read, "entry changed size while it was read; recording what was read");
+                            meta.size = read;
+                        }
+                        content
+                    }
+                }
+                _ => Content::None,
+            };
+            entries += 1;
+            logical += meta.size;
+            snapshot::encode_record(&TreeRecord { meta, content }, &mut record_buf);
+            tree_chunker.push(&record_buf);
+            record_buf.clear();
+            while let Some(chunk) = tree_chunker.next_chunk(false) {
+                tree_pipeline.push(BlobKind::Tree, chunk, &mut packer, &mut tree_refs).await?;
+            }
+        }
+        let source_metadata = session.finish().await?;
+        drop(session);
+        while let Some(chunk) = tree_chunker.next_chunk(true) {
+            tree_pipeline.push(BlobKind::Tree, chunk, &mut packer, &mut tree_refs).await?;
+        }
+        tree_pipeline.drain(&mut packer, &mut tree_refs).await?;
+        packer.finish().await?;
+        lock.check()?;
+
+        let finished_at = self.clock.now();
+        let manifest = Manifest {
+            format: snapshot::SNAPSHOT_FORMAT,
+            id: record.id.clone(),
+            source: record.source.clone(),
+            started_at: record.started_at,
+            finished_at,
+            entries,
+            logical_bytes: logical,
+            tree: tree_refs,
+            source_metadata: source_metadata.clone(),
+            labels: record.labels.clone(),
+            parent: record.parent.clone(),
+        };
+        let key = snapshot::manifest_key(&record.id);
+        let sealed = object::seal_object(
+            &self.keys,
+            ObjectKind::Snapshot,
+            &key,
+            &serde_json::to_vec(&manifest).expect("manifest serializes"),
+        );
+        let checksum = object::stored_checksum(&sealed).expect("has checksum");
+        let manifest_len = sealed.len() as u64;
+        self.sink.put(&key, sealed.into(), crate::sink::PutMode::Create).await?;
+
+        record.entries = entries;
+        record.logical_bytes = logical;
+        record.new_bytes = pipeline.new_bytes;
+        record.stored_bytes = packer.stored_bytes + manifest_len;
+        record.manifest_checksum = Some(checksum);
+        record.source_metadata = source_metadata;
+        Ok(reused)
+    }
+
+    async fn store_content(
+        &self,
+        mut reader: EntryReader,
+        meta: &EntryMeta,
+        chunker: &mut Chunker,
+        pipeline: &mut ChunkPipeline,
+        packer: &mut Packer,
+        options: &BackupOptions,
+    ) -> Result<(Content, u64)> {
+        let mut refs = Vec::new();
+        let mut read = 0u64;
+        let inline_limit = self.config.inline_limit as u64;
+        loop {
+            let n = reader
+                .read_buf(chunker.buffer_mut())
+                .await
+                .map_err(|e| crate::source::AdapterError::new("read", meta.path.to_string(), e))?;
+            read += n as u64;
+            if let Some(p) = &options.progress {
+                p.bytes(n as u64);
+            }
+            let eof = n == 0;
+            if eof && read <= inline_limit {
+                let data = chunker.next_chunk(true).map(|b| b.to_vec()).unwrap_or_default();
+                return Ok((if data.is_empty() { Content::None } else { Content::Inline(data) }, read));
+            }
+            // Keep small contents buffered until we know whether they fit inline.
+            if !eof && read <= inline_limit {
+                continue;
+            }
+            while let Some(chunk) = chunker.next_chunk(eof) {
+                pipeline.push(BlobKind::Data, chunk, packer, &mut refs).await?;
+            }
+            if eof {
+                break;
+            }
+        }
+        pipeline.drain(packer, &mut refs).await?;
+        Ok((Content::Blobs(refs), read))
+    }
+
+    /// The latest succeeded snapshot of a source.
+    pub async fn latest_for_source(&self, source_id: &str) -> Result<Option<BackupRecord>> {
+        Ok(self
+            .catalog()
+            .list(&CatalogQuery {
+                source: Some(source_id.to_owned()),
+                statuses: vec![BackupStatus::Succeeded],
+                ..Default::default()
+            })
+            .await?
+            .pop())
+    }
+
+    /// Marks `running` backups whose process is gone (no live lock names them) as failed.
+    pub async fn reap_interrupted(&self) -> Result<usize> {
+        let catalog = self.catalog();
+        let running = catalog
+            .list(&CatalogQuery { statuses: vec![BackupStatus::Running], ..Default::default() })
+            .await?;
+        if running.is_empty() {
+            return Ok(0);
+        }
+        let now = self.clock.now();
+        let live: HashSet<String> = lock::list_locks(self.sink.as_ref())
+            .await?
+            .into_iter()
+            .filter(|(_, l)| l.is_live(now))
+            .filter_map(|(_, l)| l.backup_id)
+            .collect();
+        let mut reaped = 0;
+        for mut r in running.into_iter().filter(|r| !live.contains(&r.id)) {
+            r.revision += 1;
+            r.status = BackupStatus::Failed;
+            r.error = Some("interrupted: its process stopped before it finished".into());
+            r.updated_at = now;
+            catalog.put(&r).await?;
+            reaped += 1;
+        }
+        Ok(reaped)
+    }
+}
+

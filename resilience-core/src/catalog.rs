@@ -1,0 +1,259 @@
+//! The backup catalog: one record per backup, with what compliance asks for.
+//!
+//! The default [`RepoCatalog`] lives in the repository itself, so backups and their catalog
+//! survive together when the primary database is gone. Objects are immutable, so a record's
+//! every change is a new revision `catalog/<backup id>/<revision, 10 digits>`, a sealed JSON
+//! object; the highest revision is current. Only the backup's own process writes its revisions
+//! while it runs; later changes (holds, tiers, verification) are made under the repository lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::KeySet;
+use crate::error::{Error, Result};
+use crate::object::{self, ObjectKind};
+use crate::sink::{PutMode, Sink};
+use crate::source::{SourceDescriptor, SourceMetadata};
+
+/// What a backup is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupKind {
+    /// A complete copy of the source.
+    Full,
+    /// Only what changed since a parent (deduplication makes every backup cost like this).
+    Incremental,
+    /// Postgres WAL.
+    Wal,
+}
+
+/// Where a backup stands.
+///
+/// "Verified" is not a status: a succeeded backup keeps its status and gains entries in its
+/// verification history, so one failed verification never hides that it once succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupStatus {
+    /// Being written.
+    Running,
+    /// Every byte it references is durably stored and its manifest checksum recorded.
+    Succeeded,
+    /// It failed or was interrupted; it is not restorable.
+    Failed,
+    /// Retention expired it; its data may be gone.
+    Expired,
+}
+
+impl std::fmt::Display for BackupStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackupStatus::Running => "running",
+            BackupStatus::Succeeded => "succeeded",
+            BackupStatus::Failed => "failed",
+            BackupStatus::Expired => "expired",
+        })
+    }
+}
+
+/// The storage tier of a backup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// The primary store.
+    #[default]
+    Hot,
+    /// A cheaper, slower store.
+    Cold,
+}
+
+/// One verification of a backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// `quick`, `full`, `drill`, …
+    pub kind: String,
+    /// Whether the backup was sound.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+}
+
+/// A backup's catalog record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// The backup's (and snapshot's) id.
+    pub id: String,
+    /// Revision of this record, from 1.
+    pub revision: u32,
+    /// What was backed up.
+    pub source: SourceDescriptor,
+    /// Full, incremental or WAL.
+    pub kind: BackupKind,
+    /// Where it stands.
+    pub status: BackupStatus,
+    /// Why it failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Sum of the sizes of its entries.
+    pub logical_bytes: u64,
+    /// Bytes it wrote to the repository (new packs, tree, manifest).
+    pub stored_bytes: u64,
+    /// Plaintext bytes of content that was not already in the repository.
+    pub new_bytes: u64,
+    /// Number of entries.
+    pub entries: u64,
+    /// Checksum (BLAKE3, hex) of its manifest object.
+    #[serde(default)]
+    pub manifest_checksum: Option<String>,
+    /// Storage tier.
+    #[serde(default)]
+    pub tier: Tier,
+    /// User labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Under legal hold: retention never deletes it.
+    #[serde(default)]
+    pub legal_hold: bool,
+    /// Verification history, oldest first.
+    #[serde(default)]
+    pub verifications: Vec<Verification>,
+    /// Store-specific metadata (LSN range, timeline, server version…).
+    #[serde(default)]
+    pub source_metadata: SourceMetadata,
+    /// The snapshot it reused unchanged entries from.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Host that made it.
+    #[serde(default)]
+    pub host: String,
+    /// When this revision was written.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which records to list.
+#[derive(Clone, Debug, Default)]
+pub struct CatalogQuery {
+    /// Only this source id.
+    pub source: Option<String>,
+    /// Only these statuses (all when empty).
+    pub statuses: Vec<BackupStatus>,
+    /// Only backups started at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only backups started before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl CatalogQuery {
+    /// Whether a record matches.
+    pub fn matches(&self, r: &BackupRecord) -> bool {
+        self.source.as_ref().is_none_or(|s| *s == r.source.id)
+            && (self.statuses.is_empty() || self.statuses.contains(&r.status))
+            && self.since.is_none_or(|t| r.started_at >= t)
+            && self.until.is_none_or(|t| r.started_at < t)
+    }
+}
+
+/// The backup records.
+#[async_trait]
+pub trait Catalog: Send + Sync {
+    /// Stores a record as its next revision (the caller sets `revision`).
+    async fn put(&self, record: &BackupRecord) -> Result<()>;
+
+    /// The current revision of a record.
+    async fn get(&self, id: &str) -> Result<Option<BackupRecord>>;
+
+    /// Current revisions of matching records, oldest first.
+    async fn list(&self, query: &CatalogQuery) -> Result<Vec<BackupRecord>>;
+}
+
+/// The catalog kept in the repository.
+#[derive(Clone)]
+pub struct RepoCatalog {
+    sink: Arc<dyn Sink>,
+    keys: Arc<KeySet>,
+}
+
+impl RepoCatalog {
+    /// A catalog over a repository's sink and keys.
+    pub fn new(sink: Arc<dyn Sink>, keys: Arc<KeySet>) -> Self {
+        RepoCatalog { sink, keys }
+    }
+
+    fn key(id: &str, revision: u32) -> String {
+        format!("catalog/{id}/{revision:010}")
+    }
+
+    async fn read(&self, key: &str) -> Result<BackupRecord> {
+        let bytes = self.sink.get(key).await?;
+        let payload = object::open_object(&self.keys, ObjectKind::Catalog, key, &bytes)?;
+        serde_json::from_slice(&payload)
+            .map_err(|e| Error::corrupt(key, format!("catalog record does not parse: {e}")))
+    }
+
+    /// The current revision key of every record.
+    async fn current_keys(&self, only: Option<&str>) -> Result<Vec<String>> {
+        let prefix = match only {
+            Some(id) => format!("catalog/{id}/"),
+            None => "catalog/".to_owned(),
+        };
+        let mut newest: HashMap<String, (u32, String)> = HashMap::new();
+        let mut listing = self.sink.list(&prefix);
+        while let Some(meta) = listing.try_next().await? {
+            let mut parts = meta.key.rsplitn(2, '/');
+            let (Some(rev), Some(head)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(rev) = rev.parse::<u32>() else { continue };
+            let id = head.trim_start_matches("catalog/").to_owned();
+            let slot = newest.entry(id).or_insert((0, String::new()));
+            if rev >= slot.0 {
+                *slot = (rev, meta.key.clone());
+            }
+        }
+        Ok(newest.into_values().map(|(_, k)| k).collect())
+    }
+}
+
+#[async_trait]
+impl Catalog for RepoCatalog {
+    async fn put(&self, record: &BackupRecord) -> Result<()> {
+        let key = Self::key(&record.id, record.revision);
+        let payload = serde_json::to_vec(record).expect("records serialize");
+        let sealed = object::seal_object(&self.keys, ObjectKind::Catalog, &key, &payload);
+        self.sink.put(&key, sealed.into(), PutMode::Create).await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<BackupRecord>> {
+        if id.contains('/') {
+            return Ok(None);
+        }
+        match self.current_keys(Some(id)).await?.first() {
+            Some(key) => Ok(Some(self.read(key).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list(&self, query: &CatalogQuery) -> Result<Vec<BackupRecord>> {
+        let keys = self.current_keys(None).await?;
+        let mut records: Vec<BackupRecord> = futures::stream::iter(keys)
+            .map(|k| async move { self.read(&k).await })
+            .buffer_unordered(16)
+            .try_filter(|r| futures::future::ready(query.matches(r)))
+            .try_collect()
+            .await?;
+        records.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        Ok(records)
+    }
+}

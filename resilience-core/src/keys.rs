@@ -1,0 +1,361 @@
+//! Key providers: where the key-encryption key (KEK) that wraps a repository's [`KeySet`] comes
+//! from.
+//!
+//! A repository holds one or more wrapped copies of its key set under `keys/`, one per provider
+//! (envelope encryption): a service may unlock with a key file while an operator's offline
+//! passphrase still opens it in a disaster. Opening tries each wrapped copy that the provider
+//! can handle.
+//!
+//! - [`PassphraseProvider`]: Argon2id, parameters stored with the wrapped key. Deliberately slow
+//!   (hundreds of milliseconds): fine for an operator, too slow for `wal-push` per segment.
+//! - [`KeyFileProvider`]: 32 random bytes (64 hex digits) in a file with tight permissions; the
+//!   KEK is the file's key, so unlocking costs microseconds.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, KeySet, SecretKey};
+use crate::error::{Error, Result};
+
+/// One wrapped copy of the key set, as stored in `keys/<id>`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WrappedKey {
+    /// Random id of this copy (also its object name).
+    pub id: String,
+    /// Which provider wrapped it (`passphrase`, `key-file`, …).
+    pub provider: String,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+    /// Provider-specific parameters (KDF settings and salt, KMS key id…). Never secret.
+    pub params: serde_json::Value,
+    /// `nonce || ciphertext || tag` of the key set, hex.
+    pub wrapped: String,
+}
+
+/// A source of key-encryption keys.
+#[async_trait]
+pub trait KeyProvider: Send + Sync {
+    /// The provider's name as stored in [`WrappedKey::provider`].
+    fn name(&self) -> &'static str;
+
+    /// Wraps a serialized key set into a new [`WrappedKey`].
+    async fn wrap(&self, key_set: &[u8], now: DateTime<Utc>) -> Result<WrappedKey>;
+
+    /// Unwraps a copy written by this provider; `Ok(None)` when the credentials do not open it.
+    async fn unwrap(&self, wrapped: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>>;
+}
+
+/// Cost parameters of Argon2id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: about 0.2–0.4 s on a current core.
+    fn default() -> Self {
+        KdfParams {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PassphraseParams {
+    kdf: String,
+    #[serde(flatten)]
+    cost: KdfParams,
+    salt: String,
+}
+
+/// Derives the KEK from a passphrase with Argon2id.
+pub struct PassphraseProvider {
+    passphrase: Zeroizing<String>,
+    params: KdfParams,
+}
+
+impl PassphraseProvider {
+    /// A provider for `passphrase` with default cost for new keys (stored keys keep theirs).
+    pub fn new(passphrase: impl Into<String>) -> Self {
+        PassphraseProvider {
+            passphrase: Zeroizing::new(passphrase.into()),
+            params: KdfParams::default(),
+        }
+    }
+
+    /// Sets the cost used when wrapping new keys (tests use a low cost to run fast).
+    pub fn with_params(mut self, params: KdfParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Reads the passphrase from a file (its first line, without the line break).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::KeyProvider {
+            provider: "passphrase".into(),
+            message: format!("cannot read password file {}: {e}", path.display()),
+        })?);
+        let line = text.lines().next().unwrap_or("");
+        if line.is_empty() {
+            return Err(Error::KeyProvider {
+                provider: "passphrase".into(),
+                message: format!("password file {} is empty", path.display()),
+            });
+        }
+        Ok(Self::new(line))
+    }
+
+    fn derive(&self, cost: KdfParams, salt: &[u8]) -> Result<SecretKey> {
+        let params = argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, Some(32))
+            .map_err(|e| Error::KeyProvider {
+                provider: "passphrase".into(),
+                message: format!("invalid Argon2id parameters {cost:?}: {e}"),
+            })?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut out = [0u8; 32];
+        argon
+            .hash_password_into(self.passphrase.as_bytes(), salt, &mut out)
+            .map_err(|e| Error::KeyProvider {
+                provider: "passphrase".into(),
+                message: format!("key derivation failed: {e}"),
+            })?;
+        Ok(SecretKey(out))
+    }
+}
+
+#[async_trait]
+impl KeyProvider for PassphraseProvider {
+    fn name(&self) -> &'static str {
+        "passphrase"
+    }
+
+    async fn wrap(&self, key_set: &[u8], now: DateTime<Utc>) -> Result<WrappedKey> {
+        let mut salt = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let id = new_key_id();
+        let kek = self.derive(self.params, &salt)?;
+        let wrapped = crypto::seal(&kek, &key_aad(&id), key_set);
+        Ok(WrappedKey {
+            params: serde_json::to_value(PassphraseParams {
+                kdf: "argon2id".into(),
+                cost: self.params,
+                salt: hex::encode(salt),
+            })
+            .expect("params serialize"),
+            id,
+            provider: self.name().into(),
+            created_at: now,
+            wrapped: hex::encode(wrapped),
+        })
+    }
+
+    async fn unwrap(&self, wrapped: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let params: PassphraseParams =
+            serde_json::from_value(wrapped.params.clone()).map_err(|e| {
+                Error::corrupt(format!("keys/{}", wrapped.id), format!("bad KDF parameters: {e}"))
+            })?;
+        if params.kdf != "argon2id" {
+            return Err(Error::corrupt(
+                format!("keys/{}", wrapped.id),
+                format!("unknown KDF {}", params.kdf),
+            ));
+        }
+        let salt = hex::decode(&params.salt)
+            .map_err(|e| Error::corrupt(format!("keys/{}", wrapped.id), format!("bad salt: {e}")))?;
+        let kek = self.derive(params.cost, &salt)?;
+        Ok(open_wrapped(&kek, wrapped))
+    }
+}
+
+/// Uses a 256-bit key from a file as the KEK: cheap to unlock on every call.
+pub struct KeyFileProvider {
+    key: SecretKey,
+}
+
+impl KeyFileProvider {
+    /// Reads a key file: 64 hex digits (surrounding white space ignored).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::KeyProvider {
+            provider: "key-file".into(),
+            message: format!("cannot read key file {}: {e}", path.display()),
+        })?);
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key).map_err(|_| Error::KeyProvider {
+            provider: "key-file".into(),
+            message: format!("key file {} must hold 64 hex digits", path.display()),
+        })?;
+        Ok(KeyFileProvider { key: SecretKey(key) })
+    }
+
+    /// Writes a new random key file with mode 0600 and returns its provider.
+    pub fn generate(path: &Path) -> Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let key = SecretKey::random();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::KeyProvider {
+                provider: "key-file".into(),
+                message: format!("cannot create key file {}: {e}", path.display()),
+            })?;
+        f.write_all(hex::encode(key.0).as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::KeyProvider {
+                provider: "key-file".into(),
+                message: format!("cannot write key file {}: {e}", path.display()),
+            })?;
+        Ok(KeyFileProvider { key })
+    }
+
+    /// A provider for a key held in memory.
+    pub fn from_key(key: [u8; 32]) -> Self {
+        KeyFileProvider { key: SecretKey(key) }
+    }
+}
+
+#[async_trait]
+impl KeyProvider for KeyFileProvider {
+    fn name(&self) -> &'static str {
+        "key-file"
+    }
+
+    async fn wrap(&self, key_set: &[u8], now: DateTime<Utc>) -> Result<WrappedKey> {
+        let id = new_key_id();
+        let wrapped = crypto::seal(&self.key, &key_aad(&id), key_set);
+        Ok(WrappedKey {
+            id,
+            provider: self.name().into(),
+            created_at: now,
+            params: serde_json::json!({ "fingerprint": key_fingerprint(&self.key) }),
+            wrapped: hex::encode(wrapped),
+        })
+    }
+
+    async fn unwrap(&self, wrapped: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        // The fingerprint lets us skip copies made with other key files without a decryption.
+        if wrapped.params.get("fingerprint").and_then(|v| v.as_str())
+            != Some(key_fingerprint(&self.key).as_str())
+        {
+            return Ok(None);
+        }
+        Ok(open_wrapped(&self.key, wrapped))
+    }
+}
+
+/// A non-secret fingerprint of a KEK (keyed hash of a constant), to pick the right copy fast.
+fn key_fingerprint(key: &SecretKey) -> String {
+    hex::encode(&blake3::keyed_hash(&key.0, b"resilience key fingerprint").as_bytes()[..8])
+}
+
+fn key_aad(id: &str) -> Vec<u8> {
+    format!("resilience/keys/{id}").into_bytes()
+}
+
+fn open_wrapped(kek: &SecretKey, wrapped: &WrappedKey) -> Option<Zeroizing<Vec<u8>>> {
+    let sealed = hex::decode(&wrapped.wrapped).ok()?;
+    crypto::open(kek, &key_aad(&wrapped.id), &sealed).map(Zeroizing::new)
+}
+
+fn new_key_id() -> String {
+    let mut b = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Opens a key set from wrapped copies with one provider: the first copy that opens wins.
+pub async fn unwrap_any(
+    provider: &dyn KeyProvider,
+    copies: &[WrappedKey],
+    location: &str,
+) -> Result<KeySet> {
+    let mut tried = 0;
+    for copy in copies.iter().filter(|c| c.provider == provider.name()) {
+        tried += 1;
+        if let Some(plain) = provider.unwrap(copy).await? {
+            return KeySet::from_bytes(&plain)
+                .ok_or_else(|| Error::corrupt(format!("keys/{}", copy.id), "unwrapped key set does not parse"));
+        }
+    }
+    Err(Error::WrongKey {
+        location: location.to_owned(),
+        tried,
+    })
+}
+
+/// A key file path with its provider, for configuration that names either.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// A passphrase (Argon2id).
+    Passphrase(Zeroizing<String>),
+    /// A key file.
+    KeyFile(PathBuf),
+}
+
+impl Credentials {
+    /// The provider for these credentials.
+    pub fn provider(&self) -> Result<Box<dyn KeyProvider>> {
+        Ok(match self {
+            Credentials::Passphrase(p) => Box::new(PassphraseProvider::new(p.as_str())),
+            Credentials::KeyFile(path) => Box::new(KeyFileProvider::from_file(path)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast() -> KdfParams {
+        KdfParams {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn passphrase_wraps_and_refuses_wrong_one() {
+        let ks = KeySet::generate();
+        let p = PassphraseProvider::new("correct horse").with_params(fast());
+        let w = p.wrap(&ks.to_bytes(), Utc::now()).await.unwrap();
+        assert!(!w.wrapped.contains("correct"));
+        let back = unwrap_any(&p, std::slice::from_ref(&w), "mem").await.unwrap();
+        assert_eq!(back.blob_id(b"a"), ks.blob_id(b"a"));
+        let wrong = PassphraseProvider::new("battery staple");
+        let err = unwrap_any(&wrong, &[w], "mem").await.unwrap_err();
+        assert!(matches!(err, Error::WrongKey { tried: 1, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn key_file_round_trip_and_other_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let p = KeyFileProvider::generate(&path).unwrap();
+        let ks = KeySet::generate();
+        let w = p.wrap(&ks.to_bytes(), Utc::now()).await.unwrap();
+        let again = KeyFileProvider::from_file(&path).unwrap();
+        assert!(unwrap_any(&again, std::slice::from_ref(&w), "mem").await.is_ok());
+        let other = KeyFileProvider::from_key([7; 32]);
+        assert!(matches!(
+            unwrap_any(&other, &[w], "mem").await,
+            Err(Error::WrongKey { .. })
+        ));
+        std::fs::write(dir.path().join("bad"), "xyz").unwrap();
+        assert!(KeyFileProvider::from_file(&dir.path().join("bad")).is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Framing shared by every repository object.
+//!
+//! Every object ends with the BLAKE3 hash (unkeyed) of all its preceding bytes, so that damage
+//! and truncation are found by anyone, without the key ([`check_checksum`]). Metadata objects
+//! (indexes, snapshot manifests, catalog records) are *sealed*:
+//!
+//! ```text
+//! "RSO1" | kind u8 | data key id u32 LE | nonce 24 | XChaCha20-Poly1305(zstd(payload)) | tag 16 | BLAKE3 32
+//! ```
+//!
+//! with associated data = the 9-byte header followed by the object's logical name, so an object
+//! cannot be moved to another name or kind.
+
+use crate::crypto::{self, KeySet};
+use crate::error::{Error, Result};
+
+/// Length of the trailing checksum.
+pub const CHECKSUM_LEN: usize = 32;
+const MAGIC: &[u8; 4] = b"RSO1";
+const HEADER_LEN: usize = 9;
+
+/// What a sealed object holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ObjectKind {
+    /// An index file.
+    Index = 1,
+    /// A snapshot manifest.
+    Snapshot = 2,
+    /// A catalog record.
+    Catalog = 3,
+}
+
+/// Appends the checksum of `body` to it.
+pub fn append_checksum(body: &mut Vec<u8>) -> [u8; 32] {
+    let sum = *blake3::hash(body).as_bytes();
+    body.extend_from_slice(&sum);
+    sum
+}
+
+/// Checks an object's trailing checksum and returns the bytes before it.
+pub fn check_checksum<'a>(object: &str, bytes: &'a [u8]) -> Result<&'a [u8]> {
+    if bytes.len() < CHECKSUM_LEN {
+        return Err(Error::corrupt(object, format!("truncated: {} bytes", bytes.len())));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(Error::corrupt(object, "checksum mismatch (damaged or truncated)"));
+    }
+    Ok(body)
+}
+
+/// The checksum stored at an object's end, hex (without checking it).
+pub fn stored_checksum(bytes: &[u8]) -> Option<String> {
+    (bytes.len() >= CHECKSUM_LEN).then(|| hex::encode(&bytes[bytes.len() - CHECKSUM_LEN..]))
+}
+
+/// Seals `payload` as an object of `kind` named `name`.
+pub fn seal_object(keys: &KeySet, kind: ObjectKind, name: &str, payload: &[u8]) -> Vec<u8> {
+    let compressed = zstd::bulk::compress(payload, 3).expect("zstd compresses in memory");
+    let mut out = Vec::with_capacity(compressed.len() + HEADER_LEN + crypto::SEAL_OVERHEAD + 32);
+    out.extend_from_slice(MAGIC);
+    out.push(kind as u8);
+    out.extend_from_slice(&keys.current_key_id().to_le_bytes());
+    let aad = [&out[..HEADER_LEN], name.as_bytes()].concat();
+    crypto::seal_into(&keys.current_key(), &aad, &compressed, &mut out);
+    append_checksum(&mut out);
+    out
+}
+
+/// Checks and opens a sealed object; every failure names `name`.
+pub fn open_object(keys: &KeySet, kind: ObjectKind, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let body = check_checksum(name, bytes)?;
+    if body.len() < HEADER_LEN || &body[..4] != MAGIC {
+        return Err(Error::corrupt(name, "not a resilience object (bad magic)"));
+    }
+    if body[4] != kind as u8 {
+        return Err(Error::corrupt(name, format!("expected object kind {kind:?}, found {}", body[4])));
+    }
+    let key_id = u32::from_le_bytes(body[5..9].try_into().expect("4 bytes"));
+    let key = keys.data_key(key_id).ok_or_else(|| {
+        Error::corrupt(name, format!("sealed with data key {key_id}, which this repository does not have"))
+    })?;
+    let aad = [&body[..HEADER_LEN], name.as_bytes()].concat();
+    let compressed = crypto::open(&key, &aad, &body[HEADER_LEN..])
+        .ok_or_else(|| Error::corrupt(name, "authentication failed (tampered, or not sealed for this name)"))?;
+    zstd::stream::decode_all(compressed.as_slice())
+        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn sealed_object_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..5000)) {
+            let ks = KeySet::generate();
+            let obj = seal_object(&ks, ObjectKind::Snapshot, "snapshots/x", &payload);
+            prop_assert_eq!(open_object(&ks, ObjectKind::Snapshot, "snapshots/x", &obj).unwrap(), payload);
+        }
+
+        #[test]
+        fn any_damage_is_caught_without_key(payload in proptest::collection::vec(any::<u8>(), 0..500), pos in any::<prop::sample::Index>()) {
+            let ks = KeySet::generate();
+            let mut obj = seal_object(&ks, ObjectKind::Index, "index", &payload);
+            let i = pos.index(obj.len());
+            obj[i] ^= 0x40;
+            prop_assert!(check_checksum("index", &obj).is_err());
+            obj[i] ^= 0x40;
+            prop_assert!(check_checksum("index", &obj[..obj.len() - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn renamed_or_rekinded_object_is_refused() {
+        let ks = KeySet::generate();
+        let obj = seal_object(&ks, ObjectKind::Catalog, "catalog/a/1", b"{}");
+        let err = open_object(&ks, ObjectKind::Catalog, "catalog/b/1", &obj).unwrap_err();
+        assert!(err.to_string().contains("catalog/b/1"));
+        assert!(open_object(&ks, ObjectKind::Snapshot, "catalog/a/1", &obj).is_err());
+        assert!(open_object(&KeySet::generate(), ObjectKind::Catalog, "catalog/a/1", &obj).is_err());
+    }
+}

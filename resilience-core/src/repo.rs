@@ -1,0 +1,373 @@
+//! The repository: configuration, keys, and the operations that read and write it.
+//!
+//! ```text
+//! config                      plaintext JSON + checksum: format version, id, chunker, pack size
+//! keys/<id>                   wrapped copies of the key set, one per provider
+//! data/<xx>/<pack id>         packs of sealed blobs
+//! index/<checksum>            sealed index files
+//! snapshots/<snapshot id>     sealed snapshot manifests
+//! catalog/<id>/<revision>     sealed catalog records
+//! locks/<id>                  lock objects
+//! ```
+//!
+//! `config` is written last by `init`, so a repository exists exactly when it does.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{BackupRecord, BackupStatus, Catalog, CatalogQuery, RepoCatalog};
+use crate::chunker::ChunkerParams;
+use crate::clock::{Clock, SystemClock};
+use crate::crypto::KeySet;
+use crate::error::{Error, Result};
+use crate::index::{self, Index, PackRecord};
+use crate::keys::{self, KeyProvider, WrappedKey};
+use crate::lock::LockSettings;
+use crate::object::{self, ObjectKind};
+use crate::pack;
+use crate::sink::{PutMode, Sink};
+use crate::snapshot::{self, Manifest};
+
+/// Format version written by this build; it reads every version up to this one.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A repository's public configuration (`config`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Format version.
+    pub format: u32,
+    /// Random id.
+    pub id: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// Chunk size bounds.
+    pub chunker: ChunkerParams,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// zstd level for blobs.
+    pub compression_level: i32,
+    /// Contents up to this many bytes are stored inside the tree.
+    pub inline_limit: u32,
+}
+
+/// Settings for a new repository.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Chunk size bounds.
+    pub chunker: ChunkerParams,
+    /// Target pack size.
+    pub pack_size: u32,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Inline limit.
+    pub inline_limit: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            pack_size: 16 * 1024 * 1024,
+            compression_level: 3,
+            inline_limit: 4096,
+        }
+    }
+}
+
+/// An open repository: a sink, its configuration and its keys.
+#[derive(Clone)]
+pub struct Repository {
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) config: RepoConfig,
+    pub(crate) keys: Arc<KeySet>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) lock_settings: LockSettings,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.sink.location())
+            .field("id", &self.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode_plain<T: Serialize>(value: &T) -> bytes::Bytes {
+    let mut body = serde_json::to_vec_pretty(value).expect("serializes");
+    object::append_checksum(&mut body);
+    body.into()
+}
+
+fn decode_plain<T: for<'de> Deserialize<'de>>(name: &str, bytes: &[u8]) -> Result<T> {
+    let body = object::check_checksum(name, bytes)?;
+    serde_json::from_slice(body).map_err(|e| Error::corrupt(name, format!("does not parse: {e}")))
+}
+
+impl Repository {
+    /// Creates a repository in an empty sink, its key set wrapped by `provider`.
+    pub async fn init(sink: Arc<dyn Sink>, provider: &dyn KeyProvider, options: InitOptions) -> Result<Repository> {
+        options.chunker.validate().map_err(Error::Invalid)?;
+        match sink.head("config").await {
+            Ok(_) => return Err(Error::AlreadyInitialized { location: sink.location() }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let now = clock.now();
+        let keys = KeySet::generate();
+        let wrapped = provider.wrap(&keys.to_bytes(), now).await?;
+        sink.put(&format!("keys/{}", wrapped.id), encode_plain(&wrapped), PutMode::Create).await?;
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let config = RepoConfig {
+            format: FORMAT_VERSION,
+            id: hex::encode(id),
+            created_at: now,
+            chunker: options.chunker,
+            pack_size: options.pack_size,
+            compression_level: options.compression_level,
+            inline_limit: options.inline_limit,
+        };
+        sink.put("config", encode_plain(&config), PutMode::Create).await?;
+        Ok(Repository {
+            sink,
+            config,
+            keys: Arc::new(keys),
+            clock,
+            lock_settings: LockSettings::default(),
+        })
+    }
+
+    /// Opens an existing repository with `provider`'s credentials.
+    pub async fn open(sink: Arc<dyn Sink>, provider: &dyn KeyProvider) -> Result<Repository> {
+        let config = Self::read_config(sink.as_ref()).await?;
+        let copies = Self::wrapped_keys(sink.as_ref()).await?;
+        let keys = keys::unwrap_any(provider, &copies, &sink.location()).await?;
+        Ok(Repository {
+            sink,
+            config,
+            keys: Arc::new(keys),
+            clock: Arc::new(SystemClock),
+            lock_settings: LockSettings::default(),
+        })
+    }
+
+    /// Reads and checks `config`.
+    pub async fn read_config(sink: &dyn Sink) -> Result<RepoConfig> {
+        let bytes = match sink.get("config").await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(Error::RepositoryNotFound { location: sink.location() }),
+            Err(e) => return Err(e.into()),
+        };
+        let config: RepoConfig = decode_plain("config", &bytes)?;
+        if config.format > FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                object: "config".into(),
+                found: config.format,
+                supported: FORMAT_VERSION,
+            });
+        }
+        config.chunker.validate().map_err(|e| Error::corrupt("config", e))?;
+        Ok(config)
+    }
+
+    /// Every wrapped copy of the key set.
+    pub async fn wrapped_keys(sink: &dyn Sink) -> Result<Vec<WrappedKey>> {
+        let keys: Vec<String> = sink.list("keys/").map_ok(|m| m.key).try_collect().await?;
+        let mut out = Vec::new();
+        for key in keys {
+            let bytes = sink.get(&key).await?;
+            out.push(decode_plain(&key, &bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Uses `clock` for every time this repository records.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Uses these lock timings.
+    pub fn with_lock_settings(mut self, settings: LockSettings) -> Self {
+        self.lock_settings = settings;
+        self
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The key set (for adapters that seal their own objects, such as WAL segments).
+    pub fn keys(&self) -> &Arc<KeySet> {
+        &self.keys
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The in-repository catalog.
+    pub fn catalog(&self) -> RepoCatalog {
+        RepoCatalog::new(self.sink.clone(), self.keys.clone())
+    }
+
+    /// Loads every index file into memory.
+    pub async fn load_index(&self) -> Result<Index> {
+        let keys: Vec<String> = self.sink.list("index/").map_ok(|m| m.key).try_collect().await?;
+        let mut files = futures::stream::iter(keys)
+            .map(|key| async move {
+                let bytes = self.sink.get(&key).await?;
+                let payload = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)
+                    .map_err(|e| rename_corrupt(e, &key))?;
+                index::decode_index(&key, &payload)
+            })
+            .buffer_unordered(8);
+        let mut idx = Index::new();
+        while let Some(packs) = files.try_next().await? {
+            for p in &packs {
+                idx.add_pack(p);
+            }
+        }
+        idx.compact();
+        Ok(idx)
+    }
+
+    /// Packs in the sink that no index lists (left by an interrupted backup), read from their
+    /// own tables. Damaged ones are skipped with a warning.
+    pub async fn unindexed_packs(&self, index: &Index) -> Result<Vec<PackRecord>> {
+        let metas: Vec<_> = self
+            .sink
+            .list("data/")
+            .try_filter(|m| {
+                futures::future::ready(pack::pack_id_from_key(&m.key).is_some_and(|id| !index.has_pack(&id)))
+            })
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        for meta in metas {
+            match self.read_pack_table(&meta.key, meta.size).await {
+                Ok(rec) => out.push(rec),
+                Err(e) => tracing::warn!(pack = %meta.key, error = %e, "skipping an unreadable unindexed pack"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a pack's table with two ranged reads.
+    pub async fn read_pack_table(&self, key: &str, size: u64) -> Result<PackRecord> {
+        let id = pack::pack_id_from_key(key).ok_or_else(|| Error::corrupt(key, "not a pack name"))?;
+        if size < (pack::HEADER_LEN + pack::TAIL_LEN) as u64 {
+            return Err(Error::corrupt(key, "too small to be a pack"));
+        }
+        let header = self.sink.get_range(key, 0..pack::HEADER_LEN as u64).await?;
+        let key_id = pack::parse_header(key, &header)?;
+        let tail = self.sink.get_range(key, size - pack::TAIL_LEN as u64..size).await?;
+        if tail[4..] != id.0 {
+            return Err(Error::corrupt(key, "stored checksum does not match the pack's name"));
+        }
+        let len = pack::table_len_from_tail(key, &tail, size)? as u64;
+        let end = size - pack::TAIL_LEN as u64;
+        let table = self.sink.get_range(key, end - len..end).await?;
+        let blobs = pack::parse_table(&self.keys, key_id, key, &table)?;
+        Ok(PackRecord { id, size, key_id, blobs })
+    }
+
+    /// Writes an index file for `packs`; returns its size.
+    pub async fn write_index(&self, packs: &[PackRecord]) -> Result<u64> {
+        if packs.is_empty() {
+            return Ok(0);
+        }
+        let sealed = object::seal_object(&self.keys, ObjectKind::Index, "index", &index::encode_index(packs));
+        let name = format!("index/{}", object::stored_checksum(&sealed).expect("has checksum"));
+        let len = sealed.len() as u64;
+        put_idempotent(self.sink.as_ref(), &name, sealed.into()).await?;
+        Ok(len)
+    }
+
+    /// The succeeded snapshot that `spec` names: `latest`, a full id or a unique id prefix.
+    /// `source` narrows `latest` to one source.
+    pub async fn resolve_snapshot(&self, spec: &str, source: Option<&str>) -> Result<BackupRecord> {
+        let records = self
+            .catalog()
+            .list(&CatalogQuery {
+                source: source.map(str::to_owned),
+                statuses: vec![BackupStatus::Succeeded],
+                ..Default::default()
+            })
+            .await?;
+        if spec == "latest" {
+            return records.into_iter().last().ok_or_else(|| Error::SnapshotNotFound { id: spec.into() });
+        }
+        let mut matching: Vec<BackupRecord> = records.into_iter().filter(|r| r.id.starts_with(spec)).collect();
+        if let Some(exact) = matching.iter().position(|r| r.id == spec) {
+            return Ok(matching.swap_remove(exact));
+        }
+        match matching.len() {
+            0 => Err(Error::SnapshotNotFound { id: spec.into() }),
+            1 => Ok(matching.pop().expect("one")),
+            n => Err(Error::AmbiguousSnapshot { id: spec.into(), matches: n }),
+        }
+    }
+
+    /// Reads a snapshot's manifest, checking it against the checksum its record holds.
+    pub async fn load_manifest(&self, record: &BackupRecord) -> Result<Manifest> {
+        let key = snapshot::manifest_key(&record.id);
+        let bytes = self.sink.get(&key).await?;
+        if let Some(expected) = &record.manifest_checksum {
+            if object::stored_checksum(&bytes).as_deref() != Some(expected.as_str()) {
+                return Err(Error::corrupt(&key, "manifest does not match the checksum in the catalog"));
+            }
+        }
+        let payload = object::open_object(&self.keys, ObjectKind::Snapshot, &key, &bytes)?;
+        let manifest: Manifest =
+            serde_json::from_slice(&payload).map_err(|e| Error::corrupt(&key, format!("manifest does not parse: {e}")))?;
+        if manifest.format > snapshot::SNAPSHOT_FORMAT {
+            return Err(Error::UnsupportedFormat {
+                object: key,
+                found: manifest.format,
+                supported: snapshot::SNAPSHOT_FORMAT,
+            });
+        }
+        if manifest.id != record.id {
+            return Err(Error::corrupt(&key, format!("manifest names snapshot {}", manifest.id)));
+        }
+        Ok(manifest)
+    }
+}
+
+fn rename_corrupt(e: Error, key: &str) -> Error {
+    match e {
+        Error::Corrupt { reason, .. } => Error::Corrupt { object: key.to_owned(), reason },
+        other => other,
+    }
+}
+
+/// Puts a content-addressed object: if a store that enforces create-only says it exists, the
+/// bytes are the same by construction.
+pub(crate) async fn put_idempotent(sink: &dyn Sink, key: &str, data: bytes::Bytes) -> Result<()> {
+    match sink.put(key, data, PutMode::Create).await {
+        Ok(()) => Ok(()),
+        Err(crate::sink::SinkError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A new backup id: its start time (sortable) and random bits.
+pub fn new_backup_id(at: DateTime<Utc>) -> String {
+    let mut r = [0u8; 4];
+    rand::rngs::OsRng.fill_bytes(&mut r);
+    format!("{}-{}", at.format("%Y%m%dT%H%M%SZ"), hex::encode(r))
+}
