@@ -50,6 +50,8 @@ pub mod restore;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -1,0 +1,215 @@
+//! Test doubles for users' and adapters' tests: an in-memory [`Source`] and [`Target`], and a
+//! [`FaultySink`] that fails on command. Enabled with the `testing` feature.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::entry::EntryMeta;
+use crate::sink::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
+use crate::source::{
+    AdapterError, ContentWriter, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession, Target,
+};
+
+/// A source of entries held in memory.
+#[derive(Clone, Debug)]
+pub struct MemorySource {
+    /// Its descriptor.
+    pub descriptor: SourceDescriptor,
+    /// Entries with their content, in the order they are produced.
+    pub entries: Vec<(EntryMeta, Bytes)>,
+}
+
+impl MemorySource {
+    /// A source named `id` of kind `memory`.
+    pub fn new(id: &str) -> Self {
+        MemorySource {
+            descriptor: SourceDescriptor { id: id.into(), kind: "memory".into() },
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds a file entry whose fingerprint is a hash of its content (so unchanged files are
+    /// reused by the next backup).
+    pub fn file(mut self, path: &str, content: impl Into<Bytes>) -> Self {
+        let content = content.into();
+        let mut meta = EntryMeta::file(path, content.len() as u64);
+        meta.fingerprint = Some(blake3::hash(&content).to_hex().to_string());
+        self.entries.push((meta, content));
+        self
+    }
+
+    /// Adds any entry.
+    pub fn entry(mut self, meta: EntryMeta, content: impl Into<Bytes>) -> Self {
+        self.entries.push((meta, content.into()));
+        self
+    }
+}
+
+struct MemorySession {
+    entries: std::vec::IntoIter<(EntryMeta, Bytes)>,
+}
+
+#[async_trait]
+impl Source for MemorySource {
+    fn descriptor(&self) -> SourceDescriptor {
+        self.descriptor.clone()
+    }
+
+    async fn start(&self) -> Result<Box<dyn SourceSession>, AdapterError> {
+        Ok(Box::new(MemorySession { entries: self.entries.clone().into_iter() }))
+    }
+}
+
+#[async_trait]
+impl SourceSession for MemorySession {
+    async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
+        Ok(self.entries.next().map(|(meta, content)| {
+            let reader: crate::source::EntryReader = Box::pin(std::io::Cursor::new(content));
+            SourceEntry { content: (meta.kind == crate::entry::EntryKind::File).then_some(reader), meta }
+        }))
+    }
+
+    async fn finish(&mut self) -> Result<SourceMetadata, AdapterError> {
+        Ok(SourceMetadata::new())
+    }
+}
+
+/// A target that keeps restored entries in memory.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryTarget {
+    /// Restored entries by path, with their content.
+    pub entries: Arc<Mutex<BTreeMap<Vec<u8>, (EntryMeta, Vec<u8>)>>>,
+    /// Entries whose metadata was applied, in order.
+    pub applied: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl MemoryTarget {
+    /// An empty target.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The content restored for `path`.
+    pub fn content(&self, path: &str) -> Option<Vec<u8>> {
+        self.entries.lock().expect("lock").get(path.as_bytes()).map(|(_, c)| c.clone())
+    }
+}
+
+struct MemoryWriter {
+    path: Vec<u8>,
+    buf: Vec<u8>,
+    entries: Arc<Mutex<BTreeMap<Vec<u8>, (EntryMeta, Vec<u8>)>>>,
+}
+
+#[async_trait]
+impl Target for MemoryTarget {
+    async fn create(&self, meta: &EntryMeta) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
+        self.entries.lock().expect("lock").insert(meta.path.0.clone(), (meta.clone(), Vec::new()));
+        Ok(Some(Box::new(MemoryWriter { path: meta.path.0.clone(), buf: Vec::new(), entries: self.entries.clone() })))
+    }
+
+    async fn apply_metadata(&self, meta: &EntryMeta) -> Result<(), AdapterError> {
+        self.applied.lock().expect("lock").push(meta.path.0.clone());
+        Ok(())
+    }
+
+    async fn finish(&self) -> Result<(), AdapterError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ContentWriter for MemoryWriter {
+    async fn write(&mut self, data: Bytes) -> Result<(), AdapterError> {
+        self.buf.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
+        let mut entries = self.entries.lock().expect("lock");
+        if let Some(e) = entries.get_mut(&self.path) {
+            e.1 = self.buf;
+        }
+        Ok(())
+    }
+}
+
+/// Wraps a sink and makes its writes fail once a budget of successful puts is spent, to test
+/// what an interrupted operation leaves behind.
+#[derive(Debug)]
+pub struct FaultySink<S> {
+    inner: S,
+    puts_left: AtomicI64,
+}
+
+impl<S: Sink> FaultySink<S> {
+    /// Writes succeed until `puts` puts have succeeded (negative: never fail).
+    pub fn new(inner: S, puts: i64) -> Self {
+        FaultySink { inner, puts_left: AtomicI64::new(puts) }
+    }
+
+    /// Sets the remaining budget.
+    pub fn set_budget(&self, puts: i64) {
+        self.puts_left.store(puts, Ordering::SeqCst);
+    }
+
+    /// The wrapped sink.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn spend(&self, key: &str) -> Result<(), SinkError> {
+        let before = self.puts_left.load(Ordering::SeqCst);
+        if before < 0 {
+            return Ok(());
+        }
+        if before == 0 || self.puts_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            return Err(SinkError::Backend {
+                operation: "put",
+                key: key.into(),
+                location: self.inner.location(),
+                source: "injected fault".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<S: Sink> Sink for FaultySink<S> {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+        self.spend(key)?;
+        self.inner.put(key, data, mode).await
+    }
+    async fn put_stream(&self, key: &str, data: ByteStream, mode: PutMode) -> Result<u64, SinkError> {
+        self.spend(key)?;
+        self.inner.put_stream(key, data, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
+        self.inner.get_stream(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
+        self.inner.list(prefix)
+    }
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        self.inner.delete(key).await
+    }
+}
