@@ -5,7 +5,7 @@
 //! Memory stays bounded whatever the data: a bounded window of chunks is in flight, packs are
 //! uploaded with bounded concurrency, and the tree is written as it is produced.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -191,42 +191,156 @@ fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Opt
     (r, Some(Encoded { id, kind, raw_len: chunk.len() as u32, stored }))
 }
 
-/// Feeds chunks through hashing and sealing with a bounded window, in order.
-struct ChunkPipeline {
-    shared: Arc<Shared>,
-    inflight: FuturesOrdered<tokio::task::JoinHandle<(BlobRef, Option<Encoded>)>>,
-    window: usize,
-    new_bytes: u64,
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ChunkOwner {
+    Content,
+    Tree,
 }
 
-impl ChunkPipeline {
-    async fn push(&mut self, kind: BlobKind, chunk: Bytes, packer: &mut Packer, refs: &mut Vec<BlobRef>) -> Result<()> {
+/// An entry whose content is still being hashed and sealed.
+struct PendingEntry {
+    meta: EntryMeta,
+    content: Content,
+    /// Chunks pushed for it; `None` while its content is still being read.
+    expected: Option<usize>,
+    pushed: usize,
+    received: usize,
+}
+
+impl PendingEntry {
+    fn is_complete(&self) -> bool {
+        self.expected == Some(self.received)
+    }
+}
+
+/// Hashes and seals chunks on the blocking pool with a bounded window, across entries, and
+/// writes each entry's tree record once all its chunks are done, in entry order.
+struct Pipeline {
+    shared: Arc<Shared>,
+    inflight: FuturesOrdered<tokio::task::JoinHandle<(ChunkOwner, BlobRef, Option<Encoded>)>>,
+    window: usize,
+    pending: VecDeque<PendingEntry>,
+    tree_chunker: Chunker,
+    tree_refs: Vec<BlobRef>,
+    record_buf: Vec<u8>,
+    new_bytes: u64,
+    entries: u64,
+    logical_bytes: u64,
+}
+
+/// Entries allowed to wait behind a chunk in flight before the reader waits too.
+const MAX_PENDING_ENTRIES: usize = 4096;
+
+impl Pipeline {
+    async fn push_chunk(&mut self, owner: ChunkOwner, chunk: Bytes, packer: &mut Packer) -> Result<()> {
         while self.inflight.len() >= self.window {
-            self.pop(packer, refs).await?;
+            self.pop(packer).await?;
+        }
+        if owner == ChunkOwner::Content {
+            self.pending.back_mut().expect("content belongs to an open entry").pushed += 1;
         }
         let shared = self.shared.clone();
-        self.inflight
-            .push_back(tokio::task::spawn_blocking(move || hash_and_seal(&shared, kind, chunk)));
+        let kind = if owner == ChunkOwner::Tree { BlobKind::Tree } else { BlobKind::Data };
+        self.inflight.push_back(tokio::task::spawn_blocking(move || {
+            let (r, enc) = hash_and_seal(&shared, kind, chunk);
+            (owner, r, enc)
+        }));
         Ok(())
     }
 
-    async fn pop(&mut self, packer: &mut Packer, refs: &mut Vec<BlobRef>) -> Result<()> {
-        if let Some(done) = self.inflight.next().await {
-            let (r, encoded) = done.map_err(|e| Error::Invalid(format!("chunk task failed: {e}")))?;
-            refs.push(r);
-            if let Some(enc) = encoded {
-                if enc.kind == BlobKind::Data {
-                    self.new_bytes += enc.raw_len as u64;
+    async fn pop(&mut self, packer: &mut Packer) -> Result<()> {
+        let Some(done) = self.inflight.next().await else { return Ok(()) };
+        let (owner, r, encoded) = done.map_err(|e| Error::Invalid(format!("chunk task failed: {e}")))?;
+        if let Some(enc) = encoded {
+            if enc.kind == BlobKind::Data {
+                self.new_bytes += enc.raw_len as u64;
+            }
+            packer.add(enc).await?;
+        }
+        match owner {
+            ChunkOwner::Tree => self.tree_refs.push(r),
+            ChunkOwner::Content => {
+                // Results arrive in push order, so the chunk belongs to the first entry that
+                // still waits for chunks.
+                let entry = self
+                    .pending
+                    .iter_mut()
+                    .find(|e| e.expected.is_none_or(|n| e.received < n))
+                    .expect("a content chunk has an owner");
+                entry.received += 1;
+                if let Content::Blobs(refs) = &mut entry.content {
+                    refs.push(r);
                 }
-                packer.add(enc).await?;
             }
         }
         Ok(())
     }
 
-    async fn drain(&mut self, packer: &mut Packer, refs: &mut Vec<BlobRef>) -> Result<()> {
+    /// Starts an entry whose content will be pushed chunk by chunk.
+    fn begin_entry(&mut self, meta: EntryMeta) {
+        self.pending.push_back(PendingEntry {
+            meta,
+            content: Content::Blobs(Vec::new()),
+            expected: None,
+            pushed: 0,
+            received: 0,
+        });
+    }
+
+    /// Ends the open entry: all its chunks are pushed; `size` is what was actually read.
+    fn end_entry(&mut self, size: u64) {
+        let entry = self.pending.back_mut().expect("an open entry");
+        if size != entry.meta.size {
+            tracing::warn!(entry = %entry.meta.path, expected = entry.meta.size, read = size, "entry changed size while it was read; recording what was read");
+            entry.meta.size = size;
+        }
+        entry.expected = Some(entry.pushed);
+    }
+
+    /// Adds an entry whose content is already known.
+    async fn add_entry(&mut self, meta: EntryMeta, content: Content, packer: &mut Packer) -> Result<()> {
+        self.pending.push_back(PendingEntry { meta, content, expected: Some(0), pushed: 0, received: 0 });
+        self.flush_ready(packer).await?;
+        while self.pending.len() > MAX_PENDING_ENTRIES {
+            self.pop(packer).await?;
+            self.flush_ready(packer).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the tree records of the complete entries at the front of the queue.
+    async fn flush_ready(&mut self, packer: &mut Packer) -> Result<()> {
+        while self.pending.front().is_some_and(PendingEntry::is_complete) {
+            let entry = self.pending.pop_front().expect("checked");
+            self.entries += 1;
+            self.logical_bytes += entry.meta.size;
+            snapshot::encode_record(&TreeRecord { meta: entry.meta, content: entry.content }, &mut self.record_buf);
+            self.tree_chunker.push(&self.record_buf);
+            self.record_buf.clear();
+            while let Some(chunk) = self.tree_chunker.next_chunk(false) {
+                self.push_chunk(ChunkOwner::Tree, chunk, packer).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every chunk, writes every record and the tree's last chunk.
+    async fn finish(&mut self, packer: &mut Packer) -> Result<()> {
+        loop {
+            self.flush_ready(packer).await?;
+            if self.inflight.is_empty() {
+                break;
+            }
+            self.pop(packer).await?;
+        }
+        if !self.pending.is_empty() {
+            return Err(Error::Invalid("an entry was left incomplete".into()));
+        }
+        while let Some(chunk) = self.tree_chunker.next_chunk(true) {
+            self.push_chunk(ChunkOwner::Tree, chunk, packer).await?;
+        }
         while !self.inflight.is_empty() {
-            self.pop(packer, refs).await?;
+            self.pop(packer).await?;
         }
         Ok(())
     }
@@ -364,68 +478,49 @@ impl Repository {
         });
         let mut packer = Packer::new(shared.clone(), options.upload_concurrency);
         packer.unindexed = adopted;
-        let new_pipeline = || ChunkPipeline {
+        let mut pipeline = Pipeline {
             shared: shared.clone(),
             inflight: FuturesOrdered::new(),
             window: options.chunk_concurrency.max(1),
+            pending: VecDeque::new(),
+            tree_chunker: Chunker::new(self.config.chunker, self.keys.chunker_seed()),
+            tree_refs: Vec::new(),
+            record_buf: Vec::new(),
             new_bytes: 0,
+            entries: 0,
+            logical_bytes: 0,
         };
-        // Content and tree chunks go through separate pipelines so their refs never mix.
-        let mut pipeline = new_pipeline();
-        let mut tree_pipeline = new_pipeline();
         let mut chunker = Chunker::new(self.config.chunker, self.keys.chunker_seed());
-        let mut tree_chunker = Chunker::new(self.config.chunker, self.keys.chunker_seed());
-        let mut tree_refs: Vec<BlobRef> = Vec::new();
-        let mut record_buf = Vec::new();
-        let (mut entries, mut logical, mut reused) = (0u64, 0u64, 0u64);
+        let mut reused = 0u64;
 
         let mut session = source.start().await?;
         while let Some(entry) = session.next_entry().await? {
-            let mut meta = entry.meta;
+            let meta = entry.meta;
             if let Some(p) = &options.progress {
                 p.entry(&meta);
             }
-            let content = match (meta.kind, entry.content) {
+            match (meta.kind, entry.content) {
                 (EntryKind::File, Some(reader)) => {
-                    let reuse = cursor.find(&meta).await?;
-                    let reusable = reuse.filter(|refs| {
+                    let reuse = cursor.find(&meta).await?.filter(|refs| {
                         let dedup = shared.dedup.lock().expect("dedup lock poisoned");
                         refs.iter().all(|r| dedup.index.contains(&r.id))
                     });
-                    if let Some(refs) = reusable {
+                    if let Some(refs) = reuse {
                         reused += 1;
                         if let Some(p) = &options.progress {
                             p.bytes(meta.size);
                         }
-                        Content::Blobs(refs)
+                        pipeline.add_entry(meta, Content::Blobs(refs), &mut packer).await?;
                     } else {
-                        let (content, read) = self
-                            .store_content(reader, &meta, &mut chunker, &mut pipeline, &mut packer, options)
-                            .await?;
-                        if read != meta.size {
-                            tracing::warn!(entry = %meta.path, expected = meta.size, read, "entry changed size while it was read; recording what was read");
-                            meta.size = read;
-                        }
-                        content
+                        self.store_content(reader, meta, &mut chunker, &mut pipeline, &mut packer, options).await?;
                     }
                 }
-                _ => Content::None,
-            };
-            entries += 1;
-            logical += meta.size;
-            snapshot::encode_record(&TreeRecord { meta, content }, &mut record_buf);
-            tree_chunker.push(&record_buf);
-            record_buf.clear();
-            while let Some(chunk) = tree_chunker.next_chunk(false) {
-                tree_pipeline.push(BlobKind::Tree, chunk, &mut packer, &mut tree_refs).await?;
+                _ => pipeline.add_entry(meta, Content::None, &mut packer).await?,
             }
         }
         let source_metadata = session.finish().await?;
         drop(session);
-        while let Some(chunk) = tree_chunker.next_chunk(true) {
-            tree_pipeline.push(BlobKind::Tree, chunk, &mut packer, &mut tree_refs).await?;
-        }
-        tree_pipeline.drain(&mut packer, &mut tree_refs).await?;
+        pipeline.finish(&mut packer).await?;
         packer.finish().await?;
         lock.check()?;
 
@@ -436,9 +531,9 @@ impl Repository {
             source: record.source.clone(),
             started_at: record.started_at,
             finished_at,
-            entries,
-            logical_bytes: logical,
-            tree: tree_refs,
+            entries: pipeline.entries,
+            logical_bytes: pipeline.logical_bytes,
+            tree: std::mem::take(&mut pipeline.tree_refs),
             source_metadata: source_metadata.clone(),
             labels: record.labels.clone(),
             parent: record.parent.clone(),
@@ -454,8 +549,8 @@ impl Repository {
         let manifest_len = sealed.len() as u64;
         self.sink.put(&key, sealed.into(), crate::sink::PutMode::Create).await?;
 
-        record.entries = entries;
-        record.logical_bytes = logical;
+        record.entries = pipeline.entries;
+        record.logical_bytes = pipeline.logical_bytes;
         record.new_bytes = pipeline.new_bytes;
         record.stored_bytes = packer.stored_bytes + manifest_len;
         record.manifest_checksum = Some(checksum);
@@ -466,42 +561,49 @@ impl Repository {
     async fn store_content(
         &self,
         mut reader: EntryReader,
-        meta: &EntryMeta,
+        meta: EntryMeta,
         chunker: &mut Chunker,
-        pipeline: &mut ChunkPipeline,
+        pipeline: &mut Pipeline,
         packer: &mut Packer,
         options: &BackupOptions,
-    ) -> Result<(Content, u64)> {
-        let mut refs = Vec::new();
+    ) -> Result<()> {
         let mut read = 0u64;
         let inline_limit = self.config.inline_limit as u64;
+        let path = meta.path.to_string();
+        let mut meta = Some(meta);
         loop {
             let n = reader
                 .read_buf(chunker.buffer_mut())
                 .await
-                .map_err(|e| crate::source::AdapterError::new("read", meta.path.to_string(), e))?;
+                .map_err(|e| crate::source::AdapterError::new("read", path.clone(), e))?;
             read += n as u64;
             if let Some(p) = &options.progress {
                 p.bytes(n as u64);
             }
             let eof = n == 0;
-            if eof && read <= inline_limit {
+            if let Some(m) = meta.take_if(|_| eof && read <= inline_limit) {
+                // Small content goes inside the tree.
                 let data = chunker.next_chunk(true).map(|b| b.to_vec()).unwrap_or_default();
-                return Ok((if data.is_empty() { Content::None } else { Content::Inline(data) }, read));
+                let mut m = m;
+                m.size = read;
+                let content = if data.is_empty() { Content::None } else { Content::Inline(data) };
+                return pipeline.add_entry(m, content, packer).await;
             }
-            // Keep small contents buffered until we know whether they fit inline.
             if !eof && read <= inline_limit {
                 continue;
             }
+            if let Some(m) = meta.take() {
+                pipeline.begin_entry(m);
+            }
             while let Some(chunk) = chunker.next_chunk(eof) {
-                pipeline.push(BlobKind::Data, chunk, packer, &mut refs).await?;
+                pipeline.push_chunk(ChunkOwner::Content, chunk, packer).await?;
             }
             if eof {
                 break;
             }
         }
-        pipeline.drain(packer, &mut refs).await?;
-        Ok((Content::Blobs(refs), read))
+        pipeline.end_entry(read);
+        pipeline.flush_ready(packer).await
     }
 
     /// The latest succeeded snapshot of a source.
