@@ -47,6 +47,7 @@ pub mod pack;
 pub mod progress;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
