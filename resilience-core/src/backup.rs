@@ -460,7 +460,11 @@ impl Repository {
         lock: &RepoLock,
     ) -> Result<u64> {
         let mut index = self.load_index().await?;
-        let adopted = self.unindexed_packs(&index).await?;
+        // Packs a prune condemned are not adopted: the prune decides their fate.
+        let condemned: HashSet<crate::pack::PackId> =
+            self.prune_plans().await?.into_iter().flat_map(|(_, _, p)| p.into_iter().map(|r| r.id)).collect();
+        let adopted: Vec<PackRecord> =
+            self.unindexed_packs(&index).await?.into_iter().filter(|p| !condemned.contains(&p.id)).collect();
         for p in &adopted {
             index.add_pack(p);
         }

@@ -240,6 +240,31 @@ impl Index {
         })
     }
 
+    /// The position of a blob in the sorted records, for per-blob bitsets (call
+    /// [`Index::compact`] first; blobs added since are not positioned).
+    pub fn position(&self, id: &BlobId) -> Option<usize> {
+        self.sorted.binary_search_by(|r| r.id.cmp(id)).ok()
+    }
+
+    /// Every blob in sorted order with its location (after [`Index::compact`]).
+    pub fn iter_sorted(&self) -> impl Iterator<Item = (usize, BlobId, BlobLocation)> + '_ {
+        self.sorted.iter().enumerate().map(|(i, r)| {
+            let p = self.packs[r.pack as usize];
+            (
+                i,
+                r.id,
+                BlobLocation {
+                    pack: p.id,
+                    key_id: p.key_id,
+                    kind: r.kind,
+                    offset: r.offset,
+                    length: r.length,
+                    raw_len: r.raw_len,
+                },
+            )
+        })
+    }
+
     /// Every known pack.
     pub fn packs(&self) -> &[PackInfo] {
         &self.packs

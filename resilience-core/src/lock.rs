@@ -29,8 +29,10 @@ use crate::sink::{PutMode, Sink};
 pub enum LockKind {
     /// Many at once (backups, restores).
     Shared,
-    /// Alone (prune, key rotation).
+    /// Alone (key rotation, rewrites): excludes every other lock.
     Exclusive,
+    /// One at a time (prune, forget), beside shared locks: backups keep running.
+    Maintenance,
 }
 
 /// What a lock object says.
@@ -129,7 +131,12 @@ impl std::fmt::Debug for RepoLock {
 }
 
 fn conflicts(want: LockKind, other: &LockInfo) -> bool {
-    want == LockKind::Exclusive || other.kind == LockKind::Exclusive
+    use LockKind::*;
+    match (want, other.kind) {
+        (Exclusive, _) | (_, Exclusive) => true,
+        (Maintenance, Maintenance) => true,
+        _ => false,
+    }
 }
 
 impl RepoLock {
@@ -312,6 +319,11 @@ mod tests {
         assert!(RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Shared, "backup", None, quick()).await.is_err());
         x.release().await.unwrap();
         assert!(list_locks(sink.as_ref()).await.unwrap().is_empty());
+        let m = RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Maintenance, "prune", None, quick()).await.unwrap();
+        let s = RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Shared, "backup", None, quick()).await.unwrap();
+        assert!(RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Maintenance, "prune", None, quick()).await.is_err());
+        m.release().await.unwrap();
+        s.release().await.unwrap();
     }
 
     #[tokio::test]

@@ -29,6 +29,8 @@ pub enum ObjectKind {
     Snapshot = 2,
     /// A catalog record.
     Catalog = 3,
+    /// A prune plan: packs condemned, deleted by a later prune.
+    PrunePlan = 4,
 }
 
 /// Appends the checksum of `body` to it.

@@ -290,11 +290,16 @@ impl Repository {
         if packs.is_empty() {
             return Ok(0);
         }
+        Ok(self.write_index_named(packs).await?.1)
+    }
+
+    /// Writes an index file for `packs`; returns its name and size.
+    pub async fn write_index_named(&self, packs: &[PackRecord]) -> Result<(String, u64)> {
         let sealed = object::seal_object(&self.keys, ObjectKind::Index, "index", &index::encode_index(packs));
         let name = format!("index/{}", object::stored_checksum(&sealed).expect("has checksum"));
         let len = sealed.len() as u64;
         put_idempotent(self.sink.as_ref(), &name, sealed.into()).await?;
-        Ok(len)
+        Ok((name, len))
     }
 
     /// The succeeded snapshot that `spec` names: `latest`, a full id or a unique id prefix.

@@ -132,7 +132,7 @@ impl Repository {
     pub async fn restore(&self, spec: &str, target: &dyn Target, options: RestoreOptions) -> Result<RestoreReport> {
         let started = Instant::now();
         let record = self.resolve_snapshot(spec, None).await?;
-        let index = Arc::new(self.load_index().await?);
+        let index = Arc::new(self.load_read_index().await?);
         let mut tree = self.tree_reader(&record, &index).await?;
 
         // Pass 1: content. A stream of steps, each blob read running ahead in a bounded window.

@@ -115,6 +115,18 @@ impl Repository {
                 Err(e) => damage.object(&meta.key, problem_of(e)),
             }
         }
+        // Packs that a prune condemned are still readable until a later prune deletes them:
+        // they count only if a snapshot still uses them.
+        let mut optional: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (_, _, packs) in self.prune_plans().await? {
+            for p in packs {
+                if !index.has_pack(&p.id) {
+                    optional.insert(pack::pack_key(&p.id));
+                    index.add_pack(&p);
+                    pack_blobs.entry(p.id).or_insert(p.blobs);
+                }
+            }
+        }
         index.compact();
 
         // Packs.
@@ -228,6 +240,7 @@ impl Repository {
         report.damaged = damage
             .objects
             .iter()
+            .filter(|(k, _)| !optional.contains(*k) || damage.affected.contains_key(*k))
             .map(|(k, problem)| DamagedObject {
                 object: k.clone(),
                 problem: problem.clone(),

@@ -1,0 +1,383 @@
+//! Garbage collection that is safe beside running backups, in two phases.
+//!
+//! **Phase 1** (each run): find every blob that a succeeded snapshot references; packs with no
+//! live blob are *condemned*; packs whose live share is below the repack threshold have their
+//! live blobs copied (still sealed, after checking the pack's checksum) into new packs and are
+//! condemned too; packs that no index lists (left by interrupted backups) are condemned. New
+//! index files that leave the condemned packs out are written, then a plan
+//! `prune/<id>` (a sealed object listing the condemned packs and their tables), then the old
+//! index files are deleted. Nothing is deleted from the data yet.
+//!
+//! **Phase 2** (a later run): a plan is *ripe* once it is older than the grace period and no
+//! lock taken before it is still live — so every backup that might have deduplicated against a
+//! condemned pack has finished and its snapshot is in the catalog. Each condemned pack is then
+//! deleted, unless an index lists it again (a backup indexed it) or a succeeded snapshot uses
+//! one of its blobs (it is then *resurrected*: indexed again). The plan goes last.
+//!
+//! Between the phases, readers still find condemned packs through the plans
+//! ([`Repository::load_read_index`]). Prune takes a maintenance lock, which excludes another
+//! prune but not backups. It can be killed at any point: every step is ordered so that an
+//! interruption leaves extra objects, never missing ones, and the next run finishes the job.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::blob::BlobId;
+use crate::catalog::{BackupStatus, Catalog, CatalogQuery};
+use crate::error::{Error, Result};
+use crate::index::{self, Index, PackRecord};
+use crate::lock::{self, LockKind, RepoLock};
+use crate::object::{self, ObjectKind};
+use crate::pack::{self, PackBuilder, PackId};
+use crate::repo::{self, Repository};
+use crate::snapshot::Content;
+
+/// How to prune.
+#[derive(Clone, Copy, Debug)]
+pub struct PruneOptions {
+    /// How old a plan must be before its packs are deleted (clock skew, eventual consistency,
+    /// backups that outlive their lock's view).
+    pub grace: Duration,
+    /// Packs whose live bytes are below this share are repacked.
+    pub repack_below: f64,
+    /// Compute and report only.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions { grace: Duration::from_secs(24 * 3600), repack_below: 0.5, dry_run: false }
+    }
+}
+
+/// What a prune did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Packs examined.
+    pub packs: usize,
+    /// Blobs referenced by succeeded snapshots.
+    pub referenced_blobs: usize,
+    /// Packs condemned in this run (deleted by a later run).
+    pub condemned_packs: usize,
+    /// Their bytes.
+    pub condemned_bytes: u64,
+    /// Packs repacked in this run.
+    pub repacked_packs: usize,
+    /// Live bytes copied by repacking.
+    pub repacked_bytes: u64,
+    /// Packs deleted in this run (condemned by an earlier one).
+    pub deleted_packs: usize,
+    /// Bytes freed in this run.
+    pub freed_bytes: u64,
+    /// Condemned packs found in use again and indexed.
+    pub resurrected_packs: usize,
+    /// Plans not yet ripe, with why.
+    pub waiting_plans: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PlanHeader {
+    created_at: DateTime<Utc>,
+}
+
+/// A prune plan as stored: header JSON length u32, header JSON, then an index payload.
+fn encode_plan(created_at: DateTime<Utc>, packs: &[PackRecord]) -> Vec<u8> {
+    let header = serde_json::to_vec(&PlanHeader { created_at }).expect("serializes");
+    let mut out = (header.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&index::encode_index(packs));
+    out
+}
+
+fn decode_plan(name: &str, payload: &[u8]) -> Result<(DateTime<Utc>, Vec<PackRecord>)> {
+    let bad = || Error::corrupt(name, "prune plan does not parse");
+    let len = u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().expect("4")) as usize;
+    let header: PlanHeader = serde_json::from_slice(payload.get(4..4 + len).ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok((header.created_at, index::decode_index(name, &payload[4 + len..])?))
+}
+
+/// A bitset over the sorted index positions: which blobs are referenced.
+struct Referenced {
+    bits: Vec<u64>,
+    outside: HashSet<BlobId>,
+}
+
+impl Referenced {
+    fn new(n: usize) -> Self {
+        Referenced { bits: vec![0; n.div_ceil(64)], outside: HashSet::new() }
+    }
+    fn mark(&mut self, index: &Index, id: &BlobId) {
+        match index.position(id) {
+            Some(i) => self.bits[i / 64] |= 1 << (i % 64),
+            None => {
+                self.outside.insert(*id);
+            }
+        }
+    }
+    fn is_marked(&self, index: &Index, id: &BlobId) -> bool {
+        match index.position(id) {
+            Some(i) => self.bits[i / 64] & (1 << (i % 64)) != 0,
+            None => self.outside.contains(id),
+        }
+    }
+    fn count(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum::<usize>() + self.outside.len()
+    }
+}
+
+impl Repository {
+    /// The stored prune plans: key, creation time, condemned packs.
+    pub async fn prune_plans(&self) -> Result<Vec<(String, DateTime<Utc>, Vec<PackRecord>)>> {
+        let keys: Vec<String> = self.sink.list("prune/").map_ok(|m| m.key).try_collect().await?;
+        let mut out = Vec::new();
+        for key in keys {
+            let bytes = match self.sink.get(&key).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let payload = object::open_object(&self.keys, ObjectKind::PrunePlan, &key, &bytes)?;
+            let (at, packs) = decode_plan(&key, &payload)?;
+            out.push((key, at, packs));
+        }
+        Ok(out)
+    }
+
+    /// The index for reading: live index files, then the packs that prune plans condemned but
+    /// have not deleted yet (so a snapshot written by a backup that raced a prune stays
+    /// restorable until the prune resurrects its packs).
+    pub async fn load_read_index(&self) -> Result<Index> {
+        let mut index = self.load_index().await?;
+        for (_, _, packs) in self.prune_plans().await? {
+            for p in &packs {
+                index.add_pack(p);
+            }
+        }
+        index.compact();
+        Ok(index)
+    }
+
+    /// Marks every blob that succeeded snapshots reference.
+    async fn referenced_blobs(&self, index: &Index) -> Result<Referenced> {
+        let mut referenced = Referenced::new(index.blob_count());
+        let records = self
+            .catalog()
+            .list(&CatalogQuery { statuses: vec![BackupStatus::Succeeded], ..Default::default() })
+            .await?;
+        for record in records {
+            let manifest = self.load_manifest(&record).await?;
+            for r in &manifest.tree {
+                referenced.mark(index, &r.id);
+            }
+            let mut tree = crate::restore::TreeReader::new(self.clone(), index, &manifest.tree);
+            while let Some(rec) = tree.next().await? {
+                if let Content::Blobs(blobs) = &rec.content {
+                    for b in blobs {
+                        referenced.mark(index, &b.id);
+                    }
+                }
+            }
+        }
+        Ok(referenced)
+    }
+
+    /// Runs phase 2 for ripe plans, then phase 1.
+    pub async fn prune(&self, options: PruneOptions) -> Result<PruneReport> {
+        let lock = RepoLock::acquire(
+            self.sink.clone(),
+            self.clock.clone(),
+            LockKind::Maintenance,
+            "prune",
+            None,
+            self.lock_settings,
+        )
+        .await?;
+        let result = self.prune_locked(options, &lock).await;
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "could not remove the prune lock; it will expire");
+        }
+        result
+    }
+
+    async fn prune_locked(&self, options: PruneOptions, lock: &RepoLock) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        let now = self.clock.now();
+        let grace = chrono::Duration::from_std(options.grace).map_err(|_| Error::Invalid("grace period too long".into()))?;
+        let locks = lock::list_locks(self.sink.as_ref()).await?;
+        let plans = self.prune_plans().await?;
+        let plan_packs: HashSet<PackId> = plans.iter().flat_map(|(_, _, p)| p.iter().map(|r| r.id)).collect();
+
+        // Phase 2: finish ripe plans.
+        let read_index = self.load_read_index().await?;
+        let referenced = self.referenced_blobs(&read_index).await?;
+        let live_index = self.load_index().await?;
+        for (key, created_at, packs) in &plans {
+            if *created_at > now - grace {
+                report.waiting_plans.push(format!("{key}: younger than the grace period"));
+                continue;
+            }
+            if let Some((k, l)) = locks
+                .iter()
+                .find(|(k, l)| k != lock.key() && l.is_live(now) && l.created_at <= *created_at)
+            {
+                report.waiting_plans.push(format!("{key}: {k} ({} by {}) was taken before it", l.purpose, l.owner));
+                continue;
+            }
+            let mut resurrect = Vec::new();
+            for p in packs {
+                if live_index.has_pack(&p.id) {
+                    continue;
+                }
+                if p.blobs.iter().any(|b| referenced.is_marked(&read_index, &b.id)) {
+                    resurrect.push(p.clone());
+                    continue;
+                }
+                report.deleted_packs += 1;
+                report.freed_bytes += p.size;
+                if !options.dry_run {
+                    self.sink.delete(&pack::pack_key(&p.id)).await?;
+                }
+            }
+            report.resurrected_packs += resurrect.len();
+            if !options.dry_run {
+                self.write_index(&resurrect).await?;
+                self.sink.delete(key).await?;
+            }
+        }
+
+        // Phase 1: condemn and repack.
+        let index_files: Vec<String> = self.sink.list("index/").map_ok(|m| m.key).try_collect().await?;
+        let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
+        for key in &index_files {
+            let bytes = self.sink.get(key).await?;
+            let payload = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)?;
+            for p in index::decode_index(key, &payload)? {
+                pack_records.entry(p.id).or_insert(p);
+            }
+        }
+        report.packs = pack_records.len();
+        report.referenced_blobs = referenced.count();
+        let mut keep: Vec<PackRecord> = Vec::new();
+        let mut condemned: Vec<PackRecord> = Vec::new();
+        let mut to_repack: Vec<PackRecord> = Vec::new();
+        let mut seen_blobs: HashSet<BlobId> = HashSet::new();
+        let mut records: Vec<PackRecord> = pack_records.into_values().collect();
+        records.sort_by_key(|p| p.id);
+        for p in records {
+            // A blob counts as live in the first pack that holds it; duplicates are garbage.
+            let live: u64 = p
+                .blobs
+                .iter()
+                .filter(|b| referenced.is_marked(&read_index, &b.id) && !seen_blobs.contains(&b.id))
+                .map(|b| b.length as u64)
+                .sum();
+            let total: u64 = p.blobs.iter().map(|b| b.length as u64).sum::<u64>().max(1);
+            if live == 0 {
+                condemned.push(p);
+            } else if (live as f64) / (total as f64) < options.repack_below {
+                p.blobs.iter().filter(|b| referenced.is_marked(&read_index, &b.id)).for_each(|b| {
+                    seen_blobs.insert(b.id);
+                });
+                to_repack.push(p);
+            } else {
+                p.blobs.iter().for_each(|b| {
+                    seen_blobs.insert(b.id);
+                });
+                keep.push(p);
+            }
+        }
+        // Unindexed packs (interrupted backups) are condemned too; a backup that indexes them
+        // in the meantime saves them.
+        let listed: Vec<_> = self.sink.list("data/").try_collect().await?;
+        for meta in listed {
+            let Some(id) = pack::pack_id_from_key(&meta.key) else { continue };
+            let known = keep.iter().chain(&condemned).chain(&to_repack).any(|p| p.id == id);
+            if known || plan_packs.contains(&id) {
+                continue;
+            }
+            match self.read_pack_table(&meta.key, meta.size).await {
+                Ok(rec) => condemned.push(rec),
+                Err(_) => condemned.push(PackRecord { id, size: meta.size, key_id: 0, blobs: vec![] }),
+            }
+        }
+
+        let mut new_packs = Vec::new();
+        for p in &to_repack {
+            match self.repack(p, &read_index, &referenced, &mut seen_blobs, options.dry_run).await {
+                Ok(Some((record, copied))) => {
+                    report.repacked_packs += 1;
+                    report.repacked_bytes += copied;
+                    new_packs.extend(record);
+                    condemned.push(p.clone());
+                }
+                Ok(None) => keep.push(p.clone()),
+                Err(e) => {
+                    tracing::warn!(pack = %pack::pack_key(&p.id), error = %e, "not repacking a pack that does not read back; keeping it");
+                    keep.push(p.clone());
+                }
+            }
+        }
+        report.condemned_packs = condemned.len();
+        report.condemned_bytes = condemned.iter().map(|p| p.size).sum();
+        if options.dry_run || (condemned.is_empty() && new_packs.is_empty()) {
+            return Ok(report);
+        }
+        lock.check()?;
+        // New index files first, then the plan, then the old index files go.
+        keep.extend(new_packs);
+        let mut new_index_names = HashSet::new();
+        for chunk in keep.chunks(256) {
+            new_index_names.insert(self.write_index_named(chunk).await?.0);
+        }
+        if !condemned.is_empty() {
+            let mut id = [0u8; 8];
+            rand::rngs::OsRng.fill_bytes(&mut id);
+            let key = format!("prune/{}-{}", self.clock.now().format("%Y%m%dT%H%M%SZ"), hex::encode(id));
+            let sealed = object::seal_object(&self.keys, ObjectKind::PrunePlan, &key, &encode_plan(self.clock.now(), &condemned));
+            self.sink.put(&key, sealed.into(), crate::sink::PutMode::Create).await?;
+        }
+        for key in index_files.iter().filter(|k| !new_index_names.contains(*k)) {
+            self.sink.delete(key).await?;
+        }
+        Ok(report)
+    }
+
+    /// Copies a pack's live blobs, still sealed, into new packs. `None` when nothing is live
+    /// that is not already kept elsewhere.
+    async fn repack(
+        &self,
+        p: &PackRecord,
+        index: &Index,
+        referenced: &Referenced,
+        seen: &mut HashSet<BlobId>,
+        dry_run: bool,
+    ) -> Result<Option<(Vec<PackRecord>, u64)>> {
+        let key = pack::pack_key(&p.id);
+        let bytes = self.sink.get(&key).await?;
+        object::check_checksum(&key, &bytes)?;
+        let mut builder = PackBuilder::new(p.key_id, bytes.len());
+        let mut copied = 0u64;
+        for b in p.blobs.iter().filter(|b| referenced.is_marked(index, &b.id)) {
+            let (start, end) = (b.offset as usize, b.offset as usize + b.length as usize);
+            let stored = bytes.get(start..end).ok_or_else(|| Error::corrupt(&key, "blob beyond the pack's end"))?;
+            builder.add(b.id, b.kind, b.raw_len, stored);
+            copied += b.length as u64;
+            seen.insert(b.id);
+        }
+        if builder.is_empty() {
+            return Ok(None);
+        }
+        if dry_run {
+            return Ok(Some((Vec::new(), copied)));
+        }
+        let (id, data, blobs) = builder.finish(&self.keys);
+        let size = data.len() as u64;
+        repo::put_idempotent(self.sink.as_ref(), &pack::pack_key(&id), data).await?;
+        Ok(Some((vec![PackRecord { id, size, key_id: p.key_id, blobs }], copied)))
+    }
+}
