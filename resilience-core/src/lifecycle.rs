@@ -48,13 +48,16 @@ impl Repository {
                         return Err(Error::Invalid(format!("refusing to expire running backup {}", d.id)));
                     }
                     lock.check()?;
+                    // The manifest goes first: a sink that refuses deletes (append-only) then
+                    // changes nothing. An interruption in between leaves a record whose
+                    // manifest is gone, which verify names and a second forget finishes.
+                    self.sink.delete(&crate::snapshot::manifest_key(&d.id)).await?;
                     if record.status != BackupStatus::Expired {
                         record.revision += 1;
                         record.status = BackupStatus::Expired;
                         record.updated_at = self.clock.now();
                         catalog.put(&record).await?;
                     }
-                    self.sink.delete(&crate::snapshot::manifest_key(&d.id)).await?;
                     report.expired.push(d.id.clone());
                 }
             }

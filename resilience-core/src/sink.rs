@@ -9,10 +9,12 @@
 //! `resilience-objstore` implements it over `object_store` (local disk, S3, GCS, Azure, memory);
 //! [`MemorySink`] is a dependency-free implementation for unit tests.
 
+mod append_only;
 mod memory;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 
+pub use append_only::AppendOnlySink;
 pub use memory::MemorySink;
 
 use std::fmt;

@@ -1,0 +1,103 @@
+//! A wrapper that refuses deletes and overwrites: what a backup host should hold.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use super::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
+
+/// Refuses every delete and every overwrite of an existing object, except of the backup's own
+/// lock objects (`locks/…`), which a backup must refresh and remove. With credentials that
+/// cannot delete, ransomware on the backup host cannot erase backups either; forget and prune
+/// run elsewhere.
+///
+/// ```
+/// use resilience_core::sink::{AppendOnlySink, MemorySink, PutMode, Sink};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let sink = AppendOnlySink::new(MemorySink::new());
+/// sink.put("data/ab/x", "1".into(), PutMode::Create).await.unwrap();
+/// assert!(sink.delete("data/ab/x").await.is_err());
+/// assert!(sink.put("data/ab/x", "2".into(), PutMode::Overwrite).await.is_err());
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct AppendOnlySink<S> {
+    inner: S,
+}
+
+impl<S: Sink> AppendOnlySink<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        AppendOnlySink { inner }
+    }
+
+    fn exempt(key: &str) -> bool {
+        key.starts_with("locks/")
+    }
+
+    fn refuse(operation: &'static str, key: &str) -> SinkError {
+        SinkError::Refused {
+            operation,
+            key: key.to_owned(),
+            reason: "the repository is open in append-only mode; run forget and prune with maintenance credentials".into(),
+        }
+    }
+
+    async fn guard_put(&self, key: &str, mode: PutMode) -> Result<PutMode, SinkError> {
+        if Self::exempt(key) {
+            return Ok(mode);
+        }
+        match self.inner.head(key).await {
+            Ok(_) if mode == PutMode::Overwrite => Err(Self::refuse("overwrite", key)),
+            Ok(_) => Err(SinkError::AlreadyExists { key: key.to_owned() }),
+            Err(e) if e.is_not_found() => Ok(PutMode::Create),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Sink> Sink for AppendOnlySink<S> {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+        let mode = self.guard_put(key, mode).await?;
+        self.inner.put(key, data, mode).await
+    }
+
+    async fn put_stream(&self, key: &str, data: ByteStream, mode: PutMode) -> Result<u64, SinkError> {
+        let mode = self.guard_put(key, mode).await?;
+        self.inner.put_stream(key, data, mode).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
+        self.inner.get(key).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
+        self.inner.get_range(key, range).await
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
+        self.inner.get_stream(key).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
+        self.inner.head(key).await
+    }
+
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
+        self.inner.list(prefix)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        if Self::exempt(key) {
+            return self.inner.delete(key).await;
+        }
+        Err(Self::refuse("delete", key))
+    }
+}
