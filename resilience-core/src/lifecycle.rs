@@ -1,4 +1,5 @@
-//! Applying retention decisions to the catalog: expiring backups and legal holds.
+//! Applying retention decisions: expiring backups, moving them between the hot and the cold
+//! tier, and legal holds.
 //!
 //! Expiring a backup writes a catalog revision with status `expired` (the record stays, for
 //! the audit trail) and removes its manifest; its data becomes garbage for [`crate::prune`].
@@ -16,6 +17,8 @@ use crate::retention::{Action, RetentionPlan};
 pub struct ForgetReport {
     /// Backups expired.
     pub expired: Vec<String>,
+    /// Backups moved to the cold tier.
+    pub moved_cold: Vec<String>,
     /// Backups the plan sends to the cold tier that stay where they are (no cold store given).
     pub cold_pending: Vec<String>,
 }
@@ -38,7 +41,17 @@ impl Repository {
         for d in &plan.decisions {
             match d.action {
                 Action::Keep => {}
-                Action::Cold => report.cold_pending.push(d.id.clone()),
+                Action::Cold => match &self.cold {
+                    Some(_) => {
+                        let record = catalog.get(&d.id).await?;
+                        if record.is_some_and(|r| r.tier != crate::catalog::Tier::Cold && r.status == BackupStatus::Succeeded) {
+                            lock.check()?;
+                            self.move_to_cold(&d.id).await?;
+                            report.moved_cold.push(d.id.clone());
+                        }
+                    }
+                    None => report.cold_pending.push(d.id.clone()),
+                },
                 Action::Delete => {
                     let Some(mut record) = catalog.get(&d.id).await? else { continue };
                     if record.legal_hold {
@@ -51,11 +64,21 @@ impl Repository {
                     // The manifest goes first: a sink that refuses deletes (append-only) then
                     // changes nothing. An interruption in between leaves a record whose
                     // manifest is gone, which verify names and a second forget finishes.
-                    self.sink.delete(&crate::snapshot::manifest_key(&d.id)).await?;
+                    let store = if record.tier == self.tier {
+                        self
+                    } else {
+                        self.cold.as_deref().filter(|c| c.tier == record.tier).ok_or_else(|| {
+                            Error::Invalid(format!("backup {} is in the {:?} tier: attach that store to expire it", d.id, record.tier))
+                        })?
+                    };
+                    store.sink.delete(&crate::snapshot::manifest_key(&d.id)).await?;
                     if record.status != BackupStatus::Expired {
                         record.revision += 1;
                         record.status = BackupStatus::Expired;
                         record.updated_at = self.clock.now();
+                        if !std::ptr::eq(store, self) {
+                            store.catalog().put(&record).await?;
+                        }
                         catalog.put(&record).await?;
                     }
                     report.expired.push(d.id.clone());
@@ -79,5 +102,165 @@ impl Repository {
             catalog.put(&record).await?;
         }
         Ok(record)
+    }
+}
+
+/// What moving a snapshot between tiers copied.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TierMove {
+    /// The snapshot.
+    pub snapshot: String,
+    /// Packs copied (those the destination already had are not).
+    pub packs_copied: usize,
+    /// Bytes copied.
+    pub bytes_copied: u64,
+}
+
+impl Repository {
+    /// Attaches the cold tier kept in `sink` (another bucket, a cheaper storage class),
+    /// initializing it with this repository's configuration and wrapped keys if it is empty.
+    pub async fn attach_cold(mut self, sink: std::sync::Arc<dyn crate::sink::Sink>) -> Result<Repository> {
+        match Repository::read_config(sink.as_ref()).await {
+            Ok(cfg) if cfg.id == self.config.id => {}
+            Ok(cfg) => {
+                return Err(Error::Invalid(format!(
+                    "{} holds repository {}, not {}: it is not this repository's cold tier",
+                    sink.location(),
+                    cfg.id,
+                    self.config.id
+                )))
+            }
+            Err(Error::RepositoryNotFound { .. }) => {
+                use futures::TryStreamExt;
+                let keys: Vec<String> = self.sink.list("keys/").map_ok(|m| m.key).try_collect().await?;
+                for key in keys.iter().map(String::as_str).chain(["config"]) {
+                    let bytes = self.sink.get(key).await?;
+                    crate::object::check_checksum(key, &bytes)?;
+                    crate::repo::put_idempotent(sink.as_ref(), key, bytes).await?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let cold = Repository {
+            sink,
+            config: self.config.clone(),
+            keys: self.keys.clone(),
+            clock: self.clock.clone(),
+            lock_settings: self.lock_settings,
+            tier: crate::catalog::Tier::Cold,
+            cold: None,
+        };
+        self.cold = Some(std::sync::Arc::new(cold));
+        Ok(self)
+    }
+
+    /// The attached cold tier.
+    pub fn cold_tier(&self) -> Option<&Repository> {
+        self.cold.as_deref()
+    }
+
+    /// Moves a snapshot to the attached cold tier: copies the packs it needs that the cold store
+    /// lacks (checking each checksum), indexes them there, copies its manifest and catalog
+    /// record, and only then records the new tier and removes the hot manifest (a later hot
+    /// prune frees what no hot snapshot needs).
+    pub async fn move_to_cold(&self, spec: &str) -> Result<TierMove> {
+        let cold = self.cold.clone().ok_or_else(|| Error::Invalid("no cold tier attached (--cold-repo)".into()))?;
+        self.move_between(spec, &cold, crate::catalog::Tier::Cold).await
+    }
+
+    /// Brings a snapshot back from the cold tier to the hot one.
+    pub async fn move_to_hot(&self, spec: &str) -> Result<TierMove> {
+        let cold = self.cold.clone().ok_or_else(|| Error::Invalid("no cold tier attached (--cold-repo)".into()))?;
+        let hot = Repository { cold: None, ..self.clone() };
+        cold.move_between_into(spec, &hot, crate::catalog::Tier::Hot, &self.catalog()).await
+    }
+
+    async fn move_between(&self, spec: &str, to: &Repository, tier: crate::catalog::Tier) -> Result<TierMove> {
+        self.move_between_into(spec, to, tier, &self.catalog()).await
+    }
+
+    /// Copies snapshot `spec` from this store to `to`; `home` is the catalog of record.
+    async fn move_between_into(
+        &self,
+        spec: &str,
+        to: &Repository,
+        tier: crate::catalog::Tier,
+        home: &crate::catalog::RepoCatalog,
+    ) -> Result<TierMove> {
+        use std::collections::BTreeMap;
+        use futures::TryStreamExt;
+        let mut record = home
+            .get(spec)
+            .await?
+            .ok_or_else(|| Error::SnapshotNotFound { id: spec.to_owned() })?;
+        if record.tier == tier {
+            return Ok(TierMove { snapshot: record.id, ..Default::default() });
+        }
+        if record.status != BackupStatus::Succeeded {
+            return Err(Error::Invalid(format!("backup {} is {}, only succeeded backups move between tiers", record.id, record.status)));
+        }
+        let manifest_key = crate::snapshot::manifest_key(&record.id);
+        let manifest = self.load_manifest(&record).await?;
+        let manifest_bytes = self.sink.get(&manifest_key).await?;
+        let index = self.load_read_index().await?;
+        let mut needed: BTreeMap<crate::pack::PackId, crate::index::PackRecord> = BTreeMap::new();
+        let mut add = |id: &crate::blob::BlobId| -> Result<()> {
+            let loc = index.lookup(id).ok_or(Error::BlobMissing { blob: id.to_hex() })?;
+            let size = index.packs().iter().find(|p| p.id == loc.pack).map(|p| p.size).unwrap_or(0);
+            let rec = needed.entry(loc.pack).or_insert_with(|| crate::index::PackRecord {
+                id: loc.pack,
+                size,
+                key_id: loc.key_id,
+                blobs: Vec::new(),
+            });
+            if !rec.blobs.iter().any(|b| b.id == *id) {
+                rec.blobs.push(crate::pack::PackedBlob { id: *id, kind: loc.kind, offset: loc.offset, length: loc.length, raw_len: loc.raw_len });
+            }
+            Ok(())
+        };
+        for r in &manifest.tree {
+            add(&r.id)?;
+        }
+        let mut tree = crate::restore::TreeReader::new(self.clone(), &index, &manifest.tree);
+        while let Some(rec) = tree.next().await? {
+            for b in rec.content.blobs() {
+                add(&b.id)?;
+            }
+        }
+        let present: std::collections::HashMap<String, u64> = to.sink.list("data/").map_ok(|m| (m.key, m.size)).try_collect().await?;
+        let mut moved = TierMove { snapshot: record.id.clone(), ..Default::default() };
+        for p in needed.values() {
+            let key = crate::pack::pack_key(&p.id);
+            if present.get(&key) == Some(&p.size) {
+                continue;
+            }
+            let bytes = self.sink.get(&key).await?;
+            crate::object::check_checksum(&key, &bytes)?;
+            let len = bytes.len() as u64;
+            crate::repo::put_idempotent(to.sink.as_ref(), &key, bytes).await?;
+            let written = to.sink.head(&key).await?;
+            if written.size != len {
+                return Err(Error::corrupt(format!("{} in {}", key, to.sink.location()), "copy has the wrong size"));
+            }
+            moved.packs_copied += 1;
+            moved.bytes_copied += len;
+        }
+        let packs: Vec<_> = needed.into_values().collect();
+        to.write_index(&packs).await?;
+        crate::repo::put_idempotent(to.sink.as_ref(), &manifest_key, manifest_bytes).await?;
+        record.revision += 1;
+        record.tier = tier;
+        record.updated_at = self.clock.now();
+        // The destination's catalog learns of it first, then the catalog of record.
+        to.catalog().put(&record).await?;
+        if home.get(&record.id).await?.map(|r| r.revision) != Some(record.revision) {
+            home.put(&record).await?;
+        }
+        let source_catalog = self.catalog();
+        if source_catalog.get(&record.id).await?.is_some_and(|r| r.revision < record.revision) {
+            source_catalog.put(&record).await?;
+        }
+        self.sink.delete(&manifest_key).await?;
+        Ok(moved)
     }
 }

@@ -169,7 +169,7 @@ impl Repository {
             .catalog()
             .list(&CatalogQuery { statuses: vec![BackupStatus::Succeeded], ..Default::default() })
             .await?;
-        for record in records {
+        for record in records.into_iter().filter(|r| r.tier == self.tier) {
             let manifest = self.load_manifest(&record).await?;
             for r in &manifest.tree {
                 referenced.mark(index, &r.id);

@@ -86,6 +86,10 @@ pub struct Repository {
     pub(crate) keys: Arc<KeySet>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) lock_settings: LockSettings,
+    /// Which tier this store is: prune and verify consider only the snapshots stored here.
+    pub(crate) tier: crate::catalog::Tier,
+    /// The cold tier, when attached ([`Repository::attach_cold`]).
+    pub(crate) cold: Option<Arc<Repository>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -140,6 +144,8 @@ impl Repository {
             keys: Arc::new(keys),
             clock,
             lock_settings: LockSettings::default(),
+            tier: Default::default(),
+            cold: None,
         })
     }
 
@@ -154,6 +160,8 @@ impl Repository {
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
             lock_settings: LockSettings::default(),
+            tier: Default::default(),
+            cold: None,
         })
     }
 

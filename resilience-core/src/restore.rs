@@ -132,6 +132,15 @@ impl Repository {
     pub async fn restore(&self, spec: &str, target: &dyn Target, options: RestoreOptions) -> Result<RestoreReport> {
         let started = Instant::now();
         let record = self.resolve_snapshot(spec, None).await?;
+        if record.tier != self.tier {
+            return match &self.cold {
+                Some(cold) if record.tier == cold.tier => Box::pin(cold.restore(&record.id, target, options)).await,
+                _ => Err(Error::Invalid(format!(
+                    "snapshot {} is in the {:?} tier: attach that store to restore it (--cold-repo)",
+                    record.id, record.tier
+                ))),
+            };
+        }
         let index = Arc::new(self.load_read_index().await?);
         let mut tree = self.tree_reader(&record, &index).await?;
 

@@ -188,6 +188,7 @@ impl Repository {
                 recs
             }
         };
+        let records: Vec<_> = records.into_iter().filter(|r| r.tier == self.tier).collect();
         report.snapshots_checked = records.len();
         for record in &records {
             let manifest_key = crate::snapshot::manifest_key(&record.id);
