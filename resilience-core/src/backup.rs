@@ -461,8 +461,9 @@ impl Repository {
     ) -> Result<u64> {
         let mut index = self.load_index().await?;
         // Packs a prune condemned are not adopted: the prune decides their fate.
+        let plans = self.prune_plans().await?;
         let condemned: HashSet<crate::pack::PackId> =
-            self.prune_plans().await?.into_iter().flat_map(|(_, _, p)| p.into_iter().map(|r| r.id)).collect();
+            plans.iter().flat_map(|(_, _, p)| p.iter().map(|r| r.id)).collect();
         let adopted: Vec<PackRecord> =
             self.unindexed_packs(&index).await?.into_iter().filter(|p| !condemned.contains(&p.id)).collect();
         for p in &adopted {
@@ -474,7 +475,16 @@ impl Repository {
             let manifest = self.load_manifest(parent).await?;
             record.parent = Some(parent.id.clone());
             record.kind = BackupKind::Incremental;
-            cursor.reader = Some(TreeReader::new(self.clone(), &index, &manifest.tree));
+            // The parent's tree is only read: it may also be found in packs a running prune
+            // condemned (never deduplicated against, see above).
+            let mut in_plans = Index::new();
+            plans.iter().flat_map(|(_, _, p)| p.iter()).for_each(|p| in_plans.add_pack(p));
+            let locations = manifest
+                .tree
+                .iter()
+                .map(|r| (*r, index.lookup(&r.id).or_else(|| in_plans.lookup(&r.id))))
+                .collect();
+            cursor.reader = Some(TreeReader::from_locations(self.clone(), locations));
         }
         let shared = Arc::new(Shared {
             repo: self.clone(),

@@ -251,6 +251,8 @@ impl Repository {
         }
 
         // Phase 1: condemn and repack.
+        // Index files first, references second: a backup that finishes in between is then
+        // referenced, and one indexed later is not judged at all.
         let index_files: Vec<String> = self.sink.list("index/").map_ok(|m| m.key).try_collect().await?;
         let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
         for key in &index_files {
@@ -260,6 +262,8 @@ impl Repository {
                 pack_records.entry(p.id).or_insert(p);
             }
         }
+        let read_index = self.load_read_index().await?;
+        let referenced = self.referenced_blobs(&read_index).await?;
         report.packs = pack_records.len();
         report.referenced_blobs = referenced.count();
         let mut keep: Vec<PackRecord> = Vec::new();
@@ -294,10 +298,23 @@ impl Repository {
         // Unindexed packs (interrupted backups) are condemned too; a backup that indexes them
         // in the meantime saves them.
         let listed: Vec<_> = self.sink.list("data/").try_collect().await?;
+        // Packs in index files written since we read ours belong to running backups.
+        let read_files: HashSet<&String> = index_files.iter().collect();
+        let mut newly_indexed: HashSet<PackId> = HashSet::new();
+        let current_files: Vec<String> = self.sink.list("index/").map_ok(|m| m.key).try_collect().await?;
+        for key in current_files.iter().filter(|k| !read_files.contains(k)) {
+            let bytes = match self.sink.get(key).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let payload = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)?;
+            newly_indexed.extend(index::decode_index(key, &payload)?.into_iter().map(|p| p.id));
+        }
+        let known: HashSet<PackId> = keep.iter().chain(&condemned).chain(&to_repack).map(|p| p.id).collect();
         for meta in listed {
             let Some(id) = pack::pack_id_from_key(&meta.key) else { continue };
-            let known = keep.iter().chain(&condemned).chain(&to_repack).any(|p| p.id == id);
-            if known || plan_packs.contains(&id) {
+            if known.contains(&id) || plan_packs.contains(&id) || newly_indexed.contains(&id) {
                 continue;
             }
             match self.read_pack_table(&meta.key, meta.size).await {

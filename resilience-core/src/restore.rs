@@ -75,7 +75,11 @@ pub struct TreeReader {
 impl TreeReader {
     /// A reader of the tree made of `tree` blobs, located with `index`.
     pub fn new(repo: Repository, index: &Index, tree: &[BlobRef]) -> Self {
-        let blobs = tree.iter().map(|r| (*r, index.lookup(&r.id))).collect();
+        Self::from_locations(repo, tree.iter().map(|r| (*r, index.lookup(&r.id))).collect())
+    }
+
+    /// A reader of tree blobs whose locations are already resolved.
+    pub fn from_locations(repo: Repository, blobs: VecDeque<(BlobRef, Option<BlobLocation>)>) -> Self {
         let mut reader = TreeReader {
             repo,
             blobs,
