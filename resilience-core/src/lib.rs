@@ -55,6 +55,7 @@ pub mod snapshot;
 pub mod source;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod throttle;
 pub mod verify;
 
 pub use error::{Error, Result};
