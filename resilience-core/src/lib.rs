@@ -51,6 +51,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod sink;
+pub mod schedule;
 pub mod snapshot;
 pub mod source;
 #[cfg(any(test, feature = "testing"))]
