@@ -1,1 +1,22 @@
-//! placeholder
+//! # resilience-objstore
+//!
+//! The object-storage adapter of resilience: [`ObjectStoreSink`] implements
+//! [`resilience_core::sink::Sink`] over any [`object_store::ObjectStore`] — local filesystem,
+//! memory, S3 and S3-compatible stores, GCS, Azure — and [`open_sink`] builds one from a
+//! repository URL:
+//!
+//! | URL | store |
+//! | --- | --- |
+//! | `/var/backups/repo`, `file:///var/backups/repo` | local filesystem (writes are fsynced) |
+//! | `memory://` | a fresh in-memory store |
+//! | `s3://BUCKET/PREFIX[?endpoint=URL&region=R]` | S3; `AWS_*` variables, overridden by the query |
+//! | `gs://BUCKET/PREFIX` | Google Cloud Storage; `GOOGLE_*` variables |
+//! | `az://CONTAINER/PREFIX` | Azure Blob Storage; `AZURE_*` variables |
+//!
+//! Plain `http://` endpoints are accepted only on loopback addresses.
+
+mod config;
+mod sink;
+
+pub use config::{open_sink, open_sink_or_create, StoreConfigError, StoreUrl};
+pub use sink::ObjectStoreSink;

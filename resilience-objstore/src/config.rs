@@ -1,0 +1,246 @@
+//! Repository and bucket URLs, and the stores they name.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::{BackoffConfig, RetryConfig};
+use resilience_core::sink::Sink;
+use url::Url;
+
+use crate::sink::ObjectStoreSink;
+
+/// A store URL that cannot be used, naming it (never with credentials).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreConfigError {
+    /// The URL does not parse or has an unknown scheme.
+    #[error("cannot use {url:?} as a store: {reason}")]
+    Invalid {
+        /// The URL, as given (credentials removed).
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A local repository directory does not exist.
+    #[error("no repository at {path}: the directory does not exist (run `resilience init` first, or check the path)")]
+    MissingDirectory {
+        /// The directory.
+        path: String,
+    },
+    /// The store client refused the configuration.
+    #[error("cannot configure the store for {url}: {source}")]
+    Client {
+        /// The URL.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// A parsed store URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// A local directory.
+    Local(PathBuf),
+    /// A fresh in-memory store.
+    Memory,
+    /// S3 or an S3-compatible store.
+    S3 {
+        /// Bucket.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+        /// Endpoint override (`?endpoint=`), else `AWS_ENDPOINT_URL`.
+        endpoint: Option<String>,
+        /// Region override (`?region=`), else `AWS_REGION`.
+        region: Option<String>,
+    },
+    /// Google Cloud Storage.
+    Gcs {
+        /// Bucket.
+        bucket: String,
+        /// Key prefix.
+        prefix: String,
+    },
+    /// Azure Blob Storage.
+    Azure {
+        /// Container.
+        container: String,
+        /// Key prefix.
+        prefix: String,
+    },
+}
+
+fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl StoreUrl {
+    /// Parses a URL or a plain local path.
+    pub fn parse(text: &str) -> Result<Self, StoreConfigError> {
+        let invalid = |reason: &str| StoreConfigError::Invalid { url: redact(text), reason: reason.to_owned() };
+        if !text.contains("://") {
+            if text.is_empty() {
+                return Err(invalid("empty location"));
+            }
+            return Ok(StoreUrl::Local(PathBuf::from(text)));
+        }
+        let url = Url::parse(text).map_err(|e| invalid(&e.to_string()))?;
+        let bucket = || url.host_str().map(str::to_owned).filter(|b| !b.is_empty()).ok_or_else(|| invalid("missing bucket name"));
+        let prefix = url.path().trim_matches('/').to_owned();
+        match url.scheme() {
+            "file" => Ok(StoreUrl::Local(url.to_file_path().map_err(|_| invalid("not an absolute file path"))?)),
+            "memory" => Ok(StoreUrl::Memory),
+            "s3" | "s3a" => {
+                let mut endpoint = None;
+                let mut region = None;
+                for (k, v) in url.query_pairs() {
+                    match k.as_ref() {
+                        "endpoint" => endpoint = Some(v.into_owned()),
+                        "region" => region = Some(v.into_owned()),
+                        other => return Err(invalid(&format!("unknown parameter {other:?} (endpoint, region)"))),
+                    }
+                }
+                Ok(StoreUrl::S3 { bucket: bucket()?, prefix, endpoint, region })
+            }
+            "gs" => Ok(StoreUrl::Gcs { bucket: bucket()?, prefix }),
+            "az" | "azure" => Ok(StoreUrl::Azure { container: bucket()?, prefix }),
+            other => Err(invalid(&format!("unknown scheme {other:?} (use a path, file://, s3://, gs://, az:// or memory://)"))),
+        }
+    }
+}
+
+fn retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5), base: 2.0 },
+        max_retries: 5,
+        retry_timeout: Duration::from_secs(120),
+    }
+}
+
+/// Whether an endpoint URL points at this machine.
+fn is_loopback(endpoint: &str) -> bool {
+    let Ok(url) = Url::parse(endpoint) else { return false };
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+fn check_http(text: &str, endpoint: &str) -> Result<bool, StoreConfigError> {
+    if endpoint.starts_with("http://") {
+        if is_loopback(endpoint) {
+            return Ok(true);
+        }
+        return Err(StoreConfigError::Invalid {
+            url: redact(text),
+            reason: format!("plain http to {endpoint} is refused: use https, or a loopback endpoint"),
+        });
+    }
+    Ok(false)
+}
+
+fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
+    let client = |source| StoreConfigError::Client { url: redact(text), source };
+    Ok(match StoreUrl::parse(text)? {
+        StoreUrl::Memory => Arc::new(ObjectStoreSink::new(Arc::new(object_store::memory::InMemory::new()), "", "memory://")),
+        StoreUrl::Local(path) => {
+            if !path.exists() {
+                if !create {
+                    return Err(StoreConfigError::MissingDirectory { path: path.display().to_string() });
+                }
+                std::fs::create_dir_all(&path).map_err(|e| StoreConfigError::Invalid {
+                    url: text.to_owned(),
+                    reason: format!("cannot create directory: {e}"),
+                })?;
+            }
+            let root = std::fs::canonicalize(&path).map_err(|e| StoreConfigError::Invalid { url: text.to_owned(), reason: e.to_string() })?;
+            if !root.is_dir() {
+                return Err(StoreConfigError::Invalid { url: text.to_owned(), reason: "not a directory".into() });
+            }
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&root).map_err(client)?;
+            Arc::new(ObjectStoreSink::new(Arc::new(store), "", &root.display().to_string()).with_local_root(root))
+        }
+        StoreUrl::S3 { bucket, prefix, endpoint, region } => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket).with_retry(retry());
+            let endpoint = endpoint.or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+            if let Some(ep) = &endpoint {
+                let http = check_http(text, ep)?;
+                b = b.with_endpoint(ep).with_virtual_hosted_style_request(false).with_allow_http(http);
+            }
+            if let Some(r) = region.or_else(|| std::env::var("AWS_REGION").ok()) {
+                b = b.with_region(r);
+            }
+            let store = b.build().map_err(client)?;
+            let location = format!("s3://{bucket}/{prefix}");
+            Arc::new(ObjectStoreSink::new(Arc::new(store), &prefix, &location))
+        }
+        StoreUrl::Gcs { bucket, prefix } => {
+            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket).with_retry(retry()).build().map_err(client)?;
+            Arc::new(ObjectStoreSink::new(Arc::new(store), &prefix, &format!("gs://{bucket}/{prefix}")))
+        }
+        StoreUrl::Azure { container, prefix } => {
+            let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(&container)
+                .with_retry(retry())
+                .build()
+                .map_err(client)?;
+            Arc::new(ObjectStoreSink::new(Arc::new(store), &prefix, &format!("az://{container}/{prefix}")))
+        }
+    })
+}
+
+/// Opens the store a URL names. A local directory must exist.
+pub fn open_sink(url: &str) -> Result<Arc<dyn Sink>, StoreConfigError> {
+    build(url, false)
+}
+
+/// Opens the store a URL names, creating a local directory if it is missing (for `init`).
+pub fn open_sink_or_create(url: &str) -> Result<Arc<dyn Sink>, StoreConfigError> {
+    build(url, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!(StoreUrl::parse("/tmp/r").unwrap(), StoreUrl::Local("/tmp/r".into()));
+        assert_eq!(StoreUrl::parse("file:///tmp/r").unwrap(), StoreUrl::Local("/tmp/r".into()));
+        assert_eq!(StoreUrl::parse("memory://").unwrap(), StoreUrl::Memory);
+        assert_eq!(
+            StoreUrl::parse("s3://b/p/q?endpoint=http://127.0.0.1:3900&region=dc-b").unwrap(),
+            StoreUrl::S3 { bucket: "b".into(), prefix: "p/q".into(), endpoint: Some("http://127.0.0.1:3900".into()), region: Some("dc-b".into()) }
+        );
+        assert!(StoreUrl::parse("s3://b/p?bogus=1").is_err());
+        assert!(StoreUrl::parse("ftp://x/y").is_err());
+        assert!(StoreUrl::parse("s3:///p").is_err());
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(check_http("s3://b", "http://127.0.0.1:3900").unwrap());
+        assert!(check_http("s3://b", "http://localhost:3900").unwrap());
+        assert!(check_http("s3://b", "http://[::1]:3900").unwrap());
+        assert!(check_http("s3://b", "http://10.0.0.5:3900").is_err());
+        assert!(!check_http("s3://b", "https://s3.example.com").unwrap());
+    }
+
+    #[test]
+    fn a_missing_local_directory_is_named() {
+        let err = open_sink("/nonexistent/resilience/repo").unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/resilience/repo"));
+    }
+}

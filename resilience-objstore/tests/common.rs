@@ -1,0 +1,21 @@
+//! Shared by the integration tests: the Garage server the test script started.
+
+/// The S3 URL of a fresh prefix in the test bucket of the Garage server that `scripts/test`
+/// started. Fails (never skips) when it is not running.
+pub fn garage_url(name: &str) -> String {
+    let vars = ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RESILIENCE_TEST_S3_BUCKET"];
+    for v in vars {
+        assert!(
+            std::env::var(v).is_ok(),
+            "{v} is not set: these tests need the Garage S3 server that `scripts/test` starts (run the tests with scripts/test)"
+        );
+    }
+    let bucket = std::env::var("RESILIENCE_TEST_S3_BUCKET").unwrap();
+    let nonce: u64 = rand_nonce();
+    format!("s3://{bucket}/{name}-{nonce:016x}")
+}
+
+fn rand_nonce() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    t ^ (std::process::id() as u64).rotate_left(32)
+}
