@@ -1,1 +1,0 @@
-//! A directory [`crate::source::Source`] and [`crate::source::Target`].
