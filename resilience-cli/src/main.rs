@@ -1,1 +1,72 @@
-fn main() {}
+//! `resilience`: the reference backup binary, built only from the public API of
+//! `resilience-core` and `resilience-objstore`.
+
+mod access;
+mod cli;
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// A failure of a command, with the exit status it deserves.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The engine failed.
+    #[error(transparent)]
+    Core(#[from] resilience_core::Error),
+    /// A store URL cannot be used.
+    #[error(transparent)]
+    Store(#[from] resilience_objstore::StoreConfigError),
+    /// The arguments are wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// Verification found damage (exit status 3).
+    #[error("the repository is damaged: {0} damaged object(s)")]
+    Damaged(usize),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Damaged(_) => 3,
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RESILIENCE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !matches!(e, CliError::Damaged(_)) {
+                eprintln!("error: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    let text = s.to_string();
+                    if !e.to_string().contains(&text) {
+                        eprintln!("caused by: {text}");
+                    }
+                    source = s.source();
+                }
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

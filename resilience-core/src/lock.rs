@@ -54,9 +54,23 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
-    /// Whether it is still in force at `now`.
+    /// Whether it is still in force at `now`: not expired, and not held by a process of this
+    /// host that no longer exists (a backup killed with SIGKILL releases nothing).
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at > now
+        self.expires_at > now && !self.holder_is_gone()
+    }
+
+    /// True when the holder ran on this host and its process is gone.
+    pub fn holder_is_gone(&self) -> bool {
+        let Some((host, pid)) = self.owner.rsplit_once(':') else { return false };
+        if host != hostname() {
+            return false;
+        }
+        match pid.parse::<u32>() {
+            Ok(pid) if pid == std::process::id() => false,
+            Ok(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            Err(_) => false,
+        }
     }
 
     fn describe(&self, key: &str) -> String {

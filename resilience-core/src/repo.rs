@@ -165,6 +165,14 @@ impl Repository {
         })
     }
 
+    /// Adds a wrapped copy of the key set for another provider (a key file beside a
+    /// passphrase, a KMS…), so either opens the repository.
+    pub async fn add_key(&self, provider: &dyn KeyProvider) -> Result<WrappedKey> {
+        let wrapped = provider.wrap(&self.keys.to_bytes(), self.clock.now()).await?;
+        self.sink.put(&format!("keys/{}", wrapped.id), encode_plain(&wrapped), PutMode::Create).await?;
+        Ok(wrapped)
+    }
+
     /// Reads and checks `config`.
     pub async fn read_config(sink: &dyn Sink) -> Result<RepoConfig> {
         let bytes = match sink.get("config").await {

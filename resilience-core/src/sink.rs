@@ -146,3 +146,35 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// Deletes an object. Deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), SinkError>;
 }
+
+/// A shared sink is a sink, so wrappers compose over `Arc<dyn Sink>`.
+#[async_trait]
+impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
+    fn location(&self) -> String {
+        (**self).location()
+    }
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+        (**self).put(key, data, mode).await
+    }
+    async fn put_stream(&self, key: &str, data: ByteStream, mode: PutMode) -> Result<u64, SinkError> {
+        (**self).put_stream(key, data, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
+        (**self).get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
+        (**self).get_range(key, range).await
+    }
+    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
+        (**self).get_stream(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
+        (**self).head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
+        (**self).list(prefix)
+    }
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        (**self).delete(key).await
+    }
+}

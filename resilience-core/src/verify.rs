@@ -289,7 +289,8 @@ impl Repository {
         // Blob by blob: which blobs are unreadable (all of them, in full mode, are re-hashed).
         let keys = self.keys.clone();
         let key2 = key.clone();
-        let (bad, checked) = tokio::task::spawn_blocking(move || {
+        let blobs_ids: Vec<BlobId> = blobs.iter().map(|b| b.id).collect();
+        let (mut bad, checked) = tokio::task::spawn_blocking(move || {
             let mut bad = Vec::new();
             for b in &blobs {
                 let (start, end) = (b.offset as usize, b.offset as usize + b.length as usize);
@@ -308,7 +309,14 @@ impl Repository {
             problem = Some(format!("{} blob(s) fail authentication or do not hash to their id", bad.len()));
         }
         if let Some(p) = &mut problem {
-            p.push_str(&format!("; {} of its blobs unreadable", bad.len()));
+            if bad.is_empty() {
+                // The damage is outside the blobs (header, table, checksum): every snapshot
+                // that depends on the pack depends on a damaged object.
+                p.push_str("; its blobs still read back, but the pack must be repaired");
+                bad = blobs_ids;
+            } else {
+                p.push_str(&format!("; {} of its blobs unreadable", bad.len()));
+            }
         }
         check.problem = problem;
         check.bad_blobs = bad;

@@ -250,7 +250,7 @@ async fn append_only_mode_backs_up_but_refuses_every_delete_and_overwrite() {
     use resilience_core::sink::{AppendOnlySink, PutMode};
     let mem = Arc::new(MemorySink::new());
     let admin = repo_on(mem.clone()).await;
-    let appender: Arc<dyn Sink> = Arc::new(AppendOnlySink::new(SharedSink(mem.clone())));
+    let appender: Arc<dyn Sink> = Arc::new(AppendOnlySink::new(mem.clone()));
     let repo = Repository::open(appender.clone(), &KeyFileProvider::from_key([1; 32])).await.unwrap();
     let content = data(2 << 20, 5);
     repo.backup(&MemorySource::new("s").file("a", content.clone()), Default::default()).await.unwrap();
@@ -272,39 +272,4 @@ async fn append_only_mode_backs_up_but_refuses_every_delete_and_overwrite() {
     let target = MemoryTarget::new();
     admin.restore(&first.id, &target, Default::default()).await.unwrap();
     assert!(target.content("a").unwrap() == content);
-}
-
-/// Lets two wrappers share one in-memory store.
-#[derive(Debug)]
-struct SharedSink(Arc<MemorySink>);
-
-#[async_trait]
-impl Sink for SharedSink {
-    fn location(&self) -> String {
-        self.0.location()
-    }
-    async fn put(&self, k: &str, d: bytes::Bytes, m: resilience_core::sink::PutMode) -> Result<(), resilience_core::sink::SinkError> {
-        self.0.put(k, d, m).await
-    }
-    async fn put_stream(&self, k: &str, d: resilience_core::sink::ByteStream, m: resilience_core::sink::PutMode) -> Result<u64, resilience_core::sink::SinkError> {
-        self.0.put_stream(k, d, m).await
-    }
-    async fn get(&self, k: &str) -> Result<bytes::Bytes, resilience_core::sink::SinkError> {
-        self.0.get(k).await
-    }
-    async fn get_range(&self, k: &str, r: std::ops::Range<u64>) -> Result<bytes::Bytes, resilience_core::sink::SinkError> {
-        self.0.get_range(k, r).await
-    }
-    async fn get_stream(&self, k: &str) -> Result<resilience_core::sink::ByteStream, resilience_core::sink::SinkError> {
-        self.0.get_stream(k).await
-    }
-    async fn head(&self, k: &str) -> Result<resilience_core::sink::ObjectMeta, resilience_core::sink::SinkError> {
-        self.0.head(k).await
-    }
-    fn list(&self, p: &str) -> futures::stream::BoxStream<'_, Result<resilience_core::sink::ObjectMeta, resilience_core::sink::SinkError>> {
-        self.0.list(p)
-    }
-    async fn delete(&self, k: &str) -> Result<(), resilience_core::sink::SinkError> {
-        self.0.delete(k).await
-    }
 }
