@@ -29,17 +29,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let repo = Repository::init(sink, &key, InitOptions::default()).await?;
     println!("repository   {}", repo_dir.display());
 
-    let first = repo.backup(&DirSource::new(&data), Default::default()).await?;
-    let second = repo.backup(&DirSource::new(&data), Default::default()).await?;
+    let first = repo
+        .backup(&DirSource::new(&data), Default::default())
+        .await?;
+    let second = repo
+        .backup(&DirSource::new(&data), Default::default())
+        .await?;
     for r in [&first, &second] {
         println!(
             "backup       {}  {} entries, {} bytes, {} new, {} stored, {:?}",
-            r.record.id, r.record.entries, r.record.logical_bytes, r.record.new_bytes, r.record.stored_bytes, r.duration
+            r.record.id,
+            r.record.entries,
+            r.record.logical_bytes,
+            r.record.new_bytes,
+            r.record.stored_bytes,
+            r.duration
         );
     }
 
     for record in repo.catalog().list(&CatalogQuery::default()).await? {
-        println!("catalog      {}  {}  {}  {}", record.id, record.source.id, record.status, record.started_at);
+        println!(
+            "catalog      {}  {}  {}  {}",
+            record.id, record.source.id, record.status, record.started_at
+        );
     }
 
     let verification = repo.verify(VerifyOptions { full: true }).await?;
@@ -48,15 +60,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         verification.snapshots_checked,
         verification.packs_checked,
         verification.blobs_checked,
-        if verification.is_ok() { "sound" } else { "DAMAGED" }
+        if verification.is_ok() {
+            "sound"
+        } else {
+            "DAMAGED"
+        }
     );
     if !verification.is_ok() {
         return Err(format!("damaged: {:?}", verification.damaged).into());
     }
 
     let restored = work.path().join("restored");
-    let report = repo.restore("latest", &DirTarget::new(&restored), Default::default()).await?;
-    println!("restore      {} entries, {} bytes in {:?}", report.entries, report.bytes, report.duration);
+    let report = repo
+        .restore("latest", &DirTarget::new(&restored), Default::default())
+        .await?;
+    println!(
+        "restore      {} entries, {} bytes in {:?}",
+        report.entries, report.bytes, report.duration
+    );
 
     let compared = compare(&data, &restored)?;
     println!("identical    {compared} files compared byte for byte");
@@ -77,7 +98,9 @@ fn generate(dir: &Path) -> std::io::Result<()> {
             })
             .collect()
     };
-    let text: String = (0..50_000).map(|i| format!("invoice {i},customer {},amount {}.00\n", i % 97, i % 1000)).collect();
+    let text: String = (0..50_000)
+        .map(|i| format!("invoice {i},customer {},amount {}.00\n", i % 97, i % 1000))
+        .collect();
     std::fs::write(dir.join("reports/2026/invoices.csv"), text)?;
     std::fs::write(dir.join("uploads.bin"), random(8 << 20))?;
     std::fs::write(dir.join("token.json"), br#"{"rotated":"2026-11-25"}"#)?;
@@ -91,8 +114,12 @@ fn compare(a: &Path, b: &Path) -> Result<usize, Box<dyn std::error::Error>> {
     let mut files = 0;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let mut names: Vec<_> = std::fs::read_dir(a.join(&rel))?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
-        let mut other: Vec<_> = std::fs::read_dir(b.join(&rel))?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+        let mut names: Vec<_> = std::fs::read_dir(a.join(&rel))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        let mut other: Vec<_> = std::fs::read_dir(b.join(&rel))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
         names.sort();
         other.sort();
         if names != other {

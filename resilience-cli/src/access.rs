@@ -11,7 +11,9 @@ use crate::CliError;
 
 /// The repository URL, or a usage error.
 pub fn repo_url(global: &Global) -> Result<&str, CliError> {
-    global.repo.as_deref().ok_or_else(|| CliError::Usage("no repository: give --repo or set RESILIENCE_REPOSITORY".into()))
+    global.repo.as_deref().ok_or_else(|| {
+        CliError::Usage("no repository: give --repo or set RESILIENCE_REPOSITORY".into())
+    })
 }
 
 /// The passphrase provider, from --password-file or RESILIENCE_PASSWORD.
@@ -19,7 +21,10 @@ pub fn passphrase(global: &Global) -> Result<Option<PassphraseProvider>, CliErro
     if let Some(file) = &global.password_file {
         return Ok(Some(PassphraseProvider::from_file(file)?));
     }
-    Ok(std::env::var("RESILIENCE_PASSWORD").ok().filter(|p| !p.is_empty()).map(PassphraseProvider::new))
+    Ok(std::env::var("RESILIENCE_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(PassphraseProvider::new))
 }
 
 /// The provider that opens the repository: a key file if given, else the passphrase.
@@ -29,14 +34,24 @@ pub fn provider(global: &Global) -> Result<Box<dyn KeyProvider>, CliError> {
     }
     match passphrase(global)? {
         Some(p) => Ok(Box::new(p)),
-        None => Err(CliError::Usage("no key: set RESILIENCE_PASSWORD, or give --password-file or --key-file".into())),
+        None => Err(CliError::Usage(
+            "no key: set RESILIENCE_PASSWORD, or give --password-file or --key-file".into(),
+        )),
     }
 }
 
 /// The sink, wrapped as the global options ask.
 pub fn sink(global: &Global, url: &str, create: bool) -> Result<Arc<dyn Sink>, CliError> {
-    let sink = if create { resilience_objstore::open_sink_or_create(url)? } else { resilience_objstore::open_sink(url)? };
-    Ok(if global.append_only { Arc::new(AppendOnlySink::new(sink)) } else { sink })
+    let sink = if create {
+        resilience_objstore::open_sink_or_create(url)?
+    } else {
+        resilience_objstore::open_sink(url)?
+    };
+    Ok(if global.append_only {
+        Arc::new(AppendOnlySink::new(sink))
+    } else {
+        sink
+    })
 }
 
 /// Opens the repository (and its cold tier, if given).
@@ -48,10 +63,16 @@ pub async fn open(global: &Global) -> Result<Repository, CliError> {
         Some(cold) => {
             let cold_sink = match resilience_objstore::open_sink(cold) {
                 Ok(s) => s,
-                Err(resilience_objstore::StoreConfigError::MissingDirectory { .. }) => resilience_objstore::open_sink_or_create(cold)?,
+                Err(resilience_objstore::StoreConfigError::MissingDirectory { .. }) => {
+                    resilience_objstore::open_sink_or_create(cold)?
+                }
                 Err(e) => return Err(e.into()),
             };
-            let cold_sink: Arc<dyn Sink> = if global.append_only { Arc::new(AppendOnlySink::new(cold_sink)) } else { cold_sink };
+            let cold_sink: Arc<dyn Sink> = if global.append_only {
+                Arc::new(AppendOnlySink::new(cold_sink))
+            } else {
+                cold_sink
+            };
             Ok(repo.attach_cold(cold_sink).await?)
         }
         None => Ok(repo),

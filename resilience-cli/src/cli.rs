@@ -97,7 +97,7 @@ pub enum BackupSource {
         /// Labels recorded with the backup.
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
-        /// Source id (default: dir:<absolute path>).
+        /// Source id (default: `dir:` and the absolute path).
         #[arg(long)]
         source_id: Option<String>,
     },

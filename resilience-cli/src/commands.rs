@@ -37,7 +37,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
 }
 
 fn bytes(n: u64) -> String {
@@ -48,7 +51,11 @@ fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 async fn init(g: &Global) -> Result<(), CliError> {
@@ -63,15 +70,25 @@ async fn init(g: &Global) -> Result<(), CliError> {
     let repo = match (&key_file, &passphrase) {
         (Some(k), _) => Repository::init(sink, k, InitOptions::default()).await?,
         (None, Some(p)) => Repository::init(sink, p, InitOptions::default()).await?,
-        (None, None) => return Err(CliError::Usage("no key: set RESILIENCE_PASSWORD, or give --password-file or --key-file".into())),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "no key: set RESILIENCE_PASSWORD, or give --password-file or --key-file".into(),
+            ))
+        }
     };
     if let (Some(_), Some(p)) = (&key_file, &passphrase) {
         repo.add_key(p).await?;
     }
     if g.json {
-        print_json(&json!({ "repository": repo.sink().location(), "id": repo.config().id, "format": repo.config().format }));
+        print_json(
+            &json!({ "repository": repo.sink().location(), "id": repo.config().id, "format": repo.config().format }),
+        );
     } else {
-        println!("created repository {} at {}", repo.config().id, repo.sink().location());
+        println!(
+            "created repository {} at {}",
+            repo.config().id,
+            repo.sink().location()
+        );
     }
     Ok(())
 }
@@ -89,7 +106,11 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, CliError>
 }
 
 async fn backup(g: &Global, source: &BackupSource) -> Result<(), CliError> {
-    let BackupSource::Dir { path, labels, source_id } = source;
+    let BackupSource::Dir {
+        path,
+        labels,
+        source_id,
+    } = source;
     let labels = parse_labels(labels)?;
     let repo = access::open(g).await?;
     let mut dir = DirSource::new(path);
@@ -165,7 +186,10 @@ async fn snapshots(g: &Global) -> Result<(), CliError> {
         print_json(&Value::Array(records.iter().map(record_json).collect()));
         return Ok(());
     }
-    println!("{:<26} {:<10} {:<20} {:>10} {:>10}  {:<4} source / labels", "id", "status", "started", "size", "stored", "tier");
+    println!(
+        "{:<26} {:<10} {:<20} {:>10} {:>10}  {:<4} source / labels",
+        "id", "status", "started", "size", "stored", "tier"
+    );
     for r in &records {
         let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
@@ -177,7 +201,11 @@ async fn snapshots(g: &Global) -> Result<(), CliError> {
             bytes(r.stored_bytes),
             format!("{:?}", r.tier).to_lowercase(),
             r.source.id,
-            if labels.is_empty() { String::new() } else { format!(" [{}]", labels.join(", ")) },
+            if labels.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", labels.join(", "))
+            },
             if r.legal_hold { " HOLD" } else { "" },
         );
     }
@@ -188,8 +216,13 @@ async fn restore(g: &Global, snapshot: &str, target: &std::path::Path) -> Result
     let repo = access::open(g).await?;
     let record = repo.resolve_snapshot(snapshot, None).await?;
     let bar = Bar::new(g.json, "restore", Some(record.logical_bytes));
-    let options = RestoreOptions { progress: bar.clone().map(|b| b as Arc<dyn Progress>), ..Default::default() };
-    let report = repo.restore(&record.id, &DirTarget::new(target), options).await;
+    let options = RestoreOptions {
+        progress: bar.clone().map(|b| b as Arc<dyn Progress>),
+        ..Default::default()
+    };
+    let report = repo
+        .restore(&record.id, &DirTarget::new(target), options)
+        .await;
     if let Some(b) = &bar {
         b.finish();
     }
@@ -202,7 +235,14 @@ async fn restore(g: &Global, snapshot: &str, target: &std::path::Path) -> Result
             "duration_ms": report.duration.as_millis() as u64,
         }));
     } else {
-        eprintln!("restored {} ({} entries, {}) into {} in {:.1?}", report.snapshot, report.entries, bytes(report.bytes), target.display(), report.duration);
+        eprintln!(
+            "restored {} ({} entries, {}) into {} in {:.1?}",
+            report.snapshot,
+            report.entries,
+            bytes(report.bytes),
+            target.display(),
+            report.duration
+        );
     }
     Ok(())
 }
@@ -214,7 +254,11 @@ async fn verify(g: &Global, full: bool) -> Result<(), CliError> {
         print_json(&serde_json::to_value(&report).expect("report serializes"));
     } else {
         for d in &report.damaged {
-            let affects = if d.affected_snapshots.is_empty() { "no snapshot".to_owned() } else { d.affected_snapshots.join(", ") };
+            let affects = if d.affected_snapshots.is_empty() {
+                "no snapshot".to_owned()
+            } else {
+                d.affected_snapshots.join(", ")
+            };
             println!("DAMAGED {}: {} (affects: {affects})", d.object, d.problem);
         }
         println!(
@@ -227,17 +271,31 @@ async fn verify(g: &Global, full: bool) -> Result<(), CliError> {
             if report.is_ok() { "sound" } else { "DAMAGED" }
         );
     }
-    if report.is_ok() { Ok(()) } else { Err(CliError::Damaged(report.damaged.len())) }
+    if report.is_ok() {
+        Ok(())
+    } else {
+        Err(CliError::Damaged(report.damaged.len()))
+    }
 }
 
 fn duration(flag: &str, v: &Option<String>) -> Result<Option<RetentionDuration>, CliError> {
-    v.as_deref().map(|s| s.parse().map_err(|e| CliError::Usage(format!("{flag}: {e}")))).transpose()
+    v.as_deref()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| CliError::Usage(format!("{flag}: {e}")))
+        })
+        .transpose()
 }
 
 fn policy_from(args: &ForgetArgs) -> Result<StandardPolicy, CliError> {
     if let Some(path) = &args.policy {
-        let text = std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("cannot read policy {}: {e}", path.display())))?;
-        let parsed = if path.extension().is_some_and(|e| e == "json") { StandardPolicy::from_json(&text) } else { StandardPolicy::from_toml(&text) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("cannot read policy {}: {e}", path.display())))?;
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            StandardPolicy::from_json(&text)
+        } else {
+            StandardPolicy::from_toml(&text)
+        };
         return parsed.map_err(CliError::Usage);
     }
     let policy = StandardPolicy {
@@ -257,7 +315,9 @@ fn policy_from(args: &ForgetArgs) -> Result<StandardPolicy, CliError> {
     };
     policy.validate().map_err(CliError::Usage)?;
     if policy.default == KeepRules::default() {
-        return Err(CliError::Usage("no retention rule given: use --keep-* flags, --hot/--cold, or --policy FILE".into()));
+        return Err(CliError::Usage(
+            "no retention rule given: use --keep-* flags, --hot/--cold, or --policy FILE".into(),
+        ));
     }
     Ok(policy)
 }
@@ -271,7 +331,13 @@ async fn forget(g: &Global, args: &ForgetArgs) -> Result<(), CliError> {
         print_json(&Value::Array(plan.decisions.iter().map(|d| json!({ "id": d.id, "source": d.source, "action": d.action, "reasons": d.reasons })).collect()));
     } else {
         for d in &plan.decisions {
-            println!("{:<6} {}  {}  ({})", format!("{:?}", d.action).to_lowercase(), d.id, d.source, d.reasons.join("; "));
+            println!(
+                "{:<6} {}  {}  ({})",
+                format!("{:?}", d.action).to_lowercase(),
+                d.id,
+                d.source,
+                d.reasons.join("; ")
+            );
         }
     }
     if args.dry_run {
@@ -279,18 +345,31 @@ async fn forget(g: &Global, args: &ForgetArgs) -> Result<(), CliError> {
     }
     let report = repo.forget(&plan).await?;
     if !g.json {
-        eprintln!("expired {}, moved to cold {}", report.expired.len(), report.moved_cold.len());
+        eprintln!(
+            "expired {}, moved to cold {}",
+            report.expired.len(),
+            report.moved_cold.len()
+        );
         if !report.cold_pending.is_empty() {
-            eprintln!("{} backup(s) are due for the cold tier: give --cold-repo to move them", report.cold_pending.len());
+            eprintln!(
+                "{} backup(s) are due for the cold tier: give --cold-repo to move them",
+                report.cold_pending.len()
+            );
         }
     }
     Ok(())
 }
 
 async fn prune(g: &Global, dry_run: bool, grace: &str) -> Result<(), CliError> {
-    let grace: RetentionDuration = grace.parse().map_err(|e| CliError::Usage(format!("--grace: {e}")))?;
+    let grace: RetentionDuration = grace
+        .parse()
+        .map_err(|e| CliError::Usage(format!("--grace: {e}")))?;
     let repo = access::open(g).await?;
-    let options = PruneOptions { dry_run, grace: Duration::from_secs(grace.as_secs() as u64), ..Default::default() };
+    let options = PruneOptions {
+        dry_run,
+        grace: Duration::from_secs(grace.as_secs() as u64),
+        ..Default::default()
+    };
     let report = repo.prune(options).await?;
     if g.json {
         print_json(&serde_json::to_value(&report).expect("report serializes"));
@@ -318,7 +397,15 @@ async fn hold(g: &Global, snapshot: &str, release: bool) -> Result<(), CliError>
     if g.json {
         print_json(&record_json(&record));
     } else {
-        println!("{} {}", record.id, if record.legal_hold { "is under legal hold" } else { "is no longer held" });
+        println!(
+            "{} {}",
+            record.id,
+            if record.legal_hold {
+                "is under legal hold"
+            } else {
+                "is no longer held"
+            }
+        );
     }
     Ok(())
 }

@@ -14,7 +14,9 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        Env { dir: tempfile::tempdir().unwrap() }
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
@@ -24,7 +26,9 @@ impl Env {
     }
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.args(args).env("RESILIENCE_PASSWORD", "correct horse").env_remove("RESILIENCE_REPOSITORY");
+        c.args(args)
+            .env("RESILIENCE_PASSWORD", "correct horse")
+            .env_remove("RESILIENCE_REPOSITORY");
         c
     }
     fn run(&self, args: &[&str]) -> Output {
@@ -32,7 +36,11 @@ impl Env {
     }
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
     fn json(&self, args: &[&str]) -> Value {
@@ -42,11 +50,20 @@ impl Env {
         self.ok(&["init", "--repo", &self.repo()]);
     }
     fn backup(&self, dir: &Path) -> Value {
-        self.json(&["backup", "--repo", &self.repo(), "--json", "dir", dir.to_str().unwrap()])
+        self.json(&[
+            "backup",
+            "--repo",
+            &self.repo(),
+            "--json",
+            "dir",
+            dir.to_str().unwrap(),
+        ])
     }
     fn packs(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        let Ok(dirs) = std::fs::read_dir(self.path("repo/data")) else { return out };
+        let Ok(dirs) = std::fs::read_dir(self.path("repo/data")) else {
+            return out;
+        };
         for d in dirs {
             for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
                 out.push(f.unwrap().path());
@@ -72,15 +89,28 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 fn make_tree(root: &Path, seed: u64, big: usize) {
     std::fs::create_dir_all(root.join("nested/deeper")).unwrap();
-    std::fs::write(root.join("notes.txt"), format!("notes {seed}\n").repeat(1000)).unwrap();
+    std::fs::write(
+        root.join("notes.txt"),
+        format!("notes {seed}\n").repeat(1000),
+    )
+    .unwrap();
     std::fs::write(root.join("nested/random.bin"), random_bytes(big, seed)).unwrap();
     std::fs::write(root.join("nested/deeper/empty"), b"").unwrap();
     std::os::unix::fs::symlink("../notes.txt", root.join("nested/link")).unwrap();
 }
 
 fn same_tree(a: &Path, b: &Path) {
-    let out = Command::new("diff").args(["-r", "--no-dereference"]).arg(a).arg(b).output().unwrap();
-    assert!(out.status.success(), "trees differ: {}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trees differ: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -89,13 +119,32 @@ fn backup_list_restore_verify_and_deduplicate() {
     env.init();
     let data = env.path("data");
     make_tree(&data, 1, 6 << 20);
-    let id = env.ok(&["backup", "--repo", &env.repo(), "dir", data.to_str().unwrap(), "--label", "env=prod", "--label", "team=billing"]);
+    let id = env.ok(&[
+        "backup",
+        "--repo",
+        &env.repo(),
+        "dir",
+        data.to_str().unwrap(),
+        "--label",
+        "env=prod",
+        "--label",
+        "team=billing",
+    ]);
     let id = id.trim().to_owned();
     assert!(id.len() > 10 && !id.contains(' '), "{id:?}");
 
     let list = env.json(&["snapshots", "--repo", &env.repo(), "--json"]);
     let s = &list.as_array().unwrap()[0];
-    for field in ["id", "source", "status", "started_at", "finished_at", "logical_bytes", "stored_bytes", "labels"] {
+    for field in [
+        "id",
+        "source",
+        "status",
+        "started_at",
+        "finished_at",
+        "logical_bytes",
+        "stored_bytes",
+        "labels",
+    ] {
         assert!(s.get(field).is_some(), "missing {field} in {s}");
     }
     assert_eq!(s["id"], id.as_str());
@@ -103,16 +152,42 @@ fn backup_list_restore_verify_and_deduplicate() {
     assert_eq!(s["labels"]["env"], "prod");
 
     let second = env.backup(&data);
-    for field in ["id", "logical_bytes", "new_bytes", "stored_bytes", "duration_ms"] {
+    for field in [
+        "id",
+        "logical_bytes",
+        "new_bytes",
+        "stored_bytes",
+        "duration_ms",
+    ] {
         assert!(second.get(field).is_some(), "missing {field} in {second}");
     }
-    let (logical, stored) = (second["logical_bytes"].as_u64().unwrap(), second["stored_bytes"].as_u64().unwrap());
-    assert!(stored * 100 < logical, "second backup stored {stored} of {logical}");
+    let (logical, stored) = (
+        second["logical_bytes"].as_u64().unwrap(),
+        second["stored_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        stored * 100 < logical,
+        "second backup stored {stored} of {logical}"
+    );
     assert_eq!(second["new_bytes"], 0);
 
-    env.ok(&["restore", "--repo", &env.repo(), "latest", "--target", env.path("out").to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
     same_tree(&data, &env.path("out"));
-    env.ok(&["restore", "--repo", &env.repo(), &id[..id.len() - 2], "--target", env.path("out2").to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        &id[..id.len() - 2],
+        "--target",
+        env.path("out2").to_str().unwrap(),
+    ]);
     same_tree(&data, &env.path("out2"));
     env.ok(&["verify", "--repo", &env.repo()]);
     let full = env.json(&["verify", "--repo", &env.repo(), "--full", "--json"]);
@@ -126,15 +201,24 @@ fn two_snapshots(env: &Env) -> (String, String, Vec<PathBuf>) {
     env.init();
     make_tree(&env.path("a"), 1, 3 << 20);
     make_tree(&env.path("b"), 2, 3 << 20);
-    let a = env.backup(&env.path("a"))["id"].as_str().unwrap().to_owned();
+    let a = env.backup(&env.path("a"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let packs_a = env.packs();
-    let b = env.backup(&env.path("b"))["id"].as_str().unwrap().to_owned();
+    let b = env.backup(&env.path("b"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     (a, b, packs_a)
 }
 
 fn damaged(env: &Env) -> (i32, Value) {
     let out = env.run(&["verify", "--repo", &env.repo(), "--json"]);
-    (out.status.code().unwrap(), serde_json::from_slice(&out.stdout).unwrap())
+    (
+        out.status.code().unwrap(),
+        serde_json::from_slice(&out.stdout).unwrap(),
+    )
 }
 
 #[test]
@@ -155,12 +239,33 @@ fn a_flipped_byte_is_named_with_exactly_the_snapshots_it_affects() {
     assert_eq!(list[0]["affected_snapshots"], serde_json::json!([a]));
     // The text output names it too.
     let text = String::from_utf8(env.run(&["verify", "--repo", &env.repo()]).stdout).unwrap();
-    assert!(text.contains(name) && text.contains(&a) && !text.contains(&b), "{text}");
+    assert!(
+        text.contains(name) && text.contains(&a) && !text.contains(&b),
+        "{text}"
+    );
     // Restoring the affected snapshot fails naming the object; the other restores.
-    let out = env.run(&["restore", "--repo", &env.repo(), &a, "--target", env.path("ra").to_str().unwrap()]);
+    let out = env.run(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        &a,
+        "--target",
+        env.path("ra").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(name), "{}", String::from_utf8_lossy(&out.stderr));
-    env.ok(&["restore", "--repo", &env.repo(), &b, "--target", env.path("rb").to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(name),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.ok(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        &b,
+        "--target",
+        env.path("rb").to_str().unwrap(),
+    ]);
     same_tree(&env.path("b"), &env.path("rb"));
 }
 
@@ -174,14 +279,33 @@ fn a_truncated_or_deleted_pack_is_named() {
     std::fs::write(pack, &bytes[..bytes.len() - 100]).unwrap();
     let (code, report) = damaged(&env);
     assert_eq!(code, 3);
-    assert!(report["damaged"][0]["object"].as_str().unwrap().ends_with(&name));
-    assert_eq!(report["damaged"][0]["affected_snapshots"], serde_json::json!([a]));
+    assert!(report["damaged"][0]["object"]
+        .as_str()
+        .unwrap()
+        .ends_with(&name));
+    assert_eq!(
+        report["damaged"][0]["affected_snapshots"],
+        serde_json::json!([a])
+    );
     std::fs::remove_file(pack).unwrap();
     let (code, report) = damaged(&env);
     assert_eq!(code, 3);
-    assert!(report["damaged"][0]["problem"].as_str().unwrap().contains("missing"));
-    assert_eq!(report["damaged"][0]["affected_snapshots"], serde_json::json!([a]));
-    let out = env.run(&["restore", "--repo", &env.repo(), &a, "--target", env.path("ra").to_str().unwrap()]);
+    assert!(report["damaged"][0]["problem"]
+        .as_str()
+        .unwrap()
+        .contains("missing"));
+    assert_eq!(
+        report["damaged"][0]["affected_snapshots"],
+        serde_json::json!([a])
+    );
+    let out = env.run(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        &a,
+        "--target",
+        env.path("ra").to_str().unwrap(),
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains(&name));
 }
 
@@ -194,7 +318,16 @@ fn a_backup_killed_part_way_claims_nothing_and_the_next_one_reuses_its_work() {
     for i in 0..12u64 {
         std::fs::write(data.join(format!("f{i:02}")), random_bytes(16 << 20, i)).unwrap();
     }
-    let mut child = env.cmd(&["backup", "--repo", &env.repo(), "dir", data.to_str().unwrap()]).spawn().unwrap();
+    let mut child = env
+        .cmd(&[
+            "backup",
+            "--repo",
+            &env.repo(),
+            "dir",
+            data.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
     let started = std::time::Instant::now();
     while env.packs().len() < 2 && started.elapsed() < std::time::Duration::from_secs(60) {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -204,18 +337,42 @@ fn a_backup_killed_part_way_claims_nothing_and_the_next_one_reuses_its_work() {
     assert!(!env.packs().is_empty());
 
     let list = env.json(&["snapshots", "--repo", &env.repo(), "--json"]);
-    assert!(list.as_array().unwrap().iter().all(|s| s["status"] != "succeeded"), "{list}");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] != "succeeded"),
+        "{list}"
+    );
     env.ok(&["verify", "--repo", &env.repo()]);
 
     let next = env.backup(&data);
-    let (logical, new) = (next["logical_bytes"].as_u64().unwrap(), next["new_bytes"].as_u64().unwrap());
+    let (logical, new) = (
+        next["logical_bytes"].as_u64().unwrap(),
+        next["new_bytes"].as_u64().unwrap(),
+    );
     assert_eq!(logical, 12 * (16 << 20));
     assert!(new < logical, "nothing reused: {new} of {logical}");
     let list = env.json(&["snapshots", "--repo", &env.repo(), "--json"]);
-    let statuses: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
-    assert!(statuses.contains(&"failed") && statuses.contains(&"succeeded"), "{statuses:?}");
+    let statuses: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        statuses.contains(&"failed") && statuses.contains(&"succeeded"),
+        "{statuses:?}"
+    );
     env.ok(&["verify", "--repo", &env.repo(), "--full"]);
-    env.ok(&["restore", "--repo", &env.repo(), "latest", "--target", env.path("out").to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
     same_tree(&data, &env.path("out"));
 }
 
@@ -225,12 +382,34 @@ fn two_backups_at_once_both_succeed_and_verify() {
     env.init();
     make_tree(&env.path("a"), 1, 8 << 20);
     make_tree(&env.path("b"), 2, 8 << 20);
-    let spawn = |d: &str| env.cmd(&["backup", "--repo", &env.repo(), "--json", "dir", env.path(d).to_str().unwrap()]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let spawn = |d: &str| {
+        env.cmd(&[
+            "backup",
+            "--repo",
+            &env.repo(),
+            "--json",
+            "dir",
+            env.path(d).to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
     let (ca, cb) = (spawn("a"), spawn("b"));
-    let (oa, ob) = (ca.wait_with_output().unwrap(), cb.wait_with_output().unwrap());
+    let (oa, ob) = (
+        ca.wait_with_output().unwrap(),
+        cb.wait_with_output().unwrap(),
+    );
     assert!(oa.status.success() && ob.status.success());
     let list = env.json(&["snapshots", "--repo", &env.repo(), "--json"]);
-    assert_eq!(list.as_array().unwrap().iter().filter(|s| s["status"] == "succeeded").count(), 2);
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] == "succeeded")
+            .count(),
+        2
+    );
     env.ok(&["verify", "--repo", &env.repo(), "--full"]);
 }
 
@@ -240,24 +419,45 @@ fn bad_input_is_a_clear_error_and_nothing_is_claimed() {
     let missing = env.run(&["snapshots", "--repo", &env.repo()]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no repository"));
-    assert!(!env.path("repo").exists(), "a read command created the repository directory");
+    assert!(
+        !env.path("repo").exists(),
+        "a read command created the repository directory"
+    );
 
     env.init();
     let twice = env.run(&["init", "--repo", &env.repo()]);
     assert!(!twice.status.success());
     assert!(String::from_utf8_lossy(&twice.stderr).contains("already exists"));
 
-    let wrong = env.cmd(&["snapshots", "--repo", &env.repo()]).env("RESILIENCE_PASSWORD", "battery staple").output().unwrap();
+    let wrong = env
+        .cmd(&["snapshots", "--repo", &env.repo()])
+        .env("RESILIENCE_PASSWORD", "battery staple")
+        .output()
+        .unwrap();
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
 
-    let nopath = env.run(&["backup", "--repo", &env.repo(), "dir", env.path("nowhere").to_str().unwrap()]);
+    let nopath = env.run(&[
+        "backup",
+        "--repo",
+        &env.repo(),
+        "dir",
+        env.path("nowhere").to_str().unwrap(),
+    ]);
     assert!(!nopath.status.success());
     assert!(String::from_utf8_lossy(&nopath.stderr).contains("nowhere"));
     let list = env.json(&["snapshots", "--repo", &env.repo(), "--json"]);
-    assert!(list.as_array().unwrap().iter().all(|s| s["status"] != "succeeded"));
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["status"] != "succeeded"));
 
-    let nokey = Command::new(BIN).args(["snapshots", "--repo", &env.repo()]).env_remove("RESILIENCE_PASSWORD").output().unwrap();
+    let nokey = Command::new(BIN)
+        .args(["snapshots", "--repo", &env.repo()])
+        .env_remove("RESILIENCE_PASSWORD")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&nokey.stderr).contains("RESILIENCE_PASSWORD"));
 }
 
@@ -265,12 +465,31 @@ fn bad_input_is_a_clear_error_and_nothing_is_claimed() {
 fn a_key_file_opens_the_repository_beside_the_passphrase() {
     let env = Env::new();
     let key = env.path("repo.key");
-    env.ok(&["init", "--repo", &env.repo(), "--key-file", key.to_str().unwrap()]);
+    env.ok(&[
+        "init",
+        "--repo",
+        &env.repo(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
     let text = std::fs::read_to_string(&key).unwrap();
     assert_eq!(text.trim().len(), 64);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-    let by_key = Command::new(BIN).args(["snapshots", "--repo", &env.repo(), "--key-file", key.to_str().unwrap()]).env_remove("RESILIENCE_PASSWORD").output().unwrap();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let by_key = Command::new(BIN)
+        .args([
+            "snapshots",
+            "--repo",
+            &env.repo(),
+            "--key-file",
+            key.to_str().unwrap(),
+        ])
+        .env_remove("RESILIENCE_PASSWORD")
+        .output()
+        .unwrap();
     assert!(by_key.status.success());
     env.ok(&["snapshots", "--repo", &env.repo()]);
 }
@@ -282,22 +501,76 @@ fn retention_hold_prune_and_append_only_through_the_cli() {
     for i in 0..3u64 {
         let d = env.path(&format!("d{i}"));
         make_tree(&d, 10 + i, 2 << 20);
-        env.ok(&["backup", "--repo", &env.repo(), "dir", d.to_str().unwrap(), "--source-id", "docs"]);
+        env.ok(&[
+            "backup",
+            "--repo",
+            &env.repo(),
+            "dir",
+            d.to_str().unwrap(),
+            "--source-id",
+            "docs",
+        ]);
     }
-    let ids: Vec<String> = env.json(&["snapshots", "--repo", &env.repo(), "--json"]).as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = env
+        .json(&["snapshots", "--repo", &env.repo(), "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
     env.ok(&["hold", "--repo", &env.repo(), &ids[0]]);
 
     // Append-only: backups work, forget is refused, nothing is lost.
-    env.ok(&["--append-only", "backup", "--repo", &env.repo(), "dir", env.path("d2").to_str().unwrap(), "--source-id", "docs"]);
-    let refused = env.run(&["--append-only", "forget", "--repo", &env.repo(), "--keep-last", "1"]);
+    env.ok(&[
+        "--append-only",
+        "backup",
+        "--repo",
+        &env.repo(),
+        "dir",
+        env.path("d2").to_str().unwrap(),
+        "--source-id",
+        "docs",
+    ]);
+    let refused = env.run(&[
+        "--append-only",
+        "forget",
+        "--repo",
+        &env.repo(),
+        "--keep-last",
+        "1",
+    ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("append-only"));
 
-    let plan = env.json(&["forget", "--repo", &env.repo(), "--keep-last", "1", "--dry-run", "--json"]);
-    let actions: Vec<(&str, &str)> = plan.as_array().unwrap().iter().map(|d| (d["id"].as_str().unwrap(), d["action"].as_str().unwrap())).collect();
-    assert_eq!(actions.iter().filter(|(_, a)| *a == "keep").count(), 2, "{plan}");
-    assert!(actions.contains(&(ids[0].as_str(), "keep")), "the held backup is kept");
-    assert!(plan.as_array().unwrap().iter().all(|d| !d["reasons"].as_array().unwrap().is_empty()));
+    let plan = env.json(&[
+        "forget",
+        "--repo",
+        &env.repo(),
+        "--keep-last",
+        "1",
+        "--dry-run",
+        "--json",
+    ]);
+    let actions: Vec<(&str, &str)> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap(), d["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|(_, a)| *a == "keep").count(),
+        2,
+        "{plan}"
+    );
+    assert!(
+        actions.contains(&(ids[0].as_str(), "keep")),
+        "the held backup is kept"
+    );
+    assert!(plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| !d["reasons"].as_array().unwrap().is_empty()));
     env.ok(&["forget", "--repo", &env.repo(), "--keep-last", "1"]);
     let first = env.json(&["prune", "--repo", &env.repo(), "--grace", "0s", "--json"]);
     assert!(first["condemned_packs"].as_u64().unwrap() > 0, "{first}");
@@ -305,6 +578,13 @@ fn retention_hold_prune_and_append_only_through_the_cli() {
     assert!(second["freed_bytes"].as_u64().unwrap() > 0, "{second}");
     env.ok(&["verify", "--repo", &env.repo(), "--full"]);
     env.ok(&["hold", "--repo", &env.repo(), &ids[0], "--release"]);
-    env.ok(&["restore", "--repo", &env.repo(), &ids[0], "--target", env.path("held").to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        &ids[0],
+        "--target",
+        env.path("held").to_str().unwrap(),
+    ]);
     same_tree(&env.path("d0"), &env.path("held"));
 }

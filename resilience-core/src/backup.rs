@@ -47,7 +47,9 @@ pub struct BackupOptions {
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         BackupOptions {
             labels: BTreeMap::new(),
             use_parent: true,
@@ -113,7 +115,8 @@ impl Packer {
     }
 
     async fn add(&mut self, blob: Encoded) -> Result<()> {
-        self.current.add(blob.id, blob.kind, blob.raw_len, &blob.stored);
+        self.current
+            .add(blob.id, blob.kind, blob.raw_len, &blob.stored);
         if self.current.len() >= self.shared.repo.config.pack_size as usize {
             self.seal_current().await?;
         }
@@ -128,7 +131,10 @@ impl Packer {
             self.reap_one().await?;
         }
         let cap = self.shared.repo.config.pack_size as usize + 1024;
-        let full = std::mem::replace(&mut self.current, PackBuilder::new(self.shared.repo.keys.current_key_id(), cap));
+        let full = std::mem::replace(
+            &mut self.current,
+            PackBuilder::new(self.shared.repo.keys.current_key_id(), cap),
+        );
         let shared = self.shared.clone();
         self.uploads.spawn(async move {
             let keys = shared.repo.keys.clone();
@@ -138,14 +144,20 @@ impl Packer {
                 .map_err(|e| Error::Invalid(format!("pack sealing task failed: {e}")))?;
             let size = bytes.len() as u64;
             repo::put_idempotent(shared.repo.sink.as_ref(), &pack::pack_key(&id), bytes).await?;
-            Ok(PackRecord { id, size, key_id, blobs })
+            Ok(PackRecord {
+                id,
+                size,
+                key_id,
+                blobs,
+            })
         });
         Ok(())
     }
 
     async fn reap_one(&mut self) -> Result<()> {
         if let Some(done) = self.uploads.join_next().await {
-            let record = done.map_err(|e| Error::Invalid(format!("pack upload task failed: {e}")))??;
+            let record =
+                done.map_err(|e| Error::Invalid(format!("pack upload task failed: {e}")))??;
             self.stored_bytes += record.size;
             self.unindexed.push(record);
             if self.unindexed.len() >= PACKS_PER_INDEX {
@@ -179,7 +191,10 @@ impl Packer {
 fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Option<Encoded>) {
     let repo = &shared.repo;
     let id = repo.keys.blob_id(&chunk);
-    let r = BlobRef { id, len: chunk.len() as u32 };
+    let r = BlobRef {
+        id,
+        len: chunk.len() as u32,
+    };
     {
         let mut dedup = shared.dedup.lock().expect("dedup lock poisoned");
         if dedup.index.contains(&id) || !dedup.claimed.insert(id) {
@@ -187,8 +202,23 @@ fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Opt
         }
     }
     let mut stored = Vec::with_capacity(chunk.len() / 2 + 64);
-    blob::encode_blob(&repo.keys.current_key(), kind, &id, &chunk, repo.config.compression_level, &mut stored);
-    (r, Some(Encoded { id, kind, raw_len: chunk.len() as u32, stored }))
+    blob::encode_blob(
+        &repo.keys.current_key(),
+        kind,
+        &id,
+        &chunk,
+        repo.config.compression_level,
+        &mut stored,
+    );
+    (
+        r,
+        Some(Encoded {
+            id,
+            kind,
+            raw_len: chunk.len() as u32,
+            stored,
+        }),
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -232,25 +262,41 @@ struct Pipeline {
 const MAX_PENDING_ENTRIES: usize = 4096;
 
 impl Pipeline {
-    async fn push_chunk(&mut self, owner: ChunkOwner, chunk: Bytes, packer: &mut Packer) -> Result<()> {
+    async fn push_chunk(
+        &mut self,
+        owner: ChunkOwner,
+        chunk: Bytes,
+        packer: &mut Packer,
+    ) -> Result<()> {
         while self.inflight.len() >= self.window {
             self.pop(packer).await?;
         }
         if owner == ChunkOwner::Content {
-            self.pending.back_mut().expect("content belongs to an open entry").pushed += 1;
+            self.pending
+                .back_mut()
+                .expect("content belongs to an open entry")
+                .pushed += 1;
         }
         let shared = self.shared.clone();
-        let kind = if owner == ChunkOwner::Tree { BlobKind::Tree } else { BlobKind::Data };
-        self.inflight.push_back(tokio::task::spawn_blocking(move || {
-            let (r, enc) = hash_and_seal(&shared, kind, chunk);
-            (owner, r, enc)
-        }));
+        let kind = if owner == ChunkOwner::Tree {
+            BlobKind::Tree
+        } else {
+            BlobKind::Data
+        };
+        self.inflight
+            .push_back(tokio::task::spawn_blocking(move || {
+                let (r, enc) = hash_and_seal(&shared, kind, chunk);
+                (owner, r, enc)
+            }));
         Ok(())
     }
 
     async fn pop(&mut self, packer: &mut Packer) -> Result<()> {
-        let Some(done) = self.inflight.next().await else { return Ok(()) };
-        let (owner, r, encoded) = done.map_err(|e| Error::Invalid(format!("chunk task failed: {e}")))?;
+        let Some(done) = self.inflight.next().await else {
+            return Ok(());
+        };
+        let (owner, r, encoded) =
+            done.map_err(|e| Error::Invalid(format!("chunk task failed: {e}")))?;
         if let Some(enc) = encoded {
             if enc.kind == BlobKind::Data {
                 self.new_bytes += enc.raw_len as u64;
@@ -298,8 +344,19 @@ impl Pipeline {
     }
 
     /// Adds an entry whose content is already known.
-    async fn add_entry(&mut self, meta: EntryMeta, content: Content, packer: &mut Packer) -> Result<()> {
-        self.pending.push_back(PendingEntry { meta, content, expected: Some(0), pushed: 0, received: 0 });
+    async fn add_entry(
+        &mut self,
+        meta: EntryMeta,
+        content: Content,
+        packer: &mut Packer,
+    ) -> Result<()> {
+        self.pending.push_back(PendingEntry {
+            meta,
+            content,
+            expected: Some(0),
+            pushed: 0,
+            received: 0,
+        });
         self.flush_ready(packer).await?;
         while self.pending.len() > MAX_PENDING_ENTRIES {
             self.pop(packer).await?;
@@ -314,7 +371,13 @@ impl Pipeline {
             let entry = self.pending.pop_front().expect("checked");
             self.entries += 1;
             self.logical_bytes += entry.meta.size;
-            snapshot::encode_record(&TreeRecord { meta: entry.meta, content: entry.content }, &mut self.record_buf);
+            snapshot::encode_record(
+                &TreeRecord {
+                    meta: entry.meta,
+                    content: entry.content,
+                },
+                &mut self.record_buf,
+            );
             self.tree_chunker.push(&self.record_buf);
             self.record_buf.clear();
             while let Some(chunk) = self.tree_chunker.next_chunk(false) {
@@ -354,10 +417,14 @@ struct ParentCursor {
 
 impl ParentCursor {
     async fn find(&mut self, meta: &EntryMeta) -> Result<Option<Vec<BlobRef>>> {
-        let Some(fingerprint) = &meta.fingerprint else { return Ok(None) };
+        let Some(fingerprint) = &meta.fingerprint else {
+            return Ok(None);
+        };
         loop {
             if self.current.is_none() {
-                let Some(reader) = self.reader.as_mut() else { return Ok(None) };
+                let Some(reader) = self.reader.as_mut() else {
+                    return Ok(None);
+                };
                 self.current = reader.next().await?;
                 if self.current.is_none() {
                     self.reader = None;
@@ -384,7 +451,11 @@ impl ParentCursor {
 
 impl Repository {
     /// Backs up `source` into a new snapshot.
-    pub async fn backup(&self, source: &dyn Source, options: BackupOptions) -> Result<BackupReport> {
+    pub async fn backup(
+        &self,
+        source: &dyn Source,
+        options: BackupOptions,
+    ) -> Result<BackupReport> {
         let started = Instant::now();
         let started_at = self.clock.now();
         let id = repo::new_backup_id(started_at);
@@ -435,7 +506,11 @@ impl Repository {
                 lock.check()?;
                 record.status = BackupStatus::Succeeded;
                 catalog.put(&record).await?;
-                Ok(BackupReport { record: record.clone(), reused_entries: reused, duration: started.elapsed() })
+                Ok(BackupReport {
+                    record: record.clone(),
+                    reused_entries: reused,
+                    duration: started.elapsed(),
+                })
             }
             Err(e) => {
                 record.status = BackupStatus::Failed;
@@ -462,15 +537,28 @@ impl Repository {
         let mut index = self.load_index().await?;
         // Packs a prune condemned are not adopted: the prune decides their fate.
         let plans = self.prune_plans().await?;
-        let condemned: HashSet<crate::pack::PackId> =
-            plans.iter().flat_map(|(_, _, p)| p.iter().map(|r| r.id)).collect();
-        let adopted: Vec<PackRecord> =
-            self.unindexed_packs(&index).await?.into_iter().filter(|p| !condemned.contains(&p.id)).collect();
+        let condemned: HashSet<crate::pack::PackId> = plans
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|r| r.id))
+            .collect();
+        let adopted: Vec<PackRecord> = self
+            .unindexed_packs(&index)
+            .await?
+            .into_iter()
+            .filter(|p| !condemned.contains(&p.id))
+            .collect();
         for p in &adopted {
             index.add_pack(p);
         }
-        let parent = if options.use_parent { self.latest_for_source(&record.source.id).await? } else { None };
-        let mut cursor = ParentCursor { reader: None, current: None };
+        let parent = if options.use_parent {
+            self.latest_for_source(&record.source.id).await?
+        } else {
+            None
+        };
+        let mut cursor = ParentCursor {
+            reader: None,
+            current: None,
+        };
         if let Some(parent) = &parent {
             let manifest = self.load_manifest(parent).await?;
             record.parent = Some(parent.id.clone());
@@ -478,7 +566,10 @@ impl Repository {
             // The parent's tree is only read: it may also be found in packs a running prune
             // condemned (never deduplicated against, see above).
             let mut in_plans = Index::new();
-            plans.iter().flat_map(|(_, _, p)| p.iter()).for_each(|p| in_plans.add_pack(p));
+            plans
+                .iter()
+                .flat_map(|(_, _, p)| p.iter())
+                .for_each(|p| in_plans.add_pack(p));
             let locations = manifest
                 .tree
                 .iter()
@@ -488,7 +579,10 @@ impl Repository {
         }
         let shared = Arc::new(Shared {
             repo: self.clone(),
-            dedup: Mutex::new(Dedup { index, claimed: HashSet::new() }),
+            dedup: Mutex::new(Dedup {
+                index,
+                claimed: HashSet::new(),
+            }),
         });
         let mut packer = Packer::new(shared.clone(), options.upload_concurrency);
         packer.unindexed = adopted;
@@ -524,9 +618,19 @@ impl Repository {
                         if let Some(p) = &options.progress {
                             p.bytes(meta.size);
                         }
-                        pipeline.add_entry(meta, Content::Blobs(refs), &mut packer).await?;
+                        pipeline
+                            .add_entry(meta, Content::Blobs(refs), &mut packer)
+                            .await?;
                     } else {
-                        self.store_content(reader, meta, &mut chunker, &mut pipeline, &mut packer, options).await?;
+                        self.store_content(
+                            reader,
+                            meta,
+                            &mut chunker,
+                            &mut pipeline,
+                            &mut packer,
+                            options,
+                        )
+                        .await?;
                     }
                 }
                 _ => pipeline.add_entry(meta, Content::None, &mut packer).await?,
@@ -561,7 +665,9 @@ impl Repository {
         );
         let checksum = object::stored_checksum(&sealed).expect("has checksum");
         let manifest_len = sealed.len() as u64;
-        self.sink.put(&key, sealed.into(), crate::sink::PutMode::Create).await?;
+        self.sink
+            .put(&key, sealed.into(), crate::sink::PutMode::Create)
+            .await?;
 
         record.entries = pipeline.entries;
         record.logical_bytes = pipeline.logical_bytes;
@@ -597,10 +703,17 @@ impl Repository {
             let eof = n == 0;
             if let Some(m) = meta.take_if(|_| eof && read <= inline_limit) {
                 // Small content goes inside the tree.
-                let data = chunker.next_chunk(true).map(|b| b.to_vec()).unwrap_or_default();
+                let data = chunker
+                    .next_chunk(true)
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default();
                 let mut m = m;
                 m.size = read;
-                let content = if data.is_empty() { Content::None } else { Content::Inline(data) };
+                let content = if data.is_empty() {
+                    Content::None
+                } else {
+                    Content::Inline(data)
+                };
                 return pipeline.add_entry(m, content, packer).await;
             }
             if !eof && read <= inline_limit {
@@ -610,7 +723,9 @@ impl Repository {
                 pipeline.begin_entry(m);
             }
             while let Some(chunk) = chunker.next_chunk(eof) {
-                pipeline.push_chunk(ChunkOwner::Content, chunk, packer).await?;
+                pipeline
+                    .push_chunk(ChunkOwner::Content, chunk, packer)
+                    .await?;
             }
             if eof {
                 break;
@@ -637,7 +752,10 @@ impl Repository {
     pub async fn reap_interrupted(&self) -> Result<usize> {
         let catalog = self.catalog();
         let running = catalog
-            .list(&CatalogQuery { statuses: vec![BackupStatus::Running], ..Default::default() })
+            .list(&CatalogQuery {
+                statuses: vec![BackupStatus::Running],
+                ..Default::default()
+            })
             .await?;
         if running.is_empty() {
             return Ok(0);
@@ -661,4 +779,3 @@ impl Repository {
         Ok(reaped)
     }
 }
-

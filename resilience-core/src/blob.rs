@@ -119,7 +119,10 @@ pub fn encode_blob(
     let compressed = COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().map(|(l, _)| *l) != Some(level) {
-            *cell = Some((level, zstd::bulk::Compressor::new(level).expect("zstd level is valid")));
+            *cell = Some((
+                level,
+                zstd::bulk::Compressor::new(level).expect("zstd level is valid"),
+            ));
         }
         let (_, c) = cell.as_mut().expect("compressor just set");
         let bound = zstd::zstd_safe::compress_bound(plaintext.len());
@@ -153,7 +156,10 @@ pub fn decode_blob(
     object: &str,
 ) -> Result<Vec<u8>> {
     let key = keys.data_key(key_id).ok_or_else(|| {
-        Error::corrupt(object, format!("sealed with data key {key_id}, which this repository does not have"))
+        Error::corrupt(
+            object,
+            format!("sealed with data key {key_id}, which this repository does not have"),
+        )
     })?;
     let body = crypto::open(&key, &blob_aad(kind, id), sealed).ok_or_else(|| {
         Error::corrupt(
@@ -163,10 +169,14 @@ pub fn decode_blob(
     })?;
     let plaintext = match body.first() {
         Some(&FLAG_RAW) => body[1..].to_vec(),
-        Some(&FLAG_ZSTD) => zstd::bulk::decompress(&body[1..], raw_len as usize).map_err(|e| {
-            Error::corrupt(format!("{object} (blob {id})"), format!("zstd: {e}"))
-        })?,
-        _ => return Err(Error::corrupt(format!("{object} (blob {id})"), "unknown compression flag")),
+        Some(&FLAG_ZSTD) => zstd::bulk::decompress(&body[1..], raw_len as usize)
+            .map_err(|e| Error::corrupt(format!("{object} (blob {id})"), format!("zstd: {e}")))?,
+        _ => {
+            return Err(Error::corrupt(
+                format!("{object} (blob {id})"),
+                "unknown compression flag",
+            ))
+        }
     };
     if plaintext.len() != raw_len as usize || keys.blob_id(&plaintext) != *id {
         return Err(Error::corrupt(

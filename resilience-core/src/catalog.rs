@@ -214,7 +214,9 @@ impl RepoCatalog {
             let (Some(rev), Some(head)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            let Ok(rev) = rev.parse::<u32>() else { continue };
+            let Ok(rev) = rev.parse::<u32>() else {
+                continue;
+            };
             let id = head.trim_start_matches("catalog/").to_owned();
             let slot = newest.entry(id).or_insert((0, String::new()));
             if rev >= slot.0 {

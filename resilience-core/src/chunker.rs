@@ -123,7 +123,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn small() -> ChunkerParams {
-        ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 }
+        ChunkerParams {
+            min_size: 256,
+            avg_size: 1024,
+            max_size: 4096,
+        }
     }
 
     fn chunk_all(data: &[u8], feed: usize, seed: u64) -> Vec<Bytes> {

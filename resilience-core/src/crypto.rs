@@ -74,7 +74,12 @@ pub fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     let mut buf = ciphertext.to_vec();
     let cipher = XChaCha20Poly1305::new(Key::from_slice(&key.0));
     cipher
-        .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag))
+        .decrypt_in_place_detached(
+            XNonce::from_slice(nonce),
+            aad,
+            &mut buf,
+            Tag::from_slice(tag),
+        )
         .ok()?;
     Some(buf)
 }

@@ -79,7 +79,10 @@ pub(crate) mod serde_bytes_compat {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
                 Ok(v.as_bytes().to_vec())
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     out.push(b);

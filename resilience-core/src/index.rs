@@ -110,7 +110,12 @@ pub fn decode_index(name: &str, payload: &[u8]) -> Result<Vec<PackRecord>> {
                 raw_len: r.u32()?,
             });
         }
-        packs.push(PackRecord { id, size, key_id, blobs });
+        packs.push(PackRecord {
+            id,
+            size,
+            key_id,
+            blobs,
+        });
     }
     if !r.buf.is_empty() {
         return Err(Error::corrupt(name, "trailing bytes after index payload"));
@@ -208,7 +213,7 @@ impl Index {
     /// Moves recent records into the sorted vector.
     pub fn compact(&mut self) {
         self.sorted.extend(self.recent.drain().map(|(_, r)| r));
-        self.sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.sorted.sort_unstable_by_key(|r| r.id);
         self.sorted.dedup_by(|a, b| a.id == b.id);
         self.sorted.shrink_to_fit();
     }
@@ -287,7 +292,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_pack() -> impl Strategy<Value = PackRecord> {
-        (any::<[u8; 32]>(), any::<u64>(), any::<u32>(), proptest::collection::vec((any::<[u8; 32]>(), any::<bool>(), any::<u32>(), any::<u32>(), any::<u32>()), 0..20))
+        (
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<u32>(),
+            proptest::collection::vec(
+                (
+                    any::<[u8; 32]>(),
+                    any::<bool>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                ),
+                0..20,
+            ),
+        )
             .prop_map(|(id, size, key_id, blobs)| PackRecord {
                 id: BlobId(id),
                 size,

@@ -103,10 +103,13 @@ impl PassphraseProvider {
 
     /// Reads the passphrase from a file (its first line, without the line break).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::KeyProvider {
-            provider: "passphrase".into(),
-            message: format!("cannot read password file {}: {e}", path.display()),
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|e| Error::KeyProvider {
+                    provider: "passphrase".into(),
+                    message: format!("cannot read password file {}: {e}", path.display()),
+                })?,
+            );
         let line = text.lines().next().unwrap_or("");
         if line.is_empty() {
             return Err(Error::KeyProvider {
@@ -118,12 +121,14 @@ impl PassphraseProvider {
     }
 
     fn derive(&self, cost: KdfParams, salt: &[u8]) -> Result<SecretKey> {
-        let params = argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, Some(32))
-            .map_err(|e| Error::KeyProvider {
-                provider: "passphrase".into(),
-                message: format!("invalid Argon2id parameters {cost:?}: {e}"),
-            })?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let params =
+            argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, Some(32))
+                .map_err(|e| Error::KeyProvider {
+                    provider: "passphrase".into(),
+                    message: format!("invalid Argon2id parameters {cost:?}: {e}"),
+                })?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];
         argon
             .hash_password_into(self.passphrase.as_bytes(), salt, &mut out)
@@ -164,7 +169,10 @@ impl KeyProvider for PassphraseProvider {
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>> {
         let params: PassphraseParams =
             serde_json::from_value(wrapped.params.clone()).map_err(|e| {
-                Error::corrupt(format!("keys/{}", wrapped.id), format!("bad KDF parameters: {e}"))
+                Error::corrupt(
+                    format!("keys/{}", wrapped.id),
+                    format!("bad KDF parameters: {e}"),
+                )
             })?;
         if params.kdf != "argon2id" {
             return Err(Error::corrupt(
@@ -172,8 +180,9 @@ impl KeyProvider for PassphraseProvider {
                 format!("unknown KDF {}", params.kdf),
             ));
         }
-        let salt = hex::decode(&params.salt)
-            .map_err(|e| Error::corrupt(format!("keys/{}", wrapped.id), format!("bad salt: {e}")))?;
+        let salt = hex::decode(&params.salt).map_err(|e| {
+            Error::corrupt(format!("keys/{}", wrapped.id), format!("bad salt: {e}"))
+        })?;
         let kek = self.derive(params.cost, &salt)?;
         Ok(open_wrapped(&kek, wrapped))
     }
@@ -187,16 +196,21 @@ pub struct KeyFileProvider {
 impl KeyFileProvider {
     /// Reads a key file: 64 hex digits (surrounding white space ignored).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::KeyProvider {
-            provider: "key-file".into(),
-            message: format!("cannot read key file {}: {e}", path.display()),
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|e| Error::KeyProvider {
+                    provider: "key-file".into(),
+                    message: format!("cannot read key file {}: {e}", path.display()),
+                })?,
+            );
         let mut key = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut key).map_err(|_| Error::KeyProvider {
             provider: "key-file".into(),
             message: format!("key file {} must hold 64 hex digits", path.display()),
         })?;
-        Ok(KeyFileProvider { key: SecretKey(key) })
+        Ok(KeyFileProvider {
+            key: SecretKey(key),
+        })
     }
 
     /// Writes a new random key file with mode 0600 and returns its provider.
@@ -224,7 +238,9 @@ impl KeyFileProvider {
 
     /// A provider for a key held in memory.
     pub fn from_key(key: [u8; 32]) -> Self {
-        KeyFileProvider { key: SecretKey(key) }
+        KeyFileProvider {
+            key: SecretKey(key),
+        }
     }
 }
 
@@ -287,8 +303,12 @@ pub async fn unwrap_any(
     for copy in copies.iter().filter(|c| c.provider == provider.name()) {
         tried += 1;
         if let Some(plain) = provider.unwrap(copy).await? {
-            return KeySet::from_bytes(&plain)
-                .ok_or_else(|| Error::corrupt(format!("keys/{}", copy.id), "unwrapped key set does not parse"));
+            return KeySet::from_bytes(&plain).ok_or_else(|| {
+                Error::corrupt(
+                    format!("keys/{}", copy.id),
+                    "unwrapped key set does not parse",
+                )
+            });
         }
     }
     Err(Error::WrongKey {
@@ -334,7 +354,9 @@ mod tests {
         let p = PassphraseProvider::new("correct horse").with_params(fast());
         let w = p.wrap(&ks.to_bytes(), Utc::now()).await.unwrap();
         assert!(!w.wrapped.contains("correct"));
-        let back = unwrap_any(&p, std::slice::from_ref(&w), "mem").await.unwrap();
+        let back = unwrap_any(&p, std::slice::from_ref(&w), "mem")
+            .await
+            .unwrap();
         assert_eq!(back.blob_id(b"a"), ks.blob_id(b"a"));
         let wrong = PassphraseProvider::new("battery staple");
         let err = unwrap_any(&wrong, &[w], "mem").await.unwrap_err();
@@ -349,7 +371,9 @@ mod tests {
         let ks = KeySet::generate();
         let w = p.wrap(&ks.to_bytes(), Utc::now()).await.unwrap();
         let again = KeyFileProvider::from_file(&path).unwrap();
-        assert!(unwrap_any(&again, std::slice::from_ref(&w), "mem").await.is_ok());
+        assert!(unwrap_any(&again, std::slice::from_ref(&w), "mem")
+            .await
+            .is_ok());
         let other = KeyFileProvider::from_key([7; 32]);
         assert!(matches!(
             unwrap_any(&other, &[w], "mem").await,

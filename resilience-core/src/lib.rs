@@ -50,8 +50,8 @@ pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod retention;
-pub mod sink;
 pub mod schedule;
+pub mod sink;
 pub mod snapshot;
 pub mod source;
 #[cfg(any(test, feature = "testing"))]

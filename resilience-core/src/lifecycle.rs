@@ -27,7 +27,15 @@ impl Repository {
     /// Expires the backups a plan deletes. Takes the maintenance lock, so two forgets or a
     /// forget and a prune never interleave; backups keep running.
     pub async fn forget(&self, plan: &RetentionPlan) -> Result<ForgetReport> {
-        let lock = RepoLock::acquire(self.sink.clone(), self.clock.clone(), LockKind::Maintenance, "forget", None, self.lock_settings).await?;
+        let lock = RepoLock::acquire(
+            self.sink.clone(),
+            self.clock.clone(),
+            LockKind::Maintenance,
+            "forget",
+            None,
+            self.lock_settings,
+        )
+        .await?;
         let result = self.forget_locked(plan, &lock).await;
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %e, "could not remove the forget lock; it will expire");
@@ -44,7 +52,10 @@ impl Repository {
                 Action::Cold => match &self.cold {
                     Some(_) => {
                         let record = catalog.get(&d.id).await?;
-                        if record.is_some_and(|r| r.tier != crate::catalog::Tier::Cold && r.status == BackupStatus::Succeeded) {
+                        if record.is_some_and(|r| {
+                            r.tier != crate::catalog::Tier::Cold
+                                && r.status == BackupStatus::Succeeded
+                        }) {
                             lock.check()?;
                             self.move_to_cold(&d.id).await?;
                             report.moved_cold.push(d.id.clone());
@@ -53,12 +64,20 @@ impl Repository {
                     None => report.cold_pending.push(d.id.clone()),
                 },
                 Action::Delete => {
-                    let Some(mut record) = catalog.get(&d.id).await? else { continue };
+                    let Some(mut record) = catalog.get(&d.id).await? else {
+                        continue;
+                    };
                     if record.legal_hold {
-                        return Err(Error::Invalid(format!("refusing to expire backup {} under legal hold", d.id)));
+                        return Err(Error::Invalid(format!(
+                            "refusing to expire backup {} under legal hold",
+                            d.id
+                        )));
                     }
                     if record.status == BackupStatus::Running {
-                        return Err(Error::Invalid(format!("refusing to expire running backup {}", d.id)));
+                        return Err(Error::Invalid(format!(
+                            "refusing to expire running backup {}",
+                            d.id
+                        )));
                     }
                     lock.check()?;
                     // The manifest goes first: a sink that refuses deletes (append-only) then
@@ -67,11 +86,20 @@ impl Repository {
                     let store = if record.tier == self.tier {
                         self
                     } else {
-                        self.cold.as_deref().filter(|c| c.tier == record.tier).ok_or_else(|| {
-                            Error::Invalid(format!("backup {} is in the {:?} tier: attach that store to expire it", d.id, record.tier))
-                        })?
+                        self.cold
+                            .as_deref()
+                            .filter(|c| c.tier == record.tier)
+                            .ok_or_else(|| {
+                                Error::Invalid(format!(
+                                    "backup {} is in the {:?} tier: attach that store to expire it",
+                                    d.id, record.tier
+                                ))
+                            })?
                     };
-                    store.sink.delete(&crate::snapshot::manifest_key(&d.id)).await?;
+                    store
+                        .sink
+                        .delete(&crate::snapshot::manifest_key(&d.id))
+                        .await?;
                     if record.status != BackupStatus::Expired {
                         record.revision += 1;
                         record.status = BackupStatus::Expired;
@@ -89,7 +117,11 @@ impl Repository {
     }
 
     /// Places or releases a legal hold on a backup.
-    pub async fn set_legal_hold(&self, spec: &str, hold: bool) -> Result<crate::catalog::BackupRecord> {
+    pub async fn set_legal_hold(
+        &self,
+        spec: &str,
+        hold: bool,
+    ) -> Result<crate::catalog::BackupRecord> {
         let catalog = self.catalog();
         let mut record = match catalog.get(spec).await? {
             Some(r) => r,
@@ -119,7 +151,10 @@ pub struct TierMove {
 impl Repository {
     /// Attaches the cold tier kept in `sink` (another bucket, a cheaper storage class),
     /// initializing it with this repository's configuration and wrapped keys if it is empty.
-    pub async fn attach_cold(mut self, sink: std::sync::Arc<dyn crate::sink::Sink>) -> Result<Repository> {
+    pub async fn attach_cold(
+        mut self,
+        sink: std::sync::Arc<dyn crate::sink::Sink>,
+    ) -> Result<Repository> {
         match Repository::read_config(sink.as_ref()).await {
             Ok(cfg) if cfg.id == self.config.id => {}
             Ok(cfg) => {
@@ -132,7 +167,12 @@ impl Repository {
             }
             Err(Error::RepositoryNotFound { .. }) => {
                 use futures::TryStreamExt;
-                let keys: Vec<String> = self.sink.list("keys/").map_ok(|m| m.key).try_collect().await?;
+                let keys: Vec<String> = self
+                    .sink
+                    .list("keys/")
+                    .map_ok(|m| m.key)
+                    .try_collect()
+                    .await?;
                 for key in keys.iter().map(String::as_str).chain(["config"]) {
                     let bytes = self.sink.get(key).await?;
                     crate::object::check_checksum(key, &bytes)?;
@@ -164,19 +204,36 @@ impl Repository {
     /// record, and only then records the new tier and removes the hot manifest (a later hot
     /// prune frees what no hot snapshot needs).
     pub async fn move_to_cold(&self, spec: &str) -> Result<TierMove> {
-        let cold = self.cold.clone().ok_or_else(|| Error::Invalid("no cold tier attached (--cold-repo)".into()))?;
-        self.move_between(spec, &cold, crate::catalog::Tier::Cold).await
+        let cold = self
+            .cold
+            .clone()
+            .ok_or_else(|| Error::Invalid("no cold tier attached (--cold-repo)".into()))?;
+        self.move_between(spec, &cold, crate::catalog::Tier::Cold)
+            .await
     }
 
     /// Brings a snapshot back from the cold tier to the hot one.
     pub async fn move_to_hot(&self, spec: &str) -> Result<TierMove> {
-        let cold = self.cold.clone().ok_or_else(|| Error::Invalid("no cold tier attached (--cold-repo)".into()))?;
-        let hot = Repository { cold: None, ..self.clone() };
-        cold.move_between_into(spec, &hot, crate::catalog::Tier::Hot, &self.catalog()).await
+        let cold = self
+            .cold
+            .clone()
+            .ok_or_else(|| Error::Invalid("no cold tier attached (--cold-repo)".into()))?;
+        let hot = Repository {
+            cold: None,
+            ..self.clone()
+        };
+        cold.move_between_into(spec, &hot, crate::catalog::Tier::Hot, &self.catalog())
+            .await
     }
 
-    async fn move_between(&self, spec: &str, to: &Repository, tier: crate::catalog::Tier) -> Result<TierMove> {
-        self.move_between_into(spec, to, tier, &self.catalog()).await
+    async fn move_between(
+        &self,
+        spec: &str,
+        to: &Repository,
+        tier: crate::catalog::Tier,
+    ) -> Result<TierMove> {
+        self.move_between_into(spec, to, tier, &self.catalog())
+            .await
     }
 
     /// Copies snapshot `spec` from this store to `to`; `home` is the catalog of record.
@@ -187,17 +244,25 @@ impl Repository {
         tier: crate::catalog::Tier,
         home: &crate::catalog::RepoCatalog,
     ) -> Result<TierMove> {
-        use std::collections::BTreeMap;
         use futures::TryStreamExt;
+        use std::collections::BTreeMap;
         let mut record = home
             .get(spec)
             .await?
-            .ok_or_else(|| Error::SnapshotNotFound { id: spec.to_owned() })?;
+            .ok_or_else(|| Error::SnapshotNotFound {
+                id: spec.to_owned(),
+            })?;
         if record.tier == tier {
-            return Ok(TierMove { snapshot: record.id, ..Default::default() });
+            return Ok(TierMove {
+                snapshot: record.id,
+                ..Default::default()
+            });
         }
         if record.status != BackupStatus::Succeeded {
-            return Err(Error::Invalid(format!("backup {} is {}, only succeeded backups move between tiers", record.id, record.status)));
+            return Err(Error::Invalid(format!(
+                "backup {} is {}, only succeeded backups move between tiers",
+                record.id, record.status
+            )));
         }
         let manifest_key = crate::snapshot::manifest_key(&record.id);
         let manifest = self.load_manifest(&record).await?;
@@ -205,16 +270,31 @@ impl Repository {
         let index = self.load_read_index().await?;
         let mut needed: BTreeMap<crate::pack::PackId, crate::index::PackRecord> = BTreeMap::new();
         let mut add = |id: &crate::blob::BlobId| -> Result<()> {
-            let loc = index.lookup(id).ok_or(Error::BlobMissing { blob: id.to_hex() })?;
-            let size = index.packs().iter().find(|p| p.id == loc.pack).map(|p| p.size).unwrap_or(0);
-            let rec = needed.entry(loc.pack).or_insert_with(|| crate::index::PackRecord {
-                id: loc.pack,
-                size,
-                key_id: loc.key_id,
-                blobs: Vec::new(),
-            });
+            let loc = index
+                .lookup(id)
+                .ok_or(Error::BlobMissing { blob: id.to_hex() })?;
+            let size = index
+                .packs()
+                .iter()
+                .find(|p| p.id == loc.pack)
+                .map(|p| p.size)
+                .unwrap_or(0);
+            let rec = needed
+                .entry(loc.pack)
+                .or_insert_with(|| crate::index::PackRecord {
+                    id: loc.pack,
+                    size,
+                    key_id: loc.key_id,
+                    blobs: Vec::new(),
+                });
             if !rec.blobs.iter().any(|b| b.id == *id) {
-                rec.blobs.push(crate::pack::PackedBlob { id: *id, kind: loc.kind, offset: loc.offset, length: loc.length, raw_len: loc.raw_len });
+                rec.blobs.push(crate::pack::PackedBlob {
+                    id: *id,
+                    kind: loc.kind,
+                    offset: loc.offset,
+                    length: loc.length,
+                    raw_len: loc.raw_len,
+                });
             }
             Ok(())
         };
@@ -227,8 +307,16 @@ impl Repository {
                 add(&b.id)?;
             }
         }
-        let present: std::collections::HashMap<String, u64> = to.sink.list("data/").map_ok(|m| (m.key, m.size)).try_collect().await?;
-        let mut moved = TierMove { snapshot: record.id.clone(), ..Default::default() };
+        let present: std::collections::HashMap<String, u64> = to
+            .sink
+            .list("data/")
+            .map_ok(|m| (m.key, m.size))
+            .try_collect()
+            .await?;
+        let mut moved = TierMove {
+            snapshot: record.id.clone(),
+            ..Default::default()
+        };
         for p in needed.values() {
             let key = crate::pack::pack_key(&p.id);
             if present.get(&key) == Some(&p.size) {
@@ -240,7 +328,10 @@ impl Repository {
             crate::repo::put_idempotent(to.sink.as_ref(), &key, bytes).await?;
             let written = to.sink.head(&key).await?;
             if written.size != len {
-                return Err(Error::corrupt(format!("{} in {}", key, to.sink.location()), "copy has the wrong size"));
+                return Err(Error::corrupt(
+                    format!("{} in {}", key, to.sink.location()),
+                    "copy has the wrong size",
+                ));
             }
             moved.packs_copied += 1;
             moved.bytes_copied += len;
@@ -257,7 +348,11 @@ impl Repository {
             home.put(&record).await?;
         }
         let source_catalog = self.catalog();
-        if source_catalog.get(&record.id).await?.is_some_and(|r| r.revision < record.revision) {
+        if source_catalog
+            .get(&record.id)
+            .await?
+            .is_some_and(|r| r.revision < record.revision)
+        {
             source_catalog.put(&record).await?;
         }
         self.sink.delete(&manifest_key).await?;

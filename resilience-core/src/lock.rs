@@ -62,7 +62,9 @@ impl LockInfo {
 
     /// True when the holder ran on this host and its process is gone.
     pub fn holder_is_gone(&self) -> bool {
-        let Some((host, pid)) = self.owner.rsplit_once(':') else { return false };
+        let Some((host, pid)) = self.owner.rsplit_once(':') else {
+            return false;
+        };
         if host != hostname() {
             return false;
         }
@@ -146,11 +148,10 @@ impl std::fmt::Debug for RepoLock {
 
 fn conflicts(want: LockKind, other: &LockInfo) -> bool {
     use LockKind::*;
-    match (want, other.kind) {
-        (Exclusive, _) | (_, Exclusive) => true,
-        (Maintenance, Maintenance) => true,
-        _ => false,
-    }
+    matches!(
+        (want, other.kind),
+        (Exclusive, _) | (_, Exclusive) | (Maintenance, Maintenance)
+    )
 }
 
 impl RepoLock {
@@ -281,7 +282,11 @@ async fn heartbeat(
         info.expires_at = clock.now() + ttl;
         let mut ok = false;
         for _ in 0..3 {
-            if sink.put(&key, encode(&info), PutMode::Overwrite).await.is_ok() {
+            if sink
+                .put(&key, encode(&info), PutMode::Overwrite)
+                .await
+                .is_ok()
+            {
                 ok = true;
                 break;
             }
@@ -323,19 +328,91 @@ mod tests {
     async fn shared_locks_coexist_and_exclusive_waits_for_them() {
         let sink: Arc<dyn Sink> = Arc::new(MemorySink::new());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let a = RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Shared, "backup", None, quick()).await.unwrap();
-        let b = RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Shared, "backup", None, quick()).await.unwrap();
-        let err = RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Exclusive, "prune", None, quick()).await.unwrap_err();
+        let a = RepoLock::acquire(
+            sink.clone(),
+            clock.clone(),
+            LockKind::Shared,
+            "backup",
+            None,
+            quick(),
+        )
+        .await
+        .unwrap();
+        let b = RepoLock::acquire(
+            sink.clone(),
+            clock.clone(),
+            LockKind::Shared,
+            "backup",
+            None,
+            quick(),
+        )
+        .await
+        .unwrap();
+        let err = RepoLock::acquire(
+            sink.clone(),
+            clock.clone(),
+            LockKind::Exclusive,
+            "prune",
+            None,
+            quick(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, Error::Locked { .. }), "{err}");
         a.release().await.unwrap();
         b.release().await.unwrap();
-        let x = RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Exclusive, "prune", None, quick()).await.unwrap();
-        assert!(RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Shared, "backup", None, quick()).await.is_err());
+        let x = RepoLock::acquire(
+            sink.clone(),
+            clock.clone(),
+            LockKind::Exclusive,
+            "prune",
+            None,
+            quick(),
+        )
+        .await
+        .unwrap();
+        assert!(RepoLock::acquire(
+            sink.clone(),
+            clock.clone(),
+            LockKind::Shared,
+            "backup",
+            None,
+            quick()
+        )
+        .await
+        .is_err());
         x.release().await.unwrap();
         assert!(list_locks(sink.as_ref()).await.unwrap().is_empty());
-        let m = RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Maintenance, "prune", None, quick()).await.unwrap();
-        let s = RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Shared, "backup", None, quick()).await.unwrap();
-        assert!(RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Maintenance, "prune", None, quick()).await.is_err());
+        let m = RepoLock::acquire(
+            sink.clone(),
+            clock.clone(),
+            LockKind::Maintenance,
+            "prune",
+            None,
+            quick(),
+        )
+        .await
+        .unwrap();
+        let s = RepoLock::acquire(
+            sink.clone(),
+            clock.clone(),
+            LockKind::Shared,
+            "backup",
+            None,
+            quick(),
+        )
+        .await
+        .unwrap();
+        assert!(RepoLock::acquire(
+            sink.clone(),
+            clock.clone(),
+            LockKind::Maintenance,
+            "prune",
+            None,
+            quick()
+        )
+        .await
+        .is_err());
         m.release().await.unwrap();
         s.release().await.unwrap();
     }
@@ -345,10 +422,27 @@ mod tests {
         for _ in 0..20 {
             let sink: Arc<dyn Sink> = Arc::new(MemorySink::new());
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let s = LockSettings { settle: Duration::from_millis(20), ..quick() };
+            let s = LockSettings {
+                settle: Duration::from_millis(20),
+                ..quick()
+            };
             let (a, b) = tokio::join!(
-                RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Exclusive, "a", None, s),
-                RepoLock::acquire(sink.clone(), clock.clone(), LockKind::Exclusive, "b", None, s),
+                RepoLock::acquire(
+                    sink.clone(),
+                    clock.clone(),
+                    LockKind::Exclusive,
+                    "a",
+                    None,
+                    s
+                ),
+                RepoLock::acquire(
+                    sink.clone(),
+                    clock.clone(),
+                    LockKind::Exclusive,
+                    "b",
+                    None,
+                    s
+                ),
             );
             assert!(!(a.is_ok() && b.is_ok()));
         }
@@ -359,10 +453,37 @@ mod tests {
         let sink: Arc<dyn Sink> = Arc::new(MemorySink::new());
         let clock = Arc::new(crate::clock::ManualClock::new(Utc::now()));
         let dyn_clock: Arc<dyn Clock> = clock.clone();
-        let dead = RepoLock::acquire(sink.clone(), dyn_clock.clone(), LockKind::Exclusive, "prune", None, quick()).await.unwrap();
+        let dead = RepoLock::acquire(
+            sink.clone(),
+            dyn_clock.clone(),
+            LockKind::Exclusive,
+            "prune",
+            None,
+            quick(),
+        )
+        .await
+        .unwrap();
         std::mem::forget(dead);
-        assert!(RepoLock::acquire(sink.clone(), dyn_clock.clone(), LockKind::Shared, "b", None, quick()).await.is_err());
+        assert!(RepoLock::acquire(
+            sink.clone(),
+            dyn_clock.clone(),
+            LockKind::Shared,
+            "b",
+            None,
+            quick()
+        )
+        .await
+        .is_err());
         clock.advance(chrono::Duration::seconds(61));
-        RepoLock::acquire(sink.clone(), dyn_clock, LockKind::Shared, "b", None, quick()).await.unwrap();
+        RepoLock::acquire(
+            sink.clone(),
+            dyn_clock,
+            LockKind::Shared,
+            "b",
+            None,
+            quick(),
+        )
+        .await
+        .unwrap();
     }
 }

@@ -43,11 +43,17 @@ pub fn append_checksum(body: &mut Vec<u8>) -> [u8; 32] {
 /// Checks an object's trailing checksum and returns the bytes before it.
 pub fn check_checksum<'a>(object: &str, bytes: &'a [u8]) -> Result<&'a [u8]> {
     if bytes.len() < CHECKSUM_LEN {
-        return Err(Error::corrupt(object, format!("truncated: {} bytes", bytes.len())));
+        return Err(Error::corrupt(
+            object,
+            format!("truncated: {} bytes", bytes.len()),
+        ));
     }
     let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
     if blake3::hash(body).as_bytes() != sum {
-        return Err(Error::corrupt(object, "checksum mismatch (damaged or truncated)"));
+        return Err(Error::corrupt(
+            object,
+            "checksum mismatch (damaged or truncated)",
+        ));
     }
     Ok(body)
 }
@@ -77,15 +83,25 @@ pub fn open_object(keys: &KeySet, kind: ObjectKind, name: &str, bytes: &[u8]) ->
         return Err(Error::corrupt(name, "not a resilience object (bad magic)"));
     }
     if body[4] != kind as u8 {
-        return Err(Error::corrupt(name, format!("expected object kind {kind:?}, found {}", body[4])));
+        return Err(Error::corrupt(
+            name,
+            format!("expected object kind {kind:?}, found {}", body[4]),
+        ));
     }
     let key_id = u32::from_le_bytes(body[5..9].try_into().expect("4 bytes"));
     let key = keys.data_key(key_id).ok_or_else(|| {
-        Error::corrupt(name, format!("sealed with data key {key_id}, which this repository does not have"))
+        Error::corrupt(
+            name,
+            format!("sealed with data key {key_id}, which this repository does not have"),
+        )
     })?;
     let aad = [&body[..HEADER_LEN], name.as_bytes()].concat();
-    let compressed = crypto::open(&key, &aad, &body[HEADER_LEN..])
-        .ok_or_else(|| Error::corrupt(name, "authentication failed (tampered, or not sealed for this name)"))?;
+    let compressed = crypto::open(&key, &aad, &body[HEADER_LEN..]).ok_or_else(|| {
+        Error::corrupt(
+            name,
+            "authentication failed (tampered, or not sealed for this name)",
+        )
+    })?;
     zstd::stream::decode_all(compressed.as_slice())
         .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))
 }
@@ -122,6 +138,12 @@ mod tests {
         let err = open_object(&ks, ObjectKind::Catalog, "catalog/b/1", &obj).unwrap_err();
         assert!(err.to_string().contains("catalog/b/1"));
         assert!(open_object(&ks, ObjectKind::Snapshot, "catalog/a/1", &obj).is_err());
-        assert!(open_object(&KeySet::generate(), ObjectKind::Catalog, "catalog/a/1", &obj).is_err());
+        assert!(open_object(
+            &KeySet::generate(),
+            ObjectKind::Catalog,
+            "catalog/a/1",
+            &obj
+        )
+        .is_err());
     }
 }

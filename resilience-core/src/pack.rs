@@ -109,7 +109,9 @@ impl PackBuilder {
             table.extend_from_slice(&b.length.to_le_bytes());
             table.extend_from_slice(&b.raw_len.to_le_bytes());
         }
-        let key = keys.data_key(self.key_id).expect("pack key id comes from the key set");
+        let key = keys
+            .data_key(self.key_id)
+            .expect("pack key id comes from the key set");
         let before = self.buf.len();
         crypto::seal_into(&key, TABLE_AAD, &table, &mut self.buf);
         let table_len = (self.buf.len() - before) as u32;
@@ -131,7 +133,9 @@ pub fn parse_header(name: &str, header: &[u8]) -> Result<DataKeyId> {
             supported: VERSION as u32,
         });
     }
-    Ok(u32::from_le_bytes(header[5..9].try_into().expect("4 bytes")))
+    Ok(u32::from_le_bytes(
+        header[5..9].try_into().expect("4 bytes"),
+    ))
 }
 
 /// From a pack's last [`TAIL_LEN`] bytes, the length of its sealed table.
@@ -141,13 +145,21 @@ pub fn table_len_from_tail(name: &str, tail: &[u8], pack_size: u64) -> Result<u3
     }
     let len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes"));
     if (len as u64) + (TAIL_LEN + HEADER_LEN) as u64 > pack_size {
-        return Err(Error::corrupt(name, format!("table length {len} exceeds pack size {pack_size}")));
+        return Err(Error::corrupt(
+            name,
+            format!("table length {len} exceeds pack size {pack_size}"),
+        ));
     }
     Ok(len)
 }
 
 /// Opens a pack's sealed table.
-pub fn parse_table(keys: &KeySet, key_id: DataKeyId, name: &str, sealed: &[u8]) -> Result<Vec<PackedBlob>> {
+pub fn parse_table(
+    keys: &KeySet,
+    key_id: DataKeyId,
+    name: &str,
+    sealed: &[u8],
+) -> Result<Vec<PackedBlob>> {
     let key = keys
         .data_key(key_id)
         .ok_or_else(|| Error::corrupt(name, format!("sealed with unknown data key {key_id}")))?;
@@ -161,7 +173,8 @@ pub fn parse_table(keys: &KeySet, key_id: DataKeyId, name: &str, sealed: &[u8]) 
         .map(|r| {
             Ok(PackedBlob {
                 id: BlobId(r[..32].try_into().expect("32 bytes")),
-                kind: BlobKind::from_u8(r[32]).ok_or_else(|| Error::corrupt(name, "unknown blob kind"))?,
+                kind: BlobKind::from_u8(r[32])
+                    .ok_or_else(|| Error::corrupt(name, "unknown blob kind"))?,
                 offset: u32::from_le_bytes(r[33..37].try_into().expect("4")),
                 length: u32::from_le_bytes(r[37..41].try_into().expect("4")),
                 raw_len: u32::from_le_bytes(r[41..45].try_into().expect("4")),
@@ -216,7 +229,12 @@ mod tests {
     fn truncated_pack_is_refused() {
         let ks = KeySet::generate();
         let mut pb = PackBuilder::new(1, 0);
-        pb.add(ks.blob_id(b"x"), BlobKind::Data, 1, b"0123456789012345678901234567890123456789x");
+        pb.add(
+            ks.blob_id(b"x"),
+            BlobKind::Data,
+            1,
+            b"0123456789012345678901234567890123456789x",
+        );
         let (_, bytes, _) = pb.finish(&ks);
         assert!(parse_pack(&ks, "data/p", &bytes[..bytes.len() - 5]).is_err());
         assert!(parse_pack(&ks, "data/p", &bytes[5..]).is_err());

@@ -51,7 +51,11 @@ pub struct PruneOptions {
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { grace: Duration::from_secs(24 * 3600), repack_below: 0.5, dry_run: false }
+        PruneOptions {
+            grace: Duration::from_secs(24 * 3600),
+            repack_below: 0.5,
+            dry_run: false,
+        }
     }
 }
 
@@ -97,8 +101,12 @@ fn encode_plan(created_at: DateTime<Utc>, packs: &[PackRecord]) -> Vec<u8> {
 fn decode_plan(name: &str, payload: &[u8]) -> Result<(DateTime<Utc>, Vec<PackRecord>)> {
     let bad = || Error::corrupt(name, "prune plan does not parse");
     let len = u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().expect("4")) as usize;
-    let header: PlanHeader = serde_json::from_slice(payload.get(4..4 + len).ok_or_else(bad)?).map_err(|_| bad())?;
-    Ok((header.created_at, index::decode_index(name, &payload[4 + len..])?))
+    let header: PlanHeader =
+        serde_json::from_slice(payload.get(4..4 + len).ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok((
+        header.created_at,
+        index::decode_index(name, &payload[4 + len..])?,
+    ))
 }
 
 /// A bitset over the sorted index positions: which blobs are referenced.
@@ -109,7 +117,10 @@ struct Referenced {
 
 impl Referenced {
     fn new(n: usize) -> Self {
-        Referenced { bits: vec![0; n.div_ceil(64)], outside: HashSet::new() }
+        Referenced {
+            bits: vec![0; n.div_ceil(64)],
+            outside: HashSet::new(),
+        }
     }
     fn mark(&mut self, index: &Index, id: &BlobId) {
         match index.position(id) {
@@ -126,14 +137,23 @@ impl Referenced {
         }
     }
     fn count(&self) -> usize {
-        self.bits.iter().map(|w| w.count_ones() as usize).sum::<usize>() + self.outside.len()
+        self.bits
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum::<usize>()
+            + self.outside.len()
     }
 }
 
 impl Repository {
     /// The stored prune plans: key, creation time, condemned packs.
     pub async fn prune_plans(&self) -> Result<Vec<(String, DateTime<Utc>, Vec<PackRecord>)>> {
-        let keys: Vec<String> = self.sink.list("prune/").map_ok(|m| m.key).try_collect().await?;
+        let keys: Vec<String> = self
+            .sink
+            .list("prune/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
         let mut out = Vec::new();
         for key in keys {
             let bytes = match self.sink.get(&key).await {
@@ -167,7 +187,10 @@ impl Repository {
         let mut referenced = Referenced::new(index.blob_count());
         let records = self
             .catalog()
-            .list(&CatalogQuery { statuses: vec![BackupStatus::Succeeded], ..Default::default() })
+            .list(&CatalogQuery {
+                statuses: vec![BackupStatus::Succeeded],
+                ..Default::default()
+            })
             .await?;
         for record in records.into_iter().filter(|r| r.tier == self.tier) {
             let manifest = self.load_manifest(&record).await?;
@@ -207,10 +230,14 @@ impl Repository {
     async fn prune_locked(&self, options: PruneOptions, lock: &RepoLock) -> Result<PruneReport> {
         let mut report = PruneReport::default();
         let now = self.clock.now();
-        let grace = chrono::Duration::from_std(options.grace).map_err(|_| Error::Invalid("grace period too long".into()))?;
+        let grace = chrono::Duration::from_std(options.grace)
+            .map_err(|_| Error::Invalid("grace period too long".into()))?;
         let locks = lock::list_locks(self.sink.as_ref()).await?;
         let plans = self.prune_plans().await?;
-        let plan_packs: HashSet<PackId> = plans.iter().flat_map(|(_, _, p)| p.iter().map(|r| r.id)).collect();
+        let plan_packs: HashSet<PackId> = plans
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|r| r.id))
+            .collect();
 
         // Phase 2: finish ripe plans.
         let read_index = self.load_read_index().await?;
@@ -218,14 +245,19 @@ impl Repository {
         let live_index = self.load_index().await?;
         for (key, created_at, packs) in &plans {
             if *created_at > now - grace {
-                report.waiting_plans.push(format!("{key}: younger than the grace period"));
+                report
+                    .waiting_plans
+                    .push(format!("{key}: younger than the grace period"));
                 continue;
             }
             if let Some((k, l)) = locks
                 .iter()
                 .find(|(k, l)| k != lock.key() && l.is_live(now) && l.created_at <= *created_at)
             {
-                report.waiting_plans.push(format!("{key}: {k} ({} by {}) was taken before it", l.purpose, l.owner));
+                report.waiting_plans.push(format!(
+                    "{key}: {k} ({} by {}) was taken before it",
+                    l.purpose, l.owner
+                ));
                 continue;
             }
             let mut resurrect = Vec::new();
@@ -233,7 +265,10 @@ impl Repository {
                 if live_index.has_pack(&p.id) {
                     continue;
                 }
-                if p.blobs.iter().any(|b| referenced.is_marked(&read_index, &b.id)) {
+                if p.blobs
+                    .iter()
+                    .any(|b| referenced.is_marked(&read_index, &b.id))
+                {
                     resurrect.push(p.clone());
                     continue;
                 }
@@ -253,7 +288,12 @@ impl Repository {
         // Phase 1: condemn and repack.
         // Index files first, references second: a backup that finishes in between is then
         // referenced, and one indexed later is not judged at all.
-        let index_files: Vec<String> = self.sink.list("index/").map_ok(|m| m.key).try_collect().await?;
+        let index_files: Vec<String> = self
+            .sink
+            .list("index/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
         let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
         for key in &index_files {
             let bytes = self.sink.get(key).await?;
@@ -284,9 +324,12 @@ impl Repository {
             if live == 0 {
                 condemned.push(p);
             } else if (live as f64) / (total as f64) < options.repack_below {
-                p.blobs.iter().filter(|b| referenced.is_marked(&read_index, &b.id)).for_each(|b| {
-                    seen_blobs.insert(b.id);
-                });
+                p.blobs
+                    .iter()
+                    .filter(|b| referenced.is_marked(&read_index, &b.id))
+                    .for_each(|b| {
+                        seen_blobs.insert(b.id);
+                    });
                 to_repack.push(p);
             } else {
                 p.blobs.iter().for_each(|b| {
@@ -301,7 +344,12 @@ impl Repository {
         // Packs in index files written since we read ours belong to running backups.
         let read_files: HashSet<&String> = index_files.iter().collect();
         let mut newly_indexed: HashSet<PackId> = HashSet::new();
-        let current_files: Vec<String> = self.sink.list("index/").map_ok(|m| m.key).try_collect().await?;
+        let current_files: Vec<String> = self
+            .sink
+            .list("index/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
         for key in current_files.iter().filter(|k| !read_files.contains(k)) {
             let bytes = match self.sink.get(key).await {
                 Ok(b) => b,
@@ -309,23 +357,48 @@ impl Repository {
                 Err(e) => return Err(e.into()),
             };
             let payload = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)?;
-            newly_indexed.extend(index::decode_index(key, &payload)?.into_iter().map(|p| p.id));
+            newly_indexed.extend(
+                index::decode_index(key, &payload)?
+                    .into_iter()
+                    .map(|p| p.id),
+            );
         }
-        let known: HashSet<PackId> = keep.iter().chain(&condemned).chain(&to_repack).map(|p| p.id).collect();
+        let known: HashSet<PackId> = keep
+            .iter()
+            .chain(&condemned)
+            .chain(&to_repack)
+            .map(|p| p.id)
+            .collect();
         for meta in listed {
-            let Some(id) = pack::pack_id_from_key(&meta.key) else { continue };
+            let Some(id) = pack::pack_id_from_key(&meta.key) else {
+                continue;
+            };
             if known.contains(&id) || plan_packs.contains(&id) || newly_indexed.contains(&id) {
                 continue;
             }
             match self.read_pack_table(&meta.key, meta.size).await {
                 Ok(rec) => condemned.push(rec),
-                Err(_) => condemned.push(PackRecord { id, size: meta.size, key_id: 0, blobs: vec![] }),
+                Err(_) => condemned.push(PackRecord {
+                    id,
+                    size: meta.size,
+                    key_id: 0,
+                    blobs: vec![],
+                }),
             }
         }
 
         let mut new_packs = Vec::new();
         for p in &to_repack {
-            match self.repack(p, &read_index, &referenced, &mut seen_blobs, options.dry_run).await {
+            match self
+                .repack(
+                    p,
+                    &read_index,
+                    &referenced,
+                    &mut seen_blobs,
+                    options.dry_run,
+                )
+                .await
+            {
                 Ok(Some((record, copied))) => {
                     report.repacked_packs += 1;
                     report.repacked_bytes += copied;
@@ -354,9 +427,20 @@ impl Repository {
         if !condemned.is_empty() {
             let mut id = [0u8; 8];
             rand::rngs::OsRng.fill_bytes(&mut id);
-            let key = format!("prune/{}-{}", self.clock.now().format("%Y%m%dT%H%M%SZ"), hex::encode(id));
-            let sealed = object::seal_object(&self.keys, ObjectKind::PrunePlan, &key, &encode_plan(self.clock.now(), &condemned));
-            self.sink.put(&key, sealed.into(), crate::sink::PutMode::Create).await?;
+            let key = format!(
+                "prune/{}-{}",
+                self.clock.now().format("%Y%m%dT%H%M%SZ"),
+                hex::encode(id)
+            );
+            let sealed = object::seal_object(
+                &self.keys,
+                ObjectKind::PrunePlan,
+                &key,
+                &encode_plan(self.clock.now(), &condemned),
+            );
+            self.sink
+                .put(&key, sealed.into(), crate::sink::PutMode::Create)
+                .await?;
         }
         for key in index_files.iter().filter(|k| !new_index_names.contains(*k)) {
             self.sink.delete(key).await?;
@@ -379,9 +463,15 @@ impl Repository {
         object::check_checksum(&key, &bytes)?;
         let mut builder = PackBuilder::new(p.key_id, bytes.len());
         let mut copied = 0u64;
-        for b in p.blobs.iter().filter(|b| referenced.is_marked(index, &b.id)) {
+        for b in p
+            .blobs
+            .iter()
+            .filter(|b| referenced.is_marked(index, &b.id))
+        {
             let (start, end) = (b.offset as usize, b.offset as usize + b.length as usize);
-            let stored = bytes.get(start..end).ok_or_else(|| Error::corrupt(&key, "blob beyond the pack's end"))?;
+            let stored = bytes
+                .get(start..end)
+                .ok_or_else(|| Error::corrupt(&key, "blob beyond the pack's end"))?;
             builder.add(b.id, b.kind, b.raw_len, stored);
             copied += b.length as u64;
             seen.insert(b.id);
@@ -395,6 +485,14 @@ impl Repository {
         let (id, data, blobs) = builder.finish(&self.keys);
         let size = data.len() as u64;
         repo::put_idempotent(self.sink.as_ref(), &pack::pack_key(&id), data).await?;
-        Ok(Some((vec![PackRecord { id, size, key_id: p.key_id, blobs }], copied)))
+        Ok(Some((
+            vec![PackRecord {
+                id,
+                size,
+                key_id: p.key_id,
+                blobs,
+            }],
+            copied,
+        )))
     }
 }

@@ -114,10 +114,18 @@ fn decode_plain<T: for<'de> Deserialize<'de>>(name: &str, bytes: &[u8]) -> Resul
 
 impl Repository {
     /// Creates a repository in an empty sink, its key set wrapped by `provider`.
-    pub async fn init(sink: Arc<dyn Sink>, provider: &dyn KeyProvider, options: InitOptions) -> Result<Repository> {
+    pub async fn init(
+        sink: Arc<dyn Sink>,
+        provider: &dyn KeyProvider,
+        options: InitOptions,
+    ) -> Result<Repository> {
         options.chunker.validate().map_err(Error::Invalid)?;
         match sink.head("config").await {
-            Ok(_) => return Err(Error::AlreadyInitialized { location: sink.location() }),
+            Ok(_) => {
+                return Err(Error::AlreadyInitialized {
+                    location: sink.location(),
+                })
+            }
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
@@ -125,7 +133,12 @@ impl Repository {
         let now = clock.now();
         let keys = KeySet::generate();
         let wrapped = provider.wrap(&keys.to_bytes(), now).await?;
-        sink.put(&format!("keys/{}", wrapped.id), encode_plain(&wrapped), PutMode::Create).await?;
+        sink.put(
+            &format!("keys/{}", wrapped.id),
+            encode_plain(&wrapped),
+            PutMode::Create,
+        )
+        .await?;
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let config = RepoConfig {
@@ -137,7 +150,8 @@ impl Repository {
             compression_level: options.compression_level,
             inline_limit: options.inline_limit,
         };
-        sink.put("config", encode_plain(&config), PutMode::Create).await?;
+        sink.put("config", encode_plain(&config), PutMode::Create)
+            .await?;
         Ok(Repository {
             sink,
             config,
@@ -168,8 +182,16 @@ impl Repository {
     /// Adds a wrapped copy of the key set for another provider (a key file beside a
     /// passphrase, a KMS…), so either opens the repository.
     pub async fn add_key(&self, provider: &dyn KeyProvider) -> Result<WrappedKey> {
-        let wrapped = provider.wrap(&self.keys.to_bytes(), self.clock.now()).await?;
-        self.sink.put(&format!("keys/{}", wrapped.id), encode_plain(&wrapped), PutMode::Create).await?;
+        let wrapped = provider
+            .wrap(&self.keys.to_bytes(), self.clock.now())
+            .await?;
+        self.sink
+            .put(
+                &format!("keys/{}", wrapped.id),
+                encode_plain(&wrapped),
+                PutMode::Create,
+            )
+            .await?;
         Ok(wrapped)
     }
 
@@ -177,7 +199,11 @@ impl Repository {
     pub async fn read_config(sink: &dyn Sink) -> Result<RepoConfig> {
         let bytes = match sink.get("config").await {
             Ok(b) => b,
-            Err(e) if e.is_not_found() => return Err(Error::RepositoryNotFound { location: sink.location() }),
+            Err(e) if e.is_not_found() => {
+                return Err(Error::RepositoryNotFound {
+                    location: sink.location(),
+                })
+            }
             Err(e) => return Err(e.into()),
         };
         let config: RepoConfig = decode_plain("config", &bytes)?;
@@ -188,7 +214,10 @@ impl Repository {
                 supported: FORMAT_VERSION,
             });
         }
-        config.chunker.validate().map_err(|e| Error::corrupt("config", e))?;
+        config
+            .chunker
+            .validate()
+            .map_err(|e| Error::corrupt("config", e))?;
         Ok(config)
     }
 
@@ -242,7 +271,12 @@ impl Repository {
 
     /// Loads every index file into memory.
     pub async fn load_index(&self) -> Result<Index> {
-        let keys: Vec<String> = self.sink.list("index/").map_ok(|m| m.key).try_collect().await?;
+        let keys: Vec<String> = self
+            .sink
+            .list("index/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
         let mut files = futures::stream::iter(keys)
             .map(|key| async move {
                 let bytes = self.sink.get(&key).await?;
@@ -268,7 +302,9 @@ impl Repository {
             .sink
             .list("data/")
             .try_filter(|m| {
-                futures::future::ready(pack::pack_id_from_key(&m.key).is_some_and(|id| !index.has_pack(&id)))
+                futures::future::ready(
+                    pack::pack_id_from_key(&m.key).is_some_and(|id| !index.has_pack(&id)),
+                )
             })
             .try_collect()
             .await?;
@@ -276,7 +312,9 @@ impl Repository {
         for meta in metas {
             match self.read_pack_table(&meta.key, meta.size).await {
                 Ok(rec) => out.push(rec),
-                Err(e) => tracing::warn!(pack = %meta.key, error = %e, "skipping an unreadable unindexed pack"),
+                Err(e) => {
+                    tracing::warn!(pack = %meta.key, error = %e, "skipping an unreadable unindexed pack")
+                }
             }
         }
         Ok(out)
@@ -284,21 +322,33 @@ impl Repository {
 
     /// Reads a pack's table with two ranged reads.
     pub async fn read_pack_table(&self, key: &str, size: u64) -> Result<PackRecord> {
-        let id = pack::pack_id_from_key(key).ok_or_else(|| Error::corrupt(key, "not a pack name"))?;
+        let id =
+            pack::pack_id_from_key(key).ok_or_else(|| Error::corrupt(key, "not a pack name"))?;
         if size < (pack::HEADER_LEN + pack::TAIL_LEN) as u64 {
             return Err(Error::corrupt(key, "too small to be a pack"));
         }
         let header = self.sink.get_range(key, 0..pack::HEADER_LEN as u64).await?;
         let key_id = pack::parse_header(key, &header)?;
-        let tail = self.sink.get_range(key, size - pack::TAIL_LEN as u64..size).await?;
+        let tail = self
+            .sink
+            .get_range(key, size - pack::TAIL_LEN as u64..size)
+            .await?;
         if tail[4..] != id.0 {
-            return Err(Error::corrupt(key, "stored checksum does not match the pack's name"));
+            return Err(Error::corrupt(
+                key,
+                "stored checksum does not match the pack's name",
+            ));
         }
         let len = pack::table_len_from_tail(key, &tail, size)? as u64;
         let end = size - pack::TAIL_LEN as u64;
         let table = self.sink.get_range(key, end - len..end).await?;
         let blobs = pack::parse_table(&self.keys, key_id, key, &table)?;
-        Ok(PackRecord { id, size, key_id, blobs })
+        Ok(PackRecord {
+            id,
+            size,
+            key_id,
+            blobs,
+        })
     }
 
     /// Writes an index file for `packs`; returns its size.
@@ -311,8 +361,16 @@ impl Repository {
 
     /// Writes an index file for `packs`; returns its name and size.
     pub async fn write_index_named(&self, packs: &[PackRecord]) -> Result<(String, u64)> {
-        let sealed = object::seal_object(&self.keys, ObjectKind::Index, "index", &index::encode_index(packs));
-        let name = format!("index/{}", object::stored_checksum(&sealed).expect("has checksum"));
+        let sealed = object::seal_object(
+            &self.keys,
+            ObjectKind::Index,
+            "index",
+            &index::encode_index(packs),
+        );
+        let name = format!(
+            "index/{}",
+            object::stored_checksum(&sealed).expect("has checksum")
+        );
         let len = sealed.len() as u64;
         put_idempotent(self.sink.as_ref(), &name, sealed.into()).await?;
         Ok((name, len))
@@ -330,16 +388,25 @@ impl Repository {
             })
             .await?;
         if spec == "latest" {
-            return records.into_iter().last().ok_or_else(|| Error::SnapshotNotFound { id: spec.into() });
+            return records
+                .into_iter()
+                .last()
+                .ok_or_else(|| Error::SnapshotNotFound { id: spec.into() });
         }
-        let mut matching: Vec<BackupRecord> = records.into_iter().filter(|r| r.id.starts_with(spec)).collect();
+        let mut matching: Vec<BackupRecord> = records
+            .into_iter()
+            .filter(|r| r.id.starts_with(spec))
+            .collect();
         if let Some(exact) = matching.iter().position(|r| r.id == spec) {
             return Ok(matching.swap_remove(exact));
         }
         match matching.len() {
             0 => Err(Error::SnapshotNotFound { id: spec.into() }),
             1 => Ok(matching.pop().expect("one")),
-            n => Err(Error::AmbiguousSnapshot { id: spec.into(), matches: n }),
+            n => Err(Error::AmbiguousSnapshot {
+                id: spec.into(),
+                matches: n,
+            }),
         }
     }
 
@@ -349,12 +416,15 @@ impl Repository {
         let bytes = self.sink.get(&key).await?;
         if let Some(expected) = &record.manifest_checksum {
             if object::stored_checksum(&bytes).as_deref() != Some(expected.as_str()) {
-                return Err(Error::corrupt(&key, "manifest does not match the checksum in the catalog"));
+                return Err(Error::corrupt(
+                    &key,
+                    "manifest does not match the checksum in the catalog",
+                ));
             }
         }
         let payload = object::open_object(&self.keys, ObjectKind::Snapshot, &key, &bytes)?;
-        let manifest: Manifest =
-            serde_json::from_slice(&payload).map_err(|e| Error::corrupt(&key, format!("manifest does not parse: {e}")))?;
+        let manifest: Manifest = serde_json::from_slice(&payload)
+            .map_err(|e| Error::corrupt(&key, format!("manifest does not parse: {e}")))?;
         if manifest.format > snapshot::SNAPSHOT_FORMAT {
             return Err(Error::UnsupportedFormat {
                 object: key,
@@ -363,7 +433,10 @@ impl Repository {
             });
         }
         if manifest.id != record.id {
-            return Err(Error::corrupt(&key, format!("manifest names snapshot {}", manifest.id)));
+            return Err(Error::corrupt(
+                &key,
+                format!("manifest names snapshot {}", manifest.id),
+            ));
         }
         Ok(manifest)
     }
@@ -371,7 +444,10 @@ impl Repository {
 
 fn rename_corrupt(e: Error, key: &str) -> Error {
     match e {
-        Error::Corrupt { reason, .. } => Error::Corrupt { object: key.to_owned(), reason },
+        Error::Corrupt { reason, .. } => Error::Corrupt {
+            object: key.to_owned(),
+            reason,
+        },
         other => other,
     }
 }

@@ -32,7 +32,10 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { concurrency: 8, progress: None }
+        RestoreOptions {
+            concurrency: 8,
+            progress: None,
+        }
     }
 }
 
@@ -57,7 +60,8 @@ pub async fn read_blob(repo: &Repository, id: BlobId, loc: BlobLocation) -> Resu
     let sealed = repo.sink.get_range(&key, loc.offset as u64..end).await?;
     let keys = repo.keys.clone();
     tokio::task::spawn_blocking(move || {
-        blob::decode_blob(&keys, loc.key_id, loc.kind, &id, loc.raw_len, &sealed, &key).map(Bytes::from)
+        blob::decode_blob(&keys, loc.key_id, loc.kind, &id, loc.raw_len, &sealed, &key)
+            .map(Bytes::from)
     })
     .await
     .map_err(|e| Error::Invalid(format!("blob decoding task failed: {e}")))?
@@ -75,11 +79,17 @@ pub struct TreeReader {
 impl TreeReader {
     /// A reader of the tree made of `tree` blobs, located with `index`.
     pub fn new(repo: Repository, index: &Index, tree: &[BlobRef]) -> Self {
-        Self::from_locations(repo, tree.iter().map(|r| (*r, index.lookup(&r.id))).collect())
+        Self::from_locations(
+            repo,
+            tree.iter().map(|r| (*r, index.lookup(&r.id))).collect(),
+        )
     }
 
     /// A reader of tree blobs whose locations are already resolved.
-    pub fn from_locations(repo: Repository, blobs: VecDeque<(BlobRef, Option<BlobLocation>)>) -> Self {
+    pub fn from_locations(
+        repo: Repository,
+        blobs: VecDeque<(BlobRef, Option<BlobLocation>)>,
+    ) -> Self {
         let mut reader = TreeReader {
             repo,
             blobs,
@@ -96,7 +106,9 @@ impl TreeReader {
             let repo = self.repo.clone();
             self.object = format!("tree blob {}", r.id);
             self.next_blob = Some(tokio::spawn(async move {
-                let loc = loc.ok_or(Error::BlobMissing { blob: r.id.to_hex() })?;
+                let loc = loc.ok_or(Error::BlobMissing {
+                    blob: r.id.to_hex(),
+                })?;
                 read_blob(&repo, r.id, loc).await
             }));
         }
@@ -112,7 +124,9 @@ impl TreeReader {
                 self.decoder.finish(&self.object)?;
                 return Ok(None);
             };
-            let piece = handle.await.map_err(|e| Error::Invalid(format!("tree read task failed: {e}")))??;
+            let piece = handle
+                .await
+                .map_err(|e| Error::Invalid(format!("tree read task failed: {e}")))??;
             self.prefetch();
             self.decoder.feed(&piece);
         }
@@ -133,7 +147,12 @@ impl Repository {
     }
 
     /// Restores snapshot `spec` (`latest`, an id or a unique prefix) into `target`.
-    pub async fn restore(&self, spec: &str, target: &dyn Target, options: RestoreOptions) -> Result<RestoreReport> {
+    pub async fn restore(
+        &self,
+        spec: &str,
+        target: &dyn Target,
+        options: RestoreOptions,
+    ) -> Result<RestoreReport> {
         let started = Instant::now();
         let record = self.resolve_snapshot(spec, None).await?;
         if record.tier != self.tier {
@@ -178,7 +197,9 @@ impl Repository {
                     StepPlan::Begin(rec) => Ok::<Step, Error>(Step::Begin(rec)),
                     StepPlan::End => Ok(Step::End),
                     StepPlan::Blob(r) => {
-                        let loc = index.lookup(&r.id).ok_or(Error::BlobMissing { blob: r.id.to_hex() })?;
+                        let loc = index.lookup(&r.id).ok_or(Error::BlobMissing {
+                            blob: r.id.to_hex(),
+                        })?;
                         Ok(Step::Piece(read_blob(&repo, r.id, loc).await?))
                     }
                 }
@@ -204,7 +225,9 @@ impl Repository {
                     writer = w.map(|w| (rec.meta, w));
                 }
                 Step::Piece(data) => {
-                    let (meta, w) = writer.as_mut().ok_or_else(|| Error::Invalid("content without an open entry".into()))?;
+                    let (meta, w) = writer
+                        .as_mut()
+                        .ok_or_else(|| Error::Invalid("content without an open entry".into()))?;
                     bytes += data.len() as u64;
                     if let Some(p) = &options.progress {
                         p.bytes(data.len() as u64);
@@ -225,7 +248,12 @@ impl Repository {
             target.apply_metadata(&rec.meta).await?;
         }
         target.finish().await?;
-        Ok(RestoreReport { snapshot: record.id, entries, bytes, duration: started.elapsed() })
+        Ok(RestoreReport {
+            snapshot: record.id,
+            entries,
+            bytes,
+            duration: started.elapsed(),
+        })
     }
 }
 

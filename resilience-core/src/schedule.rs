@@ -50,8 +50,13 @@ impl Window {
 impl FromStr for Window {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s.split_once('-').ok_or_else(|| format!("window {s:?} must be HH:MM-HH:MM"))?;
-        let parse = |t: &str| NaiveTime::parse_from_str(t.trim(), "%H:%M").map_err(|_| format!("window {s:?} must be HH:MM-HH:MM"));
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("window {s:?} must be HH:MM-HH:MM"))?;
+        let parse = |t: &str| {
+            NaiveTime::parse_from_str(t.trim(), "%H:%M")
+                .map_err(|_| format!("window {s:?} must be HH:MM-HH:MM"))
+        };
         let (start, mut end) = (parse(a)?, parse(b)?);
         if end == NaiveTime::from_hms_opt(23, 59, 0).expect("valid") {
             end = NaiveTime::from_hms_nano_opt(23, 59, 59, 1_999_999_999).expect("valid");
@@ -74,10 +79,21 @@ pub struct JobSchedule {
 impl JobSchedule {
     /// A schedule for job `name` from a cron expression with seconds, in `timezone`.
     pub fn new(name: &str, cron_expr: &str, timezone: &str) -> Result<Self, String> {
-        let cron = cron::Schedule::from_str(cron_expr)
-            .map_err(|e| format!("job {name}: cron expression {cron_expr:?}: {e} (sec min hour day month weekday)"))?;
-        let tz = Tz::from_str(timezone).map_err(|_| format!("job {name}: unknown time zone {timezone:?}"))?;
-        Ok(JobSchedule { name: name.into(), cron, tz, window: None, jitter: Duration::zero(), missed: MissedRuns::default() })
+        let cron = cron::Schedule::from_str(cron_expr).map_err(|e| {
+            format!(
+                "job {name}: cron expression {cron_expr:?}: {e} (sec min hour day month weekday)"
+            )
+        })?;
+        let tz = Tz::from_str(timezone)
+            .map_err(|_| format!("job {name}: unknown time zone {timezone:?}"))?;
+        Ok(JobSchedule {
+            name: name.into(),
+            cron,
+            tz,
+            window: None,
+            jitter: Duration::zero(),
+            missed: MissedRuns::default(),
+        })
     }
 
     /// Only start inside this daily window (local time).
@@ -111,7 +127,8 @@ impl JobSchedule {
 
     /// Whether a run may start at `t` (inside the window, if there is one).
     pub fn in_window(&self, t: DateTime<Utc>) -> bool {
-        self.window.is_none_or(|w| w.contains(self.tz.from_utc_datetime(&t.naive_utc()).time()))
+        self.window
+            .is_none_or(|w| w.contains(self.tz.from_utc_datetime(&t.naive_utc()).time()))
     }
 
     /// The jitter added to the occurrence at `t`.
@@ -179,7 +196,11 @@ impl SchedulerState {
     /// State for a service starting at `now`, whose jobs last ran at `last_runs` (from the
     /// catalog): a job whose next start after its last run has passed is owed one run under
     /// [`MissedRuns::RunOnce`], and none under [`MissedRuns::Skip`].
-    pub fn start(jobs: &[JobSchedule], last_runs: &HashMap<String, DateTime<Utc>>, now: DateTime<Utc>) -> Self {
+    pub fn start(
+        jobs: &[JobSchedule],
+        last_runs: &HashMap<String, DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Self {
         let mut state = SchedulerState::default();
         for job in jobs {
             let missed = last_runs
@@ -224,7 +245,10 @@ impl SchedulerState {
             }
             self.owed.remove(&name);
             self.running.insert(name.clone(), now);
-            starts.push(StartRun { job: name, stop_at: job.window_end_after(now) });
+            starts.push(StartRun {
+                job: name,
+                stop_at: job.window_end_after(now),
+            });
         }
         starts
     }
@@ -257,10 +281,20 @@ mod tests {
     fn daily_local_time_holds_across_daylight_saving() {
         // Berlin: 2026-03-29 02:00 → 03:00 (no 02:30 that day); 2026-10-25 03:00 → 02:00.
         let job = JobSchedule::new("b", "0 30 2 * * *", "Europe/Berlin").unwrap();
-        let runs: Vec<_> = std::iter::successors(job.next_start(utc("2026-03-27T00:00:00Z")), |t| job.next_start(*t))
+        let runs: Vec<_> =
+            std::iter::successors(job.next_start(utc("2026-03-27T00:00:00Z")), |t| {
+                job.next_start(*t)
+            })
             .take(3)
             .collect();
-        assert_eq!(runs, vec![utc("2026-03-27T01:30:00Z"), utc("2026-03-28T01:30:00Z"), utc("2026-03-30T00:30:00Z")]);
+        assert_eq!(
+            runs,
+            vec![
+                utc("2026-03-27T01:30:00Z"),
+                utc("2026-03-28T01:30:00Z"),
+                utc("2026-03-30T00:30:00Z")
+            ]
+        );
         let autumn = job.next_start(utc("2026-10-24T12:00:00Z")).unwrap();
         assert_eq!(autumn, utc("2026-10-25T00:30:00Z"));
         assert_eq!(job.next_start(autumn).unwrap(), utc("2026-10-26T01:30:00Z"));
@@ -269,25 +303,48 @@ mod tests {
     #[test]
     fn seconds_field_and_bad_expressions() {
         let job = JobSchedule::new("s", "*/5 * * * * *", "UTC").unwrap();
-        assert_eq!(job.next_start(utc("2026-01-01T00:00:01Z")).unwrap(), utc("2026-01-01T00:00:05Z"));
-        assert!(JobSchedule::new("x", "not cron", "UTC").unwrap_err().contains("cron"));
-        assert!(JobSchedule::new("x", "* * * * * *", "Nowhere/City").unwrap_err().contains("time zone"));
+        assert_eq!(
+            job.next_start(utc("2026-01-01T00:00:01Z")).unwrap(),
+            utc("2026-01-01T00:00:05Z")
+        );
+        assert!(JobSchedule::new("x", "not cron", "UTC")
+            .unwrap_err()
+            .contains("cron"));
+        assert!(JobSchedule::new("x", "* * * * * *", "Nowhere/City")
+            .unwrap_err()
+            .contains("time zone"));
     }
 
     #[test]
     fn windows_limit_starts_and_give_a_stop_time() {
         let w: Window = "22:00-04:00".parse().unwrap();
-        let job = JobSchedule::new("w", "0 0 * * * *", "UTC").unwrap().with_window(w);
-        assert_eq!(job.next_start(utc("2026-01-01T10:00:00Z")).unwrap(), utc("2026-01-01T22:00:00Z"));
-        assert_eq!(job.next_start(utc("2026-01-01T23:00:00Z")).unwrap(), utc("2026-01-02T00:00:00Z"));
-        assert_eq!(job.next_start(utc("2026-01-02T03:00:00Z")).unwrap(), utc("2026-01-02T22:00:00Z"));
-        assert_eq!(job.window_end_after(utc("2026-01-01T23:00:00Z")).unwrap(), utc("2026-01-02T04:00:00Z"));
+        let job = JobSchedule::new("w", "0 0 * * * *", "UTC")
+            .unwrap()
+            .with_window(w);
+        assert_eq!(
+            job.next_start(utc("2026-01-01T10:00:00Z")).unwrap(),
+            utc("2026-01-01T22:00:00Z")
+        );
+        assert_eq!(
+            job.next_start(utc("2026-01-01T23:00:00Z")).unwrap(),
+            utc("2026-01-02T00:00:00Z")
+        );
+        assert_eq!(
+            job.next_start(utc("2026-01-02T03:00:00Z")).unwrap(),
+            utc("2026-01-02T22:00:00Z")
+        );
+        assert_eq!(
+            job.window_end_after(utc("2026-01-01T23:00:00Z")).unwrap(),
+            utc("2026-01-02T04:00:00Z")
+        );
         assert!("25:00-01:00".parse::<Window>().is_err());
     }
 
     #[test]
     fn jitter_stays_within_its_bound_and_is_reproducible() {
-        let job = JobSchedule::new("j", "0 * * * * *", "UTC").unwrap().with_jitter(Duration::seconds(30));
+        let job = JobSchedule::new("j", "0 * * * * *", "UTC")
+            .unwrap()
+            .with_jitter(Duration::seconds(30));
         let mut t = utc("2026-01-01T00:00:00Z");
         let mut distinct = std::collections::HashSet::new();
         for _ in 0..200 {
@@ -298,7 +355,11 @@ mod tests {
             distinct.insert((s - o).num_milliseconds());
             t = o;
         }
-        assert!(distinct.len() > 50, "jitter barely varies: {}", distinct.len());
+        assert!(
+            distinct.len() > 50,
+            "jitter barely varies: {}",
+            distinct.len()
+        );
     }
 
     #[test]
@@ -322,10 +383,16 @@ mod tests {
 
     #[test]
     fn missed_runs_while_down_run_once_or_are_skipped() {
-        let last: HashMap<String, DateTime<Utc>> = [("a".to_string(), utc("2026-01-01T00:00:00Z")), ("b".to_string(), utc("2026-01-01T00:00:00Z"))].into();
+        let last: HashMap<String, DateTime<Utc>> = [
+            ("a".to_string(), utc("2026-01-01T00:00:00Z")),
+            ("b".to_string(), utc("2026-01-01T00:00:00Z")),
+        ]
+        .into();
         let jobs = vec![
             JobSchedule::new("a", "0 0 * * * *", "UTC").unwrap(),
-            JobSchedule::new("b", "0 0 * * * *", "UTC").unwrap().with_missed(MissedRuns::Skip),
+            JobSchedule::new("b", "0 0 * * * *", "UTC")
+                .unwrap()
+                .with_missed(MissedRuns::Skip),
         ];
         let now = utc("2026-01-01T05:30:00Z");
         let mut st = SchedulerState::start(&jobs, &last, now);

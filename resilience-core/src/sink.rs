@@ -10,9 +10,9 @@
 //! [`MemorySink`] is a dependency-free implementation for unit tests.
 
 mod append_only;
-mod memory;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+mod memory;
 
 pub use append_only::AppendOnlySink;
 pub use memory::MemorySink;
@@ -124,8 +124,12 @@ pub trait Sink: Send + Sync + fmt::Debug {
 
     /// Stores a stream of unknown length under `key` (multipart where the store has it), so that
     /// large objects never sit whole in memory. Returns the number of bytes written.
-    async fn put_stream(&self, key: &str, data: ByteStream, mode: PutMode)
-        -> Result<u64, SinkError>;
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError>;
 
     /// Reads a whole object. Use for small objects; large ones are read by range or stream.
     async fn get(&self, key: &str) -> Result<Bytes, SinkError>;
@@ -156,7 +160,12 @@ impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         (**self).put(key, data, mode).await
     }
-    async fn put_stream(&self, key: &str, data: ByteStream, mode: PutMode) -> Result<u64, SinkError> {
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
         (**self).put_stream(key, data, mode).await
     }
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {

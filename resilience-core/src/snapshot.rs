@@ -162,7 +162,12 @@ mod tests {
     fn arb_record() -> impl Strategy<Value = TreeRecord> {
         (
             proptest::collection::vec(any::<u8>(), 1..40),
-            prop_oneof![Just(EntryKind::File), Just(EntryKind::Dir), Just(EntryKind::Symlink), Just(EntryKind::Other)],
+            prop_oneof![
+                Just(EntryKind::File),
+                Just(EntryKind::Dir),
+                Just(EntryKind::Symlink),
+                Just(EntryKind::Other)
+            ],
             any::<u64>(),
             any::<u32>(),
             proptest::option::of(any::<i64>()),
@@ -171,25 +176,35 @@ mod tests {
             prop_oneof![
                 Just(Content::None),
                 proptest::collection::vec(any::<u8>(), 0..50).prop_map(Content::Inline),
-                proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..4)
-                    .prop_map(|v| Content::Blobs(v.into_iter().map(|(id, len)| BlobRef { id: BlobId(id), len }).collect())),
+                proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..4).prop_map(|v| {
+                    Content::Blobs(
+                        v.into_iter()
+                            .map(|(id, len)| BlobRef {
+                                id: BlobId(id),
+                                len,
+                            })
+                            .collect(),
+                    )
+                }),
             ],
         )
-            .prop_map(|(path, kind, size, mode, mtime_ns, link_target, attrs, content)| TreeRecord {
-                meta: EntryMeta {
-                    path: EntryPath(path),
-                    kind,
-                    size,
-                    mode,
-                    mtime_ns,
-                    uid: Some(mode),
-                    gid: None,
-                    link_target,
-                    fingerprint: mtime_ns.map(|t| t.to_string()),
-                    attrs,
+            .prop_map(
+                |(path, kind, size, mode, mtime_ns, link_target, attrs, content)| TreeRecord {
+                    meta: EntryMeta {
+                        path: EntryPath(path),
+                        kind,
+                        size,
+                        mode,
+                        mtime_ns,
+                        uid: Some(mode),
+                        gid: None,
+                        link_target,
+                        fingerprint: mtime_ns.map(|t| t.to_string()),
+                        attrs,
+                    },
+                    content,
                 },
-                content,
-            })
+            )
     }
 
     proptest! {
@@ -211,7 +226,13 @@ mod tests {
     #[test]
     fn truncated_tree_is_an_error() {
         let mut stream = Vec::new();
-        encode_record(&TreeRecord { meta: EntryMeta::file("a", 1), content: Content::Inline(vec![1]) }, &mut stream);
+        encode_record(
+            &TreeRecord {
+                meta: EntryMeta::file("a", 1),
+                content: Content::Inline(vec![1]),
+            },
+            &mut stream,
+        );
         let mut dec = TreeDecoder::new();
         dec.feed(&stream[..stream.len() - 1]);
         assert!(dec.next_record("t").unwrap().is_none());

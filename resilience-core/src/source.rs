@@ -72,7 +72,11 @@ impl AdapterError {
     }
 
     /// An error described in words only.
-    pub fn msg(operation: &'static str, object: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn msg(
+        operation: &'static str,
+        object: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         AdapterError {
             operation,
             object: object.into(),
@@ -112,7 +116,10 @@ pub trait Target: Send + Sync {
     /// Creates an entry. For file-like entries returns a writer that receives the content in
     /// order; for directories, symlinks and others creates them and returns `None`.
     /// Several entries may be open at once.
-    async fn create(&self, meta: &EntryMeta) -> Result<Option<Box<dyn ContentWriter>>, AdapterError>;
+    async fn create(
+        &self,
+        meta: &EntryMeta,
+    ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError>;
 
     /// Called for every entry in a second pass, after all content is written, to apply what
     /// writing would disturb (directory times, read-only modes).

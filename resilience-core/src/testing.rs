@@ -13,7 +13,8 @@ use futures::stream::BoxStream;
 use crate::entry::EntryMeta;
 use crate::sink::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
 use crate::source::{
-    AdapterError, ContentWriter, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession, Target,
+    AdapterError, ContentWriter, Source, SourceDescriptor, SourceEntry, SourceMetadata,
+    SourceSession, Target,
 };
 
 /// A source of entries held in memory.
@@ -29,7 +30,10 @@ impl MemorySource {
     /// A source named `id` of kind `memory`.
     pub fn new(id: &str) -> Self {
         MemorySource {
-            descriptor: SourceDescriptor { id: id.into(), kind: "memory".into() },
+            descriptor: SourceDescriptor {
+                id: id.into(),
+                kind: "memory".into(),
+            },
             entries: Vec::new(),
         }
     }
@@ -62,7 +66,9 @@ impl Source for MemorySource {
     }
 
     async fn start(&self) -> Result<Box<dyn SourceSession>, AdapterError> {
-        Ok(Box::new(MemorySession { entries: self.entries.clone().into_iter() }))
+        Ok(Box::new(MemorySession {
+            entries: self.entries.clone().into_iter(),
+        }))
     }
 }
 
@@ -71,7 +77,10 @@ impl SourceSession for MemorySession {
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
         Ok(self.entries.next().map(|(meta, content)| {
             let reader: crate::source::EntryReader = Box::pin(std::io::Cursor::new(content));
-            SourceEntry { content: (meta.kind == crate::entry::EntryKind::File).then_some(reader), meta }
+            SourceEntry {
+                content: (meta.kind == crate::entry::EntryKind::File).then_some(reader),
+                meta,
+            }
         }))
     }
 
@@ -80,11 +89,14 @@ impl SourceSession for MemorySession {
     }
 }
 
+/// Restored entries by path, with their content.
+pub type RestoredEntries = Arc<Mutex<BTreeMap<Vec<u8>, (EntryMeta, Vec<u8>)>>>;
+
 /// A target that keeps restored entries in memory.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryTarget {
     /// Restored entries by path, with their content.
-    pub entries: Arc<Mutex<BTreeMap<Vec<u8>, (EntryMeta, Vec<u8>)>>>,
+    pub entries: RestoredEntries,
     /// Entries whose metadata was applied, in order.
     pub applied: Arc<Mutex<Vec<Vec<u8>>>>,
 }
@@ -97,21 +109,35 @@ impl MemoryTarget {
 
     /// The content restored for `path`.
     pub fn content(&self, path: &str) -> Option<Vec<u8>> {
-        self.entries.lock().expect("lock").get(path.as_bytes()).map(|(_, c)| c.clone())
+        self.entries
+            .lock()
+            .expect("lock")
+            .get(path.as_bytes())
+            .map(|(_, c)| c.clone())
     }
 }
 
 struct MemoryWriter {
     path: Vec<u8>,
     buf: Vec<u8>,
-    entries: Arc<Mutex<BTreeMap<Vec<u8>, (EntryMeta, Vec<u8>)>>>,
+    entries: RestoredEntries,
 }
 
 #[async_trait]
 impl Target for MemoryTarget {
-    async fn create(&self, meta: &EntryMeta) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
-        self.entries.lock().expect("lock").insert(meta.path.0.clone(), (meta.clone(), Vec::new()));
-        Ok(Some(Box::new(MemoryWriter { path: meta.path.0.clone(), buf: Vec::new(), entries: self.entries.clone() })))
+    async fn create(
+        &self,
+        meta: &EntryMeta,
+    ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
+        self.entries
+            .lock()
+            .expect("lock")
+            .insert(meta.path.0.clone(), (meta.clone(), Vec::new()));
+        Ok(Some(Box::new(MemoryWriter {
+            path: meta.path.0.clone(),
+            buf: Vec::new(),
+            entries: self.entries.clone(),
+        })))
     }
 
     async fn apply_metadata(&self, meta: &EntryMeta) -> Result<(), AdapterError> {
@@ -151,7 +177,10 @@ pub struct FaultySink<S> {
 impl<S: Sink> FaultySink<S> {
     /// Writes succeed until `puts` puts have succeeded (negative: never fail).
     pub fn new(inner: S, puts: i64) -> Self {
-        FaultySink { inner, puts_left: AtomicI64::new(puts) }
+        FaultySink {
+            inner,
+            puts_left: AtomicI64::new(puts),
+        }
     }
 
     /// Sets the remaining budget.
@@ -190,7 +219,12 @@ impl<S: Sink> Sink for FaultySink<S> {
         self.spend(key)?;
         self.inner.put(key, data, mode).await
     }
-    async fn put_stream(&self, key: &str, data: ByteStream, mode: PutMode) -> Result<u64, SinkError> {
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
         self.spend(key)?;
         self.inner.put_stream(key, data, mode).await
     }

@@ -28,7 +28,10 @@ impl RateLimiter {
     /// A limiter of `bytes_per_second` (at least 1).
     pub fn new(bytes_per_second: u64) -> Self {
         let rate = bytes_per_second.max(1) as f64;
-        RateLimiter { rate, state: Mutex::new((rate, Instant::now())) }
+        RateLimiter {
+            rate,
+            state: Mutex::new((rate, Instant::now())),
+        }
     }
 
     /// The configured rate.
@@ -43,7 +46,8 @@ impl RateLimiter {
             let mut state = self.state.lock().await;
             let now = Instant::now();
             let (tokens, last) = *state;
-            let refilled = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate);
+            let refilled =
+                (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate);
             let left = refilled - bytes as f64;
             *state = (left, now);
             if left >= 0.0 {
@@ -90,7 +94,12 @@ impl<S: Sink> Sink for ThrottledSink<S> {
         self.inner.put(key, data, mode).await
     }
 
-    async fn put_stream(&self, key: &str, data: ByteStream, mode: PutMode) -> Result<u64, SinkError> {
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
         let limiter = self.limiter.clone();
         let throttled = data
             .then(move |part| {
@@ -113,7 +122,9 @@ impl<S: Sink> Sink for ThrottledSink<S> {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
-        self.limiter.acquire(range.end.saturating_sub(range.start)).await;
+        self.limiter
+            .acquire(range.end.saturating_sub(range.start))
+            .await;
         self.inner.get_range(key, range).await
     }
 
@@ -170,7 +181,13 @@ mod tests {
         let sink = ThrottledSink::new(MemorySink::new(), Arc::new(RateLimiter::new(1 << 20)));
         let start = Instant::now();
         for i in 0..4 {
-            sink.put(&format!("k{i}"), Bytes::from(vec![0u8; 1 << 20]), PutMode::Create).await.unwrap();
+            sink.put(
+                &format!("k{i}"),
+                Bytes::from(vec![0u8; 1 << 20]),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
         }
         let elapsed = start.elapsed().as_secs_f64();
         assert!((2.9..3.2).contains(&elapsed), "{elapsed}");

@@ -82,14 +82,20 @@ impl Damage {
         self.objects.entry(key.to_owned()).or_insert(problem);
     }
     fn affects(&mut self, key: &str, snapshot: &str) {
-        self.affected.entry(key.to_owned()).or_default().insert(snapshot.to_owned());
+        self.affected
+            .entry(key.to_owned())
+            .or_default()
+            .insert(snapshot.to_owned());
     }
 }
 
 impl Repository {
     /// Verifies every succeeded snapshot.
     pub async fn verify(&self, options: VerifyOptions) -> Result<VerifyReport> {
-        let mut report = VerifyReport { mode: if options.full { "full" } else { "quick" }.into(), ..Default::default() };
+        let mut report = VerifyReport {
+            mode: if options.full { "full" } else { "quick" }.into(),
+            ..Default::default()
+        };
         let mut damage = Damage::default();
 
         // Indexes: a damaged index file is itself damage; its packs are then unknown, and the
@@ -101,7 +107,8 @@ impl Repository {
             let loaded = async {
                 let bytes = self.sink.get(&meta.key).await?;
                 report.bytes_read += bytes.len() as u64;
-                let payload = object::open_object(&self.keys, object::ObjectKind::Index, "index", &bytes)?;
+                let payload =
+                    object::open_object(&self.keys, object::ObjectKind::Index, "index", &bytes)?;
                 crate::index::decode_index(&meta.key, &payload)
             }
             .await;
@@ -130,7 +137,12 @@ impl Repository {
         index.compact();
 
         // Packs.
-        let sizes: HashMap<String, u64> = self.sink.list("data/").map_ok(|m| (m.key, m.size)).try_collect().await?;
+        let sizes: HashMap<String, u64> = self
+            .sink
+            .list("data/")
+            .map_ok(|m| (m.key, m.size))
+            .try_collect()
+            .await?;
         report.unindexed_packs = sizes
             .keys()
             .filter(|k| pack::pack_id_from_key(k).is_some_and(|id| !index.has_pack(&id)))
@@ -160,8 +172,19 @@ impl Repository {
 
         // Snapshots.
         let catalog = self.catalog();
-        let catalog_keys: Vec<String> = self.sink.list("catalog/").map_ok(|m| m.key).try_collect().await?;
-        let records = match catalog.list(&CatalogQuery { statuses: vec![BackupStatus::Succeeded], ..Default::default() }).await {
+        let catalog_keys: Vec<String> = self
+            .sink
+            .list("catalog/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
+        let records = match catalog
+            .list(&CatalogQuery {
+                statuses: vec![BackupStatus::Succeeded],
+                ..Default::default()
+            })
+            .await
+        {
             Ok(r) => r,
             Err(_) => {
                 // Find which catalog objects are damaged, one by one, and check the rest.
@@ -176,8 +199,10 @@ impl Repository {
                     ok.push(key.clone());
                 }
                 let mut recs = Vec::new();
-                let ids: BTreeSet<String> =
-                    ok.iter().filter_map(|k| k.split('/').nth(1).map(str::to_owned)).collect();
+                let ids: BTreeSet<String> = ok
+                    .iter()
+                    .filter_map(|k| k.split('/').nth(1).map(str::to_owned))
+                    .collect();
                 for id in ids {
                     if let Ok(Some(r)) = catalog.get(&id).await {
                         if r.status == BackupStatus::Succeeded {
@@ -188,7 +213,10 @@ impl Repository {
                 recs
             }
         };
-        let records: Vec<_> = records.into_iter().filter(|r| r.tier == self.tier).collect();
+        let records: Vec<_> = records
+            .into_iter()
+            .filter(|r| r.tier == self.tier)
+            .collect();
         report.snapshots_checked = records.len();
         for record in &records {
             let manifest_key = crate::snapshot::manifest_key(&record.id);
@@ -245,7 +273,11 @@ impl Repository {
             .map(|(k, problem)| DamagedObject {
                 object: k.clone(),
                 problem: problem.clone(),
-                affected_snapshots: damage.affected.get(k).map(|s| s.iter().cloned().collect()).unwrap_or_default(),
+                affected_snapshots: damage
+                    .affected
+                    .get(k)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(report)
@@ -259,7 +291,10 @@ impl Repository {
         full: bool,
     ) -> Result<PackCheck> {
         let key = pack::pack_key(&info.id);
-        let mut check = PackCheck { key: key.clone(), ..Default::default() };
+        let mut check = PackCheck {
+            key: key.clone(),
+            ..Default::default()
+        };
         let Some(size) = listed_size else {
             check.problem = Some("missing".into());
             check.bad_blobs = blobs.iter().map(|b| b.id).collect();
@@ -277,7 +312,11 @@ impl Repository {
         check.bytes_read = bytes.len() as u64;
         let mut problem = None;
         if size != info.size || bytes.len() as u64 != info.size {
-            problem = Some(format!("size {} but the index records {}", bytes.len(), info.size));
+            problem = Some(format!(
+                "size {} but the index records {}",
+                bytes.len(),
+                info.size
+            ));
         } else if let Err(e) = object::check_checksum(&key, &bytes) {
             problem = Some(problem_of(e));
         } else if object::stored_checksum(&bytes).as_deref() != Some(info.id.to_hex().as_str()) {
@@ -295,7 +334,16 @@ impl Repository {
             for b in &blobs {
                 let (start, end) = (b.offset as usize, b.offset as usize + b.length as usize);
                 let ok = end <= bytes.len()
-                    && blob::decode_blob(&keys, info.key_id, b.kind, &b.id, b.raw_len, &bytes[start..end], &key2).is_ok();
+                    && blob::decode_blob(
+                        &keys,
+                        info.key_id,
+                        b.kind,
+                        &b.id,
+                        b.raw_len,
+                        &bytes[start..end],
+                        &key2,
+                    )
+                    .is_ok();
                 if !ok {
                     bad.push(b.id);
                 }
@@ -306,7 +354,10 @@ impl Repository {
         .map_err(|e| Error::Invalid(format!("verification task failed: {e}")))?;
         check.blobs_checked = checked;
         if !bad.is_empty() && problem.is_none() {
-            problem = Some(format!("{} blob(s) fail authentication or do not hash to their id", bad.len()));
+            problem = Some(format!(
+                "{} blob(s) fail authentication or do not hash to their id",
+                bad.len()
+            ));
         }
         if let Some(p) = &mut problem {
             if bad.is_empty() {
@@ -322,7 +373,6 @@ impl Repository {
         check.bad_blobs = bad;
         Ok(check)
     }
-
 }
 
 #[derive(Default)]

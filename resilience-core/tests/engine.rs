@@ -31,7 +31,9 @@ fn key() -> KeyFileProvider {
 }
 
 async fn new_repo(sink: Arc<dyn Sink>) -> Repository {
-    Repository::init(sink, &key(), InitOptions::default()).await.unwrap()
+    Repository::init(sink, &key(), InitOptions::default())
+        .await
+        .unwrap()
 }
 
 async fn restore_all(repo: &Repository, id: &str) -> MemoryTarget {
@@ -50,7 +52,10 @@ async fn round_trip_of_small_large_and_empty_entries() {
         .file("tiny", b"hello".to_vec())
         .file("big", big.clone())
         .file("zeros", vec![0u8; 3 << 20]);
-    let report = repo.backup(&source, BackupOptions::default()).await.unwrap();
+    let report = repo
+        .backup(&source, BackupOptions::default())
+        .await
+        .unwrap();
     assert_eq!(report.record.status, BackupStatus::Succeeded);
     assert_eq!(report.record.entries, 4);
     assert_eq!(report.record.logical_bytes, 5 + (20 << 20) + (3 << 20));
@@ -70,28 +75,58 @@ async fn unchanged_data_costs_nothing_and_an_insertion_costs_a_few_chunks() {
     let sink: Arc<dyn Sink> = Arc::new(MemorySink::new());
     let repo = new_repo(sink).await;
     let data = pseudo_random(100 << 20, 7);
-    let first = repo.backup(&MemorySource::new("s").file("f", data.clone()), Default::default()).await.unwrap();
+    let first = repo
+        .backup(
+            &MemorySource::new("s").file("f", data.clone()),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     assert!(first.record.new_bytes >= 100 << 20);
 
     // Same content, no fingerprint: everything is read and deduplicated.
     let mut meta = resilience_core::entry::EntryMeta::file("f", data.len() as u64);
     meta.fingerprint = None;
     let second = repo
-        .backup(&MemorySource::new("s").entry(meta, data.clone()), Default::default())
+        .backup(
+            &MemorySource::new("s").entry(meta, data.clone()),
+            Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(second.record.new_bytes, 0);
-    assert!(second.record.stored_bytes * 100 < first.record.stored_bytes, "{} vs {}", second.record.stored_bytes, first.record.stored_bytes);
+    assert!(
+        second.record.stored_bytes * 100 < first.record.stored_bytes,
+        "{} vs {}",
+        second.record.stored_bytes,
+        first.record.stored_bytes
+    );
 
     // Fingerprint unchanged: reused without reading.
-    let third = repo.backup(&MemorySource::new("s").file("f", data.clone()), Default::default()).await.unwrap();
+    let third = repo
+        .backup(
+            &MemorySource::new("s").file("f", data.clone()),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(third.record.new_bytes, 0);
 
     let mut edited = data.clone();
     edited.insert(50 << 20, 0xAB);
-    let fourth = repo.backup(&MemorySource::new("s").file("f", edited.clone()), Default::default()).await.unwrap();
+    let fourth = repo
+        .backup(
+            &MemorySource::new("s").file("f", edited.clone()),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     assert!(fourth.record.new_bytes > 0);
-    assert!(fourth.record.new_bytes < 12 << 20, "an insertion stored {} new bytes", fourth.record.new_bytes);
+    assert!(
+        fourth.record.new_bytes < 12 << 20,
+        "an insertion stored {} new bytes",
+        fourth.record.new_bytes
+    );
     let target = restore_all(&repo, &fourth.record.id).await;
     assert!(target.content("f").unwrap() == edited);
     let target = restore_all(&repo, &first.record.id).await;
@@ -102,26 +137,47 @@ async fn unchanged_data_costs_nothing_and_an_insertion_costs_a_few_chunks() {
 async fn a_reused_entry_of_the_parent_is_not_read_again() {
     let sink: Arc<dyn Sink> = Arc::new(MemorySink::new());
     let repo = new_repo(sink).await;
-    let src = MemorySource::new("s").file("a", pseudo_random(1 << 20, 1)).file("b", pseudo_random(2 << 20, 2));
+    let src = MemorySource::new("s")
+        .file("a", pseudo_random(1 << 20, 1))
+        .file("b", pseudo_random(2 << 20, 2));
     repo.backup(&src, Default::default()).await.unwrap();
     let again = repo.backup(&src, Default::default()).await.unwrap();
     assert_eq!(again.reused_entries, 2);
     assert!(again.record.parent.is_some());
-    assert_eq!(restore_all(&repo, "latest").await.content("b").unwrap(), pseudo_random(2 << 20, 2));
+    assert_eq!(
+        restore_all(&repo, "latest").await.content("b").unwrap(),
+        pseudo_random(2 << 20, 2)
+    );
 }
 
 /// Two snapshots of different data, written by separate backups (so in separate packs).
 async fn two_snapshots() -> (Arc<MemorySink>, Repository, String, String) {
     let mem = Arc::new(MemorySink::new());
     let repo = new_repo(mem.clone()).await;
-    let a = repo.backup(&MemorySource::new("a").file("x", pseudo_random(3 << 20, 11)), Default::default()).await.unwrap();
-    let b = repo.backup(&MemorySource::new("b").file("y", pseudo_random(3 << 20, 12)), Default::default()).await.unwrap();
+    let a = repo
+        .backup(
+            &MemorySource::new("a").file("x", pseudo_random(3 << 20, 11)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let b = repo
+        .backup(
+            &MemorySource::new("b").file("y", pseudo_random(3 << 20, 12)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     (mem, repo, a.record.id, b.record.id)
 }
 
 async fn packs_of(mem: &MemorySink) -> Vec<String> {
     use futures::TryStreamExt;
-    mem.list("data/").map_ok(|m| m.key).try_collect().await.unwrap()
+    mem.list("data/")
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 async fn pack_used_only_by(repo: &Repository, mem: &MemorySink, snapshot: &str) -> String {
@@ -149,7 +205,10 @@ async fn a_flipped_byte_is_found_and_names_only_the_affected_snapshot() {
     assert_eq!(report.damaged[0].object, pack);
     assert_eq!(report.damaged[0].affected_snapshots, vec![a.clone()]);
 
-    let err = repo.restore(&a, &MemoryTarget::new(), Default::default()).await.unwrap_err();
+    let err = repo
+        .restore(&a, &MemoryTarget::new(), Default::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains(&pack), "{err}");
     restore_all(&repo, &b).await;
 }
@@ -170,7 +229,10 @@ async fn a_truncated_or_deleted_pack_is_found() {
     assert_eq!(report.damaged[0].object, pack);
     assert!(report.damaged[0].problem.contains("missing"));
     assert_eq!(report.damaged[0].affected_snapshots, vec![a.clone()]);
-    let err = repo.restore(&a, &MemoryTarget::new(), Default::default()).await.unwrap_err();
+    let err = repo
+        .restore(&a, &MemoryTarget::new(), Default::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains(&pack), "{err}");
 }
 
@@ -185,7 +247,12 @@ async fn a_damaged_manifest_or_index_is_named() {
     assert_eq!(report.damaged.len(), 1, "{:?}", report.damaged);
     assert_eq!(report.damaged[0].object, manifest);
     assert_eq!(report.damaged[0].affected_snapshots, vec![a.clone()]);
-    assert!(repo.restore(&a, &MemoryTarget::new(), Default::default()).await.unwrap_err().to_string().contains(&manifest));
+    assert!(repo
+        .restore(&a, &MemoryTarget::new(), Default::default())
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains(&manifest));
     restore_all(&repo, &b).await;
 }
 
@@ -196,7 +263,13 @@ async fn an_interrupted_backup_is_never_succeeded_and_the_next_one_reuses_its_pa
     let data = pseudo_random(60 << 20, 5);
     // Let a few packs through, then fail every write.
     faulty.set_budget(4);
-    let err = repo.backup(&MemorySource::new("s").file("f", data.clone()), Default::default()).await.unwrap_err();
+    let err = repo
+        .backup(
+            &MemorySource::new("s").file("f", data.clone()),
+            Default::default(),
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("injected fault"), "{err}");
     faulty.set_budget(-1);
     let records = repo.catalog().list(&CatalogQuery::default()).await.unwrap();
@@ -204,10 +277,24 @@ async fn an_interrupted_backup_is_never_succeeded_and_the_next_one_reuses_its_pa
     assert!(repo.verify(Default::default()).await.unwrap().is_ok());
     assert!(!packs_of(faulty.inner()).await.is_empty());
 
-    let next = repo.backup(&MemorySource::new("s").file("f", data.clone()), Default::default()).await.unwrap();
-    assert!(next.record.new_bytes < data.len() as u64, "no reuse: {}", next.record.new_bytes);
+    let next = repo
+        .backup(
+            &MemorySource::new("s").file("f", data.clone()),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        next.record.new_bytes < data.len() as u64,
+        "no reuse: {}",
+        next.record.new_bytes
+    );
     assert!(restore_all(&repo, "latest").await.content("f").unwrap() == data);
-    assert!(repo.verify(VerifyOptions { full: true }).await.unwrap().is_ok());
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
 }
 
 #[tokio::test]
@@ -218,7 +305,10 @@ async fn a_running_record_left_by_a_dead_process_is_marked_failed() {
     let mut stale = resilience_core::catalog::BackupRecord {
         id: "20200101T000000Z-dead".into(),
         revision: 1,
-        source: resilience_core::source::SourceDescriptor { id: "s".into(), kind: "memory".into() },
+        source: resilience_core::source::SourceDescriptor {
+            id: "s".into(),
+            kind: "memory".into(),
+        },
         kind: resilience_core::catalog::BackupKind::Full,
         status: BackupStatus::Running,
         error: None,
@@ -239,7 +329,12 @@ async fn a_running_record_left_by_a_dead_process_is_marked_failed() {
         updated_at: now,
     };
     repo.catalog().put(&stale).await.unwrap();
-    repo.backup(&MemorySource::new("s").file("f", b"x".to_vec()), Default::default()).await.unwrap();
+    repo.backup(
+        &MemorySource::new("s").file("f", b"x".to_vec()),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     stale = repo.catalog().get(&stale.id).await.unwrap().unwrap();
     assert_eq!(stale.status, BackupStatus::Failed);
     assert!(stale.error.unwrap().contains("interrupted"));
@@ -250,27 +345,74 @@ async fn concurrent_backups_both_succeed_and_verify() {
     let mem: Arc<dyn Sink> = Arc::new(MemorySink::new());
     let repo = new_repo(mem).await;
     let shared = pseudo_random(8 << 20, 3);
-    let a = MemorySource::new("a").file("shared", shared.clone()).file("own", pseudo_random(5 << 20, 4));
-    let b = MemorySource::new("b").file("shared", shared.clone()).file("own", pseudo_random(5 << 20, 5));
-    let (ra, rb) = tokio::join!(repo.backup(&a, Default::default()), repo.backup(&b, Default::default()));
+    let a = MemorySource::new("a")
+        .file("shared", shared.clone())
+        .file("own", pseudo_random(5 << 20, 4));
+    let b = MemorySource::new("b")
+        .file("shared", shared.clone())
+        .file("own", pseudo_random(5 << 20, 5));
+    let (ra, rb) = tokio::join!(
+        repo.backup(&a, Default::default()),
+        repo.backup(&b, Default::default())
+    );
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_ne!(ra.record.id, rb.record.id);
-    assert!(repo.verify(VerifyOptions { full: true }).await.unwrap().is_ok());
-    assert!(restore_all(&repo, &ra.record.id).await.content("own").unwrap() == pseudo_random(5 << 20, 4));
-    assert!(restore_all(&repo, &rb.record.id).await.content("shared").unwrap() == shared);
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
+    assert!(
+        restore_all(&repo, &ra.record.id)
+            .await
+            .content("own")
+            .unwrap()
+            == pseudo_random(5 << 20, 4)
+    );
+    assert!(
+        restore_all(&repo, &rb.record.id)
+            .await
+            .content("shared")
+            .unwrap()
+            == shared
+    );
 }
 
 #[tokio::test]
 async fn wrong_passphrase_and_missing_repository_are_clear_errors() {
     let mem: Arc<dyn Sink> = Arc::new(MemorySink::new());
-    let fast = KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 };
-    let err = Repository::open(mem.clone(), &PassphraseProvider::new("x")).await.unwrap_err();
+    let fast = KdfParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let err = Repository::open(mem.clone(), &PassphraseProvider::new("x"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::RepositoryNotFound { .. }), "{err}");
-    Repository::init(mem.clone(), &PassphraseProvider::new("right").with_params(fast), InitOptions::default()).await.unwrap();
-    let err = Repository::open(mem.clone(), &PassphraseProvider::new("wrong")).await.unwrap_err();
+    Repository::init(
+        mem.clone(),
+        &PassphraseProvider::new("right").with_params(fast),
+        InitOptions::default(),
+    )
+    .await
+    .unwrap();
+    let err = Repository::open(mem.clone(), &PassphraseProvider::new("wrong"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("wrong passphrase"), "{err}");
-    assert!(Repository::open(mem.clone(), &PassphraseProvider::new("right")).await.is_ok());
-    let err = Repository::init(mem, &PassphraseProvider::new("right").with_params(fast), InitOptions::default()).await.unwrap_err();
+    assert!(
+        Repository::open(mem.clone(), &PassphraseProvider::new("right"))
+            .await
+            .is_ok()
+    );
+    let err = Repository::init(
+        mem,
+        &PassphraseProvider::new("right").with_params(fast),
+        InitOptions::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, Error::AlreadyInitialized { .. }));
 }
 
@@ -280,10 +422,22 @@ async fn a_failing_source_leaves_a_failed_record_and_nothing_succeeded() {
     #[async_trait::async_trait]
     impl resilience_core::source::Source for Broken {
         fn descriptor(&self) -> resilience_core::source::SourceDescriptor {
-            resilience_core::source::SourceDescriptor { id: "broken".into(), kind: "memory".into() }
+            resilience_core::source::SourceDescriptor {
+                id: "broken".into(),
+                kind: "memory".into(),
+            }
         }
-        async fn start(&self) -> Result<Box<dyn resilience_core::source::SourceSession>, resilience_core::source::AdapterError> {
-            Err(resilience_core::source::AdapterError::msg("open", "/nope", "does not exist"))
+        async fn start(
+            &self,
+        ) -> Result<
+            Box<dyn resilience_core::source::SourceSession>,
+            resilience_core::source::AdapterError,
+        > {
+            Err(resilience_core::source::AdapterError::msg(
+                "open",
+                "/nope",
+                "does not exist",
+            ))
         }
     }
     let mem: Arc<dyn Sink> = Arc::new(MemorySink::new());
@@ -294,5 +448,8 @@ async fn a_failing_source_leaves_a_failed_record_and_nothing_succeeded() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].status, BackupStatus::Failed);
     assert!(all[0].error.as_deref().unwrap().contains("/nope"));
-    assert!(matches!(repo.resolve_snapshot("latest", None).await, Err(Error::SnapshotNotFound { .. })));
+    assert!(matches!(
+        repo.resolve_snapshot("latest", None).await,
+        Err(Error::SnapshotNotFound { .. })
+    ));
 }

@@ -21,8 +21,14 @@ fn fixture_dir() -> PathBuf {
 }
 
 fn contents() -> Vec<(&'static str, Vec<u8>)> {
-    let text: Vec<u8> = (0..200_000u32).flat_map(|i| format!("line {i} of the fixture\n").into_bytes()).collect();
-    vec![("hello.txt", b"hello, format v1\n".to_vec()), ("dir/text", text), ("empty", Vec::new())]
+    let text: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {i} of the fixture\n").into_bytes())
+        .collect();
+    vec![
+        ("hello.txt", b"hello, format v1\n".to_vec()),
+        ("dir/text", text),
+        ("empty", Vec::new()),
+    ]
 }
 
 async fn load(dir: &Path) -> Arc<MemorySink> {
@@ -35,7 +41,9 @@ async fn load(dir: &Path) -> Arc<MemorySink> {
                 stack.push(p);
             } else {
                 let key = p.strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
-                sink.put(&key, std::fs::read(&p).unwrap().into(), PutMode::Create).await.unwrap();
+                sink.put(&key, std::fs::read(&p).unwrap().into(), PutMode::Create)
+                    .await
+                    .unwrap();
             }
         }
     }
@@ -44,8 +52,13 @@ async fn load(dir: &Path) -> Arc<MemorySink> {
 
 async fn write_fixture(dir: &Path) {
     let sink = Arc::new(MemorySink::new());
-    let opts = InitOptions { pack_size: 64 * 1024, ..Default::default() };
-    let repo = Repository::init(sink.clone(), &KeyFileProvider::from_key(KEY), opts).await.unwrap();
+    let opts = InitOptions {
+        pack_size: 64 * 1024,
+        ..Default::default()
+    };
+    let repo = Repository::init(sink.clone(), &KeyFileProvider::from_key(KEY), opts)
+        .await
+        .unwrap();
     let mut src = MemorySource::new("fixture");
     for (p, c) in contents() {
         src = src.file(p, c);
@@ -66,15 +79,23 @@ async fn reads_a_repository_written_by_format_version_1() {
         let _ = std::fs::remove_dir_all(&dir);
         write_fixture(&dir).await;
     }
-    assert!(dir.join("config").exists(), "fixture missing at {}", dir.display());
+    assert!(
+        dir.join("config").exists(),
+        "fixture missing at {}",
+        dir.display()
+    );
     let sink = load(&dir).await;
-    let repo = Repository::open(sink, &KeyFileProvider::from_key(KEY)).await.unwrap();
+    let repo = Repository::open(sink, &KeyFileProvider::from_key(KEY))
+        .await
+        .unwrap();
     assert_eq!(repo.config().format, 1);
     let report = repo.verify(VerifyOptions { full: true }).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.snapshots_checked, 1);
     let target = MemoryTarget::new();
-    repo.restore("latest", &target, Default::default()).await.unwrap();
+    repo.restore("latest", &target, Default::default())
+        .await
+        .unwrap();
     for (p, c) in contents() {
         assert_eq!(target.content(p).unwrap(), c, "{p}");
     }

@@ -10,9 +10,16 @@ async fn a_missing_root_or_a_file_root_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
     let err = DirSource::new(&missing).start().await.err().unwrap();
-    assert!(err.to_string().contains("nope") && err.to_string().contains("does not exist"), "{err}");
+    assert!(
+        err.to_string().contains("nope") && err.to_string().contains("does not exist"),
+        "{err}"
+    );
     std::fs::write(dir.path().join("f"), b"x").unwrap();
-    let err = DirSource::new(dir.path().join("f")).start().await.err().unwrap();
+    let err = DirSource::new(dir.path().join("f"))
+        .start()
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("not a directory"), "{err}");
 }
 
@@ -36,14 +43,24 @@ async fn entries_come_in_walk_order() {
 }
 
 fn file(path: &[u8]) -> EntryMeta {
-    EntryMeta { path: EntryPath(path.to_vec()), ..EntryMeta::file("x", 0) }
+    EntryMeta {
+        path: EntryPath(path.to_vec()),
+        ..EntryMeta::file("x", 0)
+    }
 }
 
 #[tokio::test]
 async fn unsafe_paths_are_refused_and_nothing_escapes_the_target() {
     let dir = tempfile::tempdir().unwrap();
     let target = DirTarget::new(dir.path().join("out"));
-    for bad in [&b"../escape"[..], b"/etc/passwd", b"a/../../b", b"a//b", b"./a", b"a\0b"] {
+    for bad in [
+        &b"../escape"[..],
+        b"/etc/passwd",
+        b"a/../../b",
+        b"a//b",
+        b"./a",
+        b"a\0b",
+    ] {
         let err = target.create(&file(bad)).await.err().unwrap();
         assert!(err.to_string().contains("unsafe entry path"), "{err}");
     }
@@ -63,9 +80,17 @@ async fn unsafe_paths_are_refused_and_nothing_escapes_the_target() {
 async fn a_non_empty_target_is_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("existing"), b"x").unwrap();
-    let err = DirTarget::new(dir.path()).create(&file(b"a")).await.err().unwrap();
+    let err = DirTarget::new(dir.path())
+        .create(&file(b"a"))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("not empty"), "{err}");
-    assert!(DirTarget::new(dir.path()).allow_existing(true).create(&file(b"a")).await.is_ok());
+    assert!(DirTarget::new(dir.path())
+        .allow_existing(true)
+        .create(&file(b"a"))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -77,5 +102,8 @@ async fn a_short_write_is_an_error_naming_the_file() {
     let mut w = target.create(&meta).await.unwrap().unwrap();
     w.write(bytes::Bytes::from_static(b"12345")).await.unwrap();
     let err = w.complete().await.err().unwrap();
-    assert!(err.to_string().contains("short") && err.to_string().contains("10"), "{err}");
+    assert!(
+        err.to_string().contains("short") && err.to_string().contains("10"),
+        "{err}"
+    );
 }

@@ -14,7 +14,9 @@ use resilience_core::prune::PruneOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::retention::{self, StandardPolicy};
 use resilience_core::sink::{MemorySink, Sink};
-use resilience_core::source::{AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession};
+use resilience_core::source::{
+    AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
+};
 use resilience_core::testing::{FaultySink, MemorySource, MemoryTarget};
 use resilience_core::verify::VerifyOptions;
 
@@ -31,19 +33,32 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn now_prune() -> PruneOptions {
-    PruneOptions { grace: Duration::ZERO, ..Default::default() }
+    PruneOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    }
 }
 
 async fn repo_on(sink: Arc<dyn Sink>) -> Repository {
-    let opts = InitOptions { pack_size: 1 << 20, ..Default::default() };
+    let opts = InitOptions {
+        pack_size: 1 << 20,
+        ..Default::default()
+    };
     Repository::init(sink, &KeyFileProvider::from_key([1; 32]), opts)
         .await
         .unwrap()
-        .with_lock_settings(LockSettings { settle: Duration::from_millis(1), ..Default::default() })
+        .with_lock_settings(LockSettings {
+            settle: Duration::from_millis(1),
+            ..Default::default()
+        })
 }
 
 async fn data_bytes(sink: &dyn Sink) -> u64 {
-    sink.list("data/").map_ok(|m| m.size).try_fold(0, |a, b| async move { Ok(a + b) }).await.unwrap()
+    sink.list("data/")
+        .map_ok(|m| m.size)
+        .try_fold(0, |a, b| async move { Ok(a + b) })
+        .await
+        .unwrap()
 }
 
 async fn forget_all_but_last(repo: &Repository) {
@@ -57,29 +72,66 @@ async fn forget_all_but_last(repo: &Repository) {
 async fn forgotten_data_is_freed_in_two_phases_and_kept_data_stays_restorable() {
     let mem = Arc::new(MemorySink::new());
     let repo = repo_on(mem.clone()).await;
-    repo.backup(&MemorySource::new("s").file("a", data(6 << 20, 1)), Default::default()).await.unwrap();
+    repo.backup(
+        &MemorySource::new("s").file("a", data(6 << 20, 1)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let keep = data(3 << 20, 2);
-    repo.backup(&MemorySource::new("s").file("b", keep.clone()), Default::default()).await.unwrap();
+    repo.backup(
+        &MemorySource::new("s").file("b", keep.clone()),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let before = data_bytes(mem.as_ref()).await;
     forget_all_but_last(&repo).await;
-    let expired = repo.catalog().list(&CatalogQuery { statuses: vec![BackupStatus::Expired], ..Default::default() }).await.unwrap();
+    let expired = repo
+        .catalog()
+        .list(&CatalogQuery {
+            statuses: vec![BackupStatus::Expired],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(expired.len(), 1);
 
-    let dry = repo.prune(PruneOptions { dry_run: true, ..now_prune() }).await.unwrap();
+    let dry = repo
+        .prune(PruneOptions {
+            dry_run: true,
+            ..now_prune()
+        })
+        .await
+        .unwrap();
     assert!(dry.condemned_packs > 0);
-    assert_eq!(data_bytes(mem.as_ref()).await, before, "a dry run deletes nothing");
+    assert_eq!(
+        data_bytes(mem.as_ref()).await,
+        before,
+        "a dry run deletes nothing"
+    );
 
     let first = repo.prune(now_prune()).await.unwrap();
     assert!(first.condemned_packs > 0);
     assert_eq!(first.deleted_packs, 0, "phase 1 deletes nothing");
-    assert!(repo.verify(VerifyOptions { full: true }).await.unwrap().is_ok());
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
     let second = repo.prune(now_prune()).await.unwrap();
     assert_eq!(second.deleted_packs, first.condemned_packs);
     assert!(second.freed_bytes >= 6 << 20);
     assert!(data_bytes(mem.as_ref()).await < before - (5 << 20));
-    assert!(repo.verify(VerifyOptions { full: true }).await.unwrap().is_ok());
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
     let target = MemoryTarget::new();
-    repo.restore("latest", &target, Default::default()).await.unwrap();
+    repo.restore("latest", &target, Default::default())
+        .await
+        .unwrap();
     assert!(target.content("b").unwrap() == keep);
     assert!(repo.prune_plans().await.unwrap().is_empty());
 }
@@ -88,10 +140,23 @@ async fn forgotten_data_is_freed_in_two_phases_and_kept_data_stays_restorable() 
 async fn a_plan_younger_than_the_grace_period_waits() {
     let mem = Arc::new(MemorySink::new());
     let repo = repo_on(mem.clone()).await;
-    repo.backup(&MemorySource::new("s").file("a", data(2 << 20, 1)), Default::default()).await.unwrap();
-    repo.backup(&MemorySource::new("s").file("b", data(2 << 20, 2)), Default::default()).await.unwrap();
+    repo.backup(
+        &MemorySource::new("s").file("a", data(2 << 20, 1)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    repo.backup(
+        &MemorySource::new("s").file("b", data(2 << 20, 2)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     forget_all_but_last(&repo).await;
-    let opts = PruneOptions { grace: Duration::from_secs(3600), ..Default::default() };
+    let opts = PruneOptions {
+        grace: Duration::from_secs(3600),
+        ..Default::default()
+    };
     repo.prune(opts).await.unwrap();
     let again = repo.prune(opts).await.unwrap();
     assert_eq!(again.deleted_packs, 0);
@@ -113,20 +178,31 @@ struct GatedSession {
 #[async_trait]
 impl Source for GatedSource {
     fn descriptor(&self) -> SourceDescriptor {
-        SourceDescriptor { id: "gated".into(), kind: "memory".into() }
+        SourceDescriptor {
+            id: "gated".into(),
+            kind: "memory".into(),
+        }
     }
     async fn start(&self) -> Result<Box<dyn SourceSession>, AdapterError> {
-        Ok(Box::new(GatedSession { content: Some(self.content.clone()), gate: self.gate.clone() }))
+        Ok(Box::new(GatedSession {
+            content: Some(self.content.clone()),
+            gate: self.gate.clone(),
+        }))
     }
 }
 
 #[async_trait]
 impl SourceSession for GatedSession {
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
-        let Some(content) = self.content.take() else { return Ok(None) };
+        let Some(content) = self.content.take() else {
+            return Ok(None);
+        };
         let _permit = self.gate.acquire().await.unwrap();
         let meta = EntryMeta::file("f", content.len() as u64);
-        Ok(Some(SourceEntry { meta, content: Some(Box::pin(std::io::Cursor::new(content))) }))
+        Ok(Some(SourceEntry {
+            meta,
+            content: Some(Box::pin(std::io::Cursor::new(content))),
+        }))
     }
     async fn finish(&mut self) -> Result<SourceMetadata, AdapterError> {
         Ok(Default::default())
@@ -138,14 +214,27 @@ async fn a_backup_that_races_a_prune_keeps_what_it_deduplicated_against() {
     let mem = Arc::new(MemorySink::new());
     let repo = repo_on(mem.clone()).await;
     let content = data(4 << 20, 9);
-    repo.backup(&MemorySource::new("old").file("f", content.clone()), Default::default()).await.unwrap();
-    repo.backup(&MemorySource::new("other").file("g", data(1 << 20, 3)), Default::default()).await.unwrap();
+    repo.backup(
+        &MemorySource::new("old").file("f", content.clone()),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    repo.backup(
+        &MemorySource::new("other").file("g", data(1 << 20, 3)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
 
     // The racing backup loads the index (with the soon-to-be garbage packs) and then waits.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let racing = {
         let repo = repo.clone();
-        let src = GatedSource { content: content.clone(), gate: gate.clone() };
+        let src = GatedSource {
+            content: content.clone(),
+            gate: gate.clone(),
+        };
         tokio::spawn(async move { repo.backup(&src, Default::default()).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -154,30 +243,51 @@ async fn a_backup_that_races_a_prune_keeps_what_it_deduplicated_against() {
     // the racing backup, whose lock is older than the plan.
     let old = repo.latest_for_source("old").await.unwrap().unwrap();
     let records = repo.catalog().list(&CatalogQuery::default()).await.unwrap();
-    let mut plan = retention::plan(&StandardPolicy::from_toml("keep_last = 1").unwrap(), &records, chrono::Utc::now());
-    plan.decisions.iter_mut().filter(|d| d.id == old.id).for_each(|d| d.action = retention::Action::Delete);
+    let mut plan = retention::plan(
+        &StandardPolicy::from_toml("keep_last = 1").unwrap(),
+        &records,
+        chrono::Utc::now(),
+    );
+    plan.decisions
+        .iter_mut()
+        .filter(|d| d.id == old.id)
+        .for_each(|d| d.action = retention::Action::Delete);
     repo.forget(&plan).await.unwrap();
     let first = repo.prune(now_prune()).await.unwrap();
     assert!(first.condemned_packs > 0);
     let second = repo.prune(now_prune()).await.unwrap();
     assert_eq!(second.deleted_packs, 0, "{second:?}");
-    assert!(second.waiting_plans.iter().any(|w| w.contains("backup")), "{second:?}");
+    assert!(
+        second.waiting_plans.iter().any(|w| w.contains("backup")),
+        "{second:?}"
+    );
 
     gate.add_permits(1);
     let report = racing.await.unwrap().unwrap();
-    assert_eq!(report.record.new_bytes, 0, "the racing backup deduplicated against the condemned pack");
+    assert_eq!(
+        report.record.new_bytes, 0,
+        "the racing backup deduplicated against the condemned pack"
+    );
     // Readable through the plan before the next prune…
     let target = MemoryTarget::new();
-    repo.restore(&report.record.id, &target, Default::default()).await.unwrap();
+    repo.restore(&report.record.id, &target, Default::default())
+        .await
+        .unwrap();
     assert!(target.content("f").unwrap() == content);
-    assert!(repo.verify(VerifyOptions { full: true }).await.unwrap().is_ok());
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
     // …and resurrected by it.
     let third = repo.prune(now_prune()).await.unwrap();
     assert!(third.resurrected_packs > 0, "{third:?}");
     let v = repo.verify(VerifyOptions { full: true }).await.unwrap();
     assert!(v.is_ok(), "{v:?}");
     let target = MemoryTarget::new();
-    repo.restore(&report.record.id, &target, Default::default()).await.unwrap();
+    repo.restore(&report.record.id, &target, Default::default())
+        .await
+        .unwrap();
     assert!(target.content("f").unwrap() == content);
 }
 
@@ -186,7 +296,12 @@ async fn prune_killed_part_way_leaves_a_sound_repository_and_the_next_prune_fini
     let faulty = Arc::new(FaultySink::new(MemorySink::new(), -1));
     let repo = repo_on(faulty.clone()).await;
     for i in 0..4u64 {
-        repo.backup(&MemorySource::new("s").file("f", data(2 << 20, i)), Default::default()).await.unwrap();
+        repo.backup(
+            &MemorySource::new("s").file("f", data(2 << 20, i)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     }
     forget_all_but_last(&repo).await;
     for budget in [1, 2, 3] {
@@ -199,9 +314,15 @@ async fn prune_killed_part_way_leaves_a_sound_repository_and_the_next_prune_fini
     repo.prune(now_prune()).await.unwrap();
     let last = repo.prune(now_prune()).await.unwrap();
     assert_eq!(last.condemned_packs, 0, "{last:?}");
-    assert!(repo.verify(VerifyOptions { full: true }).await.unwrap().is_ok());
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
     let target = MemoryTarget::new();
-    repo.restore("latest", &target, Default::default()).await.unwrap();
+    repo.restore("latest", &target, Default::default())
+        .await
+        .unwrap();
     assert!(target.content("f").unwrap() == data(2 << 20, 3));
 }
 
@@ -219,7 +340,9 @@ async fn prune_in_a_loop_beside_backups_in_a_loop_loses_nothing() {
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 // Half the content repeats across rounds, so dedup hits packs prune is judging.
-                let src = MemorySource::new("s").file("same", data(1 << 20, i % 3)).file("new", data(1 << 20, 100 + i));
+                let src = MemorySource::new("s")
+                    .file("same", data(1 << 20, i % 3))
+                    .file("new", data(1 << 20, 100 + i));
                 repo.backup(&src, Default::default()).await.unwrap();
                 i += 1;
                 done.store(i, std::sync::atomic::Ordering::SeqCst);
@@ -229,7 +352,9 @@ async fn prune_in_a_loop_beside_backups_in_a_loop_loses_nothing() {
     };
     let mut freed = 0;
     let started = std::time::Instant::now();
-    while done.load(std::sync::atomic::Ordering::SeqCst) < 6 && started.elapsed() < Duration::from_secs(120) {
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 6
+        && started.elapsed() < Duration::from_secs(120)
+    {
         forget_all_but_last(&repo).await;
         freed += repo.prune(now_prune()).await.unwrap().freed_bytes;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -240,8 +365,18 @@ async fn prune_in_a_loop_beside_backups_in_a_loop_loses_nothing() {
     assert!(freed > 0, "prune freed nothing");
     let v = repo.verify(VerifyOptions { full: true }).await.unwrap();
     assert!(v.is_ok(), "{v:?}");
-    for r in repo.catalog().list(&CatalogQuery { statuses: vec![BackupStatus::Succeeded], ..Default::default() }).await.unwrap() {
-        repo.restore(&r.id, &MemoryTarget::new(), Default::default()).await.unwrap();
+    for r in repo
+        .catalog()
+        .list(&CatalogQuery {
+            statuses: vec![BackupStatus::Succeeded],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    {
+        repo.restore(&r.id, &MemoryTarget::new(), Default::default())
+            .await
+            .unwrap();
     }
 }
 
@@ -251,25 +386,59 @@ async fn append_only_mode_backs_up_but_refuses_every_delete_and_overwrite() {
     let mem = Arc::new(MemorySink::new());
     let admin = repo_on(mem.clone()).await;
     let appender: Arc<dyn Sink> = Arc::new(AppendOnlySink::new(mem.clone()));
-    let repo = Repository::open(appender.clone(), &KeyFileProvider::from_key([1; 32])).await.unwrap();
+    let repo = Repository::open(appender.clone(), &KeyFileProvider::from_key([1; 32]))
+        .await
+        .unwrap();
     let content = data(2 << 20, 5);
-    repo.backup(&MemorySource::new("s").file("a", content.clone()), Default::default()).await.unwrap();
-    repo.backup(&MemorySource::new("s").file("b", data(2 << 20, 6)), Default::default()).await.unwrap();
+    repo.backup(
+        &MemorySource::new("s").file("a", content.clone()),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    repo.backup(
+        &MemorySource::new("s").file("b", data(2 << 20, 6)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
 
     let records = repo.catalog().list(&CatalogQuery::default()).await.unwrap();
-    let plan = retention::plan(&StandardPolicy::from_toml("keep_last = 1").unwrap(), &records, chrono::Utc::now());
+    let plan = retention::plan(
+        &StandardPolicy::from_toml("keep_last = 1").unwrap(),
+        &records,
+        chrono::Utc::now(),
+    );
     let err = repo.forget(&plan).await.unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    let packs: Vec<String> = mem.list("data/").map_ok(|m| m.key).try_collect().await.unwrap();
+    let packs: Vec<String> = mem
+        .list("data/")
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await
+        .unwrap();
     let err = appender.delete(&packs[0]).await.unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    let err = appender.put("config", "{}".into(), PutMode::Overwrite).await.unwrap_err();
+    let err = appender
+        .put("config", "{}".into(), PutMode::Overwrite)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
     assert!(repo.prune(now_prune()).await.is_err() || data_bytes(mem.as_ref()).await > 0);
     // Nothing was lost: the maintenance side still sees and restores everything.
-    assert!(admin.verify(VerifyOptions { full: true }).await.unwrap().is_ok());
-    let first = records.iter().find(|r| r.status == BackupStatus::Succeeded).unwrap();
+    assert!(admin
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
+    let first = records
+        .iter()
+        .find(|r| r.status == BackupStatus::Succeeded)
+        .unwrap();
     let target = MemoryTarget::new();
-    admin.restore(&first.id, &target, Default::default()).await.unwrap();
+    admin
+        .restore(&first.id, &target, Default::default())
+        .await
+        .unwrap();
     assert!(target.content("a").unwrap() == content);
 }

@@ -13,7 +13,10 @@ fn record(id: &str, source: &str, at: DateTime<Utc>, status: BackupStatus) -> Ba
     BackupRecord {
         id: id.into(),
         revision: 2,
-        source: SourceDescriptor { id: source.into(), kind: "dir".into() },
+        source: SourceDescriptor {
+            id: source.into(),
+            kind: "dir".into(),
+        },
         kind: BackupKind::Full,
         status,
         error: None,
@@ -45,7 +48,14 @@ fn arb_status() -> impl Strategy<Value = BackupStatus> {
 
 fn arb_records() -> impl Strategy<Value = Vec<BackupRecord>> {
     proptest::collection::vec(
-        (0u32..3, 0i64..(400 * 24), arb_status(), any::<bool>(), prop::bool::weighted(0.1), prop::bool::weighted(0.2)),
+        (
+            0u32..3,
+            0i64..(400 * 24),
+            arb_status(),
+            any::<bool>(),
+            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.2),
+        ),
         0..60,
     )
     .prop_map(|v| {
@@ -53,7 +63,12 @@ fn arb_records() -> impl Strategy<Value = Vec<BackupRecord>> {
         v.into_iter()
             .enumerate()
             .map(|(i, (src, hours, status, prod, hold, wal))| {
-                let mut r = record(&format!("b{i:03}"), &format!("s{src}"), base + Duration::hours(hours), status);
+                let mut r = record(
+                    &format!("b{i:03}"),
+                    &format!("s{src}"),
+                    base + Duration::hours(hours),
+                    status,
+                );
                 if prod {
                     r.labels.insert("env".into(), "prod".into());
                 }
@@ -78,28 +93,45 @@ fn arb_rules() -> impl Strategy<Value = KeepRules> {
         proptest::option::of(0i64..100),
         proptest::option::of((1i64..60, 0i64..300)),
     )
-        .prop_map(|(last, hourly, daily, weekly, monthly, yearly, within, tiers)| KeepRules {
-            keep_last: last,
-            keep_hourly: hourly,
-            keep_daily: daily,
-            keep_weekly: weekly,
-            keep_monthly: monthly,
-            keep_yearly: yearly,
-            keep_within: within.map(RetentionDuration::days),
-            hot: tiers.map(|(h, _)| RetentionDuration::days(h)),
-            cold: tiers.map(|(h, c)| RetentionDuration::days(h + c)),
-        })
+        .prop_map(
+            |(last, hourly, daily, weekly, monthly, yearly, within, tiers)| KeepRules {
+                keep_last: last,
+                keep_hourly: hourly,
+                keep_daily: daily,
+                keep_weekly: weekly,
+                keep_monthly: monthly,
+                keep_yearly: yearly,
+                keep_within: within.map(RetentionDuration::days),
+                hot: tiers.map(|(h, _)| RetentionDuration::days(h)),
+                cold: tiers.map(|(h, c)| RetentionDuration::days(h + c)),
+            },
+        )
 }
 
 fn arb_policy() -> impl Strategy<Value = StandardPolicy> {
-    (arb_rules(), proptest::option::of(arb_rules()), prop::sample::select(vec!["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"]), proptest::option::of(0i64..30))
+    (
+        arb_rules(),
+        proptest::option::of(arb_rules()),
+        prop::sample::select(vec![
+            "UTC",
+            "Europe/Berlin",
+            "America/New_York",
+            "Australia/Lord_Howe",
+        ]),
+        proptest::option::of(0i64..30),
+    )
         .prop_map(|(default, prod, tz, pitr)| StandardPolicy {
             default,
             timezone: Some(tz.into()),
             pitr_window: pitr.map(RetentionDuration::days),
             per_source: BTreeMap::new(),
             per_label: prod
-                .map(|rules| vec![retention::LabelRules { label: "env=prod".into(), rules }])
+                .map(|rules| {
+                    vec![retention::LabelRules {
+                        label: "env=prod".into(),
+                        rules,
+                    }]
+                })
                 .unwrap_or_default(),
         })
 }
@@ -197,7 +229,11 @@ fn legal_hold_wins_over_every_rule_and_release_lets_it_go() {
     let policy = StandardPolicy::from_toml("keep_last = 1").unwrap();
     let plan = retention::plan(&policy, &[old.clone(), newer.clone()], t);
     assert_eq!(plan.get("old").unwrap().action, Action::Keep);
-    assert!(plan.get("old").unwrap().reasons.contains(&"legal hold".to_string()));
+    assert!(plan
+        .get("old")
+        .unwrap()
+        .reasons
+        .contains(&"legal hold".to_string()));
     old.legal_hold = false;
     let plan = retention::plan(&policy, &[old, newer], t);
     assert_eq!(plan.get("old").unwrap().action, Action::Delete);
@@ -209,7 +245,14 @@ fn ninety_days_hot_then_cold_until_a_year_then_deleted() {
     let policy = StandardPolicy::from_toml("hot = \"90d\"\ncold = \"365d\"").unwrap();
     let records: Vec<_> = [1, 89, 91, 200, 364, 366, 1000]
         .iter()
-        .map(|d| record(&format!("d{d:04}"), "s", t - Duration::days(*d), BackupStatus::Succeeded))
+        .map(|d| {
+            record(
+                &format!("d{d:04}"),
+                "s",
+                t - Duration::days(*d),
+                BackupStatus::Succeeded,
+            )
+        })
         .collect();
     let plan = retention::plan(&policy, &records, t);
     let action = |id: &str| plan.get(id).unwrap().action;
@@ -226,20 +269,31 @@ fn ninety_days_hot_then_cold_until_a_year_then_deleted() {
 fn daily_buckets_follow_the_zone_across_daylight_saving_changes() {
     // Europe/Berlin leaves summer time on 2026-10-25 at 03:00 CEST (01:00 UTC).
     let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
-    let at = |y, m, d, h, min| tz.with_ymd_and_hms(y, m, d, h, min, 0).earliest().unwrap().with_timezone(&Utc);
+    let at = |y, m, d, h, min| {
+        tz.with_ymd_and_hms(y, m, d, h, min, 0)
+            .earliest()
+            .unwrap()
+            .with_timezone(&Utc)
+    };
     let records = vec![
         record("a", "s", at(2026, 10, 24, 23, 30), BackupStatus::Succeeded), // Oct 24 local
-        record("b", "s", at(2026, 10, 25, 0, 30), BackupStatus::Succeeded),  // Oct 25 local, Oct 24 in UTC
+        record("b", "s", at(2026, 10, 25, 0, 30), BackupStatus::Succeeded), // Oct 25 local, Oct 24 in UTC
         record("c", "s", at(2026, 10, 25, 23, 30), BackupStatus::Succeeded), // Oct 25 local
-        record("d", "s", at(2026, 10, 26, 0, 15), BackupStatus::Succeeded),  // Oct 26 local, Oct 25 in UTC
+        record("d", "s", at(2026, 10, 26, 0, 15), BackupStatus::Succeeded), // Oct 26 local, Oct 25 in UTC
     ];
     let berlin = StandardPolicy::from_toml("keep_daily = 3\ntimezone = \"Europe/Berlin\"").unwrap();
     let plan = retention::plan(&berlin, &records, now());
-    let kept: Vec<_> = plan.with_action(Action::Keep).map(|d| d.id.as_str()).collect();
+    let kept: Vec<_> = plan
+        .with_action(Action::Keep)
+        .map(|d| d.id.as_str())
+        .collect();
     assert_eq!(kept, vec!["a", "c", "d"]);
     let utc = StandardPolicy::from_toml("keep_daily = 3").unwrap();
     let plan = retention::plan(&utc, &records, now());
-    let kept: Vec<_> = plan.with_action(Action::Keep).map(|d| d.id.as_str()).collect();
+    let kept: Vec<_> = plan
+        .with_action(Action::Keep)
+        .map(|d| d.id.as_str())
+        .collect();
     // In UTC, a+b fall on Oct 24 (b newest) and c+d on Oct 25 (d newest).
     assert_eq!(kept, vec!["b", "d"]);
 }
@@ -247,11 +301,23 @@ fn daily_buckets_follow_the_zone_across_daylight_saving_changes() {
 #[test]
 fn the_repeated_hour_of_a_fall_back_is_two_hourly_buckets() {
     let tz: chrono_tz::Tz = "America/New_York".parse().unwrap();
-    let first = tz.with_ymd_and_hms(2026, 11, 1, 1, 30, 0).earliest().unwrap().with_timezone(&Utc);
-    let second = tz.with_ymd_and_hms(2026, 11, 1, 1, 30, 0).latest().unwrap().with_timezone(&Utc);
+    let first = tz
+        .with_ymd_and_hms(2026, 11, 1, 1, 30, 0)
+        .earliest()
+        .unwrap()
+        .with_timezone(&Utc);
+    let second = tz
+        .with_ymd_and_hms(2026, 11, 1, 1, 30, 0)
+        .latest()
+        .unwrap()
+        .with_timezone(&Utc);
     assert_eq!(second - first, Duration::hours(1));
-    let records = vec![record("x", "s", first, BackupStatus::Succeeded), record("y", "s", second, BackupStatus::Succeeded)];
-    let policy = StandardPolicy::from_toml("keep_hourly = 5\ntimezone = \"America/New_York\"").unwrap();
+    let records = vec![
+        record("x", "s", first, BackupStatus::Succeeded),
+        record("y", "s", second, BackupStatus::Succeeded),
+    ];
+    let policy =
+        StandardPolicy::from_toml("keep_hourly = 5\ntimezone = \"America/New_York\"").unwrap();
     let plan = retention::plan(&policy, &records, now());
     assert_eq!(plan.with_action(Action::Keep).count(), 2);
 }
@@ -265,11 +331,25 @@ fn iso_weeks_span_the_year_boundary() {
         record("w53b", "s", t(2027, 1, 3), BackupStatus::Succeeded),
         record("w01", "s", t(2027, 1, 4), BackupStatus::Succeeded),
     ];
-    let plan = retention::plan(&StandardPolicy::from_toml("keep_weekly = 5").unwrap(), &records, now());
-    let kept: Vec<_> = plan.with_action(Action::Keep).map(|d| d.id.as_str()).collect();
+    let plan = retention::plan(
+        &StandardPolicy::from_toml("keep_weekly = 5").unwrap(),
+        &records,
+        now(),
+    );
+    let kept: Vec<_> = plan
+        .with_action(Action::Keep)
+        .map(|d| d.id.as_str())
+        .collect();
     assert_eq!(kept, vec!["w01", "w53b"]);
-    let yearly = retention::plan(&StandardPolicy::from_toml("keep_yearly = 5").unwrap(), &records, now());
-    let kept: Vec<_> = yearly.with_action(Action::Keep).map(|d| d.id.as_str()).collect();
+    let yearly = retention::plan(
+        &StandardPolicy::from_toml("keep_yearly = 5").unwrap(),
+        &records,
+        now(),
+    );
+    let kept: Vec<_> = yearly
+        .with_action(Action::Keep)
+        .map(|d| d.id.as_str())
+        .collect();
     assert_eq!(kept, vec!["w01", "w53a"]);
 }
 
@@ -280,7 +360,11 @@ fn failed_backups_never_count_as_the_kept_one() {
         record("good", "s", t - Duration::days(3), BackupStatus::Succeeded),
         record("bad", "s", t - Duration::days(1), BackupStatus::Failed),
     ];
-    let plan = retention::plan(&StandardPolicy::from_toml("keep_last = 1").unwrap(), &records, t);
+    let plan = retention::plan(
+        &StandardPolicy::from_toml("keep_last = 1").unwrap(),
+        &records,
+        t,
+    );
     assert_eq!(plan.get("good").unwrap().action, Action::Keep);
     assert_eq!(plan.get("bad").unwrap().action, Action::Delete);
 }
@@ -297,13 +381,25 @@ fn bad_policy_documents_are_refused_with_the_reason() {
         let err = StandardPolicy::from_toml(doc).unwrap_err();
         assert!(err.contains(needle), "{doc}: {err}");
     }
-    assert!(StandardPolicy::from_json(r#"{"keep_last": 3, "per_label": [{"label": "env=prod", "rules": {"keep_daily": 7}}]}"#).is_ok());
+    assert!(StandardPolicy::from_json(
+        r#"{"keep_last": 3, "per_label": [{"label": "env=prod", "rules": {"keep_daily": 7}}]}"#
+    )
+    .is_ok());
 }
 
 #[test]
 fn an_empty_policy_keeps_everything() {
     let t = now();
-    let records: Vec<_> = (0..5).map(|i| record(&format!("r{i}"), "s", t - Duration::days(i * 100), BackupStatus::Succeeded)).collect();
+    let records: Vec<_> = (0..5)
+        .map(|i| {
+            record(
+                &format!("r{i}"),
+                "s",
+                t - Duration::days(i * 100),
+                BackupStatus::Succeeded,
+            )
+        })
+        .collect();
     let plan = retention::plan(&StandardPolicy::default(), &records, t);
     assert!(plan.decisions.iter().all(|d| d.action == Action::Keep));
 }

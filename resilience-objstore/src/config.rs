@@ -87,7 +87,10 @@ fn redact(url: &str) -> String {
 impl StoreUrl {
     /// Parses a URL or a plain local path.
     pub fn parse(text: &str) -> Result<Self, StoreConfigError> {
-        let invalid = |reason: &str| StoreConfigError::Invalid { url: redact(text), reason: reason.to_owned() };
+        let invalid = |reason: &str| StoreConfigError::Invalid {
+            url: redact(text),
+            reason: reason.to_owned(),
+        };
         if !text.contains("://") {
             if text.is_empty() {
                 return Err(invalid("empty location"));
@@ -95,10 +98,18 @@ impl StoreUrl {
             return Ok(StoreUrl::Local(PathBuf::from(text)));
         }
         let url = Url::parse(text).map_err(|e| invalid(&e.to_string()))?;
-        let bucket = || url.host_str().map(str::to_owned).filter(|b| !b.is_empty()).ok_or_else(|| invalid("missing bucket name"));
+        let bucket = || {
+            url.host_str()
+                .map(str::to_owned)
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| invalid("missing bucket name"))
+        };
         let prefix = url.path().trim_matches('/').to_owned();
         match url.scheme() {
-            "file" => Ok(StoreUrl::Local(url.to_file_path().map_err(|_| invalid("not an absolute file path"))?)),
+            "file" => Ok(StoreUrl::Local(
+                url.to_file_path()
+                    .map_err(|_| invalid("not an absolute file path"))?,
+            )),
             "memory" => Ok(StoreUrl::Memory),
             "s3" | "s3a" => {
                 let mut endpoint = None;
@@ -107,21 +118,42 @@ impl StoreUrl {
                     match k.as_ref() {
                         "endpoint" => endpoint = Some(v.into_owned()),
                         "region" => region = Some(v.into_owned()),
-                        other => return Err(invalid(&format!("unknown parameter {other:?} (endpoint, region)"))),
+                        other => {
+                            return Err(invalid(&format!(
+                                "unknown parameter {other:?} (endpoint, region)"
+                            )))
+                        }
                     }
                 }
-                Ok(StoreUrl::S3 { bucket: bucket()?, prefix, endpoint, region })
+                Ok(StoreUrl::S3 {
+                    bucket: bucket()?,
+                    prefix,
+                    endpoint,
+                    region,
+                })
             }
-            "gs" => Ok(StoreUrl::Gcs { bucket: bucket()?, prefix }),
-            "az" | "azure" => Ok(StoreUrl::Azure { container: bucket()?, prefix }),
-            other => Err(invalid(&format!("unknown scheme {other:?} (use a path, file://, s3://, gs://, az:// or memory://)"))),
+            "gs" => Ok(StoreUrl::Gcs {
+                bucket: bucket()?,
+                prefix,
+            }),
+            "az" | "azure" => Ok(StoreUrl::Azure {
+                container: bucket()?,
+                prefix,
+            }),
+            other => Err(invalid(&format!(
+                "unknown scheme {other:?} (use a path, file://, s3://, gs://, az:// or memory://)"
+            ))),
         }
     }
 }
 
 fn retry() -> RetryConfig {
     RetryConfig {
-        backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5), base: 2.0 },
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
         max_retries: 5,
         retry_timeout: Duration::from_secs(120),
     }
@@ -129,7 +161,9 @@ fn retry() -> RetryConfig {
 
 /// Whether an endpoint URL points at this machine.
 fn is_loopback(endpoint: &str) -> bool {
-    let Ok(url) = Url::parse(endpoint) else { return false };
+    let Ok(url) = Url::parse(endpoint) else {
+        return false;
+    };
     match url.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
@@ -145,39 +179,70 @@ fn check_http(text: &str, endpoint: &str) -> Result<bool, StoreConfigError> {
         }
         return Err(StoreConfigError::Invalid {
             url: redact(text),
-            reason: format!("plain http to {endpoint} is refused: use https, or a loopback endpoint"),
+            reason: format!(
+                "plain http to {endpoint} is refused: use https, or a loopback endpoint"
+            ),
         });
     }
     Ok(false)
 }
 
 fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
-    let client = |source| StoreConfigError::Client { url: redact(text), source };
+    let client = |source| StoreConfigError::Client {
+        url: redact(text),
+        source,
+    };
     Ok(match StoreUrl::parse(text)? {
-        StoreUrl::Memory => Arc::new(ObjectStoreSink::new(Arc::new(object_store::memory::InMemory::new()), "", "memory://")),
+        StoreUrl::Memory => Arc::new(ObjectStoreSink::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "",
+            "memory://",
+        )),
         StoreUrl::Local(path) => {
             if !path.exists() {
                 if !create {
-                    return Err(StoreConfigError::MissingDirectory { path: path.display().to_string() });
+                    return Err(StoreConfigError::MissingDirectory {
+                        path: path.display().to_string(),
+                    });
                 }
                 std::fs::create_dir_all(&path).map_err(|e| StoreConfigError::Invalid {
                     url: text.to_owned(),
                     reason: format!("cannot create directory: {e}"),
                 })?;
             }
-            let root = std::fs::canonicalize(&path).map_err(|e| StoreConfigError::Invalid { url: text.to_owned(), reason: e.to_string() })?;
+            let root = std::fs::canonicalize(&path).map_err(|e| StoreConfigError::Invalid {
+                url: text.to_owned(),
+                reason: e.to_string(),
+            })?;
             if !root.is_dir() {
-                return Err(StoreConfigError::Invalid { url: text.to_owned(), reason: "not a directory".into() });
+                return Err(StoreConfigError::Invalid {
+                    url: text.to_owned(),
+                    reason: "not a directory".into(),
+                });
             }
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&root).map_err(client)?;
-            Arc::new(ObjectStoreSink::new(Arc::new(store), "", &root.display().to_string()).with_local_root(root))
+            let store =
+                object_store::local::LocalFileSystem::new_with_prefix(&root).map_err(client)?;
+            Arc::new(
+                ObjectStoreSink::new(Arc::new(store), "", &root.display().to_string())
+                    .with_local_root(root),
+            )
         }
-        StoreUrl::S3 { bucket, prefix, endpoint, region } => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket).with_retry(retry());
+        StoreUrl::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+        } => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(&bucket)
+                .with_retry(retry());
             let endpoint = endpoint.or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
             if let Some(ep) = &endpoint {
                 let http = check_http(text, ep)?;
-                b = b.with_endpoint(ep).with_virtual_hosted_style_request(false).with_allow_http(http);
+                b = b
+                    .with_endpoint(ep)
+                    .with_virtual_hosted_style_request(false)
+                    .with_allow_http(http);
             }
             if let Some(r) = region.or_else(|| std::env::var("AWS_REGION").ok()) {
                 b = b.with_region(r);
@@ -187,8 +252,16 @@ fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
             Arc::new(ObjectStoreSink::new(Arc::new(store), &prefix, &location))
         }
         StoreUrl::Gcs { bucket, prefix } => {
-            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket).with_retry(retry()).build().map_err(client)?;
-            Arc::new(ObjectStoreSink::new(Arc::new(store), &prefix, &format!("gs://{bucket}/{prefix}")))
+            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&bucket)
+                .with_retry(retry())
+                .build()
+                .map_err(client)?;
+            Arc::new(ObjectStoreSink::new(
+                Arc::new(store),
+                &prefix,
+                &format!("gs://{bucket}/{prefix}"),
+            ))
         }
         StoreUrl::Azure { container, prefix } => {
             let store = object_store::azure::MicrosoftAzureBuilder::from_env()
@@ -196,7 +269,11 @@ fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
                 .with_retry(retry())
                 .build()
                 .map_err(client)?;
-            Arc::new(ObjectStoreSink::new(Arc::new(store), &prefix, &format!("az://{container}/{prefix}")))
+            Arc::new(ObjectStoreSink::new(
+                Arc::new(store),
+                &prefix,
+                &format!("az://{container}/{prefix}"),
+            ))
         }
     })
 }
@@ -217,12 +294,23 @@ mod tests {
 
     #[test]
     fn parses_every_form() {
-        assert_eq!(StoreUrl::parse("/tmp/r").unwrap(), StoreUrl::Local("/tmp/r".into()));
-        assert_eq!(StoreUrl::parse("file:///tmp/r").unwrap(), StoreUrl::Local("/tmp/r".into()));
+        assert_eq!(
+            StoreUrl::parse("/tmp/r").unwrap(),
+            StoreUrl::Local("/tmp/r".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("file:///tmp/r").unwrap(),
+            StoreUrl::Local("/tmp/r".into())
+        );
         assert_eq!(StoreUrl::parse("memory://").unwrap(), StoreUrl::Memory);
         assert_eq!(
             StoreUrl::parse("s3://b/p/q?endpoint=http://127.0.0.1:3900&region=dc-b").unwrap(),
-            StoreUrl::S3 { bucket: "b".into(), prefix: "p/q".into(), endpoint: Some("http://127.0.0.1:3900".into()), region: Some("dc-b".into()) }
+            StoreUrl::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into(),
+                endpoint: Some("http://127.0.0.1:3900".into()),
+                region: Some("dc-b".into())
+            }
         );
         assert!(StoreUrl::parse("s3://b/p?bogus=1").is_err());
         assert!(StoreUrl::parse("ftp://x/y").is_err());

@@ -63,20 +63,31 @@ impl ObjectStoreSink {
     /// The key of a listed path: without the prefix, with object_store's percent-encoding of
     /// odd characters undone (so keys come back exactly as they were put).
     fn key_of(&self, path: &Path) -> String {
-        let prefix_parts = if self.prefix.is_empty() { 0 } else { Path::from(self.prefix.as_str()).parts().count() };
+        let prefix_parts = if self.prefix.is_empty() {
+            0
+        } else {
+            Path::from(self.prefix.as_str()).parts().count()
+        };
         path.parts()
             .skip(prefix_parts)
-            .map(|p| percent_encoding::percent_decode_str(p.as_ref()).decode_utf8_lossy().into_owned())
+            .map(|p| {
+                percent_encoding::percent_decode_str(p.as_ref())
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
             .collect::<Vec<_>>()
             .join("/")
     }
 
     fn error(&self, operation: &'static str, key: &str, e: object_store::Error) -> SinkError {
         match e {
-            object_store::Error::NotFound { .. } => SinkError::NotFound { key: key.to_owned() },
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-                SinkError::AlreadyExists { key: key.to_owned() }
-            }
+            object_store::Error::NotFound { .. } => SinkError::NotFound {
+                key: key.to_owned(),
+            },
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => SinkError::AlreadyExists {
+                key: key.to_owned(),
+            },
             other => SinkError::Backend {
                 operation,
                 key: key.to_owned(),
@@ -87,7 +98,9 @@ impl ObjectStoreSink {
     }
 
     async fn make_durable(&self, key: &str) -> Result<(), SinkError> {
-        let Some(root) = &self.local_root else { return Ok(()) };
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
         let file = root.join(self.path(key).as_ref());
         let key = key.to_owned();
         let location = self.location.clone();
@@ -99,8 +112,18 @@ impl ObjectStoreSink {
             Ok(())
         })
         .await
-        .map_err(|e| SinkError::Backend { operation: "fsync", key: key.clone(), location: location.clone(), source: Box::new(e) })?
-        .map_err(|e| SinkError::Backend { operation: "fsync", key, location, source: Box::new(e) })
+        .map_err(|e| SinkError::Backend {
+            operation: "fsync",
+            key: key.clone(),
+            location: location.clone(),
+            source: Box::new(e),
+        })?
+        .map_err(|e| SinkError::Backend {
+            operation: "fsync",
+            key,
+            location,
+            source: Box::new(e),
+        })
     }
 
     async fn exists(&self, key: &str) -> Result<bool, SinkError> {
@@ -112,7 +135,11 @@ impl ObjectStoreSink {
     }
 
     async fn put_parts(&self, key: &str, data: ByteStream) -> Result<u64, SinkError> {
-        let upload = self.store.put_multipart(&self.path(key)).await.map_err(|e| self.error("put", key, e))?;
+        let upload = self
+            .store
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(|e| self.error("put", key, e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         let mut data = data;
         let mut total = 0u64;
@@ -130,7 +157,10 @@ impl ObjectStoreSink {
             }
             writer.put(part);
         }
-        writer.finish().await.map_err(|e| self.error("put", key, e))?;
+        writer
+            .finish()
+            .await
+            .map_err(|e| self.error("put", key, e))?;
         Ok(total)
     }
 }
@@ -144,11 +174,16 @@ impl Sink for ObjectStoreSink {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         if data.len() > MULTIPART_THRESHOLD {
             if mode == PutMode::Create && self.exists(key).await? {
-                return Err(SinkError::AlreadyExists { key: key.to_owned() });
+                return Err(SinkError::AlreadyExists {
+                    key: key.to_owned(),
+                });
             }
-            let parts: Vec<Result<Bytes, SinkError>> =
-                (0..data.len()).step_by(PART_SIZE).map(|i| Ok(data.slice(i..(i + PART_SIZE).min(data.len())))).collect();
-            self.put_parts(key, futures::stream::iter(parts).boxed()).await?;
+            let parts: Vec<Result<Bytes, SinkError>> = (0..data.len())
+                .step_by(PART_SIZE)
+                .map(|i| Ok(data.slice(i..(i + PART_SIZE).min(data.len()))))
+                .collect();
+            self.put_parts(key, futures::stream::iter(parts).boxed())
+                .await?;
         } else {
             let opts = PutOptions {
                 mode: match mode {
@@ -157,14 +192,23 @@ impl Sink for ObjectStoreSink {
                 },
                 ..Default::default()
             };
-            match self.store.put_opts(&self.path(key), PutPayload::from_bytes(data.clone()), opts).await {
+            match self
+                .store
+                .put_opts(&self.path(key), PutPayload::from_bytes(data.clone()), opts)
+                .await
+            {
                 Ok(_) => {}
                 // Stores without conditional puts: check, then write (a guard, not a lock).
                 Err(object_store::Error::NotImplemented) if mode == PutMode::Create => {
                     if self.exists(key).await? {
-                        return Err(SinkError::AlreadyExists { key: key.to_owned() });
+                        return Err(SinkError::AlreadyExists {
+                            key: key.to_owned(),
+                        });
                     }
-                    self.store.put(&self.path(key), PutPayload::from_bytes(data)).await.map_err(|e| self.error("put", key, e))?;
+                    self.store
+                        .put(&self.path(key), PutPayload::from_bytes(data))
+                        .await
+                        .map_err(|e| self.error("put", key, e))?;
                 }
                 Err(e) => return Err(self.error("put", key, e)),
             }
@@ -172,9 +216,16 @@ impl Sink for ObjectStoreSink {
         self.make_durable(key).await
     }
 
-    async fn put_stream(&self, key: &str, data: ByteStream, mode: PutMode) -> Result<u64, SinkError> {
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
         if mode == PutMode::Create && self.exists(key).await? {
-            return Err(SinkError::AlreadyExists { key: key.to_owned() });
+            return Err(SinkError::AlreadyExists {
+                key: key.to_owned(),
+            });
         }
         let n = self.put_parts(key, data).await?;
         self.make_durable(key).await?;
@@ -182,25 +233,45 @@ impl Sink for ObjectStoreSink {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
-        let result = self.store.get(&self.path(key)).await.map_err(|e| self.error("get", key, e))?;
+        let result = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.error("get", key, e))?;
         result.bytes().await.map_err(|e| self.error("get", key, e))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
         if range.start > range.end {
-            return Err(SinkError::BadRange { key: key.to_owned(), start: range.start, end: range.end, size: 0 });
+            return Err(SinkError::BadRange {
+                key: key.to_owned(),
+                start: range.start,
+                end: range.end,
+                size: 0,
+            });
         }
         if range.start == range.end {
             let size = self.head(key).await?.size;
             if range.end > size {
-                return Err(SinkError::BadRange { key: key.to_owned(), start: range.start, end: range.end, size });
+                return Err(SinkError::BadRange {
+                    key: key.to_owned(),
+                    start: range.start,
+                    end: range.end,
+                    size,
+                });
             }
             return Ok(Bytes::new());
         }
-        let data = self.store.get_range(&self.path(key), range.clone()).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => SinkError::NotFound { key: key.to_owned() },
-            other => self.error("get", key, other),
-        })?;
+        let data = self
+            .store
+            .get_range(&self.path(key), range.clone())
+            .await
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => SinkError::NotFound {
+                    key: key.to_owned(),
+                },
+                other => self.error("get", key, other),
+            })?;
         if data.len() as u64 != range.end - range.start {
             return Err(SinkError::BadRange {
                 key: key.to_owned(),
@@ -213,15 +284,29 @@ impl Sink for ObjectStoreSink {
     }
 
     async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
-        let result = self.store.get(&self.path(key)).await.map_err(|e| self.error("get", key, e))?;
+        let result = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.error("get", key, e))?;
         let this = self.clone();
         let key = key.to_owned();
-        Ok(result.into_stream().map_err(move |e| this.error("get", &key, e)).boxed())
+        Ok(result
+            .into_stream()
+            .map_err(move |e| this.error("get", &key, e))
+            .boxed())
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
-        let meta = self.store.head(&self.path(key)).await.map_err(|e| self.error("head", key, e))?;
-        Ok(ObjectMeta { key: key.to_owned(), size: meta.size })
+        let meta = self
+            .store
+            .head(&self.path(key))
+            .await
+            .map_err(|e| self.error("head", key, e))?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: meta.size,
+        })
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
@@ -231,7 +316,11 @@ impl Sink for ObjectStoreSink {
             None => "",
         };
         let folder_path = if folder.is_empty() {
-            if self.prefix.is_empty() { None } else { Some(Path::from(self.prefix.as_str())) }
+            if self.prefix.is_empty() {
+                None
+            } else {
+                Some(Path::from(self.prefix.as_str()))
+            }
         } else {
             Some(self.path(folder))
         };
@@ -239,7 +328,10 @@ impl Sink for ObjectStoreSink {
         self.store
             .list(folder_path.as_ref())
             .map_err(move |e| self.error("list", &wanted.clone(), e))
-            .map_ok(move |m| ObjectMeta { key: self.key_of(&m.location), size: m.size })
+            .map_ok(move |m| ObjectMeta {
+                key: self.key_of(&m.location),
+                size: m.size,
+            })
             .try_filter({
                 let prefix = prefix.to_owned();
                 move |m| futures::future::ready(m.key.starts_with(&prefix))

@@ -3,7 +3,12 @@
 /// The S3 URL of a fresh prefix in the test bucket of the Garage server that `scripts/test`
 /// started. Fails (never skips) when it is not running.
 pub fn garage_url(name: &str) -> String {
-    let vars = ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RESILIENCE_TEST_S3_BUCKET"];
+    let vars = [
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "RESILIENCE_TEST_S3_BUCKET",
+    ];
     for v in vars {
         assert!(
             std::env::var(v).is_ok(),
@@ -16,6 +21,9 @@ pub fn garage_url(name: &str) -> String {
 }
 
 fn rand_nonce() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     t ^ (std::process::id() as u64).rotate_left(32)
 }

@@ -27,7 +27,15 @@ async fn garage_s3_conforms() {
     let url = common::garage_url("conformance");
     let sink = open_sink(&url).unwrap();
     // Garage ignores If-None-Match: create-only is not enforced there.
-    conformance::run_all(sink.as_ref(), "", Capabilities { enforces_create: false, listing_size: 1100 }).await;
+    conformance::run_all(
+        sink.as_ref(),
+        "",
+        Capabilities {
+            enforces_create: false,
+            listing_size: 1100,
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -35,11 +43,16 @@ async fn a_url_endpoint_overrides_the_environment_and_a_dead_endpoint_is_a_named
     let url = common::garage_url("override");
     let good = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let sink = open_sink(&format!("{url}?endpoint={good}")).unwrap();
-    sink.put("x", "1".into(), resilience_core::sink::PutMode::Overwrite).await.unwrap();
+    sink.put("x", "1".into(), resilience_core::sink::PutMode::Overwrite)
+        .await
+        .unwrap();
     let dead = open_sink(&format!("{url}?endpoint=http://127.0.0.1:9")).unwrap();
     let started = std::time::Instant::now();
     let err = dead.get("x").await.unwrap_err();
     assert!(err.to_string().contains("x"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(150));
-    assert!(open_sink(&format!("{url}?endpoint=http://192.0.2.1:3900")).unwrap_err().to_string().contains("plain http"));
+    assert!(open_sink(&format!("{url}?endpoint=http://192.0.2.1:3900"))
+        .unwrap_err()
+        .to_string()
+        .contains("plain http"));
 }

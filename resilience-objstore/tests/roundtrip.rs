@@ -17,33 +17,60 @@ use resilience_objstore::{open_sink, open_sink_or_create};
 
 #[derive(Clone, Debug)]
 enum Node {
-    File { content: Vec<u8>, sparse_len: u64, mode: u32 },
+    File {
+        content: Vec<u8>,
+        sparse_len: u64,
+        mode: u32,
+    },
     Dir(Vec<(String, Node)>),
     Link(String),
 }
 
 fn arb_name() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["a", "a.txt", "a b", "ünï", "x-🦀", "deep", "z", "0", "file.bin"]).prop_map(str::to_owned)
+    prop::sample::select(vec![
+        "a", "a.txt", "a b", "ünï", "x-🦀", "deep", "z", "0", "file.bin",
+    ])
+    .prop_map(str::to_owned)
 }
 
 fn arb_node() -> impl Strategy<Value = Node> {
     let leaf = prop_oneof![
-        (proptest::collection::vec(any::<u8>(), 0..3000), prop::sample::select(vec![0u64, 0, 5 << 20]), prop::sample::select(vec![0o644u32, 0o600, 0o755, 0o444]))
-            .prop_map(|(content, sparse_len, mode)| Node::File { content, sparse_len, mode }),
+        (
+            proptest::collection::vec(any::<u8>(), 0..3000),
+            prop::sample::select(vec![0u64, 0, 5 << 20]),
+            prop::sample::select(vec![0o644u32, 0o600, 0o755, 0o444])
+        )
+            .prop_map(|(content, sparse_len, mode)| Node::File {
+                content,
+                sparse_len,
+                mode
+            }),
         arb_name().prop_map(Node::Link),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
-        proptest::collection::btree_map(arb_name(), inner, 0..6).prop_map(|m| Node::Dir(m.into_iter().collect()))
+        proptest::collection::btree_map(arb_name(), inner, 0..6)
+            .prop_map(|m| Node::Dir(m.into_iter().collect()))
     })
 }
 
 fn write(path: &Path, node: &Node, seed: &mut u64) {
     match node {
-        Node::File { content, sparse_len, mode } => {
+        Node::File {
+            content,
+            sparse_len,
+            mode,
+        } => {
             let mut bytes = content.clone();
             if content.len() > 2000 {
                 // Large random content: a couple of MiB, so it spans chunks.
-                bytes = (0..(2 << 20)).map(|_| { *seed ^= *seed << 13; *seed ^= *seed >> 7; *seed ^= *seed << 17; *seed as u8 }).collect();
+                bytes = (0..(2 << 20))
+                    .map(|_| {
+                        *seed ^= *seed << 13;
+                        *seed ^= *seed >> 7;
+                        *seed ^= *seed << 17;
+                        *seed as u8
+                    })
+                    .collect();
             }
             std::fs::write(path, &bytes).unwrap();
             if *sparse_len > 0 {
@@ -53,14 +80,22 @@ fn write(path: &Path, node: &Node, seed: &mut u64) {
                 f.write_at(b"middle", sparse_len / 2).unwrap();
             }
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).unwrap();
-            filetime::set_file_mtime(path, filetime::FileTime::from_unix_time(1_700_000_000 + (*seed % 1000) as i64, 123_456_789)).unwrap();
+            filetime::set_file_mtime(
+                path,
+                filetime::FileTime::from_unix_time(
+                    1_700_000_000 + (*seed % 1000) as i64,
+                    123_456_789,
+                ),
+            )
+            .unwrap();
         }
         Node::Dir(children) => {
             std::fs::create_dir(path).unwrap();
             for (name, child) in children {
                 write(&path.join(name), child, seed);
             }
-            filetime::set_file_mtime(path, filetime::FileTime::from_unix_time(1_600_000_000, 5)).unwrap();
+            filetime::set_file_mtime(path, filetime::FileTime::from_unix_time(1_600_000_000, 5))
+                .unwrap();
         }
         Node::Link(target) => std::os::unix::fs::symlink(target, path).unwrap(),
     }
@@ -72,19 +107,36 @@ fn assert_same(a: &Path, b: &Path) {
 
 /// The root is not an entry of the snapshot: only its content is compared.
 fn assert_same_at(a: &Path, b: &Path, root: bool) {
-    let (ma, mb) = (std::fs::symlink_metadata(a).unwrap(), std::fs::symlink_metadata(b).unwrap());
+    let (ma, mb) = (
+        std::fs::symlink_metadata(a).unwrap(),
+        std::fs::symlink_metadata(b).unwrap(),
+    );
     assert_eq!(ma.file_type(), mb.file_type(), "{}", a.display());
     if ma.file_type().is_symlink() {
-        assert_eq!(std::fs::read_link(a).unwrap(), std::fs::read_link(b).unwrap());
+        assert_eq!(
+            std::fs::read_link(a).unwrap(),
+            std::fs::read_link(b).unwrap()
+        );
         return;
     }
     if !root {
         assert_eq!(ma.mode(), mb.mode(), "mode of {}", a.display());
-        assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {}", a.display());
+        assert_eq!(
+            (ma.mtime(), ma.mtime_nsec()),
+            (mb.mtime(), mb.mtime_nsec()),
+            "mtime of {}",
+            a.display()
+        );
     }
     if ma.is_dir() {
-        let mut na: Vec<_> = std::fs::read_dir(a).unwrap().map(|e| e.unwrap().file_name()).collect();
-        let mut nb: Vec<_> = std::fs::read_dir(b).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut na: Vec<_> = std::fs::read_dir(a)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let mut nb: Vec<_> = std::fs::read_dir(b)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         na.sort();
         nb.sort();
         assert_eq!(na, nb, "entries of {}", a.display());
@@ -93,7 +145,11 @@ fn assert_same_at(a: &Path, b: &Path, root: bool) {
         }
     } else {
         assert_eq!(ma.len(), mb.len());
-        assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "content of {}", a.display());
+        assert!(
+            std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+            "content of {}",
+            a.display()
+        );
     }
 }
 
@@ -103,18 +159,41 @@ async fn round_trip(sink: Arc<dyn Sink>, tree: &Node) {
     let mut seed = 0x1234_5678_9abc_def1;
     match tree {
         Node::Dir(_) => write(&src, tree, &mut seed),
-        other => write(&src, &Node::Dir(vec![("only".into(), other.clone())]), &mut seed),
+        other => write(
+            &src,
+            &Node::Dir(vec![("only".into(), other.clone())]),
+            &mut seed,
+        ),
     }
-    let repo = Repository::init(sink, &KeyFileProvider::from_key([5; 32]), InitOptions::default()).await.unwrap();
-    let report = repo.backup(&DirSource::new(&src), Default::default()).await.unwrap();
+    let repo = Repository::init(
+        sink,
+        &KeyFileProvider::from_key([5; 32]),
+        InitOptions::default(),
+    )
+    .await
+    .unwrap();
+    let report = repo
+        .backup(&DirSource::new(&src), Default::default())
+        .await
+        .unwrap();
     let out = work.path().join("out");
-    repo.restore(&report.record.id, &DirTarget::new(&out), Default::default()).await.unwrap();
+    repo.restore(&report.record.id, &DirTarget::new(&out), Default::default())
+        .await
+        .unwrap();
     assert_same(&src, &out);
-    assert!(repo.verify(VerifyOptions { full: true }).await.unwrap().is_ok());
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 proptest! {

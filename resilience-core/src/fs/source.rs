@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use crate::entry::{EntryKind, EntryMeta, EntryPath};
-use crate::source::{AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession};
+use crate::source::{
+    AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
+};
 
 /// Backs up a directory tree.
 ///
@@ -28,7 +30,10 @@ pub struct DirSource {
 impl DirSource {
     /// A source for the tree under `root` (the root itself is not an entry).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DirSource { root: root.into(), id: None }
+        DirSource {
+            root: root.into(),
+            id: None,
+        }
     }
 
     /// Names the source (default: `dir:<absolute path>`).
@@ -45,7 +50,10 @@ impl Source for DirSource {
             let abs = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
             format!("dir:{}", abs.display())
         });
-        SourceDescriptor { id, kind: "dir".into() }
+        SourceDescriptor {
+            id,
+            kind: "dir".into(),
+        }
     }
 
     async fn start(&self) -> Result<Box<dyn SourceSession>, AdapterError> {
@@ -61,16 +69,26 @@ impl Source for DirSource {
         if !meta.is_dir() {
             return Err(AdapterError::msg("open", shown, "is not a directory"));
         }
-        let root = tokio::fs::canonicalize(&self.root).await.map_err(|e| AdapterError::new("open", shown.clone(), e))?;
+        let root = tokio::fs::canonicalize(&self.root)
+            .await
+            .map_err(|e| AdapterError::new("open", shown.clone(), e))?;
         let listing = list_dir(&root).await?;
-        Ok(Box::new(DirSession { root, stack: vec![(Vec::new(), listing)], files: 0, dirs: 0, bytes: 0 }))
+        Ok(Box::new(DirSession {
+            root,
+            stack: vec![(Vec::new(), listing)],
+            files: 0,
+            dirs: 0,
+            bytes: 0,
+        }))
     }
 }
 
 async fn list_dir(dir: &Path) -> Result<std::vec::IntoIter<OsString>, AdapterError> {
     let d = dir.to_path_buf();
     let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<OsString>> {
-        let mut names: Vec<OsString> = std::fs::read_dir(&d)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+        let mut names: Vec<OsString> = std::fs::read_dir(&d)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         Ok(names)
     })
@@ -93,7 +111,9 @@ struct DirSession {
 impl SourceSession for DirSession {
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
         loop {
-            let Some((dir, names)) = self.stack.last_mut() else { return Ok(None) };
+            let Some((dir, names)) = self.stack.last_mut() else {
+                return Ok(None);
+            };
             let Some(name) = names.next() else {
                 self.stack.pop();
                 continue;
@@ -134,7 +154,8 @@ impl SourceSession for DirSession {
                 attrs: Default::default(),
             };
             if ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device() {
-                meta.attrs.insert("special".into(), format!("{:o}", md.mode() & 0o170000));
+                meta.attrs
+                    .insert("special".into(), format!("{:o}", md.mode() & 0o170000));
             }
             let mut content = None;
             match kind {
@@ -146,7 +167,9 @@ impl SourceSession for DirSession {
                         md.ctime() * 1_000_000_000 + md.ctime_nsec(),
                         md.ino()
                     ));
-                    let file = tokio::fs::File::open(&abs).await.map_err(|e| AdapterError::new("open", shown, e))?;
+                    let file = tokio::fs::File::open(&abs)
+                        .await
+                        .map_err(|e| AdapterError::new("open", shown, e))?;
                     content = Some(Box::pin(file) as crate::source::EntryReader);
                     self.files += 1;
                     self.bytes += md.len();
@@ -157,7 +180,9 @@ impl SourceSession for DirSession {
                     self.dirs += 1;
                 }
                 EntryKind::Symlink => {
-                    let target = tokio::fs::read_link(&abs).await.map_err(|e| AdapterError::new("readlink", shown, e))?;
+                    let target = tokio::fs::read_link(&abs)
+                        .await
+                        .map_err(|e| AdapterError::new("readlink", shown, e))?;
                     meta.link_target = Some(target.as_os_str().as_bytes().to_vec());
                 }
                 EntryKind::Other => {}

@@ -32,7 +32,13 @@ pub struct DirTarget {
 impl DirTarget {
     /// A target directory.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DirTarget { root: root.into(), allow_existing: false, fsync: false, ready: OnceCell::new(), checked_parent: Mutex::new(None) }
+        DirTarget {
+            root: root.into(),
+            allow_existing: false,
+            fsync: false,
+            ready: OnceCell::new(),
+            checked_parent: Mutex::new(None),
+        }
     }
 
     /// Restore into a directory that already has content (files are replaced).
@@ -54,15 +60,21 @@ impl DirTarget {
                 match std::fs::read_dir(&self.root) {
                     Ok(mut entries) => {
                         if !self.allow_existing && entries.next().is_some() {
-                            return Err(AdapterError::msg("restore into", shown, "the directory is not empty (choose an empty or new directory)"));
+                            return Err(AdapterError::msg(
+                                "restore into",
+                                shown,
+                                "the directory is not empty (choose an empty or new directory)",
+                            ));
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        std::fs::create_dir_all(&self.root).map_err(|e| AdapterError::new("create", shown.clone(), e))?;
+                        std::fs::create_dir_all(&self.root)
+                            .map_err(|e| AdapterError::new("create", shown.clone(), e))?;
                     }
                     Err(e) => return Err(AdapterError::new("open", shown, e)),
                 }
-                std::fs::canonicalize(&self.root).map_err(|e| AdapterError::new("open", self.root.display().to_string(), e))
+                std::fs::canonicalize(&self.root)
+                    .map_err(|e| AdapterError::new("open", self.root.display().to_string(), e))
             })
             .await
     }
@@ -71,7 +83,13 @@ impl DirTarget {
     async fn place(&self, meta: &EntryMeta) -> Result<PathBuf, AdapterError> {
         let root = self.root().await?.clone();
         let raw = meta.path.as_bytes();
-        let bad = |why: &str| AdapterError::msg("restore", meta.path.to_string(), format!("unsafe entry path: {why}"));
+        let bad = |why: &str| {
+            AdapterError::msg(
+                "restore",
+                meta.path.to_string(),
+                format!("unsafe entry path: {why}"),
+            )
+        };
         if raw.is_empty() || raw[0] == b'/' {
             return Err(bad("absolute or empty"));
         }
@@ -90,14 +108,21 @@ impl DirTarget {
         if !already {
             // Every existing ancestor below the root must be a real directory, not a symlink.
             let mut p = root.clone();
-            for c in parent.strip_prefix(&root).expect("below the root").components() {
+            for c in parent
+                .strip_prefix(&root)
+                .expect("below the root")
+                .components()
+            {
                 p.push(c);
                 match std::fs::symlink_metadata(&p) {
-                    Ok(md) if md.file_type().is_symlink() => return Err(bad("a parent is a symlink")),
+                    Ok(md) if md.file_type().is_symlink() => {
+                        return Err(bad("a parent is a symlink"))
+                    }
                     Ok(md) if !md.is_dir() => return Err(bad("a parent is not a directory")),
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        std::fs::create_dir_all(&p).map_err(|e| AdapterError::new("create", p.display().to_string(), e))?;
+                        std::fs::create_dir_all(&p)
+                            .map_err(|e| AdapterError::new("create", p.display().to_string(), e))?;
                     }
                     Err(e) => return Err(AdapterError::new("stat", p.display().to_string(), e)),
                 }
@@ -123,24 +148,36 @@ fn is_zero(data: &[u8]) -> bool {
 
 #[async_trait]
 impl Target for DirTarget {
-    async fn create(&self, meta: &EntryMeta) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
+    async fn create(
+        &self,
+        meta: &EntryMeta,
+    ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
         let path = self.place(meta).await?;
         let shown = path.display().to_string();
         match meta.kind {
             EntryKind::Dir => {
                 match std::fs::symlink_metadata(&path) {
                     Ok(md) if md.is_dir() => {}
-                    Ok(_) => return Err(AdapterError::msg("create", shown, "exists and is not a directory")),
-                    Err(_) => std::fs::create_dir(&path).map_err(|e| AdapterError::new("create", shown, e))?,
+                    Ok(_) => {
+                        return Err(AdapterError::msg(
+                            "create",
+                            shown,
+                            "exists and is not a directory",
+                        ))
+                    }
+                    Err(_) => std::fs::create_dir(&path)
+                        .map_err(|e| AdapterError::new("create", shown, e))?,
                 }
                 Ok(None)
             }
             EntryKind::Symlink => {
                 let target = meta.link_target.clone().unwrap_or_default();
                 if std::fs::symlink_metadata(&path).is_ok() {
-                    std::fs::remove_file(&path).map_err(|e| AdapterError::new("replace", shown.clone(), e))?;
+                    std::fs::remove_file(&path)
+                        .map_err(|e| AdapterError::new("replace", shown.clone(), e))?;
                 }
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(|e| AdapterError::new("symlink", shown, e))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(|e| AdapterError::new("symlink", shown, e))?;
                 Ok(None)
             }
             EntryKind::Other => {
@@ -156,7 +193,13 @@ impl Target for DirTarget {
                     .mode(0o600)
                     .open(&path)
                     .map_err(|e| AdapterError::new("create", shown, e))?;
-                Ok(Some(Box::new(FileWriter { file: Some(file), path, expected: meta.size, written: 0, fsync: self.fsync })))
+                Ok(Some(Box::new(FileWriter {
+                    file: Some(file),
+                    path,
+                    expected: meta.size,
+                    written: 0,
+                    fsync: self.fsync,
+                })))
             }
         }
     }
@@ -167,7 +210,12 @@ impl Target for DirTarget {
         }
         let path = self.place(meta).await?;
         let shown = path.display().to_string();
-        let mtime = meta.mtime_ns.map(|ns| filetime::FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32));
+        let mtime = meta.mtime_ns.map(|ns| {
+            filetime::FileTime::from_unix_time(
+                ns.div_euclid(1_000_000_000),
+                ns.rem_euclid(1_000_000_000) as u32,
+            )
+        });
         if unsafe { libc::geteuid() } == 0 {
             if let (Some(uid), Some(gid)) = (meta.uid, meta.gid) {
                 if let Err(e) = std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
@@ -179,7 +227,8 @@ impl Target for DirTarget {
         }
         if meta.kind == EntryKind::Symlink {
             if let Some(t) = mtime {
-                filetime::set_symlink_file_times(&path, t, t).map_err(|e| AdapterError::new("set times of", shown, e))?;
+                filetime::set_symlink_file_times(&path, t, t)
+                    .map_err(|e| AdapterError::new("set times of", shown, e))?;
             }
             return Ok(());
         }
@@ -188,7 +237,8 @@ impl Target for DirTarget {
                 .map_err(|e| AdapterError::new("chmod", shown.clone(), e))?;
         }
         if let Some(t) = mtime {
-            filetime::set_file_times(&path, t, t).map_err(|e| AdapterError::new("set times of", shown, e))?;
+            filetime::set_file_times(&path, t, t)
+                .map_err(|e| AdapterError::new("set times of", shown, e))?;
         }
         Ok(())
     }
@@ -196,7 +246,9 @@ impl Target for DirTarget {
     async fn finish(&self) -> Result<(), AdapterError> {
         let root = self.root().await?;
         if self.fsync {
-            std::fs::File::open(root).and_then(|d| d.sync_all()).map_err(|e| AdapterError::new("fsync", root.display().to_string(), e))?;
+            std::fs::File::open(root)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| AdapterError::new("fsync", root.display().to_string(), e))?;
         }
         Ok(())
     }
@@ -219,7 +271,8 @@ impl ContentWriter for FileWriter {
         .await
         .map_err(|e| AdapterError::new("write", path.display().to_string(), e))?;
         self.file = Some(file);
-        self.written += result.map_err(|e| AdapterError::new("write", self.path.display().to_string(), e))?;
+        self.written +=
+            result.map_err(|e| AdapterError::new("write", self.path.display().to_string(), e))?;
         Ok(())
     }
 
@@ -227,7 +280,14 @@ impl ContentWriter for FileWriter {
         let file = self.file.take().expect("file open until complete");
         let shown = self.path.display().to_string();
         if self.written != self.expected {
-            return Err(AdapterError::msg("restore", shown, format!("wrote {} bytes, the snapshot records {}", self.written, self.expected)));
+            return Err(AdapterError::msg(
+                "restore",
+                shown,
+                format!(
+                    "wrote {} bytes, the snapshot records {}",
+                    self.written, self.expected
+                ),
+            ));
         }
         let (fsync, size) = (self.fsync, self.written);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {

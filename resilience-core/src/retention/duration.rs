@@ -15,7 +15,10 @@ pub struct RetentionDuration {
 impl RetentionDuration {
     /// A duration of `n` days.
     pub fn days(n: i64) -> Self {
-        RetentionDuration { seconds: n * 86_400, text_unit: 'd' }
+        RetentionDuration {
+            seconds: n * 86_400,
+            text_unit: 'd',
+        }
     }
 
     /// As a chrono duration.
@@ -42,16 +45,25 @@ impl FromStr for RetentionDuration {
             'd' => (&s[..s.len() - 1], 86_400),
             'w' => (&s[..s.len() - 1], 7 * 86_400),
             'y' => (&s[..s.len() - 1], 365 * 86_400),
-            _ => return Err(format!("duration {s:?} needs a unit: s, m, h, d, w or y (e.g. 90d)")),
+            _ => {
+                return Err(format!(
+                    "duration {s:?} needs a unit: s, m, h, d, w or y (e.g. 90d)"
+                ))
+            }
         };
-        let n: i64 = num
-            .parse()
-            .map_err(|_| format!("duration {s:?} must be a whole number followed by a unit (e.g. 90d)"))?;
+        let n: i64 = num.parse().map_err(|_| {
+            format!("duration {s:?} must be a whole number followed by a unit (e.g. 90d)")
+        })?;
         if n < 0 {
             return Err(format!("duration {s:?} is negative"));
         }
-        let seconds = n.checked_mul(mult).ok_or_else(|| format!("duration {s:?} is too long"))?;
-        Ok(RetentionDuration { seconds, text_unit: unit })
+        let seconds = n
+            .checked_mul(mult)
+            .ok_or_else(|| format!("duration {s:?} is too long"))?;
+        Ok(RetentionDuration {
+            seconds,
+            text_unit: unit,
+        })
     }
 }
 
@@ -77,7 +89,9 @@ impl Serialize for RetentionDuration {
 
 impl<'de> Deserialize<'de> for RetentionDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -88,9 +102,18 @@ mod tests {
 
     #[test]
     fn parses_units_and_refuses_nonsense() {
-        assert_eq!("90d".parse::<RetentionDuration>().unwrap().as_secs(), 90 * 86_400);
-        assert_eq!("2w".parse::<RetentionDuration>().unwrap().as_secs(), 14 * 86_400);
-        assert_eq!("1y".parse::<RetentionDuration>().unwrap().as_secs(), 365 * 86_400);
+        assert_eq!(
+            "90d".parse::<RetentionDuration>().unwrap().as_secs(),
+            90 * 86_400
+        );
+        assert_eq!(
+            "2w".parse::<RetentionDuration>().unwrap().as_secs(),
+            14 * 86_400
+        );
+        assert_eq!(
+            "1y".parse::<RetentionDuration>().unwrap().as_secs(),
+            365 * 86_400
+        );
         for bad in ["", "90", "d", "-1d", "1.5d", "3x"] {
             assert!(bad.parse::<RetentionDuration>().is_err(), "{bad}");
         }

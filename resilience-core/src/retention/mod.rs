@@ -53,7 +53,10 @@ pub struct RetentionPlan {
 impl RetentionPlan {
     /// The decision for a backup.
     pub fn get(&self, id: &str) -> Option<&Decision> {
-        self.decisions.binary_search_by(|d| d.id.as_str().cmp(id)).ok().map(|i| &self.decisions[i])
+        self.decisions
+            .binary_search_by(|d| d.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.decisions[i])
     }
 
     /// Ids with a given action.
@@ -74,7 +77,11 @@ pub trait RetentionPolicy: Send + Sync {
 }
 
 /// Runs `policy` and enforces the safety rules on its result.
-pub fn plan(policy: &dyn RetentionPolicy, records: &[BackupRecord], now: DateTime<Utc>) -> RetentionPlan {
+pub fn plan(
+    policy: &dyn RetentionPolicy,
+    records: &[BackupRecord],
+    now: DateTime<Utc>,
+) -> RetentionPlan {
     let mut plan = policy.decide(records, now);
     safety::enforce(&mut plan, records, now, policy.pitr_window());
     plan.decisions.sort_by(|a, b| a.id.cmp(&b.id));
@@ -88,7 +95,10 @@ pub fn apply_in_memory(records: &[BackupRecord], plan: &RetentionPlan) -> Vec<Ba
         .iter()
         .filter_map(|r| match plan.get(&r.id).map(|d| d.action) {
             Some(Action::Delete) => None,
-            Some(Action::Cold) => Some(BackupRecord { tier: Tier::Cold, ..r.clone() }),
+            Some(Action::Cold) => Some(BackupRecord {
+                tier: Tier::Cold,
+                ..r.clone()
+            }),
             _ => Some(r.clone()),
         })
         .collect()

@@ -24,7 +24,12 @@ fn keep(decision: &mut Decision, reason: String) {
 }
 
 /// Rewrites `plan` so the safety rules hold.
-pub fn enforce(plan: &mut RetentionPlan, records: &[BackupRecord], now: DateTime<Utc>, pitr: Option<chrono::Duration>) {
+pub fn enforce(
+    plan: &mut RetentionPlan,
+    records: &[BackupRecord],
+    now: DateTime<Utc>,
+    pitr: Option<chrono::Duration>,
+) {
     let known: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
     plan.decisions.retain(|d| known.contains(d.id.as_str()));
     let decided: HashSet<String> = plan.decisions.iter().map(|d| d.id.clone()).collect();
@@ -39,7 +44,10 @@ pub fn enforce(plan: &mut RetentionPlan, records: &[BackupRecord], now: DateTime
     let by_id: BTreeMap<&str, &BackupRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
 
     let mut newest: BTreeMap<&str, &BackupRecord> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.status == BackupStatus::Succeeded && r.kind != BackupKind::Wal) {
+    for r in records
+        .iter()
+        .filter(|r| r.status == BackupStatus::Succeeded && r.kind != BackupKind::Wal)
+    {
         let slot = newest.entry(r.source.id.as_str()).or_insert(r);
         if (r.started_at, &r.id) > (slot.started_at, &slot.id) {
             *slot = r;
@@ -65,25 +73,39 @@ pub fn enforce(plan: &mut RetentionPlan, records: &[BackupRecord], now: DateTime
     for d in plan.decisions.iter().filter(|d| d.action != Action::Delete) {
         let r = by_id[d.id.as_str()];
         if r.kind != BackupKind::Wal && r.status == BackupStatus::Succeeded {
-            let slot = oldest_kept_base.entry(r.source.id.clone()).or_insert(r.started_at);
+            let slot = oldest_kept_base
+                .entry(r.source.id.clone())
+                .or_insert(r.started_at);
             *slot = (*slot).min(r.started_at);
         }
     }
     for d in plan.decisions.iter_mut() {
         let r = by_id[d.id.as_str()];
-        if r.kind != BackupKind::Wal || d.action != Action::Delete || r.status != BackupStatus::Succeeded {
+        if r.kind != BackupKind::Wal
+            || d.action != Action::Delete
+            || r.status != BackupStatus::Succeeded
+        {
             continue;
         }
         let end = r.finished_at.unwrap_or(r.started_at);
         if let Some(base) = oldest_kept_base.get(&r.source.id) {
             if end >= *base {
-                keep(d, format!("safety: WAL needed by a kept base backup (from {base})"));
+                keep(
+                    d,
+                    format!("safety: WAL needed by a kept base backup (from {base})"),
+                );
                 continue;
             }
         }
         if let Some(window) = pitr {
             if end >= now - window {
-                keep(d, format!("safety: WAL inside the point-in-time-recovery window ({}s)", window.num_seconds()));
+                keep(
+                    d,
+                    format!(
+                        "safety: WAL inside the point-in-time-recovery window ({}s)",
+                        window.num_seconds()
+                    ),
+                );
             }
         }
     }

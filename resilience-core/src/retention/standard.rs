@@ -63,11 +63,15 @@ impl KeepRules {
 
     fn validate(&self, context: &str) -> Result<(), String> {
         if let (None, Some(_)) = (self.hot, self.cold) {
-            return Err(format!("{context}: `cold` needs `hot` (how long backups stay in the hot tier)"));
+            return Err(format!(
+                "{context}: `cold` needs `hot` (how long backups stay in the hot tier)"
+            ));
         }
         if let (Some(h), Some(c)) = (self.hot, self.cold) {
             if c.as_secs() < h.as_secs() {
-                return Err(format!("{context}: `cold` ({c}) must not be shorter than `hot` ({h})"));
+                return Err(format!(
+                    "{context}: `cold` ({c}) must not be shorter than `hot` ({h})"
+                ));
             }
         }
         Ok(())
@@ -121,14 +125,16 @@ pub struct StandardPolicy {
 impl StandardPolicy {
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        let p: StandardPolicy = toml::from_str(text).map_err(|e| format!("retention policy: {e}"))?;
+        let p: StandardPolicy =
+            toml::from_str(text).map_err(|e| format!("retention policy: {e}"))?;
         p.validate()?;
         Ok(p)
     }
 
     /// Parses and validates a JSON document.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let p: StandardPolicy = serde_json::from_str(text).map_err(|e| format!("retention policy: {e}"))?;
+        let p: StandardPolicy =
+            serde_json::from_str(text).map_err(|e| format!("retention policy: {e}"))?;
         p.validate()?;
         Ok(p)
     }
@@ -142,7 +148,10 @@ impl StandardPolicy {
         }
         for l in &self.per_label {
             if !l.label.contains('=') {
-                return Err(format!("label rule {:?} must be written key=value", l.label));
+                return Err(format!(
+                    "label rule {:?} must be written key=value",
+                    l.label
+                ));
             }
             l.rules.validate(&format!("rules for label {}", l.label))?;
         }
@@ -152,7 +161,9 @@ impl StandardPolicy {
     fn tz(&self) -> Result<Tz, String> {
         match &self.timezone {
             None => Ok(Tz::UTC),
-            Some(name) => Tz::from_str(name).map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin)")),
+            Some(name) => Tz::from_str(name).map_err(|_| {
+                format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin)")
+            }),
         }
     }
 
@@ -177,7 +188,13 @@ type BucketKey = (i32, u32, u32, u32, i32);
 fn bucket(kind: &str, t: DateTime<Utc>, tz: Tz) -> BucketKey {
     let local = tz.from_utc_datetime(&t.naive_utc());
     match kind {
-        "hourly" => (local.year(), local.month(), local.day(), local.hour(), local.offset().fix().local_minus_utc()),
+        "hourly" => (
+            local.year(),
+            local.month(),
+            local.day(),
+            local.hour(),
+            local.offset().fix().local_minus_utc(),
+        ),
         "daily" => (local.year(), local.month(), local.day(), 0, 0),
         "weekly" => {
             let w = local.iso_week();
@@ -201,16 +218,25 @@ impl RetentionPolicy for StandardPolicy {
         let mut groups: BTreeMap<(String, String), Vec<&BackupRecord>> = BTreeMap::new();
         for r in &sorted {
             let (set, _) = self.rules_for(r);
-            groups.entry((r.source.id.clone(), set)).or_default().push(r);
+            groups
+                .entry((r.source.id.clone(), set))
+                .or_default()
+                .push(r);
         }
 
         let mut reasons: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for group in groups.values() {
             let rules = self.rules_for(group[0]).1;
-            let succeeded: Vec<&&BackupRecord> = group.iter().filter(|r| r.status == BackupStatus::Succeeded).collect();
+            let succeeded: Vec<&&BackupRecord> = group
+                .iter()
+                .filter(|r| r.status == BackupStatus::Succeeded)
+                .collect();
             if let Some(n) = rules.keep_last {
                 for r in succeeded.iter().take(n as usize) {
-                    reasons.entry(&r.id).or_default().push(format!("keep-last {n}"));
+                    reasons
+                        .entry(&r.id)
+                        .or_default()
+                        .push(format!("keep-last {n}"));
                 }
             }
             for (kind, n) in [
@@ -228,7 +254,10 @@ impl RetentionPolicy for StandardPolicy {
                     }
                     let key = bucket(kind, r.started_at, tz);
                     if seen.insert(key) {
-                        reasons.entry(&r.id).or_default().push(format!("keep-{kind} {n}"));
+                        reasons
+                            .entry(&r.id)
+                            .or_default()
+                            .push(format!("keep-{kind} {n}"));
                     }
                 }
             }
@@ -236,12 +265,18 @@ impl RetentionPolicy for StandardPolicy {
                 let age = now - r.started_at;
                 if let Some(w) = rules.keep_within {
                     if age < w.to_chrono() {
-                        reasons.entry(&r.id).or_default().push(format!("keep-within {w}"));
+                        reasons
+                            .entry(&r.id)
+                            .or_default()
+                            .push(format!("keep-within {w}"));
                     }
                 }
                 if let Some(c) = rules.cold {
                     if age < c.to_chrono() {
-                        reasons.entry(&r.id).or_default().push(format!("tier window {c}"));
+                        reasons
+                            .entry(&r.id)
+                            .or_default()
+                            .push(format!("tier window {c}"));
                     }
                 }
             }
@@ -273,13 +308,21 @@ impl RetentionPolicy for StandardPolicy {
                         if why.is_empty() {
                             action = Action::Delete;
                             why.push("no rule keeps it".into());
-                        } else if rules.hot.is_some_and(|h| now - r.started_at >= h.to_chrono()) {
+                        } else if rules
+                            .hot
+                            .is_some_and(|h| now - r.started_at >= h.to_chrono())
+                        {
                             action = Action::Cold;
                             why.push(format!("older than hot {}", rules.hot.expect("checked")));
                         }
                     }
                 }
-                Decision { id: r.id.clone(), source: r.source.id.clone(), action, reasons: why }
+                Decision {
+                    id: r.id.clone(),
+                    source: r.source.id.clone(),
+                    action,
+                    reasons: why,
+                }
             })
             .collect();
         RetentionPlan { decisions }

@@ -51,7 +51,9 @@ impl<S: Sink> AppendOnlySink<S> {
         }
         match self.inner.head(key).await {
             Ok(_) if mode == PutMode::Overwrite => Err(Self::refuse("overwrite", key)),
-            Ok(_) => Err(SinkError::AlreadyExists { key: key.to_owned() }),
+            Ok(_) => Err(SinkError::AlreadyExists {
+                key: key.to_owned(),
+            }),
             Err(e) if e.is_not_found() => Ok(PutMode::Create),
             Err(e) => Err(e),
         }
@@ -69,7 +71,12 @@ impl<S: Sink> Sink for AppendOnlySink<S> {
         self.inner.put(key, data, mode).await
     }
 
-    async fn put_stream(&self, key: &str, data: ByteStream, mode: PutMode) -> Result<u64, SinkError> {
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
         let mode = self.guard_put(key, mode).await?;
         self.inner.put_stream(key, data, mode).await
     }

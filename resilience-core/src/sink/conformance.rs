@@ -20,7 +20,10 @@ pub struct Capabilities {
 
 impl Default for Capabilities {
     fn default() -> Self {
-        Capabilities { enforces_create: true, listing_size: 1100 }
+        Capabilities {
+            enforces_create: true,
+            listing_size: 1100,
+        }
     }
 }
 
@@ -38,22 +41,37 @@ pub async fn run_all(sink: &dyn Sink, prefix: &str, caps: Capabilities) {
 /// Round trip of put, get, head and delete, including an empty object.
 pub async fn put_get_head_delete(sink: &dyn Sink, prefix: &str) {
     let key = format!("{prefix}basic/object");
-    sink.put(&key, Bytes::from_static(b"hello"), PutMode::Overwrite).await.unwrap();
+    sink.put(&key, Bytes::from_static(b"hello"), PutMode::Overwrite)
+        .await
+        .unwrap();
     assert_eq!(sink.get(&key).await.unwrap(), Bytes::from_static(b"hello"));
     assert_eq!(sink.head(&key).await.unwrap().size, 5);
-    sink.put(&key, Bytes::from_static(b"replaced"), PutMode::Overwrite).await.unwrap();
-    assert_eq!(sink.get(&key).await.unwrap(), Bytes::from_static(b"replaced"));
+    sink.put(&key, Bytes::from_static(b"replaced"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.get(&key).await.unwrap(),
+        Bytes::from_static(b"replaced")
+    );
     let empty = format!("{prefix}basic/empty");
-    sink.put(&empty, Bytes::new(), PutMode::Create).await.unwrap();
+    sink.put(&empty, Bytes::new(), PutMode::Create)
+        .await
+        .unwrap();
     assert_eq!(sink.get(&empty).await.unwrap().len(), 0);
     assert_eq!(sink.head(&empty).await.unwrap().size, 0);
     sink.delete(&key).await.unwrap();
     assert!(sink.get(&key).await.unwrap_err().is_not_found());
-    sink.delete(&key).await.expect("deleting a missing object succeeds");
+    sink.delete(&key)
+        .await
+        .expect("deleting a missing object succeeds");
     // A large object (multipart where the store has it) round-trips.
-    let big: Vec<u8> = (0..(20 << 20) as u32).map(|i| (i * 31 % 251) as u8).collect();
+    let big: Vec<u8> = (0..(20 << 20) as u32)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
     let big_key = format!("{prefix}basic/big");
-    sink.put(&big_key, Bytes::from(big.clone()), PutMode::Create).await.unwrap();
+    sink.put(&big_key, Bytes::from(big.clone()), PutMode::Create)
+        .await
+        .unwrap();
     assert_eq!(sink.head(&big_key).await.unwrap().size, big.len() as u64);
     assert!(sink.get(&big_key).await.unwrap() == big);
 }
@@ -61,10 +79,17 @@ pub async fn put_get_head_delete(sink: &dyn Sink, prefix: &str) {
 /// Create-only puts.
 pub async fn create_only(sink: &dyn Sink, prefix: &str, caps: Capabilities) {
     let key = format!("{prefix}create/once");
-    sink.put(&key, Bytes::from_static(b"first"), PutMode::Create).await.unwrap();
-    let second = sink.put(&key, Bytes::from_static(b"second"), PutMode::Create).await;
+    sink.put(&key, Bytes::from_static(b"first"), PutMode::Create)
+        .await
+        .unwrap();
+    let second = sink
+        .put(&key, Bytes::from_static(b"second"), PutMode::Create)
+        .await;
     if caps.enforces_create {
-        assert!(matches!(second, Err(SinkError::AlreadyExists { .. })), "{second:?}");
+        assert!(
+            matches!(second, Err(SinkError::AlreadyExists { .. })),
+            "{second:?}"
+        );
         assert_eq!(sink.get(&key).await.unwrap(), Bytes::from_static(b"first"));
     }
 }
@@ -72,12 +97,30 @@ pub async fn create_only(sink: &dyn Sink, prefix: &str, caps: Capabilities) {
 /// Ranged reads, at the edges and past the end.
 pub async fn ranges(sink: &dyn Sink, prefix: &str) {
     let key = format!("{prefix}ranges/r");
-    sink.put(&key, Bytes::from_static(b"0123456789"), PutMode::Create).await.unwrap();
-    assert_eq!(sink.get_range(&key, 0..3).await.unwrap(), Bytes::from_static(b"012"));
-    assert_eq!(sink.get_range(&key, 7..10).await.unwrap(), Bytes::from_static(b"789"));
-    assert_eq!(sink.get_range(&key, 4..5).await.unwrap(), Bytes::from_static(b"4"));
-    assert!(sink.get_range(&key, 5..20).await.is_err(), "a range past the end is an error");
-    assert!(sink.get_range(&format!("{prefix}ranges/none"), 0..1).await.unwrap_err().is_not_found());
+    sink.put(&key, Bytes::from_static(b"0123456789"), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.get_range(&key, 0..3).await.unwrap(),
+        Bytes::from_static(b"012")
+    );
+    assert_eq!(
+        sink.get_range(&key, 7..10).await.unwrap(),
+        Bytes::from_static(b"789")
+    );
+    assert_eq!(
+        sink.get_range(&key, 4..5).await.unwrap(),
+        Bytes::from_static(b"4")
+    );
+    assert!(
+        sink.get_range(&key, 5..20).await.is_err(),
+        "a range past the end is an error"
+    );
+    assert!(sink
+        .get_range(&format!("{prefix}ranges/none"), 0..1)
+        .await
+        .unwrap_err()
+        .is_not_found());
 }
 
 /// Keys with spaces, unicode, emoji, percent signs and deep prefixes.
@@ -92,10 +135,17 @@ pub async fn odd_keys(sink: &dyn Sink, prefix: &str) {
     ];
     for (i, k) in keys.iter().enumerate() {
         let key = format!("{prefix}{k}");
-        sink.put(&key, Bytes::from(vec![i as u8; i + 1]), PutMode::Create).await.unwrap();
+        sink.put(&key, Bytes::from(vec![i as u8; i + 1]), PutMode::Create)
+            .await
+            .unwrap();
         assert_eq!(sink.get(&key).await.unwrap().len(), i + 1, "{key}");
     }
-    let mut listed: Vec<String> = sink.list(&format!("{prefix}odd/")).map_ok(|m| m.key).try_collect().await.unwrap();
+    let mut listed: Vec<String> = sink
+        .list(&format!("{prefix}odd/"))
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await
+        .unwrap();
     listed.sort();
     let mut expected: Vec<String> = keys.iter().map(|k| format!("{prefix}{k}")).collect();
     expected.sort();
@@ -106,27 +156,65 @@ pub async fn odd_keys(sink: &dyn Sink, prefix: &str) {
 pub async fn listing(sink: &dyn Sink, prefix: &str, caps: Capabilities) {
     let n = caps.listing_size;
     futures::stream::iter(0..n)
-        .map(|i| async move { sink.put(&format!("{prefix}list/many/{i:05}"), Bytes::from_static(b"x"), PutMode::Create).await })
+        .map(|i| async move {
+            sink.put(
+                &format!("{prefix}list/many/{i:05}"),
+                Bytes::from_static(b"x"),
+                PutMode::Create,
+            )
+            .await
+        })
         .buffer_unordered(32)
         .try_collect::<Vec<_>>()
         .await
         .unwrap();
-    sink.put(&format!("{prefix}list/manyother"), Bytes::from_static(b"y"), PutMode::Create).await.unwrap();
-    sink.put(&format!("{prefix}listx"), Bytes::from_static(b"z"), PutMode::Create).await.unwrap();
-    let listed: Vec<_> = sink.list(&format!("{prefix}list/many/")).try_collect().await.unwrap();
+    sink.put(
+        &format!("{prefix}list/manyother"),
+        Bytes::from_static(b"y"),
+        PutMode::Create,
+    )
+    .await
+    .unwrap();
+    sink.put(
+        &format!("{prefix}listx"),
+        Bytes::from_static(b"z"),
+        PutMode::Create,
+    )
+    .await
+    .unwrap();
+    let listed: Vec<_> = sink
+        .list(&format!("{prefix}list/many/"))
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(listed.len(), n);
-    assert!(listed.iter().all(|m| m.key.starts_with(&format!("{prefix}list/many/")) && m.size == 1));
-    let all: Vec<_> = sink.list(&format!("{prefix}list/")).try_collect().await.unwrap();
+    assert!(listed
+        .iter()
+        .all(|m| m.key.starts_with(&format!("{prefix}list/many/")) && m.size == 1));
+    let all: Vec<_> = sink
+        .list(&format!("{prefix}list/"))
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(all.len(), n + 1);
-    let none: Vec<_> = sink.list(&format!("{prefix}nothing-here/")).try_collect().await.unwrap();
+    let none: Vec<_> = sink
+        .list(&format!("{prefix}nothing-here/"))
+        .try_collect()
+        .await
+        .unwrap();
     assert!(none.is_empty());
 }
 
 /// Streamed puts and gets of several MiB.
 pub async fn streams(sink: &dyn Sink, prefix: &str) {
     let key = format!("{prefix}stream/s");
-    let parts: Vec<Result<Bytes, SinkError>> = (0..7u8).map(|i| Ok(Bytes::from(vec![i; 3 << 20]))).collect();
-    let n = sink.put_stream(&key, futures::stream::iter(parts).boxed(), PutMode::Create).await.unwrap();
+    let parts: Vec<Result<Bytes, SinkError>> = (0..7u8)
+        .map(|i| Ok(Bytes::from(vec![i; 3 << 20])))
+        .collect();
+    let n = sink
+        .put_stream(&key, futures::stream::iter(parts).boxed(), PutMode::Create)
+        .await
+        .unwrap();
     assert_eq!(n, 21 << 20);
     assert_eq!(sink.head(&key).await.unwrap().size, 21 << 20);
     let mut total = 0usize;
@@ -140,7 +228,12 @@ pub async fn streams(sink: &dyn Sink, prefix: &str) {
     }
     assert_eq!(total, 21 << 20);
     assert_eq!(first_bytes[0], 0);
-    assert_eq!(sink.get_range(&key, (6 << 20)..(6 << 20) + 1).await.unwrap()[0], 2);
+    assert_eq!(
+        sink.get_range(&key, (6 << 20)..(6 << 20) + 1)
+            .await
+            .unwrap()[0],
+        2
+    );
 }
 
 /// Missing objects are `NotFound`.
@@ -148,7 +241,11 @@ pub async fn missing_objects(sink: &dyn Sink, prefix: &str) {
     let key = format!("{prefix}missing/none");
     assert!(sink.get(&key).await.unwrap_err().is_not_found());
     assert!(sink.head(&key).await.unwrap_err().is_not_found());
-    assert!(sink.get_stream(&key).await.err().is_some_and(|e| e.is_not_found()));
+    assert!(sink
+        .get_stream(&key)
+        .await
+        .err()
+        .is_some_and(|e| e.is_not_found()));
 }
 
 #[cfg(test)]

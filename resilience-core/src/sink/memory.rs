@@ -40,7 +40,9 @@ impl MemorySink {
             .expect("memory sink lock poisoned")
             .get(key)
             .cloned()
-            .ok_or_else(|| SinkError::NotFound { key: key.to_owned() })
+            .ok_or_else(|| SinkError::NotFound {
+                key: key.to_owned(),
+            })
     }
 
     /// Replaces an object's bytes without any check: for tests that damage a repository.
@@ -61,7 +63,9 @@ impl Sink for MemorySink {
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         let mut objects = self.objects.lock().expect("memory sink lock poisoned");
         if mode == PutMode::Create && objects.contains_key(key) {
-            return Err(SinkError::AlreadyExists { key: key.to_owned() });
+            return Err(SinkError::AlreadyExists {
+                key: key.to_owned(),
+            });
         }
         objects.insert(key.to_owned(), data);
         Ok(())
