@@ -17,7 +17,8 @@ need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=n
 need restic restic
 need /usr/bin/time time
 
-cargo build --release --locked -p resilience-cli -p resilience-benches --bin gen-dataset --manifest-path "$ROOT/Cargo.toml" >&2
+cargo build --release --locked -p resilience-cli --manifest-path "$ROOT/Cargo.toml" >&2
+cargo build --release --locked -p resilience-benches --bin gen-dataset --manifest-path "$ROOT/Cargo.toml" >&2
 RES="$ROOT/target/release/resilience"
 GEN="$ROOT/target/release/gen-dataset"
 
@@ -36,8 +37,8 @@ run() {
 
 export RESTIC_PASSWORD=bench RESILIENCE_PASSWORD=bench
 restic init --repo "$WORK/restic" >/dev/null
-run restic-1 restic --repo "$WORK/restic" backup --no-scan "$WORK/data"
-run restic-2 restic --repo "$WORK/restic" backup --no-scan "$WORK/data"
+run restic-1 restic --repo "$WORK/restic" backup "$WORK/data"
+run restic-2 restic --repo "$WORK/restic" backup "$WORK/data"
 run restic-r restic --repo "$WORK/restic" restore latest --target "$WORK/restic-out"
 
 "$RES" init --repo "$WORK/res" --key-file "$WORK/res.key" >/dev/null

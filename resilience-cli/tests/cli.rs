@@ -588,3 +588,71 @@ fn retention_hold_prune_and_append_only_through_the_cli() {
     ]);
     same_tree(&env.path("d0"), &env.path("held"));
 }
+
+/// An unreadable file is an error naming it, and nothing is recorded as succeeded. Permission
+/// checks do not apply to root, so the backup runs as `nobody` when the tests run as root.
+#[test]
+fn an_unreadable_file_is_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("readable"), b"fine").unwrap();
+    std::fs::write(data.join("secret"), b"no").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        data.join("readable"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::set_permissions(data.join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let as_root = effective_uid() == 0;
+    let run_as_user = |args: &[&str]| -> Output {
+        let mut c = if as_root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(BIN);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        c.args(args)
+            .env("RESILIENCE_PASSWORD", "pw")
+            .output()
+            .unwrap()
+    };
+    let init = run_as_user(&["init", "--repo", &env.repo()]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let out = run_as_user(&[
+        "backup",
+        "--repo",
+        &env.repo(),
+        "dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("secret") && err.to_lowercase().contains("permission denied"),
+        "{err}"
+    );
+    let list = run_as_user(&["snapshots", "--repo", &env.repo(), "--json"]);
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] != "succeeded"),
+        "{list}"
+    );
+}
+
+fn effective_uid() -> u32 {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}

@@ -2,9 +2,11 @@
 //!
 //! The default [`RepoCatalog`] lives in the repository itself, so backups and their catalog
 //! survive together when the primary database is gone. Objects are immutable, so a record's
-//! every change is a new revision `catalog/<backup id>/<revision, 10 digits>`, a sealed JSON
-//! object; the highest revision is current. Only the backup's own process writes its revisions
-//! while it runs; later changes (holds, tiers, verification) are made under the repository lock.
+//! every change is a new revision `catalog/<backup id>/<revision, 10 digits>-<status>`, a sealed
+//! JSON object; the highest revision is current. The status in the name lets a listing answer
+//! "which backups are running / succeeded" without reading records, so a backup's start costs
+//! one listing, not one read per snapshot. Only the backup's own process writes its revisions
+//! while it runs; later changes (holds, tiers, verification) are made by maintenance.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -190,8 +192,8 @@ impl RepoCatalog {
         RepoCatalog { sink, keys }
     }
 
-    fn key(id: &str, revision: u32) -> String {
-        format!("catalog/{id}/{revision:010}")
+    fn key(id: &str, revision: u32, status: BackupStatus) -> String {
+        format!("catalog/{id}/{revision:010}-{status}")
     }
 
     async fn read(&self, key: &str) -> Result<BackupRecord> {
@@ -201,36 +203,114 @@ impl RepoCatalog {
             .map_err(|e| Error::corrupt(key, format!("catalog record does not parse: {e}")))
     }
 
-    /// The current revision key of every record.
-    async fn current_keys(&self, only: Option<&str>) -> Result<Vec<String>> {
+    /// The current revision of every record (of one id, if given), from a listing alone.
+    pub async fn refs(&self, only: Option<&str>) -> Result<Vec<CatalogRef>> {
         let prefix = match only {
             Some(id) => format!("catalog/{id}/"),
             None => "catalog/".to_owned(),
         };
-        let mut newest: HashMap<String, (u32, String)> = HashMap::new();
+        let mut newest: HashMap<String, CatalogRef> = HashMap::new();
         let mut listing = self.sink.list(&prefix);
         while let Some(meta) = listing.try_next().await? {
             let mut parts = meta.key.rsplitn(2, '/');
-            let (Some(rev), Some(head)) = (parts.next(), parts.next()) else {
+            let (Some(name), Some(head)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            let Ok(rev) = rev.parse::<u32>() else {
+            let (rev, status) = match name.split_once('-') {
+                Some((r, s)) => (r, parse_status(s)),
+                None => (name, None),
+            };
+            let Ok(revision) = rev.parse::<u32>() else {
                 continue;
             };
             let id = head.trim_start_matches("catalog/").to_owned();
-            let slot = newest.entry(id).or_insert((0, String::new()));
-            if rev >= slot.0 {
-                *slot = (rev, meta.key.clone());
+            let candidate = CatalogRef {
+                id: id.clone(),
+                revision,
+                status,
+                key: meta.key.clone(),
+            };
+            match newest.get(&id) {
+                Some(r) if r.revision >= revision => {}
+                _ => {
+                    newest.insert(id, candidate);
+                }
             }
         }
-        Ok(newest.into_values().map(|(_, k)| k).collect())
+        let mut refs: Vec<CatalogRef> = newest.into_values().collect();
+        refs.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(refs)
+    }
+
+    /// Reads the records behind `refs`, a few at a time, in order.
+    pub async fn read_refs(&self, refs: &[CatalogRef]) -> Result<Vec<BackupRecord>> {
+        let keys: Vec<String> = refs.iter().map(|r| r.key.clone()).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut reads = futures::stream::iter(keys).map(|k| {
+            let this = self.clone();
+            async move { this.read(&k).await }
+        });
+        let mut pending = futures::stream::FuturesOrdered::new();
+        loop {
+            while pending.len() < 16 {
+                match reads.next().await {
+                    Some(f) => pending.push_back(f),
+                    None => break,
+                }
+            }
+            match pending.next().await {
+                Some(r) => out.push(r?),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest record (by id, which starts with the start time) that matches `query`,
+    /// reading records newest first until one matches.
+    pub async fn newest(&self, query: &CatalogQuery) -> Result<Option<BackupRecord>> {
+        let mut refs = self.refs(None).await?;
+        refs.retain(|r| {
+            r.status
+                .is_none_or(|s| query.statuses.is_empty() || query.statuses.contains(&s))
+        });
+        for r in refs.iter().rev() {
+            let record = self.read(&r.key).await?;
+            if query.matches(&record) {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A catalog record as a listing shows it: enough to decide whether to read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogRef {
+    /// The backup id.
+    pub id: String,
+    /// Its current revision.
+    pub revision: u32,
+    /// Its status, when the object name carries it.
+    pub status: Option<BackupStatus>,
+    /// The object holding that revision.
+    pub key: String,
+}
+
+fn parse_status(s: &str) -> Option<BackupStatus> {
+    match s {
+        "running" => Some(BackupStatus::Running),
+        "succeeded" => Some(BackupStatus::Succeeded),
+        "failed" => Some(BackupStatus::Failed),
+        "expired" => Some(BackupStatus::Expired),
+        _ => None,
     }
 }
 
 #[async_trait]
 impl Catalog for RepoCatalog {
     async fn put(&self, record: &BackupRecord) -> Result<()> {
-        let key = Self::key(&record.id, record.revision);
+        let key = Self::key(&record.id, record.revision, record.status);
         let payload = serde_json::to_vec(record).expect("records serialize");
         let sealed = object::seal_object(&self.keys, ObjectKind::Catalog, &key, &payload);
         self.sink.put(&key, sealed.into(), PutMode::Create).await?;
@@ -238,23 +318,27 @@ impl Catalog for RepoCatalog {
     }
 
     async fn get(&self, id: &str) -> Result<Option<BackupRecord>> {
-        if id.contains('/') {
+        if id.contains('/') || id.is_empty() {
             return Ok(None);
         }
-        match self.current_keys(Some(id)).await?.first() {
-            Some(key) => Ok(Some(self.read(key).await?)),
+        match self.refs(Some(id)).await?.first() {
+            Some(r) => Ok(Some(self.read(&r.key).await?)),
             None => Ok(None),
         }
     }
 
     async fn list(&self, query: &CatalogQuery) -> Result<Vec<BackupRecord>> {
-        let keys = self.current_keys(None).await?;
-        let mut records: Vec<BackupRecord> = futures::stream::iter(keys)
-            .map(|k| async move { self.read(&k).await })
-            .buffer_unordered(16)
-            .try_filter(|r| futures::future::ready(query.matches(r)))
-            .try_collect()
-            .await?;
+        let mut refs = self.refs(None).await?;
+        refs.retain(|r| {
+            r.status
+                .is_none_or(|s| query.statuses.is_empty() || query.statuses.contains(&s))
+        });
+        let mut records: Vec<BackupRecord> = self
+            .read_refs(&refs)
+            .await?
+            .into_iter()
+            .filter(|r| query.matches(r))
+            .collect();
         records.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
         Ok(records)
     }

@@ -19,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{BackupRecord, BackupStatus, Catalog, CatalogQuery, RepoCatalog};
+use crate::catalog::{BackupRecord, BackupStatus, CatalogQuery, RepoCatalog};
 use crate::chunker::ChunkerParams;
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::KeySet;
@@ -379,24 +379,29 @@ impl Repository {
     /// The succeeded snapshot that `spec` names: `latest`, a full id or a unique id prefix.
     /// `source` narrows `latest` to one source.
     pub async fn resolve_snapshot(&self, spec: &str, source: Option<&str>) -> Result<BackupRecord> {
-        let records = self
-            .catalog()
-            .list(&CatalogQuery {
-                source: source.map(str::to_owned),
-                statuses: vec![BackupStatus::Succeeded],
-                ..Default::default()
-            })
-            .await?;
+        let catalog = self.catalog();
+        let query = CatalogQuery {
+            source: source.map(str::to_owned),
+            statuses: vec![BackupStatus::Succeeded],
+            ..Default::default()
+        };
         if spec == "latest" {
-            return records
-                .into_iter()
-                .last()
+            return catalog
+                .newest(&query)
+                .await?
                 .ok_or_else(|| Error::SnapshotNotFound { id: spec.into() });
         }
-        let mut matching: Vec<BackupRecord> = records
+        let refs: Vec<_> = catalog
+            .refs(None)
+            .await?
             .into_iter()
-            .filter(|r| r.id.starts_with(spec))
+            .filter(|r| {
+                r.id.starts_with(spec) && r.status.is_none_or(|s| s == BackupStatus::Succeeded)
+            })
             .collect();
+        let records = catalog.read_refs(&refs).await?;
+        let mut matching: Vec<BackupRecord> =
+            records.into_iter().filter(|r| query.matches(r)).collect();
         if let Some(exact) = matching.iter().position(|r| r.id == spec) {
             return Ok(matching.swap_remove(exact));
         }
