@@ -54,7 +54,7 @@ impl Default for BackupOptions {
             labels: BTreeMap::new(),
             use_parent: true,
             chunk_concurrency: cores * 2,
-            upload_concurrency: 3,
+            upload_concurrency: 2,
             progress: None,
         }
     }

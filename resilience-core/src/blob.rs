@@ -5,6 +5,8 @@
 //! and the associated data is `kind || id`, so a blob cannot be swapped for another.
 
 use std::cell::RefCell;
+
+use bytes::Bytes;
 use std::fmt;
 use std::str::FromStr;
 
@@ -116,33 +118,49 @@ pub fn encode_blob(
 ) {
     let mut body = Vec::with_capacity(plaintext.len() / 2 + 64);
     body.push(FLAG_ZSTD);
-    let compressed = COMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.as_ref().map(|(l, _)| *l) != Some(level) {
-            *cell = Some((
-                level,
-                zstd::bulk::Compressor::new(level).expect("zstd level is valid"),
-            ));
-        }
-        let (_, c) = cell.as_mut().expect("compressor just set");
-        let bound = zstd::zstd_safe::compress_bound(plaintext.len());
-        body.reserve(bound);
-        let start = body.len();
-        body.resize(start + bound, 0);
-        match c.compress_to_buffer(plaintext, &mut body[start..]) {
-            Ok(n) => {
-                body.truncate(start + n);
-                n < plaintext.len()
+    let compressed = looks_compressible(plaintext, level)
+        && COMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.as_ref().map(|(l, _)| *l) != Some(level) {
+                *cell = Some((
+                    level,
+                    zstd::bulk::Compressor::new(level).expect("zstd level is valid"),
+                ));
             }
-            Err(_) => false,
-        }
-    });
+            let (_, c) = cell.as_mut().expect("compressor just set");
+            let bound = zstd::zstd_safe::compress_bound(plaintext.len());
+            body.reserve(bound);
+            let start = body.len();
+            body.resize(start + bound, 0);
+            match c.compress_to_buffer(plaintext, &mut body[start..]) {
+                Ok(n) => {
+                    body.truncate(start + n);
+                    n < plaintext.len()
+                }
+                Err(_) => false,
+            }
+        });
     if !compressed {
         body.clear();
         body.push(FLAG_RAW);
         body.extend_from_slice(plaintext);
     }
     crypto::seal_into(key, &blob_aad(kind, id), &body, out);
+}
+
+/// Whether compressing is worth trying: large blobs are probed with a 64 KiB sample first, so
+/// incompressible data (media, encrypted or already compressed files) costs no full zstd pass.
+fn looks_compressible(plaintext: &[u8], level: i32) -> bool {
+    const SAMPLE: usize = 64 * 1024;
+    if plaintext.len() < 4 * SAMPLE {
+        return true;
+    }
+    let mid = plaintext.len() / 2;
+    let sample = &plaintext[mid - SAMPLE / 2..mid + SAMPLE / 2];
+    match zstd::bulk::compress(sample, level.min(1)) {
+        Ok(c) => c.len() * 100 < sample.len() * 97,
+        Err(_) => true,
+    }
 }
 
 /// Opens, decompresses and re-hashes a stored blob; every failure names `object`.
@@ -154,7 +172,7 @@ pub fn decode_blob(
     raw_len: u32,
     sealed: &[u8],
     object: &str,
-) -> Result<Vec<u8>> {
+) -> Result<Bytes> {
     let key = keys.data_key(key_id).ok_or_else(|| {
         Error::corrupt(
             object,
@@ -168,9 +186,13 @@ pub fn decode_blob(
         )
     })?;
     let plaintext = match body.first() {
-        Some(&FLAG_RAW) => body[1..].to_vec(),
-        Some(&FLAG_ZSTD) => zstd::bulk::decompress(&body[1..], raw_len as usize)
-            .map_err(|e| Error::corrupt(format!("{object} (blob {id})"), format!("zstd: {e}")))?,
+        // Raw: the plaintext is the body after its flag, without a copy.
+        Some(&FLAG_RAW) => Bytes::from(body).slice(1..),
+        Some(&FLAG_ZSTD) => Bytes::from(
+            zstd::bulk::decompress(&body[1..], raw_len as usize).map_err(|e| {
+                Error::corrupt(format!("{object} (blob {id})"), format!("zstd: {e}"))
+            })?,
+        ),
         _ => {
             return Err(Error::corrupt(
                 format!("{object} (blob {id})"),
@@ -203,7 +225,7 @@ mod tests {
             let mut out = Vec::new();
             encode_blob(&ks.current_key(), BlobKind::Data, &id, &plain, level, &mut out);
             let back = decode_blob(&ks, ks.current_key_id(), BlobKind::Data, &id, plain.len() as u32, &out, "obj").unwrap();
-            prop_assert_eq!(back, plain);
+            prop_assert_eq!(back.as_ref(), plain.as_slice());
         }
     }
 

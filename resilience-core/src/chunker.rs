@@ -71,14 +71,14 @@ impl Chunker {
             gear_ls,
             mask_s: v2020::MASKS[(bits + 1) as usize],
             mask_l: v2020::MASKS[(bits - 1) as usize],
-            buf: BytesMut::with_capacity(params.max_size as usize * 2),
+            buf: BytesMut::new(),
         }
     }
 
     /// The buffer to read into. Keep reading until [`Chunker::next_chunk`] returns `None`.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         if self.buf.capacity() - self.buf.len() < self.params.max_size as usize / 4 {
-            self.buf.reserve(self.params.max_size as usize * 2);
+            self.buf.reserve(self.params.max_size as usize);
         }
         &mut self.buf
     }

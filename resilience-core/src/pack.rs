@@ -220,7 +220,7 @@ mod tests {
             for (b, rec) in blobs.iter().zip(&parsed) {
                 let stored = &bytes[rec.offset as usize..(rec.offset + rec.length) as usize];
                 let plain = crate::blob::decode_blob(&ks, key_id, rec.kind, &rec.id, rec.raw_len, stored, "p").unwrap();
-                prop_assert_eq!(&plain, b);
+                prop_assert_eq!(plain.as_ref(), b.as_slice());
             }
         }
     }

@@ -61,7 +61,6 @@ pub async fn read_blob(repo: &Repository, id: BlobId, loc: BlobLocation) -> Resu
     let keys = repo.keys.clone();
     tokio::task::spawn_blocking(move || {
         blob::decode_blob(&keys, loc.key_id, loc.kind, &id, loc.raw_len, &sealed, &key)
-            .map(Bytes::from)
     })
     .await
     .map_err(|e| Error::Invalid(format!("blob decoding task failed: {e}")))?

@@ -4,11 +4,13 @@
 //! empty components, no NUL, and no component of an existing parent that is a symlink — so a
 //! damaged or malicious snapshot can never write outside the target directory.
 
+use std::collections::VecDeque;
 use std::ffi::OsStr;
-use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -134,11 +136,27 @@ impl DirTarget {
 }
 
 struct FileWriter {
-    file: Option<std::fs::File>,
+    file: Arc<std::fs::File>,
     path: PathBuf,
     expected: u64,
-    written: u64,
+    offset: u64,
     fsync: bool,
+    /// Writes in flight, so the restore reads ahead while the disk writes.
+    inflight: VecDeque<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Positional writes in flight per file.
+const WRITES_IN_FLIGHT: usize = 4;
+
+impl FileWriter {
+    async fn reap_one(&mut self) -> Result<(), AdapterError> {
+        if let Some(h) = self.inflight.pop_front() {
+            h.await
+                .map_err(|e| AdapterError::new("write", self.path.display().to_string(), e))?
+                .map_err(|e| AdapterError::new("write", self.path.display().to_string(), e))?;
+        }
+        Ok(())
+    }
 }
 
 fn is_zero(data: &[u8]) -> bool {
@@ -194,11 +212,12 @@ impl Target for DirTarget {
                     .open(&path)
                     .map_err(|e| AdapterError::new("create", shown, e))?;
                 Ok(Some(Box::new(FileWriter {
-                    file: Some(file),
+                    file: Arc::new(file),
                     path,
                     expected: meta.size,
-                    written: 0,
+                    offset: 0,
                     fsync: self.fsync,
+                    inflight: VecDeque::new(),
                 })))
             }
         }
@@ -257,39 +276,39 @@ impl Target for DirTarget {
 #[async_trait]
 impl ContentWriter for FileWriter {
     async fn write(&mut self, data: Bytes) -> Result<(), AdapterError> {
-        let mut file = self.file.take().expect("file open until complete");
-        let path = self.path.clone();
-        let (file, result) = tokio::task::spawn_blocking(move || {
-            // Zero runs of 4 KiB or more become holes: sparse files stay sparse.
-            let r = if data.len() >= 4096 && is_zero(&data) {
-                file.seek(SeekFrom::Current(data.len() as i64)).map(|_| ())
-            } else {
-                file.write_all(&data)
-            };
-            (file, r.map(|_| data.len() as u64))
-        })
-        .await
-        .map_err(|e| AdapterError::new("write", path.display().to_string(), e))?;
-        self.file = Some(file);
-        self.written +=
-            result.map_err(|e| AdapterError::new("write", self.path.display().to_string(), e))?;
+        let at = self.offset;
+        self.offset += data.len() as u64;
+        // Zero runs of 4 KiB or more become holes: sparse files stay sparse.
+        if data.len() >= 4096 && is_zero(&data) {
+            return Ok(());
+        }
+        while self.inflight.len() >= WRITES_IN_FLIGHT {
+            self.reap_one().await?;
+        }
+        let file = self.file.clone();
+        self.inflight
+            .push_back(tokio::task::spawn_blocking(move || {
+                file.write_all_at(&data, at)
+            }));
         Ok(())
     }
 
     async fn complete(mut self: Box<Self>) -> Result<(), AdapterError> {
-        let file = self.file.take().expect("file open until complete");
+        while !self.inflight.is_empty() {
+            self.reap_one().await?;
+        }
         let shown = self.path.display().to_string();
-        if self.written != self.expected {
+        if self.offset != self.expected {
             return Err(AdapterError::msg(
                 "restore",
                 shown,
                 format!(
                     "wrote {} bytes, the snapshot records {}",
-                    self.written, self.expected
+                    self.offset, self.expected
                 ),
             ));
         }
-        let (fsync, size) = (self.fsync, self.written);
+        let (fsync, size, file) = (self.fsync, self.offset, self.file.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             file.set_len(size)?;
             if fsync {
