@@ -210,12 +210,37 @@ impl Index {
         }
     }
 
-    /// Moves recent records into the sorted vector.
+    /// Adds a pack without checking for known blobs: for loading many index files at once,
+    /// straight into the sorted vector (no transient hash map). Call [`Index::compact`] after.
+    pub fn add_pack_bulk(&mut self, record: &PackRecord) {
+        if self.pack_pos.contains_key(&record.id) {
+            return;
+        }
+        let pos = self.packs.len() as u32;
+        self.packs.push(PackInfo {
+            id: record.id,
+            size: record.size,
+            key_id: record.key_id,
+        });
+        self.pack_pos.insert(record.id, pos);
+        self.sorted.extend(record.blobs.iter().map(|b| Record {
+            id: b.id,
+            kind: b.kind,
+            pack: pos,
+            offset: b.offset,
+            length: b.length,
+            raw_len: b.raw_len,
+        }));
+    }
+
+    /// Moves recent records into the sorted vector; of duplicate blobs, the first added stays.
     pub fn compact(&mut self) {
         self.sorted.extend(self.recent.drain().map(|(_, r)| r));
-        self.sorted.sort_unstable_by_key(|r| r.id);
+        self.sorted
+            .sort_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
         self.sorted.dedup_by(|a, b| a.id == b.id);
         self.sorted.shrink_to_fit();
+        self.recent.shrink_to_fit();
     }
 
     fn lookup_record(&self, id: &BlobId) -> Option<&Record> {

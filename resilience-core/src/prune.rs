@@ -239,49 +239,52 @@ impl Repository {
             .flat_map(|(_, _, p)| p.iter().map(|r| r.id))
             .collect();
 
-        // Phase 2: finish ripe plans.
-        let read_index = self.load_read_index().await?;
-        let referenced = self.referenced_blobs(&read_index).await?;
-        let live_index = self.load_index().await?;
-        for (key, created_at, packs) in &plans {
-            if *created_at > now - grace {
-                report
-                    .waiting_plans
-                    .push(format!("{key}: younger than the grace period"));
-                continue;
-            }
-            if let Some((k, l)) = locks
-                .iter()
-                .find(|(k, l)| k != lock.key() && l.is_live(now) && l.created_at <= *created_at)
-            {
-                report.waiting_plans.push(format!(
-                    "{key}: {k} ({} by {}) was taken before it",
-                    l.purpose, l.owner
-                ));
-                continue;
-            }
-            let mut resurrect = Vec::new();
-            for p in packs {
-                if live_index.has_pack(&p.id) {
+        // Phase 2: finish ripe plans (in a block, so its indexes are freed before phase 1).
+        if !plans.is_empty() {
+            let read_index = self.load_read_index().await?;
+            let referenced = self.referenced_blobs(&read_index).await?;
+            let live_index = self.load_index().await?;
+            for (key, created_at, packs) in &plans {
+                if *created_at > now - grace {
+                    report
+                        .waiting_plans
+                        .push(format!("{key}: younger than the grace period"));
                     continue;
                 }
-                if p.blobs
+                if let Some((k, l)) = locks
                     .iter()
-                    .any(|b| referenced.is_marked(&read_index, &b.id))
+                    .find(|(k, l)| k != lock.key() && l.is_live(now) && l.created_at <= *created_at)
                 {
-                    resurrect.push(p.clone());
+                    report.waiting_plans.push(format!(
+                        "{key}: {k} ({} by {}) was taken before it",
+                        l.purpose, l.owner
+                    ));
                     continue;
                 }
-                report.deleted_packs += 1;
-                report.freed_bytes += p.size;
-                if !options.dry_run {
-                    self.sink.delete(&pack::pack_key(&p.id)).await?;
+                let mut resurrect = Vec::new();
+                for p in packs {
+                    if live_index.has_pack(&p.id) {
+                        continue;
+                    }
+                    // Resurrect only what a snapshot needs and no live pack holds: a repacked
+                    // pack's live blobs are in its replacement already.
+                    if p.blobs.iter().any(|b| {
+                        referenced.is_marked(&read_index, &b.id) && !live_index.contains(&b.id)
+                    }) {
+                        resurrect.push(p.clone());
+                        continue;
+                    }
+                    report.deleted_packs += 1;
+                    report.freed_bytes += p.size;
+                    if !options.dry_run {
+                        self.sink.delete(&pack::pack_key(&p.id)).await?;
+                    }
                 }
-            }
-            report.resurrected_packs += resurrect.len();
-            if !options.dry_run {
-                self.write_index(&resurrect).await?;
-                self.sink.delete(key).await?;
+                report.resurrected_packs += resurrect.len();
+                if !options.dry_run {
+                    self.write_index(&resurrect).await?;
+                    self.sink.delete(key).await?;
+                }
             }
         }
 

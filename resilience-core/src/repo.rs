@@ -288,7 +288,7 @@ impl Repository {
         let mut idx = Index::new();
         while let Some(packs) = files.try_next().await? {
             for p in &packs {
-                idx.add_pack(p);
+                idx.add_pack_bulk(p);
             }
         }
         idx.compact();
