@@ -656,3 +656,67 @@ fn effective_uid() -> u32 {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+#[test]
+fn old_backups_move_to_a_cold_repository_and_restore_from_it() {
+    let env = Env::new();
+    env.init();
+    make_tree(&env.path("a"), 1, 2 << 20);
+    let id = env.backup(&env.path("a"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cold = env.path("cold").display().to_string();
+    env.ok(&[
+        "forget",
+        "--repo",
+        &env.repo(),
+        "--cold-repo",
+        &cold,
+        "--keep-last",
+        "5",
+        "--hot",
+        "0s",
+        "--cold",
+        "3650d",
+    ]);
+    let list = env.json(&["snapshots", "--repo", &env.repo(), "--json"]);
+    assert_eq!(list[0]["tier"], "cold", "{list}");
+    let without = env.run(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        &id,
+        "--target",
+        env.path("x").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&without.stderr).contains("cold"));
+    env.ok(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        "--cold-repo",
+        &cold,
+        &id,
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    same_tree(&env.path("a"), &env.path("out"));
+    env.ok(&["prune", "--repo", &env.repo(), "--grace", "0s"]);
+    env.ok(&["prune", "--repo", &env.repo(), "--grace", "0s"]);
+    assert!(
+        env.packs().is_empty(),
+        "the hot store still holds the moved data"
+    );
+    env.ok(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        "--cold-repo",
+        &cold,
+        &id,
+        "--target",
+        env.path("out2").to_str().unwrap(),
+    ]);
+    same_tree(&env.path("a"), &env.path("out2"));
+}

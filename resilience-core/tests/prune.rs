@@ -446,15 +446,33 @@ async fn append_only_mode_backs_up_but_refuses_every_delete_and_overwrite() {
 #[tokio::test]
 async fn a_mostly_dead_pack_is_repacked_and_the_original_is_deleted_not_resurrected() {
     let mem = Arc::new(MemorySink::new());
-    let opts = InitOptions { pack_size: 16 << 20, ..Default::default() };
+    let opts = InitOptions {
+        pack_size: 16 << 20,
+        ..Default::default()
+    };
     let repo = Repository::init(mem.clone(), &KeyFileProvider::from_key([1; 32]), opts)
         .await
         .unwrap()
-        .with_lock_settings(LockSettings { settle: Duration::from_millis(1), ..Default::default() });
+        .with_lock_settings(LockSettings {
+            settle: Duration::from_millis(1),
+            ..Default::default()
+        });
     let live = data(1 << 20, 1);
     // One pack holding a live 1 MiB and a soon-dead 3 MiB.
-    repo.backup(&MemorySource::new("s").file("a", live.clone()).file("b", data(3 << 20, 2)), Default::default()).await.unwrap();
-    repo.backup(&MemorySource::new("s").file("a", live.clone()), Default::default()).await.unwrap();
+    repo.backup(
+        &MemorySource::new("s")
+            .file("a", live.clone())
+            .file("b", data(3 << 20, 2)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    repo.backup(
+        &MemorySource::new("s").file("a", live.clone()),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     forget_all_but_last(&repo).await;
     let before = data_bytes(mem.as_ref()).await;
     let first = repo.prune(now_prune()).await.unwrap();
@@ -463,8 +481,14 @@ async fn a_mostly_dead_pack_is_repacked_and_the_original_is_deleted_not_resurrec
     assert_eq!(second.resurrected_packs, 0, "{second:?}");
     assert!(second.deleted_packs >= 1, "{second:?}");
     assert!(data_bytes(mem.as_ref()).await < before - (2 << 20));
-    assert!(repo.verify(VerifyOptions { full: true }).await.unwrap().is_ok());
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
     let target = MemoryTarget::new();
-    repo.restore("latest", &target, Default::default()).await.unwrap();
+    repo.restore("latest", &target, Default::default())
+        .await
+        .unwrap();
     assert!(target.content("a").unwrap() == live);
 }
