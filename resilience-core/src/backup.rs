@@ -449,6 +449,114 @@ impl ParentCursor {
     }
 }
 
+/// What the read-ahead stage hands the backup loop, in source order.
+enum Ahead {
+    /// Unchanged since the parent: its blobs, without reading.
+    Reused(EntryMeta, Vec<BlobRef>),
+    /// Content to store: read ahead into memory for small files, else the source's reader.
+    Content(EntryMeta, EntryReader),
+    /// An entry without content.
+    NoContent(EntryMeta),
+    /// The source's metadata, after its last entry.
+    Finished(crate::source::SourceMetadata),
+}
+
+/// Files up to this size are read ahead whole, several at once.
+const READ_AHEAD_MAX_FILE: u64 = 1 << 20;
+/// Entries in flight in the read-ahead stage.
+const READ_AHEAD_ENTRIES: usize = 8;
+
+/// Pulls entries from the source ahead of the backup loop: decides reuse from the parent
+/// snapshot (so unchanged files are never read) and reads small files concurrently, so a tree
+/// of many small files is not read one blocking call at a time. Memory: at most
+/// [`READ_AHEAD_ENTRIES`] files of at most [`READ_AHEAD_MAX_FILE`] bytes.
+fn spawn_read_ahead(
+    mut session: Box<dyn crate::source::SourceSession>,
+    mut cursor: ParentCursor,
+    shared: Arc<Shared>,
+) -> (
+    tokio::sync::mpsc::Receiver<Result<Ahead>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_ENTRIES);
+    let task = tokio::spawn(async move {
+        let mut inflight: FuturesOrdered<futures::future::BoxFuture<'static, Result<Ahead>>> =
+            FuturesOrdered::new();
+        let mut done = false;
+        loop {
+            while !done && inflight.len() < READ_AHEAD_ENTRIES {
+                let entry = match session.next_entry().await {
+                    Ok(Some(entry)) => entry,
+                    Ok(None) => {
+                        done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        inflight.push_back(Box::pin(futures::future::ready(Err(e.into()))));
+                        done = true;
+                        break;
+                    }
+                };
+                let meta = entry.meta;
+                let item: futures::future::BoxFuture<'static, Result<Ahead>> =
+                    match (meta.kind, entry.content) {
+                        (EntryKind::File, Some(mut reader)) => {
+                            let reuse = match cursor.find(&meta).await {
+                                Ok(r) => r.filter(|refs| {
+                                    let dedup = shared.dedup.lock().expect("dedup lock poisoned");
+                                    refs.iter().all(|r| dedup.index.contains(&r.id))
+                                }),
+                                Err(e) => {
+                                    inflight.push_back(Box::pin(futures::future::ready(Err(e))));
+                                    done = true;
+                                    break;
+                                }
+                            };
+                            match reuse {
+                                Some(refs) => {
+                                    Box::pin(futures::future::ready(Ok(Ahead::Reused(meta, refs))))
+                                }
+                                None if meta.size <= READ_AHEAD_MAX_FILE => Box::pin(async move {
+                                    let mut buf = Vec::with_capacity(meta.size as usize + 1);
+                                    reader.read_to_end(&mut buf).await.map_err(|e| {
+                                        crate::source::AdapterError::new(
+                                            "read",
+                                            meta.path.to_string(),
+                                            e,
+                                        )
+                                    })?;
+                                    let reader: EntryReader = Box::pin(std::io::Cursor::new(buf));
+                                    Ok(Ahead::Content(meta, reader))
+                                }),
+                                None => Box::pin(futures::future::ready(Ok(Ahead::Content(
+                                    meta, reader,
+                                )))),
+                            }
+                        }
+                        _ => Box::pin(futures::future::ready(Ok(Ahead::NoContent(meta)))),
+                    };
+                inflight.push_back(item);
+            }
+            match inflight.next().await {
+                Some(item) => {
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        return;
+                    }
+                }
+                None => break,
+            }
+        }
+        let finished = session
+            .finish()
+            .await
+            .map(Ahead::Finished)
+            .map_err(Error::from);
+        let _ = tx.send(finished).await;
+    });
+    (rx, task)
+}
+
 impl Repository {
     /// Backs up `source` into a new snapshot.
     pub async fn backup(
@@ -601,43 +709,48 @@ impl Repository {
         let mut chunker = Chunker::new(self.config.chunker, self.keys.chunker_seed());
         let mut reused = 0u64;
 
-        let mut session = source.start().await?;
-        while let Some(entry) = session.next_entry().await? {
-            let meta = entry.meta;
-            if let Some(p) = &options.progress {
-                p.entry(&meta);
-            }
-            match (meta.kind, entry.content) {
-                (EntryKind::File, Some(reader)) => {
-                    let reuse = cursor.find(&meta).await?.filter(|refs| {
-                        let dedup = shared.dedup.lock().expect("dedup lock poisoned");
-                        refs.iter().all(|r| dedup.index.contains(&r.id))
-                    });
-                    if let Some(refs) = reuse {
-                        reused += 1;
-                        if let Some(p) = &options.progress {
-                            p.bytes(meta.size);
-                        }
-                        pipeline
-                            .add_entry(meta, Content::Blobs(refs), &mut packer)
-                            .await?;
-                    } else {
-                        self.store_content(
-                            reader,
-                            meta,
-                            &mut chunker,
-                            &mut pipeline,
-                            &mut packer,
-                            options,
-                        )
-                        .await?;
+        let session = source.start().await?;
+        let (mut ahead, reader_task) = spawn_read_ahead(session, cursor, shared.clone());
+        let mut source_metadata = None;
+        while let Some(item) = ahead.recv().await {
+            match item? {
+                Ahead::Reused(meta, refs) => {
+                    reused += 1;
+                    if let Some(p) = &options.progress {
+                        p.entry(&meta);
+                        p.bytes(meta.size);
                     }
+                    pipeline
+                        .add_entry(meta, Content::Blobs(refs), &mut packer)
+                        .await?;
                 }
-                _ => pipeline.add_entry(meta, Content::None, &mut packer).await?,
+                Ahead::Content(meta, reader) => {
+                    if let Some(p) = &options.progress {
+                        p.entry(&meta);
+                    }
+                    self.store_content(
+                        reader,
+                        meta,
+                        &mut chunker,
+                        &mut pipeline,
+                        &mut packer,
+                        options,
+                    )
+                    .await?;
+                }
+                Ahead::NoContent(meta) => {
+                    if let Some(p) = &options.progress {
+                        p.entry(&meta);
+                    }
+                    pipeline.add_entry(meta, Content::None, &mut packer).await?;
+                }
+                Ahead::Finished(metadata) => source_metadata = Some(metadata),
             }
         }
-        let source_metadata = session.finish().await?;
-        drop(session);
+        let _ = reader_task.await;
+        let source_metadata = source_metadata.ok_or_else(|| {
+            Error::Invalid("the source stopped before finishing its snapshot".into())
+        })?;
         pipeline.finish(&mut packer).await?;
         packer.finish().await?;
         lock.check()?;
