@@ -33,7 +33,7 @@ pub struct RestoreOptions {
 impl Default for RestoreOptions {
     fn default() -> Self {
         RestoreOptions {
-            concurrency: 8,
+            concurrency: 16,
             progress: None,
         }
     }

@@ -143,6 +143,8 @@ struct FileWriter {
     fsync: bool,
     /// Writes in flight, so the restore reads ahead while the disk writes.
     inflight: VecDeque<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The last piece was a skipped zero run: the length must be set at the end.
+    ends_in_hole: bool,
 }
 
 /// Positional writes in flight per file.
@@ -218,6 +220,7 @@ impl Target for DirTarget {
                     offset: 0,
                     fsync: self.fsync,
                     inflight: VecDeque::new(),
+                    ends_in_hole: false,
                 })))
             }
         }
@@ -280,8 +283,10 @@ impl ContentWriter for FileWriter {
         self.offset += data.len() as u64;
         // Zero runs of 4 KiB or more become holes: sparse files stay sparse.
         if data.len() >= 4096 && is_zero(&data) {
+            self.ends_in_hole = true;
             return Ok(());
         }
+        self.ends_in_hole = false;
         while self.inflight.len() >= WRITES_IN_FLIGHT {
             self.reap_one().await?;
         }
@@ -308,9 +313,19 @@ impl ContentWriter for FileWriter {
                 ),
             ));
         }
-        let (fsync, size, file) = (self.fsync, self.offset, self.file.clone());
+        if !self.fsync && !self.ends_in_hole {
+            return Ok(());
+        }
+        let (fsync, size, file, hole) = (
+            self.fsync,
+            self.offset,
+            self.file.clone(),
+            self.ends_in_hole,
+        );
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            file.set_len(size)?;
+            if hole {
+                file.set_len(size)?;
+            }
             if fsync {
                 file.sync_all()?;
             }
