@@ -53,8 +53,17 @@ TOML
     sleep 0.2
   done
   [ -n "$node" ] || { cat "$dir/garage.log" >&2; die "garage did not answer"; }
-  "${g[@]}" layout assign -z dc1 -c 1G "${node%%@*}" >/dev/null
-  "${g[@]}" layout apply --version 1 >/dev/null
+  # `node id` reads local state; wait until the server answers RPC before changing the layout.
+  local up=""
+  for _ in $(seq 1 150); do
+    if "${g[@]}" status >/dev/null 2>&1; then up=1; break; fi
+    kill -0 "$(cat "$dir/garage.pid")" 2>/dev/null || { cat "$dir/garage.log" >&2; die "garage server exited"; }
+    sleep 0.2
+  done
+  [ -n "$up" ] || { cat "$dir/garage.log" >&2; die "garage RPC did not come up"; }
+  retry() { local i; for i in $(seq 1 25); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; "$@"; }
+  retry "${g[@]}" layout assign -z dc1 -c 1G "${node%%@*}"
+  retry "${g[@]}" layout apply --version 1
   local keyinfo key_id key_secret bucket="resilience-test"
   for _ in $(seq 1 50); do
     if keyinfo="$("${g[@]}" key create test-key 2>&1)"; then break; fi
@@ -63,8 +72,8 @@ TOML
   key_id="$(echo "$keyinfo" | awk '/Key ID:/ {print $3}')"
   key_secret="$(echo "$keyinfo" | awk '/Secret key:/ {print $3}')"
   [ -n "$key_id" ] && [ -n "$key_secret" ] || die "could not create a key: $keyinfo"
-  "${g[@]}" bucket create "$bucket" >/dev/null
-  "${g[@]}" bucket allow --read --write --owner "$bucket" --key test-key >/dev/null
+  retry "${g[@]}" bucket create "$bucket"
+  retry "${g[@]}" bucket allow --read --write --owner "$bucket" --key test-key
   cat > "$dir/env" <<ENV
 export AWS_ENDPOINT_URL=http://127.0.0.1:$s3
 export AWS_ACCESS_KEY_ID=$key_id

@@ -34,10 +34,13 @@ pub fn provider(global: &Global) -> Result<Box<dyn KeyProvider>, CliError> {
     }
     match passphrase(global)? {
         Some(p) => Ok(Box::new(p)),
-        None => Err(CliError::Usage(
-            "no key: set RESILIENCE_PASSWORD, or give --password-file or --key-file".into(),
-        )),
+        None => Err(no_key()),
     }
+}
+
+/// The usage error for a command given no credentials.
+pub fn no_key() -> CliError {
+    CliError::Usage("no key: set RESILIENCE_PASSWORD, or give --password-file or --key-file".into())
 }
 
 /// The sink, wrapped as the global options ask.

@@ -4,9 +4,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The environment and exit statuses, shown after the top-level help.
+const ENVIRONMENT: &str = "\
+Environment:
+  RESILIENCE_REPOSITORY  the repository, when --repo is not given
+  RESILIENCE_PASSWORD    the passphrase, unless --password-file or --key-file is given
+  RESILIENCE_LOG         log filter for stderr (default: warn), e.g. info or resilience_core=debug
+
+Exit status: 0 success, 1 failure, 2 usage error, 3 verify found damage.";
+
 /// Encrypted, deduplicated, verified backups that services embed.
 #[derive(Debug, Parser)]
-#[command(name = "resilience", version, about, long_about = None)]
+#[command(name = "resilience", version, long_about = None, after_help = ENVIRONMENT)]
 pub struct Cli {
     /// Options every command takes.
     #[command(flatten)]
@@ -16,11 +25,17 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every command takes.
+/// Options every command takes, before or after its name.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Repository: a local path, file:///path, s3://BUCKET/PREFIX[?endpoint=URL&region=R], gs://, az://.
-    #[arg(long, global = true, env = "RESILIENCE_REPOSITORY")]
+    #[arg(
+        long,
+        global = true,
+        env = "RESILIENCE_REPOSITORY",
+        hide_env_values = true
+    )]
     pub repo: Option<String>,
     /// File holding the passphrase (else RESILIENCE_PASSWORD).
     #[arg(long, global = true, value_name = "FILE")]

@@ -4,6 +4,7 @@
 mod access;
 mod cli;
 mod commands;
+mod output;
 mod progress;
 
 use std::process::ExitCode;
@@ -59,18 +60,22 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if !matches!(e, CliError::Damaged(_)) {
-                eprintln!("error: {e}");
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    let text = s.to_string();
-                    if !e.to_string().contains(&text) {
-                        eprintln!("caused by: {text}");
-                    }
-                    source = s.source();
-                }
-            }
+            report(&e);
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// Prints `error: <message>` and every cause not already part of the message to stderr.
+fn report(e: &CliError) {
+    let message = e.to_string();
+    eprintln!("error: {message}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            eprintln!("caused by: {text}");
+        }
+        source = s.source();
     }
 }

@@ -1,13 +1,18 @@
-//! Progress bars on a terminal, through the engine's `Progress` trait.
+//! Progress bars on a terminal, through the engine's [`Progress`] trait.
+//!
+//! Drawn on stderr only when it is a terminal and the output is not JSON, so scripts and logs
+//! never see them.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use resilience_core::entry::EntryMeta;
 use resilience_core::progress::Progress;
 
-/// A byte-counting bar with the current entry as its message.
+/// A byte-counting bar (a spinner when the total is unknown) with the current entry as its
+/// message.
 pub struct Bar {
     bar: ProgressBar,
 }
@@ -19,15 +24,27 @@ impl Bar {
         if json || !std::io::stderr().is_terminal() {
             return None;
         }
-        let bar = match total {
-            Some(t) => ProgressBar::new(t),
-            None => ProgressBar::new_spinner(),
+        let (bar, template) = match total {
+            Some(t) => (
+                ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
+                format!(
+                    "{verb} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} \
+                     eta {{eta}} {{wide_msg}}"
+                ),
+            ),
+            None => (
+                ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+                format!(
+                    "{verb} {{spinner}} {{bytes}} {{bytes_per_sec}} [{{elapsed_precise}}] \
+                     {{wide_msg}}"
+                ),
+            ),
         };
-        let style = ProgressStyle::with_template(&format!(
-            "{verb} {{spinner}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} [{{elapsed_precise}}] {{wide_msg}}"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
         bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(120));
         Some(Arc::new(Bar { bar }))
     }
 

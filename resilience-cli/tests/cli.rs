@@ -99,6 +99,17 @@ fn make_tree(root: &Path, seed: u64, big: usize) {
     std::os::unix::fs::symlink("../notes.txt", root.join("nested/link")).unwrap();
 }
 
+/// Whether `s` looks like an RFC 3339 time (`2024-05-01T12:00:00.123+00:00`).
+fn chrono_like(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && (s.ends_with('Z') || s[s.len() - 6..].starts_with(['+', '-']))
+}
+
 fn same_tree(a: &Path, b: &Path) {
     let out = Command::new("diff")
         .args(["-r", "--no-dereference"])
@@ -133,7 +144,9 @@ fn backup_list_restore_verify_and_deduplicate() {
     let id = id.trim().to_owned();
     assert!(id.len() > 10 && !id.contains(' '), "{id:?}");
 
-    let list = env.json(&["snapshots", "--repo", &env.repo(), "--json"]);
+    // `--json` is accepted before the command too, and the repository as a file:// URL.
+    let file_url = format!("file://{}", env.repo());
+    let list = env.json(&["--json", "snapshots", "--repo", &file_url]);
     let s = &list.as_array().unwrap()[0];
     for field in [
         "id",
@@ -150,6 +163,13 @@ fn backup_list_restore_verify_and_deduplicate() {
     assert_eq!(s["id"], id.as_str());
     assert_eq!(s["status"], "succeeded");
     assert_eq!(s["labels"]["env"], "prod");
+    assert_eq!(s["labels"]["team"], "billing");
+    assert!(chrono_like(s["started_at"].as_str().unwrap()), "{s}");
+    let table = env.ok(&["snapshots", "--repo", &env.repo()]);
+    assert!(
+        table.contains(&id) && table.contains("env=prod") && table.contains("succeeded"),
+        "{table}"
+    );
 
     let second = env.backup(&data);
     for field in [
@@ -171,25 +191,38 @@ fn backup_list_restore_verify_and_deduplicate() {
     );
     assert_eq!(second["new_bytes"], 0);
 
-    env.ok(&[
+    let restored = env.json(&[
         "restore",
         "--repo",
         &env.repo(),
         "latest",
         "--target",
         env.path("out").to_str().unwrap(),
+        "--json",
     ]);
+    assert_eq!(restored["snapshot"], second["id"]);
+    assert_eq!(restored["bytes"], second["logical_bytes"]);
+    assert!(restored["entries"].as_u64().unwrap() >= 4 && restored.get("duration_ms").is_some());
     same_tree(&data, &env.path("out"));
-    env.ok(&[
-        "restore",
-        "--repo",
-        &env.repo(),
-        &id[..id.len() - 2],
-        "--target",
-        env.path("out2").to_str().unwrap(),
-    ]);
+    // A unique id prefix names a snapshot; the repository may come from the environment.
+    let by_prefix = env
+        .cmd(&[
+            "restore",
+            &id[..id.len() - 2],
+            "--target",
+            env.path("out2").to_str().unwrap(),
+        ])
+        .env("RESILIENCE_REPOSITORY", env.repo())
+        .output()
+        .unwrap();
+    assert!(
+        by_prefix.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_prefix.stderr)
+    );
     same_tree(&data, &env.path("out2"));
-    env.ok(&["verify", "--repo", &env.repo()]);
+    let verified = env.ok(&["verify", "--repo", &env.repo()]);
+    assert!(verified.contains("sound"), "{verified}");
     let full = env.json(&["verify", "--repo", &env.repo(), "--full", "--json"]);
     assert_eq!(full["damaged"].as_array().unwrap().len(), 0);
     assert!(full["blobs_checked"].as_u64().unwrap() > 0);
@@ -238,11 +271,19 @@ fn a_flipped_byte_is_named_with_exactly_the_snapshots_it_affects() {
     assert!(list[0]["object"].as_str().unwrap().ends_with(name));
     assert_eq!(list[0]["affected_snapshots"], serde_json::json!([a]));
     // The text output names it too.
-    let text = String::from_utf8(env.run(&["verify", "--repo", &env.repo()]).stdout).unwrap();
+    let out = env.run(&["verify", "--repo", &env.repo()]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("DAMAGED "))
+        .unwrap_or_else(|| panic!("no DAMAGED line: {text}"));
     assert!(
-        text.contains(name) && text.contains(&a) && !text.contains(&b),
-        "{text}"
+        line.contains(name) && line.ends_with(&format!("(affects: {a})")),
+        "{line}"
     );
+    assert!(!text.contains(&b), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: the repository is damaged"));
     // Restoring the affected snapshot fails naming the object; the other restores.
     let out = env.run(&[
         "restore",
@@ -306,6 +347,7 @@ fn a_truncated_or_deleted_pack_is_named() {
         "--target",
         env.path("ra").to_str().unwrap(),
     ]);
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&name));
 }
 
@@ -364,7 +406,7 @@ fn a_backup_killed_part_way_claims_nothing_and_the_next_one_reuses_its_work() {
         statuses.contains(&"failed") && statuses.contains(&"succeeded"),
         "{statuses:?}"
     );
-    env.ok(&["verify", "--repo", &env.repo(), "--full"]);
+    env.ok(&["verify", "--repo", &env.repo()]);
     env.ok(&[
         "restore",
         "--repo",
@@ -424,18 +466,40 @@ fn bad_input_is_a_clear_error_and_nothing_is_claimed() {
         "a read command created the repository directory"
     );
 
+    let nokey = Command::new(BIN)
+        .args(["init", "--repo", &env.repo()])
+        .env_remove("RESILIENCE_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(nokey.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&nokey.stderr).contains("RESILIENCE_PASSWORD"));
+    assert!(!env.path("repo").exists(), "init without a key created it");
+
     env.init();
-    let twice = env.run(&["init", "--repo", &env.repo()]);
-    assert!(!twice.status.success());
+    let key = env.path("late.key");
+    let twice = env.run(&[
+        "init",
+        "--repo",
+        &env.repo(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(twice.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&twice.stderr).contains("already exists"));
+    assert!(!key.exists(), "a failed init left a key file behind");
 
     let wrong = env
         .cmd(&["snapshots", "--repo", &env.repo()])
         .env("RESILIENCE_PASSWORD", "battery staple")
         .output()
         .unwrap();
-    assert!(!wrong.status.success());
-    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
+    assert_eq!(wrong.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert!(
+        !err.contains("battery staple"),
+        "the passphrase was printed: {err}"
+    );
 
     let nopath = env.run(&[
         "backup",
@@ -444,8 +508,12 @@ fn bad_input_is_a_clear_error_and_nothing_is_claimed() {
         "dir",
         env.path("nowhere").to_str().unwrap(),
     ]);
-    assert!(!nopath.status.success());
-    assert!(String::from_utf8_lossy(&nopath.stderr).contains("nowhere"));
+    assert_eq!(nopath.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&nopath.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("nowhere"),
+        "{err}"
+    );
     let list = env.json(&["snapshots", "--repo", &env.repo(), "--json"]);
     assert!(list
         .as_array()

@@ -1,0 +1,61 @@
+//! `init`: create a repository, its keys wrapped by a passphrase, a key file, or both.
+
+use resilience_core::keys::{KeyFileProvider, KeyProvider};
+use resilience_core::repo::{InitOptions, Repository};
+use resilience_core::Error;
+use serde_json::json;
+
+use crate::access;
+use crate::cli::Global;
+use crate::output::print_json;
+use crate::CliError;
+
+/// Creates the repository. With both a passphrase and `--key-file`, either opens it (two
+/// wrapped copies of the key set). A key file that does not exist yet is generated (mode 0600),
+/// but only once it is certain the repository will be created.
+pub async fn run(g: &Global) -> Result<(), CliError> {
+    let url = access::repo_url(g)?;
+    let passphrase = access::passphrase(g)?;
+    if passphrase.is_none() && g.key_file.is_none() {
+        return Err(access::no_key());
+    }
+    let sink = access::sink(g, url, true)?;
+    match sink.head("config").await {
+        Ok(_) => {
+            return Err(Error::AlreadyInitialized {
+                location: sink.location(),
+            }
+            .into())
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(Error::from(e).into()),
+    }
+    let key_file = match &g.key_file {
+        Some(path) if path.exists() => Some(KeyFileProvider::from_file(path)?),
+        Some(path) => Some(KeyFileProvider::generate(path)?),
+        None => None,
+    };
+    let provider: &dyn KeyProvider = match (&key_file, &passphrase) {
+        (Some(k), _) => k,
+        (None, Some(p)) => p,
+        (None, None) => return Err(access::no_key()),
+    };
+    let repo = Repository::init(sink, provider, InitOptions::default()).await?;
+    if let (Some(_), Some(p)) = (&key_file, &passphrase) {
+        repo.add_key(p).await?;
+    }
+    if g.json {
+        print_json(&json!({
+            "repository": repo.sink().location(),
+            "id": repo.config().id,
+            "format": repo.config().format,
+        }));
+    } else {
+        println!(
+            "created repository {} at {}",
+            repo.config().id,
+            repo.sink().location()
+        );
+    }
+    Ok(())
+}

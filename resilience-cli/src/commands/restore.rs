@@ -1,0 +1,51 @@
+//! `restore SNAPSHOT --target DIR`: a snapshot into a new (or empty) directory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use resilience_core::fs::DirTarget;
+use resilience_core::progress::Progress;
+use resilience_core::restore::RestoreOptions;
+use serde_json::json;
+
+use crate::access;
+use crate::cli::Global;
+use crate::output::{bytes, print_json};
+use crate::progress::Bar;
+use crate::CliError;
+
+/// Restores the snapshot `snapshot` names (an id, a unique prefix, or `latest`) into `target`.
+pub async fn run(g: &Global, snapshot: &str, target: &Path) -> Result<(), CliError> {
+    let repo = access::open(g).await?;
+    let record = repo.resolve_snapshot(snapshot, None).await?;
+    let bar = Bar::new(g.json, "restore", Some(record.logical_bytes));
+    let options = RestoreOptions {
+        progress: bar.clone().map(|b| b as Arc<dyn Progress>),
+        ..Default::default()
+    };
+    let report = repo
+        .restore(&record.id, &DirTarget::new(target), options)
+        .await;
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    let report = report?;
+    if g.json {
+        print_json(&json!({
+            "snapshot": report.snapshot,
+            "entries": report.entries,
+            "bytes": report.bytes,
+            "duration_ms": report.duration.as_millis() as u64,
+        }));
+    } else {
+        eprintln!(
+            "restored {} ({} entries, {}) into {} in {:.1?}",
+            report.snapshot,
+            report.entries,
+            bytes(report.bytes),
+            target.display(),
+            report.duration
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! Printing results: one JSON document on stdout for scripts, or text for people.
+
+use resilience_core::catalog::BackupRecord;
+use serde_json::{json, Value};
+
+/// Prints `value` as one pretty-printed JSON document on stdout.
+pub fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}
+
+/// A byte count for people: `512 B`, `1.5 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A catalog record as scripts see it (`snapshots --json`, `hold --json`); times in RFC 3339.
+pub fn record_json(r: &BackupRecord) -> Value {
+    json!({
+        "id": r.id,
+        "source": r.source.id,
+        "source_kind": r.source.kind,
+        "kind": r.kind,
+        "status": r.status,
+        "error": r.error,
+        "started_at": r.started_at.to_rfc3339(),
+        "finished_at": r.finished_at.map(|t| t.to_rfc3339()),
+        "entries": r.entries,
+        "logical_bytes": r.logical_bytes,
+        "new_bytes": r.new_bytes,
+        "stored_bytes": r.stored_bytes,
+        "manifest_checksum": r.manifest_checksum,
+        "tier": r.tier,
+        "legal_hold": r.legal_hold,
+        "verifications": r.verifications,
+        "labels": r.labels,
+        "parent": r.parent,
+        "host": r.host,
+        "source_metadata": r.source_metadata,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes;
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(bytes(u64::MAX), "16777216.0 TiB");
+    }
+}
