@@ -244,26 +244,15 @@ impl RepoCatalog {
 
     /// Reads the records behind `refs`, a few at a time, in order.
     pub async fn read_refs(&self, refs: &[CatalogRef]) -> Result<Vec<BackupRecord>> {
-        let keys: Vec<String> = refs.iter().map(|r| r.key.clone()).collect();
-        let mut out = Vec::with_capacity(keys.len());
-        let mut reads = futures::stream::iter(keys).map(|k| {
-            let this = self.clone();
-            async move { this.read(&k).await }
-        });
-        let mut pending = futures::stream::FuturesOrdered::new();
-        loop {
-            while pending.len() < 16 {
-                match reads.next().await {
-                    Some(f) => pending.push_back(f),
-                    None => break,
-                }
-            }
-            match pending.next().await {
-                Some(r) => out.push(r?),
-                None => break,
-            }
-        }
-        Ok(out)
+        let this = self.clone();
+        futures::stream::iter(refs.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
+            .map(move |key| {
+                let this = this.clone();
+                async move { this.read(&key).await }
+            })
+            .buffered(16)
+            .try_collect()
+            .await
     }
 
     /// The newest record (by id, which starts with the start time) that matches `query`,

@@ -150,6 +150,19 @@ struct Record {
     raw_len: u32,
 }
 
+impl Record {
+    fn at(b: &PackedBlob, pack: u32) -> Self {
+        Record {
+            id: b.id,
+            kind: b.kind,
+            pack,
+            offset: b.offset,
+            length: b.length,
+            raw_len: b.raw_len,
+        }
+    }
+}
+
 /// A pack as the in-memory index knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackInfo {
@@ -180,29 +193,12 @@ impl Index {
     /// Adds a pack and its blobs. A pack already known is ignored; a blob already known keeps
     /// its first location.
     pub fn add_pack(&mut self, record: &PackRecord) {
-        if self.pack_pos.contains_key(&record.id) {
+        let Some(pos) = self.register_pack(record) else {
             return;
-        }
-        let pos = self.packs.len() as u32;
-        self.packs.push(PackInfo {
-            id: record.id,
-            size: record.size,
-            key_id: record.key_id,
-        });
-        self.pack_pos.insert(record.id, pos);
+        };
         for b in &record.blobs {
             if self.lookup_record(&b.id).is_none() {
-                self.recent.insert(
-                    b.id,
-                    Record {
-                        id: b.id,
-                        kind: b.kind,
-                        pack: pos,
-                        offset: b.offset,
-                        length: b.length,
-                        raw_len: b.raw_len,
-                    },
-                );
+                self.recent.insert(b.id, Record::at(b, pos));
             }
         }
         if self.recent.len() > 4096 && self.recent.len() * 8 > self.sorted.len() {
@@ -213,8 +209,17 @@ impl Index {
     /// Adds a pack without checking for known blobs: for loading many index files at once,
     /// straight into the sorted vector (no transient hash map). Call [`Index::compact`] after.
     pub fn add_pack_bulk(&mut self, record: &PackRecord) {
-        if self.pack_pos.contains_key(&record.id) {
+        let Some(pos) = self.register_pack(record) else {
             return;
+        };
+        self.sorted
+            .extend(record.blobs.iter().map(|b| Record::at(b, pos)));
+    }
+
+    /// Records a pack; its position, or `None` when it is already known.
+    fn register_pack(&mut self, record: &PackRecord) -> Option<u32> {
+        if self.pack_pos.contains_key(&record.id) {
+            return None;
         }
         let pos = self.packs.len() as u32;
         self.packs.push(PackInfo {
@@ -223,14 +228,19 @@ impl Index {
             key_id: record.key_id,
         });
         self.pack_pos.insert(record.id, pos);
-        self.sorted.extend(record.blobs.iter().map(|b| Record {
-            id: b.id,
-            kind: b.kind,
-            pack: pos,
-            offset: b.offset,
-            length: b.length,
-            raw_len: b.raw_len,
-        }));
+        Some(pos)
+    }
+
+    fn location(&self, r: &Record) -> BlobLocation {
+        let p = self.packs[r.pack as usize];
+        BlobLocation {
+            pack: p.id,
+            key_id: p.key_id,
+            kind: r.kind,
+            offset: r.offset,
+            length: r.length,
+            raw_len: r.raw_len,
+        }
     }
 
     /// Moves recent records into the sorted vector; of duplicate blobs, the first added stays.
@@ -257,42 +267,13 @@ impl Index {
 
     /// Where the blob is stored.
     pub fn lookup(&self, id: &BlobId) -> Option<BlobLocation> {
-        self.lookup_record(id).map(|r| {
-            let p = self.packs[r.pack as usize];
-            BlobLocation {
-                pack: p.id,
-                key_id: p.key_id,
-                kind: r.kind,
-                offset: r.offset,
-                length: r.length,
-                raw_len: r.raw_len,
-            }
-        })
+        self.lookup_record(id).map(|r| self.location(r))
     }
 
     /// The position of a blob in the sorted records, for per-blob bitsets (call
     /// [`Index::compact`] first; blobs added since are not positioned).
     pub fn position(&self, id: &BlobId) -> Option<usize> {
         self.sorted.binary_search_by(|r| r.id.cmp(id)).ok()
-    }
-
-    /// Every blob in sorted order with its location (after [`Index::compact`]).
-    pub fn iter_sorted(&self) -> impl Iterator<Item = (usize, BlobId, BlobLocation)> + '_ {
-        self.sorted.iter().enumerate().map(|(i, r)| {
-            let p = self.packs[r.pack as usize];
-            (
-                i,
-                r.id,
-                BlobLocation {
-                    pack: p.id,
-                    key_id: p.key_id,
-                    kind: r.kind,
-                    offset: r.offset,
-                    length: r.length,
-                    raw_len: r.raw_len,
-                },
-            )
-        })
     }
 
     /// Every known pack.

@@ -11,7 +11,7 @@
 //! - [`KeyFileProvider`]: 32 random bytes (64 hex digits) in a file with tight permissions; the
 //!   KEK is the file's key, so unlocking costs microseconds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -315,25 +315,6 @@ pub async fn unwrap_any(
         location: location.to_owned(),
         tried,
     })
-}
-
-/// A key file path with its provider, for configuration that names either.
-#[derive(Clone, Debug)]
-pub enum Credentials {
-    /// A passphrase (Argon2id).
-    Passphrase(Zeroizing<String>),
-    /// A key file.
-    KeyFile(PathBuf),
-}
-
-impl Credentials {
-    /// The provider for these credentials.
-    pub fn provider(&self) -> Result<Box<dyn KeyProvider>> {
-        Ok(match self {
-            Credentials::Passphrase(p) => Box::new(PassphraseProvider::new(p.as_str())),
-            Credentials::KeyFile(path) => Box::new(KeyFileProvider::from_file(path)?),
-        })
-    }
 }
 
 #[cfg(test)]

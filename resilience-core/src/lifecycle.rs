@@ -208,7 +208,7 @@ impl Repository {
             .cold
             .clone()
             .ok_or_else(|| Error::Invalid("no cold tier attached (--cold-repo)".into()))?;
-        self.move_between(spec, &cold, crate::catalog::Tier::Cold)
+        self.move_between_into(spec, &cold, crate::catalog::Tier::Cold, &self.catalog())
             .await
     }
 
@@ -226,17 +226,8 @@ impl Repository {
             .await
     }
 
-    async fn move_between(
-        &self,
-        spec: &str,
-        to: &Repository,
-        tier: crate::catalog::Tier,
-    ) -> Result<TierMove> {
-        self.move_between_into(spec, to, tier, &self.catalog())
-            .await
-    }
-
-    /// Copies snapshot `spec` from this store to `to`; `home` is the catalog of record.
+    /// Copies snapshot `spec` from this store to `to`; `home` is the catalog of record (the
+    /// hot one, which is either this store's or `to`'s).
     async fn move_between_into(
         &self,
         spec: &str,
@@ -342,19 +333,10 @@ impl Repository {
         record.revision += 1;
         record.tier = tier;
         record.updated_at = self.clock.now();
-        // The destination's catalog learns of it first, then the catalog of record.
+        // The catalog of record is one of the two stores' catalogs: the destination learns of
+        // the move first, then the source, so each store's prune sees its own snapshots.
         to.catalog().put(&record).await?;
-        if home.get(&record.id).await?.map(|r| r.revision) != Some(record.revision) {
-            home.put(&record).await?;
-        }
-        let source_catalog = self.catalog();
-        if source_catalog
-            .get(&record.id)
-            .await?
-            .is_some_and(|r| r.revision < record.revision)
-        {
-            source_catalog.put(&record).await?;
-        }
+        self.catalog().put(&record).await?;
         self.sink.delete(&manifest_key).await?;
         Ok(moved)
     }

@@ -65,7 +65,7 @@ impl LockInfo {
         let Some((host, pid)) = self.owner.rsplit_once(':') else {
             return false;
         };
-        if host != hostname() {
+        if host != host_name() {
             return false;
         }
         match pid.parse::<u32>() {
@@ -205,7 +205,7 @@ impl RepoLock {
         let ttl = chrono::Duration::from_std(settings.ttl).expect("ttl fits");
         let info = LockInfo {
             kind,
-            owner: format!("{}:{}", hostname(), std::process::id()),
+            owner: format!("{}:{}", host_name(), std::process::id()),
             purpose: purpose.to_owned(),
             backup_id: backup_id.clone(),
             created_at: now,
@@ -299,15 +299,11 @@ async fn heartbeat(
     }
 }
 
-fn hostname() -> String {
+/// The name of this host, as recorded in locks and catalog records.
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown-host".to_owned())
-}
-
-/// The name of this host, as recorded in locks and catalog records.
-pub fn host_name() -> String {
-    hostname()
 }
 
 #[cfg(test)]

@@ -120,14 +120,10 @@ impl Repository {
         options: InitOptions,
     ) -> Result<Repository> {
         options.chunker.validate().map_err(Error::Invalid)?;
-        match sink.head("config").await {
-            Ok(_) => {
-                return Err(Error::AlreadyInitialized {
-                    location: sink.location(),
-                })
-            }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
+        if Self::exists(sink.as_ref()).await? {
+            return Err(Error::AlreadyInitialized {
+                location: sink.location(),
+            });
         }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let now = clock.now();
@@ -193,6 +189,15 @@ impl Repository {
             )
             .await?;
         Ok(wrapped)
+    }
+
+    /// Whether a repository exists in `sink` (its `config` is written last by `init`).
+    pub async fn exists(sink: &dyn Sink) -> Result<bool> {
+        match sink.head("config").await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads and checks `config`.

@@ -12,7 +12,6 @@ use futures::{stream, StreamExt};
 
 use crate::blob::{self, BlobId};
 use crate::catalog::BackupRecord;
-use crate::entry::EntryMeta;
 use crate::error::{Error, Result};
 use crate::index::{BlobLocation, Index};
 use crate::pack;
@@ -208,7 +207,7 @@ impl Repository {
         futures::pin_mut!(steps);
 
         let (mut entries, mut bytes) = (0u64, 0u64);
-        let mut writer: Option<(EntryMeta, Box<dyn ContentWriter>)> = None;
+        let mut writer: Option<Box<dyn ContentWriter>> = None;
         while let Some(step) = steps.next().await {
             match step? {
                 Step::Begin(rec) => {
@@ -221,20 +220,20 @@ impl Repository {
                         bytes += data.len() as u64;
                         w.write(Bytes::copy_from_slice(data)).await?;
                     }
-                    writer = w.map(|w| (rec.meta, w));
+                    writer = w;
                 }
                 Step::Piece(data) => {
-                    let (meta, w) = writer
+                    let w = writer
                         .as_mut()
                         .ok_or_else(|| Error::Invalid("content without an open entry".into()))?;
                     bytes += data.len() as u64;
                     if let Some(p) = &options.progress {
                         p.bytes(data.len() as u64);
                     }
-                    w.write(data).await.map_err(|e| annotate(e, meta))?;
+                    w.write(data).await?;
                 }
                 Step::End => {
-                    if let Some((_, w)) = writer.take() {
+                    if let Some(w) = writer.take() {
                         w.complete().await?;
                     }
                 }
@@ -260,8 +259,4 @@ enum StepPlan {
     Begin(TreeRecord),
     Blob(BlobRef),
     End,
-}
-
-fn annotate(e: crate::source::AdapterError, _meta: &EntryMeta) -> Error {
-    Error::Adapter(e)
 }

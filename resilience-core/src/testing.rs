@@ -17,6 +17,20 @@ use crate::source::{
     SourceSession, Target,
 };
 
+/// `len` reproducible pseudo-random (incompressible) bytes for `seed` (xorshift64).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// A source of entries held in memory.
 #[derive(Clone, Debug)]
 pub struct MemorySource {

@@ -188,7 +188,6 @@ impl Repository {
             Ok(r) => r,
             Err(_) => {
                 // Find which catalog objects are damaged, one by one, and check the rest.
-                let mut ok = Vec::new();
                 for key in &catalog_keys {
                     match self.sink.get(key).await.map_err(Error::from).and_then(|b| {
                         object::open_object(&self.keys, object::ObjectKind::Catalog, key, &b)
@@ -196,10 +195,9 @@ impl Repository {
                         Ok(_) => {}
                         Err(e) => damage.object(key, problem_of(e)),
                     }
-                    ok.push(key.clone());
                 }
                 let mut recs = Vec::new();
-                let ids: BTreeSet<String> = ok
+                let ids: BTreeSet<String> = catalog_keys
                     .iter()
                     .filter_map(|k| k.split('/').nth(1).map(str::to_owned))
                     .collect();

@@ -9,22 +9,9 @@ use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery};
 use resilience_core::keys::{KdfParams, KeyFileProvider, PassphraseProvider};
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{MemorySink, Sink};
-use resilience_core::testing::{FaultySink, MemorySource, MemoryTarget};
+use resilience_core::testing::{pseudo_random, FaultySink, MemorySource, MemoryTarget};
 use resilience_core::verify::VerifyOptions;
 use resilience_core::Error;
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn key() -> KeyFileProvider {
     KeyFileProvider::from_key([42; 32])

@@ -10,20 +10,8 @@ use resilience_core::prune::PruneOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::retention::{self, Action, RetentionPlan, StandardPolicy};
 use resilience_core::sink::{MemorySink, Sink};
-use resilience_core::testing::{MemorySource, MemoryTarget};
+use resilience_core::testing::{pseudo_random as data, MemorySource, MemoryTarget};
 use resilience_core::verify::VerifyOptions;
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn old_backups_move_to_cold_restore_from_there_and_hot_space_is_freed() {

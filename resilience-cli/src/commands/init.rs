@@ -20,15 +20,11 @@ pub async fn run(g: &Global) -> Result<(), CliError> {
         return Err(access::no_key());
     }
     let sink = access::sink(g, url, true)?;
-    match sink.head("config").await {
-        Ok(_) => {
-            return Err(Error::AlreadyInitialized {
-                location: sink.location(),
-            }
-            .into())
+    if Repository::exists(sink.as_ref()).await? {
+        return Err(Error::AlreadyInitialized {
+            location: sink.location(),
         }
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(Error::from(e).into()),
+        .into());
     }
     let key_file = match &g.key_file {
         Some(path) if path.exists() => Some(KeyFileProvider::from_file(path)?),
