@@ -11,7 +11,9 @@ Environment:
   RESILIENCE_PASSWORD    the passphrase, unless --password-file or --key-file is given
   RESILIENCE_LOG         log filter for stderr (default: warn), e.g. info or resilience_core=debug
 
-Exit status: 0 success, 1 failure, 2 usage error, 3 verify found damage.";
+Exit status: 0 success, 1 failure, 2 usage error, 3 verify or pg check found damage or gaps;
+wal-fetch: 1 when the file is not archived (the end of WAL, for Postgres), 126 when the
+archive cannot be read (Postgres then stops recovery rather than ending it early).";
 
 /// Encrypted, deduplicated, verified backups that services embed.
 #[derive(Debug, Parser)]
@@ -92,6 +94,30 @@ pub enum Command {
         #[arg(long, default_value = "24h")]
         grace: String,
     },
+    /// Postgres: base backups, point-in-time recovery, archive checks.
+    Pg {
+        /// What to do.
+        #[command(subcommand)]
+        command: PgCommand,
+    },
+    /// Archive one WAL file (Postgres' archive_command: `wal-push %p`).
+    WalPush {
+        /// The file, as Postgres gives it (%p, relative to the data directory).
+        path: PathBuf,
+        /// The WAL archive (one per cluster).
+        #[arg(long, default_value = "postgres")]
+        source: String,
+    },
+    /// Fetch one archived WAL file (Postgres' restore_command: `wal-fetch %f %p`).
+    WalFetch {
+        /// The WAL file's name (%f).
+        name: String,
+        /// Where to write it (%p).
+        dest: PathBuf,
+        /// The WAL archive (one per cluster).
+        #[arg(long, default_value = "postgres")]
+        source: String,
+    },
     /// Place (or release) a legal hold on a backup.
     Hold {
         /// Snapshot id or unique prefix.
@@ -157,4 +183,94 @@ pub struct ForgetArgs {
     /// Show the plan, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// Postgres commands.
+#[derive(Debug, Subcommand)]
+pub enum PgCommand {
+    /// Physical base backup of a cluster on this host (pg_backup_start … pg_backup_stop).
+    Backup {
+        /// The cluster's data directory.
+        #[arg(long)]
+        pgdata: PathBuf,
+        /// Connection to it, as a superuser or a role allowed pg_backup_start
+        /// (`host=/run/postgresql user=postgres` or a postgres:// URL).
+        #[arg(long)]
+        dsn: String,
+        /// Source and WAL archive name (one per cluster).
+        #[arg(long, default_value = "postgres")]
+        source: String,
+        /// Labels recorded with the backup.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Let the starting checkpoint spread over checkpoint_completion_target instead of
+        /// running at once.
+        #[arg(long)]
+        spread_checkpoint: bool,
+    },
+    /// Restore a base backup into a new data directory and recover to a target.
+    Restore(Box<PgRestoreArgs>),
+    /// Check the WAL archive against the base backups: gaps, and the PITR window per timeline.
+    Check {
+        /// The WAL archive.
+        #[arg(long, default_value = "postgres")]
+        source: String,
+    },
+}
+
+/// Arguments of `pg restore`.
+#[derive(Debug, Args)]
+pub struct PgRestoreArgs {
+    /// The new data directory (created; must be empty).
+    #[arg(long)]
+    pub pgdata: PathBuf,
+    /// Source and WAL archive name.
+    #[arg(long, default_value = "postgres")]
+    pub source: String,
+    /// Recover to this time (RFC 3339, or `YYYY-MM-DD HH:MM:SS[.ffffff][+HH]`; UTC if no zone).
+    #[arg(long, group = "target_kind")]
+    pub target_time: Option<String>,
+    /// Recover to this WAL position (X/Y).
+    #[arg(long, group = "target_kind")]
+    pub target_lsn: Option<String>,
+    /// Recover to the commit of this transaction (as txid_current() returned it).
+    #[arg(long, group = "target_kind")]
+    pub target_xid: Option<u64>,
+    /// Recover to this named restore point (pg_create_restore_point).
+    #[arg(long, group = "target_kind")]
+    pub target_name: Option<String>,
+    /// `immediate`: stop as soon as the backup is consistent.
+    #[arg(long, group = "target_kind", value_parser = ["immediate"])]
+    pub target: Option<String>,
+    /// What the server does at the target.
+    #[arg(long, value_parser = ["promote", "pause"], default_value = "promote")]
+    pub target_action: String,
+    /// recovery_target_timeline: a number, `current` or `latest` (default: `latest` without a
+    /// target, the backup's own timeline with one).
+    #[arg(long)]
+    pub target_timeline: Option<String>,
+    /// Start the cluster, wait for recovery to finish and report the point reached.
+    #[arg(long)]
+    pub start: bool,
+    /// Port of the restored cluster (written to its settings).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The user to connect as while watching recovery (default: the data directory's owner).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Directory of pg_ctl (default: PG_BIN, pg_config --bindir, or /usr/lib/postgresql/N/bin).
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
+    /// Restore at most this many bytes per second (e.g. 50000000).
+    #[arg(long)]
+    pub max_rate: Option<u64>,
+    /// Turn archiving off in the restored cluster (drills: never push into the production archive).
+    #[arg(long)]
+    pub no_archive: bool,
+    /// Restore tablespace OID into DIR (default: `<pgdata>.tablespaces/<oid>`).
+    #[arg(long = "tablespace", value_name = "OID=DIR")]
+    pub tablespaces: Vec<String>,
+    /// Seconds recovery may take with --start.
+    #[arg(long, default_value = "3600")]
+    pub timeout: u64,
 }

@@ -20,6 +20,23 @@ pub enum CliError {
     /// A store URL cannot be used.
     #[error(transparent)]
     Store(#[from] resilience_objstore::StoreConfigError),
+    /// The Postgres adapter failed.
+    #[error(transparent)]
+    Pg(#[from] resilience_pg::PgError),
+    /// `pg check` found gaps (exit status 3).
+    #[error("the WAL archive cannot recover every backup: {0} problem(s)")]
+    WalGaps(usize),
+    /// Exit with this status and print nothing (wal-fetch of a file that is not archived).
+    #[error("")]
+    Quiet(u8),
+    /// Exit with this status after printing the error (wal-fetch that must stop recovery).
+    #[error("{message}")]
+    WithStatus {
+        /// The error.
+        message: String,
+        /// The exit status.
+        status: u8,
+    },
     /// The arguments are wrong.
     #[error("{0}")]
     Usage(String),
@@ -31,7 +48,9 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Damaged(_) => 3,
+            CliError::Damaged(_) | CliError::WalGaps(_) => 3,
+            CliError::Quiet(status) => *status,
+            CliError::WithStatus { status, .. } => *status,
             CliError::Usage(_) => 2,
             _ => 1,
         }
@@ -59,6 +78,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Quiet(status)) => ExitCode::from(status),
         Err(e) => {
             report(&e);
             ExitCode::from(e.exit_code())

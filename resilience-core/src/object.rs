@@ -31,6 +31,10 @@ pub enum ObjectKind {
     Catalog = 3,
     /// A prune plan: packs condemned, deleted by a later prune.
     PrunePlan = 4,
+    /// An archived Postgres WAL file (segment, history or backup-history file).
+    Wal = 5,
+    /// A small record kept beside archived WAL (a restore point's position).
+    WalNote = 6,
 }
 
 /// Appends the checksum of `body` to it.

@@ -31,14 +31,14 @@ pub async fn run(g: &Global, source: &BackupSource) -> Result<(), CliError> {
                 dir = dir.with_id(id);
             }
             let report = back_up(g, &repo, &dir, labels).await?;
-            print_report(g, &report);
+            print_report(g, &report, serde_json::Map::new());
             Ok(())
         }
     }
 }
 
 /// `KEY=VALUE` pairs as a map; a pair without `=` or with an empty key is a usage error.
-fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+pub(crate) fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     labels
         .iter()
         .map(|l| {
@@ -51,7 +51,7 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, CliError>
 }
 
 /// Runs the backup with a progress bar when one is wanted.
-async fn back_up(
+pub(crate) async fn back_up(
     g: &Global,
     repo: &Repository,
     source: &dyn Source,
@@ -70,11 +70,16 @@ async fn back_up(
     Ok(report?)
 }
 
-/// Prints the snapshot id on stdout (a summary on stderr), or the report as one JSON object.
-fn print_report(g: &Global, report: &BackupReport) {
+/// Prints the snapshot id on stdout (a summary on stderr), or the report as one JSON object
+/// with `extra` fields added.
+pub(crate) fn print_report(
+    g: &Global,
+    report: &BackupReport,
+    extra: serde_json::Map<String, serde_json::Value>,
+) {
     let r = &report.record;
     if g.json {
-        print_json(&json!({
+        let mut doc = json!({
             "id": r.id,
             "source": r.source.id,
             "status": r.status,
@@ -84,7 +89,9 @@ fn print_report(g: &Global, report: &BackupReport) {
             "stored_bytes": r.stored_bytes,
             "reused_entries": report.reused_entries,
             "duration_ms": report.duration.as_millis() as u64,
-        }));
+        });
+        doc.as_object_mut().expect("an object").extend(extra);
+        print_json(&doc);
     } else {
         println!("{}", r.id);
         eprintln!(

@@ -5,10 +5,12 @@ mod backup;
 mod forget;
 mod hold;
 mod init;
+mod pg;
 mod prune;
 mod restore;
 mod snapshots;
 mod verify;
+mod wal;
 
 use crate::cli::{Cli, Command};
 use crate::CliError;
@@ -25,5 +27,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Forget(args) => forget::run(g, args).await,
         Command::Prune { dry_run, grace } => prune::run(g, *dry_run, grace).await,
         Command::Hold { snapshot, release } => hold::run(g, snapshot, *release).await,
+        Command::Pg { command } => pg::run(g, command).await,
+        Command::WalPush { path, source } => wal::push(g, path, source).await,
+        Command::WalFetch { name, dest, source } => wal::fetch(g, name, dest, source).await,
     }
 }

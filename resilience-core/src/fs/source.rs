@@ -167,9 +167,12 @@ impl SourceSession for DirSession {
                         md.ctime() * 1_000_000_000 + md.ctime_nsec(),
                         md.ino()
                     ));
-                    let file = tokio::fs::File::open(&abs)
-                        .await
-                        .map_err(|e| AdapterError::new("open", shown, e))?;
+                    let file = match tokio::fs::File::open(&abs).await {
+                        Ok(file) => file,
+                        // Removed since it was listed (a dropped table's file): not there.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(AdapterError::new("open", shown, e)),
+                    };
                     content = Some(Box::pin(file) as crate::source::EntryReader);
                     self.files += 1;
                     self.bytes += md.len();

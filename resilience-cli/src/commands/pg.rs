@@ -1,0 +1,324 @@
+//! `pg backup`, `pg restore`, `pg check`.
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use resilience_core::progress::Progress;
+use resilience_core::repo::Repository;
+use resilience_core::restore::RestoreOptions;
+use resilience_core::throttle::{RateLimiter, ThrottledSink};
+use resilience_pg::archive::WalArchive;
+use resilience_pg::base::{BaseBackupInfo, PgBaseSource};
+use resilience_pg::recovery::{self, RecoveryOptions, RecoveryTarget, StartOptions, TargetAction};
+use resilience_pg::{check, cluster};
+use serde_json::json;
+
+use crate::access;
+use crate::cli::{Global, PgCommand, PgRestoreArgs};
+use crate::commands::backup::{back_up, parse_labels, print_report};
+use crate::output::{bytes, print_json};
+use crate::progress::Bar;
+use crate::CliError;
+
+/// Runs a `pg` command.
+pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
+    match command {
+        PgCommand::Backup {
+            pgdata,
+            dsn,
+            source,
+            labels,
+            spread_checkpoint,
+        } => {
+            let labels = parse_labels(labels)?;
+            let repo = access::open(g).await?;
+            let pg = PgBaseSource::new(pgdata, dsn)
+                .with_id(source)
+                .fast_checkpoint(!spread_checkpoint);
+            let report = back_up(g, &repo, &pg, labels).await?;
+            let mut extra = serde_json::Map::new();
+            if let Some(info) = BaseBackupInfo::from_metadata(&report.record.source_metadata) {
+                extra.insert("start_lsn".into(), info.start_lsn.to_string().into());
+                extra.insert("stop_lsn".into(), info.stop_lsn.to_string().into());
+                extra.insert("timeline".into(), info.timeline.into());
+                extra.insert("start_wal".into(), info.start_wal.into());
+                extra.insert("pg_version".into(), info.pg_version.into());
+            }
+            print_report(g, &report, extra);
+            Ok(())
+        }
+        PgCommand::Restore(args) => restore(g, args).await,
+        PgCommand::Check { source } => check(g, source).await,
+    }
+}
+
+/// Parses a recovery target time: RFC 3339, or `YYYY-MM-DD HH:MM:SS[.f]` with an optional
+/// numeric zone (UTC without one).
+fn parse_time(s: &str) -> Result<DateTime<Utc>, CliError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, format) {
+            return Ok(t.with_timezone(&Utc));
+        }
+    }
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+        .map(|t| t.and_utc())
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "--target-time {s:?}: expected RFC 3339 or YYYY-MM-DD HH:MM:SS[.ffffff][+HH]"
+            ))
+        })
+}
+
+fn target(args: &PgRestoreArgs) -> Result<RecoveryTarget, CliError> {
+    Ok(if let Some(t) = &args.target_time {
+        RecoveryTarget::Time(parse_time(t)?)
+    } else if let Some(l) = &args.target_lsn {
+        RecoveryTarget::Lsn(l.parse().map_err(CliError::Usage)?)
+    } else if let Some(x) = args.target_xid {
+        RecoveryTarget::Xid(x)
+    } else if let Some(n) = &args.target_name {
+        RecoveryTarget::Name(n.clone())
+    } else if args.target.is_some() {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::Latest
+    })
+}
+
+/// Quotes a word for /bin/sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The restore_command the restored cluster runs: this binary's `wal-fetch`, with the same
+/// repository and credentials (a key file or password file: Postgres' environment has no
+/// passphrase).
+fn restore_command(g: &Global, source: &str) -> Result<String, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Usage(format!("cannot locate this program: {e}")))?;
+    let url = access::repo_url(g)?;
+    let url = match std::path::Path::new(url).canonicalize() {
+        Ok(p) if !url.contains("://") => p.display().to_string(),
+        _ => url.to_owned(),
+    };
+    let credential = match (&g.key_file, &g.password_file) {
+        (Some(k), _) => format!("--key-file {}", sh_quote(&absolute(k)?)),
+        (None, Some(p)) => format!("--password-file {}", sh_quote(&absolute(p)?)),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "pg restore needs --key-file (or --password-file): the restored server runs \
+                 wal-fetch without this shell's environment"
+                    .into(),
+            ))
+        }
+    };
+    Ok(format!(
+        "{} --repo {} {credential} wal-fetch --source {} %f %p",
+        sh_quote(&exe.display().to_string()),
+        sh_quote(&url),
+        sh_quote(source)
+    ))
+}
+
+fn absolute(p: &std::path::Path) -> Result<String, CliError> {
+    p.canonicalize()
+        .map(|p| p.display().to_string())
+        .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
+}
+
+async fn open_throttled(g: &Global, max_rate: Option<u64>) -> Result<Repository, CliError> {
+    let Some(rate) = max_rate else {
+        return access::open(g).await;
+    };
+    if rate == 0 {
+        return Err(CliError::Usage("--max-rate must be above 0".into()));
+    }
+    let sink = access::sink(g, access::repo_url(g)?, false)?;
+    let throttled = Arc::new(ThrottledSink::new(sink, Arc::new(RateLimiter::new(rate))));
+    let provider = access::provider(g)?;
+    Ok(Repository::open(throttled, provider.as_ref()).await?)
+}
+
+async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
+    let target = target(args)?;
+    let action = match args.target_action.as_str() {
+        "pause" => TargetAction::Pause,
+        _ => TargetAction::Promote,
+    };
+    if args.start && args.port.is_none() {
+        return Err(CliError::Usage(
+            "--start needs --port: the restored cluster must not take the original's port".into(),
+        ));
+    }
+    let restore_command = restore_command(g, &args.source)?;
+    let repo = open_throttled(g, args.max_rate).await?;
+    let wal = WalArchive::new(&repo, &args.source)?;
+    let timeline = args
+        .target_timeline
+        .clone()
+        .unwrap_or_else(|| recovery::default_timeline(&target).to_owned());
+    let plan = recovery::plan(&repo, &wal, &target, &timeline).await?;
+    let bar = Bar::new(g.json, "restore", Some(plan.backup.record.logical_bytes));
+    let options = RecoveryOptions {
+        target: target.clone(),
+        action,
+        restore_command,
+        target_timeline: timeline,
+        port: args.port,
+        archive: !args.no_archive,
+        restore: RestoreOptions {
+            progress: bar.clone().map(|b| b as Arc<dyn Progress>),
+            ..Default::default()
+        },
+        tablespaces: args
+            .tablespaces
+            .iter()
+            .map(|m| {
+                m.split_once('=')
+                    .map(|(oid, dir)| (oid.to_owned(), std::path::PathBuf::from(dir)))
+                    .ok_or_else(|| CliError::Usage(format!("--tablespace {m:?}: expected OID=DIR")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let restored = recovery::prepare(&repo, &plan, &args.pgdata, &options).await;
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    let restored = restored?;
+    let mut doc = json!({
+        "backup": plan.backup.record.id,
+        "backup_stop_lsn": plan.backup.info.stop_lsn.to_string(),
+        "backup_stop_time": plan.backup.info.stop_time.to_rfc3339(),
+        "timeline": plan.backup.info.timeline,
+        "last_archived_segment": plan.last_segment,
+        "pgdata": args.pgdata.display().to_string(),
+        "bytes": restored.bytes,
+        "restore_ms": restored.duration.as_millis() as u64,
+    });
+    if !g.json {
+        eprintln!(
+            "restored base backup {} ({}, ends at {} / {}) into {} in {:.1?}",
+            plan.backup.record.id,
+            bytes(restored.bytes),
+            plan.backup.info.stop_lsn,
+            plan.backup.info.stop_time.to_rfc3339(),
+            args.pgdata.display(),
+            restored.duration
+        );
+    }
+    if args.start {
+        let user = match &args.user {
+            Some(u) => u.clone(),
+            None => owner_name(&args.pgdata)?,
+        };
+        let start = StartOptions {
+            bindir: cluster::find_bindir(args.pg_bin.as_deref()),
+            port: args.port.expect("checked above"),
+            user,
+            timeout: Duration::from_secs(args.timeout),
+        };
+        let outcome = recovery::start(&args.pgdata, &start, action).await?;
+        let reached = json!({
+            "lsn": outcome.lsn.map(|l| l.to_string()),
+            "commit_time": outcome.commit_time.map(|t| t.to_rfc3339()),
+            "timeline": outcome.timeline,
+            "promoted": outcome.promoted,
+            "stop_message": outcome.stop_message,
+            "recovery_seconds": outcome.recovery_seconds,
+        });
+        if !g.json {
+            eprintln!(
+                "recovery reached LSN {} (last commit {}){}{}",
+                outcome
+                    .lsn
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                outcome
+                    .commit_time
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "none replayed".into()),
+                outcome
+                    .timeline
+                    .map(|t| format!(", now on timeline {t}"))
+                    .unwrap_or_default(),
+                if outcome.promoted { "" } else { ", paused" }
+            );
+        }
+        doc["reached"] = reached;
+    }
+    if g.json {
+        print_json(&doc);
+    }
+    Ok(())
+}
+
+/// The user name owning a directory (the cluster's superuser by initdb's default).
+fn owner_name(dir: &std::path::Path) -> Result<String, CliError> {
+    let uid = std::fs::metadata(dir)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))?
+        .uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
+        })
+        .ok_or_else(|| CliError::Usage(format!("no user name for uid {uid}: give --user")))
+}
+
+async fn check(g: &Global, source: &str) -> Result<(), CliError> {
+    let repo = access::open(g).await?;
+    let wal = WalArchive::new(&repo, source)?;
+    let report = check::check(&repo, &wal).await?;
+    if g.json {
+        print_json(&serde_json::to_value(&report).expect("serializes"));
+    } else {
+        for t in &report.timelines {
+            println!(
+                "timeline {}: {} segments (newest {}), {} base backup(s), recoverable from {} to {}{}",
+                t.timeline,
+                t.segments,
+                t.last_segment.as_deref().unwrap_or("-"),
+                t.backups,
+                t.earliest.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
+                t.latest.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
+                if t.gaps.is_empty() {
+                    String::new()
+                } else {
+                    format!(", gaps at {}", t.gaps.join(", "))
+                }
+            );
+        }
+        for p in &report.problems {
+            eprintln!("problem: {p}");
+        }
+    }
+    if report.is_ok() {
+        Ok(())
+    } else {
+        Err(CliError::WalGaps(report.problems.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_times() {
+        let t = parse_time("2026-11-25 06:59:23.804847+00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-25T06:59:23.804847+00:00");
+        assert_eq!(
+            parse_time("2026-11-25T07:59:23+01:00").unwrap().timestamp(),
+            parse_time("2026-11-25 06:59:23").unwrap().timestamp()
+        );
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+}

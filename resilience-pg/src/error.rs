@@ -1,0 +1,88 @@
+//! The errors of the Postgres adapter: what failed, on which object (segment, table, file).
+
+use resilience_core::sink::SinkError;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The repository engine failed.
+    #[error(transparent)]
+    Core(#[from] resilience_core::Error),
+    /// A sink operation failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A query or connection to Postgres failed.
+    #[error("postgres: {context}: {source}")]
+    Postgres {
+        /// What was being done.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A local file operation failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Different bytes were pushed under the name of an archived WAL file; the stored one is kept.
+    #[error("WAL file {name} is already archived with different content ({object}); the archived copy is kept. Two clusters may be archiving into the same source: give each its own --source")]
+    WalConflict {
+        /// The WAL file's name.
+        name: String,
+        /// The object holding the archived copy.
+        object: String,
+    },
+    /// An archived object is damaged.
+    #[error("object {object} is damaged: {reason}")]
+    Corrupt {
+        /// The object.
+        object: String,
+        /// What check failed.
+        reason: String,
+    },
+    /// The WAL needed to reach a recovery target is not all archived.
+    #[error("WAL gap: {0}")]
+    WalGap(String),
+    /// Recovery did not reach its target, or the cluster did not start.
+    #[error("recovery failed: {0}")]
+    Recovery(String),
+    /// The cluster is not set up for what was asked (archive_mode off, wrong data directory…).
+    #[error("{0}")]
+    Setup(String),
+    /// The caller asked for something invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl PgError {
+    pub(crate) fn corrupt(object: &str, reason: impl Into<String>) -> Self {
+        PgError::Corrupt {
+            object: object.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn pg(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let context = context.into();
+        move |source| PgError::Postgres { context, source }
+    }
+
+    pub(crate) fn io(
+        operation: &'static str,
+        path: impl std::fmt::Display,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_string();
+        move |source| PgError::Io {
+            operation,
+            path,
+            source,
+        }
+    }
+}
