@@ -210,6 +210,50 @@ pub enum PgCommand {
     },
     /// Restore a base backup into a new data directory and recover to a target.
     Restore(Box<PgRestoreArgs>),
+    /// Logical backup of selected tables (COPY in one repeatable-read snapshot).
+    TableBackup {
+        /// Connection to the database.
+        #[arg(long)]
+        dsn: String,
+        /// Tables: `schema.table`, `schema.*`, `*.table` or `table`; repeatable.
+        #[arg(long = "table", required = true, value_name = "PATTERN")]
+        tables: Vec<String>,
+        /// Source id.
+        #[arg(long, default_value = "postgres-tables")]
+        source: String,
+        /// Labels recorded with the backup.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Restore tables from a table backup into a database (created where missing).
+    TableRestore {
+        /// Snapshot id, unique prefix, or `latest` (of --source).
+        snapshot: String,
+        /// Connection to the database to restore into.
+        #[arg(long)]
+        dsn: String,
+        /// Source id, for `latest`.
+        #[arg(long, default_value = "postgres-tables")]
+        source: String,
+        /// Only these tables (patterns as for table-backup); all when not given.
+        #[arg(long = "table", value_name = "PATTERN")]
+        tables: Vec<String>,
+        /// Restore into this schema instead of the original.
+        #[arg(long)]
+        into_schema: Option<String>,
+        /// Keep only rows matching this SQL condition (e.g. "tenant_id = 42").
+        #[arg(long = "where", value_name = "CONDITION")]
+        row_filter: Option<String>,
+    },
+    /// Copy the repository's catalog into a Postgres schema, for compliance queries in SQL.
+    CatalogSync {
+        /// Connection to the database that holds the catalog copy.
+        #[arg(long)]
+        dsn: String,
+        /// Its schema (created if missing).
+        #[arg(long, default_value = "resilience")]
+        schema: String,
+    },
     /// Check the WAL archive against the base backups: gaps, and the PITR window per timeline.
     Check {
         /// The WAL archive.

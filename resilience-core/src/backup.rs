@@ -336,10 +336,10 @@ impl Pipeline {
     /// Ends the open entry: all its chunks are pushed; `size` is what was actually read.
     fn end_entry(&mut self, size: u64) {
         let entry = self.pending.back_mut().expect("an open entry");
-        if size != entry.meta.size {
+        if size != entry.meta.size && entry.meta.size != crate::entry::UNKNOWN_SIZE {
             tracing::warn!(entry = %entry.meta.path, expected = entry.meta.size, read = size, "entry changed size while it was read; recording what was read");
-            entry.meta.size = size;
         }
+        entry.meta.size = size;
         entry.expected = Some(entry.pushed);
     }
 

@@ -108,6 +108,10 @@ pub enum EntryKind {
     Other,
 }
 
+/// The size a source gives an entry whose length it cannot know before reading it (a `COPY`
+/// stream, a key's dump): the engine streams it and records what it read.
+pub const UNKNOWN_SIZE: u64 = u64::MAX;
+
 /// An entry's metadata, everything but its content.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryMeta {

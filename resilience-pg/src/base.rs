@@ -177,7 +177,7 @@ fn setup(message: impl Into<String>) -> AdapterError {
 }
 
 fn query_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> AdapterError {
-    move |e| AdapterError::new("query", what, e)
+    move |e| AdapterError::msg("query", what, crate::error::describe(&e))
 }
 
 /// Connects and drives the connection on the runtime.

@@ -12,7 +12,7 @@ pub enum PgError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// A query or connection to Postgres failed.
-    #[error("postgres: {context}: {source}")]
+    #[error("postgres: {context}: {}", describe(source))]
     Postgres {
         /// What was being done.
         context: String,
@@ -59,6 +59,21 @@ pub enum PgError {
     /// The caller asked for something invalid.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A driver error in words, with the server's message and detail when it has them (the
+/// driver's own `Display` says only "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
 }
 
 impl PgError {

@@ -4,7 +4,9 @@
 //! ([`base::PgBaseSource`]), WAL archiving ([`archive::WalArchive`], what `resilience wal-push`
 //! and `wal-fetch` call), point-in-time recovery that picks its base backup and reports the
 //! point reached ([`recovery`]), a check of the archive against the backups with the PITR
-//! window per timeline ([`check`]).
+//! window per timeline ([`check`]), and logical table-level backup and restore for bringing
+//! back one table or one tenant's rows ([`table`]); the backup catalog in a Postgres schema for
+//! compliance queries ([`catalog`]).
 //!
 //! ```no_run
 //! use resilience_pg::{archive::WalArchive, base::PgBaseSource, recovery::{self, RecoveryTarget}};
@@ -19,11 +21,13 @@
 
 pub mod archive;
 pub mod base;
+pub mod catalog;
 pub mod check;
 pub mod cluster;
 mod error;
 pub mod lsn;
 pub mod recovery;
+pub mod table;
 pub mod walscan;
 
-pub use error::PgError;
+pub use error::{describe, PgError};

@@ -11,7 +11,9 @@ use resilience_core::restore::RestoreOptions;
 use resilience_core::throttle::{RateLimiter, ThrottledSink};
 use resilience_pg::archive::WalArchive;
 use resilience_pg::base::{BaseBackupInfo, PgBaseSource};
+use resilience_pg::catalog::{self, PgCatalog};
 use resilience_pg::recovery::{self, RecoveryOptions, RecoveryTarget, StartOptions, TargetAction};
+use resilience_pg::table::{PgTableSource, PgTableTarget, TableRestoreOptions};
 use resilience_pg::{check, cluster};
 use serde_json::json;
 
@@ -50,6 +52,74 @@ pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
             Ok(())
         }
         PgCommand::Restore(args) => restore(g, args).await,
+        PgCommand::CatalogSync { dsn, schema } => {
+            let repo = access::open(g).await?;
+            let target = PgCatalog::connect(dsn, schema).await?;
+            let copied = catalog::sync(&repo.catalog(), &target).await?;
+            if g.json {
+                print_json(&json!({ "copied": copied, "schema": schema }));
+            } else {
+                eprintln!("{copied} record(s) copied into schema {schema}");
+            }
+            Ok(())
+        }
+        PgCommand::TableBackup {
+            dsn,
+            tables,
+            source,
+            labels,
+        } => {
+            let labels = parse_labels(labels)?;
+            let repo = access::open(g).await?;
+            let tables = PgTableSource::new(dsn, tables.clone()).with_id(source);
+            let report = back_up(g, &repo, &tables, labels).await?;
+            print_report(g, &report, serde_json::Map::new());
+            Ok(())
+        }
+        PgCommand::TableRestore {
+            snapshot,
+            dsn,
+            source,
+            tables,
+            into_schema,
+            row_filter,
+        } => {
+            let repo = access::open(g).await?;
+            let record = repo.resolve_snapshot(snapshot, Some(source)).await?;
+            if record.source.kind != "postgres-tables" {
+                return Err(CliError::Usage(format!(
+                    "snapshot {} is a {} backup, not a table backup",
+                    record.id, record.source.kind
+                )));
+            }
+            let target = PgTableTarget::new(
+                dsn,
+                TableRestoreOptions {
+                    tables: tables.clone(),
+                    into_schema: into_schema.clone(),
+                    row_filter: row_filter.clone(),
+                },
+            );
+            let report = repo
+                .restore(&record.id, &target, RestoreOptions::default())
+                .await?;
+            if g.json {
+                print_json(&json!({
+                    "snapshot": report.snapshot,
+                    "entries": report.entries,
+                    "bytes": report.bytes,
+                    "duration_ms": report.duration.as_millis() as u64,
+                }));
+            } else {
+                eprintln!(
+                    "restored tables of {} ({}) in {:.1?}",
+                    report.snapshot,
+                    bytes(report.bytes),
+                    report.duration
+                );
+            }
+            Ok(())
+        }
         PgCommand::Check { source } => check(g, source).await,
     }
 }
