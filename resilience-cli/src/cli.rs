@@ -254,6 +254,15 @@ pub enum PgCommand {
         #[arg(long, default_value = "resilience")]
         schema: String,
     },
+    /// Delete archived WAL older than the start of every kept base backup.
+    ExpireWal {
+        /// The WAL archive.
+        #[arg(long, default_value = "postgres")]
+        source: String,
+        /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check the WAL archive against the base backups: gaps, and the PITR window per timeline.
     Check {
         /// The WAL archive.

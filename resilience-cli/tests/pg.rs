@@ -311,6 +311,29 @@ async fn a_second_base_backup_stores_only_what_changed_and_tablespaces_come_back
     let big = table_sum(&c, "big").await;
     let spaced = table_sum(&c, "spaced").await;
     primary.archive_now().await;
+
+    // WAL from before the first backup is not needed by any backup: expired, and only it.
+    let dry = lab.json(&["pg", "expire-wal", "--source", "main", "--dry-run"]);
+    let doomed: Vec<String> = dry["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert!(!doomed.is_empty(), "{dry}");
+    assert!(
+        lab.wal_object(&doomed[0]).exists(),
+        "a dry run deletes nothing"
+    );
+    let kept_from = first["start_wal"].as_str().unwrap();
+    assert_eq!(dry["kept_from"], kept_from);
+    assert!(doomed.iter().all(|n| &n[..24] < kept_from), "{dry}");
+    let done = lab.json(&["pg", "expire-wal", "--source", "main"]);
+    assert_eq!(done["deleted"], dry["deleted"]);
+    assert!(!lab.wal_object(&doomed[0]).exists());
+    assert!(lab.wal_object(kept_from).exists());
+    let check = lab.json(&["pg", "check", "--source", "main"]);
+    assert_eq!(check["problems"].as_array().unwrap().len(), 0, "{check}");
     let (restored, doc) = lab.restore("restored", &["--target", "immediate"]);
     assert_eq!(doc["backup"], second["id"]);
     let c2 = restored.client().await;

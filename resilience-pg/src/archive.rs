@@ -118,10 +118,16 @@ impl WalArchive {
         if let Some(existing) = self.header(name).await? {
             return self.compare(name, &existing, &digest);
         }
+        // A segment this build cannot read is archived all the same (Postgres knows its WAL;
+        // refusing would stop archiving and fill the primary's disk), without a summary.
         let summary = match kind {
-            WalFileKind::Segment => Some(walscan::summarize(&content).map_err(|e| {
-                PgError::Invalid(format!("{name}: {e}; refusing to archive it as a segment"))
-            })?),
+            WalFileKind::Segment => match walscan::summarize(&content) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(name, error = %e, "archiving a segment that cannot be summarized");
+                    None
+                }
+            },
             _ => None,
         };
         let header = WalHeader {
@@ -382,14 +388,20 @@ mod tests {
             .await
             .unwrap();
         assert!(wal.push("../config", Bytes::new()).await.is_err());
-        // A file named as a segment must be one.
-        assert!(wal
-            .push("000000010000000000000005", Bytes::from_static(b"nope"))
+        assert!(wal.push("config", Bytes::new()).await.is_err());
+        // A segment that cannot be read is still archived, without a summary.
+        wal.push("000000010000000000000005", Bytes::from_static(b"nope"))
             .await
-            .is_err());
+            .unwrap();
+        let (header, content) = wal
+            .fetch("000000010000000000000005")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((header.summary, &content[..]), (None, &b"nope"[..]));
         let listed = wal.list().await.unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].kind, WalFileKind::History { timeline: 2 });
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[1].kind, WalFileKind::History { timeline: 2 });
     }
 
     #[tokio::test]

@@ -370,3 +370,67 @@ mod tests {
         assert_eq!(r.gap, None);
     }
 }
+
+/// What [`expire_wal`] removed (or would remove).
+#[derive(Clone, Debug, Serialize)]
+pub struct WalExpiry {
+    /// The oldest segment kept: the start of the oldest kept base backup.
+    pub kept_from: Option<String>,
+    /// WAL files deleted (or, in a dry run, to delete), oldest first.
+    pub deleted: Vec<String>,
+}
+
+/// Deletes archived WAL that no kept base backup needs: segments (and partial and
+/// backup-history files) before the start of the oldest succeeded base backup using this
+/// archive. Timeline history files are always kept. Nothing is deleted while a base backup of
+/// the archive is running (its start is not recorded yet) or when there is no base backup.
+pub async fn expire_wal(
+    repo: &Repository,
+    wal: &WalArchive,
+    dry_run: bool,
+) -> Result<WalExpiry, PgError> {
+    let running = repo
+        .catalog()
+        .list(&CatalogQuery {
+            statuses: vec![BackupStatus::Running],
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .any(|r| r.source.kind == "postgres");
+    if running {
+        return Err(PgError::Invalid(
+            "a Postgres base backup is running: its WAL is not accounted for yet; expire later"
+                .into(),
+        ));
+    }
+    let backups = base_backups(repo, wal.source()).await?;
+    let Some(oldest) = backups
+        .iter()
+        .min_by_key(|b| b.info.start_lsn.0 / b.info.wal_segment_size)
+    else {
+        return Ok(WalExpiry {
+            kept_from: None,
+            deleted: Vec::new(),
+        });
+    };
+    let size = oldest.info.wal_segment_size;
+    let first_needed = oldest.info.start_lsn.0 / size;
+    let mut deleted = Vec::new();
+    for file in wal.list().await? {
+        let segment = match file.kind {
+            WalFileKind::History { .. } => continue,
+            _ => SegmentName::parse(&file.name[..24], size),
+        };
+        if segment.is_some_and(|s| s.segno < first_needed) {
+            if !dry_run {
+                wal.delete(&file.name).await?;
+            }
+            deleted.push(file.name);
+        }
+    }
+    Ok(WalExpiry {
+        kept_from: Some(oldest.info.start_wal.clone()),
+        deleted,
+    })
+}

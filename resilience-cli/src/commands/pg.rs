@@ -52,6 +52,29 @@ pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
             Ok(())
         }
         PgCommand::Restore(args) => restore(g, args).await,
+        PgCommand::ExpireWal { source, dry_run } => {
+            let repo = access::open(g).await?;
+            let wal = WalArchive::new(&repo, source)?;
+            let expiry = check::expire_wal(&repo, &wal, *dry_run).await?;
+            if g.json {
+                print_json(&json!({
+                    "kept_from": expiry.kept_from,
+                    "deleted": expiry.deleted,
+                    "dry_run": dry_run,
+                }));
+            } else {
+                eprintln!(
+                    "{} {} WAL file(s); kept from {}",
+                    if *dry_run { "would delete" } else { "deleted" },
+                    expiry.deleted.len(),
+                    expiry
+                        .kept_from
+                        .as_deref()
+                        .unwrap_or("- (no base backup: nothing deleted)")
+                );
+            }
+            Ok(())
+        }
         PgCommand::CatalogSync { dsn, schema } => {
             let repo = access::open(g).await?;
             let target = PgCatalog::connect(dsn, schema).await?;
