@@ -27,7 +27,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     let mut options = BackupOptions::default();
     options.labels.insert("schedule".into(), "nightly".into());
-    let report = repo.backup(&PgBaseSource::new(pgdata, dsn), options).await?;
+    let report = repo
+        .backup(&PgBaseSource::new(pgdata, dsn), options)
+        .await?;
     let info = BaseBackupInfo::from_metadata(&report.record.source_metadata)
         .ok_or("a Postgres base backup records its LSNs")?;
     println!(

@@ -100,6 +100,12 @@ pub enum Command {
         #[command(subcommand)]
         command: PgCommand,
     },
+    /// Redis: keyspace backups (SCAN/DUMP), restores (RESTORE ABSTTL), comparisons.
+    Redis {
+        /// What to do.
+        #[command(subcommand)]
+        command: RedisCommand,
+    },
     /// Archive one WAL file (Postgres' archive_command: `wal-push %p`).
     WalPush {
         /// The file, as Postgres gives it (%p, relative to the data directory).
@@ -326,4 +332,82 @@ pub struct PgRestoreArgs {
     /// Seconds recovery may take with --start.
     #[arg(long, default_value = "3600")]
     pub timeout: u64,
+}
+
+/// Where a Redis command connects.
+#[derive(Debug, Args)]
+pub struct RedisConnectArgs {
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…`, or
+    /// `redis-sentinel://host:port/db?sentinelServiceName=NAME`.
+    #[arg(long)]
+    pub url: String,
+    /// The URL is one node of a Redis Cluster: use every primary.
+    #[arg(long)]
+    pub cluster: bool,
+}
+
+/// Redis commands.
+#[derive(Debug, Subcommand)]
+pub enum RedisCommand {
+    /// Back up the keyspace (every primary of a cluster) with SCAN + DUMP + PEXPIRETIME.
+    Backup {
+        /// Where to connect.
+        #[command(flatten)]
+        connect: RedisConnectArgs,
+        /// Only keys matching this glob pattern.
+        #[arg(long = "match", value_name = "PATTERN")]
+        pattern: Option<String>,
+        /// Keys per SCAN call (and per pipelined round of DUMPs); lower it to spare a busy server.
+        #[arg(long, default_value = "1000")]
+        scan_count: u32,
+        /// Source id (default: redis: and the URL without its password).
+        #[arg(long)]
+        source: Option<String>,
+        /// Labels recorded with the backup.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Back up an RDB file (BGSAVE's dump.rdb) as one entry.
+    BackupRdb {
+        /// The RDB file.
+        file: PathBuf,
+        /// Source id (default: redis-rdb: and the path).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Restore a keyspace backup with RESTORE … ABSTTL, pipelined, throttled.
+    Restore {
+        /// Snapshot id, unique prefix, or `latest`.
+        snapshot: String,
+        /// Where to connect.
+        #[command(flatten)]
+        connect: RedisConnectArgs,
+        /// Overwrite existing keys (else an existing key is refused and reported).
+        #[arg(long)]
+        replace: bool,
+        /// Only keys matching this glob pattern.
+        #[arg(long = "match", value_name = "PATTERN")]
+        pattern: Option<String>,
+        /// At most N keys per second, or bytes per second with a unit: 50MB, 512KB.
+        #[arg(long)]
+        max_rate: Option<String>,
+        /// RESTOREs in flight at once.
+        #[arg(long, default_value = "512")]
+        pipeline: usize,
+    },
+    /// Compare a keyspace backup with a server: key count, and each (or each n-th) key's
+    /// value and expiry. Exit 3 on a difference.
+    Compare {
+        /// Snapshot id, unique prefix, or `latest`.
+        snapshot: String,
+        /// Where to connect.
+        #[command(flatten)]
+        connect: RedisConnectArgs,
+        /// Check every n-th key (1: all).
+        #[arg(long, default_value = "1")]
+        sample_every: u64,
+        /// Only keys matching this glob pattern.
+        #[arg(long = "match", value_name = "PATTERN")]
+        pattern: Option<String>,
+    },
 }

@@ -1,1 +1,30 @@
-//! Redis adapter for resilience (SCAN + DUMP + PTTL backups, RESTORE): its work lives in its own issue.
+//! # resilience-redis
+//!
+//! Redis for resilience: portable keyspace backups with `SCAN` + `DUMP` + `PEXPIRETIME` across
+//! every primary of a cluster ([`source::RedisSource`]), restores with `RESTORE … ABSTTL`,
+//! pipelined, throttled and routed to the right primary ([`target::RedisTarget`]), a comparison
+//! of a snapshot with a server after a restore ([`verify::CompareTarget`]), and RDB files as a
+//! source where the service runs beside Redis ([`rdb::RdbFileSource`]). The entry format is in
+//! [`record`].
+//!
+//! ```no_run
+//! use resilience_redis::{connect::RedisEndpoint, source::RedisSource, target::{RedisTarget, RestoreSettings}};
+//! # async fn demo(repo: resilience_core::repo::Repository) -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = RedisEndpoint { url: "redis://10.0.0.5:6379".into(), cluster: true };
+//! let report = repo.backup(&RedisSource::new(cluster.clone()), Default::default()).await?;
+//! let target = RedisTarget::new(cluster.connect().await?, RestoreSettings { replace: true, pipeline: 512, ..Default::default() });
+//! repo.restore(&report.record.id, &target, Default::default()).await?;
+//! println!("{:?}", target.tally());
+//! # Ok(()) }
+//! ```
+
+pub mod connect;
+mod error;
+pub mod glob;
+pub mod rdb;
+pub mod record;
+pub mod source;
+pub mod target;
+pub mod verify;
+
+pub use error::RedisError;

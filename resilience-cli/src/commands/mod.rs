@@ -7,6 +7,7 @@ mod hold;
 mod init;
 mod pg;
 mod prune;
+mod redis;
 mod restore;
 mod snapshots;
 mod verify;
@@ -28,6 +29,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Prune { dry_run, grace } => prune::run(g, *dry_run, grace).await,
         Command::Hold { snapshot, release } => hold::run(g, snapshot, *release).await,
         Command::Pg { command } => pg::run(g, command).await,
+        Command::Redis { command } => redis::run(g, command).await,
         Command::WalPush { path, source } => wal::push(g, path, source).await,
         Command::WalFetch { name, dest, source } => wal::fetch(g, name, dest, source).await,
     }

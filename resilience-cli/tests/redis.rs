@@ -1,0 +1,546 @@
+//! Redis end to end against real redis-server instances started here on free loopback ports:
+//! standalone servers and a three-primary cluster. Backups through `resilience redis backup`,
+//! restores through `resilience redis restore`, checked key by key with `DUMP` and
+//! `PEXPIRETIME`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use serde_json::Value as Json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_resilience");
+
+fn free_port() -> u16 {
+    // Cluster bus ports are port + 10000: keep below 55535.
+    loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if p < 55000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(dir: &std::path::Path, cluster: bool) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .arg("--dir")
+    .arg(dir);
+    if cluster {
+        cmd.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &format!("nodes-{port}.conf"),
+        ]);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (Debian package redis-server)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server { child, port }
+}
+
+/// Servers and a repository.
+struct Lab {
+    dir: tempfile::TempDir,
+    servers: Vec<Server>,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Lab {
+            dir,
+            servers: Vec::new(),
+        };
+        lab.ok(&["init", "--key-file", lab.key().to_str().unwrap()]);
+        lab
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("key")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--repo")
+            .arg(self.dir.path().join("repo"))
+            .arg("--key-file")
+            .arg(self.key())
+            .args(args)
+            .env_remove("RESILIENCE_PASSWORD")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Json {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    /// A standalone server; returns its URL.
+    fn standalone(&mut self) -> String {
+        let s = start_server(self.dir.path(), false);
+        let url = format!("redis://127.0.0.1:{}", s.port);
+        self.servers.push(s);
+        url
+    }
+
+    /// A cluster of three primaries; returns the URL of one node.
+    fn cluster(&mut self) -> String {
+        let nodes: Vec<Server> = (0..3)
+            .map(|_| start_server(self.dir.path(), true))
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster did not become ok");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let url = format!("redis://127.0.0.1:{}", nodes[0].port);
+        self.servers.extend(nodes);
+        url
+    }
+}
+
+async fn client(url: &str, cluster: bool) -> Client {
+    let url = if cluster {
+        url.replacen("redis://", "redis-cluster://", 1)
+    } else {
+        url.to_owned()
+    };
+    let c = Builder::from_config(Config::from_url(&url).unwrap())
+        .build()
+        .unwrap();
+    c.init().await.unwrap();
+    c
+}
+
+/// Every key (across primaries) with its DUMP payload and absolute expiry.
+async fn snapshot_of(c: &Client) -> std::collections::BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let nodes = match c.cached_cluster_state() {
+        Some(s) => s.unique_primary_nodes(),
+        None => c.active_connections(),
+    };
+    for node in nodes {
+        let on = c.with_cluster_node(node);
+        let mut cursor = "0".to_owned();
+        loop {
+            let page: fred::types::Value =
+                on.scan_page(cursor, "*", Some(500), None).await.unwrap();
+            let fred::types::Value::Array(mut parts) = page else {
+                panic!()
+            };
+            let keys = parts.pop().unwrap();
+            cursor = parts.pop().unwrap().as_string().unwrap();
+            let fred::types::Value::Array(keys) = keys else {
+                panic!()
+            };
+            for k in keys {
+                let k = k.as_bytes().unwrap().to_vec();
+                let dump: Option<bytes::Bytes> = c.dump(k.as_slice()).await.unwrap();
+                let at: i64 = c.pexpire_time(k.as_slice()).await.unwrap();
+                out.insert(k, (dump.unwrap().to_vec(), at));
+            }
+            if cursor == "0" {
+                break;
+            }
+        }
+    }
+    out
+}
+
+async fn fill_every_type(c: &Client, n: usize) {
+    let in_an_hour = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    for i in 0..n {
+        let _: () = c
+            .set(format!("str:{i}"), format!("value {i}"), None, None, false)
+            .await
+            .unwrap();
+        let _: () = c
+            .rpush(format!("list:{i}"), vec!["a", "b", "c"])
+            .await
+            .unwrap();
+        let _: () = c.sadd(format!("set:{i}"), vec!["x", "y"]).await.unwrap();
+        let _: () = c
+            .zadd(
+                format!("zset:{i}"),
+                None,
+                None,
+                false,
+                false,
+                vec![(1.5, "one"), (2.5, "two")],
+            )
+            .await
+            .unwrap();
+        let _: () = c
+            .hset(format!("hash:{i}"), vec![("f1", "v1"), ("f2", "v2")])
+            .await
+            .unwrap();
+        let _: () = c
+            .custom(
+                fred::cmd!("XADD"),
+                vec![
+                    format!("stream:{i}"),
+                    "*".into(),
+                    "field".into(),
+                    format!("{i}"),
+                ],
+            )
+            .await
+            .unwrap();
+        let _: () = c
+            .custom(
+                fred::cmd!("SETBIT"),
+                vec![format!("bits:{i}"), "77".into(), "1".into()],
+            )
+            .await
+            .unwrap();
+        let _: () = c
+            .custom(
+                fred::cmd!("PFADD"),
+                vec![format!("hll:{i}"), "a".into(), "b".into(), "c".into()],
+            )
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            let _: () = c
+                .pexpire_at(format!("str:{i}"), in_an_hour + i as i64, None)
+                .await
+                .unwrap();
+            let _: () = c
+                .pexpire_at(format!("hash:{i}"), in_an_hour + 7, None)
+                .await
+                .unwrap();
+        }
+    }
+    // A big one: a hash of 20,000 fields and a 3 MiB string.
+    let fields: Vec<(String, String)> = (0..20_000)
+        .map(|i| (format!("f{i}"), format!("v{i}")))
+        .collect();
+    let _: () = c.hset("big:hash", fields).await.unwrap();
+    let _: () = c
+        .set("big:string", "z".repeat(3 << 20), None, None, false)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_type_round_trips_with_absolute_ttls_standalone_to_cluster_and_back() {
+    let mut lab = Lab::new();
+    let source = lab.standalone();
+    let src = client(&source, false).await;
+    fill_every_type(&src, 200).await;
+    let before = snapshot_of(&src).await;
+    let _: () = src
+        .set(
+            "gone:soon",
+            "x",
+            Some(fred::types::Expiration::PX(800)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+
+    let backup = lab.json(&["redis", "backup", "--url", &source]);
+    assert_eq!(
+        backup["keys"].as_u64().unwrap() as usize,
+        before.len() + 1,
+        "{backup}"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await; // gone:soon expires
+
+    // Into a three-primary cluster: routed to the right primary.
+    let cluster = lab.cluster();
+    let id = backup["id"].as_str().unwrap();
+    let done = lab.json(&["redis", "restore", id, "--url", &cluster, "--cluster"]);
+    assert_eq!(
+        done["expired"], 1,
+        "the key whose expiry passed is not restored: {done}"
+    );
+    let cl = client(&cluster, true).await;
+    let expected = before.clone();
+    let in_cluster = snapshot_of(&cl).await;
+    assert_eq!(in_cluster.len(), expected.len());
+    for (k, (payload, at)) in &expected {
+        let (p2, at2) = &in_cluster[k];
+        assert_eq!(at, at2, "expiry of {}", String::from_utf8_lossy(k));
+        // Hash-table sets and hashes serialize in table order, which differs between servers:
+        // `redis compare` below checks those canonically.
+        if !k.starts_with(b"big:hash") && !k.starts_with(b"set:") {
+            assert_eq!(payload, p2, "value of {}", String::from_utf8_lossy(k));
+        }
+    }
+    let big: std::collections::HashMap<String, String> = cl.hgetall("big:hash").await.unwrap();
+    assert_eq!(big.len(), 20_000);
+    assert_eq!(big["f19999"], "v19999");
+    let cmp = lab.json(&["redis", "compare", id, "--url", &cluster, "--cluster"]);
+    assert_eq!(
+        cmp["checked"].as_u64().unwrap() as usize,
+        expected.len(),
+        "{cmp}"
+    );
+    assert_eq!(
+        cmp["server_keys"].as_u64().unwrap() as usize,
+        expected.len(),
+        "{cmp}"
+    );
+    for list in ["missing", "differing", "expiry_differs"] {
+        assert_eq!(cmp[list].as_array().unwrap().len(), 0, "{cmp}");
+    }
+    // A changed value is found and named.
+    let _: () = cl.sadd("set:7", "intruder").await.unwrap();
+    let out = lab.run(&[
+        "--json",
+        "redis",
+        "compare",
+        id,
+        "--url",
+        &cluster,
+        "--cluster",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let cmp: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cmp["differing"], serde_json::json!(["set:7"]), "{cmp}");
+    let _: i64 = cl.srem("set:7", "intruder").await.unwrap();
+
+    // And from the cluster (three primaries) back to a standalone server.
+    let cluster_backup = lab.json(&["redis", "backup", "--url", &cluster, "--cluster"]);
+    assert_eq!(cluster_backup["primaries"], 3);
+    assert_eq!(
+        cluster_backup["keys"].as_u64().unwrap() as usize,
+        expected.len()
+    );
+    let back = lab.standalone();
+    lab.ok(&[
+        "redis",
+        "restore",
+        cluster_backup["id"].as_str().unwrap(),
+        "--url",
+        &back,
+    ]);
+    let restored = snapshot_of(&client(&back, false).await).await;
+    assert_eq!(
+        restored.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(restored[b"str:3".as_slice()], expected[b"str:3".as_slice()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_beside_a_busy_writer_keeps_every_key_that_lived_through_it() {
+    let mut lab = Lab::new();
+    let url = lab.standalone();
+    let c = client(&url, false).await;
+    let stable: Vec<(String, String)> = (0..30_000)
+        .map(|i| (format!("stable:{i}"), format!("v{i}")))
+        .collect();
+    let _: () = c.mset(stable).await.unwrap();
+    let churn: Vec<(String, String)> = (0..30_000)
+        .map(|i| (format!("churn:{i}"), "x".into()))
+        .collect();
+    let _: () = c.mset(churn).await.unwrap();
+
+    let writer = {
+        let c = client(&url, false).await;
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            loop {
+                // New keys, deleted keys and rewritten keys, as fast as it can.
+                let _: Result<(), _> = c.set(format!("new:{i}"), i, None, None, false).await;
+                let _: Result<i64, _> = c.del(format!("churn:{}", i % 30_000)).await;
+                let _: Result<(), _> = c
+                    .set(
+                        format!("stable:{}", i % 30_000),
+                        format!("v{}", i % 30_000),
+                        None,
+                        None,
+                        false,
+                    )
+                    .await;
+                i += 1;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let backup = lab.json(&["redis", "backup", "--url", &url, "--scan-count", "200"]);
+    writer.abort();
+    assert_eq!(backup["status"], "succeeded");
+
+    let target = lab.standalone();
+    lab.ok(&[
+        "redis",
+        "restore",
+        backup["id"].as_str().unwrap(),
+        "--url",
+        &target,
+        "--match",
+        "stable:*",
+    ]);
+    let t = client(&target, false).await;
+    let n: u64 = t.dbsize().await.unwrap();
+    assert_eq!(n, 30_000, "every key that existed for the whole scan");
+    let v: String = t.get("stable:29999").await.unwrap();
+    assert_eq!(v, "v29999");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_key_is_named_and_the_restore_says_what_it_did() {
+    let mut lab = Lab::new();
+    let url = lab.standalone();
+    let c = client(&url, false).await;
+    for i in 0..100 {
+        let _: () = c.set(format!("k:{i}"), i, None, None, false).await.unwrap();
+    }
+    let backup = lab.json(&["redis", "backup", "--url", &url]);
+    let id = backup["id"].as_str().unwrap();
+    let target = lab.standalone();
+    let t = client(&target, false).await;
+    let _: () = t
+        .set("k:42", "already here", None, None, false)
+        .await
+        .unwrap();
+
+    let out = lab.run(&["--json", "redis", "restore", id, "--url", &target]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["restored"], 99, "{report}");
+    assert_eq!(report["refused_count"], 1);
+    assert_eq!(report["refused"][0]["key"], "k:42");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("k:42") && err.contains("--replace"), "{err}");
+    let kept: String = t.get("k:42").await.unwrap();
+    assert_eq!(kept, "already here");
+
+    // With --replace, throttled to 50 keys/s (a burst of one second's worth, then the rate):
+    // 100 keys take a second at least.
+    let started = Instant::now();
+    let report = lab.json(&[
+        "redis",
+        "restore",
+        id,
+        "--url",
+        &target,
+        "--replace",
+        "--max-rate",
+        "50",
+        "--pipeline",
+        "10",
+    ]);
+    assert_eq!(report["restored"], 100);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let replaced: String = t.get("k:42").await.unwrap();
+    assert_eq!(replaced, "42");
+    let cmp = lab.json(&["redis", "compare", id, "--url", &target]);
+    assert_eq!(
+        (cmp["snapshot_keys"].as_u64(), cmp["server_keys"].as_u64()),
+        (Some(100), Some(100))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rdb_file_is_backed_up_as_one_entry() {
+    let mut lab = Lab::new();
+    let url = lab.standalone();
+    let c = client(&url, false).await;
+    let _: () = c.set("a", "b", None, None, false).await.unwrap();
+    let _: () = c
+        .custom(fred::cmd!("SAVE"), Vec::<String>::new())
+        .await
+        .unwrap();
+    let rdb = lab.dir.path().join("dump.rdb");
+    let backup = lab.json(&["redis", "backup-rdb", rdb.to_str().unwrap()]);
+    assert_eq!(backup["entries"], 1);
+    let out = lab.dir.path().join("out");
+    lab.ok(&[
+        "restore",
+        backup["id"].as_str().unwrap(),
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(out.join("dump.rdb")).unwrap(),
+        std::fs::read(&rdb).unwrap()
+    );
+    let bad = lab.dir.path().join("not.rdb");
+    std::fs::write(&bad, b"hello world").unwrap();
+    let r = lab.run(&["redis", "backup-rdb", bad.to_str().unwrap()]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not an RDB file"));
+}

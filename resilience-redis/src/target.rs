@@ -1,0 +1,254 @@
+//! Restoring keys with `RESTORE key abs-expiry payload ABSTTL [REPLACE]`, pipelined, throttled,
+//! routed to the key's primary in a cluster.
+//!
+//! A key the server refuses (it exists and `replace` is off, the payload is from a newer
+//! server, …) does not stop the restore: it is counted with its reason, and the restore ends
+//! with an error naming the first refused keys. [`RestoreTally`] says what was and was not
+//! restored.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::*;
+use resilience_core::entry::{EntryKind, EntryMeta};
+use resilience_core::source::{AdapterError, ContentWriter, Target};
+use resilience_core::throttle::RateLimiter;
+use serde::Serialize;
+
+use crate::connect::{max_rdb_version, Connection};
+use crate::glob;
+use crate::record::{KeyRecord, RecordDecoder};
+
+/// How to restore.
+#[derive(Clone, Default)]
+pub struct RestoreSettings {
+    /// Overwrite existing keys (`REPLACE`); without it an existing key is refused.
+    pub replace: bool,
+    /// Only keys matching this glob pattern.
+    pub pattern: Option<String>,
+    /// At most this many keys per second.
+    pub max_keys_per_second: Option<u64>,
+    /// At most this many payload bytes per second.
+    pub max_bytes_per_second: Option<u64>,
+    /// `RESTORE`s in flight at once.
+    pub pipeline: usize,
+}
+
+/// A key the target refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefusedKey {
+    /// The key (lossy UTF-8).
+    pub key: String,
+    /// The server's reason, and ours.
+    pub reason: String,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreTally {
+    /// Keys restored.
+    pub restored: u64,
+    /// Keys not restored because their expiry had passed.
+    pub expired: u64,
+    /// Keys left out by the pattern.
+    pub filtered: u64,
+    /// Keys the server refused (the first 100 are listed in `refused`).
+    pub refused_count: u64,
+    /// The first refused keys, with reasons.
+    pub refused: Vec<RefusedKey>,
+}
+
+const LISTED_REFUSALS: usize = 100;
+
+/// Restores into a server or cluster.
+pub struct RedisTarget {
+    conn: Arc<Connection>,
+    settings: RestoreSettings,
+    keys_limiter: Option<Arc<RateLimiter>>,
+    bytes_limiter: Option<Arc<RateLimiter>>,
+    tally: Arc<Mutex<RestoreTally>>,
+}
+
+impl RedisTarget {
+    /// A target over a connection.
+    pub fn new(conn: Connection, settings: RestoreSettings) -> Self {
+        RedisTarget {
+            conn: Arc::new(conn),
+            keys_limiter: settings
+                .max_keys_per_second
+                .map(|r| Arc::new(RateLimiter::new(r))),
+            bytes_limiter: settings
+                .max_bytes_per_second
+                .map(|r| Arc::new(RateLimiter::new(r))),
+            settings,
+            tally: Arc::default(),
+        }
+    }
+
+    /// What the restore has done so far (complete once `restore` returned).
+    pub fn tally(&self) -> RestoreTally {
+        self.tally.lock().expect("tally lock").clone()
+    }
+}
+
+#[async_trait]
+impl Target for RedisTarget {
+    async fn create(
+        &self,
+        meta: &EntryMeta,
+    ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
+        if meta.kind != EntryKind::File {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(Writer {
+            conn: self.conn.clone(),
+            settings: self.settings.clone(),
+            keys_limiter: self.keys_limiter.clone(),
+            bytes_limiter: self.bytes_limiter.clone(),
+            tally: self.tally.clone(),
+            decoder: RecordDecoder::default(),
+            pending: Vec::new(),
+            entry: meta.path.to_string(),
+        })))
+    }
+
+    async fn apply_metadata(&self, _meta: &EntryMeta) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
+    async fn finish(&self) -> Result<(), AdapterError> {
+        let t = self.tally();
+        if t.refused_count == 0 {
+            return Ok(());
+        }
+        let first = &t.refused[0];
+        Err(AdapterError::msg(
+            "RESTORE",
+            first.key.clone(),
+            format!(
+                "{}; {} key(s) refused in all, {} restored, {} expired, {} filtered out",
+                first.reason, t.refused_count, t.restored, t.expired, t.filtered
+            ),
+        ))
+    }
+}
+
+struct Writer {
+    conn: Arc<Connection>,
+    settings: RestoreSettings,
+    keys_limiter: Option<Arc<RateLimiter>>,
+    bytes_limiter: Option<Arc<RateLimiter>>,
+    tally: Arc<Mutex<RestoreTally>>,
+    decoder: RecordDecoder,
+    pending: Vec<KeyRecord>,
+    entry: String,
+}
+
+impl Writer {
+    async fn flush(&mut self) -> Result<(), AdapterError> {
+        let records = std::mem::take(&mut self.pending);
+        if records.is_empty() {
+            return Ok(());
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut to_send = Vec::with_capacity(records.len());
+        {
+            let mut t = self.tally.lock().expect("tally lock");
+            for r in records {
+                if let Some(p) = &self.settings.pattern {
+                    if !glob::matches(p.as_bytes(), &r.key) {
+                        t.filtered += 1;
+                        continue;
+                    }
+                }
+                if r.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                    t.expired += 1;
+                    continue;
+                }
+                to_send.push(r);
+            }
+        }
+        if let Some(l) = &self.keys_limiter {
+            l.acquire(to_send.len() as u64).await;
+        }
+        if let Some(l) = &self.bytes_limiter {
+            l.acquire(to_send.iter().map(|r| r.payload.len() as u64).sum())
+                .await;
+        }
+        let client = &self.conn.client;
+        let replace = self.settings.replace;
+        let results = futures::future::join_all(to_send.iter().map(|r| {
+            client.restore::<(), _>(
+                r.key.clone(),
+                r.expires_at_ms.unwrap_or(0),
+                fred::types::Value::Bytes(r.payload.clone()),
+                replace,
+                true,
+                None,
+                None,
+            )
+        }))
+        .await;
+        let mut t = self.tally.lock().expect("tally lock");
+        for (r, result) in to_send.iter().zip(results) {
+            match result {
+                Ok(()) => t.restored += 1,
+                Err(e) => {
+                    t.refused_count += 1;
+                    if t.refused.len() < LISTED_REFUSALS {
+                        let reason = self.explain(r, &e);
+                        t.refused.push(RefusedKey {
+                            key: String::from_utf8_lossy(&r.key).into_owned(),
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The server's refusal, with what we know about why.
+    fn explain(&self, r: &KeyRecord, e: &fred::error::Error) -> String {
+        let mut reason = e.details().to_string();
+        if reason.contains("BUSYKEY") || reason.contains("already exists") {
+            reason.push_str(" (the key exists: restore with --replace to overwrite it)");
+        } else if let (Some(payload), Some(max)) =
+            (r.rdb_version(), max_rdb_version(&self.conn.version))
+        {
+            if payload > max {
+                reason.push_str(&format!(
+                    " (the payload is RDB version {payload}, from a newer Redis; the target runs {} which reads up to RDB {max})",
+                    self.conn.version
+                ));
+            }
+        }
+        reason
+    }
+}
+
+#[async_trait]
+impl ContentWriter for Writer {
+    async fn write(&mut self, data: Bytes) -> Result<(), AdapterError> {
+        self.decoder.push(&data);
+        while let Some(r) = self
+            .decoder
+            .next_record()
+            .map_err(|e| AdapterError::msg("restore", self.entry.clone(), e.to_string()))?
+        {
+            self.pending.push(r);
+            if self.pending.len() >= self.settings.pipeline.max(1) {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<(), AdapterError> {
+        self.decoder
+            .finish()
+            .map_err(|e| AdapterError::msg("restore", self.entry.clone(), e.to_string()))?;
+        self.flush().await
+    }
+}
