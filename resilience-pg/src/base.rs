@@ -444,16 +444,11 @@ impl PgSession {
             let bytes = content.into_bytes();
             self.pending.push_back(SourceEntry {
                 meta: EntryMeta {
-                    path: EntryPath(name.as_bytes().to_vec()),
-                    kind: EntryKind::File,
-                    size: bytes.len() as u64,
                     mode: 0o100600,
-                    mtime_ns: Some(self.info.stop_time.timestamp_nanos_opt().unwrap_or(0)),
+                    mtime_ns: self.info.stop_time.timestamp_nanos_opt(),
                     uid: owner.as_ref().map(|m| m.uid()),
                     gid: owner.as_ref().map(|m| m.gid()),
-                    link_target: None,
-                    fingerprint: None,
-                    attrs: Default::default(),
+                    ..EntryMeta::file(name, bytes.len() as u64)
                 },
                 content: Some(Box::pin(std::io::Cursor::new(bytes))),
             });

@@ -88,24 +88,27 @@ pub async fn run(mut cmd: Command, what: &str) -> Result<Output, PgError> {
     Ok(out)
 }
 
-/// Changes the owner of `path` to that of `like` (when we are root and they differ).
+/// Changes the owner of `path` to that of `like` (when we are root).
 pub fn chown_like(path: &Path, like: &Path) -> Result<(), PgError> {
-    let md = std::fs::metadata(like).map_err(PgError::io("stat", like.display()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        std::os::unix::fs::chown(path, Some(md.uid()), Some(md.gid()))
-            .map_err(PgError::io("chown", path.display()))?;
-    }
-    Ok(())
+    set_owner(path, like, false)
 }
 
 /// Like [`chown_like`], for a symbolic link itself.
 pub fn lchown_like(path: &Path, like: &Path) -> Result<(), PgError> {
-    let md = std::fs::metadata(like).map_err(PgError::io("stat", like.display()))?;
+    set_owner(path, like, true)
+}
+
+fn set_owner(path: &Path, like: &Path, link_itself: bool) -> Result<(), PgError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        std::os::unix::fs::lchown(path, Some(md.uid()), Some(md.gid()))
-            .map_err(PgError::io("chown", path.display()))?;
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
     }
-    Ok(())
+    let md = std::fs::metadata(like).map_err(PgError::io("stat", like.display()))?;
+    let (uid, gid) = (Some(md.uid()), Some(md.gid()));
+    if link_itself {
+        std::os::unix::fs::lchown(path, uid, gid)
+    } else {
+        std::os::unix::fs::chown(path, uid, gid)
+    }
+    .map_err(PgError::io("chown", path.display()))
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
-use resilience_core::entry::{EntryKind, EntryMeta, EntryPath, UNKNOWN_SIZE};
+use resilience_core::entry::{EntryKind, EntryMeta, UNKNOWN_SIZE};
 use resilience_core::source::{
     AdapterError, ContentWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
     SourceMetadata, SourceSession, Target,
@@ -222,16 +222,9 @@ impl SourceSession for TableSession {
         path.push(b'/');
         path.extend_from_slice(table.as_bytes());
         let meta = EntryMeta {
-            path: EntryPath(path),
-            kind: EntryKind::File,
-            size: UNKNOWN_SIZE,
             mode: 0o100600,
-            mtime_ns: None,
-            uid: None,
-            gid: None,
-            link_target: None,
-            fingerprint: None,
             attrs,
+            ..EntryMeta::file(path, UNKNOWN_SIZE)
         };
         let content = copy_reader(
             self.client.clone(),

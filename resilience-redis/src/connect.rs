@@ -5,6 +5,9 @@ use fred::types::config::{Config, ServerConfig};
 
 use crate::error::RedisError;
 
+/// How long to wait for a server that is loading its dataset.
+const LOADING_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// How to reach Redis.
 #[derive(Clone, Debug)]
 pub struct RedisEndpoint {
@@ -49,7 +52,18 @@ impl RedisEndpoint {
         let cluster = config.server.is_clustered();
         // Concurrent commands are pipelined on each connection (fred's default).
         let client = Builder::from_config(config).build().map_err(err)?;
-        client.init().await.map_err(err)?;
+        // A server that is loading its dataset refuses commands for a while: wait for it.
+        let deadline = std::time::Instant::now() + LOADING_WAIT;
+        loop {
+            match client.init().await {
+                Ok(_) => break,
+                Err(e) if e.details().contains("LOADING") && std::time::Instant::now() < deadline => {
+                    tracing::info!(url = %crate::source::redact(&self.url), "server is loading its dataset; waiting");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
         let primaries = if cluster {
             client
                 .cached_cluster_state()

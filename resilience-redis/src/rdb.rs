@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use resilience_core::entry::{EntryKind, EntryMeta, EntryPath};
+use resilience_core::entry::EntryMeta;
 use resilience_core::source::{
     AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };
@@ -70,16 +70,8 @@ impl Source for RdbFileSource {
             .map_err(|e| AdapterError::new("stat", shown.clone(), e))?;
         let entry = SourceEntry {
             meta: EntryMeta {
-                path: EntryPath(b"dump.rdb".to_vec()),
-                kind: EntryKind::File,
-                size: md.len(),
                 mode: 0o100600,
-                mtime_ns: None,
-                uid: None,
-                gid: None,
-                link_target: None,
-                fingerprint: None,
-                attrs: Default::default(),
+                ..EntryMeta::file("dump.rdb", md.len())
             },
             content: Some(Box::pin(file)),
         };

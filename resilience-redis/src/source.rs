@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use fred::prelude::*;
 use fred::types::Value;
 use futures::TryStreamExt;
-use resilience_core::entry::{EntryKind, EntryMeta, EntryPath};
+use resilience_core::entry::EntryMeta;
 use resilience_core::source::{
     AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };
@@ -278,16 +278,8 @@ impl Producer {
         *seq += 1;
         let entry = SourceEntry {
             meta: EntryMeta {
-                path: EntryPath(path.into_bytes()),
-                kind: EntryKind::File,
-                size: content.len() as u64,
                 mode: 0o100600,
-                mtime_ns: None,
-                uid: None,
-                gid: None,
-                link_target: None,
-                fingerprint: None,
-                attrs: Default::default(),
+                ..EntryMeta::file(path.into_bytes(), content.len() as u64)
             },
             content: Some(Box::pin(std::io::Cursor::new(content))),
         };
