@@ -57,7 +57,9 @@ impl RedisEndpoint {
         loop {
             match client.init().await {
                 Ok(_) => break,
-                Err(e) if e.details().contains("LOADING") && std::time::Instant::now() < deadline => {
+                Err(e)
+                    if e.details().contains("LOADING") && std::time::Instant::now() < deadline =>
+                {
                     tracing::info!(url = %crate::source::redact(&self.url), "server is loading its dataset; waiting");
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }

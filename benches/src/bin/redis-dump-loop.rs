@@ -27,9 +27,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cursor = "0".to_owned();
         loop {
             let page: Value = client.scan_page(cursor, "*", Some(1000), None).await?;
-            let Value::Array(mut parts) = page else { return Err("bad SCAN reply".into()) };
-            let Some(Value::Array(keys)) = parts.pop() else { return Err("bad SCAN reply".into()) };
-            cursor = parts.pop().and_then(|c| c.as_string()).ok_or("bad cursor")?;
+            let Value::Array(mut parts) = page else {
+                return Err("bad SCAN reply".into());
+            };
+            let Some(Value::Array(keys)) = parts.pop() else {
+                return Err("bad SCAN reply".into());
+            };
+            cursor = parts
+                .pop()
+                .and_then(|c| c.as_string())
+                .ok_or("bad cursor")?;
             let pipeline = client.pipeline();
             for k in &keys {
                 let k = k.as_bytes().ok_or("bad key")?.to_vec();
@@ -38,7 +45,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let replies: Vec<Value> = pipeline.all().await?;
             for (k, pair) in keys.iter().zip(replies.chunks(2)) {
-                let (Some(payload), Some(ttl)) = (pair[0].as_bytes(), pair[1].as_i64()) else { continue };
+                let (Some(payload), Some(ttl)) = (pair[0].as_bytes(), pair[1].as_i64()) else {
+                    continue;
+                };
                 let k = k.as_bytes().ok_or("bad key")?;
                 out.write_all(&(k.len() as u32).to_le_bytes())?;
                 out.write_all(k)?;
@@ -69,7 +78,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut payload = vec![0u8; u32::from_le_bytes(len) as usize];
             input.read_exact(&mut payload)?;
             let ttl = i64::from_le_bytes(ttl).max(0);
-            pipeline.restore::<(), _>(key.as_slice(), ttl, Value::Bytes(payload.into()), true, false, None, None).await?;
+            pipeline
+                .restore::<(), _>(
+                    key.as_slice(),
+                    ttl,
+                    Value::Bytes(payload.into()),
+                    true,
+                    false,
+                    None,
+                    None,
+                )
+                .await?;
             queued += 1;
             keys_done += 1;
             if queued == 1000 {
