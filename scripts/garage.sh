@@ -5,6 +5,8 @@
 #                                          AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 #                                          AWS_REGION, RESILIENCE_TEST_S3_BUCKET) and DIR/garage.pid
 #   scripts/garage.sh stop DIR             stop it
+#   GARAGE_KEY_ID=GK… GARAGE_KEY_SECRET=… scripts/garage.sh start DIR REGION
+#                                          import those credentials instead of creating new ones
 #
 # Several can run at once (e.g. two "regions"), each in its own DIR.
 set -euo pipefail
@@ -65,12 +67,18 @@ TOML
   retry "${g[@]}" layout assign -z dc1 -c 1G "${node%%@*}"
   retry "${g[@]}" layout apply --version 1
   local keyinfo key_id key_secret bucket="resilience-test"
-  for _ in $(seq 1 50); do
-    if keyinfo="$("${g[@]}" key create test-key 2>&1)"; then break; fi
-    sleep 0.2
-  done
-  key_id="$(echo "$keyinfo" | awk '/Key ID:/ {print $3}')"
-  key_secret="$(echo "$keyinfo" | awk '/Secret key:/ {print $3}')"
+  if [ -n "${GARAGE_KEY_ID:-}" ] && [ -n "${GARAGE_KEY_SECRET:-}" ]; then
+    # The same credentials as another server (two "regions" one client can reach).
+    retry "${g[@]}" key import --yes -n test-key "$GARAGE_KEY_ID" "$GARAGE_KEY_SECRET"
+    key_id="$GARAGE_KEY_ID"; key_secret="$GARAGE_KEY_SECRET"
+  else
+    for _ in $(seq 1 50); do
+      if keyinfo="$("${g[@]}" key create test-key 2>&1)"; then break; fi
+      sleep 0.2
+    done
+    key_id="$(echo "$keyinfo" | awk '/Key ID:/ {print $3}')"
+    key_secret="$(echo "$keyinfo" | awk '/Secret key:/ {print $3}')"
+  fi
   [ -n "$key_id" ] && [ -n "$key_secret" ] || die "could not create a key: $keyinfo"
   retry "${g[@]}" bucket create "$bucket"
   retry "${g[@]}" bucket allow --read --write --owner "$bucket" --key test-key

@@ -124,6 +124,22 @@ pub enum Command {
         #[arg(long, default_value = "postgres")]
         source: String,
     },
+    /// Copy every object the replica lacks (another bucket, another region), proving each copy;
+    /// report the lag. Needs no key: objects are copied sealed.
+    Replicate {
+        /// The replica repository's URL (created for a local path).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Read and write at most this many bytes per second.
+        #[arg(long)]
+        max_rate: Option<u64>,
+        /// Objects copied at once.
+        #[arg(long, default_value = "8")]
+        concurrency: usize,
+        /// Only report the lag.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Place (or release) a legal hold on a backup.
     Hold {
         /// Snapshot id or unique prefix.

@@ -14,7 +14,7 @@
 //!
 //! The repository ([`repo::Repository`]): [`chunker`] (FastCDC), [`crypto`] (keyed BLAKE3 ids,
 //! XChaCha20-Poly1305), [`blob`], [`pack`], [`index`], [`snapshot`], [`object`] framing, [`lock`]s;
-//! its operations [`backup`], [`restore`] and [`verify`]. [`fs`] is the directory source and
+//! its operations [`backup`], [`restore`], [`verify`] and [`replicate`]. [`fs`] is the directory source and
 //! target. The byte layout is in `docs/FORMAT.md`.
 //!
 //! ```no_run
@@ -47,6 +47,7 @@ pub mod object;
 pub mod pack;
 pub mod progress;
 pub mod prune;
+pub mod replicate;
 pub mod repo;
 pub mod restore;
 pub mod retention;

@@ -8,6 +8,7 @@ mod init;
 mod pg;
 mod prune;
 mod redis;
+mod replicate;
 mod restore;
 mod snapshots;
 mod verify;
@@ -30,6 +31,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Hold { snapshot, release } => hold::run(g, snapshot, *release).await,
         Command::Pg { command } => pg::run(g, command).await,
         Command::Redis { command } => redis::run(g, command).await,
+        Command::Replicate {
+            to,
+            max_rate,
+            concurrency,
+            dry_run,
+        } => replicate::run(g, to, *max_rate, *concurrency, *dry_run).await,
         Command::WalPush { path, source } => wal::push(g, path, source).await,
         Command::WalFetch { name, dest, source } => wal::fetch(g, name, dest, source).await,
     }
