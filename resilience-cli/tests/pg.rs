@@ -334,8 +334,14 @@ async fn a_second_base_backup_stores_only_what_changed_and_tablespaces_come_back
     assert!(lab.wal_object(kept_from).exists());
     let check = lab.json(&["pg", "check", "--source", "main"]);
     assert_eq!(check["problems"].as_array().unwrap().len(), 0, "{check}");
-    let (restored, doc) = lab.restore("restored", &["--target", "immediate"]);
+    // Throttled to 2 MB/s (a one-second burst, then the rate): the restore takes over a second.
+    let (restored, doc) = lab.restore(
+        "restored",
+        &["--target", "immediate", "--max-rate", "2000000"],
+    );
     assert_eq!(doc["backup"], second["id"]);
+    assert!(doc["bytes"].as_u64().unwrap() > 30_000_000, "{doc}");
+    assert!(doc["restore_ms"].as_u64().unwrap() >= 1000, "{doc}");
     let c2 = restored.client().await;
     assert_eq!(table_sum(&c2, "big").await, big);
     assert_eq!(table_sum(&c2, "spaced").await, spaced);
