@@ -53,6 +53,16 @@ pub fn record_json(r: &BackupRecord) -> Value {
     })
 }
 
+/// A restore's report as scripts see it.
+pub fn restore_json(report: &resilience_core::restore::RestoreReport) -> Value {
+    json!({
+        "snapshot": report.snapshot,
+        "entries": report.entries,
+        "bytes": report.bytes,
+        "duration_ms": report.duration.as_millis() as u64,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::bytes;

@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::access;
 use crate::cli::{Global, PgCommand, PgRestoreArgs};
 use crate::commands::backup::{back_up, parse_labels, print_report};
-use crate::output::{bytes, print_json};
+use crate::output::{bytes, print_json, restore_json};
 use crate::progress::Bar;
 use crate::CliError;
 
@@ -127,12 +127,7 @@ pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
                 .restore(&record.id, &target, RestoreOptions::default())
                 .await?;
             if g.json {
-                print_json(&json!({
-                    "snapshot": report.snapshot,
-                    "entries": report.entries,
-                    "bytes": report.bytes,
-                    "duration_ms": report.duration.as_millis() as u64,
-                }));
+                print_json(&restore_json(&report));
             } else {
                 eprintln!(
                     "restored tables of {} ({}) in {:.1?}",

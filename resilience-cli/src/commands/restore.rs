@@ -6,11 +6,10 @@ use std::sync::Arc;
 use resilience_core::fs::DirTarget;
 use resilience_core::progress::Progress;
 use resilience_core::restore::RestoreOptions;
-use serde_json::json;
 
 use crate::access;
 use crate::cli::Global;
-use crate::output::{bytes, print_json};
+use crate::output::{bytes, print_json, restore_json};
 use crate::progress::Bar;
 use crate::CliError;
 
@@ -31,12 +30,7 @@ pub async fn run(g: &Global, snapshot: &str, target: &Path) -> Result<(), CliErr
     }
     let report = report?;
     if g.json {
-        print_json(&json!({
-            "snapshot": report.snapshot,
-            "entries": report.entries,
-            "bytes": report.bytes,
-            "duration_ms": report.duration.as_millis() as u64,
-        }));
+        print_json(&restore_json(&report));
     } else {
         eprintln!(
             "restored {} ({} entries, {}) into {} in {:.1?}",
