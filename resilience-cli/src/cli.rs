@@ -106,6 +106,12 @@ pub enum Command {
         #[command(subcommand)]
         command: RedisCommand,
     },
+    /// Buckets: back up the objects under a URL, restore them into a bucket.
+    Bucket {
+        /// What to do.
+        #[command(subcommand)]
+        command: BucketCommand,
+    },
     /// Archive one WAL file (Postgres' archive_command: `wal-push %p`).
     WalPush {
         /// The file, as Postgres gives it (%p, relative to the data directory).
@@ -425,5 +431,37 @@ pub enum RedisCommand {
         /// Only keys matching this glob pattern.
         #[arg(long = "match", value_name = "PATTERN")]
         pattern: Option<String>,
+    },
+}
+
+/// Bucket commands.
+#[derive(Debug, Subcommand)]
+pub enum BucketCommand {
+    /// Back up every object under a URL (s3://BUCKET/PREFIX, gs://, az://, a directory).
+    Backup {
+        /// The bucket (and prefix).
+        source_url: String,
+        /// Labels recorded with the backup.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Source id (default: bucket: and the URL).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Restore a bucket backup into a bucket (and prefix), with content types and metadata.
+    Restore {
+        /// Snapshot id, unique prefix, or `latest`.
+        snapshot: String,
+        /// Where to write the objects.
+        target_url: String,
+        /// Only objects whose key starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Replace existing objects that differ (else they are refused and named).
+        #[arg(long)]
+        overwrite: bool,
+        /// Read at most this many bytes per second from the repository.
+        #[arg(long)]
+        max_rate: Option<u64>,
     },
 }

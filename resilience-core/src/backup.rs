@@ -416,7 +416,9 @@ struct ParentCursor {
 }
 
 impl ParentCursor {
-    async fn find(&mut self, meta: &EntryMeta) -> Result<Option<Vec<BlobRef>>> {
+    /// The parent's content for an entry whose fingerprint is unchanged: its blobs, or its
+    /// inline bytes for small content (which is then not read again either).
+    async fn find(&mut self, meta: &EntryMeta) -> Result<Option<Content>> {
         let Some(fingerprint) = &meta.fingerprint else {
             return Ok(None);
         };
@@ -439,10 +441,7 @@ impl ParentCursor {
                     let same = cur.meta.kind == EntryKind::File
                         && cur.meta.size == meta.size
                         && cur.meta.fingerprint.as_ref() == Some(fingerprint);
-                    return Ok(match (&cur.content, same) {
-                        (Content::Blobs(b), true) => Some(b.clone()),
-                        _ => None,
-                    });
+                    return Ok(same.then(|| cur.content.clone()));
                 }
             }
         }
@@ -451,8 +450,8 @@ impl ParentCursor {
 
 /// What the read-ahead stage hands the backup loop, in source order.
 enum Ahead {
-    /// Unchanged since the parent: its blobs, without reading.
-    Reused(EntryMeta, Vec<BlobRef>),
+    /// Unchanged since the parent: its content (blobs or inline bytes), without reading.
+    Reused(EntryMeta, Content),
     /// Content to store: read ahead into memory for small files, else the source's reader.
     Content(EntryMeta, EntryReader),
     /// An entry without content.
@@ -502,9 +501,13 @@ fn spawn_read_ahead(
                     match (meta.kind, entry.content) {
                         (EntryKind::File, Some(mut reader)) => {
                             let reuse = match cursor.find(&meta).await {
-                                Ok(r) => r.filter(|refs| {
-                                    let dedup = shared.dedup.lock().expect("dedup lock poisoned");
-                                    refs.iter().all(|r| dedup.index.contains(&r.id))
+                                Ok(r) => r.filter(|content| match content {
+                                    Content::Blobs(refs) => {
+                                        let dedup =
+                                            shared.dedup.lock().expect("dedup lock poisoned");
+                                        refs.iter().all(|r| dedup.index.contains(&r.id))
+                                    }
+                                    _ => true,
                                 }),
                                 Err(e) => {
                                     inflight.push_back(Box::pin(futures::future::ready(Err(e))));
@@ -714,15 +717,13 @@ impl Repository {
         let mut source_metadata = None;
         while let Some(item) = ahead.recv().await {
             match item? {
-                Ahead::Reused(meta, refs) => {
+                Ahead::Reused(meta, content) => {
                     reused += 1;
                     if let Some(p) = &options.progress {
                         p.entry(&meta);
                         p.bytes(meta.size);
                     }
-                    pipeline
-                        .add_entry(meta, Content::Blobs(refs), &mut packer)
-                        .await?;
+                    pipeline.add_entry(meta, content, &mut packer).await?;
                 }
                 Ahead::Content(meta, reader) => {
                     if let Some(p) = &options.progress {

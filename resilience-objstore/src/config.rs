@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::{BackoffConfig, RetryConfig};
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use resilience_core::sink::Sink;
 use url::Url;
 
@@ -187,17 +187,31 @@ fn check_http(text: &str, endpoint: &str) -> Result<bool, StoreConfigError> {
     Ok(false)
 }
 
-fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
+/// A store a URL names, and where inside it.
+pub struct OpenedStore {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The key prefix the URL names inside it (no leading or trailing `/`).
+    pub prefix: String,
+    /// The URL, for messages (without credentials).
+    pub location: String,
+    /// For a local directory, its path.
+    pub local_root: Option<std::path::PathBuf>,
+}
+
+/// Opens the store a URL names (creating a local directory if `create`).
+pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigError> {
     let client = |source| StoreConfigError::Client {
         url: redact(text),
         source,
     };
     Ok(match StoreUrl::parse(text)? {
-        StoreUrl::Memory => Arc::new(ObjectStoreSink::new(
-            Arc::new(object_store::memory::InMemory::new()),
-            "",
-            "memory://",
-        )),
+        StoreUrl::Memory => OpenedStore {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: String::new(),
+            location: "memory://".into(),
+            local_root: None,
+        },
         StoreUrl::Local(path) => {
             if !path.exists() {
                 if !create {
@@ -222,10 +236,12 @@ fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
             }
             let store =
                 object_store::local::LocalFileSystem::new_with_prefix(&root).map_err(client)?;
-            Arc::new(
-                ObjectStoreSink::new(Arc::new(store), "", &root.display().to_string())
-                    .with_local_root(root),
-            )
+            OpenedStore {
+                store: Arc::new(store),
+                prefix: String::new(),
+                location: root.display().to_string(),
+                local_root: Some(root),
+            }
         }
         StoreUrl::S3 {
             bucket,
@@ -248,8 +264,12 @@ fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
                 b = b.with_region(r);
             }
             let store = b.build().map_err(client)?;
-            let location = format!("s3://{bucket}/{prefix}");
-            Arc::new(ObjectStoreSink::new(Arc::new(store), &prefix, &location))
+            OpenedStore {
+                store: Arc::new(store),
+                location: format!("s3://{bucket}/{prefix}"),
+                prefix,
+                local_root: None,
+            }
         }
         StoreUrl::Gcs { bucket, prefix } => {
             let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
@@ -257,11 +277,12 @@ fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
                 .with_retry(retry())
                 .build()
                 .map_err(client)?;
-            Arc::new(ObjectStoreSink::new(
-                Arc::new(store),
-                &prefix,
-                &format!("gs://{bucket}/{prefix}"),
-            ))
+            OpenedStore {
+                store: Arc::new(store),
+                location: format!("gs://{bucket}/{prefix}"),
+                prefix,
+                local_root: None,
+            }
         }
         StoreUrl::Azure { container, prefix } => {
             let store = object_store::azure::MicrosoftAzureBuilder::from_env()
@@ -269,13 +290,23 @@ fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
                 .with_retry(retry())
                 .build()
                 .map_err(client)?;
-            Arc::new(ObjectStoreSink::new(
-                Arc::new(store),
-                &prefix,
-                &format!("az://{container}/{prefix}"),
-            ))
+            OpenedStore {
+                store: Arc::new(store),
+                location: format!("az://{container}/{prefix}"),
+                prefix,
+                local_root: None,
+            }
         }
     })
+}
+
+fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
+    let opened = open_store(text, create)?;
+    let sink = ObjectStoreSink::new(opened.store, &opened.prefix, &opened.location);
+    Ok(Arc::new(match opened.local_root {
+        Some(root) => sink.with_local_root(root),
+        None => sink,
+    }))
 }
 
 /// Opens the store a URL names. A local directory must exist.

@@ -15,8 +15,11 @@
 //!
 //! Plain `http://` endpoints are accepted only on loopback addresses.
 
+pub mod bucket;
 mod config;
 mod sink;
 
-pub use config::{open_sink, open_sink_or_create, StoreConfigError, StoreUrl};
+pub use config::{
+    open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError, StoreUrl,
+};
 pub use sink::ObjectStoreSink;

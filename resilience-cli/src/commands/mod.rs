@@ -2,6 +2,7 @@
 //! ([`crate::output`]).
 
 mod backup;
+mod bucket;
 mod forget;
 mod hold;
 mod init;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Hold { snapshot, release } => hold::run(g, snapshot, *release).await,
         Command::Pg { command } => pg::run(g, command).await,
         Command::Redis { command } => redis::run(g, command).await,
+        Command::Bucket { command } => bucket::run(g, command).await,
         Command::Replicate {
             to,
             max_rate,

@@ -219,7 +219,10 @@ fn absolute(p: &std::path::Path) -> Result<String, CliError> {
         .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
 }
 
-async fn open_throttled(g: &Global, max_rate: Option<u64>) -> Result<Repository, CliError> {
+pub(crate) async fn open_throttled(
+    g: &Global,
+    max_rate: Option<u64>,
+) -> Result<Repository, CliError> {
     let Some(rate) = max_rate else {
         return access::open(g).await;
     };
