@@ -9,6 +9,8 @@
 #
 # The data set is gen-dataset's mix (small, medium and large files; random, text and pages).
 set -euo pipefail
+# rclone refuses a custom CA bundle for plain-http loopback endpoints.
+unset AWS_CA_BUNDLE
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GIB="${DATASET_GIB:-2}"

@@ -254,6 +254,25 @@ async fn a_bucket_comes_back_byte_identical_with_its_metadata() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Wrong credentials, and an endpoint that is down: clear errors naming the bucket.
+    let out = Command::new(BIN)
+        .args(["--repo", &lab.repo(), "--key-file"])
+        .arg(lab.dir.path().join("key"))
+        .args(["bucket", "backup", &source_url])
+        .env("AWS_SECRET_ACCESS_KEY", "0".repeat(64))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&bucket), "{err}");
+    let down = format!("s3://{bucket}/x?endpoint=http://127.0.0.1:9&region=garage");
+    let out = lab.run(&["bucket", "backup", &down]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&bucket) && err.contains("127.0.0.1:9"),
+        "{err}"
+    );
     let snaps = lab.json(&["snapshots"]);
     let ok = snaps
         .as_array()

@@ -27,3 +27,21 @@ fn rand_nonce() -> u64 {
         .as_nanos() as u64;
     t ^ (std::process::id() as u64).rotate_left(32)
 }
+
+/// The `az://` URL of a fresh prefix in the test container of the Azurite server that
+/// `scripts/test` started. Fails (never skips) when it is not running.
+#[allow(dead_code)]
+pub fn azurite_url(name: &str) -> String {
+    for v in [
+        "AZURE_STORAGE_USE_EMULATOR",
+        "AZURITE_BLOB_STORAGE_URL",
+        "RESILIENCE_TEST_AZURE_CONTAINER",
+    ] {
+        assert!(
+            std::env::var(v).is_ok(),
+            "{v} is not set: these tests need the Azurite server that `scripts/test` starts (run the tests with scripts/test)"
+        );
+    }
+    let container = std::env::var("RESILIENCE_TEST_AZURE_CONTAINER").unwrap();
+    format!("az://{container}/{name}-{:016x}", rand_nonce())
+}

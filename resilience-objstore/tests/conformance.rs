@@ -39,6 +39,20 @@ async fn garage_s3_conforms() {
 }
 
 #[tokio::test]
+async fn azure_blob_through_azurite_conforms() {
+    let sink = open_sink(&common::azurite_url("conformance")).unwrap();
+    conformance::run_all(
+        sink.as_ref(),
+        "",
+        Capabilities {
+            enforces_create: true,
+            listing_size: 1100,
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_url_endpoint_overrides_the_environment_and_a_dead_endpoint_is_a_named_error() {
     let url = common::garage_url("override");
     let good = std::env::var("AWS_ENDPOINT_URL").unwrap();

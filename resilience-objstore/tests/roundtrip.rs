@@ -213,6 +213,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
 
     #[test]
+    fn any_tree_round_trips_through_azurite(tree in arb_node()) {
+        let url = common::azurite_url("roundtrip");
+        runtime().block_on(async { round_trip(open_sink(&url).unwrap(), &tree).await });
+    }
+
+    #[test]
     fn any_tree_round_trips_through_garage(tree in arb_node()) {
         let url = common::garage_url("roundtrip");
         runtime().block_on(async { round_trip(open_sink(&url).unwrap(), &tree).await });
