@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # resilience-core
 //!
 //! The model and the engine of resilience: the traits that adapters implement, the encrypted,

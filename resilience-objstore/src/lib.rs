@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # resilience-objstore
 //!
 //! The object-storage adapter of resilience: [`ObjectStoreSink`] implements

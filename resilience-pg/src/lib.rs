@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # resilience-pg
 //!
 //! Postgres for resilience: physical base backups of a co-located cluster

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # resilience-redis
 //!
 //! Redis for resilience: portable keyspace backups with `SCAN` + `DUMP` + `PEXPIRETIME` across
