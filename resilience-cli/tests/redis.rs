@@ -544,3 +544,40 @@ async fn an_rdb_file_is_backed_up_as_one_entry() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("not an RDB file"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_through_sentinel_reaches_the_primary() {
+    let mut lab = Lab::new();
+    let url = lab.standalone();
+    let primary_port = url.rsplit(':').next().unwrap().to_owned();
+    let c = client(&url, false).await;
+    for i in 0..50 {
+        let _: () = c.set(format!("s:{i}"), i, None, None, false).await.unwrap();
+    }
+    // A sentinel watching that primary.
+    let port = free_port();
+    let conf = lab.dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!("port {port}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {primary_port} 1\n"),
+    )
+    .unwrap();
+    let child = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    lab.servers.push(Server { child, port });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sentinel did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sentinel = format!("redis-sentinel://127.0.0.1:{port}/0?sentinelServiceName=main");
+    let backup = lab.json(&["redis", "backup", "--url", &sentinel]);
+    assert_eq!(backup["keys"], 50, "{backup}");
+    let target = lab.standalone();
+    let done = lab.json(&["redis", "restore", backup["id"].as_str().unwrap(), "--url", &target]);
+    assert_eq!(done["restored"], 50);
+}
