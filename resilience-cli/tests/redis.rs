@@ -578,6 +578,12 @@ async fn a_backup_through_sentinel_reaches_the_primary() {
     let backup = lab.json(&["redis", "backup", "--url", &sentinel]);
     assert_eq!(backup["keys"], 50, "{backup}");
     let target = lab.standalone();
-    let done = lab.json(&["redis", "restore", backup["id"].as_str().unwrap(), "--url", &target]);
+    let done = lab.json(&[
+        "redis",
+        "restore",
+        backup["id"].as_str().unwrap(),
+        "--url",
+        &target,
+    ]);
     assert_eq!(done["restored"], 50);
 }

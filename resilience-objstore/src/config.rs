@@ -56,6 +56,9 @@ pub enum StoreUrl {
         endpoint: Option<String>,
         /// Region override (`?region=`), else `AWS_REGION`.
         region: Option<String>,
+        /// Storage class for what this store writes (`STANDARD_IA`, `GLACIER_IR`…): a cheaper
+        /// class for a cold tier.
+        storage_class: Option<String>,
     },
     /// Google Cloud Storage.
     Gcs {
@@ -114,13 +117,15 @@ impl StoreUrl {
             "s3" | "s3a" => {
                 let mut endpoint = None;
                 let mut region = None;
+                let mut storage_class = None;
                 for (k, v) in url.query_pairs() {
                     match k.as_ref() {
                         "endpoint" => endpoint = Some(v.into_owned()),
                         "region" => region = Some(v.into_owned()),
+                        "storage_class" => storage_class = Some(v.into_owned()),
                         other => {
                             return Err(invalid(&format!(
-                                "unknown parameter {other:?} (endpoint, region)"
+                                "unknown parameter {other:?} (endpoint, region, storage_class)"
                             )))
                         }
                     }
@@ -130,6 +135,7 @@ impl StoreUrl {
                     prefix,
                     endpoint,
                     region,
+                    storage_class,
                 })
             }
             "gs" => Ok(StoreUrl::Gcs {
@@ -197,6 +203,8 @@ pub struct OpenedStore {
     pub location: String,
     /// For a local directory, its path.
     pub local_root: Option<std::path::PathBuf>,
+    /// Attributes every write through the sink carries (the storage class of a cold tier).
+    pub put_attributes: object_store::Attributes,
 }
 
 /// Opens the store a URL names (creating a local directory if `create`).
@@ -211,6 +219,7 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
             prefix: String::new(),
             location: "memory://".into(),
             local_root: None,
+            put_attributes: Default::default(),
         },
         StoreUrl::Local(path) => {
             if !path.exists() {
@@ -241,6 +250,7 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
                 prefix: String::new(),
                 location: root.display().to_string(),
                 local_root: Some(root),
+                put_attributes: Default::default(),
             }
         }
         StoreUrl::S3 {
@@ -248,6 +258,7 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
             prefix,
             endpoint,
             region,
+            storage_class,
         } => {
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(&bucket)
@@ -264,11 +275,16 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
                 b = b.with_region(r);
             }
             let store = b.build().map_err(client)?;
+            let mut put_attributes = object_store::Attributes::new();
+            if let Some(class) = storage_class {
+                put_attributes.insert(object_store::Attribute::StorageClass, class.into());
+            }
             OpenedStore {
                 store: Arc::new(store),
                 location: format!("s3://{bucket}/{prefix}"),
                 prefix,
                 local_root: None,
+                put_attributes,
             }
         }
         StoreUrl::Gcs { bucket, prefix } => {
@@ -282,6 +298,7 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
                 location: format!("gs://{bucket}/{prefix}"),
                 prefix,
                 local_root: None,
+                put_attributes: Default::default(),
             }
         }
         StoreUrl::Azure { container, prefix } => {
@@ -295,6 +312,7 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
                 location: format!("az://{container}/{prefix}"),
                 prefix,
                 local_root: None,
+                put_attributes: Default::default(),
             }
         }
     })
@@ -302,7 +320,8 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
 
 fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
     let opened = open_store(text, create)?;
-    let sink = ObjectStoreSink::new(opened.store, &opened.prefix, &opened.location);
+    let sink = ObjectStoreSink::new(opened.store, &opened.prefix, &opened.location)
+        .with_put_attributes(opened.put_attributes);
     Ok(Arc::new(match opened.local_root {
         Some(root) => sink.with_local_root(root),
         None => sink,
@@ -324,6 +343,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_s3_url_may_name_a_storage_class() {
+        match StoreUrl::parse("s3://cold/billing?storage_class=GLACIER_IR&region=eu").unwrap() {
+            StoreUrl::S3 { storage_class, .. } => {
+                assert_eq!(storage_class.as_deref(), Some("GLACIER_IR"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(StoreUrl::parse("s3://b/p?class=x").is_err());
+    }
+
+    #[tokio::test]
+    async fn every_write_carries_the_put_attributes() {
+        use object_store::{Attribute, Attributes, ObjectStore};
+        use resilience_core::sink::{PutMode, Sink};
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::StorageClass, "STANDARD_IA".into());
+        let sink =
+            ObjectStoreSink::new(store.clone(), "p", "memory://").with_put_attributes(attributes);
+        sink.put("small", bytes::Bytes::from_static(b"x"), PutMode::Create)
+            .await
+            .unwrap();
+        sink.put("large", vec![7u8; 9 << 20].into(), PutMode::Overwrite)
+            .await
+            .unwrap();
+        for key in ["p/small", "p/large"] {
+            let got = store
+                .get(&object_store::path::Path::from(key))
+                .await
+                .unwrap();
+            assert_eq!(
+                got.attributes
+                    .get(&Attribute::StorageClass)
+                    .map(|v| v.as_ref()),
+                Some("STANDARD_IA"),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
     fn parses_every_form() {
         assert_eq!(
             StoreUrl::parse("/tmp/r").unwrap(),
@@ -340,7 +400,8 @@ mod tests {
                 bucket: "b".into(),
                 prefix: "p/q".into(),
                 endpoint: Some("http://127.0.0.1:3900".into()),
-                region: Some("dc-b".into())
+                region: Some("dc-b".into()),
+                storage_class: None,
             }
         );
         assert!(StoreUrl::parse("s3://b/p?bogus=1").is_err());

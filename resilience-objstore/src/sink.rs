@@ -31,9 +31,16 @@ pub struct ObjectStoreSink {
     prefix: String,
     location: String,
     local_root: Option<PathBuf>,
+    put_attributes: object_store::Attributes,
 }
 
 impl ObjectStoreSink {
+    /// Every object written carries these attributes (a storage class for a cold tier).
+    pub fn with_put_attributes(mut self, attributes: object_store::Attributes) -> Self {
+        self.put_attributes = attributes;
+        self
+    }
+
     /// A sink over `store`, keeping objects under `prefix` (empty for the root). `location` is
     /// how messages name it (no credentials).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, location: &str) -> Self {
@@ -42,6 +49,7 @@ impl ObjectStoreSink {
             prefix: prefix.trim_matches('/').to_owned(),
             location: location.to_owned(),
             local_root: None,
+            put_attributes: Default::default(),
         }
     }
 
@@ -137,7 +145,13 @@ impl ObjectStoreSink {
     async fn put_parts(&self, key: &str, data: ByteStream) -> Result<u64, SinkError> {
         let upload = self
             .store
-            .put_multipart(&self.path(key))
+            .put_multipart_opts(
+                &self.path(key),
+                object_store::PutMultipartOptions {
+                    attributes: self.put_attributes.clone(),
+                    ..Default::default()
+                },
+            )
             .await
             .map_err(|e| self.error("put", key, e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
@@ -190,6 +204,7 @@ impl Sink for ObjectStoreSink {
                     PutMode::Overwrite => object_store::PutMode::Overwrite,
                     PutMode::Create => object_store::PutMode::Create,
                 },
+                attributes: self.put_attributes.clone(),
                 ..Default::default()
             };
             match self
