@@ -138,3 +138,18 @@ pub trait ContentWriter: Send {
     /// Called after the last piece; makes the entry durable and complete.
     async fn complete(self: Box<Self>) -> Result<(), AdapterError>;
 }
+
+/// A writer that swallows an entry's content: for targets that skip an entry (filtered out,
+/// already present) but must still accept its bytes.
+pub struct DiscardWriter;
+
+#[async_trait]
+impl ContentWriter for DiscardWriter {
+    async fn write(&mut self, _data: Bytes) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
+    async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
+        Ok(())
+    }
+}

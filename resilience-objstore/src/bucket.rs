@@ -27,7 +27,7 @@ use object_store::{
 };
 use resilience_core::entry::{EntryKind, EntryMeta};
 use resilience_core::source::{
-    AdapterError, ContentWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
+    AdapterError, ContentWriter, DiscardWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
     SourceMetadata, SourceSession, Target,
 };
 use serde::Serialize;
@@ -337,7 +337,7 @@ impl Target for BucketTarget {
         if let Some(p) = &self.options.prefix {
             if !key.starts_with(p.as_str()) {
                 self.tally.lock().expect("tally lock").filtered += 1;
-                return Ok(Some(Box::new(Discard)));
+                return Ok(Some(Box::new(DiscardWriter)));
             }
         }
         let path = path_for(&self.prefix, &key);
@@ -366,7 +366,7 @@ impl Target for BucketTarget {
                             == source_etag.map(String::as_str));
                 if same {
                     self.tally.lock().expect("tally lock").skipped += 1;
-                    return Ok(Some(Box::new(Discard)));
+                    return Ok(Some(Box::new(DiscardWriter)));
                 }
                 if !self.options.overwrite {
                     self.tally
@@ -374,7 +374,7 @@ impl Target for BucketTarget {
                         .expect("tally lock")
                         .refused
                         .push(key.clone());
-                    return Ok(Some(Box::new(Discard)));
+                    return Ok(Some(Box::new(DiscardWriter)));
                 }
             }
         }
@@ -474,20 +474,6 @@ impl ContentWriter for ObjectWriter {
         let mut t = self.tally.lock().expect("tally lock");
         t.written += 1;
         t.written_bytes += self.written;
-        Ok(())
-    }
-}
-
-/// Swallows an object the restore does not write.
-struct Discard;
-
-#[async_trait]
-impl ContentWriter for Discard {
-    async fn write(&mut self, _data: Bytes) -> Result<(), AdapterError> {
-        Ok(())
-    }
-
-    async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use resilience_core::entry::{EntryKind, EntryMeta, UNKNOWN_SIZE};
 use resilience_core::source::{
-    AdapterError, ContentWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
+    AdapterError, ContentWriter, DiscardWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
     SourceMetadata, SourceSession, Target,
 };
 use serde::{Deserialize, Serialize};
@@ -328,7 +328,7 @@ impl Target for PgTableTarget {
                 .iter()
                 .any(|p| matches(p, schema, table))
         {
-            return Ok(Some(Box::new(Discard)));
+            return Ok(Some(Box::new(DiscardWriter)));
         }
         let columns: Vec<Column> = meta
             .attrs
@@ -430,20 +430,6 @@ impl ContentWriter for CopyWriter {
             self.client.batch_execute(sql).await.map_err(&err)?;
         }
         self.client.batch_execute("COMMIT").await.map_err(&err)?;
-        Ok(())
-    }
-}
-
-/// Swallows a table the restore does not want.
-struct Discard;
-
-#[async_trait]
-impl ContentWriter for Discard {
-    async fn write(&mut self, _data: Bytes) -> Result<(), AdapterError> {
-        Ok(())
-    }
-
-    async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
         Ok(())
     }
 }
