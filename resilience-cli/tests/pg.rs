@@ -293,6 +293,9 @@ async fn a_second_base_backup_stores_only_what_changed_and_tablespaces_come_back
              CHECKPOINT;",
     )
     .await;
+    // Settle the tables (hint bits, visibility map) so that only the update below changes pages.
+    exec(&c, "VACUUM (FREEZE, ANALYZE)").await;
+    exec(&c, "CHECKPOINT").await;
     // Files written moments before a backup are always read again (their times are too coarse
     // to prove them unchanged); a real cluster's files are mostly old. Make these old.
     age_files(&primary.pgdata);

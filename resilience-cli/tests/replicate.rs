@@ -173,7 +173,7 @@ fn a_replica_in_another_region_verifies_restores_catches_up_and_resumes() {
         ])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(4000));
     child.kill().unwrap();
     child.wait().unwrap();
     let partial = r.replicate(&["--dry-run"]);

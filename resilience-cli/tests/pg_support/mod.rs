@@ -176,7 +176,8 @@ impl Lab {
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              archive_mode = on\narchive_command = '{}'\nwal_level = replica\nfsync = off\n\
-             max_wal_size = 64MB\nshared_buffers = 32MB\n",
+             max_wal_size = 64MB\nshared_buffers = 32MB\n\
+             autovacuum = off\n",
             self.dir.path().display(),
             self.archive_command()
         );
