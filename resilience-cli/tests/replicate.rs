@@ -167,7 +167,7 @@ fn a_replica_in_another_region_verifies_restores_catches_up_and_resumes() {
             "--to",
             &r.replica,
             "--max-rate",
-            "20000000",
+            "10000000",
             "--concurrency",
             "1",
         ])
