@@ -81,3 +81,19 @@ pub async fn open(global: &Global) -> Result<Repository, CliError> {
         None => Ok(repo),
     }
 }
+
+/// Opens the repository with its reads and writes limited to `max_rate` bytes per second
+/// (unlimited when `None`): for restores that must not saturate shared disks or links.
+pub async fn open_throttled(g: &Global, max_rate: Option<u64>) -> Result<Repository, CliError> {
+    let Some(rate) = max_rate else {
+        return open(g).await;
+    };
+    if rate == 0 {
+        return Err(CliError::Usage("--max-rate must be above 0".into()));
+    }
+    let throttled = Arc::new(resilience_core::throttle::ThrottledSink::new(
+        sink(g, repo_url(g)?, false)?,
+        Arc::new(resilience_core::throttle::RateLimiter::new(rate)),
+    ));
+    Ok(Repository::open(throttled, provider(g)?.as_ref()).await?)
+}

@@ -263,15 +263,29 @@ impl RepoCatalog {
             r.status
                 .is_none_or(|s| query.statuses.is_empty() || query.statuses.contains(&s))
         });
+        // Ids sort by their start second; within one second, the start time decides.
+        let mut best: Option<BackupRecord> = None;
         for r in refs.iter().rev() {
+            if let Some(b) = &best {
+                if r.id.get(..SECOND_PREFIX) != b.id.get(..SECOND_PREFIX) {
+                    break;
+                }
+            }
             let record = self.read(&r.key).await?;
-            if query.matches(&record) {
-                return Ok(Some(record));
+            if query.matches(&record)
+                && best
+                    .as_ref()
+                    .is_none_or(|b| (record.started_at, &record.id) > (b.started_at, &b.id))
+            {
+                best = Some(record);
             }
         }
-        Ok(None)
+        Ok(best)
     }
 }
+
+/// Length of the start-second prefix of a backup id (`20261125T071057Z`).
+const SECOND_PREFIX: usize = 16;
 
 /// A catalog record as a listing shows it: enough to decide whether to read it.
 #[derive(Clone, Debug, PartialEq, Eq)]

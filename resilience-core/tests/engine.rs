@@ -440,3 +440,29 @@ async fn a_failing_source_leaves_a_failed_record_and_nothing_succeeded() {
         Err(Error::SnapshotNotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn latest_is_the_last_started_even_within_one_second() {
+    let mem: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = new_repo(mem).await;
+    // Two backups started in the same second: their ids share the second, and the random
+    // suffix of the later one sorts first.
+    let first = repo
+        .backup(
+            &MemorySource::new("s").file("f", b"1".to_vec()),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .record;
+    let mut later = first.clone();
+    later.id = format!("{}-0000000a", &first.id[..16]);
+    later.started_at = first.started_at + chrono::Duration::milliseconds(5);
+    let mut earlier = first.clone();
+    earlier.id = format!("{}-fffffff0", &first.id[..16]);
+    earlier.started_at = first.started_at - chrono::Duration::milliseconds(5);
+    repo.catalog().put(&later).await.unwrap();
+    repo.catalog().put(&earlier).await.unwrap();
+    let latest = repo.resolve_snapshot("latest", None).await.unwrap();
+    assert_eq!(latest.id, later.id);
+}

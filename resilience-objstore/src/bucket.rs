@@ -243,7 +243,7 @@ impl SourceSession for BucketSession {
             Ok::<_, std::io::Error>(r.into_stream().map_err(std::io::Error::other))
         })
         .try_flatten();
-        let content: EntryReader = Box::pin(tokio_util_reader(body));
+        let content: EntryReader = Box::pin(tokio_util::io::StreamReader::new(Box::pin(body)));
         Ok(Some(SourceEntry {
             meta: entry,
             content: Some(content),
@@ -263,13 +263,6 @@ impl SourceSession for BucketSession {
         );
         Ok(m)
     }
-}
-
-/// An `AsyncRead` over a stream of byte chunks.
-fn tokio_util_reader(
-    stream: impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-) -> impl tokio::io::AsyncRead + Send {
-    tokio_util::io::StreamReader::new(Box::pin(stream))
 }
 
 /// How a bucket restore treats what is already there.

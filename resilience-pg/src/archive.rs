@@ -219,13 +219,9 @@ impl WalArchive {
         Ok(Some((header, content)))
     }
 
-    /// The header of an archived file, or `None` if it is not archived.
+    /// The header of an archived file, or `None` if it is not archived (one read: the header
+    /// is sealed with the content).
     pub async fn header(&self, name: &str) -> Result<Option<WalHeader>, PgError> {
-        match self.sink.head(&self.key(name)).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
         Ok(self.fetch(name).await?.map(|(h, _)| h))
     }
 

@@ -60,6 +60,16 @@ impl Timelines {
         timeline
     }
 
+    /// The newest timeline that is `from` or descends from it (where `latest` recovery goes).
+    pub fn newest_descendant(&self, from: u32) -> u32 {
+        self.histories
+            .keys()
+            .rev()
+            .copied()
+            .find(|&t| self.lineage_end(t, from).is_some())
+            .unwrap_or(from)
+    }
+
     /// Whether `ancestor` is `timeline` or one of its ancestors, and where (if an ancestor)
     /// it was left.
     pub fn lineage_end(&self, timeline: u32, ancestor: u32) -> Option<Option<Lsn>> {
@@ -347,6 +357,9 @@ mod tests {
         assert_eq!(t.owner(1, 7, SEG), 1);
         assert_eq!(t.lineage_end(2, 1), Some(Some(Lsn(5 * SEG + 0x28))));
         assert_eq!(t.lineage_end(1, 2), None);
+        assert_eq!(t.newest_descendant(1), 2);
+        assert_eq!(t.newest_descendant(2), 2);
+        assert_eq!(t.newest_descendant(5), 5);
     }
 
     #[test]

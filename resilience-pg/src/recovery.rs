@@ -144,9 +144,10 @@ pub async fn plan(
     };
     let size = backup.info.wal_segment_size;
     let timelines = Timelines::load(wal).await?;
-    let present = wal.segments(size).await?.into_values().flatten().collect();
+    let present: std::collections::BTreeSet<SegmentName> =
+        wal.segments(size).await?.into_values().flatten().collect();
     let timeline = match target_timeline {
-        "latest" => newest_timeline(&timelines, backup.info.timeline),
+        "latest" => timelines.newest_descendant(backup.info.timeline),
         "current" => backup.info.timeline,
         n => n.parse().map_err(|_| {
             PgError::Invalid(format!(
@@ -165,11 +166,8 @@ pub async fn plan(
     }
     let start = SegmentName::containing(backup.info.timeline, backup.info.start_lsn, size);
     let stop = backup.info.stop_lsn.0 / size;
-    let newest = wal
-        .segments(size)
-        .await?
-        .values()
-        .flatten()
+    let newest = present
+        .iter()
         .map(|s| s.segno)
         .max()
         .unwrap_or(stop)
@@ -227,14 +225,6 @@ pub fn default_timeline(target: &RecoveryTarget) -> &'static str {
         RecoveryTarget::Latest => "latest",
         _ => "current",
     }
-}
-
-/// The newest timeline that descends from `from` (recovery follows `latest`).
-fn newest_timeline(timelines: &Timelines, from: u32) -> u32 {
-    (from..=from + 1000)
-        .rev()
-        .find(|&t| timelines.lineage_end(t, from).is_some())
-        .unwrap_or(from)
 }
 
 /// Restores the planned backup into `pgdata` (created; must be empty) and writes the recovery

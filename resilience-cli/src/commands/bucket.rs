@@ -7,7 +7,6 @@ use serde_json::json;
 use crate::access;
 use crate::cli::{BucketCommand, Global};
 use crate::commands::backup::{back_up, parse_labels, print_report};
-use crate::commands::pg::open_throttled;
 use crate::output::{bytes, print_json};
 use crate::CliError;
 
@@ -47,7 +46,7 @@ pub async fn run(g: &Global, command: &BucketCommand) -> Result<(), CliError> {
             overwrite,
             max_rate,
         } => {
-            let repo = open_throttled(g, *max_rate).await?;
+            let repo = access::open_throttled(g, *max_rate).await?;
             let record = repo.resolve_snapshot(snapshot, None).await?;
             if record.source.kind != "bucket" {
                 return Err(CliError::Usage(format!(

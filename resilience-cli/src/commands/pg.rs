@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use resilience_core::progress::Progress;
-use resilience_core::repo::Repository;
 use resilience_core::restore::RestoreOptions;
-use resilience_core::throttle::{RateLimiter, ThrottledSink};
 use resilience_pg::archive::WalArchive;
 use resilience_pg::base::{BaseBackupInfo, PgBaseSource};
 use resilience_pg::catalog::{self, PgCatalog};
@@ -219,22 +217,6 @@ fn absolute(p: &std::path::Path) -> Result<String, CliError> {
         .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
 }
 
-pub(crate) async fn open_throttled(
-    g: &Global,
-    max_rate: Option<u64>,
-) -> Result<Repository, CliError> {
-    let Some(rate) = max_rate else {
-        return access::open(g).await;
-    };
-    if rate == 0 {
-        return Err(CliError::Usage("--max-rate must be above 0".into()));
-    }
-    let sink = access::sink(g, access::repo_url(g)?, false)?;
-    let throttled = Arc::new(ThrottledSink::new(sink, Arc::new(RateLimiter::new(rate))));
-    let provider = access::provider(g)?;
-    Ok(Repository::open(throttled, provider.as_ref()).await?)
-}
-
 async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
     let target = target(args)?;
     let action = match args.target_action.as_str() {
@@ -247,7 +229,7 @@ async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
         ));
     }
     let restore_command = restore_command(g, &args.source)?;
-    let repo = open_throttled(g, args.max_rate).await?;
+    let repo = access::open_throttled(g, args.max_rate).await?;
     let wal = WalArchive::new(&repo, &args.source)?;
     let timeline = args
         .target_timeline
