@@ -28,7 +28,7 @@ pub struct Cli {
 }
 
 /// Options every command takes, before or after its name.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Repository: a local path, file:///path, s3://BUCKET/PREFIX[?endpoint=URL&region=R], gs://, az://.
@@ -111,6 +111,24 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: BucketCommand,
+    },
+    /// Run the backups and jobs of a config file on their schedules; serve /metrics and /health.
+    Daemon {
+        /// The TOML configuration (see the README's "Running it as a service").
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Restore a source's newest backup into a scratch place, check it, measure RTO and RPO.
+    Drill {
+        /// The TOML configuration that names the repository and the source.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The source to drill.
+        #[arg(long)]
+        source: String,
+        /// The snapshot to restore (default: the source's newest succeeded backup).
+        #[arg(long)]
+        snapshot: Option<String>,
     },
     /// Archive one WAL file (Postgres' archive_command: `wal-push %p`).
     WalPush {

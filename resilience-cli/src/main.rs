@@ -4,6 +4,9 @@
 mod access;
 mod cli;
 mod commands;
+mod config;
+mod daemon;
+mod drill;
 mod output;
 mod progress;
 

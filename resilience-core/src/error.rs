@@ -89,6 +89,14 @@ pub enum Error {
     /// The caller asked for something invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A run was told to stop before it finished (shutdown, end of its backup window).
+    #[error("{operation} interrupted: {reason}")]
+    Interrupted {
+        /// What was running (`backup 20261125-…`).
+        operation: String,
+        /// Why it stopped.
+        reason: String,
+    },
 }
 
 impl Error {

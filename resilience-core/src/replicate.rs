@@ -186,13 +186,15 @@ pub async fn replicate(
     let mut copied_bytes = 0;
     if !options.dry_run {
         for phase in 0..=PHASES.len() {
-            let keys: Vec<&String> = missing
+            // Owned keys: a closure over borrowed ones makes the future not `Send` for every
+            // lifetime, which a spawned job (the daemon's) needs.
+            let keys: Vec<String> = missing
                 .iter()
-                .copied()
                 .filter(|k| phase_of(k) == phase)
+                .map(|k| (*k).clone())
                 .collect();
             let sizes: Vec<u64> = futures::stream::iter(keys)
-                .map(|k| copy(source, replica, k))
+                .map(|k| async move { copy(source, replica, &k).await })
                 .buffer_unordered(options.concurrency.max(1))
                 .try_collect()
                 .await?;

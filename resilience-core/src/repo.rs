@@ -237,6 +237,19 @@ impl Repository {
         Ok(out)
     }
 
+    /// The same repository with its reads and writes limited to `bytes_per_second` (for one
+    /// job: a scheduled backup that must not saturate the link, a restore that must not
+    /// saturate disks), without unlocking the keys again.
+    pub fn throttled(&self, bytes_per_second: u64) -> Repository {
+        let limiter = Arc::new(crate::throttle::RateLimiter::new(bytes_per_second.max(1)));
+        let mut repo = self.clone();
+        repo.sink = Arc::new(crate::throttle::ThrottledSink::new(
+            self.sink.clone(),
+            limiter,
+        ));
+        repo
+    }
+
     /// Uses `clock` for every time this repository records.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;

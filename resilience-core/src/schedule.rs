@@ -263,6 +263,11 @@ impl SchedulerState {
         self.running.contains_key(job)
     }
 
+    /// When a job is next due.
+    pub fn next_start_of(&self, job: &str) -> Option<DateTime<Utc>> {
+        self.next.get(job).copied()
+    }
+
     /// The earliest time anything is due (to sleep until).
     pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
         self.next.values().min().copied()

@@ -261,3 +261,39 @@ impl<S: Sink> Sink for FaultySink<S> {
         self.inner.delete(key).await
     }
 }
+
+/// A succeeded full-backup record of `source` (kind `dir`) started at `at` and finished five
+/// minutes later, with sizes of 1: for retention and health tests that need catalogs, not data.
+pub fn record_at(
+    id: &str,
+    source: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> crate::catalog::BackupRecord {
+    use crate::catalog::{BackupKind, BackupRecord, BackupStatus};
+    BackupRecord {
+        id: id.into(),
+        revision: 2,
+        source: SourceDescriptor {
+            id: source.into(),
+            kind: "dir".into(),
+        },
+        kind: BackupKind::Full,
+        status: BackupStatus::Succeeded,
+        error: None,
+        started_at: at,
+        finished_at: Some(at + chrono::Duration::minutes(5)),
+        logical_bytes: 1,
+        stored_bytes: 1,
+        new_bytes: 1,
+        entries: 1,
+        manifest_checksum: None,
+        tier: Default::default(),
+        labels: BTreeMap::new(),
+        legal_hold: false,
+        verifications: vec![],
+        source_metadata: Default::default(),
+        parent: None,
+        host: "test".into(),
+        updated_at: at,
+    }
+}

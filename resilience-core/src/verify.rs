@@ -50,6 +50,9 @@ pub struct VerifyReport {
     pub mode: String,
     /// Succeeded snapshots checked.
     pub snapshots_checked: usize,
+    /// Their ids.
+    #[serde(skip)]
+    pub checked_ids: Vec<String>,
     /// Packs checked.
     pub packs_checked: usize,
     /// Blobs decrypted and re-hashed (full mode, and damaged packs).
@@ -66,6 +69,47 @@ impl VerifyReport {
     /// True when nothing is damaged.
     pub fn is_ok(&self) -> bool {
         self.damaged.is_empty()
+    }
+
+    /// The damaged objects that make snapshot `id` unrestorable, as `object: problem`.
+    pub fn damage_of(&self, id: &str) -> Vec<String> {
+        self.damaged
+            .iter()
+            .filter(|d| d.affected_snapshots.iter().any(|s| s == id))
+            .map(|d| format!("{}: {}", d.object, d.problem))
+            .collect()
+    }
+}
+
+impl Repository {
+    /// Adds the verification's result to the history of every snapshot it checked (a new
+    /// catalog revision each), so that health reports show when each backup was last proven
+    /// restorable. Returns how many records were updated.
+    pub async fn record_verification(&self, report: &VerifyReport) -> Result<usize> {
+        let catalog = self.catalog();
+        let at = self.clock.now();
+        let mut updated = 0;
+        for id in &report.checked_ids {
+            let Some(mut record) = catalog.get(id).await? else {
+                continue;
+            };
+            let damage = report.damage_of(id);
+            record.verifications.push(crate::catalog::Verification {
+                at,
+                kind: report.mode.clone(),
+                ok: damage.is_empty(),
+                detail: if damage.is_empty() {
+                    "sound".into()
+                } else {
+                    damage.join("; ")
+                },
+            });
+            record.revision += 1;
+            record.updated_at = at;
+            catalog.put(&record).await?;
+            updated += 1;
+        }
+        Ok(updated)
     }
 }
 
@@ -216,6 +260,7 @@ impl Repository {
             .filter(|r| r.tier == self.tier)
             .collect();
         report.snapshots_checked = records.len();
+        report.checked_ids = records.iter().map(|r| r.id.clone()).collect();
         for record in &records {
             let manifest_key = crate::snapshot::manifest_key(&record.id);
             let manifest = match self.load_manifest(record).await {

@@ -3,6 +3,7 @@
 
 mod backup;
 mod bucket;
+mod drill;
 mod forget;
 mod hold;
 mod init;
@@ -39,6 +40,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             concurrency,
             dry_run,
         } => replicate::run(g, to, *max_rate, *concurrency, *dry_run).await,
+        Command::Daemon { config } => crate::daemon::run(config).await,
+        Command::Drill {
+            config,
+            source,
+            snapshot,
+        } => drill::run(g, config, source, snapshot.as_deref()).await,
         Command::WalPush { path, source } => wal::push(g, path, source).await,
         Command::WalFetch { name, dest, source } => wal::fetch(g, name, dest, source).await,
     }

@@ -1,0 +1,513 @@
+//! The daemon's configuration file (TOML): the repository, the HTTP server, the sources with
+//! their schedules and promises, and the other jobs (verify, prune, replicate, drill).
+//!
+//! ```toml
+//! [repository]
+//! url = "/var/backups/repo"          # or s3://bucket/prefix?endpoint=…&region=…
+//! password_file = "/etc/resilience/pass"
+//! [server]
+//! listen = "127.0.0.1:9187"
+//! [[source]]
+//! name = "docs"
+//! kind = "dir"                       # dir | postgres | redis | bucket
+//! path = "/srv/docs"
+//! schedule = "*/5 * * * * *"         # cron with seconds
+//! timezone = "UTC"
+//! window = "00:00-23:59"
+//! rpo = "1h"
+//! retention = { keep_last = 7 }
+//! ```
+//!
+//! Secrets never live in the file itself: the passphrase comes from `password_file` (or the
+//! `RESILIENCE_PASSWORD` variable), and DSNs and URLs may name their passwords through the
+//! stores' usual mechanisms (`.pgpass`, `PGPASSWORD`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chrono::Duration;
+use resilience_core::retention::{KeepRules, RetentionDuration};
+use resilience_core::schedule::{JobSchedule, MissedRuns, Window};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Where the backups go.
+    pub repository: RepositoryConfig,
+    /// The metrics and health endpoint.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// What is backed up (`[[source]]`).
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Other scheduled jobs (`[[job]]`).
+    #[serde(default, rename = "job")]
+    pub jobs: Vec<JobConfig>,
+}
+
+/// `[repository]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// The repository URL or path.
+    pub url: String,
+    /// File holding the passphrase (else `RESILIENCE_PASSWORD`).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Key file (64 hex digits), instead of a passphrase.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The cold tier, for retention's lifecycle moves.
+    #[serde(default)]
+    pub cold_url: Option<String>,
+    /// Refuse deletes and overwrites from this host (prune then runs elsewhere).
+    #[serde(default)]
+    pub append_only: bool,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of `/metrics` and `/health` (a loopback address unless `allow_remote`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Serve on a non-loopback address (behind your own authentication).
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// URL that receives a JSON POST on a failure, an RPO breach and a recovery.
+    #[serde(default)]
+    pub webhook: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            allow_remote: false,
+            webhook: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:9187".parse().expect("a valid address")
+}
+
+/// The kind of a source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A directory (`path`).
+    Dir,
+    /// A Postgres cluster (`pgdata` and `dsn`): base backups.
+    Postgres,
+    /// A Redis server or cluster (`url`).
+    Redis,
+    /// A bucket or prefix (`url`).
+    Bucket,
+}
+
+impl SourceKind {
+    /// As written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Dir => "dir",
+            SourceKind::Postgres => "postgres",
+            SourceKind::Redis => "redis",
+            SourceKind::Bucket => "bucket",
+        }
+    }
+}
+
+/// When a job runs: the keys every `[[source]]` and `[[job]]` share (serde's `flatten` would
+/// lose `deny_unknown_fields`, so both carry the keys and lend them out as a `Timing`).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing<'a> {
+    /// Cron expression with a seconds field.
+    pub schedule: &'a str,
+    /// IANA time zone.
+    pub timezone: &'a str,
+    /// Daily start window.
+    pub window: Option<&'a str>,
+    /// Jitter.
+    pub jitter: Option<RetentionDuration>,
+    /// Missed-run policy.
+    pub missed: MissedRuns,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+impl Timing<'_> {
+    /// The schedule of job `name`.
+    pub fn job_schedule(&self, name: &str) -> Result<JobSchedule, String> {
+        let mut s = JobSchedule::new(name, self.schedule, self.timezone)?
+            .with_missed(self.missed)
+            .with_jitter(self.jitter.map_or(Duration::zero(), |j| j.to_chrono()));
+        if let Some(w) = self.window {
+            s = s.with_window(
+                w.parse::<Window>()
+                    .map_err(|e| format!("job {name}: {e}"))?,
+            );
+        }
+        Ok(s)
+    }
+}
+
+/// `[[source]]`: one thing to back up, its backup job, and its promises.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The source id in the catalog (and the backup job's name).
+    pub name: String,
+    /// What it is.
+    pub kind: SourceKind,
+    /// `dir`: the directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `postgres`: the data directory.
+    #[serde(default)]
+    pub pgdata: Option<PathBuf>,
+    /// `postgres`: the connection string.
+    #[serde(default)]
+    pub dsn: Option<String>,
+    /// `redis`: `redis://…`; `bucket`: `s3://…`, `file://…`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `redis`: the URL names a cluster node.
+    #[serde(default)]
+    pub cluster: bool,
+    /// Cron expression with a seconds field (`sec min hour day month weekday`).
+    pub schedule: String,
+    /// IANA time zone of the schedule and window.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Daily window in which runs may start (`HH:MM-HH:MM`); a run still going at its end is
+    /// stopped (and a backup recorded failed).
+    #[serde(default)]
+    pub window: Option<String>,
+    /// Random delay of up to this much after each scheduled time (`30s`, `5m`).
+    #[serde(default)]
+    pub jitter: Option<RetentionDuration>,
+    /// What to do about runs missed while the daemon was down: `run_once` (default) or `skip`.
+    #[serde(default)]
+    pub missed: MissedRuns,
+    /// Recovery point objective: the oldest its newest backup may be before `/health` fails.
+    pub rpo: RetentionDuration,
+    /// Retention rules (the `forget` policy keys), applied by `prune` jobs.
+    #[serde(default)]
+    pub retention: Option<KeepRules>,
+    /// Limit its backups' repository writes (and reads) to this many bytes per second.
+    #[serde(default)]
+    pub max_rate: Option<u64>,
+    /// Labels recorded with each backup.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How its drills check a restored copy.
+    #[serde(default)]
+    pub drill: DrillConfig,
+}
+
+/// How a drill compares a query's result on the restored copy with the figure taken at backup
+/// time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compare {
+    /// The same text.
+    #[default]
+    Equal,
+    /// A number at least as large (tables that only grow, restored to a later point).
+    AtLeast,
+}
+
+/// One SQL check of a Postgres drill.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryCheck {
+    /// The check's name (in reports and in the backup's labels, `drill.query.<name>`).
+    pub name: String,
+    /// A query returning one value (e.g. `select count(*) from jobs`).
+    pub sql: String,
+    /// How to compare.
+    #[serde(default)]
+    pub compare: Compare,
+}
+
+/// `[source.drill]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// `postgres`: queries run at backup time and again on the restored copy.
+    #[serde(default)]
+    pub queries: Vec<QueryCheck>,
+    /// `redis`: compare every Nth key's payload (1 = every key; default 1).
+    #[serde(default)]
+    pub sample_every: Option<u64>,
+    /// Where scratch copies go (default: the system's temporary directory).
+    #[serde(default)]
+    pub scratch_dir: Option<PathBuf>,
+}
+
+/// The kind of a `[[job]]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// `verify` (quick, or `full = true`), recorded in the catalog.
+    Verify,
+    /// Apply every source's retention, then prune.
+    Prune,
+    /// Replicate the repository to `to`.
+    Replicate,
+    /// Drill `source` (or every source).
+    Drill,
+}
+
+/// `[[job]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Its name (default: the kind, with the source or target).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What it does.
+    pub kind: JobKind,
+    /// Cron expression with a seconds field (`sec min hour day month weekday`).
+    pub schedule: String,
+    /// IANA time zone of the schedule and window.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Daily window in which runs may start (`HH:MM-HH:MM`); a run still going at its end is
+    /// stopped (and a backup recorded failed).
+    #[serde(default)]
+    pub window: Option<String>,
+    /// Random delay of up to this much after each scheduled time (`30s`, `5m`).
+    #[serde(default)]
+    pub jitter: Option<RetentionDuration>,
+    /// What to do about runs missed while the daemon was down: `run_once` (default) or `skip`.
+    #[serde(default)]
+    pub missed: MissedRuns,
+    /// `drill`: the source (default: every source).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// `replicate`: the replica's URL.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// `verify`: decrypt and re-hash every blob.
+    #[serde(default)]
+    pub full: bool,
+    /// `replicate`: bytes per second.
+    #[serde(default)]
+    pub max_rate: Option<u64>,
+}
+
+impl SourceConfig {
+    /// When it runs.
+    pub fn timing(&self) -> Timing<'_> {
+        Timing {
+            schedule: &self.schedule,
+            timezone: &self.timezone,
+            window: self.window.as_deref(),
+            jitter: self.jitter,
+            missed: self.missed,
+        }
+    }
+}
+
+impl JobConfig {
+    /// When it runs.
+    pub fn timing(&self) -> Timing<'_> {
+        Timing {
+            schedule: &self.schedule,
+            timezone: &self.timezone,
+            window: self.window.as_deref(),
+            jitter: self.jitter,
+            missed: self.missed,
+        }
+    }
+
+    /// The job's name.
+    pub fn job_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let kind = match self.kind {
+            JobKind::Verify => "verify",
+            JobKind::Prune => "prune",
+            JobKind::Replicate => "replicate",
+            JobKind::Drill => "drill",
+        };
+        match (&self.source, &self.to) {
+            (Some(s), _) => format!("{kind}:{s}"),
+            (None, Some(t)) => format!("{kind}:{t}"),
+            _ => kind.to_owned(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Reads and checks a file; errors name the file and what is wrong.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Parses and checks a document.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: DaemonConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The source named `name`.
+    pub fn source(&self, name: &str) -> Result<&SourceConfig, String> {
+        self.sources.iter().find(|s| s.name == name).ok_or_else(|| {
+            let names: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
+            format!(
+                "no source named {name:?} in the config (sources: {})",
+                names.join(", ")
+            )
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.server.allow_remote && !self.server.listen.ip().is_loopback() {
+            return Err(format!(
+                "server.listen {} is not a loopback address: /metrics and /health have no \
+                 authentication; set server.allow_remote = true to serve there anyway",
+                self.server.listen
+            ));
+        }
+        let mut names = HashSet::new();
+        for s in &self.sources {
+            if s.name.is_empty() || !names.insert(s.name.clone()) {
+                return Err(format!("source name {:?} is empty or used twice", s.name));
+            }
+            let need = |key: &str, present: bool| {
+                if present {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "source {}: kind {} needs `{key}`",
+                        s.name,
+                        s.kind.as_str()
+                    ))
+                }
+            };
+            match s.kind {
+                SourceKind::Dir => need("path", s.path.is_some())?,
+                SourceKind::Postgres => {
+                    need("pgdata", s.pgdata.is_some())?;
+                    need("dsn", s.dsn.is_some())?;
+                }
+                SourceKind::Redis | SourceKind::Bucket => need("url", s.url.is_some())?,
+            }
+            if s.rpo.as_secs() <= 0 {
+                return Err(format!("source {}: rpo must be above zero", s.name));
+            }
+            s.timing().job_schedule(&s.name)?;
+            if s.drill.sample_every == Some(0) {
+                return Err(format!(
+                    "source {}: drill.sample_every must be 1 or more",
+                    s.name
+                ));
+            }
+        }
+        for j in &self.jobs {
+            let name = j.job_name();
+            if !names.insert(name.clone()) {
+                return Err(format!(
+                    "job name {name:?} is used twice (give the job a `name`)"
+                ));
+            }
+            j.timing().job_schedule(&name)?;
+            if let Some(s) = &j.source {
+                self.source(s).map_err(|e| format!("job {name}: {e}"))?;
+            }
+            if j.kind == JobKind::Replicate && j.to.is_none() {
+                return Err(format!("job {name}: kind replicate needs `to`"));
+            }
+            if j.kind == JobKind::Prune && self.repository.append_only {
+                return Err(format!(
+                    "job {name}: prune deletes, and repository.append_only forbids it \
+                     (run prune from a maintenance host)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        [repository]
+        url = "/var/backups/repo"
+        password_file = "/etc/resilience/pass"
+        [server]
+        listen = "127.0.0.1:9187"
+        [[source]]
+        name = "docs"
+        kind = "dir"
+        path = "/srv/docs"
+        schedule = "*/5 * * * * *"
+        timezone = "UTC"
+        window = "00:00-23:59"
+        rpo = "1h"
+        retention = { keep_last = 7 }
+        [[source]]
+        name = "billing"
+        kind = "postgres"
+        pgdata = "/var/lib/postgresql/15/main"
+        dsn = "host=127.0.0.1 user=postgres"
+        schedule = "0 0 2 * * *"
+        timezone = "Europe/Berlin"
+        jitter = "5m"
+        missed = "skip"
+        rpo = "26h"
+        [source.drill]
+        queries = [{ name = "jobs", sql = "select count(*) from jobs", compare = "at_least" }]
+        [[job]]
+        kind = "verify"
+        schedule = "0 0 * * * *"
+        full = true
+        [[job]]
+        kind = "drill"
+        source = "billing"
+        schedule = "0 0 4 * * Sun"
+    "#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = DaemonConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.sources[0].retention.as_ref().unwrap().keep_last, Some(7));
+        assert_eq!(c.sources[1].missed, MissedRuns::Skip);
+        assert_eq!(c.sources[1].drill.queries[0].compare, Compare::AtLeast);
+        assert_eq!(c.jobs[1].job_name(), "drill:billing");
+        assert_eq!(c.server.listen.port(), 9187);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let bad =
+            |from: &str, to: &str| DaemonConfig::parse(&EXAMPLE.replacen(from, to, 1)).unwrap_err();
+        assert!(bad("path = \"/srv/docs\"", "").contains("kind dir needs `path`"));
+        assert!(bad("*/5 * * * * *", "every minute").contains("cron"));
+        assert!(bad("timezone = \"UTC\"", "timezone = \"Mars/Base\"").contains("time zone"));
+        assert!(bad("00:00-23:59", "9-5").contains("HH:MM-HH:MM"));
+        assert!(bad("127.0.0.1:9187", "0.0.0.0:9187").contains("loopback"));
+        assert!(bad("rpo = \"1h\"", "rpo = \"1 hour\"").contains("rpo"));
+        assert!(bad("name = \"billing\"", "name = \"docs\"").contains("used twice"));
+        assert!(bad("source = \"billing\"", "source = \"nope\"").contains("no source named"));
+        assert!(bad("keep_last = 7", "keep_lots = 7").contains("keep_lots"));
+        assert!(bad("kind = \"dir\"", "kind = \"ftp\"").contains("ftp"));
+    }
+}

@@ -1,0 +1,146 @@
+//! `resilience daemon --config FILE`: the reference service. It runs every source's backups
+//! and the configured jobs on their schedules, serves `/metrics` (Prometheus text) and
+//! `/health` (JSON; 503 naming each breach) on a loopback address, posts alerts to a webhook,
+//! and on SIGTERM or SIGINT stops the running jobs, so that an interrupted backup is recorded
+//! failed, never succeeded.
+
+mod jobs;
+mod monitor;
+mod server;
+mod webhook;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery};
+use resilience_core::health::SourcePolicy;
+use resilience_core::scheduler::Scheduler;
+use resilience_core::stop::StopSignal;
+
+use crate::access;
+use crate::cli::Global;
+use crate::config::DaemonConfig;
+use crate::CliError;
+
+/// The global options that open the repository the config names.
+pub fn repository_options(config: &DaemonConfig, json: bool) -> Global {
+    let r = &config.repository;
+    Global {
+        repo: Some(r.url.clone()),
+        password_file: r.password_file.clone(),
+        key_file: r.key_file.clone(),
+        json,
+        append_only: r.append_only,
+        cold_repo: r.cold_url.clone(),
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: &Path) -> Result<(), CliError> {
+    let config = DaemonConfig::load(config_path).map_err(CliError::Usage)?;
+    let repo = access::open(&repository_options(&config, false)).await?;
+    let clock = repo.clock().clone();
+    let started_at = clock.now();
+
+    let shared = Arc::new(jobs::Shared {
+        repo: repo.clone(),
+        config: config.clone(),
+        replication: Mutex::new(BTreeMap::new()),
+    });
+    let mut scheduler = Scheduler::new(clock.clone());
+    for s in &config.sources {
+        let schedule = s.timing().job_schedule(&s.name).map_err(CliError::Usage)?;
+        scheduler = scheduler.job(
+            schedule,
+            Arc::new(jobs::BackupJob {
+                shared: shared.clone(),
+                source: s.clone(),
+            }),
+        );
+    }
+    for j in &config.jobs {
+        let schedule = j
+            .timing()
+            .job_schedule(&j.job_name())
+            .map_err(CliError::Usage)?;
+        scheduler = scheduler.job(
+            schedule,
+            Arc::new(jobs::ConfiguredJob {
+                shared: shared.clone(),
+                job: j.clone(),
+            }),
+        );
+    }
+    // Runs missed while the daemon was down: the last backup of each source, from the catalog.
+    let records = repo.catalog().list(&CatalogQuery::default()).await?;
+    let mut last_runs = HashMap::new();
+    for r in records.iter().filter(|r| r.status != BackupStatus::Running) {
+        let e = last_runs.entry(r.source.id.clone()).or_insert(r.started_at);
+        *e = (*e).max(r.started_at);
+    }
+    let scheduler = scheduler.last_runs(last_runs);
+
+    let policies: Vec<SourcePolicy> = config
+        .sources
+        .iter()
+        .map(|s| SourcePolicy {
+            source: s.name.clone(),
+            rpo: s.rpo.to_chrono(),
+        })
+        .collect();
+    let monitor = Arc::new(monitor::Monitor::new(
+        repo.catalog(),
+        clock.clone(),
+        policies,
+        scheduler.board(),
+        shared.clone(),
+        started_at,
+    ));
+
+    let shutdown = StopSignal::new();
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", config.server.listen)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let server = tokio::spawn(server::serve(listener, monitor.clone(), shutdown.clone()));
+    let alerts = config
+        .server
+        .webhook
+        .clone()
+        .map(|url| tokio::spawn(webhook::watch(url, monitor.clone(), shutdown.clone())));
+    tracing::info!(%address, sources = config.sources.len(), jobs = config.jobs.len(), "daemon started");
+    eprintln!(
+        "resilience daemon: {} source(s), {} job(s); /metrics and /health on http://{address}",
+        config.sources.len(),
+        config.jobs.len()
+    );
+    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    scheduler.run(shutdown.clone()).await;
+    signals.abort();
+    if let Some(a) = alerts {
+        let _ = a.await;
+    }
+    let _ = server.await;
+    eprintln!("resilience daemon: stopped ({})", shutdown.reason());
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: StopSignal) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+    shutdown.stop(format!("daemon shutting down ({name})"));
+}

@@ -1,0 +1,90 @@
+//! The daemon's view of health: the catalog read at most once a second, the scheduler's board
+//! and the replicas' lag, assessed into a [`HealthReport`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use resilience_core::catalog::{Catalog, CatalogQuery, RepoCatalog};
+use resilience_core::clock::Clock;
+use resilience_core::health::{self, HealthContext, HealthReport, SourcePolicy};
+use resilience_core::scheduler::JobBoard;
+
+use super::jobs::Shared;
+
+/// How long a catalog listing is reused.
+const CATALOG_TTL: Duration = Duration::from_secs(1);
+
+/// Assesses health on demand.
+pub struct Monitor {
+    catalog: RepoCatalog,
+    clock: Arc<dyn Clock>,
+    policies: Vec<SourcePolicy>,
+    board: Arc<JobBoard>,
+    shared: Arc<Shared>,
+    since: DateTime<Utc>,
+    cache: tokio::sync::Mutex<Option<(Instant, Vec<resilience_core::catalog::BackupRecord>)>>,
+}
+
+impl Monitor {
+    /// A monitor of these sources.
+    pub fn new(
+        catalog: RepoCatalog,
+        clock: Arc<dyn Clock>,
+        policies: Vec<SourcePolicy>,
+        board: Arc<JobBoard>,
+        shared: Arc<Shared>,
+        since: DateTime<Utc>,
+    ) -> Self {
+        Monitor {
+            catalog,
+            clock,
+            policies,
+            board,
+            shared,
+            since,
+            cache: Default::default(),
+        }
+    }
+
+    /// The scheduler's board.
+    pub fn board(&self) -> &JobBoard {
+        &self.board
+    }
+
+    /// The report now; a catalog that cannot be read is itself a breach.
+    pub async fn report(&self) -> HealthReport {
+        let context = HealthContext {
+            jobs: self.board.snapshot(),
+            since: Some(self.since),
+            replication: self
+                .shared
+                .replication
+                .lock()
+                .expect("lock poisoned")
+                .values()
+                .cloned()
+                .collect(),
+        };
+        let now = self.clock.now();
+        let mut cache = self.cache.lock().await;
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(t, _)| t.elapsed() < CATALOG_TTL);
+        if !fresh {
+            match self.catalog.list(&CatalogQuery::default()).await {
+                Ok(records) => *cache = Some((Instant::now(), records)),
+                Err(e) => {
+                    let mut report = health::assess(&self.policies, &[], &context, now);
+                    report.ok = false;
+                    report
+                        .breaches
+                        .insert(0, format!("the catalog cannot be read: {e}"));
+                    return report;
+                }
+            }
+        }
+        let records = &cache.as_ref().expect("filled above").1;
+        health::assess(&self.policies, records, &context, now)
+    }
+}

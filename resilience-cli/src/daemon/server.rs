@@ -1,0 +1,77 @@
+//! `/metrics` (Prometheus text format) and `/health` (JSON, 200 or 503).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use resilience_core::stop::StopSignal;
+
+use super::monitor::Monitor;
+
+#[derive(Clone)]
+struct AppState {
+    monitor: Arc<Monitor>,
+    metrics: PrometheusHandle,
+}
+
+/// Serves until `shutdown` is given.
+pub async fn serve(listener: tokio::net::TcpListener, monitor: Arc<Monitor>, shutdown: StopSignal) {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!(
+            "a metrics recorder was already installed; /metrics shows only this daemon's gauges"
+        );
+    }
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/health", get(health))
+        .with_state(AppState {
+            monitor,
+            metrics: handle,
+        });
+    let stop = shutdown.clone();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.stopped().await })
+        .await
+    {
+        tracing::error!(error = %e, "the metrics server failed");
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    let report = state.monitor.report().await;
+    report.publish_metrics();
+    for (job, status) in state.monitor.board().snapshot() {
+        metrics::gauge!("resilience_job_running", "job" => job.clone())
+            .set(f64::from(u8::from(status.running_since.is_some())));
+        if let Some(d) = status.last_duration_seconds {
+            metrics::gauge!("resilience_job_last_duration_seconds", "job" => job.clone()).set(d);
+        }
+        if let Some(t) = status.next_run {
+            metrics::gauge!("resilience_job_next_run_timestamp_seconds", "job" => job)
+                .set(t.timestamp() as f64);
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let report = state.monitor.report().await;
+    let status = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let jobs = state.monitor.board().snapshot();
+    let mut body = serde_json::to_value(&report).expect("the report serializes");
+    body["jobs"] = serde_json::to_value(jobs).expect("the board serializes");
+    (status, Json(body))
+}
