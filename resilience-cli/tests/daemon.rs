@@ -1,0 +1,433 @@
+//! `resilience daemon` against real servers on loopback: a directory, a throw-away Postgres
+//! cluster and a throw-away redis-server backed up on second-level schedules; `/metrics` shows
+//! the backups; `/health` turns 503 naming Redis when its server is stopped past its RPO and
+//! back to 200 when it returns, with webhook alerts for both; SIGTERM during a backup leaves no
+//! snapshot marked succeeded.
+
+mod pg_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pg_support::{free_port, Lab, BIN};
+use serde_json::Value;
+
+/// A GET over plain HTTP/1.1: status and body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Waits up to `secs` for `f` to give a value.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(config: &Path, port: u16) -> Daemon {
+        let child = Command::new(BIN)
+            .args(["daemon", "--config"])
+            .arg(config)
+            .env("RESILIENCE_LOG", "info")
+            .env_remove("RESILIENCE_PASSWORD")
+            .env_remove("RESILIENCE_REPOSITORY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child, port };
+        wait_for(30, "the daemon to listen", || {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                let mut err = String::new();
+                d.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("the daemon exited with {status}: {err}");
+            }
+            http_get(port, "/health")
+        });
+        d
+    }
+
+    fn health(&self) -> (u16, Value) {
+        let (status, body) = http_get(self.port, "/health").expect("/health answers");
+        (
+            status,
+            serde_json::from_str(&body).expect("/health is JSON"),
+        )
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = http_get(self.port, "/metrics").expect("/metrics answers");
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// SIGTERM, then the exit status and everything the daemon logged.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (self.child.wait().unwrap(), err)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_server(port: u16, dir: &Path) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (Debian package redis-server)");
+    wait_for(10, "redis-server to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    child
+}
+
+/// A loopback HTTP server that keeps every POSTed JSON body.
+fn webhook() -> (u16, Arc<Mutex<Vec<Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    keep.lock().unwrap().push(v);
+                }
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_backups_show_in_metrics_and_health_follows_a_failing_source() {
+    let lab = Lab::new();
+    let pg = lab.cluster("pg").await;
+    pg.client()
+        .await
+        .batch_execute("CREATE TABLE jobs (id int primary key); INSERT INTO jobs SELECT generate_series(1, 1000);")
+        .await
+        .unwrap();
+    let docs = lab.path("docs");
+    std::fs::create_dir_all(docs.join("sub")).unwrap();
+    std::fs::write(docs.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(docs.join("sub/b.bin"), vec![7u8; 100_000]).unwrap();
+    let redis_port = free_port();
+    let redis_dir = lab.path("redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    let mut redis = redis_server(redis_port, &redis_dir);
+    let (hook_port, alerts) = webhook();
+    let port = free_port();
+    let config = lab.path("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[repository]
+url = "{repo}"
+key_file = "{key}"
+[server]
+listen = "127.0.0.1:{port}"
+webhook = "http://127.0.0.1:{hook_port}/alerts"
+[[source]]
+name = "docs"
+kind = "dir"
+path = "{docs}"
+schedule = "* * * * * *"
+rpo = "1h"
+retention = {{ keep_last = 3 }}
+[[source]]
+name = "billing"
+kind = "postgres"
+pgdata = "{pgdata}"
+dsn = "{dsn}"
+schedule = "*/3 * * * * *"
+rpo = "1h"
+[[source]]
+name = "cache"
+kind = "redis"
+url = "redis://127.0.0.1:{redis_port}"
+schedule = "* * * * * *"
+rpo = "4s"
+[[job]]
+kind = "verify"
+schedule = "*/2 * * * * *"
+"#,
+            repo = lab.repo().display(),
+            key = lab.key_file().display(),
+            docs = docs.display(),
+            pgdata = pg.pgdata.display(),
+            dsn = pg.dsn(),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, port);
+
+    // Every source backed up, verified, and shown in /metrics.
+    let text = wait_for(90, "a backup of every source in /metrics", || {
+        let m = daemon.metrics();
+        ["docs", "billing", "cache"]
+            .iter()
+            .all(|s| {
+                metric(
+                    &m,
+                    "resilience_backup_last_success_timestamp_seconds",
+                    &format!("source=\"{s}\""),
+                )
+                .is_some()
+                    && metric(&m, "resilience_verification_ok", &format!("source=\"{s}\""))
+                        == Some(1.0)
+            })
+            .then_some(m)
+    });
+    let now = chrono::Utc::now().timestamp() as f64;
+    let last = metric(
+        &text,
+        "resilience_backup_last_success_timestamp_seconds",
+        "source=\"docs\"",
+    )
+    .unwrap();
+    assert!(
+        (now - last).abs() < 60.0,
+        "last success {last} vs now {now}"
+    );
+    assert!(
+        metric(&text, "resilience_backup_logical_bytes", "source=\"docs\"").unwrap() >= 100_005.0
+    );
+    assert_eq!(
+        metric(&text, "resilience_backup_rpo_seconds", "source=\"cache\""),
+        Some(4.0)
+    );
+    assert!(
+        text.contains("resilience_job_runs_total{job=\"billing\",result=\"success\"}"),
+        "{text}"
+    );
+    let (status, report) = daemon.health();
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["ok"], true);
+
+    // Redis stops: its backups fail, and past its 4 s RPO /health fails naming it.
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let report = wait_for(40, "/health to fail", || {
+        let (status, report) = daemon.health();
+        (status == 503).then_some(report)
+    });
+    let breaches: Vec<String> = report["breaches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(breaches.len(), 1, "{breaches:?}");
+    assert!(
+        breaches[0].starts_with("cache: newest backup is"),
+        "{breaches:?}"
+    );
+    assert!(breaches[0].contains("past its RPO of 4s"), "{breaches:?}");
+    assert!(breaches[0].contains("last failure"), "{breaches:?}");
+    let m = daemon.metrics();
+    assert_eq!(
+        metric(&m, "resilience_source_healthy", "source=\"cache\""),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&m, "resilience_source_healthy", "source=\"docs\""),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &m,
+            "resilience_job_runs_total",
+            "job=\"cache\",result=\"failure\""
+        )
+        .unwrap()
+            >= 1.0
+    );
+
+    // It comes back: the next backup succeeds and /health recovers.
+    let mut redis = redis_server(redis_port, &redis_dir);
+    wait_for(40, "/health to recover", || {
+        (daemon.health().0 == 200).then_some(())
+    });
+    wait_for(10, "the recovery alert", || {
+        let a = alerts.lock().unwrap();
+        a.iter()
+            .any(|e| e["event"] == "recovered" && e["source"] == "cache")
+            .then_some(())
+    });
+    {
+        let a = alerts.lock().unwrap();
+        assert!(
+            a.iter().any(|e| e["event"] == "breach"
+                && e["source"] == "cache"
+                && e["detail"].as_str().unwrap().contains("RPO")),
+            "{a:?}"
+        );
+        assert!(
+            a.iter()
+                .any(|e| e["event"] == "failure" && e["job"] == "cache"),
+            "{a:?}"
+        );
+    }
+
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "daemon exit {status}: {log}");
+    assert!(
+        log.contains("stopped (daemon shutting down (SIGTERM))"),
+        "{log}"
+    );
+    redis.kill().unwrap();
+    let _ = redis.wait();
+    // Whatever the shutdown interrupted is failed, not running or succeeded-in-name.
+    let list = lab.json(&["snapshots"]);
+    for r in list.as_array().unwrap() {
+        assert_ne!(r["status"], "running", "{r:#}");
+    }
+}
+
+#[test]
+fn sigterm_during_a_backup_leaves_no_snapshot_marked_succeeded() {
+    let lab = Lab::new();
+    let docs = lab.path("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(docs.join("big.bin"), data).unwrap();
+    let port = free_port();
+    let config = lab.path("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[repository]
+url = "{repo}"
+key_file = "{key}"
+[server]
+listen = "127.0.0.1:{port}"
+[[source]]
+name = "docs"
+kind = "dir"
+path = "{docs}"
+schedule = "* * * * * *"
+rpo = "1h"
+max_rate = 1000000
+"#,
+            repo = lab.repo().display(),
+            key = lab.key_file().display(),
+            docs = docs.display(),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, port);
+    wait_for(30, "the backup to start", || {
+        let (_, report) = daemon.health();
+        (!report["jobs"]["docs"]["running_since"].is_null()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "daemon exit {status}: {log}");
+
+    let list = lab.json(&["snapshots"]);
+    let docs: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["source"] == "docs")
+        .collect();
+    assert!(!docs.is_empty(), "the backup left a record: {list:#}");
+    for r in &docs {
+        assert_eq!(r["status"], "failed", "{r:#}");
+        let error = r["error"].as_str().unwrap();
+        assert!(
+            error.contains("interrupted: daemon shutting down (SIGTERM)"),
+            "{error}"
+        );
+    }
+    // What the interrupted backup left behind is harmless.
+    let out = lab.run(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
