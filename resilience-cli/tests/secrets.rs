@@ -64,6 +64,8 @@ struct Run<'a> {
     garage: &'a Garage,
     repo: String,
     collected: Collected,
+    /// Extra environment for the next commands.
+    env: Vec<(&'static str, String)>,
 }
 
 impl Run<'_> {
@@ -74,7 +76,10 @@ impl Run<'_> {
             .args(args)
             .env("RESILIENCE_PASSWORD", passphrase)
             .env("RESILIENCE_LOG", "trace")
-            .env_remove("RESILIENCE_REPOSITORY");
+            .env_remove("RESILIENCE_REPOSITORY")
+            .env_remove("RESILIENCE_PG_DSN")
+            .env_remove("RESILIENCE_REDIS_URL")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         self.garage.with_key(&mut cmd, &self.garage.admin);
         cmd
     }
@@ -116,6 +121,7 @@ async fn no_secret_appears_in_output_logs_json_or_catalogs() {
         repo: garage.url(&garage.bucket, "repo"),
         garage: &garage,
         collected: Collected::default(),
+        env: Vec::new(),
     };
 
     // Postgres: a role with a password, which it must give over TCP (scram-sha-256).
@@ -251,13 +257,10 @@ async fn no_secret_appears_in_output_logs_json_or_catalogs() {
         "--into-schema",
         "copy",
     ]);
-    run.ok(&[
-        "--json",
-        "pg",
-        "catalog-sync",
-        "--dsn",
-        &kv_dsn(PG_PASSWORD),
-    ]);
+    // The DSN from the environment, out of the process list.
+    run.env = vec![("RESILIENCE_PG_DSN", kv_dsn(PG_PASSWORD))];
+    run.ok(&["--json", "pg", "catalog-sync"]);
+    run.env.clear();
     let copied = admin
         .query(
             "SELECT row_to_json(b)::text FROM resilience.backups b
