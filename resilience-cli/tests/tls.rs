@@ -4,11 +4,16 @@
 //! certificate checked (`sslmode=verify-full`, `rediss://` with `ca_file=`), and a wrong CA is a
 //! clear error.
 
+mod garage_support;
 mod pg_support;
 mod redis_support;
 mod tls_support;
 
+use std::sync::Arc;
+
 use pg_support::{table_sum, Lab};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tls_support::Pki;
 
 fn stderr_of(out: &std::process::Output) -> String {
@@ -251,4 +256,129 @@ async fn redis_backup_and_restore_over_verified_tls() {
         ),
     ]);
     assert!(!out.status.success(), "no client certificate: refused");
+}
+
+/// A TLS-terminating proxy on a free loopback port in front of `upstream` (plain TCP), with the
+/// PKI's server certificate (`localhost`, 127.0.0.1); returns its port.
+async fn tls_proxy(pki: &Pki, upstream: String) -> u16 {
+    let certs = CertificateDer::pem_file_iter(pki.server_cert())
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.server_key()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_over_https_with_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garage = garage_support::Garage::start(&tmp.path().join("garage"), "tls");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let upstream = garage.endpoint.trim_start_matches("http://").to_owned();
+    let port = tls_proxy(&pki, upstream).await;
+    let key_file = tmp.path().join("repo.key");
+    let url = |extra: &str| {
+        format!(
+            "s3://{}/repo?endpoint=https://localhost:{port}&region={}{extra}",
+            garage.bucket, garage.region
+        )
+    };
+    let run = |repo: &str, ca_bundle: Option<&std::path::Path>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(pg_support::BIN);
+        cmd.arg("--repo")
+            .arg(repo)
+            .arg("--key-file")
+            .arg(&key_file)
+            .args(args)
+            .env_remove("RESILIENCE_REPOSITORY")
+            .env_remove("RESILIENCE_PASSWORD");
+        garage.with_key(&mut cmd, &garage.admin);
+        match ca_bundle {
+            Some(path) => cmd.env("AWS_CA_BUNDLE", path),
+            None => cmd.env_remove("AWS_CA_BUNDLE"),
+        };
+        cmd.output().unwrap()
+    };
+    let ok = |out: std::process::Output, what: &str| {
+        assert!(out.status.success(), "{what}: {}", stderr_of(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let with_ca = url(&format!("&ca_file={}", pki.ca().display()));
+    ok(
+        run(
+            &with_ca,
+            None,
+            &["init", "--key-file", key_file.to_str().unwrap()],
+        ),
+        "init over https with ca_file=",
+    );
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), "over https\n".repeat(1000)).unwrap();
+    ok(
+        run(&with_ca, None, &["backup", "dir", data.to_str().unwrap()]),
+        "backup",
+    );
+    // AWS_CA_BUNDLE does the same.
+    let target = tmp.path().join("restored");
+    ok(
+        run(
+            &url(""),
+            Some(&pki.ca()),
+            &["restore", "latest", "--target", target.to_str().unwrap()],
+        ),
+        "restore with AWS_CA_BUNDLE",
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("f")).unwrap(),
+        "over https\n".repeat(1000)
+    );
+    // Neither, or a wrong CA: the server's certificate is not trusted.
+    for (repo, bundle) in [
+        (url(""), None),
+        (url(&format!("&ca_file={}", pki.wrong_ca().display())), None),
+    ] {
+        let out = run(&repo, bundle, &["snapshots"]);
+        assert!(
+            !out.status.success(),
+            "{repo}: an untrusted certificate must fail"
+        );
+        let text = stderr_of(&out);
+        assert!(
+            text.contains(&format!("https://localhost:{port}/"))
+                && text.contains("invalid peer certificate: UnknownIssuer"),
+            "{text}"
+        );
+    }
+    let out = run(&url("&ca_file=/nonexistent/ca.pem"), None, &["snapshots"]);
+    assert!(
+        stderr_of(&out).contains("/nonexistent/ca.pem"),
+        "{}",
+        stderr_of(&out)
+    );
 }
