@@ -312,6 +312,20 @@ impl ConnectConfig {
         &self.config
     }
 
+    /// The peers this connects to over TCP that are not loopback: a connection to them without
+    /// TLS is warned about. The address connected to is `hostaddr` when given, else `host`.
+    pub fn remote_peers(&self) -> Vec<String> {
+        let hosts = self.config.get_hosts();
+        let addrs = self.config.get_hostaddrs();
+        (0..hosts.len().max(addrs.len()))
+            .filter_map(|i| match (addrs.get(i), hosts.get(i)) {
+                (Some(ip), _) => (!ip.is_loopback()).then(|| ip.to_string()),
+                (None, Some(Host::Tcp(name))) => (!is_loopback_host(name)).then(|| name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn fail(&self, reason: impl Into<String>) -> ConnectError {
         ConnectError {
             host: self.host.clone(),
@@ -415,22 +429,7 @@ impl ConnectConfig {
         };
         let (client, ()) = result.map_err(|e| self.explain(e))?;
         if !used_tls.load(Ordering::Relaxed) {
-            let remote: Vec<String> = self
-                .config
-                .get_hosts()
-                .iter()
-                .filter_map(|h| match h {
-                    Host::Tcp(name) if !is_loopback_host(name) => Some(name.clone()),
-                    _ => None,
-                })
-                .chain(
-                    self.config
-                        .get_hostaddrs()
-                        .iter()
-                        .filter(|ip| !ip.is_loopback())
-                        .map(|ip| ip.to_string()),
-                )
-                .collect();
+            let remote = self.remote_peers();
             if !remote.is_empty() {
                 tracing::warn!(
                     host = %remote.join(","),
@@ -830,6 +829,24 @@ mod tests {
             "postgresql://h/db?user=u&password=***"
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn plain_connections_to_remote_peers_are_the_ones_warned_about() {
+        assert!(parsed("host=127.0.0.1 port=5432").remote_peers().is_empty());
+        assert!(parsed("host=localhost").remote_peers().is_empty());
+        assert!(parsed("host=/run/postgresql").remote_peers().is_empty());
+        assert!(parsed("host=db.example hostaddr=127.0.0.1")
+            .remote_peers()
+            .is_empty());
+        assert_eq!(
+            parsed("host=db.example,localhost").remote_peers(),
+            vec!["db.example".to_owned()]
+        );
+        assert_eq!(
+            parsed("postgres://u@10.1.2.3:5433/db").remote_peers(),
+            vec!["10.1.2.3".to_owned()]
+        );
     }
 
     #[test]

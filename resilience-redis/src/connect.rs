@@ -156,6 +156,18 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The hosts of a configuration that are not loopback (a plain connection to them is warned
+/// about).
+fn remote_hosts(config: &Config) -> Vec<String> {
+    config
+        .server
+        .hosts()
+        .iter()
+        .filter(|s| !is_loopback(&s.host))
+        .map(|s| format!("{}:{}", s.host, s.port))
+        .collect()
+}
+
 /// Adds what a TLS failure usually means.
 fn tls_hint(e: &fred::error::Error, files: &TlsFiles) -> String {
     let details = e.details();
@@ -213,13 +225,7 @@ impl RedisEndpoint {
                     crate::source::redact(&self.url)
                 )));
             }
-            let remote: Vec<String> = config
-                .server
-                .hosts()
-                .iter()
-                .filter(|s| !is_loopback(&s.host))
-                .map(|s| format!("{}:{}", s.host, s.port))
-                .collect();
+            let remote = remote_hosts(&config);
             if !remote.is_empty() {
                 tracing::warn!(
                     host = %remote.join(","),
@@ -318,6 +324,21 @@ mod tests {
             split_tls_params("redis-sentinel://h:26379/0?sentinelServiceName=m&ca_file=/ca");
         assert_eq!(url, "redis-sentinel://h:26379/0?sentinelServiceName=m");
         assert_eq!(files.ca_file.as_deref(), Some(Path::new("/ca")));
+    }
+
+    #[test]
+    fn plain_connections_to_remote_hosts_are_the_ones_warned_about() {
+        let hosts = |url: &str| remote_hosts(&Config::from_url(url).unwrap());
+        assert!(hosts("redis://127.0.0.1:6379").is_empty());
+        assert!(hosts("redis://:pw@localhost:6379/2").is_empty());
+        assert_eq!(
+            hosts("redis://cache.example:6380"),
+            vec!["cache.example:6380"]
+        );
+        assert_eq!(
+            hosts("redis-cluster://127.0.0.1:7000?node=10.0.0.7:7001"),
+            vec!["10.0.0.7:7001"]
+        );
     }
 
     #[test]
