@@ -365,14 +365,20 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(&bucket)
                 .with_retry(retry());
-            let roots = extra_roots(text, ca_file.as_deref(), true)?;
-            if !roots.is_empty() {
-                b = b.with_client_options(client_options(roots, "AWS_", |k| match k {
-                    object_store::aws::AmazonS3ConfigKey::Client(c) => Some(c),
-                    _ => None,
-                }));
-            }
             let endpoint = endpoint.or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+            // CA certificates matter only for https; reading a bundle costs wal-push time.
+            let plain = endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"));
+            if !plain {
+                let roots = extra_roots(text, ca_file.as_deref(), true)?;
+                if !roots.is_empty() {
+                    b = b.with_client_options(client_options(roots, "AWS_", |k| match k {
+                        object_store::aws::AmazonS3ConfigKey::Client(c) => Some(c),
+                        _ => None,
+                    }));
+                }
+            }
             if let Some(ep) = &endpoint {
                 let http = check_http(text, ep)?;
                 b = b
