@@ -66,7 +66,7 @@ pub struct PgTableSource {
 }
 
 impl PgTableSource {
-    /// The tables matching `patterns` (see [`matches`]) in the database `dsn` connects to.
+    /// The tables matching `patterns` (see [`matches`](fn@matches)) in the database `dsn` connects to.
     pub fn new(dsn: impl Into<String>, patterns: Vec<String>) -> Self {
         PgTableSource {
             dsn: crate::connect::Dsn::new(dsn),
