@@ -10,6 +10,10 @@ Environment:
   RESILIENCE_REPOSITORY  the repository, when --repo is not given
   RESILIENCE_PASSWORD    the passphrase, unless --password-file or --key-file is given
   RESILIENCE_LOG         log filter for stderr (default: warn), e.g. info or resilience_core=debug
+  RESILIENCE_PG_DSN      the Postgres connection, when --dsn is not given (keeps a password
+                         out of the process list); sslmode, sslrootcert, sslcert, sslkey as libpq
+  RESILIENCE_REDIS_URL   the Redis URL, when --url is not given
+  AWS_CA_BUNDLE          extra CA certificates for https S3 endpoints (or ?ca_file= in the URL)
 
 Exit status: 0 success, 1 failure, 2 usage error, 3 verify or pg check found damage or gaps;
 wal-fetch: 1 when the file is not archived (the end of WAL, for Postgres), 126 when the
@@ -241,7 +245,7 @@ pub enum PgCommand {
         pgdata: PathBuf,
         /// Connection to it, as a superuser or a role allowed pg_backup_start
         /// (`host=/run/postgresql user=postgres` or a postgres:// URL).
-        #[arg(long)]
+        #[arg(long, env = "RESILIENCE_PG_DSN", hide_env_values = true)]
         dsn: String,
         /// Source and WAL archive name (one per cluster).
         #[arg(long, default_value = "postgres")]
@@ -259,7 +263,7 @@ pub enum PgCommand {
     /// Logical backup of selected tables (COPY in one repeatable-read snapshot).
     TableBackup {
         /// Connection to the database.
-        #[arg(long)]
+        #[arg(long, env = "RESILIENCE_PG_DSN", hide_env_values = true)]
         dsn: String,
         /// Tables: `schema.table`, `schema.*`, `*.table` or `table`; repeatable.
         #[arg(long = "table", required = true, value_name = "PATTERN")]
@@ -276,7 +280,7 @@ pub enum PgCommand {
         /// Snapshot id, unique prefix, or `latest` (of --source).
         snapshot: String,
         /// Connection to the database to restore into.
-        #[arg(long)]
+        #[arg(long, env = "RESILIENCE_PG_DSN", hide_env_values = true)]
         dsn: String,
         /// Source id, for `latest`.
         #[arg(long, default_value = "postgres-tables")]
@@ -294,7 +298,7 @@ pub enum PgCommand {
     /// Copy the repository's catalog into a Postgres schema, for compliance queries in SQL.
     CatalogSync {
         /// Connection to the database that holds the catalog copy.
-        #[arg(long)]
+        #[arg(long, env = "RESILIENCE_PG_DSN", hide_env_values = true)]
         dsn: String,
         /// Its schema (created if missing).
         #[arg(long, default_value = "resilience")]
@@ -377,9 +381,10 @@ pub struct PgRestoreArgs {
 /// Where a Redis command connects.
 #[derive(Debug, Args)]
 pub struct RedisConnectArgs {
-    /// `redis://[user:password@]host:port[/db]`, `rediss://…`, or
-    /// `redis-sentinel://host:port/db?sentinelServiceName=NAME`.
-    #[arg(long)]
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…[?ca_file=F&cert_file=F&key_file=F]`,
+    /// or `redis-sentinel://host:port/db?sentinelServiceName=NAME` (a URL with a password is
+    /// better given in RESILIENCE_REDIS_URL: the command line is visible to other users).
+    #[arg(long, env = "RESILIENCE_REDIS_URL", hide_env_values = true)]
     pub url: String,
     /// The URL is one node of a Redis Cluster: use every primary.
     #[arg(long)]

@@ -4,6 +4,7 @@
 //! compared with checksums of the table taken as the workload ran.
 
 mod pg_support;
+mod tls_support;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, Certificate, ClientOptions, ObjectStore, RetryConfig};
 use resilience_core::sink::Sink;
 use url::Url;
 
@@ -27,6 +27,18 @@ pub enum StoreConfigError {
     MissingDirectory {
         /// The directory.
         path: String,
+    },
+    /// A CA file (`ca_file=`, `AWS_CA_BUNDLE`) cannot be read or holds no certificate.
+    #[error("cannot use the CA file {path} ({origin}) for {url}: {reason}")]
+    CaFile {
+        /// The URL (credentials removed).
+        url: String,
+        /// The file.
+        path: String,
+        /// Where the file was named (`ca_file=` or `AWS_CA_BUNDLE`).
+        origin: &'static str,
+        /// Why.
+        reason: String,
     },
     /// The store client refused the configuration.
     #[error("cannot configure the store for {url}: {source}")]
@@ -59,6 +71,9 @@ pub enum StoreUrl {
         /// Storage class for what this store writes (`STANDARD_IA`, `GLACIER_IR`…): a cheaper
         /// class for a cold tier.
         storage_class: Option<String>,
+        /// PEM file of CA certificates to trust besides the system's (`?ca_file=`), for an
+        /// https endpoint with a private CA; `AWS_CA_BUNDLE` is honoured too.
+        ca_file: Option<PathBuf>,
     },
     /// Google Cloud Storage.
     Gcs {
@@ -66,6 +81,8 @@ pub enum StoreUrl {
         bucket: String,
         /// Key prefix.
         prefix: String,
+        /// PEM file of CA certificates to trust besides the system's (`?ca_file=`).
+        ca_file: Option<PathBuf>,
     },
     /// Azure Blob Storage.
     Azure {
@@ -73,6 +90,8 @@ pub enum StoreUrl {
         container: String,
         /// Key prefix.
         prefix: String,
+        /// PEM file of CA certificates to trust besides the system's (`?ca_file=`).
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -118,14 +137,16 @@ impl StoreUrl {
                 let mut endpoint = None;
                 let mut region = None;
                 let mut storage_class = None;
+                let mut ca_file = None;
                 for (k, v) in url.query_pairs() {
                     match k.as_ref() {
                         "endpoint" => endpoint = Some(v.into_owned()),
                         "region" => region = Some(v.into_owned()),
                         "storage_class" => storage_class = Some(v.into_owned()),
+                        "ca_file" => ca_file = Some(PathBuf::from(v.into_owned())),
                         other => {
                             return Err(invalid(&format!(
-                                "unknown parameter {other:?} (endpoint, region, storage_class)"
+                                "unknown parameter {other:?} (endpoint, region, storage_class, ca_file)"
                             )))
                         }
                     }
@@ -136,16 +157,33 @@ impl StoreUrl {
                     endpoint,
                     region,
                     storage_class,
+                    ca_file,
                 })
             }
-            "gs" => Ok(StoreUrl::Gcs {
-                bucket: bucket()?,
-                prefix,
-            }),
-            "az" | "azure" => Ok(StoreUrl::Azure {
-                container: bucket()?,
-                prefix,
-            }),
+            "gs" | "az" | "azure" => {
+                let mut ca_file = None;
+                for (k, v) in url.query_pairs() {
+                    match k.as_ref() {
+                        "ca_file" => ca_file = Some(PathBuf::from(v.into_owned())),
+                        other => {
+                            return Err(invalid(&format!("unknown parameter {other:?} (ca_file)")))
+                        }
+                    }
+                }
+                Ok(if url.scheme() == "gs" {
+                    StoreUrl::Gcs {
+                        bucket: bucket()?,
+                        prefix,
+                        ca_file,
+                    }
+                } else {
+                    StoreUrl::Azure {
+                        container: bucket()?,
+                        prefix,
+                        ca_file,
+                    }
+                })
+            }
             other => Err(invalid(&format!(
                 "unknown scheme {other:?} (use a path, file://, s3://, gs://, az:// or memory://)"
             ))),
@@ -191,6 +229,69 @@ fn check_http(text: &str, endpoint: &str) -> Result<bool, StoreConfigError> {
         });
     }
     Ok(false)
+}
+
+/// The CA certificates named by `ca_file=` and (for S3) `AWS_CA_BUNDLE`, if any.
+fn extra_roots(
+    text: &str,
+    ca_file: Option<&std::path::Path>,
+    aws: bool,
+) -> Result<Vec<Certificate>, StoreConfigError> {
+    let mut files: Vec<(PathBuf, &'static str)> = Vec::new();
+    if let Some(path) = ca_file {
+        files.push((path.to_owned(), "ca_file="));
+    }
+    if aws {
+        if let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
+            files.push((PathBuf::from(path), "AWS_CA_BUNDLE"));
+        }
+    }
+    let mut roots = Vec::new();
+    for (path, origin) in files {
+        let fail = |reason: String| StoreConfigError::CaFile {
+            url: redact(text),
+            path: path.display().to_string(),
+            origin,
+            reason,
+        };
+        let pem = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(fail("no PEM certificate in it".into()));
+        }
+        roots.extend(certs);
+    }
+    Ok(roots)
+}
+
+/// Client options trusting `roots` besides the system's CAs, with the client settings the
+/// environment gives (`{prefix}*` variables that parse as `K`'s client keys), as `from_env`
+/// would have set them.
+fn client_options<K>(
+    roots: Vec<Certificate>,
+    env_prefix: &str,
+    client_key: fn(K) -> Option<object_store::ClientConfigKey>,
+) -> ClientOptions
+where
+    K: std::str::FromStr,
+{
+    let mut options = ClientOptions::new();
+    for (key, value) in std::env::vars() {
+        if key.starts_with(env_prefix) {
+            if let Some(k) = key
+                .to_ascii_lowercase()
+                .parse::<K>()
+                .ok()
+                .and_then(client_key)
+            {
+                options = options.with_config(k, value);
+            }
+        }
+    }
+    for root in roots {
+        options = options.with_root_certificate(root);
+    }
+    options
 }
 
 /// A store a URL names, and where inside it.
@@ -259,11 +360,25 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
             endpoint,
             region,
             storage_class,
+            ca_file,
         } => {
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(&bucket)
                 .with_retry(retry());
             let endpoint = endpoint.or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+            // CA certificates matter only for https; reading a bundle costs wal-push time.
+            let plain = endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"));
+            if !plain {
+                let roots = extra_roots(text, ca_file.as_deref(), true)?;
+                if !roots.is_empty() {
+                    b = b.with_client_options(client_options(roots, "AWS_", |k| match k {
+                        object_store::aws::AmazonS3ConfigKey::Client(c) => Some(c),
+                        _ => None,
+                    }));
+                }
+            }
             if let Some(ep) = &endpoint {
                 let http = check_http(text, ep)?;
                 b = b
@@ -287,12 +402,22 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
                 put_attributes,
             }
         }
-        StoreUrl::Gcs { bucket, prefix } => {
-            let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+        StoreUrl::Gcs {
+            bucket,
+            prefix,
+            ca_file,
+        } => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(&bucket)
-                .with_retry(retry())
-                .build()
-                .map_err(client)?;
+                .with_retry(retry());
+            let roots = extra_roots(text, ca_file.as_deref(), false)?;
+            if !roots.is_empty() {
+                b = b.with_client_options(client_options(roots, "GOOGLE_", |k| match k {
+                    object_store::gcp::GoogleConfigKey::Client(c) => Some(c),
+                    _ => None,
+                }));
+            }
+            let store = b.build().map_err(client)?;
             OpenedStore {
                 store: Arc::new(store),
                 location: format!("gs://{bucket}/{prefix}"),
@@ -301,12 +426,22 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
                 put_attributes: Default::default(),
             }
         }
-        StoreUrl::Azure { container, prefix } => {
-            let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+        StoreUrl::Azure {
+            container,
+            prefix,
+            ca_file,
+        } => {
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_container_name(&container)
-                .with_retry(retry())
-                .build()
-                .map_err(client)?;
+                .with_retry(retry());
+            let roots = extra_roots(text, ca_file.as_deref(), false)?;
+            if !roots.is_empty() {
+                b = b.with_client_options(client_options(roots, "AZURE_", |k| match k {
+                    object_store::azure::AzureConfigKey::Client(c) => Some(c),
+                    _ => None,
+                }));
+            }
+            let store = b.build().map_err(client)?;
             OpenedStore {
                 store: Arc::new(store),
                 location: format!("az://{container}/{prefix}"),
@@ -402,8 +537,18 @@ mod tests {
                 endpoint: Some("http://127.0.0.1:3900".into()),
                 region: Some("dc-b".into()),
                 storage_class: None,
+                ca_file: None,
             }
         );
+        assert_eq!(
+            StoreUrl::parse("az://c/p?ca_file=/etc/ca.pem").unwrap(),
+            StoreUrl::Azure {
+                container: "c".into(),
+                prefix: "p".into(),
+                ca_file: Some("/etc/ca.pem".into()),
+            }
+        );
+        assert!(StoreUrl::parse("gs://b/p?nope=1").is_err());
         assert!(StoreUrl::parse("s3://b/p?bogus=1").is_err());
         assert!(StoreUrl::parse("ftp://x/y").is_err());
         assert!(StoreUrl::parse("s3:///p").is_err());

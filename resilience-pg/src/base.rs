@@ -132,7 +132,7 @@ impl BaseBackupInfo {
 #[derive(Clone, Debug)]
 pub struct PgBaseSource {
     pgdata: PathBuf,
-    dsn: String,
+    dsn: crate::connect::Dsn,
     id: String,
     wal_source: String,
     fast_checkpoint: bool,
@@ -144,7 +144,7 @@ impl PgBaseSource {
     pub fn new(pgdata: impl Into<PathBuf>, dsn: impl Into<String>) -> Self {
         PgBaseSource {
             pgdata: pgdata.into(),
-            dsn: dsn.into(),
+            dsn: crate::connect::Dsn::new(dsn),
             id: DEFAULT_SOURCE.to_owned(),
             wal_source: DEFAULT_SOURCE.to_owned(),
             fast_checkpoint: true,
@@ -180,16 +180,7 @@ fn query_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> AdapterErr
     move |e| AdapterError::msg("query", what, crate::error::describe(&e))
 }
 
-/// Connects and drives the connection on the runtime.
-pub(crate) async fn connect(dsn: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "postgres connection ended");
-        }
-    });
-    Ok(client)
-}
+pub(crate) use crate::connect::connect;
 
 async fn show(client: &Client, setting: &'static str) -> Result<String, AdapterError> {
     let row = client

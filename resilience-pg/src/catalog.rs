@@ -33,7 +33,9 @@ fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 impl PgCatalog {
     /// Connects and creates the schema and tables where missing.
     pub async fn connect(dsn: &str, schema: &str) -> Result<Self> {
-        let client = connect(dsn).await.map_err(db_err("connect"))?;
+        let client = connect(dsn)
+            .await
+            .map_err(|e| Error::Adapter(AdapterError::msg("catalog", "connect", e.to_string())))?;
         let s = quote_ident(schema);
         client
             .batch_execute(&format!(

@@ -20,6 +20,9 @@ pub enum PgError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Connecting to Postgres failed.
+    #[error(transparent)]
+    Connect(#[from] crate::connect::ConnectError),
     /// A local file operation failed.
     #[error("{operation} {path}: {source}")]
     Io {
@@ -72,7 +75,21 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        None => {
+            // The driver's own text is only the kind ("error performing TLS handshake"): add
+            // the causes, which say what went wrong.
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !s.contains(&text) {
+                    s.push_str(": ");
+                    s.push_str(&text);
+                }
+                cause = c.source();
+            }
+            s
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! point reached ([`recovery`]), a check of the archive against the backups with the PITR
 //! window per timeline ([`check`]), and logical table-level backup and restore for bringing
 //! back one table or one tenant's rows ([`table`]); the backup catalog in a Postgres schema for
-//! compliance queries ([`catalog`]).
+//! compliance queries ([`catalog`]). Every connection goes through [`connect`], which speaks
+//! TLS as libpq does (`sslmode` up to `verify-full`, client certificates).
 //!
 //! ```no_run
 //! use resilience_pg::{archive::WalArchive, base::PgBaseSource, recovery::{self, RecoveryTarget}};
@@ -25,6 +26,7 @@ pub mod base;
 pub mod catalog;
 pub mod check;
 pub mod cluster;
+pub mod connect;
 mod error;
 pub mod lsn;
 pub mod recovery;

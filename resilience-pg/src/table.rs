@@ -60,16 +60,16 @@ pub fn matches(pattern: &str, schema: &str, table: &str) -> bool {
 /// Backs up selected tables of one database.
 #[derive(Clone, Debug)]
 pub struct PgTableSource {
-    dsn: String,
+    dsn: crate::connect::Dsn,
     patterns: Vec<String>,
     id: String,
 }
 
 impl PgTableSource {
-    /// The tables matching `patterns` (see [`matches`]) in the database `dsn` connects to.
+    /// The tables matching `patterns` (see [`matches`](fn@matches)) in the database `dsn` connects to.
     pub fn new(dsn: impl Into<String>, patterns: Vec<String>) -> Self {
         PgTableSource {
-            dsn: dsn.into(),
+            dsn: crate::connect::Dsn::new(dsn),
             patterns,
             id: "postgres-tables".into(),
         }
@@ -149,7 +149,7 @@ impl Source for PgTableSource {
         meta.insert("tables".into(), serde_json::json!(names));
         Ok(Box::new(TableSession {
             client: Arc::new(client),
-            dsn: Arc::from(self.dsn.as_str()),
+            dsn: Arc::from(&*self.dsn),
             snapshot: Arc::from(snapshot.as_str()),
             tables,
             meta,
@@ -261,7 +261,9 @@ fn copy_reader(
         }
     };
     let open = async move {
-        let client = connect(&dsn).await.map_err(to_io.clone())?;
+        let client = connect(&dsn)
+            .await
+            .map_err(|e| std::io::Error::other(format!("COPY of {table}: {e}")))?;
         client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
@@ -294,7 +296,7 @@ pub struct TableRestoreOptions {
 
 /// Restores tables backed up by [`PgTableSource`] into a database.
 pub struct PgTableTarget {
-    dsn: String,
+    dsn: crate::connect::Dsn,
     options: TableRestoreOptions,
 }
 
@@ -302,7 +304,7 @@ impl PgTableTarget {
     /// Restores into the database `dsn` connects to.
     pub fn new(dsn: impl Into<String>, options: TableRestoreOptions) -> Self {
         PgTableTarget {
-            dsn: dsn.into(),
+            dsn: crate::connect::Dsn::new(dsn),
             options,
         }
     }
@@ -341,7 +343,9 @@ impl Target for PgTableTarget {
         let qualified = format!("{}.{}", quote_ident(target_schema), quote_ident(table));
         let shown = format!("{target_schema}.{table}");
         let err = restore_err(&shown);
-        let client = connect(&self.dsn).await.map_err(&err)?;
+        let client = connect(&self.dsn)
+            .await
+            .map_err(|e| AdapterError::msg("restore", &shown, e.to_string()))?;
         let exists: bool = client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
             .await

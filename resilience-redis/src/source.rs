@@ -44,7 +44,10 @@ impl RedisSource {
     /// Backs up the keyspace behind `endpoint`.
     pub fn new(endpoint: RedisEndpoint) -> Self {
         RedisSource {
-            id: format!("redis:{}", redact(&endpoint.url)),
+            id: format!(
+                "redis:{}",
+                redact(&crate::connect::split_tls_params(&endpoint.url).0)
+            ),
             endpoint,
             pattern: None,
             scan_count: 1000,
@@ -65,12 +68,28 @@ impl RedisSource {
     }
 }
 
-/// A URL without its password.
+/// A URL without its user and password (nor a `sentinelPassword` parameter).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
-        _ => url.to_owned(),
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}{}", &base[..s + 3], &base[at + 1..]),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("sentinelPassword") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out
 }
 
 #[derive(Default)]

@@ -154,6 +154,18 @@ impl Lab {
 
     /// A new cluster (1 MiB WAL segments, archiving into the lab), started.
     pub async fn cluster(&self, name: &str) -> Cluster {
+        self.cluster_with(name, None).await
+    }
+
+    /// A new cluster that accepts only TLS on its TCP listener (`ssl = on`, the server
+    /// certificate of `pki`, `hostnossl … reject`): the `postgres` role by `trust`, the role
+    /// `tlsuser` only by a client certificate (`cert` authentication); its `dsn()` connects with
+    /// `sslmode=verify-full` and the PKI's CA.
+    pub async fn tls_cluster(&self, name: &str, pki: &crate::tls_support::Pki) -> Cluster {
+        self.cluster_with(name, Some(pki)).await
+    }
+
+    async fn cluster_with(&self, name: &str, pki: Option<&crate::tls_support::Pki>) -> Cluster {
         let pgdata = self.path(name);
         let port = free_port();
         must(
@@ -186,7 +198,41 @@ impl Lab {
             .open(pgdata.join("postgresql.conf"))
             .unwrap();
         std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
-        let cluster = Cluster { pgdata, port };
+        let mut dsn_params = String::new();
+        if let Some(pki) = pki {
+            // In the data directory, so that a restored copy has them too.
+            for (from, to) in [
+                (pki.server_cert(), "server.crt"),
+                (pki.server_key(), "server.key"),
+                (pki.ca(), "root.crt"),
+            ] {
+                let dest = pgdata.join(to);
+                std::fs::copy(from, &dest).unwrap();
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
+                chown(&dest);
+            }
+            std::io::Write::write_all(
+                &mut f,
+                b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+                  ssl_ca_file = 'root.crt'\n",
+            )
+            .unwrap();
+            std::fs::write(
+                pgdata.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all tlsuser 127.0.0.1/32 cert\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostnossl all all 0.0.0.0/0 reject\n",
+            )
+            .unwrap();
+            dsn_params = format!(" sslmode=verify-full sslrootcert={}", pki.ca().display());
+        }
+        let cluster = Cluster {
+            pgdata,
+            port,
+            dsn_params,
+            host: "127.0.0.1".into(),
+        };
         cluster.start();
         cluster
     }
@@ -220,7 +266,15 @@ impl Lab {
             args.push("--no-archive");
         }
         let doc = self.json(&args);
-        (Cluster { pgdata, port }, doc)
+        (
+            Cluster {
+                pgdata,
+                port,
+                dsn_params: String::new(),
+                host: "127.0.0.1".into(),
+            },
+            doc,
+        )
     }
 
     pub fn base_backup(&self, cluster: &Cluster) -> Value {
@@ -255,13 +309,17 @@ pub fn chown_tree(p: &Path) {
 pub struct Cluster {
     pub pgdata: PathBuf,
     pub port: u16,
+    /// Appended to `dsn()` (the TLS parameters of a TLS cluster).
+    pub dsn_params: String,
+    /// The host name `dsn()` connects to (`127.0.0.1`; `localhost` for verify-full).
+    pub host: String,
 }
 
 impl Cluster {
     pub fn dsn(&self) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
+            "host={} port={} user=postgres dbname=postgres{}",
+            self.host, self.port, self.dsn_params
         )
     }
 
@@ -289,11 +347,9 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> Client {
-        let (client, conn) = tokio_postgres::connect(&self.dsn(), tokio_postgres::NoTls)
+        resilience_pg::connect::connect(&self.dsn())
             .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.dsn()));
-        tokio::spawn(conn);
-        client
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.dsn()))
     }
 
     /// Switches to a new WAL segment and waits until the old one is archived.

@@ -1,0 +1,860 @@
+//! Connecting to Postgres, with TLS as libpq does it.
+//!
+//! Every connection of this crate goes through [`connect`]. A DSN (`host=… port=… user=…` or a
+//! `postgres://` URL) may carry libpq's TLS parameters:
+//!
+//! | parameter     | meaning |
+//! |---------------|---------|
+//! | `sslmode`     | `disable`; `prefer` (the default: TLS when the server offers it, certificate not checked); `require` (TLS or fail; the certificate is checked against `sslrootcert` when one is given, as libpq does); `verify-ca` (TLS, the server's certificate chains to `sslrootcert`); `verify-full` (as `verify-ca`, and the certificate names the host) |
+//! | `sslrootcert` | PEM file of the CA(s) to trust; for `verify-*` it defaults to `~/.postgresql/root.crt`; `system` trusts the operating system's CAs |
+//! | `sslcert`, `sslkey` | PEM client certificate (chain) and its private key, for `cert` authentication or `clientcert=verify-*` in `pg_hba.conf` |
+//!
+//! A connection to a host other than loopback that ends up without TLS logs a warning naming
+//! the host. TLS is never attempted over a Unix socket (libpq ignores `sslmode` there too).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), resilience_pg::connect::ConnectError> {
+//! let client = resilience_pg::connect::connect(
+//!     "host=db.internal user=backup sslmode=verify-full sslrootcert=/etc/resilience/pg-ca.pem",
+//! )
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::{Host, SslMode as PgSslMode};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Config, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// How much TLS a connection insists on (libpq's `sslmode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it; the certificate is not checked.
+    Prefer,
+    /// TLS or fail; the certificate is checked only when a root certificate is given.
+    Require,
+    /// TLS, and the server's certificate chains to a trusted CA.
+    VerifyCa,
+    /// TLS, the certificate chains to a trusted CA and names the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// The name libpq gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A connection that could not be made, naming the host (never the password).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to Postgres at {host}: {reason}")]
+pub struct ConnectError {
+    /// The host(s) and port(s), or the socket directory; `?` when the DSN did not parse.
+    pub host: String,
+    /// What went wrong, and what to do about it when known.
+    pub reason: String,
+    /// The driver's error.
+    #[source]
+    pub source: Option<tokio_postgres::Error>,
+}
+
+/// A parsed DSN: the driver's settings plus the TLS ones the driver does not know.
+#[derive(Clone)]
+pub struct ConnectConfig {
+    config: Config,
+    ssl_mode: SslMode,
+    root_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    host: String,
+}
+
+impl std::fmt::Debug for ConnectConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectConfig")
+            .field("host", &self.host)
+            .field("user", &self.config.get_user())
+            .field("dbname", &self.config.get_dbname())
+            .field("ssl_mode", &self.ssl_mode)
+            .field("root_cert", &self.root_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS parameters pulled out of a DSN.
+#[derive(Default)]
+struct TlsParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl TlsParams {
+    /// Takes the parameter if it is one of ours.
+    fn take(&mut self, key: &str, value: &str) -> bool {
+        let slot = match key {
+            "sslmode" => &mut self.mode,
+            "sslrootcert" => &mut self.root_cert,
+            "sslcert" => &mut self.cert,
+            "sslkey" => &mut self.key,
+            _ => return false,
+        };
+        *slot = Some(value.to_owned());
+        true
+    }
+}
+
+/// Splits a key=value DSN into its pairs (values unquoted).
+fn key_values(dsn: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut chars = dsn.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(format!("expected `=` after {key:?}"));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    None => return Err(format!("unterminated quoted value of {key:?}")),
+                    Some('\'') => break,
+                    Some('\\') => match chars.next() {
+                        Some(c) => value.push(c),
+                        None => return Err(format!("unterminated quoted value of {key:?}")),
+                    },
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    if let Some(next) = chars.next() {
+                        value.push(next);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Removes the TLS parameters from a DSN, returning what is left for the driver.
+fn strip_tls(dsn: &str, tls: &mut TlsParams) -> Result<String, String> {
+    let trimmed = dsn.trim();
+    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        let Some((base, query)) = trimmed.split_once('?') else {
+            return Ok(trimmed.to_owned());
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
+            let value = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+            if !tls.take(&key, &value) {
+                kept.push(pair);
+            }
+        }
+        Ok(if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        })
+    } else {
+        let mut kept = Vec::new();
+        for (k, v) in key_values(trimmed)? {
+            if !tls.take(&k, &v) {
+                kept.push(format!("{k}={}", quote(&v)));
+            }
+        }
+        Ok(kept.join(" "))
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(rest))
+            .unwrap_or_else(|| PathBuf::from(path)),
+        None => PathBuf::from(path),
+    }
+}
+
+impl ConnectConfig {
+    /// Parses a key=value DSN or a `postgres://` URL with libpq's TLS parameters.
+    pub fn parse(dsn: &str) -> Result<Self, ConnectError> {
+        let invalid = |reason: String| ConnectError {
+            host: "?".into(),
+            reason: format!("invalid connection string: {reason}"),
+            source: None,
+        };
+        let mut tls = TlsParams::default();
+        let rest = strip_tls(dsn, &mut tls).map_err(invalid)?;
+        let mut config: Config = rest
+            .parse()
+            .map_err(|e: tokio_postgres::Error| invalid(crate::error::describe(&e)))?;
+        let ssl_mode = match tls.mode.as_deref() {
+            None => SslMode::Prefer,
+            Some(m) => SslMode::parse(m).ok_or_else(|| {
+                invalid(format!(
+                    "sslmode={m:?} is not supported (disable, prefer, require, verify-ca, verify-full)"
+                ))
+            })?,
+        };
+        let host = describe_hosts(&config);
+        let mut root_cert = tls.root_cert.map(|p| expand_home(&p));
+        if root_cert.is_none() && matches!(ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+            root_cert = Some(expand_home("~/.postgresql/root.crt"));
+        }
+        let (client_cert, client_key) = match (tls.cert, tls.key) {
+            (Some(c), Some(k)) => (Some(expand_home(&c)), Some(expand_home(&k))),
+            (None, None) => (None, None),
+            _ => {
+                return Err(ConnectError {
+                    host,
+                    reason: "sslcert and sslkey go together: give both or neither".into(),
+                    source: None,
+                })
+            }
+        };
+        let all_unix = !config.get_hosts().is_empty()
+            && config.get_hostaddrs().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| !matches!(h, Host::Tcp(_)));
+        config.ssl_mode(match ssl_mode {
+            // libpq ignores sslmode on Unix sockets; the driver would fail `require` there.
+            _ if all_unix => PgSslMode::Disable,
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+        });
+        Ok(ConnectConfig {
+            config,
+            ssl_mode,
+            root_cert,
+            client_cert,
+            client_key,
+            host,
+        })
+    }
+
+    /// The host(s) and port(s) (or socket directory) this connects to, for messages.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The TLS mode.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.ssl_mode
+    }
+
+    /// The driver's configuration (TLS settings aside); its `Debug` hides the password.
+    pub fn driver_config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The peers this connects to over TCP that are not loopback: a connection to them without
+    /// TLS is warned about. The address connected to is `hostaddr` when given, else `host`.
+    pub fn remote_peers(&self) -> Vec<String> {
+        let hosts = self.config.get_hosts();
+        let addrs = self.config.get_hostaddrs();
+        (0..hosts.len().max(addrs.len()))
+            .filter_map(|i| match (addrs.get(i), hosts.get(i)) {
+                (Some(ip), _) => (!ip.is_loopback()).then(|| ip.to_string()),
+                (None, Some(Host::Tcp(name))) => (!is_loopback_host(name)).then(|| name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn fail(&self, reason: impl Into<String>) -> ConnectError {
+        ConnectError {
+            host: self.host.clone(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    fn tls_config(&self) -> Result<rustls::ClientConfig, ConnectError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| self.fail(format!("TLS setup: {e}")))?;
+        let check_chain = match self.ssl_mode {
+            SslMode::VerifyCa | SslMode::VerifyFull => true,
+            SslMode::Require => self.root_cert.is_some(),
+            SslMode::Prefer | SslMode::Disable => false,
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = if check_chain {
+            let roots = self.roots()?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| self.fail(format!("TLS setup: {e}")))?;
+            if self.ssl_mode == SslMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(ChainOnly(webpki))
+            }
+        } else {
+            Arc::new(EncryptOnly(provider))
+        };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let certs = read_certs(cert).map_err(|e| self.fail(format!("sslcert: {e}")))?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    self.fail(format!(
+                        "sslkey: cannot read a private key from {}: {e}",
+                        key.display()
+                    ))
+                })?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| self.fail(format!("sslcert/sslkey: {e}")))
+            }
+            _ => Ok(builder.with_no_client_auth()),
+        }
+    }
+
+    fn roots(&self) -> Result<RootCertStore, ConnectError> {
+        let mut roots = RootCertStore::empty();
+        let Some(path) = &self.root_cert else {
+            return Err(self.fail("no sslrootcert given"));
+        };
+        if path == Path::new("system") {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(
+                    self.fail("sslrootcert=system: no CA certificates found on this system")
+                );
+            }
+            return Ok(roots);
+        }
+        let certs = read_certs(path).map_err(|e| {
+            self.fail(format!(
+                "sslrootcert: {e} (sslmode={} needs the CA that signed the server's certificate)",
+                self.ssl_mode.as_str()
+            ))
+        })?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| self.fail(format!("sslrootcert {}: {e}", path.display())))?;
+        }
+        Ok(roots)
+    }
+
+    /// Connects, and drives the connection on the runtime.
+    pub async fn connect(&self) -> Result<Client, ConnectError> {
+        let used_tls = Arc::new(AtomicBool::new(false));
+        let result = if self.ssl_mode == SslMode::Disable {
+            self.config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map(|(c, conn)| (c, drive(conn)))
+        } else {
+            let tls = Flagged {
+                inner: MakeRustlsConnect::new(self.tls_config()?),
+                used: used_tls.clone(),
+            };
+            self.config
+                .connect(tls)
+                .await
+                .map(|(c, conn)| (c, drive(conn)))
+        };
+        let (client, ()) = result.map_err(|e| self.explain(e))?;
+        if !used_tls.load(Ordering::Relaxed) {
+            let remote = self.remote_peers();
+            if !remote.is_empty() {
+                tracing::warn!(
+                    host = %remote.join(","),
+                    sslmode = self.ssl_mode.as_str(),
+                    "Postgres connection to {} is NOT encrypted: passwords and backup data cross \
+                     the network in clear; set sslmode=verify-full and sslrootcert",
+                    remote.join(",")
+                );
+            }
+        }
+        Ok(client)
+    }
+
+    /// The driver's error in words, with what to do for the usual TLS mistakes.
+    fn explain(&self, e: tokio_postgres::Error) -> ConnectError {
+        let text = crate::error::describe(&e);
+        let root = self
+            .root_cert
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let hint = if text.contains("UnknownIssuer")
+            || text.contains("BadSignature")
+            || text.contains("unknown issuer")
+        {
+            format!(
+                " — the server's certificate is not signed by a CA in sslrootcert {root}: \
+                 give the CA that signed it"
+            )
+        } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+            format!(
+                " — the server's certificate does not name the host {} (sslmode=verify-full): \
+                 connect by a name the certificate holds, or use sslmode=verify-ca",
+                self.host
+            )
+        } else if text.contains("Expired") {
+            " — the server's certificate has expired".into()
+        } else if text.contains("server does not support TLS") {
+            format!(
+                " — the server has ssl = off but sslmode={} needs TLS",
+                self.ssl_mode.as_str()
+            )
+        } else {
+            String::new()
+        };
+        ConnectError {
+            host: self.host.clone(),
+            reason: format!("{text}{hint}"),
+            source: Some(e),
+        }
+    }
+}
+
+fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %crate::error::describe(&e), "postgres connection ended");
+        }
+    });
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no PEM certificate in {}", path.display()));
+    }
+    Ok(certs)
+}
+
+fn describe_hosts(config: &Config) -> String {
+    let ports = config.get_ports();
+    let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+    let hosts: Vec<String> = if config.get_hosts().is_empty() {
+        config
+            .get_hostaddrs()
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| format!("{ip}:{}", port(i)))
+            .collect()
+    } else {
+        config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match h {
+                Host::Tcp(name) => format!("{name}:{}", port(i)),
+                Host::Unix(dir) => format!("{}/.s.PGSQL.{}", dir.display(), port(i)),
+            })
+            .collect()
+    };
+    if hosts.is_empty() {
+        "localhost (default)".into()
+    } else {
+        hosts.join(",")
+    }
+}
+
+/// Connects to the database a DSN names (see the module documentation for the TLS parameters)
+/// and drives the connection on the runtime.
+pub async fn connect(dsn: &str) -> Result<Client, ConnectError> {
+    ConnectConfig::parse(dsn)?.connect().await
+}
+
+/// A DSN without its password, for messages and records: `password=…` and the password of a
+/// URL's user info are replaced by `***`.
+pub fn redact(dsn: &str) -> String {
+    let trimmed = dsn.trim();
+    if let Some(scheme_end) = trimmed.find("://") {
+        let after = scheme_end + 3;
+        let authority_end = trimmed[after..]
+            .find(['/', '?'])
+            .map_or(trimmed.len(), |i| after + i);
+        let mut out = trimmed.to_owned();
+        if let Some(at) = trimmed[after..authority_end].rfind('@') {
+            let userinfo = &trimmed[after..after + at];
+            if let Some(colon) = userinfo.find(':') {
+                out = format!(
+                    "{}***{}",
+                    &trimmed[..after + colon + 1],
+                    &trimmed[after + at..]
+                );
+            }
+        }
+        // A password may also come as a query parameter.
+        if let Some((base, query)) = out.clone().split_once('?') {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k == "password" => format!("{k}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            out = format!("{base}?{}", query.join("&"));
+        }
+        out
+    } else {
+        match key_values(trimmed) {
+            Ok(pairs) => pairs
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == "password" {
+                        format!("{k}=***")
+                    } else {
+                        format!(
+                            "{k}={}",
+                            if v.contains(char::is_whitespace) {
+                                quote(&v)
+                            } else {
+                                v
+                            }
+                        )
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(_) => "(unparsable connection string)".into(),
+        }
+    }
+}
+
+/// A DSN kept by a source or target: its `Debug` shows it without the password.
+#[derive(Clone)]
+pub(crate) struct Dsn(String);
+
+impl Dsn {
+    pub(crate) fn new(dsn: impl Into<String>) -> Self {
+        Dsn(dsn.into())
+    }
+}
+
+impl std::ops::Deref for Dsn {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Dsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact(&self.0))
+    }
+}
+
+/// `MakeRustlsConnect` that notes whether a TLS handshake was started.
+#[derive(Clone)]
+struct Flagged<T> {
+    inner: T,
+    used: Arc<AtomicBool>,
+}
+
+impl<T: MakeTlsConnect<Socket>> MakeTlsConnect<Socket> for Flagged<T> {
+    type Stream = T::Stream;
+    type TlsConnect = Flagged<T::TlsConnect>;
+    type Error = T::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        Ok(Flagged {
+            inner: self.inner.make_tls_connect(domain)?,
+            used: self.used.clone(),
+        })
+    }
+}
+
+impl<T: TlsConnect<Socket>> TlsConnect<Socket> for Flagged<T> {
+    type Stream = T::Stream;
+    type Error = T::Error;
+    type Future = T::Future;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        self.used.store(true, Ordering::Relaxed);
+        self.inner.connect(stream)
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted CA; the name in the certificate is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `prefer` and `require` without a root certificate: encrypted, the certificate not checked
+/// (libpq's behaviour; it protects against eavesdropping, not against a man in the middle).
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(dsn: &str) -> ConnectConfig {
+        ConnectConfig::parse(dsn).unwrap_or_else(|e| panic!("{dsn}: {e}"))
+    }
+
+    #[test]
+    fn key_value_dsns_carry_the_tls_parameters() {
+        let c = parsed(
+            "host=db.example port=5433 user=backup password=secret sslmode=verify-full \
+             sslrootcert=/etc/ca.pem sslcert=/c.pem sslkey=/k.pem",
+        );
+        assert_eq!(c.ssl_mode(), SslMode::VerifyFull);
+        assert_eq!(c.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(c.client_cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(c.client_key.as_deref(), Some(Path::new("/k.pem")));
+        assert_eq!(c.host(), "db.example:5433");
+        assert_eq!(c.driver_config().get_ssl_mode(), PgSslMode::Require);
+        assert_eq!(c.driver_config().get_user(), Some("backup"));
+    }
+
+    #[test]
+    fn quoted_values_survive() {
+        let c = parsed(
+            r"host=h user=u password='a b\'c' dbname=x sslmode=verify-ca sslrootcert='/my dir/ca.pem'",
+        );
+        assert_eq!(c.driver_config().get_password(), Some(&b"a b'c"[..]));
+        assert_eq!(c.root_cert.as_deref(), Some(Path::new("/my dir/ca.pem")));
+        assert_eq!(c.ssl_mode(), SslMode::VerifyCa);
+    }
+
+    #[test]
+    fn urls_carry_the_tls_parameters() {
+        let c = parsed(
+            "postgres://backup:s%40cret@db.example:5433/app?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x",
+        );
+        assert_eq!(c.ssl_mode(), SslMode::VerifyFull);
+        assert_eq!(c.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(c.driver_config().get_password(), Some(&b"s@cret"[..]));
+        assert_eq!(c.driver_config().get_application_name(), Some("x"));
+        assert_eq!(c.host(), "db.example:5433");
+    }
+
+    #[test]
+    fn defaults_and_refusals() {
+        assert_eq!(parsed("host=h").ssl_mode(), SslMode::Prefer);
+        assert!(ConnectConfig::parse("host=h sslmode=allow").is_err());
+        assert!(ConnectConfig::parse("host=h sslcert=/c.pem").is_err());
+        // Unix sockets: sslmode is ignored, as libpq does.
+        let c = parsed("host=/run/postgresql sslmode=require");
+        assert_eq!(c.driver_config().get_ssl_mode(), PgSslMode::Disable);
+    }
+
+    #[test]
+    fn errors_never_show_the_password() {
+        let err = ConnectConfig::parse("host=h password=hunter2 bogus=1").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = ConnectConfig::parse("postgres://u:hunter2@h/db?sslmode=nope").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let c = parsed("host=h password=hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact("host=h user=u password=hunter2 dbname=x"),
+            "host=h user=u password=*** dbname=x"
+        );
+        assert_eq!(
+            redact("postgres://u:hunter2@h:5432/db?sslmode=require"),
+            "postgres://u:***@h:5432/db?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgresql://h/db?user=u&password=hunter2"),
+            "postgresql://h/db?user=u&password=***"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn plain_connections_to_remote_peers_are_the_ones_warned_about() {
+        assert!(parsed("host=127.0.0.1 port=5432").remote_peers().is_empty());
+        assert!(parsed("host=localhost").remote_peers().is_empty());
+        assert!(parsed("host=/run/postgresql").remote_peers().is_empty());
+        assert!(parsed("host=db.example hostaddr=127.0.0.1")
+            .remote_peers()
+            .is_empty());
+        assert_eq!(
+            parsed("host=db.example,localhost").remote_peers(),
+            vec!["db.example".to_owned()]
+        );
+        assert_eq!(
+            parsed("postgres://u@10.1.2.3:5433/db").remote_peers(),
+            vec!["10.1.2.3".to_owned()]
+        );
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback_host("localhost"));
+        assert!(is_loopback_host("127.0.0.1"));
+        assert!(is_loopback_host("::1"));
+        assert!(!is_loopback_host("db.example"));
+        assert!(!is_loopback_host("10.0.0.1"));
+    }
+}
