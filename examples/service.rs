@@ -72,7 +72,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let work = tempfile::tempdir()?;
     let exports = work.path().join("exports");
     std::fs::create_dir_all(&exports)?;
-    std::fs::write(exports.join("jobs.json"), br#"[{"id": 1, "state": "done"}]"#)?;
+    std::fs::write(
+        exports.join("jobs.json"),
+        br#"[{"id": 1, "state": "done"}]"#,
+    )?;
     let key = KeyFileProvider::generate(&work.path().join("repo.key"))?;
     let sink = resilience_objstore::open_sink_or_create(
         work.path().join("repo").to_str().expect("utf-8 path"),

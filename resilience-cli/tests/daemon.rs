@@ -4,116 +4,30 @@
 //! back to 200 when it returns, with webhook alerts for both; SIGTERM during a backup leaves no
 //! snapshot marked succeeded.
 
+mod daemon_support;
 mod pg_support;
+mod tls_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use daemon_support::{metric, wait_for, Daemon};
 use pg_support::{free_port, Lab, BIN};
 use serde_json::Value;
 
-/// A GET over plain HTTP/1.1: status and body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
-/// Waits up to `secs` for `f` to give a value.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-struct Daemon {
-    child: Child,
-    port: u16,
-}
-
-impl Daemon {
-    fn start(config: &Path, port: u16) -> Daemon {
-        let child = Command::new(BIN)
-            .args(["daemon", "--config"])
-            .arg(config)
-            .env("RESILIENCE_LOG", "info")
-            .env_remove("RESILIENCE_PASSWORD")
-            .env_remove("RESILIENCE_REPOSITORY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut d = Daemon { child, port };
-        wait_for(30, "the daemon to listen", || {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                let mut err = String::new();
-                d.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                panic!("the daemon exited with {status}: {err}");
-            }
-            http_get(port, "/health")
-        });
-        d
-    }
-
-    fn health(&self) -> (u16, Value) {
-        let (status, body) = http_get(self.port, "/health").expect("/health answers");
-        (
-            status,
-            serde_json::from_str(&body).expect("/health is JSON"),
-        )
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = http_get(self.port, "/metrics").expect("/metrics answers");
-        assert_eq!(status, 200);
-        body
-    }
-
-    /// SIGTERM, then the exit status and everything the daemon logged.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (self.child.wait().unwrap(), err)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `resilience daemon --config FILE`, logging at info.
+fn daemon(config: &Path, port: u16) -> Daemon {
+    let mut c = Command::new(BIN);
+    c.args(["daemon", "--config"])
+        .arg(config)
+        .env("RESILIENCE_LOG", "info")
+        .env_remove("RESILIENCE_PASSWORD")
+        .env_remove("RESILIENCE_REPOSITORY");
+    Daemon::start(c, port)
 }
 
 fn redis_server(port: u16, dir: &Path) -> Child {
@@ -162,13 +76,6 @@ fn webhook() -> (u16, Arc<Mutex<Vec<Value>>>) {
         }
     });
     (port, seen)
-}
-
-fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -233,7 +140,7 @@ schedule = "*/2 * * * * *"
         ),
     )
     .unwrap();
-    let daemon = Daemon::start(&config, port);
+    let daemon = daemon(&config, port);
 
     // Every source backed up, verified, and shown in /metrics.
     let text = wait_for(90, "a backup of every source in /metrics", || {
@@ -398,7 +305,7 @@ max_rate = 1000000
         ),
     )
     .unwrap();
-    let daemon = Daemon::start(&config, port);
+    let daemon = daemon(&config, port);
     wait_for(30, "the backup to start", || {
         let (_, report) = daemon.health();
         (!report["jobs"]["docs"]["running_since"].is_null()).then_some(())

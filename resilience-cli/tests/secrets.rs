@@ -5,6 +5,7 @@
 //! Every stdout, stderr and `--json` document, the catalog (`snapshots --json`) and its copy in
 //! Postgres (`pg catalog-sync`) are searched for each secret.
 
+mod daemon_support;
 mod garage_support;
 mod pg_support;
 mod redis_support;
@@ -54,10 +55,75 @@ impl Collected {
     }
 }
 
-/// What a daemon's `/metrics` endpoint exposes, to be searched like everything else. The CLI
-/// has no metrics endpoint yet: when the daemon has one, scrape it here after the run.
-fn metrics_output() -> Vec<(String, String)> {
-    Vec::new()
+/// The daemon's side: a config whose Postgres DSN and Redis URL carry passwords (one of them
+/// wrong, so that a failure and an RPO breach are reported), run at trace level; its log,
+/// `/metrics` and `/health` are collected.
+fn daemon_output(
+    run: &Run,
+    config_dir: &std::path::Path,
+    pg: (&str, &str),
+    redis_url: &str,
+) -> Vec<(String, String)> {
+    let port = pg_support::free_port();
+    let config = config_dir.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[repository]
+url = "{repo}"
+[server]
+listen = "127.0.0.1:{port}"
+[[source]]
+name = "db-daemon"
+kind = "postgres"
+pgdata = "{pgdata}"
+dsn = "{dsn}"
+schedule = "*/2 * * * * *"
+rpo = "1h"
+[[source]]
+name = "cache-daemon"
+kind = "redis"
+url = "{redis_url}"
+schedule = "* * * * * *"
+rpo = "2s"
+"#,
+            repo = run.repo,
+            pgdata = pg.0,
+            dsn = pg.1,
+        ),
+    )
+    .unwrap();
+    let mut command = run.command(
+        PASSPHRASE,
+        &["daemon", "--config", config.to_str().unwrap()],
+    );
+    command.env_remove("RESILIENCE_REPOSITORY");
+    let daemon = daemon_support::Daemon::start(command, port);
+    let metrics = daemon_support::wait_for(60, "a Postgres backup and a Redis breach", || {
+        let m = daemon.metrics();
+        let pg_ok = daemon_support::metric(
+            &m,
+            "resilience_backup_last_success_timestamp_seconds",
+            "source=\"db-daemon\"",
+        )
+        .is_some();
+        (pg_ok && daemon.health().0 == 503).then_some(m)
+    });
+    let (_, health) = daemon.health();
+    assert!(
+        health["breaches"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("cache-daemon: no successful backup"),
+        "{health:#}"
+    );
+    let (_, log) = daemon.terminate();
+    vec![
+        ("the daemon's /metrics".into(), metrics),
+        ("the daemon's /health".into(), health.to_string()),
+        ("the daemon's log".into(), log),
+    ]
 }
 
 struct Run<'a> {
@@ -327,7 +393,12 @@ async fn no_secret_appears_in_output_logs_json_or_catalogs() {
     );
     run.fails("not-the-passphrase-Wr0ng", &["snapshots"]);
 
-    for (origin, text) in metrics_output() {
+    for (origin, text) in daemon_output(
+        &run,
+        lab.dir.path(),
+        (cluster.pgdata.to_str().unwrap(), &kv_dsn(PG_PASSWORD)),
+        &redis_url(&redis_source, REDIS_WRONG),
+    ) {
         run.collected.add(origin, text);
     }
     // The trace logs really were on (else this test would prove little).

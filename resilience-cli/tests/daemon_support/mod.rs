@@ -1,0 +1,119 @@
+//! A `resilience daemon` started by a test, and plain-HTTP reads of its endpoints.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A GET over plain HTTP/1.1: status and body; `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Waits up to `secs` for `f` to give a value.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The first sample of metric `name` whose labels contain `label`.
+pub fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A running daemon, killed when dropped.
+pub struct Daemon {
+    child: Child,
+    /// Its HTTP port.
+    pub port: u16,
+}
+
+impl Daemon {
+    /// Starts `command` (a `resilience … daemon --config FILE`) with stderr captured, and
+    /// waits until it serves `/health` on `port`.
+    pub fn start(mut command: Command, port: u16) -> Daemon {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child, port };
+        wait_for(30, "the daemon to listen", || {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                let mut err = String::new();
+                d.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("the daemon exited with {status}: {err}");
+            }
+            http_get(port, "/health")
+        });
+        d
+    }
+
+    /// `/health`: status and report.
+    pub fn health(&self) -> (u16, Value) {
+        let (status, body) = http_get(self.port, "/health").expect("/health answers");
+        (
+            status,
+            serde_json::from_str(&body).expect("/health is JSON"),
+        )
+    }
+
+    /// `/metrics`.
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(self.port, "/metrics").expect("/metrics answers");
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// SIGTERM, then the exit status and everything the daemon logged.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (self.child.wait().unwrap(), err)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
