@@ -6,6 +6,7 @@ mod bucket;
 mod forget;
 mod hold;
 mod init;
+mod key;
 mod pg;
 mod prune;
 mod redis;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             concurrency,
             dry_run,
         } => replicate::run(g, to, *max_rate, *concurrency, *dry_run).await,
+        Command::Key { command } => key::run(g, command).await,
         Command::WalPush { path, source } => wal::push(g, path, source).await,
         Command::WalFetch { name, dest, source } => wal::fetch(g, name, dest, source).await,
     }
