@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use resilience_core::keys::{EnvKeyProvider, KeyFileProvider, KeyProvider, PassphraseProvider};
-use resilience_objstore::kms::KmsProvider;
-use resilience_objstore::vault::VaultTransitProvider;
 use resilience_core::repo::Repository;
 use resilience_core::sink::{AppendOnlySink, Sink};
+use resilience_objstore::kms::KmsProvider;
+use resilience_objstore::vault::VaultTransitProvider;
 
 use crate::cli::Global;
 use crate::CliError;

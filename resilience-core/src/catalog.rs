@@ -213,7 +213,9 @@ impl RepoCatalog {
     pub(crate) async fn overwrite(&self, key: &str, record: &BackupRecord) -> Result<()> {
         let payload = serde_json::to_vec(record).expect("records serialize");
         let sealed = object::seal_object(&self.keys, ObjectKind::Catalog, key, &payload);
-        self.sink.put(key, sealed.into(), PutMode::Overwrite).await?;
+        self.sink
+            .put(key, sealed.into(), PutMode::Overwrite)
+            .await?;
         Ok(())
     }
 

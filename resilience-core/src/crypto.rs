@@ -95,7 +95,9 @@ pub struct Identity(x25519_dalek::StaticSecret);
 impl Identity {
     /// A fresh random identity.
     pub fn generate() -> Self {
-        Identity(x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng))
+        Identity(x25519_dalek::StaticSecret::random_from_rng(
+            rand::rngs::OsRng,
+        ))
     }
 
     /// An identity from its 32 secret bytes (as unwrapped by a provider).
@@ -126,7 +128,10 @@ fn recipient_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32]) 
     input.extend_from_slice(shared);
     input.extend_from_slice(ephemeral);
     input.extend_from_slice(recipient);
-    SecretKey(blake3::derive_key("resilience 2 key set to recipient", &input))
+    SecretKey(blake3::derive_key(
+        "resilience 2 key set to recipient",
+        &input,
+    ))
 }
 
 /// Seals `plaintext` to an X25519 `recipient` (ECIES): `ephemeral public key (32) || seal(key,
@@ -144,13 +149,19 @@ pub fn seal_to_recipient(recipient: &[u8; RECIPIENT_LEN], aad: &[u8], plaintext:
 
 /// Opens what [`seal_to_recipient`] sealed to `identity`; `None` when damaged or sealed to
 /// another recipient or associated data.
-pub fn open_as_recipient(identity: &Identity, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+pub fn open_as_recipient(
+    identity: &Identity,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
     if sealed.len() < RECIPIENT_LEN + SEAL_OVERHEAD {
         return None;
     }
     let (eph, rest) = sealed.split_at(RECIPIENT_LEN);
     let eph: [u8; 32] = eph.try_into().ok()?;
-    let shared = identity.0.diffie_hellman(&x25519_dalek::PublicKey::from(eph));
+    let shared = identity
+        .0
+        .diffie_hellman(&x25519_dalek::PublicKey::from(eph));
     let key = recipient_key(shared.as_bytes(), &eph, &identity.recipient());
     open(&key, aad, rest).map(Zeroizing::new)
 }

@@ -475,7 +475,10 @@ impl Repository {
     }
 
     /// [`Repository::rotate_keys`], marking the new key set as "rewrite under way" or not.
-    pub(crate) async fn rotate_keys_marked(&self, rewriting: bool) -> Result<(Repository, Rotation)> {
+    pub(crate) async fn rotate_keys_marked(
+        &self,
+        rewriting: bool,
+    ) -> Result<(Repository, Rotation)> {
         let ring = self.key_ring().await?;
         self.check_fresh(&ring)?;
         if let Some(legacy) = ring.copies.iter().find(|c| c.format == 1) {
@@ -574,6 +577,9 @@ mod tests {
         let opened = ring.unlock(&a, "mem").await.unwrap();
         assert_eq!(opened.blob_id(b"x"), keys.blob_id(b"x"));
         assert_eq!(ring.state(&cb), CopyState::Stale);
-        assert!(matches!(ring.unlock(&b, "mem").await, Err(Error::Invalid(_))));
+        assert!(matches!(
+            ring.unlock(&b, "mem").await,
+            Err(Error::Invalid(_))
+        ));
     }
 }

@@ -301,7 +301,13 @@ impl KeyProvider for KeyFileProvider {
 
     async fn wrap(&self, key_set: &[u8], now: DateTime<Utc>) -> Result<WrappedKey> {
         let params = serde_json::json!({ "fingerprint": key_fingerprint(&self.key) });
-        Ok(WrappedKey::seal(self.name(), &self.key, key_set, params, now))
+        Ok(WrappedKey::seal(
+            self.name(),
+            &self.key,
+            key_set,
+            params,
+            now,
+        ))
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>> {
@@ -361,7 +367,13 @@ impl KeyProvider for EnvKeyProvider {
 
     async fn wrap(&self, key_set: &[u8], now: DateTime<Utc>) -> Result<WrappedKey> {
         let params = serde_json::json!({ "fingerprint": key_fingerprint(&self.key) });
-        Ok(WrappedKey::seal(self.name(), &self.key, key_set, params, now))
+        Ok(WrappedKey::seal(
+            self.name(),
+            &self.key,
+            key_set,
+            params,
+            now,
+        ))
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>> {
@@ -456,7 +468,9 @@ mod tests {
         let ks = KeySet::generate();
         let w = p.wrap(&ks.to_bytes(), Utc::now()).await.unwrap();
         assert!(!format!("{w:?}").contains(&hex::encode([9u8; 32])));
-        assert!(unwrap_any(&p, std::slice::from_ref(&w), "mem").await.is_ok());
+        assert!(unwrap_any(&p, std::slice::from_ref(&w), "mem")
+            .await
+            .is_ok());
         assert!(EnvKeyProvider::from_env("RESILIENCE_TEST_ENV_KEY_UNSET")
             .unwrap()
             .is_none());

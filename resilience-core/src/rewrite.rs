@@ -111,7 +111,10 @@ impl Repository {
             repo.lock_settings,
         )
         .await?;
-        let pass = repo.rewrite_pass(&mut report).await.and_then(|()| lock.check());
+        let pass = repo
+            .rewrite_pass(&mut report)
+            .await
+            .and_then(|()| lock.check());
         lock.release().await?;
         pass?;
         let lock = RepoLock::acquire(
@@ -123,7 +126,10 @@ impl Repository {
             repo.lock_settings,
         )
         .await?;
-        let retired = repo.retire_old_keys(&mut report).await.and_then(|()| lock.check());
+        let retired = repo
+            .retire_old_keys(&mut report)
+            .await
+            .and_then(|()| lock.check());
         lock.release().await?;
         retired?;
         Ok(report)
@@ -218,7 +224,11 @@ impl Repository {
             let header_key = sealed_key_id(name, &bytes)?;
             let payload = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)
                 .map_err(|e| rename(e, name))?;
-            files.push((name.clone(), header_key, index::decode_index(name, &payload)?));
+            files.push((
+                name.clone(),
+                header_key,
+                index::decode_index(name, &payload)?,
+            ));
         }
         let mut have: HashSet<BlobId> = files
             .iter()
@@ -426,8 +436,9 @@ impl Repository {
             let resealed = object::seal_object(&self.keys, ObjectKind::Snapshot, &key, &payload);
             let next = object::stored_checksum(&resealed).expect("has a checksum");
             if record_key.is_some() {
-                let mut body = serde_json::to_vec(&serde_json::json!({ "manifest_checksum": next }))
-                    .expect("serializes");
+                let mut body =
+                    serde_json::to_vec(&serde_json::json!({ "manifest_checksum": next }))
+                        .expect("serializes");
                 object::append_checksum(&mut body);
                 self.sink
                     .put(&journal, body.into(), PutMode::Overwrite)

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use resilience_core::keyring::{KeyRing, CopyState, KEYSET_PREFIX};
+use resilience_core::keyring::{CopyState, KeyRing, KEYSET_PREFIX};
 use resilience_core::keys::{EnvKeyProvider, KdfParams, KeyFileProvider, PassphraseProvider};
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{MemorySink, PutMode, Sink};
@@ -99,11 +99,7 @@ async fn rotation_keeps_old_data_readable_and_reseals_for_every_copy() {
     let err = Repository::open(sink.clone(), &leaked).await.unwrap_err();
     assert!(matches!(err, Error::WrongKey { tried: 1, .. }), "{err}");
     // Only one key-set generation remains.
-    let gens: Vec<_> = sink
-        .list(KEYSET_PREFIX)
-        .try_collect()
-        .await
-        .unwrap();
+    let gens: Vec<_> = sink.list(KEYSET_PREFIX).try_collect().await.unwrap();
     assert_eq!(gens.len(), 1, "{gens:?}");
 }
 
@@ -162,7 +158,10 @@ async fn rewrite_reencrypts_everything_and_retires_the_old_key() {
     let report = repo.rewrite_data().await.unwrap();
     assert_eq!(report.data_key, 2);
     assert_eq!(report.retired_keys, vec![1]);
-    assert!(report.packs_rewritten > 0 && report.objects_resealed > 0, "{report:?}");
+    assert!(
+        report.packs_rewritten > 0 && report.objects_resealed > 0,
+        "{report:?}"
+    );
     let repo = Repository::open(sink.clone(), &key).await.unwrap();
     assert_eq!(repo.keys().data_key_ids(), vec![2]);
     assert!(!repo.keys().rewriting());
@@ -205,7 +204,9 @@ async fn an_interrupted_rewrite_verifies_and_resumes() {
 async fn edit(sink: &MemorySink, key: &str, f: impl FnOnce(&mut Vec<u8>)) {
     let mut bytes = sink.get(key).await.unwrap().to_vec();
     f(&mut bytes);
-    sink.put(key, bytes.into(), PutMode::Overwrite).await.unwrap();
+    sink.put(key, bytes.into(), PutMode::Overwrite)
+        .await
+        .unwrap();
 }
 
 fn fix_checksum(bytes: &mut Vec<u8>) {
@@ -305,6 +306,9 @@ async fn key_ring_reports_states() {
     repo.add_key(&passphrase("x")).await.unwrap();
     let ring = KeyRing::load(sink.as_ref()).await.unwrap();
     assert_eq!(ring.copies.len(), 2);
-    assert!(ring.copies.iter().all(|c| ring.state(c) == CopyState::Active));
+    assert!(ring
+        .copies
+        .iter()
+        .all(|c| ring.state(c) == CopyState::Active));
     assert!(ring.damaged.is_empty());
 }

@@ -251,7 +251,10 @@ impl KeyProvider for KmsProvider {
                 json!({ "KeyId": self.config.key_id, "KeySpec": "AES_256" }),
             )
             .await?;
-        let kek = kek_from(&b64(&answer, "Plaintext", "GenerateDataKey")?, "GenerateDataKey")?;
+        let kek = kek_from(
+            &b64(&answer, "Plaintext", "GenerateDataKey")?,
+            "GenerateDataKey",
+        )?;
         let blob = answer
             .get("CiphertextBlob")
             .and_then(|v| v.as_str())
@@ -276,11 +279,9 @@ impl KeyProvider for KmsProvider {
             .params
             .get("encrypted_kek")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| {
-                Error::Corrupt {
-                    object: copy.object_name(),
-                    reason: "KMS copy without encrypted_kek".into(),
-                }
+            .ok_or_else(|| Error::Corrupt {
+                object: copy.object_name(),
+                reason: "KMS copy without encrypted_kek".into(),
             })?;
         let key = copy.params.get("key_arn").and_then(|v| v.as_str());
         let answer = self

@@ -91,10 +91,7 @@ pub fn sign_post(
     let signature = hex::encode(hmac(&k_signing, string_to_sign.as_bytes()));
     let mut out = vec![("x-amz-date".to_owned(), amz_date)];
     if let Some(token) = &credentials.session_token {
-        out.push((
-            "x-amz-security-token".to_owned(),
-            token.as_str().to_owned(),
-        ));
+        out.push(("x-amz-security-token".to_owned(), token.as_str().to_owned()));
     }
     out.push((
         "authorization".to_owned(),

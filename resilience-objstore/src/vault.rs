@@ -86,7 +86,8 @@ impl VaultConfig {
         let addr = var("VAULT_ADDR").ok_or_else(|| error("VAULT_ADDR is not set"))?;
         let auth = if let Some(token) = var("VAULT_TOKEN") {
             VaultAuth::Token(Zeroizing::new(token))
-        } else if let (Some(role_id), Some(secret_id)) = (var("VAULT_ROLE_ID"), var("VAULT_SECRET_ID"))
+        } else if let (Some(role_id), Some(secret_id)) =
+            (var("VAULT_ROLE_ID"), var("VAULT_SECRET_ID"))
         {
             VaultAuth::AppRole {
                 role_id,
@@ -174,10 +175,13 @@ impl VaultTransitProvider {
         if let Some(ns) = &self.config.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| error(format!("{path} at {}: {}", self.config.addr, e.without_url())))?;
+        let resp = req.send().await.map_err(|e| {
+            error(format!(
+                "{path} at {}: {}",
+                self.config.addr,
+                e.without_url()
+            ))
+        })?;
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -223,7 +227,11 @@ impl VaultTransitProvider {
         let token = answer
             .pointer("/auth/client_token")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| error(format!("auth/{mount}/login: the answer has no client_token")))?;
+            .ok_or_else(|| {
+                error(format!(
+                    "auth/{mount}/login: the answer has no client_token"
+                ))
+            })?;
         let token = Zeroizing::new(token.to_owned());
         *guard = Some(token.clone());
         Ok(token)
@@ -254,7 +262,11 @@ impl KeyProvider for VaultTransitProvider {
         let path = format!("{}/encrypt/{}", self.config.mount, self.config.key);
         let plaintext = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(kek.0));
         let answer = self
-            .post(&path, Some(&token), json!({ "plaintext": plaintext.as_str() }))
+            .post(
+                &path,
+                Some(&token),
+                json!({ "plaintext": plaintext.as_str() }),
+            )
             .await?;
         let ciphertext = answer
             .pointer("/data/ciphertext")
@@ -292,10 +304,12 @@ impl KeyProvider for VaultTransitProvider {
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
             .map(Zeroizing::new)
             .ok_or_else(|| error(format!("{path}: the answer has no base64 plaintext")))?;
-        let arr: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| error(format!("{}: the decrypted KEK is not 32 bytes", copy.object_name())))?;
+        let arr: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
+            error(format!(
+                "{}: the decrypted KEK is not 32 bytes",
+                copy.object_name()
+            ))
+        })?;
         Ok(copy.open(&SecretKey(arr)))
     }
 }
