@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{self, DataKeyId, Identity, KeySet};
 use crate::error::{Error, Result};
 use crate::keys::{KeyProvider, WrappedKey};
+use crate::lock::{LockKind, RepoLock};
 use crate::object;
 use crate::repo::Repository;
 use crate::sink::{PutMode, Sink};
@@ -403,6 +404,28 @@ impl Repository {
     /// Adds a copy of the keys for another provider (a KMS beside a passphrase…), so either
     /// opens the repository. Writes the copy, then the next key-set generation sealed to it.
     pub async fn add_key(&self, provider: &dyn KeyProvider) -> Result<WrappedKey> {
+        let lock = self.key_lock("key add").await?;
+        let result = self.add_key_locked(provider).await;
+        lock.release().await?;
+        result
+    }
+
+    /// Takes the maintenance lock that serializes changes of keys (two concurrent changes
+    /// would write the same generation; on a store that ignores create-only puts one would be
+    /// lost). Backups go on beside it.
+    async fn key_lock(&self, purpose: &str) -> Result<RepoLock> {
+        RepoLock::acquire(
+            self.sink.clone(),
+            self.clock.clone(),
+            LockKind::Maintenance,
+            purpose,
+            None,
+            self.lock_settings,
+        )
+        .await
+    }
+
+    async fn add_key_locked(&self, provider: &dyn KeyProvider) -> Result<WrappedKey> {
         let ring = self.key_ring().await?;
         self.check_fresh(&ring)?;
         let now = self.clock.now();
@@ -424,6 +447,13 @@ impl Repository {
     /// Removes copy `id`: the next key-set generation is not sealed to it, then `keys/<id>` is
     /// deleted. Refused when no other copy would open the repository.
     pub async fn remove_key(&self, id: &str) -> Result<WrappedKey> {
+        let lock = self.key_lock("key remove").await?;
+        let result = self.remove_key_locked(id).await;
+        lock.release().await?;
+        result
+    }
+
+    async fn remove_key_locked(&self, id: &str) -> Result<WrappedKey> {
         let ring = self.key_ring().await?;
         self.check_fresh(&ring)?;
         let Some(copy) = ring.copies.iter().find(|c| c.id == id).cloned() else {
@@ -479,6 +509,13 @@ impl Repository {
         &self,
         rewriting: bool,
     ) -> Result<(Repository, Rotation)> {
+        let lock = self.key_lock("key rotate").await?;
+        let result = self.rotate_keys_locked(rewriting).await;
+        lock.release().await?;
+        result
+    }
+
+    async fn rotate_keys_locked(&self, rewriting: bool) -> Result<(Repository, Rotation)> {
         let ring = self.key_ring().await?;
         self.check_fresh(&ring)?;
         if let Some(legacy) = ring.copies.iter().find(|c| c.format == 1) {

@@ -109,13 +109,20 @@ impl VaultConfig {
     }
 }
 
-/// Vault transit key provider.
-#[derive(Debug)]
+/// Vault transit key provider. `Debug` shows where it points, never a token.
 pub struct VaultTransitProvider {
     config: VaultConfig,
     base: url::Url,
     client: reqwest::Client,
     token: Mutex<Option<Zeroizing<String>>>,
+}
+
+impl std::fmt::Debug for VaultTransitProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultTransitProvider")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VaultTransitProvider {
@@ -311,5 +318,44 @@ impl KeyProvider for VaultTransitProvider {
             ))
         })?;
         Ok(copy.open(&SecretKey(arr)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_secret() {
+        for auth in [
+            VaultAuth::Token(Zeroizing::new("hvs.secret-token".into())),
+            VaultAuth::AppRole {
+                role_id: "role".into(),
+                secret_id: Zeroizing::new("secret-id-value".into()),
+                mount: "approle".into(),
+            },
+        ] {
+            let p = VaultTransitProvider::new(VaultConfig {
+                addr: "http://127.0.0.1:8200".into(),
+                key: "k".into(),
+                mount: "transit".into(),
+                auth,
+                namespace: None,
+            })
+            .unwrap();
+            let text = format!("{p:?}");
+            assert!(
+                !text.contains("secret-token") && !text.contains("secret-id-value"),
+                "{text}"
+            );
+        }
+        let refused = VaultTransitProvider::new(VaultConfig {
+            addr: "http://vault.example.com:8200".into(),
+            key: "k".into(),
+            mount: "transit".into(),
+            auth: VaultAuth::Token(Zeroizing::new("t".into())),
+            namespace: None,
+        });
+        assert!(refused.is_err(), "plain http to a remote Vault is refused");
     }
 }

@@ -71,10 +71,10 @@ async fn list(g: &Global) -> Result<(), CliError> {
             );
         }
     }
-    if let Some(e) = ring.damaged.first() {
-        return Err(CliError::Usage(format!("damaged key object: {e}")));
+    match ring.damaged.into_iter().next() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn new_provider(args: &KeyAddArgs) -> Result<Box<dyn KeyProvider>, CliError> {
