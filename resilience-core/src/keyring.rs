@@ -596,6 +596,30 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn key_copy_round_trips(params in proptest::collection::btree_map("[a-z_]{1,10}", "[ -~]{0,40}", 0..4), wrapped in "[0-9a-f]{0,200}", format in 1u32..3, recipient in proptest::option::of("[0-9a-f]{64}")) {
+            let copy = WrappedKey {
+                id: crate::keys::new_key_id(),
+                provider: "passphrase".into(),
+                created_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+                params: serde_json::to_value(&params).unwrap(),
+                wrapped,
+                format,
+                recipient,
+            };
+            let bytes = encode_copy(&copy);
+            let body = object::check_checksum(&copy.object_name(), &bytes).unwrap();
+            let back: WrappedKey = serde_json::from_slice(body).unwrap();
+            prop_assert_eq!(back.id, copy.id);
+            prop_assert_eq!(back.params, copy.params);
+            prop_assert_eq!(back.wrapped, copy.wrapped);
+            prop_assert_eq!(back.format, copy.format);
+            prop_assert_eq!(back.recipient, copy.recipient);
+            prop_assert_eq!(back.created_at, copy.created_at);
+        }
+    }
+
     #[tokio::test]
     async fn generation_seals_to_every_copy_and_only_to_them() {
         let a = crate::keys::KeyFileProvider::from_key([1; 32]);
