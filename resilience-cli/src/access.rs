@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
-use resilience_core::keys::{KeyFileProvider, KeyProvider, PassphraseProvider};
+use resilience_core::keys::{EnvKeyProvider, KeyFileProvider, KeyProvider, PassphraseProvider};
 use resilience_core::repo::Repository;
 use resilience_core::sink::{AppendOnlySink, Sink};
+use resilience_objstore::kms::KmsProvider;
+use resilience_objstore::vault::VaultTransitProvider;
 
 use crate::cli::Global;
 use crate::CliError;
@@ -27,10 +29,39 @@ pub fn passphrase(global: &Global) -> Result<Option<PassphraseProvider>, CliErro
         .map(PassphraseProvider::new))
 }
 
-/// The provider that opens the repository: a key file if given, else the passphrase.
-pub fn provider(global: &Global) -> Result<Box<dyn KeyProvider>, CliError> {
+/// The provider the global options name explicitly (--kms-key-id, --vault-transit-key,
+/// --key-file), if any.
+pub fn explicit_provider(global: &Global) -> Result<Option<Box<dyn KeyProvider>>, CliError> {
+    let given = [
+        global.kms_key_id.is_some(),
+        global.vault_transit_key.is_some(),
+        global.key_file.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(CliError::Usage(
+            "give one of --kms-key-id, --vault-transit-key and --key-file".into(),
+        ));
+    }
+    if let Some(id) = &global.kms_key_id {
+        return Ok(Some(Box::new(KmsProvider::from_env(id)?)));
+    }
+    if let Some(key) = &global.vault_transit_key {
+        return Ok(Some(Box::new(VaultTransitProvider::from_env(key)?)));
+    }
     if let Some(file) = &global.key_file {
-        return Ok(Box::new(KeyFileProvider::from_file(file)?));
+        return Ok(Some(Box::new(KeyFileProvider::from_file(file)?)));
+    }
+    Ok(None)
+}
+
+/// The provider that opens the repository: --kms-key-id, --vault-transit-key or --key-file
+/// if given, else RESILIENCE_KEY, else the passphrase.
+pub fn provider(global: &Global) -> Result<Box<dyn KeyProvider>, CliError> {
+    if let Some(p) = explicit_provider(global)? {
+        return Ok(p);
+    }
+    if let Some(p) = EnvKeyProvider::from_env(EnvKeyProvider::DEFAULT_VARIABLE)? {
+        return Ok(Box::new(p));
     }
     match passphrase(global)? {
         Some(p) => Ok(Box::new(p)),
@@ -40,7 +71,11 @@ pub fn provider(global: &Global) -> Result<Box<dyn KeyProvider>, CliError> {
 
 /// The usage error for a command given no credentials.
 pub fn no_key() -> CliError {
-    CliError::Usage("no key: set RESILIENCE_PASSWORD, or give --password-file or --key-file".into())
+    CliError::Usage(
+        "no key: set RESILIENCE_PASSWORD or RESILIENCE_KEY, or give --password-file, --key-file, \
+         --kms-key-id or --vault-transit-key"
+            .into(),
+    )
 }
 
 /// The sink, wrapped as the global options ask.

@@ -9,6 +9,11 @@ const ENVIRONMENT: &str = "\
 Environment:
   RESILIENCE_REPOSITORY  the repository, when --repo is not given
   RESILIENCE_PASSWORD    the passphrase, unless --password-file or --key-file is given
+  RESILIENCE_KEY         a 64-hex-digit key (the `env` provider), unless another is given
+  AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL_KMS
+                         AWS KMS (--kms-key-id); RESILIENCE_KMS_* of the same names override them
+  VAULT_ADDR, VAULT_TOKEN (or VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole), VAULT_NAMESPACE
+                         Vault's transit engine (--vault-transit-key)
   RESILIENCE_LOG         log filter for stderr (default: warn), e.g. info or resilience_core=debug
   RESILIENCE_PG_DSN      the Postgres connection, when --dsn is not given (keeps a password
                          out of the process list); sslmode, sslrootcert, sslcert, sslkey as libpq
@@ -49,6 +54,12 @@ pub struct Global {
     /// Key file (64 hex digits): unlocks without the slow passphrase derivation.
     #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Open (or, with init, protect) the repository with this AWS KMS key: id, ARN or alias/NAME.
+    #[arg(long, global = true, value_name = "ID")]
+    pub kms_key_id: Option<String>,
+    /// Open (or, with init, protect) the repository with this Vault transit key.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub vault_transit_key: Option<String>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -133,6 +144,12 @@ pub enum Command {
         /// The snapshot to restore (default: the source's newest succeeded backup).
         #[arg(long)]
         snapshot: Option<String>,
+    },
+    /// Manage the repository's key copies, and rotate its data key.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// Archive one WAL file (Postgres' archive_command: `wal-push %p`).
     WalPush {
@@ -487,4 +504,51 @@ pub enum BucketCommand {
         #[arg(long)]
         max_rate: Option<u64>,
     },
+}
+
+/// `resilience key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List the key copies (with --json: an array of {id, provider, created_at, state}).
+    List,
+    /// Add a copy of the keys for another provider (the repository is opened with the global
+    /// credentials).
+    Add(KeyAddArgs),
+    /// Remove a key copy (refused when it is the last one that opens the repository).
+    Remove {
+        /// The copy's id (from `key list`).
+        key_id: String,
+    },
+    /// Rotate: a new data key for everything written from now on, old data keys kept for
+    /// reading, the key set re-sealed to every copy.
+    Rotate {
+        /// Also re-encrypt existing data with the new key and then drop the old data keys (for
+        /// a leaked data key). Resumable: run it again after an interruption.
+        #[arg(long)]
+        rewrite: bool,
+        /// Read and write at most this many bytes per second.
+        #[arg(long)]
+        max_rate: Option<u64>,
+    },
+}
+
+/// `key add`: exactly one new provider.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct KeyAddArgs {
+    /// A passphrase, read from this file (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// A key file (64 hex digits; generated with mode 0600 when it does not exist).
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: Option<PathBuf>,
+    /// A 64-hex-digit key in this environment variable (the `env` provider).
+    #[arg(long, value_name = "VAR")]
+    pub new_key_env: Option<String>,
+    /// An AWS KMS key: id, ARN or alias/NAME.
+    #[arg(long, value_name = "ID")]
+    pub new_kms_key_id: Option<String>,
+    /// A Vault transit key.
+    #[arg(long, value_name = "NAME")]
+    pub new_vault_transit_key: Option<String>,
 }

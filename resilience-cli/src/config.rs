@@ -60,6 +60,12 @@ pub struct RepositoryConfig {
     /// Key file (64 hex digits), instead of a passphrase.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// AWS KMS key id or ARN that unwraps a key copy (credentials from the usual AWS variables).
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// Vault transit key that unwraps a key copy (`VAULT_ADDR`, `VAULT_TOKEN` or AppRole).
+    #[serde(default)]
+    pub vault_transit_key: Option<String>,
     /// The cold tier, for retention's lifecycle moves.
     #[serde(default)]
     pub cold_url: Option<String>,

@@ -203,6 +203,22 @@ impl RepoCatalog {
             .map_err(|e| Error::corrupt(key, format!("catalog record does not parse: {e}")))
     }
 
+    /// Reads the record stored as `key`.
+    pub(crate) async fn read_key(&self, key: &str) -> Result<BackupRecord> {
+        self.read(key).await
+    }
+
+    /// Replaces the record stored as `key` in place, sealed with the current data key. Only
+    /// `key rotate --rewrite` does this: it re-seals a manifest and must update its checksum.
+    pub(crate) async fn overwrite(&self, key: &str, record: &BackupRecord) -> Result<()> {
+        let payload = serde_json::to_vec(record).expect("records serialize");
+        let sealed = object::seal_object(&self.keys, ObjectKind::Catalog, key, &payload);
+        self.sink
+            .put(key, sealed.into(), PutMode::Overwrite)
+            .await?;
+        Ok(())
+    }
+
     /// The current revision of every record (of one id, if given), from a listing alone.
     pub async fn refs(&self, only: Option<&str>) -> Result<Vec<CatalogRef>> {
         let prefix = match only {

@@ -84,6 +84,88 @@ pub fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// Length of an X25519 public key (a key copy's *recipient*).
+pub const RECIPIENT_LEN: usize = 32;
+
+/// A key copy's identity: an X25519 secret. Its public half (the *recipient*) is stored in the
+/// clear, so anyone holding the key set can seal a new key set to every copy without the
+/// copies' credentials (rotation); only the identity, unwrapped by its provider, opens it.
+pub struct Identity(x25519_dalek::StaticSecret);
+
+impl Identity {
+    /// A fresh random identity.
+    pub fn generate() -> Self {
+        Identity(x25519_dalek::StaticSecret::random_from_rng(
+            rand::rngs::OsRng,
+        ))
+    }
+
+    /// An identity from its 32 secret bytes (as unwrapped by a provider).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let arr: [u8; 32] = bytes.try_into().ok()?;
+        Some(Identity(x25519_dalek::StaticSecret::from(arr)))
+    }
+
+    /// The secret bytes, for a provider to wrap.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.0.to_bytes().to_vec())
+    }
+
+    /// The public key that key sets are sealed to.
+    pub fn recipient(&self) -> [u8; RECIPIENT_LEN] {
+        x25519_dalek::PublicKey::from(&self.0).to_bytes()
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity(recipient {})", hex::encode(self.recipient()))
+    }
+}
+
+fn recipient_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32]) -> SecretKey {
+    let mut input = Zeroizing::new(Vec::with_capacity(96));
+    input.extend_from_slice(shared);
+    input.extend_from_slice(ephemeral);
+    input.extend_from_slice(recipient);
+    SecretKey(blake3::derive_key(
+        "resilience 2 key set to recipient",
+        &input,
+    ))
+}
+
+/// Seals `plaintext` to an X25519 `recipient` (ECIES): `ephemeral public key (32) || seal(key,
+/// aad, plaintext)`, the key being BLAKE3 `derive_key` of the shared secret and both public keys.
+pub fn seal_to_recipient(recipient: &[u8; RECIPIENT_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let ephemeral = x25519_dalek::EphemeralSecret::random_from_rng(rand::rngs::OsRng);
+    let eph_pub = x25519_dalek::PublicKey::from(&ephemeral).to_bytes();
+    let shared = ephemeral.diffie_hellman(&x25519_dalek::PublicKey::from(*recipient));
+    let key = recipient_key(shared.as_bytes(), &eph_pub, recipient);
+    let mut out = Vec::with_capacity(RECIPIENT_LEN + plaintext.len() + SEAL_OVERHEAD);
+    out.extend_from_slice(&eph_pub);
+    seal_into(&key, aad, plaintext, &mut out);
+    out
+}
+
+/// Opens what [`seal_to_recipient`] sealed to `identity`; `None` when damaged or sealed to
+/// another recipient or associated data.
+pub fn open_as_recipient(
+    identity: &Identity,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    if sealed.len() < RECIPIENT_LEN + SEAL_OVERHEAD {
+        return None;
+    }
+    let (eph, rest) = sealed.split_at(RECIPIENT_LEN);
+    let eph: [u8; 32] = eph.try_into().ok()?;
+    let shared = identity
+        .0
+        .diffie_hellman(&x25519_dalek::PublicKey::from(eph));
+    let key = recipient_key(shared.as_bytes(), &eph, &identity.recipient());
+    open(&key, aad, rest).map(Zeroizing::new)
+}
+
 /// Identifies a data key inside a [`KeySet`].
 pub type DataKeyId = u32;
 
@@ -100,6 +182,9 @@ pub struct KeySet {
     data_keys: BTreeMap<DataKeyId, [u8; 32]>,
     /// The data key used for new writes.
     current: DataKeyId,
+    /// A `key rotate --rewrite` is under way (to `current`): a resumed one does not rotate again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    rewriting: bool,
 }
 
 impl Drop for KeySet {
@@ -131,6 +216,7 @@ impl KeySet {
             chunker_seed: rand::rngs::OsRng.next_u64(),
             data_keys,
             current: 1,
+            rewriting: false,
         }
     }
 
@@ -165,6 +251,36 @@ impl KeySet {
         self.data_keys.insert(next, SecretKey::random().0);
         self.current = next;
         next
+    }
+
+    /// Whether a rewrite (`key rotate --rewrite`) to the current key is under way.
+    pub fn rewriting(&self) -> bool {
+        self.rewriting
+    }
+
+    /// Marks a rewrite as under way, or done.
+    pub fn set_rewriting(&mut self, on: bool) {
+        self.rewriting = on;
+    }
+
+    /// The ids of every data key (not secret).
+    pub fn data_key_ids(&self) -> Vec<DataKeyId> {
+        self.data_keys.keys().copied().collect()
+    }
+
+    /// Drops a data key that no object uses any more (after a rewrite); the current key cannot
+    /// be dropped. Returns whether it was there.
+    pub fn retire(&mut self, id: DataKeyId) -> bool {
+        if id == self.current {
+            return false;
+        }
+        match self.data_keys.remove(&id) {
+            Some(mut k) => {
+                k.zeroize();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Serializes for wrapping.
@@ -247,6 +363,32 @@ mod tests {
             let i = pos.index(sealed.len());
             sealed[i] ^= 1 << bit;
             prop_assert_eq!(open(&key, b"aad", &sealed), None);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn recipient_seal_round_trip(data in proptest::collection::vec(any::<u8>(), 0..1024), aad in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let id = Identity::generate();
+            let sealed = seal_to_recipient(&id.recipient(), &aad, &data);
+            prop_assert_eq!(sealed.len(), data.len() + RECIPIENT_LEN + SEAL_OVERHEAD);
+            prop_assert_eq!(open_as_recipient(&id, &aad, &sealed).map(|z| z.to_vec()), Some(data.clone()));
+            prop_assert!(open_as_recipient(&Identity::generate(), &aad, &sealed).is_none());
+            let back = Identity::from_bytes(&id.to_bytes()).unwrap();
+            prop_assert_eq!(back.recipient(), id.recipient());
+        }
+
+        #[test]
+        fn key_set_encoding_round_trips(rotations in 0usize..6, retire in proptest::collection::vec(1u32..8, 0..4)) {
+            let mut ks = KeySet::generate();
+            for _ in 0..rotations { ks.rotate(); }
+            for id in retire { ks.retire(id); }
+            let back = KeySet::from_bytes(&ks.to_bytes()).unwrap();
+            prop_assert_eq!(back.data_key_ids(), ks.data_key_ids());
+            prop_assert_eq!(back.current_key_id(), ks.current_key_id());
+            prop_assert!(back.current_key() == ks.current_key());
+            prop_assert_eq!(back.chunker_seed(), ks.chunker_seed());
+            prop_assert_eq!(back.blob_id(b"x"), ks.blob_id(b"x"));
         }
     }
 

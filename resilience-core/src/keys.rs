@@ -10,6 +10,16 @@
 //!   (hundreds of milliseconds): fine for an operator, too slow for `wal-push` per segment.
 //! - [`KeyFileProvider`]: 32 random bytes (64 hex digits) in a file with tight permissions; the
 //!   KEK is the file's key, so unlocking costs microseconds.
+//! - [`EnvKeyProvider`]: the same 64 hex digits in an environment variable (`RESILIENCE_KEY`),
+//!   for platforms that inject secrets as variables.
+//!
+//! Cloud providers (AWS KMS, HashiCorp Vault's transit engine) are HTTP clients and live in
+//! `resilience-objstore`; they implement the same trait.
+//!
+//! Since format 2 a provider wraps a copy's *identity* (an X25519 secret, see
+//! [`crate::crypto::Identity`]), and the key set itself is sealed to every copy's public key in
+//! `keys/keyset-<generation>` ([`crate::keyring`]). Format-1 copies wrap the key set directly;
+//! they still open.
 
 use std::path::Path;
 
@@ -33,8 +43,54 @@ pub struct WrappedKey {
     pub created_at: DateTime<Utc>,
     /// Provider-specific parameters (KDF settings and salt, KMS key id…). Never secret.
     pub params: serde_json::Value,
-    /// `nonce || ciphertext || tag` of the key set, hex.
+    /// `nonce || ciphertext || tag`, hex: of the copy's identity (format 2) or of the key set
+    /// itself (format 1).
     pub wrapped: String,
+    /// 1: `wrapped` seals the key set; 2: it seals this copy's identity and the key set is
+    /// sealed to [`WrappedKey::recipient`] in `keys/keyset-<generation>`.
+    #[serde(default = "format_one")]
+    pub format: u32,
+    /// Hex X25519 public key of the copy's identity (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+}
+
+fn format_one() -> u32 {
+    1
+}
+
+impl WrappedKey {
+    /// A copy of `secret` sealed under `kek` (the way every provider here stores it), with a
+    /// new random id. Providers that obtain a KEK elsewhere (a KMS) use this too.
+    pub fn seal(
+        provider: &str,
+        kek: &SecretKey,
+        secret: &[u8],
+        params: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> WrappedKey {
+        let id = new_key_id();
+        let wrapped = hex::encode(crypto::seal(kek, &key_aad(&id), secret));
+        WrappedKey {
+            id,
+            provider: provider.to_owned(),
+            created_at: now,
+            params,
+            wrapped,
+            format: 1,
+            recipient: None,
+        }
+    }
+
+    /// Opens what [`WrappedKey::seal`] sealed; `None` when `kek` is not the right key.
+    pub fn open(&self, kek: &SecretKey) -> Option<Zeroizing<Vec<u8>>> {
+        open_wrapped(kek, self)
+    }
+
+    /// The object's key in the sink: `keys/<id>`.
+    pub fn object_name(&self) -> String {
+        format!("keys/{}", self.id)
+    }
 }
 
 /// A source of key-encryption keys.
@@ -149,21 +205,14 @@ impl KeyProvider for PassphraseProvider {
     async fn wrap(&self, key_set: &[u8], now: DateTime<Utc>) -> Result<WrappedKey> {
         let mut salt = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut salt);
-        let id = new_key_id();
         let kek = self.derive(self.params, &salt)?;
-        let wrapped = crypto::seal(&kek, &key_aad(&id), key_set);
-        Ok(WrappedKey {
-            params: serde_json::to_value(PassphraseParams {
-                kdf: "argon2id".into(),
-                cost: self.params,
-                salt: hex::encode(salt),
-            })
-            .expect("params serialize"),
-            id,
-            provider: self.name().into(),
-            created_at: now,
-            wrapped: hex::encode(wrapped),
+        let params = serde_json::to_value(PassphraseParams {
+            kdf: "argon2id".into(),
+            cost: self.params,
+            salt: hex::encode(salt),
         })
+        .expect("params serialize");
+        Ok(WrappedKey::seal(self.name(), &kek, key_set, params, now))
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>> {
@@ -251,19 +300,83 @@ impl KeyProvider for KeyFileProvider {
     }
 
     async fn wrap(&self, key_set: &[u8], now: DateTime<Utc>) -> Result<WrappedKey> {
-        let id = new_key_id();
-        let wrapped = crypto::seal(&self.key, &key_aad(&id), key_set);
-        Ok(WrappedKey {
-            id,
-            provider: self.name().into(),
-            created_at: now,
-            params: serde_json::json!({ "fingerprint": key_fingerprint(&self.key) }),
-            wrapped: hex::encode(wrapped),
-        })
+        let params = serde_json::json!({ "fingerprint": key_fingerprint(&self.key) });
+        Ok(WrappedKey::seal(
+            self.name(),
+            &self.key,
+            key_set,
+            params,
+            now,
+        ))
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>> {
         // The fingerprint lets us skip copies made with other key files without a decryption.
+        if wrapped.params.get("fingerprint").and_then(|v| v.as_str())
+            != Some(key_fingerprint(&self.key).as_str())
+        {
+            return Ok(None);
+        }
+        Ok(open_wrapped(&self.key, wrapped))
+    }
+}
+
+/// Uses a 256-bit key from an environment variable (64 hex digits) as the KEK, like a key
+/// file: for platforms that inject secrets as variables. The variable's name is recorded with
+/// the copy; its value never is.
+pub struct EnvKeyProvider {
+    key: SecretKey,
+}
+
+impl EnvKeyProvider {
+    /// The variable read by default: `RESILIENCE_KEY`.
+    pub const DEFAULT_VARIABLE: &'static str = "RESILIENCE_KEY";
+
+    /// Reads the key from `variable`; `Ok(None)` when it is unset or empty.
+    pub fn from_env(variable: &str) -> Result<Option<Self>> {
+        let Some(value) = std::env::var_os(variable) else {
+            return Ok(None);
+        };
+        let value = Zeroizing::new(value.to_string_lossy().into_owned());
+        if value.trim().is_empty() {
+            return Ok(None);
+        }
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(value.trim(), &mut key).map_err(|_| Error::KeyProvider {
+            provider: "env".into(),
+            message: format!("environment variable {variable} must hold 64 hex digits"),
+        })?;
+        Ok(Some(EnvKeyProvider {
+            key: SecretKey(key),
+        }))
+    }
+
+    /// A provider for a key held in memory.
+    pub fn from_key(key: [u8; 32]) -> Self {
+        EnvKeyProvider {
+            key: SecretKey(key),
+        }
+    }
+}
+
+#[async_trait]
+impl KeyProvider for EnvKeyProvider {
+    fn name(&self) -> &'static str {
+        "env"
+    }
+
+    async fn wrap(&self, key_set: &[u8], now: DateTime<Utc>) -> Result<WrappedKey> {
+        let params = serde_json::json!({ "fingerprint": key_fingerprint(&self.key) });
+        Ok(WrappedKey::seal(
+            self.name(),
+            &self.key,
+            key_set,
+            params,
+            now,
+        ))
+    }
+
+    async fn unwrap(&self, wrapped: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>> {
         if wrapped.params.get("fingerprint").and_then(|v| v.as_str())
             != Some(key_fingerprint(&self.key).as_str())
         {
@@ -287,13 +400,15 @@ fn open_wrapped(kek: &SecretKey, wrapped: &WrappedKey) -> Option<Zeroizing<Vec<u
     crypto::open(kek, &key_aad(&wrapped.id), &sealed).map(Zeroizing::new)
 }
 
-fn new_key_id() -> String {
+/// A new random key-copy id (16 hex digits).
+pub fn new_key_id() -> String {
     let mut b = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut b);
     hex::encode(b)
 }
 
-/// Opens a key set from wrapped copies with one provider: the first copy that opens wins.
+/// Opens a key set from format-1 copies with one provider: the first copy that opens wins.
+/// (Repositories open through [`crate::keyring::KeyRing::unlock`], which also reads format 2.)
 pub async fn unwrap_any(
     provider: &dyn KeyProvider,
     copies: &[WrappedKey],
@@ -342,6 +457,28 @@ mod tests {
         let wrong = PassphraseProvider::new("battery staple");
         let err = unwrap_any(&wrong, &[w], "mem").await.unwrap_err();
         assert!(matches!(err, Error::WrongKey { tried: 1, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn env_key_round_trips_and_debug_hides_nothing_secret() {
+        std::env::set_var("RESILIENCE_TEST_ENV_KEY_A", hex::encode([9u8; 32]));
+        let p = EnvKeyProvider::from_env("RESILIENCE_TEST_ENV_KEY_A")
+            .unwrap()
+            .unwrap();
+        let ks = KeySet::generate();
+        let w = p.wrap(&ks.to_bytes(), Utc::now()).await.unwrap();
+        assert!(!format!("{w:?}").contains(&hex::encode([9u8; 32])));
+        assert!(unwrap_any(&p, std::slice::from_ref(&w), "mem")
+            .await
+            .is_ok());
+        assert!(EnvKeyProvider::from_env("RESILIENCE_TEST_ENV_KEY_UNSET")
+            .unwrap()
+            .is_none());
+        std::env::set_var("RESILIENCE_TEST_ENV_KEY_B", "not hex");
+        let err = EnvKeyProvider::from_env("RESILIENCE_TEST_ENV_KEY_B")
+            .err()
+            .unwrap();
+        assert!(!err.to_string().contains("not hex"), "{err}");
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@
 //! - [`source::Source`] and [`source::Target`] — what is backed up and where it is restored.
 //! - [`catalog::Catalog`] — the backup records ([`catalog::RepoCatalog`] keeps them in the
 //!   repository).
-//! - [`keys::KeyProvider`] — where the key that wraps the repository's keys comes from.
+//! - [`keys::KeyProvider`] — where the key that wraps the repository's keys comes from;
+//!   [`keyring`] holds the copies, adds and removes them and rotates the data key.
 //! - [`clock::Clock`] and [`progress::Progress`] — injected time and progress reports.
 //!
 //! The repository ([`repo::Repository`]): [`chunker`] (FastCDC), [`crypto`] (keyed BLAKE3 ids,
@@ -43,6 +44,7 @@ pub mod error;
 pub mod fs;
 pub mod health;
 pub mod index;
+pub mod keyring;
 pub mod keys;
 pub mod lifecycle;
 pub mod lock;
@@ -54,6 +56,7 @@ pub mod replicate;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod rewrite;
 pub mod schedule;
 pub mod scheduler;
 pub mod sink;

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! config                      plaintext JSON + checksum: format version, id, chunker, pack size
-//! keys/<id>                   wrapped copies of the key set, one per provider
+//! keys/<id>                   key copies, one per provider (crate::keyring)
+//! keys/keyset-<generation>    the key set, sealed to every copy
 //! data/<xx>/<pack id>         packs of sealed blobs
 //! index/<checksum>            sealed index files
 //! snapshots/<snapshot id>     sealed snapshot manifests
@@ -25,7 +26,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::crypto::KeySet;
 use crate::error::{Error, Result};
 use crate::index::{self, Index, PackRecord};
-use crate::keys::{self, KeyProvider, WrappedKey};
+use crate::keyring;
+use crate::keys::{KeyProvider, WrappedKey};
 use crate::lock::LockSettings;
 use crate::object::{self, ObjectKind};
 use crate::pack;
@@ -33,7 +35,8 @@ use crate::sink::{PutMode, Sink};
 use crate::snapshot::{self, Manifest};
 
 /// Format version written by this build; it reads every version up to this one.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 changed only `keys/` (identities and key-set generations, see [`crate::keyring`]).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A repository's public configuration (`config`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +116,7 @@ fn decode_plain<T: for<'de> Deserialize<'de>>(name: &str, bytes: &[u8]) -> Resul
 }
 
 impl Repository {
-    /// Creates a repository in an empty sink, its key set wrapped by `provider`.
+    /// Creates a repository in an empty sink, its key set sealed to a copy wrapped by `provider`.
     pub async fn init(
         sink: Arc<dyn Sink>,
         provider: &dyn KeyProvider,
@@ -128,13 +131,15 @@ impl Repository {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let now = clock.now();
         let keys = KeySet::generate();
-        let wrapped = provider.wrap(&keys.to_bytes(), now).await?;
+        let (copy, _identity) = keyring::new_copy(provider, now).await?;
         sink.put(
-            &format!("keys/{}", wrapped.id),
-            encode_plain(&wrapped),
+            &copy.object_name(),
+            keyring::encode_copy(&copy),
             PutMode::Create,
         )
         .await?;
+        let ring = keyring::KeyRing::default();
+        keyring::write_generation(sink.as_ref(), &ring, &keys, &[&copy], now).await?;
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let config = RepoConfig {
@@ -162,8 +167,11 @@ impl Repository {
     /// Opens an existing repository with `provider`'s credentials.
     pub async fn open(sink: Arc<dyn Sink>, provider: &dyn KeyProvider) -> Result<Repository> {
         let config = Self::read_config(sink.as_ref()).await?;
-        let copies = Self::wrapped_keys(sink.as_ref()).await?;
-        let keys = keys::unwrap_any(provider, &copies, &sink.location()).await?;
+        let ring = keyring::KeyRing::load(sink.as_ref()).await?;
+        let (keys, copy) = ring.unlock_copy(provider, &sink.location()).await?;
+        for damaged in &ring.damaged {
+            tracing::warn!(error = %damaged, opened_with = %copy, "a key object is damaged");
+        }
         Ok(Repository {
             sink,
             config,
@@ -173,22 +181,6 @@ impl Repository {
             tier: Default::default(),
             cold: None,
         })
-    }
-
-    /// Adds a wrapped copy of the key set for another provider (a key file beside a
-    /// passphrase, a KMS…), so either opens the repository.
-    pub async fn add_key(&self, provider: &dyn KeyProvider) -> Result<WrappedKey> {
-        let wrapped = provider
-            .wrap(&self.keys.to_bytes(), self.clock.now())
-            .await?;
-        self.sink
-            .put(
-                &format!("keys/{}", wrapped.id),
-                encode_plain(&wrapped),
-                PutMode::Create,
-            )
-            .await?;
-        Ok(wrapped)
     }
 
     /// Whether a repository exists in `sink` (its `config` is written last by `init`).
@@ -226,15 +218,9 @@ impl Repository {
         Ok(config)
     }
 
-    /// Every wrapped copy of the key set.
+    /// Every key copy that parses (damaged ones are left out; see [`keyring::KeyRing`]).
     pub async fn wrapped_keys(sink: &dyn Sink) -> Result<Vec<WrappedKey>> {
-        let keys: Vec<String> = sink.list("keys/").map_ok(|m| m.key).try_collect().await?;
-        let mut out = Vec::new();
-        for key in keys {
-            let bytes = sink.get(&key).await?;
-            out.push(decode_plain(&key, &bytes)?);
-        }
-        Ok(out)
+        Ok(keyring::KeyRing::load(sink).await?.copies)
     }
 
     /// The same repository with its reads and writes limited to `bytes_per_second` (for one
@@ -438,7 +424,10 @@ impl Repository {
         let key = snapshot::manifest_key(&record.id);
         let bytes = self.sink.get(&key).await?;
         if let Some(expected) = &record.manifest_checksum {
-            if object::stored_checksum(&bytes).as_deref() != Some(expected.as_str()) {
+            let stored = object::stored_checksum(&bytes);
+            if stored.as_deref() != Some(expected.as_str())
+                && stored != self.rewrite_journal_checksum(&record.id).await?
+            {
                 return Err(Error::corrupt(
                     &key,
                     "manifest does not match the checksum in the catalog",
@@ -462,6 +451,25 @@ impl Repository {
             ));
         }
         Ok(manifest)
+    }
+}
+
+impl Repository {
+    /// The checksum a `key rotate --rewrite` in progress recorded for a re-sealed manifest
+    /// (`rewrite/<snapshot id>`), if any.
+    async fn rewrite_journal_checksum(&self, id: &str) -> Result<Option<String>> {
+        let key = crate::rewrite::rewrite_journal_key(id);
+        let bytes = match self.sink.get(&key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let body = object::check_checksum(&key, &bytes)?;
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| Error::corrupt(&key, format!("does not parse: {e}")))?;
+        Ok(v.get("manifest_checksum")
+            .and_then(|c| c.as_str())
+            .map(str::to_owned))
     }
 }
 

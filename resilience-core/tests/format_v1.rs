@@ -100,3 +100,36 @@ async fn reads_a_repository_written_by_format_version_1() {
         assert_eq!(target.content(p).unwrap(), c, "{p}");
     }
 }
+
+/// A version-1 repository's keys move to version 2 with the documented steps (a new copy for
+/// the same provider, the format-1 copy removed), then rotate; old and new data restore.
+#[tokio::test]
+async fn a_version_1_repository_upgrades_its_keys_and_rotates() {
+    use resilience_core::keyring::CopyState;
+    let sink = load(&fixture_dir()).await;
+    let v1 = KeyFileProvider::from_key(KEY);
+    let repo = Repository::open(sink.clone(), &v1).await.unwrap();
+    let ring = repo.key_ring().await.unwrap();
+    let legacy = ring.copies[0].clone();
+    assert_eq!(ring.state(&legacy), CopyState::Legacy);
+    // Rotation refuses while a format-1 copy remains, naming it.
+    let err = repo.rotate_keys().await.unwrap_err();
+    assert!(err.to_string().contains(&legacy.object_name()), "{err}");
+    let v2 = KeyFileProvider::from_key([8; 32]);
+    repo.add_key(&v2).await.unwrap();
+    repo.remove_key(&legacy.id).await.unwrap();
+    let repo = Repository::open(sink.clone(), &v2).await.unwrap();
+    let (repo, rotation) = repo.rotate_keys().await.unwrap();
+    assert_eq!(rotation.data_keys.len(), 2);
+    let src = MemorySource::new("after-upgrade").file("new.txt", b"written after".to_vec());
+    let report = repo.backup(&src, Default::default()).await.unwrap();
+    let repo = Repository::open(sink.clone(), &v2).await.unwrap();
+    let target = MemoryTarget::new();
+    repo.restore(&report.record.id, &target, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(target.content("new.txt").unwrap(), b"written after");
+    let report = repo.verify(VerifyOptions { full: true }).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(Repository::open(sink, &v1).await.is_err());
+}

@@ -204,7 +204,7 @@ fn retry() -> RetryConfig {
 }
 
 /// Whether an endpoint URL points at this machine.
-fn is_loopback(endpoint: &str) -> bool {
+pub(crate) fn is_loopback(endpoint: &str) -> bool {
     let Ok(url) = Url::parse(endpoint) else {
         return false;
     };

@@ -15,12 +15,19 @@
 //! | `az://CONTAINER/PREFIX` | Azure Blob Storage; `AZURE_*` variables |
 //!
 //! Plain `http://` endpoints are accepted only on loopback addresses.
+//!
+//! It also holds the HTTP key providers: [`kms::KmsProvider`] (AWS KMS) and
+//! [`vault::VaultTransitProvider`] (HashiCorp Vault's transit engine).
 
 pub mod bucket;
 mod config;
+pub mod kms;
+mod sigv4;
 mod sink;
+pub mod vault;
 
 pub use config::{
     open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError, StoreUrl,
 };
+pub use sigv4::Credentials as AwsCredentials;
 pub use sink::ObjectStoreSink;

@@ -1,6 +1,7 @@
-//! `init`: create a repository, its keys wrapped by a passphrase, a key file, or both.
+//! `init`: create a repository, its keys wrapped by a passphrase, a key file, a KMS or Vault
+//! key, or one of those and a passphrase.
 
-use resilience_core::keys::{KeyFileProvider, KeyProvider};
+use resilience_core::keys::{EnvKeyProvider, KeyFileProvider, KeyProvider};
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::Error;
 use serde_json::json;
@@ -16,7 +17,13 @@ use crate::CliError;
 pub async fn run(g: &Global) -> Result<(), CliError> {
     let url = access::repo_url(g)?;
     let passphrase = access::passphrase(g)?;
-    if passphrase.is_none() && g.key_file.is_none() {
+    let cloud = if g.kms_key_id.is_some() || g.vault_transit_key.is_some() {
+        access::explicit_provider(g)?
+    } else {
+        None
+    };
+    let env_key = EnvKeyProvider::from_env(EnvKeyProvider::DEFAULT_VARIABLE)?;
+    if passphrase.is_none() && g.key_file.is_none() && cloud.is_none() && env_key.is_none() {
         return Err(access::no_key());
     }
     let sink = access::sink(g, url, true)?;
@@ -31,14 +38,18 @@ pub async fn run(g: &Global) -> Result<(), CliError> {
         Some(path) => Some(KeyFileProvider::generate(path)?),
         None => None,
     };
-    let provider: &dyn KeyProvider = match (&key_file, &passphrase) {
-        (Some(k), _) => k,
-        (None, Some(p)) => p,
-        (None, None) => return Err(access::no_key()),
+    let provider: &dyn KeyProvider = match (&cloud, &key_file, &env_key, &passphrase) {
+        (Some(c), ..) => c.as_ref(),
+        (None, Some(k), ..) => k,
+        (None, None, Some(e), _) => e,
+        (None, None, None, Some(p)) => p,
+        (None, None, None, None) => return Err(access::no_key()),
     };
     let repo = Repository::init(sink, provider, InitOptions::default()).await?;
-    if let (Some(_), Some(p)) = (&key_file, &passphrase) {
-        repo.add_key(p).await?;
+    if provider.name() != "passphrase" {
+        if let Some(p) = &passphrase {
+            repo.add_key(p).await?;
+        }
     }
     if g.json {
         print_json(&json!({

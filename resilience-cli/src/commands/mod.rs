@@ -7,6 +7,7 @@ mod drill;
 mod forget;
 mod hold;
 mod init;
+mod key;
 mod pg;
 mod prune;
 mod redis;
@@ -46,6 +47,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             source,
             snapshot,
         } => drill::run(g, config, source, snapshot.as_deref()).await,
+        Command::Key { command } => key::run(g, command).await,
         Command::WalPush { path, source } => wal::push(g, path, source).await,
         Command::WalFetch { name, dest, source } => wal::fetch(g, name, dest, source).await,
     }

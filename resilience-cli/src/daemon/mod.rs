@@ -31,6 +31,8 @@ pub fn repository_options(config: &DaemonConfig, json: bool) -> Global {
         password_file: r.password_file.clone(),
         key_file: r.key_file.clone(),
         json,
+        kms_key_id: r.kms_key_id.clone(),
+        vault_transit_key: r.vault_transit_key.clone(),
         append_only: r.append_only,
         cold_repo: r.cold_url.clone(),
     }

@@ -1,0 +1,297 @@
+//! AWS KMS as a key provider: envelope encryption with `GenerateDataKey` and `Decrypt`.
+//!
+//! Wrapping asks KMS for a data key (`GenerateDataKey`, AES_256): its plaintext is the
+//! key-encryption key that seals the copy locally, and its ciphertext blob is stored in the
+//! copy's parameters with the key's id and ARN. Unwrapping is one `Decrypt` of that blob. So
+//! opening a repository costs one KMS call per run — never one per blob (the key set is
+//! unwrapped once, then everything is local) — and the KEK never leaves this process in clear.
+//!
+//! Configuration, first match wins: the key id or ARN given; endpoint
+//! `RESILIENCE_KMS_ENDPOINT`, `AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL`, else
+//! `https://kms.<region>.amazonaws.com`; region `RESILIENCE_KMS_REGION`, `AWS_REGION`,
+//! `AWS_DEFAULT_REGION`; credentials `RESILIENCE_KMS_ACCESS_KEY_ID` /
+//! `RESILIENCE_KMS_SECRET_ACCESS_KEY` / `RESILIENCE_KMS_SESSION_TOKEN`, else the `AWS_*`
+//! variables of the same names. (The `RESILIENCE_KMS_*` names let KMS and S3 use different
+//! accounts or endpoints in one process.)
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use resilience_core::crypto::SecretKey;
+use resilience_core::keys::{KeyProvider, WrappedKey};
+use resilience_core::{Error, Result};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::sigv4::{self, Credentials};
+
+/// The provider name stored in copies.
+pub const PROVIDER: &str = "aws-kms";
+
+/// Where and how to reach KMS.
+#[derive(Clone, Debug)]
+pub struct KmsConfig {
+    /// The KMS key: id, ARN, or `alias/…`.
+    pub key_id: String,
+    /// Endpoint URL (`https://kms.<region>.amazonaws.com` by default).
+    pub endpoint: String,
+    /// Region.
+    pub region: String,
+    /// Credentials.
+    pub credentials: Credentials,
+}
+
+fn var(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
+fn config_error(message: impl Into<String>) -> Error {
+    Error::KeyProvider {
+        provider: PROVIDER.into(),
+        message: message.into(),
+    }
+}
+
+impl KmsConfig {
+    /// Configuration for `key_id` from the environment (see the module documentation).
+    pub fn from_env(key_id: &str) -> Result<Self> {
+        let region = var(&["RESILIENCE_KMS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"])
+            .ok_or_else(|| config_error("no region: set AWS_REGION or RESILIENCE_KMS_REGION"))?;
+        let endpoint = var(&[
+            "RESILIENCE_KMS_ENDPOINT",
+            "AWS_ENDPOINT_URL_KMS",
+            "AWS_ENDPOINT_URL",
+        ])
+        .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
+        let access_key_id = var(&["RESILIENCE_KMS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"])
+            .ok_or_else(|| {
+                config_error("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            })?;
+        let secret = var(&["RESILIENCE_KMS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"])
+            .ok_or_else(|| config_error("no secret: set AWS_SECRET_ACCESS_KEY"))?;
+        let token = if std::env::var_os("RESILIENCE_KMS_ACCESS_KEY_ID").is_some() {
+            var(&["RESILIENCE_KMS_SESSION_TOKEN"])
+        } else {
+            var(&["AWS_SESSION_TOKEN"])
+        };
+        Ok(KmsConfig {
+            key_id: key_id.to_owned(),
+            endpoint,
+            region,
+            credentials: Credentials {
+                access_key_id,
+                secret_access_key: Zeroizing::new(secret),
+                session_token: token.map(Zeroizing::new),
+            },
+        })
+    }
+}
+
+/// AWS KMS key provider. Counts its calls ([`KmsProvider::calls`]).
+#[derive(Debug)]
+pub struct KmsProvider {
+    config: KmsConfig,
+    url: url::Url,
+    host: String,
+    client: reqwest::Client,
+    calls: AtomicU64,
+}
+
+impl KmsProvider {
+    /// A provider for `config`. Plain `http://` endpoints are accepted only on loopback.
+    pub fn new(config: KmsConfig) -> Result<Self> {
+        let url = url::Url::parse(&config.endpoint)
+            .map_err(|e| config_error(format!("endpoint {:?}: {e}", config.endpoint)))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if crate::config::is_loopback(&config.endpoint) => {}
+            _ => {
+                return Err(config_error(format!(
+                    "endpoint {}: use https (plain http only to a loopback address)",
+                    config.endpoint
+                )))
+            }
+        }
+        let host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => return Err(config_error(format!("endpoint {} has no host", url))),
+        };
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| config_error(format!("HTTP client: {e}")))?;
+        Ok(KmsProvider {
+            config,
+            url,
+            host,
+            client,
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    /// A provider for `key_id` configured from the environment.
+    pub fn from_env(key_id: &str) -> Result<Self> {
+        Self::new(KmsConfig::from_env(key_id)?)
+    }
+
+    /// How many KMS requests this provider has made.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// One KMS JSON call (`TrentService.<action>`).
+    async fn call(&self, action: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let body = serde_json::to_vec(&body).expect("serializes");
+        let target = format!("TrentService.{action}");
+        let headers = [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", target.as_str()),
+        ];
+        let signed = sigv4::sign_post(
+            &self.host,
+            &headers,
+            &body,
+            &self.config.credentials,
+            &self.config.region,
+            "kms",
+            Utc::now(),
+        );
+        let mut req = self.client.post(self.url.clone()).body(body);
+        for (k, v) in headers.iter().map(|(k, v)| (*k, *v)) {
+            req = req.header(k, v);
+        }
+        for (k, v) in &signed {
+            req = req.header(k, v);
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(action, key = %self.config.key_id, "KMS call");
+        let resp = req.send().await.map_err(|e| {
+            config_error(format!(
+                "{action} at {}: {}",
+                self.config.endpoint,
+                e.without_url()
+            ))
+        })?;
+        let status = resp.status();
+        let text = resp
+            .bytes()
+            .await
+            .map_err(|e| config_error(format!("{action}: reading the answer: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+        if !status.is_success() {
+            let kind = value
+                .get("__type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("error");
+            let message = value
+                .get("message")
+                .or_else(|| value.get("Message"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            return Err(config_error(format!(
+                "{action} with key {} failed: HTTP {status}, {kind}: {message}",
+                self.config.key_id
+            )));
+        }
+        Ok(value)
+    }
+
+    fn matches(&self, copy: &WrappedKey) -> bool {
+        let want = self.config.key_id.as_str();
+        let p = |k: &str| copy.params.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let (id, arn) = (p("key_id"), p("key_arn"));
+        want == id || want == arn || arn.ends_with(&format!("/{want}"))
+    }
+}
+
+/// Names the copy in a provider error (a damaged ciphertext blob is refused by KMS).
+pub(crate) fn name_copy(e: Error, copy: &WrappedKey) -> Error {
+    match e {
+        Error::KeyProvider { provider, message } => Error::KeyProvider {
+            provider,
+            message: format!("{}: {message}", copy.object_name()),
+        },
+        other => other,
+    }
+}
+
+fn b64(value: &serde_json::Value, field: &str, action: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let text = value
+        .get(field)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| config_error(format!("{action}: the answer has no {field}")))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map(Zeroizing::new)
+        .map_err(|e| config_error(format!("{action}: {field} is not base64: {e}")))
+}
+
+fn kek_from(bytes: &[u8], action: &str) -> Result<SecretKey> {
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| config_error(format!("{action}: the data key is not 32 bytes")))?;
+    Ok(SecretKey(arr))
+}
+
+#[async_trait]
+impl KeyProvider for KmsProvider {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
+    async fn wrap(&self, secret: &[u8], now: DateTime<Utc>) -> Result<WrappedKey> {
+        let answer = self
+            .call(
+                "GenerateDataKey",
+                json!({ "KeyId": self.config.key_id, "KeySpec": "AES_256" }),
+            )
+            .await?;
+        let kek = kek_from(
+            &b64(&answer, "Plaintext", "GenerateDataKey")?,
+            "GenerateDataKey",
+        )?;
+        let blob = answer
+            .get("CiphertextBlob")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| config_error("GenerateDataKey: the answer has no CiphertextBlob"))?;
+        let arn = answer
+            .get("KeyId")
+            .and_then(|v| v.as_str())
+            .unwrap_or(&self.config.key_id);
+        let params = json!({
+            "key_id": self.config.key_id,
+            "key_arn": arn,
+            "encrypted_kek": blob,
+        });
+        Ok(WrappedKey::seal(PROVIDER, &kek, secret, params, now))
+    }
+
+    async fn unwrap(&self, copy: &WrappedKey) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        if !self.matches(copy) {
+            return Ok(None);
+        }
+        let blob = copy
+            .params
+            .get("encrypted_kek")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::Corrupt {
+                object: copy.object_name(),
+                reason: "KMS copy without encrypted_kek".into(),
+            })?;
+        let key = copy.params.get("key_arn").and_then(|v| v.as_str());
+        let answer = self
+            .call(
+                "Decrypt",
+                json!({ "CiphertextBlob": blob, "KeyId": key.unwrap_or(&self.config.key_id) }),
+            )
+            .await
+            .map_err(|e| name_copy(e, copy))?;
+        let kek = kek_from(&b64(&answer, "Plaintext", "Decrypt")?, "Decrypt")?;
+        Ok(copy.open(&kek))
+    }
+}
