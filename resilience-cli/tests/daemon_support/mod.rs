@@ -48,9 +48,11 @@ pub fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A running daemon, killed when dropped.
+/// A running daemon, killed when dropped. Its stderr goes to a file, not a pipe: a chatty log
+/// must never block it on a full pipe.
 pub struct Daemon {
     child: Child,
+    log: tempfile::NamedTempFile,
     /// Its HTTP port.
     pub port: u16,
 }
@@ -59,22 +61,16 @@ impl Daemon {
     /// Starts `command` (a `resilience … daemon --config FILE`) with stderr captured, and
     /// waits until it serves `/health` on `port`.
     pub fn start(mut command: Command, port: u16) -> Daemon {
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        let mut d = Daemon { child, port };
+        let mut d = Daemon { child, log, port };
         wait_for(30, "the daemon to listen", || {
             if let Ok(Some(status)) = d.child.try_wait() {
-                let mut err = String::new();
-                d.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                panic!("the daemon exited with {status}: {err}");
+                panic!("the daemon exited with {status}: {}", d.log_text());
             }
             http_get(port, "/health")
         });
@@ -97,17 +93,16 @@ impl Daemon {
         body
     }
 
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
     /// SIGTERM, then the exit status and everything the daemon logged.
     pub fn terminate(mut self) -> (ExitStatus, String) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (self.child.wait().unwrap(), err)
+        let status = self.child.wait().unwrap();
+        (status, self.log_text())
     }
 }
 
