@@ -7,7 +7,7 @@ mod drill;
 mod forget;
 mod hold;
 mod init;
-mod pg;
+pub(crate) mod pg;
 mod prune;
 mod redis;
 mod replicate;
