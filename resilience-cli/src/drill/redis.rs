@@ -31,6 +31,15 @@ struct ScratchServer {
     url: String,
 }
 
+impl ScratchServer {
+    /// Kills the server and waits until it is gone.
+    async fn stop(mut self) {
+        if let Err(e) = self.child.kill().await {
+            tracing::warn!(url = %self.url, error = %e, "cannot kill the scratch redis-server");
+        }
+    }
+}
+
 impl Drop for ScratchServer {
     fn drop(&mut self) {
         // kill_on_drop reaps it; start_kill makes the intent explicit and immediate.
@@ -110,9 +119,16 @@ pub(crate) async fn drill(
         Ok(s) => s,
         Err(e) => return Drilled::new(vec![DrillCheck::fail("scratch-server", e)], None),
     };
-    let checks = check(repo, source, record, &server.url).await;
+    let mut checks = vec![DrillCheck::pass(
+        "scratch-server",
+        format!(
+            "redis-server started on {}",
+            server.url.trim_start_matches("redis://")
+        ),
+    )];
+    checks.extend(check(repo, source, record, &server.url).await);
     let drilled = Drilled::new(checks, None);
-    drop(server);
+    server.stop().await;
     drilled
 }
 
