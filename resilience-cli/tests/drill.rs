@@ -512,3 +512,36 @@ async fn a_redis_drill_restores_into_a_scratch_server_and_compares_keys_and_payl
     let n: u64 = client.dbsize().await.unwrap();
     assert_eq!(n, 601);
 }
+
+#[test]
+fn a_bucket_drill_restores_every_object_into_a_scratch_directory() {
+    let env = Env::new();
+    let bucket = env.path("bucket");
+    std::fs::create_dir_all(bucket.join("sub")).unwrap();
+    for i in 0..6 {
+        std::fs::write(
+            bucket.join(format!("sub/o{i}")),
+            format!("object {i} ").repeat(500),
+        )
+        .unwrap();
+    }
+    let url = format!("file://{}", bucket.display());
+    let id = env.json(&["bucket", "backup", &url, "--source", "assets"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let config = env.config(&format!(
+        "name = \"assets\"\nkind = \"bucket\"\nurl = {url:?}\nschedule = \"0 0 3 * * *\"\n\
+         rpo = \"1d\"\n[source.drill]\nSCRATCH"
+    ));
+    let (code, report) = drill(|a| env.cli(a), &config, "assets");
+    assert_eq!(code, 0, "{report:#}");
+    assert_all_ok(&report);
+    assert_eq!(report["snapshot"], id.as_str());
+    let objects = check(&report, "objects")["detail"].as_str().unwrap();
+    assert!(
+        objects.starts_with("6 objects and 27000 bytes written"),
+        "{objects}"
+    );
+    assert_scratch_empty(&env.scratch());
+}
