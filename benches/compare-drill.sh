@@ -37,13 +37,16 @@ pg() { "${PGU[@]}" "$@"; }
 q() { local port="${2:-$PORT}"; pg "$PGBIN/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
 
 cd "$ROOT"
-cargo build --release -p resilience-cli >&2
+if [ -z "${RES_BIN:-}" ]; then   # RES_BIN=path: use that binary (a script check with a debug build)
+  cargo build --release -p resilience-cli >&2
+  RES_BIN="$TARGET/release/resilience"
+fi
 
 [ -f "$PGDATA/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
 [ -f "$WORK/pgbr-restore/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$WORK/pgbr-restore" -m immediate stop >/dev/null 2>&1 || true
 rm -rf "$WORK"
 mkdir -p "$WORK/bin" "$LOG" "$WORK/scratch" "$WORK/pgbr-log" "$WORK/pgbr-lock" "$WORK/pgbr-spool"
-install -m 0755 "$TARGET/release/resilience" "$WORK/bin/resilience"
+install -m 0755 "$RES_BIN" "$WORK/bin/resilience"
 RES="$WORK/bin/resilience"
 RESG=(--repo "$WORK/res-repo" --key-file "$WORK/res.key")
 chown -R postgres:postgres "$WORK"
