@@ -187,8 +187,14 @@ impl Scratch {
             .scratch_dir
             .clone()
             .unwrap_or_else(std::env::temp_dir);
+        // The process and the time: two drills of one source (two jobs of a daemon, or a
+        // daemon and a command) never share a directory.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
         let name: String = format!(
-            "resilience-drill-{}-{}-{}",
+            "resilience-drill-{}-{}-{}-{nanos:09}",
             source.name,
             record.id.chars().take(12).collect::<String>(),
             std::process::id()
