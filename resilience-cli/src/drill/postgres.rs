@@ -384,7 +384,7 @@ async fn check(
         Ok(row) if !row.get::<_, bool>(0) => {
             checks.push(DrillCheck::pass(
                 "connect",
-                format!("accepts connections and writes on 127.0.0.1:{port}"),
+                format!("accepts connections on 127.0.0.1:{port}, out of recovery (read-write)"),
             ));
             row.get(1)
         }
