@@ -341,6 +341,19 @@ async fn kubernetes_failover() {
     assert_eq!(source["name"].as_str(), Some("billing"));
     assert_eq!(source["drill"]["scratch_dir"].as_str(), Some("/scratch"));
     assert!(job.contains("mountPath: /scratch"));
+    // The daemon accepts it: the drill gets past the config to the (absent) key file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("resilience.toml");
+    std::fs::write(&file, &toml_text).unwrap();
+    let out = Command::new(BIN)
+        .args(["drill", "--config", &s(&file), "--source", "billing"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/etc/resilience/key/repo.key"),
+        "{err}"
+    );
     assert!(std::fs::read_to_string(root.join("backup-cronjob.yaml"))
         .unwrap()
         .contains("drill.query.invoices=$n"));
