@@ -296,13 +296,18 @@ pub struct BucketTarget {
     location: String,
     options: BucketRestoreOptions,
     tally: Arc<Mutex<BucketTally>>,
+    /// A local directory: it stores no attributes (object_store's local file system refuses
+    /// puts that carry any), so objects are written without them.
+    local: bool,
 }
 
 impl BucketTarget {
-    /// A target writing under `url`.
+    /// A target writing under `url`. A local directory (a path or `file://`) keeps the objects
+    /// only: content types and user metadata are not written there.
     pub fn new(url: &str, options: BucketRestoreOptions) -> Result<Self, crate::StoreConfigError> {
         let opened = open_store(url, true)?;
         Ok(BucketTarget {
+            local: opened.local_root.is_some(),
             store: opened.store,
             prefix: opened.prefix,
             location: opened.location,
@@ -374,7 +379,11 @@ impl Target for BucketTarget {
         Ok(Some(Box::new(ObjectWriter {
             store: self.store.clone(),
             path,
-            attributes: object_attributes(&meta.attrs),
+            attributes: if self.local {
+                Attributes::new()
+            } else {
+                object_attributes(&meta.attrs)
+            },
             buffer: Vec::new(),
             upload: None,
             written: 0,

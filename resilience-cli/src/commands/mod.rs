@@ -8,7 +8,7 @@ mod forget;
 mod hold;
 mod init;
 mod key;
-mod pg;
+pub(crate) mod pg;
 mod prune;
 mod redis;
 mod replicate;

@@ -184,7 +184,7 @@ fn sh_quote(s: &str) -> String {
 /// The restore_command the restored cluster runs: this binary's `wal-fetch`, with the same
 /// repository and credentials (a key file or password file: Postgres' environment has no
 /// passphrase).
-fn restore_command(g: &Global, source: &str) -> Result<String, CliError> {
+pub(crate) fn restore_command(g: &Global, source: &str) -> Result<String, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Usage(format!("cannot locate this program: {e}")))?;
     let url = access::repo_url(g)?;
@@ -331,7 +331,7 @@ async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
 }
 
 /// The user name owning a directory (the cluster's superuser by initdb's default).
-fn owner_name(dir: &std::path::Path) -> Result<String, CliError> {
+pub(crate) fn owner_name(dir: &std::path::Path) -> Result<String, CliError> {
     let uid = std::fs::metadata(dir)
         .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))?
         .uid();

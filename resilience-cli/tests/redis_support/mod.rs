@@ -33,6 +33,13 @@ pub struct Server {
     pub tls_port: Option<u16>,
 }
 
+impl Server {
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
 /// How to start a redis-server.
 #[derive(Default)]
 pub struct ServerOptions<'a> {

@@ -1,0 +1,412 @@
+//! The runbooks' commands, as written: every ```sh block after a `<!-- runbook-test -->` marker in
+//! `docs/runbooks/*.md` runs with bash (`set -euo pipefail`, `resilience` on the PATH) against
+//! throw-away servers, with the variables the runbook documents, and the outcome is checked.
+
+mod pg_support;
+mod redis_support;
+mod tls_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_resilience");
+const MARKER: &str = "<!-- runbook-test -->";
+
+fn runbook(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/runbooks")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The runnable blocks of a runbook, in order.
+fn blocks(name: &str) -> Vec<String> {
+    let text = runbook(name);
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(MARKER) {
+        rest = &rest[at + MARKER.len()..];
+        let body = rest
+            .trim_start()
+            .strip_prefix("```sh\n")
+            .unwrap_or_else(|| panic!("{name}: {MARKER} is not followed by a ```sh block"));
+        let end = body.find("\n```").expect("an unterminated block");
+        out.push(body[..end].to_owned());
+        rest = &body[end..];
+    }
+    assert!(!out.is_empty(), "{name} has no runnable block");
+    out
+}
+
+/// Runs every runnable block of `name` in `dir` with `vars`; fails the test on a failed block.
+fn run_runbook(name: &str, dir: &Path, vars: &[(&str, String)]) -> String {
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut all = String::new();
+    for block in blocks(name) {
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &block])
+            .current_dir(dir)
+            .env("PATH", &path)
+            .env_remove("RESILIENCE_PASSWORD")
+            .env_remove("RESILIENCE_REPOSITORY")
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: block failed ({}):\n{block}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        all.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    all
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A repository with a key file in a temporary directory.
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new() -> Self {
+        let r = Repo {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.ok(&["init", "--key-file", &s(&r.key())]);
+        r
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+    fn key(&self) -> PathBuf {
+        self.path("key")
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--repo")
+            .arg(self.repo())
+            .arg("--key-file")
+            .arg(self.key())
+            .args(args)
+            .env_remove("RESILIENCE_PASSWORD")
+            .output()
+            .unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.push((
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_primary_lost() {
+    let lab = pg_support::Lab::new();
+    let primary = lab.cluster("primary").await;
+    let c = primary.client().await;
+    c.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100);")
+        .await
+        .unwrap();
+    lab.base_backup(&primary);
+    c.batch_execute("INSERT INTO t SELECT generate_series(101, 250);")
+        .await
+        .unwrap();
+    primary.archive_now().await;
+    drop(c);
+    primary.stop(); // the primary is lost
+    let recovered = pg_support::Cluster {
+        pgdata: lab.path("recovered"),
+        port: pg_support::free_port(),
+    };
+    run_runbook(
+        "postgres-pitr.md",
+        lab.dir.path(),
+        &[
+            ("REPO", s(&lab.repo())),
+            ("KEY", s(&lab.key_file())),
+            ("SOURCE", lab.source.clone()),
+            ("PGDATA", s(&recovered.pgdata)),
+            ("PORT", recovered.port.to_string()),
+        ],
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path("recovered.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["reached"]["promoted"], true, "{report:#}");
+    let n: i64 = recovered
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 250, "every archived commit is replayed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_table_dropped() {
+    let lab = pg_support::Lab::new();
+    let cluster = lab.cluster("db").await;
+    let c = cluster.client().await;
+    c.batch_execute(
+        "CREATE TABLE accounts (id int PRIMARY KEY, owner text);
+         INSERT INTO accounts SELECT g, 'owner ' || g FROM generate_series(1, 300) g;
+         CREATE TABLE other (id int); INSERT INTO other VALUES (1);",
+    )
+    .await
+    .unwrap();
+    let before = pg_support::table_sum(&c, "accounts").await;
+    lab.ok(&[
+        "pg",
+        "table-backup",
+        "--dsn",
+        &cluster.dsn(),
+        "--table",
+        "public.accounts",
+    ]);
+    c.batch_execute("DROP TABLE accounts; INSERT INTO other VALUES (2);")
+        .await
+        .unwrap();
+    run_runbook(
+        "postgres-table.md",
+        lab.dir.path(),
+        &[
+            ("REPO", s(&lab.repo())),
+            ("KEY", s(&lab.key_file())),
+            ("DSN", cluster.dsn()),
+            ("TABLE", "public.accounts".into()),
+            ("TABLES_SOURCE", "postgres-tables".into()),
+        ],
+    );
+    assert_eq!(pg_support::table_sum(&c, "accounts").await, before);
+    let other: i64 = c
+        .query_one("SELECT count(*) FROM other", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(other, 2, "the rest of the database keeps its changes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_data_lost() {
+    use fred::prelude::*;
+    let repo = Repo::new();
+    let server = redis_support::start_server(repo.dir.path(), false);
+    let client = Builder::from_config(Config::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    for i in 0..150 {
+        let _: () = client
+            .set(format!("k:{i}"), format!("v{i}"), None, None, false)
+            .await
+            .unwrap();
+    }
+    repo.ok(&[
+        "redis",
+        "backup",
+        "--url",
+        &server.url(),
+        "--source",
+        "cache",
+    ]);
+    let _: () = client.flushall(false).await.unwrap(); // the data is lost
+    run_runbook(
+        "redis-restore.md",
+        repo.dir.path(),
+        &[
+            ("REPO", s(&repo.repo())),
+            ("KEY", s(&repo.key())),
+            ("REDIS_URL", server.url()),
+            ("SOURCE", "cache".into()),
+        ],
+    );
+    let n: u64 = client.dbsize().await.unwrap();
+    assert_eq!(n, 150);
+    let v: String = client.get("k:42").await.unwrap();
+    assert_eq!(v, "v42");
+}
+
+#[test]
+fn bucket_objects_deleted_or_overwritten() {
+    let repo = Repo::new();
+    let bucket = repo.path("bucket");
+    std::fs::create_dir(&bucket).unwrap();
+    for i in 0..5 {
+        std::fs::write(
+            bucket.join(format!("o{i}")),
+            format!("object {i}").repeat(100),
+        )
+        .unwrap();
+    }
+    let url = format!("file://{}", bucket.display());
+    let before = files(&bucket);
+    repo.ok(&["bucket", "backup", &url, "--source", "assets"]);
+    std::fs::remove_file(bucket.join("o1")).unwrap();
+    std::fs::write(bucket.join("o2"), b"overwritten by a bad deploy").unwrap();
+    run_runbook(
+        "bucket-restore.md",
+        repo.dir.path(),
+        &[
+            ("REPO", s(&repo.repo())),
+            ("KEY", s(&repo.key())),
+            ("BUCKET", url),
+            ("SOURCE", "assets".into()),
+        ],
+    );
+    assert_eq!(files(&bucket), before);
+}
+
+#[test]
+fn region_lost_restore_from_the_replica() {
+    let repo = Repo::new();
+    let data = repo.path("data");
+    std::fs::create_dir(&data).unwrap();
+    for i in 0..4 {
+        std::fs::write(data.join(format!("f{i}")), vec![i as u8; 50_000 + i]).unwrap();
+    }
+    repo.ok(&["backup", "dir", &s(&data)]);
+    let replica = repo.path("replica");
+    repo.ok(&["replicate", "--to", &s(&replica)]);
+    std::fs::remove_dir_all(repo.repo()).unwrap(); // the region is lost
+    let target = repo.path("restored");
+    run_runbook(
+        "region-loss.md",
+        repo.dir.path(),
+        &[
+            ("REPLICA", s(&replica)),
+            ("KEY", s(&repo.key())),
+            ("TARGET", s(&target)),
+        ],
+    );
+    assert_eq!(files(&target), files(&data));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_failover() {
+    // The manifests run the command the runbook runs, on the config the ConfigMap holds.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/k8s");
+    let job = std::fs::read_to_string(root.join("drill-job.yaml")).unwrap();
+    assert!(
+        job.contains(r#"args: ["--json", "drill", "--config", "/etc/resilience/resilience.toml", "--source", "billing"]"#),
+        "drill-job.yaml no longer runs the runbook's drill command"
+    );
+    assert!(blocks("kubernetes-failover.md")[0]
+        .contains(r#"resilience --json drill --config "$CONFIG" --source "$SOURCE""#));
+    let map = std::fs::read_to_string(root.join("resilience-config.yaml")).unwrap();
+    let toml_text: String = map
+        .split_once("resilience.toml: |\n")
+        .expect("the ConfigMap holds resilience.toml")
+        .1
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config: toml::Value = toml::from_str(&toml_text).expect("the ConfigMap's TOML parses");
+    let source = &config["source"][0];
+    assert_eq!(source["name"].as_str(), Some("billing"));
+    assert_eq!(source["drill"]["scratch_dir"].as_str(), Some("/scratch"));
+    assert!(job.contains("mountPath: /scratch"));
+    // The daemon accepts it: the drill gets past the config to the (absent) key file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("resilience.toml");
+    std::fs::write(&file, &toml_text).unwrap();
+    let out = Command::new(BIN)
+        .args(["drill", "--config", &s(&file), "--source", "billing"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/etc/resilience/key/repo.key"),
+        "{err}"
+    );
+    assert!(std::fs::read_to_string(root.join("backup-cronjob.yaml"))
+        .unwrap()
+        .contains("drill.query.invoices=$n"));
+
+    // The runbook's drill, as written, on a real cluster and backup with its figure.
+    let lab = pg_support::Lab::new();
+    let cluster = lab.cluster("db").await;
+    let c = cluster.client().await;
+    c.batch_execute(
+        "CREATE TABLE invoices (id int); INSERT INTO invoices SELECT generate_series(1, 40);",
+    )
+    .await
+    .unwrap();
+    let scratch = lab.path("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    pg_support::chown_tree(&scratch);
+    lab.json(&[
+        "pg",
+        "backup",
+        "--source",
+        &lab.source,
+        "--pgdata",
+        &s(&cluster.pgdata),
+        "--dsn",
+        &cluster.dsn(),
+        "--label",
+        "drill.query.invoices=40",
+    ]);
+    let config = lab.path("resilience.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nurl = {:?}\nkey_file = {:?}\n[[source]]\nname = {:?}\nkind = \"postgres\"\n\
+             pgdata = {:?}\ndsn = {:?}\nschedule = \"0 0 2 * * *\"\nrpo = \"26h\"\n[source.drill]\n\
+             scratch_dir = {:?}\nqueries = [{{ name = \"invoices\", sql = \"select count(*) from invoices\", compare = \"at_least\" }}]\n",
+            s(&lab.repo()),
+            s(&lab.key_file()),
+            lab.source,
+            s(&cluster.pgdata),
+            cluster.dsn(),
+            s(&scratch)
+        ),
+    )
+    .unwrap();
+    let out = run_runbook(
+        "kubernetes-failover.md",
+        lab.dir.path(),
+        &[("CONFIG", s(&config)), ("SOURCE", lab.source.clone())],
+    );
+    assert!(out.starts_with("RTO "), "{out}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path("drill.json")).unwrap()).unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert!(report["checks"].to_string().contains("query:invoices"));
+}
