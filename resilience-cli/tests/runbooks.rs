@@ -152,6 +152,8 @@ async fn postgres_primary_lost() {
     let recovered = pg_support::Cluster {
         pgdata: lab.path("recovered"),
         port: pg_support::free_port(),
+        dsn_params: String::new(),
+        host: "127.0.0.1".into(),
     };
     run_runbook(
         "postgres-pitr.md",
