@@ -19,6 +19,7 @@
 pub mod bucket;
 mod config;
 mod sink;
+pub mod versions;
 
 pub use config::{
     open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError, StoreUrl,
