@@ -91,7 +91,7 @@ fn body(len: usize, seed: u8) -> Vec<Bytes> {
         .collect();
     // Odd-sized pieces, so that part boundaries fall inside them.
     data.chunks(3 << 20 | 17)
-        .map(|c| Bytes::copy_from_slice(c))
+        .map(Bytes::copy_from_slice)
         .collect()
 }
 
