@@ -27,8 +27,9 @@ need rclone rclone
 need /usr/bin/time time
 
 cargo build --release --locked -p resilience-cli -p resilience-benches --manifest-path "$ROOT/Cargo.toml" >&2
-RES="$ROOT/target/release/resilience"
-"$ROOT/target/release/gen-dataset" "$WORK/data" "$GIB" 7 >&2
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+RES="$TARGET/release/resilience"
+"$TARGET/release/gen-dataset" "$WORK/data" "$GIB" 7 >&2
 OBJECTS=$(find "$WORK/data" -type f | wc -l)
 BYTES=$(du -sb --apparent-size "$WORK/data" | cut -f1)
 
@@ -88,7 +89,7 @@ OUT="$ROOT/benches/results/bucket-compare-$(date +%Y%m%d-%H%M).md"
   echo "| resilience bucket backup, unchanged | $(secs res-backup2) | $(mbps res-backup2) | $(rss res-backup2) |"
   echo "| resilience bucket restore (repository -> B) | $(secs res-restore) | $(mbps res-restore) | $(rss res-restore) |"
   echo "| rclone copy A -> B | $(secs rclone-copy) | $(mbps rclone-copy) | $(rss rclone-copy) |"
-  echo "| resilience replicate (repository A -> B, each copy read back) | $(secs res-replicate) | $(rmbps res-replicate) | $(rss res-replicate) |"
+  echo "| resilience replicate (repository A -> B, streamed, each copy proven by its ETag) | $(secs res-replicate) | $(rmbps res-replicate) | $(rss res-replicate) |"
   echo "| rclone sync --checksum (repository A -> B) | $(secs rclone-sync) | $(rmbps rclone-sync) | $(rss rclone-sync) |"
   echo
   echo "Ratios (rclone time / resilience time): backup $(python3 -c "print(f'{$(secs rclone-copy)/$(secs res-backup):.2f}')"), restore $(python3 -c "print(f'{$(secs rclone-copy)/$(secs res-restore):.2f}')"), replication $(python3 -c "print(f'{$(secs rclone-sync)/$(secs res-replicate):.2f}')")."

@@ -184,6 +184,10 @@ pub enum Command {
         /// Only report the lag.
         #[arg(long)]
         dry_run: bool,
+        /// Also read every copy back in full and check its checksum (by default a copy is
+        /// proven by the digest the replica's store computed of what it received).
+        #[arg(long)]
+        verify_read_back: bool,
     },
     /// Place (or release) a legal hold on a backup.
     Hold {
@@ -487,6 +491,11 @@ pub enum BucketCommand {
         /// Source id (default: bucket: and the URL).
         #[arg(long)]
         source: Option<String>,
+        /// Also back up non-current versions and delete markers (an S3 bucket with versioning
+        /// enabled; anything else is an error), so that `restore --as-of` can bring an
+        /// overwritten or deleted object back as it was.
+        #[arg(long)]
+        versions: bool,
     },
     /// Restore a bucket backup into a bucket (and prefix), with content types and metadata.
     Restore {
@@ -503,6 +512,11 @@ pub enum BucketCommand {
         /// Read at most this many bytes per second from the repository.
         #[arg(long)]
         max_rate: Option<u64>,
+        /// Restore each object as it was at this time (RFC 3339, or `YYYY-MM-DD HH:MM:SS[+HH]`,
+        /// UTC without a zone): its newest version not after it; objects deleted or not yet
+        /// written then are left out and reported. Needs a backup taken with `--versions`.
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
     },
 }
 

@@ -62,6 +62,75 @@ pub fn check_checksum<'a>(object: &str, bytes: &'a [u8]) -> Result<&'a [u8]> {
     Ok(body)
 }
 
+/// Checks an object's trailing checksum as its bytes stream past, without holding the object:
+/// feed every part in order, then [`StreamingChecksum::finish`].
+///
+/// ```
+/// use resilience_core::object::{append_checksum, StreamingChecksum};
+/// let mut object = b"pack bytes".to_vec();
+/// append_checksum(&mut object);
+/// let mut check = StreamingChecksum::default();
+/// for part in object.chunks(3) {
+///     check.feed(part);
+/// }
+/// assert!(check.finish("data/ab/x").is_ok());
+/// ```
+#[derive(Default)]
+pub struct StreamingChecksum {
+    hasher: blake3::Hasher,
+    /// The last bytes seen (at most [`CHECKSUM_LEN`]): the checksum, once the stream ends.
+    tail: Vec<u8>,
+    len: u64,
+}
+
+impl StreamingChecksum {
+    /// Takes the next part of the object.
+    pub fn feed(&mut self, part: &[u8]) {
+        self.len += part.len() as u64;
+        let total = self.tail.len() + part.len();
+        if total <= CHECKSUM_LEN {
+            self.tail.extend_from_slice(part);
+            return;
+        }
+        // Everything but the last CHECKSUM_LEN bytes of tail ++ part is body.
+        let body = total - CHECKSUM_LEN;
+        let from_tail = body.min(self.tail.len());
+        self.hasher.update(&self.tail[..from_tail]);
+        let from_part = body - from_tail;
+        self.hasher.update(&part[..from_part]);
+        let mut tail = self.tail.split_off(from_tail);
+        tail.extend_from_slice(&part[from_part..]);
+        self.tail = tail;
+    }
+
+    /// Bytes fed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was fed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the bytes fed end with the checksum of those before it; the error names `object`.
+    pub fn finish(&self, object: &str) -> Result<()> {
+        if self.tail.len() < CHECKSUM_LEN {
+            return Err(Error::corrupt(
+                object,
+                format!("truncated: {} bytes", self.len),
+            ));
+        }
+        if self.hasher.finalize().as_bytes() != self.tail.as_slice() {
+            return Err(Error::corrupt(
+                object,
+                "checksum mismatch (damaged or truncated)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The checksum stored at an object's end, hex (without checking it).
 pub fn stored_checksum(bytes: &[u8]) -> Option<String> {
     (bytes.len() >= CHECKSUM_LEN).then(|| hex::encode(&bytes[bytes.len() - CHECKSUM_LEN..]))
@@ -116,6 +185,32 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn streaming_check_agrees_with_the_whole_check(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+            damage in proptest::option::of(any::<prop::sample::Index>()),
+            truncate in 0usize..3,
+        ) {
+            let mut obj = body.clone();
+            append_checksum(&mut obj);
+            if let Some(i) = damage {
+                let i = i.index(obj.len());
+                obj[i] ^= 0x01;
+            }
+            obj.truncate(obj.len() - truncate);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(obj.len())).collect();
+            cuts.sort();
+            let mut check = StreamingChecksum::default();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([obj.len()]) {
+                check.feed(&obj[at..c]);
+                at = c;
+            }
+            prop_assert_eq!(check.len(), obj.len() as u64);
+            prop_assert_eq!(check.finish("x").is_ok(), check_checksum("x", &obj).is_ok());
+        }
+
         #[test]
         fn sealed_object_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..5000)) {
             let ks = KeySet::generate();

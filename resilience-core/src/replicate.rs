@@ -5,23 +5,27 @@
 //! that keeps the replica consistent at every moment, the same order a backup writes in: packs,
 //! then indexes, then keys and configuration, then snapshot manifests, then catalog records. A
 //! snapshot therefore never appears on the replica before every object it needs, and a copy
-//! interrupted at any point is resumed by running again. Each object's checksum is checked
-//! before it is copied (damage is not replicated; it is an error naming the object) and again
-//! on the replica after writing. Nothing is ever deleted on the replica; prune runs there on its
+//! interrupted at any point is resumed by running again. Copies are streamed (a pack is never
+//! whole in memory). Each object's own checksum is checked as it passes (damage is not
+//! replicated; it is an error naming the object), and the replica proves what it stored: S3
+//! compares its ETag, the MD5 it computed of the bytes it received, with the MD5 computed while
+//! sending; other stores are read back ([`Sink::put_stream_verified`]). A full read-back of
+//! every copy is an option ([`ReplicateOptions::verify_read_back`]). Nothing is ever deleted on the replica; prune runs there on its
 //! own. Locks are not copied.
 //!
 //! The replica is a complete repository: the same key opens it, and restore and verify work
 //! against it. [`replicate`] is the library call a service runs after each backup.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
-use crate::object;
-use crate::sink::{PutMode, Sink};
+use crate::object::StreamingChecksum;
+use crate::sink::{PutMode, Sink, SinkError};
 
 /// The order in which prefixes are copied.
 const PHASES: &[&str] = &[
@@ -42,6 +46,10 @@ pub struct ReplicateOptions {
     pub concurrency: usize,
     /// Only measure the lag; copy nothing.
     pub dry_run: bool,
+    /// Also read every copy back in full and check its checksum. Without it, a copy is proven
+    /// by the replica store's own digest of what it received (see
+    /// [`Sink::put_stream_verified`]), which costs no second transfer.
+    pub verify_read_back: bool,
 }
 
 impl Default for ReplicateOptions {
@@ -49,6 +57,7 @@ impl Default for ReplicateOptions {
         ReplicateOptions {
             concurrency: 8,
             dry_run: false,
+            verify_read_back: false,
         }
     }
 }
@@ -145,20 +154,79 @@ fn lag(source: &HashMap<String, u64>, replica: &HashMap<String, u64>, now: DateT
     lag
 }
 
-/// Copies one object, checking it before and after.
-async fn copy(source: &dyn Sink, replica: &dyn Sink, key: &str) -> Result<u64> {
-    let bytes = source.get(key).await?;
-    object::check_checksum(key, &bytes)?;
-    let size = bytes.len() as u64;
-    replica.put(key, bytes.clone(), PutMode::Overwrite).await?;
-    let back = replica.get(key).await?;
-    if back != bytes {
+/// Copies one object, streamed: its own checksum is checked as it passes (a damaged object is
+/// never completed on the replica), and the replica proves it holds exactly the bytes sent
+/// ([`Sink::put_stream_verified`]: the store's digest where it computes one, else a read-back).
+/// With `read_back`, the copy is also read back in full and its checksum checked.
+async fn copy(
+    source: &dyn Sink,
+    replica: &dyn Sink,
+    key: &str,
+    size: u64,
+    read_back: bool,
+) -> Result<u64> {
+    let body = source.get_stream(key).await?;
+    let check = Arc::new(Mutex::new(StreamingChecksum::default()));
+    let damage: Arc<Mutex<Option<Error>>> = Arc::default();
+    let passing = check.clone();
+    let verdict = {
+        let (check, damage, key, location) =
+            (check, damage.clone(), key.to_owned(), source.location());
+        futures::stream::once(async move {
+            let outcome = check.lock().expect("checksum lock").finish(&key);
+            outcome.err().map(|e| {
+                let reason = e.to_string();
+                *damage.lock().expect("damage lock") = Some(e);
+                Err(SinkError::Mismatch {
+                    key,
+                    location,
+                    reason: format!("at the source, not replicated: {reason}"),
+                })
+            })
+        })
+        .filter_map(futures::future::ready)
+    };
+    let checked = body
+        .map_ok(move |part| {
+            passing.lock().expect("checksum lock").feed(&part);
+            part
+        })
+        .chain(verdict)
+        .boxed();
+    let written = match replica
+        .put_stream_verified(key, checked, PutMode::Overwrite)
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            return Err(match damage.lock().expect("damage lock").take() {
+                Some(damaged) => damaged,
+                None => e.into(),
+            })
+        }
+    };
+    if written != size {
         return Err(Error::Corrupt {
-            object: format!("{} on the replica {}", key, replica.location()),
-            reason: "the copy read back differs from the source".into(),
+            object: format!("{key} in {}", source.location()),
+            reason: format!("listed with {size} bytes, {written} read"),
         });
     }
-    Ok(size)
+    if read_back {
+        let mut back = replica.get_stream(key).await?;
+        let mut check = StreamingChecksum::default();
+        while let Some(part) = back.try_next().await? {
+            check.feed(&part);
+        }
+        let shown = format!("{key} on the replica {}", replica.location());
+        check.finish(&shown)?;
+        if check.len() != size {
+            return Err(Error::Corrupt {
+                object: shown,
+                reason: format!("{} bytes read back, {size} sent", check.len()),
+            });
+        }
+    }
+    Ok(written)
 }
 
 /// Copies to `replica` every object of the repository in `source` that it lacks.
@@ -188,13 +256,15 @@ pub async fn replicate(
         for phase in 0..=PHASES.len() {
             // Owned keys: a closure over borrowed ones makes the future not `Send` for every
             // lifetime, which a spawned job (the daemon's) needs.
-            let keys: Vec<String> = missing
+            let keys: Vec<(String, u64)> = missing
                 .iter()
                 .filter(|k| phase_of(k) == phase)
-                .map(|k| (*k).clone())
+                .map(|k| ((*k).clone(), src[*k]))
                 .collect();
             let sizes: Vec<u64> = futures::stream::iter(keys)
-                .map(|k| async move { copy(source, replica, &k).await })
+                .map(|(k, size)| async move {
+                    copy(source, replica, &k, size, options.verify_read_back).await
+                })
                 .buffer_unordered(options.concurrency.max(1))
                 .try_collect()
                 .await?;
@@ -221,6 +291,137 @@ pub async fn replicate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::{ByteStream, MemorySink, ObjectMeta};
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use std::ops::Range;
+
+    /// How [`Tampering`] damages the bytes put through it.
+    #[derive(Debug, Clone, Copy)]
+    enum Damage {
+        /// One bit of the 100th byte flipped, as by a faulty link.
+        FlipByte,
+        /// The last byte dropped, as by a short write.
+        DropLast,
+    }
+
+    /// A sink that damages the data of streamed puts of packs on their way to the inner sink.
+    #[derive(Debug)]
+    struct Tampering {
+        inner: MemorySink,
+        damage: Damage,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Tampering {
+        fn location(&self) -> String {
+            "tampering://".into()
+        }
+        async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+            self.inner.put(key, data, mode).await
+        }
+        async fn put_stream(
+            &self,
+            key: &str,
+            data: ByteStream,
+            mode: PutMode,
+        ) -> Result<u64, SinkError> {
+            if !key.starts_with("data/") {
+                return self.inner.put_stream(key, data, mode).await;
+            }
+            let whole: Vec<Bytes> = data.try_collect().await?;
+            let mut bytes = whole.concat();
+            let n = bytes.len() as u64;
+            match self.damage {
+                Damage::FlipByte => bytes[100] ^= 0x08,
+                Damage::DropLast => {
+                    bytes.pop();
+                }
+            }
+            self.inner.put(key, bytes.into(), mode).await?;
+            Ok(n)
+        }
+        async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
+            self.inner.get(key).await
+        }
+        async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
+            self.inner.get_range(key, range).await
+        }
+        async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
+            self.inner.get_stream(key).await
+        }
+        async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
+            self.inner.head(key).await
+        }
+        fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
+            self.inner.list(prefix)
+        }
+        async fn delete(&self, key: &str) -> Result<(), SinkError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    async fn repository() -> Arc<MemorySink> {
+        use crate::keys::KeyFileProvider;
+        use crate::repo::{InitOptions, Repository};
+        use crate::testing::{pseudo_random, MemorySource};
+        let sink = Arc::new(MemorySink::new());
+        let repo = Repository::init(
+            sink.clone(),
+            &KeyFileProvider::from_key([3; 32]),
+            InitOptions {
+                pack_size: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        repo.backup(
+            &MemorySource::new("s").file("a", pseudo_random(3 << 20, 9)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        sink
+    }
+
+    #[tokio::test]
+    async fn a_copy_damaged_in_transit_or_cut_short_is_detected() {
+        let source = repository().await;
+        for damage in [Damage::FlipByte, Damage::DropLast] {
+            let replica = Tampering {
+                inner: MemorySink::new(),
+                damage,
+            };
+            let err = replicate(source.as_ref(), &replica, &ReplicateOptions::default())
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("data/") && err.contains("does not hold what was written"),
+                "{damage:?}: {err}"
+            );
+            let snapshots: Vec<_> = replica.list("snapshots/").try_collect().await.unwrap();
+            assert!(
+                snapshots.is_empty(),
+                "{damage:?}: no snapshot after a bad copy"
+            );
+        }
+        // The same source through an honest sink is copied, proven, and caught up.
+        let replica = MemorySink::new();
+        let report = replicate(
+            source.as_ref(),
+            &replica,
+            &ReplicateOptions {
+                verify_read_back: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(report.copied_objects > 3);
+        assert_eq!(report.lag_after, Lag::default());
+    }
 
     #[test]
     fn backup_ids_carry_their_time() {

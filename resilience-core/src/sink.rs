@@ -88,6 +88,17 @@ pub enum SinkError {
         /// The object's actual size.
         size: u64,
     },
+    /// A written object does not hold the bytes that were sent (damaged in transit, or a short
+    /// write): the write is not to be trusted, and should be repeated.
+    #[error("object {key} in {location} does not hold what was written: {reason}")]
+    Mismatch {
+        /// The object concerned.
+        key: String,
+        /// The store, for messages (a URL without credentials).
+        location: String,
+        /// What differs.
+        reason: String,
+    },
     /// The store or the connection to it failed.
     #[error("{operation} of object {key} in {location} failed: {source}")]
     Backend {
@@ -131,6 +142,46 @@ pub trait Sink: Send + Sync + fmt::Debug {
         mode: PutMode,
     ) -> Result<u64, SinkError>;
 
+    /// Stores a stream like [`Sink::put_stream`], then proves that the stored object holds exactly
+    /// the bytes of `data`, or fails with [`SinkError::Mismatch`] naming it.
+    ///
+    /// The default reads the object back and compares a BLAKE3 hash of what was sent with one of
+    /// what is stored (streamed, never whole in memory). Sinks whose store computes a digest of
+    /// what it received (S3's ETag is the MD5 of the body) override it to compare that instead
+    /// and skip the read; wrappers forward it.
+    async fn put_stream_verified(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
+        use futures::{StreamExt, TryStreamExt};
+        let hasher = std::sync::Arc::new(std::sync::Mutex::new(blake3::Hasher::new()));
+        let sending = hasher.clone();
+        let tee = data
+            .map_ok(move |part| {
+                sending.lock().expect("hasher lock").update(&part);
+                part
+            })
+            .boxed();
+        let written = self.put_stream(key, tee, mode).await?;
+        let sent = hasher.lock().expect("hasher lock").finalize();
+        let mut back = self.get_stream(key).await?;
+        let mut stored = blake3::Hasher::new();
+        let mut stored_len = 0u64;
+        while let Some(part) = back.try_next().await? {
+            stored_len += part.len() as u64;
+            stored.update(&part);
+        }
+        check_stored(
+            key,
+            &self.location(),
+            (written, sent.as_bytes()),
+            (stored_len, stored.finalize().as_bytes()),
+        )?;
+        Ok(written)
+    }
+
     /// Reads a whole object. Use for small objects; large ones are read by range or stream.
     async fn get(&self, key: &str) -> Result<Bytes, SinkError>;
 
@@ -151,6 +202,35 @@ pub trait Sink: Send + Sync + fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), SinkError>;
 }
 
+/// Compares what was sent (length, digest) with what a store holds, for
+/// [`Sink::put_stream_verified`] implementations.
+pub fn check_stored(
+    key: &str,
+    location: &str,
+    sent: (u64, &[u8]),
+    stored: (u64, &[u8]),
+) -> Result<(), SinkError> {
+    let mismatch = |reason: String| SinkError::Mismatch {
+        key: key.to_owned(),
+        location: location.to_owned(),
+        reason,
+    };
+    if sent.0 != stored.0 {
+        return Err(mismatch(format!(
+            "{} bytes sent, {} stored (a short write)",
+            sent.0, stored.0
+        )));
+    }
+    if sent.1 != stored.1 {
+        return Err(mismatch(format!(
+            "the stored bytes differ from those sent (digest {} sent, {} stored)",
+            hex::encode(sent.1),
+            hex::encode(stored.1)
+        )));
+    }
+    Ok(())
+}
+
 /// A shared sink is a sink, so wrappers compose over `Arc<dyn Sink>`.
 #[async_trait]
 impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
@@ -167,6 +247,14 @@ impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
         mode: PutMode,
     ) -> Result<u64, SinkError> {
         (**self).put_stream(key, data, mode).await
+    }
+    async fn put_stream_verified(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
+        (**self).put_stream_verified(key, data, mode).await
     }
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
         (**self).get(key).await

@@ -242,6 +242,15 @@ impl<S: Sink> Sink for FaultySink<S> {
         self.spend(key)?;
         self.inner.put_stream(key, data, mode).await
     }
+    async fn put_stream_verified(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
+        self.spend(key)?;
+        self.inner.put_stream_verified(key, data, mode).await
+    }
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
         self.inner.get(key).await
     }

@@ -62,6 +62,20 @@ impl RateLimiter {
     }
 }
 
+/// `data`, each part let through once the limiter allows its bytes.
+fn throttle_stream(data: ByteStream, limiter: Arc<RateLimiter>) -> ByteStream {
+    data.then(move |part| {
+        let limiter = limiter.clone();
+        async move {
+            if let Ok(b) = &part {
+                limiter.acquire(b.len() as u64).await;
+            }
+            part
+        }
+    })
+    .boxed()
+}
+
 /// A sink whose transfers (puts and gets) count against a [`RateLimiter`].
 ///
 /// ```
@@ -100,19 +114,19 @@ impl<S: Sink> Sink for ThrottledSink<S> {
         data: ByteStream,
         mode: PutMode,
     ) -> Result<u64, SinkError> {
-        let limiter = self.limiter.clone();
-        let throttled = data
-            .then(move |part| {
-                let limiter = limiter.clone();
-                async move {
-                    if let Ok(b) = &part {
-                        limiter.acquire(b.len() as u64).await;
-                    }
-                    part
-                }
-            })
-            .boxed();
+        let throttled = throttle_stream(data, self.limiter.clone());
         self.inner.put_stream(key, throttled, mode).await
+    }
+
+    async fn put_stream_verified(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
+        // The proof is the inner store's (a read-back, if it needs one, is not throttled).
+        let throttled = throttle_stream(data, self.limiter.clone());
+        self.inner.put_stream_verified(key, throttled, mode).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {

@@ -12,12 +12,13 @@
 //! carrying the `resilience-source-etag` metadata a previous restore wrote, is skipped. Without
 //! `overwrite` an existing different object is refused, named, and left as it is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -25,7 +26,9 @@ use object_store::{
     Attribute, AttributeValue, Attributes, GetOptions, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, WriteMultipart,
 };
+use resilience_core::catalog::BackupRecord;
 use resilience_core::entry::{EntryKind, EntryMeta};
+use resilience_core::repo::Repository;
 use resilience_core::source::{
     AdapterError, ContentWriter, DiscardWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
     SourceMetadata, SourceSession, Target,
@@ -33,6 +36,9 @@ use resilience_core::source::{
 use serde::Serialize;
 
 use crate::config::{open_store, OpenedStore};
+use crate::versions::{
+    parse_version_entry_path, version_entry_path, ObjectVersion, VersionLister, VersionsError,
+};
 
 /// Objects above this size are written in parts of this size.
 pub const PART_SIZE: usize = 8 << 20;
@@ -70,6 +76,7 @@ fn path_for(prefix: &str, key: &str) -> Path {
 pub struct BucketSource {
     url: String,
     id: Option<String>,
+    versions: bool,
 }
 
 impl BucketSource {
@@ -78,7 +85,16 @@ impl BucketSource {
         BucketSource {
             url: url.into(),
             id: None,
+            versions: false,
         }
+    }
+
+    /// Also backs up every non-current version and delete marker (S3 buckets with versioning
+    /// enabled; anything else is an error when the backup starts), so that an object can be
+    /// restored as it was at a given time ([`AsOfPlan`]). See [`crate::versions`] for the layout.
+    pub fn with_versions(mut self, versions: bool) -> Self {
+        self.versions = versions;
+        self
     }
 
     /// Names the source (default `bucket:` and the URL).
@@ -92,6 +108,8 @@ impl BucketSource {
 struct Counts {
     objects: AtomicU64,
     bytes: AtomicU64,
+    versions: AtomicU64,
+    version_bytes: AtomicU64,
 }
 
 #[async_trait]
@@ -107,6 +125,17 @@ impl Source for BucketSource {
     }
 
     async fn start(&self) -> Result<Box<dyn SourceSession>, AdapterError> {
+        let lister = if self.versions {
+            let lister = VersionLister::new(&self.url)
+                .map_err(|e| AdapterError::msg("list versions", self.url.clone(), e.to_string()))?;
+            lister
+                .check_enabled()
+                .await
+                .map_err(|e| AdapterError::msg("list versions", self.url.clone(), e.to_string()))?;
+            Some(lister)
+        } else {
+            None
+        };
         let opened = open_store(&self.url, false)
             .map_err(|e| AdapterError::msg("open", self.url.clone(), e.to_string()))?;
         let OpenedStore {
@@ -118,7 +147,7 @@ impl Source for BucketSource {
         let list_prefix = (!prefix.is_empty()).then(|| Path::from(prefix.as_str()));
         let head_store = store.clone();
         let shown = location.clone();
-        let listing: BoxStream<'static, Result<(ObjectMeta, Attributes), AdapterError>> = store
+        let current: BoxStream<'static, Result<Listed, AdapterError>> = store
             .list(list_prefix.as_ref())
             .map_err(move |e| AdapterError::msg("list", shown.clone(), e.to_string()))
             .map_ok(move |meta| {
@@ -134,7 +163,11 @@ impl Source for BucketSource {
                         )
                         .await;
                     match head {
-                        Ok(r) => Ok(Some((meta, r.attributes))),
+                        Ok(r) => Ok(Some(Listed::Current {
+                            version: r.meta.version,
+                            meta,
+                            attributes: r.attributes,
+                        })),
                         // Deleted since it was listed: it was not there to back up.
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(e) => Err(AdapterError::msg(
@@ -148,22 +181,136 @@ impl Source for BucketSource {
             .try_buffered(HEADS_IN_FLIGHT)
             .try_filter_map(|x| async move { Ok(x) })
             .boxed();
+        let listing = match &lister {
+            // Version entries sort after every object (see `versions`): listed after them.
+            Some(lister) => current
+                .chain(version_listing(lister, store.clone()))
+                .boxed(),
+            None => current,
+        };
         Ok(Box::new(BucketSession {
             store,
             prefix,
             location,
             listing,
             counts: Arc::default(),
+            versions: self.versions,
         }))
     }
+}
+
+/// What the listing hands the session: an object, or another version of one.
+enum Listed {
+    /// A current object, with its attributes (and version id, where the store has versions).
+    Current {
+        meta: ObjectMeta,
+        attributes: Attributes,
+        version: Option<String>,
+    },
+    /// A non-current version or a delete marker; `seq` counts the newer versions of its key.
+    Version {
+        version: ObjectVersion,
+        seq: usize,
+        attributes: Attributes,
+    },
+}
+
+/// The versions of one key, in the server's order (newest first).
+fn group_by_key(
+    versions: BoxStream<'static, Result<ObjectVersion, VersionsError>>,
+) -> BoxStream<'static, Result<Vec<ObjectVersion>, VersionsError>> {
+    futures::stream::try_unfold(
+        (versions, None::<ObjectVersion>),
+        |(mut versions, pending)| async move {
+            let mut group: Vec<ObjectVersion> = pending.into_iter().collect();
+            loop {
+                match versions.try_next().await? {
+                    Some(v) if group.first().is_none_or(|g| g.key == v.key) => group.push(v),
+                    Some(v) => return Ok(Some((group, (versions, Some(v))))),
+                    None if group.is_empty() => return Ok(None),
+                    None => return Ok(Some((group, (versions, None)))),
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+/// Every non-current version and delete marker under the prefix, with its attributes (from a
+/// `HEAD` of that version, prefetched), each key's versions in entry-path order.
+fn version_listing(
+    lister: &VersionLister,
+    store: Arc<dyn ObjectStore>,
+) -> BoxStream<'static, Result<Listed, AdapterError>> {
+    let shown = lister.location().to_owned();
+    group_by_key(lister.list())
+        .map_err(move |e| AdapterError::msg("list versions", shown.clone(), e.to_string()))
+        .map_ok(move |mut group| {
+            // Newest first: the current state, then by time; the server's order (newest first
+            // on S3) within one second. Some servers (moto) list delete markers after versions.
+            group.sort_by_key(|v| (!v.is_latest, std::cmp::Reverse(v.last_modified)));
+            let mut others: Vec<(ObjectVersion, usize)> = group
+                .into_iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_latest || v.delete_marker)
+                .map(|(seq, v)| (v, seq))
+                .collect();
+            others.sort_by(|a, b| {
+                version_entry_path("", &a.0.version_id)
+                    .cmp(&version_entry_path("", &b.0.version_id))
+            });
+            futures::stream::iter(others.into_iter().map(Ok))
+        })
+        .try_flatten()
+        .map_ok(move |(version, seq)| {
+            let store = store.clone();
+            let path = path_for("", &version.key);
+            async move {
+                if version.delete_marker {
+                    return Ok(Some(Listed::Version {
+                        version,
+                        seq,
+                        attributes: Attributes::new(),
+                    }));
+                }
+                let head = store
+                    .get_opts(
+                        &path,
+                        GetOptions {
+                            head: true,
+                            version: Some(version.version_id.clone()),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                match head {
+                    Ok(r) => Ok(Some(Listed::Version {
+                        version,
+                        seq,
+                        attributes: r.attributes,
+                    })),
+                    // Removed for good since it was listed.
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(AdapterError::msg(
+                        "HEAD",
+                        format!("{} (version {})", version.key, version.version_id),
+                        e.to_string(),
+                    )),
+                }
+            }
+        })
+        .try_buffered(HEADS_IN_FLIGHT)
+        .try_filter_map(|x| async move { Ok(x) })
+        .boxed()
 }
 
 struct BucketSession {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     location: String,
-    listing: BoxStream<'static, Result<(ObjectMeta, Attributes), AdapterError>>,
+    listing: BoxStream<'static, Result<Listed, AdapterError>>,
     counts: Arc<Counts>,
+    versions: bool,
 }
 
 /// The attributes an object carries into its entry.
@@ -215,35 +362,127 @@ fn object_attributes(attrs: &BTreeMap<String, String>) -> Attributes {
     out
 }
 
-#[async_trait]
-impl SourceSession for BucketSession {
-    async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
-        let Some((meta, attributes)) = self.listing.try_next().await? else {
-            return Ok(None);
-        };
-        let key = key_under(&self.prefix, &meta.location);
-        self.counts.objects.fetch_add(1, Ordering::Relaxed);
-        self.counts.bytes.fetch_add(meta.size, Ordering::Relaxed);
-        let entry = EntryMeta {
-            mode: 0o100644,
-            mtime_ns: meta.last_modified.timestamp_nanos_opt(),
-            // Unchanged when its size and ETag are: then it is not read again.
-            fingerprint: meta.e_tag.as_ref().map(|e| format!("{}:{e}", meta.size)),
-            attrs: entry_attrs(&meta, &attributes),
-            ..EntryMeta::file(key.into_bytes(), meta.size)
-        };
+impl BucketSession {
+    /// The body of an object (or of one version of it), read only when the engine asks.
+    fn reader(&self, location: Path, version: Option<String>) -> EntryReader {
         let store = self.store.clone();
-        let location = meta.location.clone();
-        let shown = location.to_string();
+        let shown = match &version {
+            Some(v) => format!("{location} (version {v})"),
+            None => location.to_string(),
+        };
         let body = futures::stream::once(async move {
             let r = store
-                .get(&location)
+                .get_opts(
+                    &location,
+                    GetOptions {
+                        version,
+                        ..Default::default()
+                    },
+                )
                 .await
                 .map_err(|e| std::io::Error::other(format!("GET {shown}: {e}")))?;
             Ok::<_, std::io::Error>(r.into_stream().map_err(std::io::Error::other))
         })
         .try_flatten();
-        let content: EntryReader = Box::pin(tokio_util::io::StreamReader::new(Box::pin(body)));
+        Box::pin(tokio_util::io::StreamReader::new(Box::pin(body)))
+    }
+
+    /// The entry of a non-current version or a delete marker.
+    fn version_entry(
+        &self,
+        version: ObjectVersion,
+        seq: usize,
+        attributes: Attributes,
+    ) -> SourceEntry {
+        let key = match self.prefix.as_str() {
+            "" => version.key.clone(),
+            p => version
+                .key
+                .strip_prefix(p)
+                .map(|k| k.trim_start_matches('/').to_owned())
+                .unwrap_or_else(|| version.key.clone()),
+        };
+        self.counts.versions.fetch_add(1, Ordering::Relaxed);
+        let meta = ObjectMeta {
+            location: path_for("", &version.key),
+            last_modified: version.last_modified,
+            size: version.size,
+            e_tag: version.etag.clone(),
+            version: Some(version.version_id.clone()),
+        };
+        let mut attrs = entry_attrs(&meta, &attributes);
+        attrs.insert("key".into(), key.clone());
+        attrs.insert("version_id".into(), version.version_id.clone());
+        attrs.insert("is_latest".into(), version.is_latest.to_string());
+        attrs.insert("version_seq".into(), seq.to_string());
+        let path = version_entry_path(&key, &version.version_id);
+        let entry = |size, fingerprint: String, attrs| EntryMeta {
+            mode: 0o100644,
+            mtime_ns: version.last_modified.timestamp_nanos_opt(),
+            // A version id never changes content: the same id is never read again.
+            fingerprint: Some(fingerprint),
+            attrs,
+            ..EntryMeta::file(path.clone(), size)
+        };
+        if version.delete_marker {
+            attrs.insert("delete_marker".into(), "true".into());
+            attrs.remove("etag");
+            return SourceEntry {
+                meta: entry(0, format!("delete-marker:{}", version.version_id), attrs),
+                content: Some(Box::pin(tokio::io::empty())),
+            };
+        }
+        self.counts
+            .version_bytes
+            .fetch_add(version.size, Ordering::Relaxed);
+        SourceEntry {
+            meta: entry(
+                version.size,
+                format!("version:{}:{}", version.version_id, version.size),
+                attrs,
+            ),
+            content: Some(self.reader(meta.location, Some(version.version_id))),
+        }
+    }
+}
+
+#[async_trait]
+impl SourceSession for BucketSession {
+    async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
+        let Some(listed) = self.listing.try_next().await? else {
+            return Ok(None);
+        };
+        let (meta, attributes, version) = match listed {
+            Listed::Current {
+                meta,
+                attributes,
+                version,
+            } => (meta, attributes, version),
+            Listed::Version {
+                version,
+                seq,
+                attributes,
+            } => return Ok(Some(self.version_entry(version, seq, attributes))),
+        };
+        let key = key_under(&self.prefix, &meta.location);
+        self.counts.objects.fetch_add(1, Ordering::Relaxed);
+        self.counts.bytes.fetch_add(meta.size, Ordering::Relaxed);
+        let mut attrs = entry_attrs(&meta, &attributes);
+        if self.versions {
+            if let Some(v) = version {
+                attrs.insert("version_id".into(), v);
+            }
+            attrs.insert("is_latest".into(), "true".into());
+        }
+        let entry = EntryMeta {
+            mode: 0o100644,
+            mtime_ns: meta.last_modified.timestamp_nanos_opt(),
+            // Unchanged when its size and ETag are: then it is not read again.
+            fingerprint: meta.e_tag.as_ref().map(|e| format!("{}:{e}", meta.size)),
+            attrs,
+            ..EntryMeta::file(key.into_bytes(), meta.size)
+        };
+        let content = self.reader(meta.location.clone(), None);
         Ok(Some(SourceEntry {
             meta: entry,
             content: Some(content),
@@ -261,8 +500,167 @@ impl SourceSession for BucketSession {
             "bytes".into(),
             self.counts.bytes.load(Ordering::Relaxed).into(),
         );
+        if self.versions {
+            m.insert("versions".into(), true.into());
+            m.insert(
+                "other_versions".into(),
+                self.counts.versions.load(Ordering::Relaxed).into(),
+            );
+            m.insert(
+                "other_version_bytes".into(),
+                self.counts.version_bytes.load(Ordering::Relaxed).into(),
+            );
+        }
         Ok(m)
     }
+}
+
+/// Which entry of a versioned snapshot holds each object as it was at a time: for each key, the
+/// newest version whose last-modified time is not after it (ties within a second go to the
+/// key's current state, then to the server's listing order, newest first); a key whose newest such version is a
+/// delete marker was deleted then, and a key with none did not exist yet. Both are left out.
+///
+/// Built from the snapshot's entries ([`AsOfPlan::add`] each, then [`AsOfPlan::finish`], or
+/// [`plan_as_of`]), before anything is written: the plan is a value a caller can inspect.
+/// Memory: one small record per key.
+#[derive(Clone, Debug)]
+pub struct AsOfPlan {
+    /// The time.
+    pub as_of: DateTime<Utc>,
+    candidates: HashMap<String, Candidate>,
+    seen: HashSet<String>,
+    chosen: HashSet<Vec<u8>>,
+    /// Keys deleted at that time.
+    pub deleted: Vec<String>,
+    /// Keys not yet written at that time.
+    pub not_yet_created: u64,
+    /// Objects the plan restores.
+    pub objects: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    /// Newer ranks higher: the later write; within one second (S3 keeps seconds) the key's
+    /// current state, then the server's order.
+    rank: (DateTime<Utc>, bool, std::cmp::Reverse<u64>),
+    path: Vec<u8>,
+    delete_marker: bool,
+}
+
+impl AsOfPlan {
+    /// An empty plan for `as_of`.
+    pub fn new(as_of: DateTime<Utc>) -> Self {
+        AsOfPlan {
+            as_of,
+            candidates: HashMap::new(),
+            seen: HashSet::new(),
+            chosen: HashSet::new(),
+            deleted: Vec::new(),
+            not_yet_created: 0,
+            objects: 0,
+        }
+    }
+
+    /// Considers one entry of the snapshot.
+    pub fn add(&mut self, meta: &EntryMeta) -> Result<(), String> {
+        if meta.kind != EntryKind::File {
+            return Ok(());
+        }
+        let key = match parse_version_entry_path(meta.path.as_bytes()) {
+            Some((key, _)) => key,
+            None => String::from_utf8_lossy(meta.path.as_bytes()).into_owned(),
+        };
+        let last_modified = meta
+            .attrs
+            .get("last_modified")
+            .ok_or_else(|| format!("entry {} has no last_modified", meta.path))
+            .and_then(|t| {
+                DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| format!("entry {}: last_modified {t:?}: {e}", meta.path))
+            })?;
+        let seq = meta
+            .attrs
+            .get("version_seq")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        self.seen.insert(key.clone());
+        if last_modified > self.as_of {
+            return Ok(());
+        }
+        let candidate = Candidate {
+            rank: (
+                last_modified,
+                meta.attrs.get("is_latest").map(String::as_str) == Some("true"),
+                std::cmp::Reverse(seq),
+            ),
+            path: meta.path.as_bytes().to_vec(),
+            delete_marker: meta.attrs.get("delete_marker").map(String::as_str) == Some("true"),
+        };
+        match self.candidates.get(&key) {
+            Some(c) if c.rank >= candidate.rank => {}
+            _ => {
+                self.candidates.insert(key, candidate);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides, once every entry was added.
+    pub fn finish(mut self) -> Self {
+        self.not_yet_created = self
+            .seen
+            .iter()
+            .filter(|k| !self.candidates.contains_key(*k))
+            .count() as u64;
+        for (key, c) in std::mem::take(&mut self.candidates) {
+            if c.delete_marker {
+                self.deleted.push(key);
+            } else {
+                self.chosen.insert(c.path);
+            }
+        }
+        self.deleted.sort();
+        self.objects = self.chosen.len() as u64;
+        self.seen.clear();
+        self
+    }
+
+    /// Whether the plan restores the entry at `path`.
+    pub fn restores(&self, path: &[u8]) -> bool {
+        self.chosen.contains(path)
+    }
+}
+
+/// The [`AsOfPlan`] of a snapshot at `as_of`. A snapshot taken without versions is refused:
+/// it holds only the objects current at the backup.
+pub async fn plan_as_of(
+    repo: &Repository,
+    record: &BackupRecord,
+    as_of: DateTime<Utc>,
+) -> Result<AsOfPlan, resilience_core::error::Error> {
+    if record
+        .source_metadata
+        .get("versions")
+        .and_then(|v| v.as_bool())
+        != Some(true)
+    {
+        return Err(resilience_core::error::Error::Invalid(format!(
+            "snapshot {} was taken without versions: it holds only the objects current then, so it cannot be restored as of a time (back up with `bucket backup --versions`)",
+            record.id
+        )));
+    }
+    let index = repo.load_index().await?;
+    let mut tree = repo.tree_reader(record, &index).await?;
+    let mut plan = AsOfPlan::new(as_of);
+    while let Some(rec) = tree.next().await? {
+        plan.add(&rec.meta)
+            .map_err(|reason| resilience_core::error::Error::Corrupt {
+                object: format!("snapshot {}", record.id),
+                reason,
+            })?;
+    }
+    Ok(plan.finish())
 }
 
 /// How a bucket restore treats what is already there.
@@ -272,6 +670,9 @@ pub struct BucketRestoreOptions {
     pub overwrite: bool,
     /// Only objects whose key starts with this.
     pub prefix: Option<String>,
+    /// Restore each object as it was at a time (a snapshot taken with versions), rather than
+    /// the current objects.
+    pub as_of: Option<Arc<AsOfPlan>>,
 }
 
 /// What a bucket restore did.
@@ -287,6 +688,14 @@ pub struct BucketTally {
     pub filtered: u64,
     /// Existing different objects not replaced (without `overwrite`).
     pub refused: Vec<String>,
+    /// Versions in the snapshot not restored: not the one of their key at the `as_of` time, or
+    /// (without `as_of`) any non-current version or delete marker.
+    pub other_versions: u64,
+    /// With `as_of`: keys deleted at that time (their newest version then is a delete marker),
+    /// so not restored.
+    pub deleted: Vec<String>,
+    /// With `as_of`: keys not yet written at that time, so not restored.
+    pub not_yet_created: u64,
 }
 
 /// Restores objects into a bucket URL.
@@ -306,13 +715,22 @@ impl BucketTarget {
     /// only: content types and user metadata are not written there.
     pub fn new(url: &str, options: BucketRestoreOptions) -> Result<Self, crate::StoreConfigError> {
         let opened = open_store(url, true)?;
+        let tally = BucketTally {
+            deleted: options
+                .as_of
+                .as_ref()
+                .map(|p| p.deleted.clone())
+                .unwrap_or_default(),
+            not_yet_created: options.as_of.as_ref().map_or(0, |p| p.not_yet_created),
+            ..Default::default()
+        };
         Ok(BucketTarget {
             local: opened.local_root.is_some(),
             store: opened.store,
             prefix: opened.prefix,
             location: opened.location,
             options,
-            tally: Arc::default(),
+            tally: Arc::new(Mutex::new(tally)),
         })
     }
 
@@ -331,7 +749,20 @@ impl Target for BucketTarget {
         if meta.kind != EntryKind::File {
             return Ok(None);
         }
-        let key = String::from_utf8_lossy(meta.path.as_bytes()).into_owned();
+        let version = parse_version_entry_path(meta.path.as_bytes());
+        let chosen = match &self.options.as_of {
+            Some(plan) => plan.chosen.contains(meta.path.as_bytes()),
+            // Without a time, the current objects (as they were at the backup).
+            None => version.is_none(),
+        };
+        if !chosen {
+            self.tally.lock().expect("tally lock").other_versions += 1;
+            return Ok(Some(Box::new(DiscardWriter)));
+        }
+        let key = match version {
+            Some((key, _)) => key,
+            None => String::from_utf8_lossy(meta.path.as_bytes()).into_owned(),
+        };
         if let Some(p) = &self.options.prefix {
             if !key.starts_with(p.as_str()) {
                 self.tally.lock().expect("tally lock").filtered += 1;

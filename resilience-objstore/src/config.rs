@@ -308,6 +308,58 @@ pub struct OpenedStore {
     pub put_attributes: object_store::Attributes,
 }
 
+/// The S3 client settings an `s3://` URL names: the `AWS_*` environment, overridden by the
+/// URL's `endpoint` and `region`; and whether plain http is allowed (loopback endpoints only).
+pub(crate) fn s3_settings(
+    text: &str,
+    url: &StoreUrl,
+) -> Result<(object_store::aws::AmazonS3Builder, bool), StoreConfigError> {
+    let StoreUrl::S3 {
+        bucket,
+        endpoint,
+        region,
+        ca_file,
+        ..
+    } = url
+    else {
+        return Err(StoreConfigError::Invalid {
+            url: redact(text),
+            reason: "not an s3:// URL".into(),
+        });
+    };
+    let mut b = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry());
+    let endpoint = endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    // CA certificates matter only for https; reading a bundle costs wal-push time.
+    let plain = endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    if !plain {
+        let roots = extra_roots(text, ca_file.as_deref(), true)?;
+        if !roots.is_empty() {
+            b = b.with_client_options(client_options(roots, "AWS_", |k| match k {
+                object_store::aws::AmazonS3ConfigKey::Client(c) => Some(c),
+                _ => None,
+            }));
+        }
+    }
+    let mut http = false;
+    if let Some(ep) = &endpoint {
+        http = check_http(text, ep)?;
+        b = b
+            .with_endpoint(ep)
+            .with_virtual_hosted_style_request(false)
+            .with_allow_http(http);
+    }
+    if let Some(r) = region.clone().or_else(|| std::env::var("AWS_REGION").ok()) {
+        b = b.with_region(r);
+    }
+    Ok((b, http))
+}
+
 /// Opens the store a URL names (creating a local directory if `create`).
 pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigError> {
     let client = |source| StoreConfigError::Client {
@@ -354,41 +406,17 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
                 put_attributes: Default::default(),
             }
         }
-        StoreUrl::S3 {
-            bucket,
-            prefix,
-            endpoint,
-            region,
-            storage_class,
-            ca_file,
-        } => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(&bucket)
-                .with_retry(retry());
-            let endpoint = endpoint.or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-            // CA certificates matter only for https; reading a bundle costs wal-push time.
-            let plain = endpoint
-                .as_deref()
-                .is_some_and(|e| e.starts_with("http://"));
-            if !plain {
-                let roots = extra_roots(text, ca_file.as_deref(), true)?;
-                if !roots.is_empty() {
-                    b = b.with_client_options(client_options(roots, "AWS_", |k| match k {
-                        object_store::aws::AmazonS3ConfigKey::Client(c) => Some(c),
-                        _ => None,
-                    }));
-                }
-            }
-            if let Some(ep) = &endpoint {
-                let http = check_http(text, ep)?;
-                b = b
-                    .with_endpoint(ep)
-                    .with_virtual_hosted_style_request(false)
-                    .with_allow_http(http);
-            }
-            if let Some(r) = region.or_else(|| std::env::var("AWS_REGION").ok()) {
-                b = b.with_region(r);
-            }
+        parsed @ StoreUrl::S3 { .. } => {
+            let (b, _) = s3_settings(text, &parsed)?;
+            let StoreUrl::S3 {
+                bucket,
+                prefix,
+                storage_class,
+                ..
+            } = parsed
+            else {
+                unreachable!("matched above")
+            };
             let store = b.build().map_err(client)?;
             let mut put_attributes = object_store::Attributes::new();
             if let Some(class) = storage_class {

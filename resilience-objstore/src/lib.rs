@@ -25,6 +25,7 @@ pub mod kms;
 mod sigv4;
 mod sink;
 pub mod vault;
+pub mod versions;
 
 pub use config::{
     open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError, StoreUrl,

@@ -8,15 +8,97 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, PutOptions, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, PutOptions, PutPayload};
 use resilience_core::sink::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
 
-/// Payloads above this size are uploaded in parts.
-const MULTIPART_THRESHOLD: usize = 8 * 1024 * 1024;
+/// Objects up to this size are written with one `PUT` (S3's ETag is then the MD5 of the body,
+/// and one request costs less than four); larger ones in parts, so that memory stays bounded.
+const SINGLE_PUT_MAX: usize = 32 << 20;
 /// Part size of multipart uploads (S3 requires at least 5 MiB but for the last part).
-const PART_SIZE: usize = 8 * 1024 * 1024;
+const PART_SIZE: usize = 8 << 20;
 /// Parts in flight per upload.
 const PART_CONCURRENCY: usize = 4;
+
+/// The MD5 of each part, in order, from which S3 derives an object's ETag.
+#[derive(Default)]
+struct PartDigests {
+    parts: Vec<[u8; 16]>,
+    multipart: bool,
+}
+
+impl PartDigests {
+    /// The ETag S3 gives an object of these parts: the MD5 of the body for a single `PUT`, else
+    /// the MD5 of the parts' MD5s followed by `-` and the number of parts.
+    fn etag(&self) -> String {
+        use md5::Digest;
+        if !self.multipart {
+            return hex::encode(self.parts.first().copied().unwrap_or_else(|| {
+                let empty: [u8; 16] = md5::Md5::digest(b"").into();
+                empty
+            }));
+        }
+        let mut all = md5::Md5::new();
+        for p in &self.parts {
+            all.update(p);
+        }
+        format!("{}-{}", hex::encode(all.finalize()), self.parts.len())
+    }
+}
+
+/// An ETag as a store returns it, without quotes or a weak marker, lower case.
+fn normalize_etag(etag: &str) -> String {
+    etag.trim_start_matches("W/")
+        .trim_matches('"')
+        .to_ascii_lowercase()
+}
+
+fn md5_of(parts: &[Bytes]) -> [u8; 16] {
+    use md5::Digest;
+    let mut h = md5::Md5::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// Bytes gathered from a stream, cut into parts of exactly [`PART_SIZE`] without copying.
+#[derive(Default)]
+struct PartBuffer {
+    chunks: std::collections::VecDeque<Bytes>,
+    len: usize,
+}
+
+impl PartBuffer {
+    fn push(&mut self, b: Bytes) {
+        self.len += b.len();
+        self.chunks.push_back(b);
+    }
+
+    /// The first `n` bytes (at most what is held), as chunks.
+    fn take(&mut self, n: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut want = n.min(self.len);
+        self.len -= want;
+        while want > 0 {
+            let first = &mut self.chunks[0];
+            if first.len() <= want {
+                want -= first.len();
+                out.extend(self.chunks.pop_front());
+            } else {
+                out.push(first.split_to(want));
+                want = 0;
+            }
+        }
+        out
+    }
+}
+
+/// What an upload sent, and what the store said it stored.
+struct Uploaded {
+    size: u64,
+    sent: PartDigests,
+    stored_etag: Option<String>,
+}
 
 /// A [`Sink`] over an [`ObjectStore`], with an optional key prefix.
 ///
@@ -142,8 +224,37 @@ impl ObjectStoreSink {
         }
     }
 
-    async fn put_parts(&self, key: &str, data: ByteStream) -> Result<u64, SinkError> {
-        let upload = self
+    /// Uploads a stream: one `PUT` if it ends within [`SINGLE_PUT_MAX`] bytes, else in parts,
+    /// hashing what it sends. A stream error aborts the upload: nothing is left behind.
+    async fn upload(
+        &self,
+        key: &str,
+        mut data: ByteStream,
+        mode: PutMode,
+    ) -> Result<Uploaded, SinkError> {
+        let mut buffer = PartBuffer::default();
+        while buffer.len <= SINGLE_PUT_MAX {
+            match data.try_next().await? {
+                Some(b) => buffer.push(b),
+                None => {
+                    let size = buffer.len as u64;
+                    let chunks = buffer.take(buffer.len);
+                    let sent = PartDigests {
+                        parts: vec![md5_of(&chunks)],
+                        multipart: false,
+                    };
+                    let stored_etag = self
+                        .put_one(key, chunks.into_iter().collect(), mode)
+                        .await?;
+                    return Ok(Uploaded {
+                        size,
+                        sent,
+                        stored_etag,
+                    });
+                }
+            }
+        }
+        let mut upload = self
             .store
             .put_multipart_opts(
                 &self.path(key),
@@ -154,28 +265,149 @@ impl ObjectStoreSink {
             )
             .await
             .map_err(|e| self.error("put", key, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut data = data;
-        let mut total = 0u64;
-        while let Some(part) = data.next().await {
-            let part = match part {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(e);
-                }
-            };
-            total += part.len() as u64;
-            if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
-                return Err(self.error("put", key, e));
+        let result = self.send_parts(key, &mut *upload, buffer, data).await;
+        match result {
+            Ok((size, sent)) => {
+                let done = upload
+                    .complete()
+                    .await
+                    .map_err(|e| self.error("put", key, e))?;
+                Ok(Uploaded {
+                    size,
+                    sent,
+                    stored_etag: done.e_tag,
+                })
             }
-            writer.put(part);
+            Err(e) => {
+                let _ = upload.abort().await;
+                Err(e)
+            }
         }
-        writer
-            .finish()
+    }
+
+    /// Sends `buffer` and the rest of `data` as parts of an upload, a few at once.
+    async fn send_parts(
+        &self,
+        key: &str,
+        upload: &mut dyn object_store::MultipartUpload,
+        mut buffer: PartBuffer,
+        mut data: ByteStream,
+    ) -> Result<(u64, PartDigests), SinkError> {
+        let mut sent = PartDigests {
+            parts: Vec::new(),
+            multipart: true,
+        };
+        let mut size = 0u64;
+        let mut in_flight: futures::stream::FuturesUnordered<object_store::UploadPart> =
+            futures::stream::FuturesUnordered::new();
+        let mut ended = false;
+        loop {
+            while !ended && buffer.len < PART_SIZE {
+                match data.try_next().await? {
+                    Some(b) => buffer.push(b),
+                    None => ended = true,
+                }
+            }
+            if buffer.len == 0 {
+                break;
+            }
+            let part = buffer.take(PART_SIZE);
+            sent.parts.push(md5_of(&part));
+            size += part.iter().map(|b| b.len() as u64).sum::<u64>();
+            while in_flight.len() >= PART_CONCURRENCY {
+                if let Some(r) = in_flight.next().await {
+                    let r: object_store::Result<()> = r;
+                    r.map_err(|e| self.error("put", key, e))?;
+                }
+            }
+            in_flight.push(upload.put_part(part.into_iter().collect()));
+        }
+        while let Some(r) = in_flight.next().await {
+            let r: object_store::Result<()> = r;
+            r.map_err(|e| self.error("put", key, e))?;
+        }
+        Ok((size, sent))
+    }
+
+    /// One `PUT` of a whole object; returns the ETag the store gave it.
+    async fn put_one(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        mode: PutMode,
+    ) -> Result<Option<String>, SinkError> {
+        let opts = PutOptions {
+            mode: match mode {
+                PutMode::Overwrite => object_store::PutMode::Overwrite,
+                PutMode::Create => object_store::PutMode::Create,
+            },
+            attributes: self.put_attributes.clone(),
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), payload.clone(), opts)
             .await
-            .map_err(|e| self.error("put", key, e))?;
-        Ok(total)
+        {
+            Ok(r) => Ok(r.e_tag),
+            // Stores without conditional puts: check, then write (a guard, not a lock).
+            Err(object_store::Error::NotImplemented) if mode == PutMode::Create => {
+                if self.exists(key).await? {
+                    return Err(SinkError::AlreadyExists {
+                        key: key.to_owned(),
+                    });
+                }
+                let r = self
+                    .store
+                    .put_opts(
+                        &self.path(key),
+                        payload,
+                        PutOptions {
+                            attributes: self.put_attributes.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| self.error("put", key, e))?;
+                Ok(r.e_tag)
+            }
+            Err(e) => Err(self.error("put", key, e)),
+        }
+    }
+
+    /// Reads an object back and digests it as [`Self::upload`] did when sending it.
+    async fn digest_stored(&self, key: &str, multipart: bool) -> Result<(u64, String), SinkError> {
+        use md5::Digest;
+        let mut back = self.get_stream(key).await?;
+        let mut digests = PartDigests {
+            parts: Vec::new(),
+            multipart,
+        };
+        let mut part = md5::Md5::new();
+        let mut in_part = 0usize;
+        let mut size = 0u64;
+        while let Some(b) = back.try_next().await? {
+            size += b.len() as u64;
+            let mut rest = &b[..];
+            while !rest.is_empty() {
+                let n = if multipart {
+                    (PART_SIZE - in_part).min(rest.len())
+                } else {
+                    rest.len()
+                };
+                part.update(&rest[..n]);
+                in_part += n;
+                rest = &rest[n..];
+                if multipart && in_part == PART_SIZE {
+                    digests.parts.push(part.finalize_reset().into());
+                    in_part = 0;
+                }
+            }
+        }
+        if in_part > 0 || !multipart {
+            digests.parts.push(part.finalize().into());
+        }
+        Ok((size, digests.etag()))
     }
 }
 
@@ -186,7 +418,10 @@ impl Sink for ObjectStoreSink {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
-        if data.len() > MULTIPART_THRESHOLD {
+        if data.len() <= SINGLE_PUT_MAX {
+            self.put_one(key, PutPayload::from_bytes(data), mode)
+                .await?;
+        } else {
             if mode == PutMode::Create && self.exists(key).await? {
                 return Err(SinkError::AlreadyExists {
                     key: key.to_owned(),
@@ -196,37 +431,8 @@ impl Sink for ObjectStoreSink {
                 .step_by(PART_SIZE)
                 .map(|i| Ok(data.slice(i..(i + PART_SIZE).min(data.len()))))
                 .collect();
-            self.put_parts(key, futures::stream::iter(parts).boxed())
+            self.upload(key, futures::stream::iter(parts).boxed(), mode)
                 .await?;
-        } else {
-            let opts = PutOptions {
-                mode: match mode {
-                    PutMode::Overwrite => object_store::PutMode::Overwrite,
-                    PutMode::Create => object_store::PutMode::Create,
-                },
-                attributes: self.put_attributes.clone(),
-                ..Default::default()
-            };
-            match self
-                .store
-                .put_opts(&self.path(key), PutPayload::from_bytes(data.clone()), opts)
-                .await
-            {
-                Ok(_) => {}
-                // Stores without conditional puts: check, then write (a guard, not a lock).
-                Err(object_store::Error::NotImplemented) if mode == PutMode::Create => {
-                    if self.exists(key).await? {
-                        return Err(SinkError::AlreadyExists {
-                            key: key.to_owned(),
-                        });
-                    }
-                    self.store
-                        .put(&self.path(key), PutPayload::from_bytes(data))
-                        .await
-                        .map_err(|e| self.error("put", key, e))?;
-                }
-                Err(e) => return Err(self.error("put", key, e)),
-            }
         }
         self.make_durable(key).await
     }
@@ -242,9 +448,40 @@ impl Sink for ObjectStoreSink {
                 key: key.to_owned(),
             });
         }
-        let n = self.put_parts(key, data).await?;
+        let up = self.upload(key, data, mode).await?;
         self.make_durable(key).await?;
-        Ok(n)
+        Ok(up.size)
+    }
+
+    /// Proves the copy by the ETag when the store returns the MD5 of what it received (S3 and
+    /// S3-compatible stores, for objects not encrypted with KMS keys): no second transfer. When
+    /// the ETag is something else (local files, memory, Azure, SSE-KMS), the object is read back
+    /// and digested the same way.
+    async fn put_stream_verified(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
+        if mode == PutMode::Create && self.exists(key).await? {
+            return Err(SinkError::AlreadyExists {
+                key: key.to_owned(),
+            });
+        }
+        let up = self.upload(key, data, mode).await?;
+        self.make_durable(key).await?;
+        let sent = up.sent.etag();
+        if up.stored_etag.as_deref().map(normalize_etag).as_deref() == Some(sent.as_str()) {
+            return Ok(up.size);
+        }
+        let (stored_len, stored) = self.digest_stored(key, up.sent.multipart).await?;
+        resilience_core::sink::check_stored(
+            key,
+            &self.location,
+            (up.size, sent.as_bytes()),
+            (stored_len, stored.as_bytes()),
+        )?;
+        Ok(up.size)
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
@@ -358,6 +595,77 @@ impl Sink for ObjectStoreSink {
         match self.store.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("delete", key, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(len: usize, piece: usize) -> ByteStream {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let parts: Vec<Result<Bytes, SinkError>> = data
+            .chunks(piece.max(1))
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(parts).boxed()
+    }
+
+    #[test]
+    fn parts_are_cut_exactly_without_losing_a_byte() {
+        let mut b = PartBuffer::default();
+        for i in 0..50u8 {
+            b.push(Bytes::from(vec![i; 1 + i as usize * 7]));
+        }
+        let total = b.len;
+        let mut seen = Vec::new();
+        while b.len > 0 {
+            let part = b.take(100);
+            let n: usize = part.iter().map(Bytes::len).sum();
+            assert!(n == 100 || b.len == 0, "{n}");
+            seen.extend(part.iter().flat_map(|p| p.iter().copied()));
+        }
+        assert_eq!(seen.len(), total);
+        let expected: Vec<u8> = (0..50u8)
+            .flat_map(|i| std::iter::repeat_n(i, 1 + i as usize * 7))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn etags_follow_s3() {
+        let empty = PartDigests {
+            parts: vec![],
+            multipart: false,
+        };
+        assert_eq!(empty.etag(), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(normalize_etag("\"ABC-2\""), "abc-2");
+        assert_eq!(normalize_etag("W/\"abc\""), "abc");
+    }
+
+    /// Memory's ETags are not MD5s: the proof falls back to reading back, which must digest the
+    /// object exactly as it was sent (same part boundaries), whatever the pieces it came in.
+    #[tokio::test]
+    async fn the_read_back_proof_agrees_with_what_was_sent() {
+        let sink = ObjectStoreSink::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "p",
+            "memory://",
+        );
+        for (len, piece) in [
+            (0, 1),
+            (1000, 7),
+            (SINGLE_PUT_MAX, 1 << 20),
+            (SINGLE_PUT_MAX + 1, 3 << 20 | 5),
+            (5 * PART_SIZE, 1 << 20),
+        ] {
+            let n = sink
+                .put_stream_verified("k", pieces(len, piece), PutMode::Overwrite)
+                .await
+                .unwrap_or_else(|e| panic!("{len}: {e}"));
+            assert_eq!(n, len as u64);
+            assert_eq!(sink.head("k").await.unwrap().size, len as u64);
         }
     }
 }

@@ -1,12 +1,15 @@
 //! `bucket backup` and `bucket restore`.
 
 use resilience_core::restore::RestoreOptions;
-use resilience_objstore::bucket::{BucketRestoreOptions, BucketSource, BucketTarget};
+use std::sync::Arc;
+
+use resilience_objstore::bucket::{plan_as_of, BucketRestoreOptions, BucketSource, BucketTarget};
 use serde_json::json;
 
 use crate::access;
 use crate::cli::{BucketCommand, Global};
 use crate::commands::backup::{back_up, parse_labels, print_report};
+use crate::commands::pg::parse_time_flag;
 use crate::output::{bytes, print_json};
 use crate::CliError;
 
@@ -17,10 +20,11 @@ pub async fn run(g: &Global, command: &BucketCommand) -> Result<(), CliError> {
             source_url,
             labels,
             source,
+            versions,
         } => {
             let labels = parse_labels(labels)?;
             let repo = access::open(g).await?;
-            let mut src = BucketSource::new(source_url);
+            let mut src = BucketSource::new(source_url).with_versions(*versions);
             if let Some(id) = source {
                 src = src.with_id(id);
             }
@@ -36,6 +40,17 @@ pub async fn run(g: &Global, command: &BucketCommand) -> Result<(), CliError> {
                     .unwrap_or_default(),
             );
             extra.insert("objects_reused".into(), report.reused_entries.into());
+            if *versions {
+                extra.insert(
+                    "other_versions".into(),
+                    report
+                        .record
+                        .source_metadata
+                        .get("other_versions")
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+            }
             print_report(g, &report, extra);
             Ok(())
         }
@@ -45,7 +60,12 @@ pub async fn run(g: &Global, command: &BucketCommand) -> Result<(), CliError> {
             prefix,
             overwrite,
             max_rate,
+            as_of,
         } => {
+            let as_of = as_of
+                .as_deref()
+                .map(|t| parse_time_flag("--as-of", t))
+                .transpose()?;
             let repo = access::open_throttled(g, *max_rate).await?;
             let record = repo.resolve_snapshot(snapshot, None).await?;
             if record.source.kind != "bucket" {
@@ -54,11 +74,29 @@ pub async fn run(g: &Global, command: &BucketCommand) -> Result<(), CliError> {
                     record.id, record.source.kind
                 )));
             }
+            let plan = match as_of {
+                Some(t) => {
+                    let versioned = record
+                        .source_metadata
+                        .get("versions")
+                        .and_then(|v| v.as_bool())
+                        == Some(true);
+                    if !versioned {
+                        return Err(CliError::Usage(format!(
+                            "--as-of: snapshot {} was taken without --versions, so it holds only the objects current at {}; back up with `bucket backup --versions` to restore as of a time",
+                            record.id, record.started_at.to_rfc3339()
+                        )));
+                    }
+                    Some(Arc::new(plan_as_of(&repo, &record, t).await?))
+                }
+                None => None,
+            };
             let target = BucketTarget::new(
                 target_url,
                 BucketRestoreOptions {
                     overwrite: *overwrite,
                     prefix: prefix.clone(),
+                    as_of: plan.clone(),
                 },
             )?;
             let result = repo
@@ -74,6 +112,10 @@ pub async fn run(g: &Global, command: &BucketCommand) -> Result<(), CliError> {
                     "skipped": t.skipped,
                     "filtered": t.filtered,
                     "refused": t.refused,
+                    "as_of": plan.as_ref().map(|p| p.as_of.to_rfc3339()),
+                    "other_versions": t.other_versions,
+                    "deleted": t.deleted,
+                    "not_yet_created": t.not_yet_created,
                 }));
             } else {
                 eprintln!(
@@ -84,6 +126,19 @@ pub async fn run(g: &Global, command: &BucketCommand) -> Result<(), CliError> {
                     t.filtered,
                     t.refused.len()
                 );
+                if let Some(p) = &plan {
+                    eprintln!(
+                        "as of {}: {} object(s) deleted then, not restored{}; {} not yet written then",
+                        p.as_of.to_rfc3339(),
+                        t.deleted.len(),
+                        if t.deleted.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", t.deleted.join(", "))
+                        },
+                        t.not_yet_created
+                    );
+                }
             }
             result.map(|_| ()).map_err(CliError::from)
         }

@@ -40,7 +40,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             max_rate,
             concurrency,
             dry_run,
-        } => replicate::run(g, to, *max_rate, *concurrency, *dry_run).await,
+            verify_read_back,
+        } => {
+            let options = resilience_core::replicate::ReplicateOptions {
+                concurrency: *concurrency,
+                dry_run: *dry_run,
+                verify_read_back: *verify_read_back,
+            };
+            replicate::run(g, to, *max_rate, &options).await
+        }
         Command::Daemon { config } => crate::daemon::run(config).await,
         Command::Drill {
             config,

@@ -140,9 +140,9 @@ pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
     }
 }
 
-/// Parses a recovery target time: RFC 3339, or `YYYY-MM-DD HH:MM:SS[.f]` with an optional
-/// numeric zone (UTC without one).
-fn parse_time(s: &str) -> Result<DateTime<Utc>, CliError> {
+/// Parses a time given on the command line (`--target-time`, `--as-of`): RFC 3339, or
+/// `YYYY-MM-DD HH:MM:SS[.f]` with an optional numeric zone (UTC without one).
+pub(crate) fn parse_time_flag(flag: &str, s: &str) -> Result<DateTime<Utc>, CliError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -155,9 +155,13 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, CliError> {
         .map(|t| t.and_utc())
         .map_err(|_| {
             CliError::Usage(format!(
-                "--target-time {s:?}: expected RFC 3339 or YYYY-MM-DD HH:MM:SS[.ffffff][+HH]"
+                "{flag} {s:?}: expected RFC 3339 or YYYY-MM-DD HH:MM:SS[.ffffff][+HH]"
             ))
         })
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, CliError> {
+    parse_time_flag("--target-time", s)
 }
 
 fn target(args: &PgRestoreArgs) -> Result<RecoveryTarget, CliError> {

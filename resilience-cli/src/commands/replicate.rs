@@ -17,9 +17,9 @@ pub async fn run(
     g: &Global,
     to: &str,
     max_rate: Option<u64>,
-    concurrency: usize,
-    dry_run: bool,
+    options: &ReplicateOptions,
 ) -> Result<(), CliError> {
+    let dry_run = options.dry_run;
     let mut source = access::sink(g, access::repo_url(g)?, false)?;
     let mut replica = resilience_objstore::open_sink_or_create(to)?;
     if let Some(rate) = max_rate {
@@ -28,15 +28,7 @@ pub async fn run(
         source = Arc::new(ThrottledSink::new(source, limiter.clone()));
         replica = Arc::new(ThrottledSink::new(replica, limiter));
     }
-    let report = replicate(
-        source.as_ref(),
-        replica.as_ref() as &dyn Sink,
-        &ReplicateOptions {
-            concurrency,
-            dry_run,
-        },
-    )
-    .await?;
+    let report = replicate(source.as_ref(), replica.as_ref() as &dyn Sink, options).await?;
     let lag = &report.lag_after;
     if g.json {
         print_json(&json!({

@@ -81,6 +81,16 @@ impl<S: Sink> Sink for AppendOnlySink<S> {
         self.inner.put_stream(key, data, mode).await
     }
 
+    async fn put_stream_verified(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
+        let mode = self.guard_put(key, mode).await?;
+        self.inner.put_stream_verified(key, data, mode).await
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
         self.inner.get(key).await
     }
