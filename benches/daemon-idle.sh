@@ -16,9 +16,14 @@ PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-cargo build --release --locked -p resilience-cli --manifest-path "$ROOT/Cargo.toml" >&2
-TARGET="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-RES="$TARGET/release/resilience"
+# RESILIENCE_BIN=path skips the release build (e.g. to measure a debug build as an upper bound).
+if [ -n "${RESILIENCE_BIN:-}" ]; then
+  RES="$RESILIENCE_BIN"
+else
+  cargo build --release --locked -p resilience-cli --manifest-path "$ROOT/Cargo.toml" >&2
+  TARGET="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+  RES="$TARGET/release/resilience"
+fi
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/key"
