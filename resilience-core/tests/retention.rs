@@ -7,35 +7,11 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use resilience_core::catalog::{BackupKind, BackupRecord, BackupStatus};
 use resilience_core::retention::{self, Action, KeepRules, RetentionDuration, StandardPolicy};
-use resilience_core::source::SourceDescriptor;
 
 fn record(id: &str, source: &str, at: DateTime<Utc>, status: BackupStatus) -> BackupRecord {
-    BackupRecord {
-        id: id.into(),
-        revision: 2,
-        source: SourceDescriptor {
-            id: source.into(),
-            kind: "dir".into(),
-        },
-        kind: BackupKind::Full,
-        status,
-        error: None,
-        started_at: at,
-        finished_at: Some(at + Duration::minutes(5)),
-        logical_bytes: 1,
-        stored_bytes: 1,
-        new_bytes: 1,
-        entries: 1,
-        manifest_checksum: None,
-        tier: Default::default(),
-        labels: BTreeMap::new(),
-        legal_hold: false,
-        verifications: vec![],
-        source_metadata: Default::default(),
-        parent: None,
-        host: "h".into(),
-        updated_at: at,
-    }
+    let mut r = resilience_core::testing::record_at(id, source, at);
+    r.status = status;
+    r
 }
 
 fn arb_status() -> impl Strategy<Value = BackupStatus> {
