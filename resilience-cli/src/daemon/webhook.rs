@@ -14,12 +14,21 @@ use super::monitor::Monitor;
 /// How often health is assessed for alerts.
 const PERIOD: Duration = Duration::from_secs(1);
 
+/// Alerts kept for a receiver that is down.
+const MAX_PENDING: usize = 1000;
+
 /// Watches health and posts alerts until `shutdown` is given.
 pub async fn watch(url: String, monitor: Arc<Monitor>, shutdown: StopSignal) {
+    // No idle connections: a receiver that closes after each alert must not make the next
+    // one fail on a stale connection.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
         .build()
         .expect("an HTTP client builds");
+    // Alerts not yet accepted, oldest first: retried each period, so none is lost while the
+    // receiver is down (up to MAX_PENDING; older ones are dropped with a warning).
+    let mut pending: std::collections::VecDeque<serde_json::Value> = Default::default();
     let mut healthy: BTreeMap<String, bool> = BTreeMap::new();
     let mut failures_seen: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
     loop {
@@ -46,11 +55,26 @@ pub async fn watch(url: String, monitor: Arc<Monitor>, shutdown: StopSignal) {
                 _ => {}
             }
         }
-        for event in events {
-            match client.post(&url).json(&event).send().await {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(status = %r.status(), "the alert webhook refused an alert"),
-                Err(e) => tracing::warn!(error = %e, "cannot post to the alert webhook"),
+        pending.extend(events);
+        while pending.len() > MAX_PENDING {
+            pending.pop_front();
+            tracing::warn!(
+                "the alert webhook is behind by {MAX_PENDING} alerts; dropped the oldest"
+            );
+        }
+        while let Some(event) = pending.front() {
+            match client.post(&url).json(event).send().await {
+                Ok(r) if r.status().is_success() => {
+                    pending.pop_front();
+                }
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), "the alert webhook refused an alert; will retry");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot post to the alert webhook; will retry");
+                    break;
+                }
             }
         }
         tokio::select! {

@@ -58,18 +58,19 @@ pub(crate) async fn backup_figures(
         .dsn
         .as_deref()
         .ok_or_else(|| CliError::Usage(format!("source {}: `dsn` is missing", source.name)))?;
-    let config: tokio_postgres::Config = dsn
-        .parse()
-        .map_err(|e| CliError::Usage(format!("source {}: dsn: {e}", source.name)))?;
     let mut labels = BTreeMap::new();
-    let client = match connect(&config).await {
+    if source.drill.queries.is_empty() {
+        return Ok(labels);
+    }
+    // The source's own connection rules: libpq sslmode up to verify-full, client certificates.
+    let client = match resilience_pg::connect::connect(dsn).await {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(source = %source.name, error = %e, "cannot connect to take the drill figures");
             for q in &source.drill.queries {
                 labels.insert(
                     format!("{QUERY_ERROR_LABEL}{}", q.name),
-                    format!("cannot connect: {}", resilience_pg::describe(&e)),
+                    format!("cannot connect: {e}"),
                 );
             }
             None
