@@ -412,3 +412,75 @@ async fn kubernetes_failover() {
     assert_eq!(report["ok"], true, "{report:#}");
     assert!(report["checks"].to_string().contains("query:invoices"));
 }
+
+#[test]
+fn leaked_passphrase_rotated_away() {
+    let repo = Repo::new();
+    let data = repo.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("billing.csv"), b"id,amount\n1,10\n").unwrap();
+    let leaked_pw = repo.path("leaked.pw");
+    std::fs::write(&leaked_pw, "leaked-passphrase-Qw7\n").unwrap();
+    repo.ok(&["key", "add", "--new-password-file", &s(&leaked_pw)]);
+    let copies: Value = serde_json::from_str(&repo.ok(&["--json", "key", "list"])).unwrap();
+    let leaked = copies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["provider"] == "passphrase")
+        .expect("the passphrase copy")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    repo.ok(&["backup", "dir", &s(&data)]);
+    let new_pw = repo.path("new.pw");
+    std::fs::write(&new_pw, "new-operator-passphrase-Zk2\n").unwrap();
+
+    run_runbook(
+        "leaked-key.md",
+        repo.dir.path(),
+        &[
+            ("REPO", s(&repo.repo())),
+            ("KEY", s(&repo.key())),
+            ("LEAKED", leaked.clone()),
+            ("NEW_PASSWORD_FILE", s(&new_pw)),
+        ],
+    );
+
+    let with_password = |pw: &Path, args: &[&str]| {
+        Command::new(BIN)
+            .arg("--repo")
+            .arg(repo.repo())
+            .arg("--password-file")
+            .arg(pw)
+            .args(args)
+            .env_remove("RESILIENCE_PASSWORD")
+            .output()
+            .unwrap()
+    };
+    let refused = with_password(&leaked_pw, &["snapshots"]);
+    assert!(
+        !refused.status.success(),
+        "the leaked passphrase still opens the repository"
+    );
+    let restored = repo.path("restored");
+    let out = with_password(&new_pw, &["restore", "latest", "--target", &s(&restored)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(restored.join("billing.csv")).unwrap(),
+        b"id,amount\n1,10\n"
+    );
+    let copies: Value = serde_json::from_str(&repo.ok(&["--json", "key", "list"])).unwrap();
+    assert!(
+        copies
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["id"] != leaked.as_str()),
+        "{copies:#}"
+    );
+}
