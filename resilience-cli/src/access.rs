@@ -126,9 +126,5 @@ pub async fn open_throttled(g: &Global, max_rate: Option<u64>) -> Result<Reposit
     if rate == 0 {
         return Err(CliError::Usage("--max-rate must be above 0".into()));
     }
-    let throttled = Arc::new(resilience_core::throttle::ThrottledSink::new(
-        sink(g, repo_url(g)?, false)?,
-        Arc::new(resilience_core::throttle::RateLimiter::new(rate)),
-    ));
-    Ok(Repository::open(throttled, provider(g)?.as_ref()).await?)
+    Ok(open(g).await?.throttled(rate))
 }

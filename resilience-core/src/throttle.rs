@@ -173,6 +173,20 @@ impl<S: Sink> Sink for ThrottledSink<S> {
     }
 }
 
+/// Both sinks limited to one shared budget of `bytes_per_second` (a copy's reads of one and
+/// writes to the other, together).
+pub fn share_budget(
+    a: Arc<dyn Sink>,
+    b: Arc<dyn Sink>,
+    bytes_per_second: u64,
+) -> (Arc<dyn Sink>, Arc<dyn Sink>) {
+    let limiter = Arc::new(RateLimiter::new(bytes_per_second.max(1)));
+    (
+        Arc::new(ThrottledSink::new(a, limiter.clone())),
+        Arc::new(ThrottledSink::new(b, limiter)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,8 @@
 //! `replicate --to URL`: the repository's objects into a replica, proven, with the lag.
 
-use std::sync::Arc;
-
 use resilience_core::replicate::{replicate, ReplicateOptions};
 use resilience_core::sink::Sink;
-use resilience_core::throttle::{RateLimiter, ThrottledSink};
+use resilience_core::throttle::share_budget;
 use serde_json::json;
 
 use crate::access;
@@ -24,9 +22,7 @@ pub async fn run(
     let mut replica = resilience_objstore::open_sink_or_create(to)?;
     if let Some(rate) = max_rate {
         // One budget for both directions: reads of the source and writes to the replica.
-        let limiter = Arc::new(RateLimiter::new(rate.max(1)));
-        source = Arc::new(ThrottledSink::new(source, limiter.clone()));
-        replica = Arc::new(ThrottledSink::new(replica, limiter));
+        (source, replica) = share_budget(source, replica, rate);
     }
     let report = replicate(source.as_ref(), replica.as_ref() as &dyn Sink, options).await?;
     let lag = &report.lag_after;

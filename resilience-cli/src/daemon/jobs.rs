@@ -16,7 +16,7 @@ use resilience_core::retention::{self, StandardPolicy};
 use resilience_core::scheduler::{JobOutcome, ScheduledJob};
 use resilience_core::source::Source;
 use resilience_core::stop::StopSignal;
-use resilience_core::throttle::{RateLimiter, ThrottledSink};
+use resilience_core::throttle::share_budget;
 use resilience_core::verify::VerifyOptions;
 use resilience_objstore::bucket::BucketSource;
 use resilience_pg::base::PgBaseSource;
@@ -200,9 +200,7 @@ impl ConfiguredJob {
         let mut source = self.shared.repo.sink().clone();
         let mut replica = resilience_objstore::open_sink_or_create(to)?;
         if let Some(rate) = self.job.max_rate {
-            let limiter = Arc::new(RateLimiter::new(rate.max(1)));
-            source = Arc::new(ThrottledSink::new(source, limiter.clone()));
-            replica = Arc::new(ThrottledSink::new(replica, limiter));
+            (source, replica) = share_budget(source, replica, rate);
         }
         let report = replicate(
             source.as_ref(),
