@@ -130,6 +130,10 @@ fn a_replica_in_another_region_verifies_restores_catches_up_and_resumes() {
     let rep = r.replicate(&[]);
     assert!(rep["copied_objects"].as_u64().unwrap() >= 5, "{rep}");
     assert_eq!(
+        rep["read_back_objects"], 0,
+        "between two Garage regions every copy is proven by its ETag: {rep}"
+    );
+    assert_eq!(
         (
             rep["lag_snapshots"].as_u64(),
             rep["lag_bytes"].as_u64(),

@@ -7,11 +7,13 @@
 //! snapshot therefore never appears on the replica before every object it needs, and a copy
 //! interrupted at any point is resumed by running again. Copies are streamed (a pack is never
 //! whole in memory). Each object's own checksum is checked as it passes (damage is not
-//! replicated; it is an error naming the object), and the replica proves what it stored: S3
-//! compares its ETag, the MD5 it computed of the bytes it received, with the MD5 computed while
-//! sending; other stores are read back ([`Sink::put_stream_verified`]). A full read-back of
-//! every copy is an option ([`ReplicateOptions::verify_read_back`]). Nothing is ever deleted on the replica; prune runs there on its
-//! own. Locks are not copied.
+//! replicated; it is an error naming the object), and the replica proves what it stored
+//! ([`Sink::put_copy`]): between S3 stores, the copy's ETag (the MD5 the replica computed of the
+//! bytes it received) must equal the source's (the MD5 the source computed when the object was
+//! written), so nothing is hashed twice and nothing is read twice. A copy the store cannot prove
+//! that way (directories, memory, Azure, SSE-KMS ETags) is read back and its own checksum
+//! checked, as every copy is with [`ReplicateOptions::verify_read_back`]. Nothing is ever
+//! deleted on the replica; prune runs there on its own. Locks are not copied.
 //!
 //! The replica is a complete repository: the same key opens it, and restore and verify work
 //! against it. [`replicate`] is the library call a service runs after each backup.
@@ -25,7 +27,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 use crate::object::StreamingChecksum;
-use crate::sink::{PutMode, Sink, SinkError};
+use crate::sink::{ObjectMeta, Sink, SinkError};
 
 /// The order in which prefixes are copied.
 const PHASES: &[&str] = &[
@@ -46,9 +48,8 @@ pub struct ReplicateOptions {
     pub concurrency: usize,
     /// Only measure the lag; copy nothing.
     pub dry_run: bool,
-    /// Also read every copy back in full and check its checksum. Without it, a copy is proven
-    /// by the replica store's own digest of what it received (see
-    /// [`Sink::put_stream_verified`]), which costs no second transfer.
+    /// Also read back in full, and check, the copies the replica store proved by its own digest
+    /// of what it received ([`Sink::put_copy`]). Copies it could not prove are always read back.
     pub verify_read_back: bool,
 }
 
@@ -82,6 +83,9 @@ pub struct ReplicationReport {
     pub copied_objects: u64,
     /// Their bytes.
     pub copied_bytes: u64,
+    /// Copies read back from the replica to prove them (the store's digest could not, or
+    /// [`ReplicateOptions::verify_read_back`] asked for it).
+    pub read_back_objects: u64,
     /// Objects the replica already had.
     pub present_objects: u64,
     /// The lag before the run.
@@ -93,16 +97,21 @@ pub struct ReplicationReport {
     pub duration: Duration,
 }
 
-/// Every object key and size under the repository (locks left out).
-async fn listing(sink: &dyn Sink) -> Result<HashMap<String, u64>> {
+/// Every object under the repository by key (locks left out).
+async fn listing(sink: &dyn Sink) -> Result<HashMap<String, ObjectMeta>> {
     let mut out = HashMap::new();
     let mut stream = sink.list("");
     while let Some(meta) = stream.try_next().await? {
         if !meta.key.starts_with("locks/") {
-            out.insert(meta.key, meta.size);
+            out.insert(meta.key.clone(), meta);
         }
     }
     Ok(out)
+}
+
+/// Whether `replica` lacks the object `meta` describes (or holds a copy of another size).
+fn lacks(replica: &HashMap<String, ObjectMeta>, meta: &ObjectMeta) -> bool {
+    replica.get(&meta.key).map(|m| m.size) != Some(meta.size)
 }
 
 fn phase_of(key: &str) -> usize {
@@ -121,13 +130,15 @@ fn id_time(id: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The lag of `replica` behind `source`, from their listings.
-fn lag(source: &HashMap<String, u64>, replica: &HashMap<String, u64>, now: DateTime<Utc>) -> Lag {
+fn lag(
+    source: &HashMap<String, ObjectMeta>,
+    replica: &HashMap<String, ObjectMeta>,
+    now: DateTime<Utc>,
+) -> Lag {
     let mut lag = Lag::default();
-    for (key, size) in source {
-        if replica.get(key) != Some(size) {
-            lag.objects += 1;
-            lag.bytes += size;
-        }
+    for meta in source.values().filter(|m| lacks(replica, m)) {
+        lag.objects += 1;
+        lag.bytes += meta.size;
     }
     // The newest revision of each record decides: a succeeded snapshot is replicated once its
     // record (revision `…-succeeded`) is on the replica.
@@ -155,16 +166,16 @@ fn lag(source: &HashMap<String, u64>, replica: &HashMap<String, u64>, now: DateT
 }
 
 /// Copies one object, streamed: its own checksum is checked as it passes (a damaged object is
-/// never completed on the replica), and the replica proves it holds exactly the bytes sent
-/// ([`Sink::put_stream_verified`]: the store's digest where it computes one, else a read-back).
-/// With `read_back`, the copy is also read back in full and its checksum checked.
+/// never completed on the replica), and the copy is proven, by the replica store's digest where
+/// it can ([`Sink::put_copy`]), else (or with `read_back`) by reading it back. Returns the bytes
+/// copied and whether the copy was read back.
 async fn copy(
     source: &dyn Sink,
     replica: &dyn Sink,
-    key: &str,
-    size: u64,
+    origin: &ObjectMeta,
     read_back: bool,
-) -> Result<u64> {
+) -> Result<(u64, bool)> {
+    let key = origin.key.as_str();
     let body = source.get_stream(key).await?;
     let check = Arc::new(Mutex::new(StreamingChecksum::default()));
     let damage: Arc<Mutex<Option<Error>>> = Arc::default();
@@ -193,11 +204,8 @@ async fn copy(
         })
         .chain(verdict)
         .boxed();
-    let written = match replica
-        .put_stream_verified(key, checked, PutMode::Overwrite)
-        .await
-    {
-        Ok(n) => n,
+    let copied = match replica.put_copy(key, checked, origin).await {
+        Ok(copied) => copied,
         Err(e) => {
             return Err(match damage.lock().expect("damage lock").take() {
                 Some(damaged) => damaged,
@@ -205,28 +213,42 @@ async fn copy(
             })
         }
     };
-    if written != size {
+    if copied.size != origin.size {
         return Err(Error::Corrupt {
             object: format!("{key} in {}", source.location()),
-            reason: format!("listed with {size} bytes, {written} read"),
+            reason: format!("listed with {} bytes, {} read", origin.size, copied.size),
         });
     }
+    let read_back = read_back || !copied.proven;
     if read_back {
-        let mut back = replica.get_stream(key).await?;
-        let mut check = StreamingChecksum::default();
-        while let Some(part) = back.try_next().await? {
-            check.feed(&part);
-        }
-        let shown = format!("{key} on the replica {}", replica.location());
-        check.finish(&shown)?;
-        if check.len() != size {
-            return Err(Error::Corrupt {
-                object: shown,
-                reason: format!("{} bytes read back, {size} sent", check.len()),
-            });
-        }
+        prove_by_reading_back(replica, key, origin.size).await?;
     }
-    Ok(written)
+    Ok((copied.size, read_back))
+}
+
+/// Reads a copy back in full: it must be `size` bytes that end with the checksum of the rest.
+async fn prove_by_reading_back(replica: &dyn Sink, key: &str, size: u64) -> Result<()> {
+    let mismatch = |reason: String| SinkError::Mismatch {
+        key: key.to_owned(),
+        location: replica.location(),
+        reason,
+    };
+    let mut back = replica.get_stream(key).await?;
+    let mut check = StreamingChecksum::default();
+    while let Some(part) = back.try_next().await? {
+        check.feed(&part);
+    }
+    if check.len() != size {
+        return Err(mismatch(format!(
+            "{} bytes read back, {size} sent (a short write)",
+            check.len()
+        ))
+        .into());
+    }
+    check
+        .finish(key)
+        .map_err(|e| mismatch(format!("read back, it fails its checksum: {e}")))?;
+    Ok(())
 }
 
 /// Copies to `replica` every object of the repository in `source` that it lacks.
@@ -244,32 +266,30 @@ pub async fn replicate(
     }
     let have = listing(replica).await?;
     let lag_before = lag(&src, &have, Utc::now());
-    let mut missing: Vec<&String> = src
-        .iter()
-        .filter(|(k, size)| have.get(*k) != Some(size))
-        .map(|(k, _)| k)
-        .collect();
-    missing.sort_by_key(|k| (phase_of(k), (*k).clone()));
+    let mut missing: Vec<&ObjectMeta> = src.values().filter(|m| lacks(&have, m)).collect();
+    missing.sort_by_key(|m| (phase_of(&m.key), m.key.clone()));
     let mut copied_objects = 0;
     let mut copied_bytes = 0;
+    let mut read_back_objects = 0;
     if !options.dry_run {
         for phase in 0..=PHASES.len() {
             // Owned keys: a closure over borrowed ones makes the future not `Send` for every
             // lifetime, which a spawned job (the daemon's) needs.
-            let keys: Vec<(String, u64)> = missing
+            let objects: Vec<ObjectMeta> = missing
                 .iter()
-                .filter(|k| phase_of(k) == phase)
-                .map(|k| ((*k).clone(), src[*k]))
+                .filter(|m| phase_of(&m.key) == phase)
+                .map(|m| (*m).clone())
                 .collect();
-            let sizes: Vec<u64> = futures::stream::iter(keys)
-                .map(|(k, size)| async move {
-                    copy(source, replica, &k, size, options.verify_read_back).await
+            let copies: Vec<(u64, bool)> = futures::stream::iter(objects)
+                .map(|origin| async move {
+                    copy(source, replica, &origin, options.verify_read_back).await
                 })
                 .buffer_unordered(options.concurrency.max(1))
                 .try_collect()
                 .await?;
-            copied_objects += sizes.len() as u64;
-            copied_bytes += sizes.iter().sum::<u64>();
+            copied_objects += copies.len() as u64;
+            copied_bytes += copies.iter().map(|(size, _)| size).sum::<u64>();
+            read_back_objects += copies.iter().filter(|(_, read)| *read).count() as u64;
         }
     }
     let lag_after = if options.dry_run {
@@ -281,6 +301,7 @@ pub async fn replicate(
     Ok(ReplicationReport {
         copied_objects,
         copied_bytes,
+        read_back_objects,
         present_objects: (src.len() - missing.len()) as u64,
         lag_before,
         lag_after,
@@ -291,10 +312,11 @@ pub async fn replicate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::{ByteStream, MemorySink, ObjectMeta};
+    use crate::sink::{ByteStream, Copied, MemorySink, ObjectMeta, PutMode};
     use bytes::Bytes;
     use futures::stream::BoxStream;
     use std::ops::Range;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     /// How [`Tampering`] damages the bytes put through it.
     #[derive(Debug, Clone, Copy)]
@@ -305,11 +327,23 @@ mod tests {
         DropLast,
     }
 
-    /// A sink that damages the data of streamed puts of packs on their way to the inner sink.
-    #[derive(Debug)]
+    /// A replica store: it damages the data of streamed puts of packs on their way to the inner
+    /// sink (when told to), may claim to prove its copies as S3 does by ETags, and counts reads.
+    #[derive(Debug, Default)]
     struct Tampering {
         inner: MemorySink,
-        damage: Damage,
+        damage: Option<Damage>,
+        claims_proof: bool,
+        reads: AtomicU64,
+    }
+
+    impl Tampering {
+        fn damaging(damage: Damage) -> Self {
+            Tampering {
+                damage: Some(damage),
+                ..Default::default()
+            }
+        }
     }
 
     #[async_trait::async_trait]
@@ -326,13 +360,13 @@ mod tests {
             data: ByteStream,
             mode: PutMode,
         ) -> Result<u64, SinkError> {
-            if !key.starts_with("data/") {
+            let Some(damage) = self.damage.filter(|_| key.starts_with("data/")) else {
                 return self.inner.put_stream(key, data, mode).await;
-            }
+            };
             let whole: Vec<Bytes> = data.try_collect().await?;
             let mut bytes = whole.concat();
             let n = bytes.len() as u64;
-            match self.damage {
+            match damage {
                 Damage::FlipByte => bytes[100] ^= 0x08,
                 Damage::DropLast => {
                     bytes.pop();
@@ -347,7 +381,20 @@ mod tests {
         async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
             self.inner.get_range(key, range).await
         }
+        async fn put_copy(
+            &self,
+            key: &str,
+            data: ByteStream,
+            _origin: &ObjectMeta,
+        ) -> Result<Copied, SinkError> {
+            let size = self.put_stream(key, data, PutMode::Overwrite).await?;
+            Ok(Copied {
+                size,
+                proven: self.claims_proof,
+            })
+        }
         async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
             self.inner.get_stream(key).await
         }
         async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
@@ -389,10 +436,7 @@ mod tests {
     async fn a_copy_damaged_in_transit_or_cut_short_is_detected() {
         let source = repository().await;
         for damage in [Damage::FlipByte, Damage::DropLast] {
-            let replica = Tampering {
-                inner: MemorySink::new(),
-                damage,
-            };
+            let replica = Tampering::damaging(damage);
             let err = replicate(source.as_ref(), &replica, &ReplicateOptions::default())
                 .await
                 .unwrap_err()
@@ -420,7 +464,46 @@ mod tests {
         .await
         .unwrap();
         assert!(report.copied_objects > 3);
+        assert_eq!(report.read_back_objects, report.copied_objects);
         assert_eq!(report.lag_after, Lag::default());
+    }
+
+    #[tokio::test]
+    async fn copies_the_store_proves_are_not_read_back_unless_asked() {
+        let source = repository().await;
+        let proving = Tampering {
+            claims_proof: true,
+            ..Default::default()
+        };
+        let report = replicate(source.as_ref(), &proving, &ReplicateOptions::default())
+            .await
+            .unwrap();
+        assert!(report.copied_objects > 3);
+        assert_eq!(report.read_back_objects, 0);
+        assert_eq!(
+            proving.reads.load(Ordering::SeqCst),
+            0,
+            "no second transfer"
+        );
+
+        let asked = Tampering {
+            claims_proof: true,
+            ..Default::default()
+        };
+        let options = ReplicateOptions {
+            verify_read_back: true,
+            ..Default::default()
+        };
+        let report = replicate(source.as_ref(), &asked, &options).await.unwrap();
+        assert_eq!(report.read_back_objects, report.copied_objects);
+        assert_eq!(asked.reads.load(Ordering::SeqCst), report.copied_objects);
+
+        // Unproven copies are read back whatever the options say.
+        let silent = Tampering::default();
+        let report = replicate(source.as_ref(), &silent, &ReplicateOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.read_back_objects, report.copied_objects);
     }
 
     #[test]
@@ -430,22 +513,30 @@ mod tests {
         assert!(id_time("nonsense").is_none());
     }
 
+    fn objects(sizes: &[(&str, u64)]) -> HashMap<String, ObjectMeta> {
+        sizes
+            .iter()
+            .map(|&(key, size)| {
+                let meta = ObjectMeta {
+                    key: key.to_owned(),
+                    size,
+                    e_tag: None,
+                };
+                (key.to_owned(), meta)
+            })
+            .collect()
+    }
+
     #[test]
     fn lag_counts_missing_objects_and_unreplicated_snapshots() {
-        let src: HashMap<String, u64> = [
+        let src = objects(&[
             ("config", 10),
             ("data/ab/x", 100),
             ("catalog/20261125T000000Z-a/0000000001-running", 5),
             ("catalog/20261125T000000Z-a/0000000002-succeeded", 5),
             ("catalog/20261125T010000Z-b/0000000001-running", 5),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let replica: HashMap<String, u64> = [("config", 10), ("data/ab/x", 99)]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+        ]);
+        let replica = objects(&[("config", 10), ("data/ab/x", 99)]);
         let now = id_time("20261125T003000Z").unwrap();
         let l = lag(&src, &replica, now);
         assert_eq!(l.snapshots, 1, "b is still running");

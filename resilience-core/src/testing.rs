@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::entry::EntryMeta;
-use crate::sink::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
+use crate::sink::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
 use crate::source::{
     AdapterError, ContentWriter, Source, SourceDescriptor, SourceEntry, SourceMetadata,
     SourceSession, Target,
@@ -242,14 +242,14 @@ impl<S: Sink> Sink for FaultySink<S> {
         self.spend(key)?;
         self.inner.put_stream(key, data, mode).await
     }
-    async fn put_stream_verified(
+    async fn put_copy(
         &self,
         key: &str,
         data: ByteStream,
-        mode: PutMode,
-    ) -> Result<u64, SinkError> {
+        origin: &ObjectMeta,
+    ) -> Result<Copied, SinkError> {
         self.spend(key)?;
-        self.inner.put_stream_verified(key, data, mode).await
+        self.inner.put_copy(key, data, origin).await
     }
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
         self.inner.get(key).await

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::sink::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
+use crate::sink::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
 
 /// A token bucket of bytes per second with a burst of one second's worth.
 #[derive(Debug)]
@@ -118,15 +118,14 @@ impl<S: Sink> Sink for ThrottledSink<S> {
         self.inner.put_stream(key, throttled, mode).await
     }
 
-    async fn put_stream_verified(
+    async fn put_copy(
         &self,
         key: &str,
         data: ByteStream,
-        mode: PutMode,
-    ) -> Result<u64, SinkError> {
-        // The proof is the inner store's (a read-back, if it needs one, is not throttled).
+        origin: &ObjectMeta,
+    ) -> Result<Copied, SinkError> {
         let throttled = throttle_stream(data, self.limiter.clone());
-        self.inner.put_stream_verified(key, throttled, mode).await
+        self.inner.put_copy(key, throttled, origin).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {

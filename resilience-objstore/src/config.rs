@@ -10,6 +10,7 @@ use resilience_core::sink::Sink;
 use url::Url;
 
 use crate::sink::ObjectStoreSink;
+use crate::streaming_put::StreamingPut;
 
 /// A store URL that cannot be used, naming it (never with credentials).
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +238,28 @@ fn extra_roots(
     ca_file: Option<&std::path::Path>,
     aws: bool,
 ) -> Result<Vec<Certificate>, StoreConfigError> {
+    read_roots(text, ca_file, aws, |pem| {
+        Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())
+    })
+}
+
+/// The same certificates as [`extra_roots`], for a `reqwest` client of our own.
+pub(crate) fn extra_reqwest_roots(
+    text: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Vec<reqwest::Certificate>, StoreConfigError> {
+    read_roots(text, ca_file, true, |pem| {
+        reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())
+    })
+}
+
+/// Reads and parses the CA files `ca_file=` and (if `aws`) `AWS_CA_BUNDLE` name.
+fn read_roots<C>(
+    text: &str,
+    ca_file: Option<&std::path::Path>,
+    aws: bool,
+    parse: impl Fn(&[u8]) -> Result<Vec<C>, String>,
+) -> Result<Vec<C>, StoreConfigError> {
     let mut files: Vec<(PathBuf, &'static str)> = Vec::new();
     if let Some(path) = ca_file {
         files.push((path.to_owned(), "ca_file="));
@@ -255,7 +278,7 @@ fn extra_roots(
             reason,
         };
         let pem = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
-        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
+        let certs = parse(&pem).map_err(fail)?;
         if certs.is_empty() {
             return Err(fail("no PEM certificate in it".into()));
         }
@@ -330,6 +353,15 @@ pub(crate) fn s3_settings(
     let mut b = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_retry(retry());
+    // Request signatures cover the headers but not a SHA-256 of each body (`UNSIGNED-PAYLOAD`,
+    // as rclone and the AWS SDKs send over TLS): bodies travel over TLS, or over plain http only
+    // to a loopback endpoint (nothing else is accepted), and every repository object carries its
+    // own checksum, which verify and replication check. Hashing every body twice (here and in
+    // the server) would cost CPU and protect nothing more. `AWS_UNSIGNED_PAYLOAD=false` signs
+    // them anyway.
+    if std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_none() {
+        b = b.with_unsigned_payload(true);
+    }
     let endpoint = endpoint
         .clone()
         .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
@@ -483,8 +515,11 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
 
 fn build(text: &str, create: bool) -> Result<Arc<dyn Sink>, StoreConfigError> {
     let opened = open_store(text, create)?;
-    let sink = ObjectStoreSink::new(opened.store, &opened.prefix, &opened.location)
+    let mut sink = ObjectStoreSink::new(opened.store, &opened.prefix, &opened.location)
         .with_put_attributes(opened.put_attributes);
+    if let Some(put) = StreamingPut::for_url(text)? {
+        sink = sink.with_streaming_put(put);
+    }
     Ok(Arc::new(match opened.local_root {
         Some(root) => sink.with_local_root(root),
         None => sink,

@@ -24,6 +24,7 @@ mod config;
 pub mod kms;
 mod sigv4;
 mod sink;
+mod streaming_put;
 pub mod vault;
 pub mod versions;
 

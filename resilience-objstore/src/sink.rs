@@ -9,7 +9,9 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutOptions, PutPayload};
-use resilience_core::sink::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
+use resilience_core::sink::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
+
+use crate::streaming_put::{StreamingPut, SINGLE_PUT_LIMIT};
 
 /// Objects up to this size are written with one `PUT` (S3's ETag is then the MD5 of the body,
 /// and one request costs less than four); larger ones in parts, so that memory stays bounded.
@@ -43,6 +45,11 @@ impl PartDigests {
         }
         format!("{}-{}", hex::encode(all.finalize()), self.parts.len())
     }
+}
+
+/// Whether a normalized ETag has the form of an MD5 (S3's ETag of a single-part upload).
+fn is_md5(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// An ETag as a store returns it, without quotes or a weak marker, lower case.
@@ -96,7 +103,8 @@ impl PartBuffer {
 /// What an upload sent, and what the store said it stored.
 struct Uploaded {
     size: u64,
-    sent: PartDigests,
+    /// The digests of what was sent, when it was hashed.
+    sent: Option<PartDigests>,
     stored_etag: Option<String>,
 }
 
@@ -114,12 +122,20 @@ pub struct ObjectStoreSink {
     location: String,
     local_root: Option<PathBuf>,
     put_attributes: object_store::Attributes,
+    /// Streamed single `PUT`s for copies, where the store is S3.
+    streaming_put: Option<StreamingPut>,
 }
 
 impl ObjectStoreSink {
     /// Every object written carries these attributes (a storage class for a cold tier).
     pub fn with_put_attributes(mut self, attributes: object_store::Attributes) -> Self {
         self.put_attributes = attributes;
+        self
+    }
+
+    /// Copies of known length go out streamed, in one `PUT` each ([`Sink::put_copy`]).
+    pub(crate) fn with_streaming_put(mut self, put: StreamingPut) -> Self {
+        self.streaming_put = Some(put);
         self
     }
 
@@ -132,6 +148,7 @@ impl ObjectStoreSink {
             location: location.to_owned(),
             local_root: None,
             put_attributes: Default::default(),
+            streaming_put: None,
         }
     }
 
@@ -225,12 +242,14 @@ impl ObjectStoreSink {
     }
 
     /// Uploads a stream: one `PUT` if it ends within [`SINGLE_PUT_MAX`] bytes, else in parts,
-    /// hashing what it sends. A stream error aborts the upload: nothing is left behind.
+    /// hashing what it sends (MD5, as S3 computes ETags) if `hash`. A stream error aborts the
+    /// upload: nothing is left behind.
     async fn upload(
         &self,
         key: &str,
         mut data: ByteStream,
         mode: PutMode,
+        hash: bool,
     ) -> Result<Uploaded, SinkError> {
         let mut buffer = PartBuffer::default();
         while buffer.len <= SINGLE_PUT_MAX {
@@ -239,10 +258,10 @@ impl ObjectStoreSink {
                 None => {
                     let size = buffer.len as u64;
                     let chunks = buffer.take(buffer.len);
-                    let sent = PartDigests {
+                    let sent = hash.then(|| PartDigests {
                         parts: vec![md5_of(&chunks)],
                         multipart: false,
-                    };
+                    });
                     let stored_etag = self
                         .put_one(key, chunks.into_iter().collect(), mode)
                         .await?;
@@ -265,7 +284,7 @@ impl ObjectStoreSink {
             )
             .await
             .map_err(|e| self.error("put", key, e))?;
-        let result = self.send_parts(key, &mut *upload, buffer, data).await;
+        let result = self.send_parts(key, &mut *upload, buffer, data, hash).await;
         match result {
             Ok((size, sent)) => {
                 let done = upload
@@ -285,14 +304,16 @@ impl ObjectStoreSink {
         }
     }
 
-    /// Sends `buffer` and the rest of `data` as parts of an upload, a few at once.
+    /// Sends `buffer` and the rest of `data` as parts of an upload, a few at once, hashing each
+    /// part if `hash`.
     async fn send_parts(
         &self,
         key: &str,
         upload: &mut dyn object_store::MultipartUpload,
         mut buffer: PartBuffer,
         mut data: ByteStream,
-    ) -> Result<(u64, PartDigests), SinkError> {
+        hash: bool,
+    ) -> Result<(u64, Option<PartDigests>), SinkError> {
         let mut sent = PartDigests {
             parts: Vec::new(),
             multipart: true,
@@ -312,7 +333,9 @@ impl ObjectStoreSink {
                 break;
             }
             let part = buffer.take(PART_SIZE);
-            sent.parts.push(md5_of(&part));
+            if hash {
+                sent.parts.push(md5_of(&part));
+            }
             size += part.iter().map(|b| b.len() as u64).sum::<u64>();
             while in_flight.len() >= PART_CONCURRENCY {
                 if let Some(r) = in_flight.next().await {
@@ -326,7 +349,7 @@ impl ObjectStoreSink {
             let r: object_store::Result<()> = r;
             r.map_err(|e| self.error("put", key, e))?;
         }
-        Ok((size, sent))
+        Ok((size, hash.then_some(sent)))
     }
 
     /// One `PUT` of a whole object; returns the ETag the store gave it.
@@ -374,41 +397,6 @@ impl ObjectStoreSink {
             Err(e) => Err(self.error("put", key, e)),
         }
     }
-
-    /// Reads an object back and digests it as [`Self::upload`] did when sending it.
-    async fn digest_stored(&self, key: &str, multipart: bool) -> Result<(u64, String), SinkError> {
-        use md5::Digest;
-        let mut back = self.get_stream(key).await?;
-        let mut digests = PartDigests {
-            parts: Vec::new(),
-            multipart,
-        };
-        let mut part = md5::Md5::new();
-        let mut in_part = 0usize;
-        let mut size = 0u64;
-        while let Some(b) = back.try_next().await? {
-            size += b.len() as u64;
-            let mut rest = &b[..];
-            while !rest.is_empty() {
-                let n = if multipart {
-                    (PART_SIZE - in_part).min(rest.len())
-                } else {
-                    rest.len()
-                };
-                part.update(&rest[..n]);
-                in_part += n;
-                rest = &rest[n..];
-                if multipart && in_part == PART_SIZE {
-                    digests.parts.push(part.finalize_reset().into());
-                    in_part = 0;
-                }
-            }
-        }
-        if in_part > 0 || !multipart {
-            digests.parts.push(part.finalize().into());
-        }
-        Ok((size, digests.etag()))
-    }
 }
 
 #[async_trait]
@@ -431,7 +419,7 @@ impl Sink for ObjectStoreSink {
                 .step_by(PART_SIZE)
                 .map(|i| Ok(data.slice(i..(i + PART_SIZE).min(data.len()))))
                 .collect();
-            self.upload(key, futures::stream::iter(parts).boxed(), mode)
+            self.upload(key, futures::stream::iter(parts).boxed(), mode, false)
                 .await?;
         }
         self.make_durable(key).await
@@ -448,40 +436,49 @@ impl Sink for ObjectStoreSink {
                 key: key.to_owned(),
             });
         }
-        let up = self.upload(key, data, mode).await?;
+        let up = self.upload(key, data, mode, false).await?;
         self.make_durable(key).await?;
         Ok(up.size)
     }
 
-    /// Proves the copy by the ETag when the store returns the MD5 of what it received (S3 and
-    /// S3-compatible stores, for objects not encrypted with KMS keys): no second transfer. When
-    /// the ETag is something else (local files, memory, Azure, SSE-KMS), the object is read back
-    /// and digested the same way.
-    async fn put_stream_verified(
+    /// Proves the copy by ETags, with no read and no second transfer where it can. When the
+    /// origin's ETag is the MD5 of its body (an S3 single-part upload), nothing is hashed here:
+    /// the copy goes in one `PUT` (streamed, on S3) and is proven when this store's ETag, the MD5
+    /// of what it received, is the same. Otherwise what is sent is hashed as S3 computes ETags
+    /// (the MD5, or the MD5 of the parts' MD5s) and compared with the ETag this store returns.
+    /// Stores whose ETags are something else (local files, memory, Azure, SSE-KMS) leave the
+    /// copy unproven.
+    async fn put_copy(
         &self,
         key: &str,
         data: ByteStream,
-        mode: PutMode,
-    ) -> Result<u64, SinkError> {
-        if mode == PutMode::Create && self.exists(key).await? {
-            return Err(SinkError::AlreadyExists {
-                key: key.to_owned(),
-            });
+        origin: &ObjectMeta,
+    ) -> Result<Copied, SinkError> {
+        let origin_md5 = origin
+            .e_tag
+            .as_deref()
+            .map(normalize_etag)
+            .filter(|etag| is_md5(etag));
+        if let (Some(md5), Some(put)) = (&origin_md5, &self.streaming_put) {
+            if origin.size <= SINGLE_PUT_LIMIT {
+                let stored = put.put(key, &self.path(key), origin.size, data).await?;
+                return Ok(Copied {
+                    size: origin.size,
+                    proven: stored.as_deref().map(normalize_etag).as_ref() == Some(md5),
+                });
+            }
         }
-        let up = self.upload(key, data, mode).await?;
+        let origin_md5 = origin_md5.filter(|_| origin.size <= SINGLE_PUT_MAX as u64);
+        let up = self
+            .upload(key, data, PutMode::Overwrite, origin_md5.is_none())
+            .await?;
         self.make_durable(key).await?;
-        let sent = up.sent.etag();
-        if up.stored_etag.as_deref().map(normalize_etag).as_deref() == Some(sent.as_str()) {
-            return Ok(up.size);
-        }
-        let (stored_len, stored) = self.digest_stored(key, up.sent.multipart).await?;
-        resilience_core::sink::check_stored(
-            key,
-            &self.location,
-            (up.size, sent.as_bytes()),
-            (stored_len, stored.as_bytes()),
-        )?;
-        Ok(up.size)
+        let stored = up.stored_etag.as_deref().map(normalize_etag);
+        let expected = origin_md5.or_else(|| up.sent.as_ref().map(PartDigests::etag));
+        Ok(Copied {
+            size: up.size,
+            proven: stored.is_some() && stored == expected,
+        })
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
@@ -558,6 +555,7 @@ impl Sink for ObjectStoreSink {
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: meta.size,
+            e_tag: meta.e_tag,
         })
     }
 
@@ -583,6 +581,7 @@ impl Sink for ObjectStoreSink {
             .map_ok(move |m| ObjectMeta {
                 key: self.key_of(&m.location),
                 size: m.size,
+                e_tag: m.e_tag,
             })
             .try_filter({
                 let prefix = prefix.to_owned();
@@ -644,10 +643,11 @@ mod tests {
         assert_eq!(normalize_etag("W/\"abc\""), "abc");
     }
 
-    /// Memory's ETags are not MD5s: the proof falls back to reading back, which must digest the
-    /// object exactly as it was sent (same part boundaries), whatever the pieces it came in.
+    /// Memory's ETags are not MD5s: copies are stored whole and intact, whatever the pieces
+    /// they came in, but left unproven (the caller reads them back), even when the origin's
+    /// ETag is an MD5.
     #[tokio::test]
-    async fn the_read_back_proof_agrees_with_what_was_sent() {
+    async fn copies_to_a_store_without_md5_etags_are_intact_and_unproven() {
         let sink = ObjectStoreSink::new(
             Arc::new(object_store::memory::InMemory::new()),
             "p",
@@ -660,12 +660,34 @@ mod tests {
             (SINGLE_PUT_MAX + 1, 3 << 20 | 5),
             (5 * PART_SIZE, 1 << 20),
         ] {
-            let n = sink
-                .put_stream_verified("k", pieces(len, piece), PutMode::Overwrite)
-                .await
-                .unwrap_or_else(|e| panic!("{len}: {e}"));
-            assert_eq!(n, len as u64);
-            assert_eq!(sink.head("k").await.unwrap().size, len as u64);
+            for e_tag in [
+                None,
+                Some("\"d41d8cd98f00b204e9800998ecf8427e\"".to_owned()),
+            ] {
+                let origin = ObjectMeta {
+                    key: "k".into(),
+                    size: len as u64,
+                    e_tag,
+                };
+                let copied = sink
+                    .put_copy("k", pieces(len, piece), &origin)
+                    .await
+                    .unwrap_or_else(|e| panic!("{len}: {e}"));
+                assert_eq!(copied.size, len as u64);
+                assert!(!copied.proven, "{len}: memory ETags prove nothing");
+                let back = sink.get("k").await.unwrap();
+                let sent: Vec<Bytes> = pieces(len, piece).try_collect().await.unwrap();
+                assert_eq!(back, sent.concat(), "{len}");
+            }
         }
+    }
+
+    #[test]
+    fn only_md5_shaped_etags_stand_for_the_body() {
+        assert!(is_md5("d41d8cd98f00b204e9800998ecf8427e"));
+        assert!(!is_md5("d41d8cd98f00b204e9800998ecf8427e-2"));
+        assert!(!is_md5("0x8dc1234567890ab"));
+        assert!(!is_md5("1a2b-3c4d-1000"));
+        assert!(!is_md5("z41d8cd98f00b204e9800998ecf8427e"));
     }
 }

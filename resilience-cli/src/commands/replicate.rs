@@ -30,6 +30,7 @@ pub async fn run(
         print_json(&json!({
             "copied_objects": report.copied_objects,
             "copied_bytes": report.copied_bytes,
+            "read_back_objects": report.read_back_objects,
             "present_objects": report.present_objects,
             "lag_snapshots": lag.snapshots,
             "lag_bytes": lag.bytes,
@@ -40,10 +41,11 @@ pub async fn run(
         }));
     } else {
         eprintln!(
-            "{} objects ({}) copied and proven in {:.1?}; {} already there. Lag: {} snapshot(s), {} in {} object(s), oldest {} s",
+            "{} objects ({}) copied and proven in {:.1?} ({} read back); {} already there. Lag: {} snapshot(s), {} in {} object(s), oldest {} s",
             report.copied_objects,
             bytes(report.copied_bytes),
             report.duration,
+            report.read_back_objects,
             report.present_objects,
             lag.snapshots,
             bytes(lag.bytes),

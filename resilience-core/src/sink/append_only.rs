@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use super::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
+use super::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
 
 /// Refuses every delete and every overwrite of an existing object, except of the backup's own
 /// lock objects (`locks/…`), which a backup must refresh and remove. With credentials that
@@ -81,14 +81,14 @@ impl<S: Sink> Sink for AppendOnlySink<S> {
         self.inner.put_stream(key, data, mode).await
     }
 
-    async fn put_stream_verified(
+    async fn put_copy(
         &self,
         key: &str,
         data: ByteStream,
-        mode: PutMode,
-    ) -> Result<u64, SinkError> {
-        let mode = self.guard_put(key, mode).await?;
-        self.inner.put_stream_verified(key, data, mode).await
+        origin: &ObjectMeta,
+    ) -> Result<Copied, SinkError> {
+        self.guard_put(key, PutMode::Overwrite).await?;
+        self.inner.put_copy(key, data, origin).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {

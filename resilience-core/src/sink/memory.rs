@@ -120,6 +120,7 @@ impl Sink for MemorySink {
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: data.len() as u64,
+            e_tag: None,
         })
     }
 
@@ -134,6 +135,7 @@ impl Sink for MemorySink {
                 Ok(ObjectMeta {
                     key: k.clone(),
                     size: v.len() as u64,
+                    e_tag: None,
                 })
             })
             .collect();

@@ -1,0 +1,224 @@
+//! Streaming single `PUT`s to S3, for copies whose length is known in advance.
+//!
+//! `object_store` sends a `PUT` body only from memory, so a copy would be gathered whole before
+//! it is sent (or cut into a multipart upload, whose ETag is not the MD5 of the body). A copy
+//! from another store has a known length, so it can go out as it arrives, in one `PUT` with a
+//! `Content-Length`: the read from the source and the write to the replica overlap, memory per
+//! copy stays at a few buffers, and the replica's ETag is the MD5 of the whole body, comparable
+//! with the source's. The request is signed with `object_store`'s own SigV4 signer
+//! ([`AwsAuthorizer`], `UNSIGNED-PAYLOAD`) with the credentials of the store
+//! [`crate::open_store`] builds from the same URL and `AWS_*` variables; the HTTP client trusts
+//! the same extra CA certificates.
+//!
+//! A body stream that fails (the source's read, or a checksum verdict at its end) aborts the
+//! request before its last byte, and S3 stores nothing for a request whose body is cut short.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3ConfigKey, AwsAuthorizer, AwsCredential};
+use object_store::client::{CredentialProvider, HttpRequestBody};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use resilience_core::sink::{ByteStream, SinkError};
+
+use crate::config::{extra_reqwest_roots, s3_settings, StoreConfigError, StoreUrl};
+
+/// The largest object S3 takes in a single `PUT`.
+pub(crate) const SINGLE_PUT_LIMIT: u64 = 5 << 30;
+
+/// What S3 leaves unencoded in a path (as `object_store` encodes keys): unreserved characters
+/// and `/`.
+const PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// Sends streamed single `PUT`s to one S3 bucket.
+#[derive(Clone)]
+pub(crate) struct StreamingPut {
+    http: reqwest::Client,
+    credentials: Arc<dyn CredentialProvider<Credential = AwsCredential>>,
+    region: String,
+    /// `{endpoint}/{bucket}`, path style, as `object_store` addresses it.
+    bucket_url: String,
+    storage_class: Option<String>,
+    location: String,
+}
+
+impl std::fmt::Debug for StreamingPut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingPut")
+            .field("bucket_url", &self.bucket_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamingPut {
+    /// The streaming `PUT`s for an `s3://` URL, configured as [`crate::open_store`] would;
+    /// `None` for any other store.
+    pub(crate) fn for_url(url: &str) -> Result<Option<Self>, StoreConfigError> {
+        let parsed = StoreUrl::parse(url)?;
+        let StoreUrl::S3 {
+            bucket,
+            prefix,
+            ca_file,
+            storage_class,
+            ..
+        } = &parsed
+        else {
+            return Ok(None);
+        };
+        let client_error = |source| StoreConfigError::Client {
+            url: url.to_owned(),
+            source,
+        };
+        let (builder, _) = s3_settings(url, &parsed)?;
+        let region = builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .unwrap_or_else(|| "us-east-1".into());
+        let endpoint = builder
+            .get_config_value(&AmazonS3ConfigKey::Endpoint)
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let store = builder.build().map_err(client_error)?;
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if !endpoint.starts_with("http://") {
+            for root in extra_reqwest_roots(url, ca_file.as_deref())? {
+                http = http.add_root_certificate(root);
+            }
+        }
+        let http = http.build().map_err(|e| StoreConfigError::Invalid {
+            url: url.to_owned(),
+            reason: format!("HTTP client: {e}"),
+        })?;
+        Ok(Some(StreamingPut {
+            http,
+            credentials: store.credentials().clone(),
+            region,
+            bucket_url: format!("{}/{bucket}", endpoint.trim_end_matches('/')),
+            storage_class: storage_class.clone(),
+            location: format!("s3://{bucket}/{prefix}"),
+        }))
+    }
+
+    /// Puts `body`, exactly `size` bytes, at `path` in one request; returns the ETag the store
+    /// gave it. `key` names the object in errors.
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        path: &object_store::path::Path,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<Option<String>, SinkError> {
+        let failed = |reason: String| SinkError::Backend {
+            operation: "put",
+            key: key.to_owned(),
+            location: self.location.clone(),
+            source: reason.into(),
+        };
+        let credential = self
+            .credentials
+            .get_credential()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let url = format!(
+            "{}/{}",
+            self.bucket_url,
+            utf8_percent_encode(path.as_ref(), PATH)
+        );
+        let mut signed = http::Request::builder().method("PUT").uri(&url);
+        if let Some(class) = &self.storage_class {
+            signed = signed.header("x-amz-storage-class", class);
+        }
+        let mut signed = signed
+            .body(HttpRequestBody::empty())
+            .map_err(|e| failed(e.to_string()))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
+            .with_sign_payload(false)
+            .authorize(&mut signed, None);
+        // The body's own error (a failed read, a damaged object) is the one to report, not the
+        // client's "error sending request".
+        let stream_error: Arc<Mutex<Option<String>>> = Arc::default();
+        let seen = stream_error.clone();
+        let body = body.map_err(move |e| {
+            seen.lock()
+                .expect("stream error lock")
+                .get_or_insert_with(|| e.to_string());
+            Box::new(e) as Box<dyn std::error::Error + Send + Sync>
+        });
+        let sent = self
+            .http
+            .put(&url)
+            .headers(signed.headers().clone())
+            .header(http::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await;
+        let response = sent.map_err(|e| {
+            let cause = stream_error.lock().expect("stream error lock").take();
+            failed(cause.unwrap_or_else(|| error_chain(&e)))
+        })?;
+        let status = response.status();
+        let etag = response
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(failed(format!("HTTP {status}: {}", text.trim())));
+        }
+        Ok(etag)
+    }
+}
+
+/// An error and its sources, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_encoded_as_object_store_encodes_them() {
+        let path = object_store::path::Path::from("repo/data/ab/ab12");
+        assert_eq!(
+            utf8_percent_encode(path.as_ref(), PATH).to_string(),
+            "repo/data/ab/ab12"
+        );
+        // A path already carries object_store's own escapes; the request escapes it once more,
+        // exactly as object_store's requests do, so both name the same S3 key.
+        let odd = object_store::path::Path::from("my repo/naïve+1");
+        assert_eq!(odd.as_ref(), "my repo/na%C3%AFve+1");
+        assert_eq!(
+            utf8_percent_encode(odd.as_ref(), PATH).to_string(),
+            "my%20repo/na%25C3%25AFve%2B1"
+        );
+    }
+
+    #[test]
+    fn only_s3_urls_get_streaming_puts() {
+        assert!(StreamingPut::for_url("memory://").unwrap().is_none());
+        let put = StreamingPut::for_url(
+            "s3://b/p?endpoint=http://127.0.0.1:3900&region=dc-b&storage_class=STANDARD_IA",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(put.bucket_url, "http://127.0.0.1:3900/b");
+        assert_eq!(put.region, "dc-b");
+        assert_eq!(put.storage_class.as_deref(), Some("STANDARD_IA"));
+    }
+}
