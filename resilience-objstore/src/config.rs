@@ -392,6 +392,21 @@ pub(crate) fn s3_settings(
     Ok((b, http))
 }
 
+/// Where requests `object_store` does not make itself are sent, as it addresses the bucket:
+/// the region and the endpoint (`https://s3.{region}.amazonaws.com` unless one is configured).
+pub(crate) fn s3_region_and_endpoint(
+    builder: &object_store::aws::AmazonS3Builder,
+) -> (String, String) {
+    use object_store::aws::AmazonS3ConfigKey;
+    let region = builder
+        .get_config_value(&AmazonS3ConfigKey::Region)
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint = builder
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    (region, endpoint)
+}
+
 /// Opens the store a URL names (creating a local directory if `create`).
 pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigError> {
     let client = |source| StoreConfigError::Client {

@@ -17,12 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3ConfigKey, AwsAuthorizer, AwsCredential};
+use object_store::aws::{AwsAuthorizer, AwsCredential};
 use object_store::client::{CredentialProvider, HttpRequestBody};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use resilience_core::sink::{ByteStream, SinkError};
 
-use crate::config::{extra_reqwest_roots, s3_settings, StoreConfigError, StoreUrl};
+use crate::config::{
+    extra_reqwest_roots, s3_region_and_endpoint, s3_settings, StoreConfigError, StoreUrl,
+};
 
 /// The largest object S3 takes in a single `PUT`.
 pub(crate) const SINGLE_PUT_LIMIT: u64 = 5 << 30;
@@ -76,12 +78,7 @@ impl StreamingPut {
             source,
         };
         let (builder, _) = s3_settings(url, &parsed)?;
-        let region = builder
-            .get_config_value(&AmazonS3ConfigKey::Region)
-            .unwrap_or_else(|| "us-east-1".into());
-        let endpoint = builder
-            .get_config_value(&AmazonS3ConfigKey::Endpoint)
-            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let (region, endpoint) = s3_region_and_endpoint(&builder);
         let store = builder.build().map_err(client_error)?;
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))

@@ -21,14 +21,14 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use object_store::aws::{AmazonS3ConfigKey, AwsAuthorizer, AwsCredential};
+use object_store::aws::{AwsAuthorizer, AwsCredential};
 use object_store::client::{
     ClientOptions, CredentialProvider, HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector,
 };
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use quick_xml::events::Event;
 
-use crate::config::{s3_settings, StoreConfigError, StoreUrl};
+use crate::config::{s3_region_and_endpoint, s3_settings, StoreConfigError, StoreUrl};
 
 /// The first component of every version entry's path: not UTF-8, so never an object's key.
 pub const VERSIONS_DIR: &[u8] = b"\xffversions";
@@ -252,12 +252,7 @@ impl VersionLister {
             });
         };
         let (builder, allow_http) = s3_settings(url, &parsed)?;
-        let region = builder
-            .get_config_value(&AmazonS3ConfigKey::Region)
-            .unwrap_or_else(|| "us-east-1".into());
-        let endpoint = builder
-            .get_config_value(&AmazonS3ConfigKey::Endpoint)
-            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let (region, endpoint) = s3_region_and_endpoint(&builder);
         let store = builder.build().map_err(|e| StoreConfigError::Client {
             url: url.to_owned(),
             source: e,
