@@ -75,22 +75,25 @@ run rclone-check rclone check "ga:$BUCKET/src" "gb:$BUCKET/res-dst"
 "$RES" init --repo "s3://$BUCKET/repo" --key-file "$WORK/key2" >/dev/null 2>&1
 "$RES" --repo "s3://$BUCKET/repo" --key-file "$WORK/key2" backup dir "$WORK/data" >/dev/null 2>&1
 REPO_BYTES=$(rclone size --json "ga:$BUCKET/repo" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes"])')
-# Three rounds, alternating, each into a fresh prefix of B; the medians are reported (a few
-# seconds each, so one run is at the mercy of the machine's noise).
-for i in 1 2 3; do
+# Five rounds, alternating, each into a fresh prefix of B; the medians are reported (a few
+# seconds each, so one run is at the mercy of the machine's noise), and every round's time.
+ROUNDS="1 2 3 4 5"
+for i in $ROUNDS; do
   run "res-replicate-$i" "$RES" --repo "s3://$BUCKET/repo" --json replicate --to "s3://$BUCKET/repo-$i?endpoint=$B&region=dc-b"
   run "rclone-sync-$i" rclone sync --transfers 8 --checksum "ga:$BUCKET/repo" "gb:$BUCKET/repo-rclone-$i"
 done
-median() { # median LABEL FIELD: the middle of the three rounds' FIELD (1 seconds, 2 RSS KiB, 3+4 CPU seconds)
-  for i in 1 2 3; do
+median() { # median LABEL FIELD: the middle of the rounds' FIELD (1 seconds, 2 RSS KiB, cpu: user + system)
+  for i in $ROUNDS; do
     case "$2" in
       cpu) awk '{print $3 + $4}' "$WORK/$1-$i.time" ;;
       *) cut -d' ' -f"$2" "$WORK/$1-$i.time" ;;
     esac
-  done | sort -g | sed -n 2p
+  done | sort -g | sed -n 3p
 }
+rounds() { for i in $ROUNDS; do cut -d' ' -f1 "$WORK/$1-$i.time"; done | paste -sd' '; }
 for label in res-replicate rclone-sync; do
   echo "$(median $label 1) $(median $label 2) $(median $label cpu)" > "$WORK/$label.time"
+  rounds "$label" > "$WORK/$label.rounds"
 done
 READ_BACK=$(python3 -c "import json; print(json.load(open('$WORK/res-replicate-1.out'))['read_back_objects'])")
 rmbps() { python3 -c "print(f'{$REPO_BYTES/1e6/$(secs "$1"):.0f}')"; }
@@ -105,10 +108,11 @@ OUT="$ROOT/benches/results/bucket-compare-$(date +%Y%m%d-%H%M).md"
   echo "| resilience bucket backup, unchanged | $(secs res-backup2) | $(mbps res-backup2) | $(rss res-backup2) |"
   echo "| resilience bucket restore (repository -> B) | $(secs res-restore) | $(mbps res-restore) | $(rss res-restore) |"
   echo "| rclone copy A -> B | $(secs rclone-copy) | $(mbps rclone-copy) | $(rss rclone-copy) |"
-  echo "| resilience replicate (repository A -> B, median of 3; streamed, checksums checked, copies proven by ETag) | $(secs res-replicate) | $(rmbps res-replicate) | $(rss res-replicate) |"
-  echo "| rclone sync --checksum (repository A -> B, median of 3) | $(secs rclone-sync) | $(rmbps rclone-sync) | $(rss rclone-sync) |"
+  echo "| resilience replicate (repository A -> B, median of 5; streamed, checksums checked, copies proven by ETag) | $(secs res-replicate) | $(rmbps res-replicate) | $(rss res-replicate) |"
+  echo "| rclone sync --checksum (repository A -> B, median of 5) | $(secs rclone-sync) | $(rmbps rclone-sync) | $(rss rclone-sync) |"
   echo
   echo "Ratios (rclone time / resilience time): backup $(python3 -c "print(f'{$(secs rclone-copy)/$(secs res-backup):.2f}')"), restore $(python3 -c "print(f'{$(secs rclone-copy)/$(secs res-restore):.2f}')"), replication $(python3 -c "print(f'{$(secs rclone-sync)/$(secs res-replicate):.2f}')")."
   echo "The restored bucket was checked object by object against the source with \`rclone check\`."
   echo "Replication CPU (user + system, median): resilience $(cut -d' ' -f3 "$WORK/res-replicate.time") s, rclone $(cut -d' ' -f3 "$WORK/rclone-sync.time") s; copies read back to prove them: $READ_BACK."
+  echo "Replication rounds (seconds, in order, alternating): resilience $(cat "$WORK/res-replicate.rounds"); rclone $(cat "$WORK/rclone-sync.rounds")."
 } | tee "$OUT"
