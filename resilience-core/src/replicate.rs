@@ -226,6 +226,30 @@ async fn copy(
     Ok((copied.size, read_back))
 }
 
+/// Attempts at one copy. A streamed copy cannot be resent from its body, so a connection that
+/// fails part way is retried here, with a fresh read of the source; damage is never retried.
+const COPY_ATTEMPTS: u32 = 3;
+
+/// [`copy`], retried on store and connection failures ([`SinkError::Backend`]).
+async fn copy_retrying(
+    source: &dyn Sink,
+    replica: &dyn Sink,
+    origin: &ObjectMeta,
+    read_back: bool,
+) -> Result<(u64, bool)> {
+    let mut attempt = 1;
+    loop {
+        match copy(source, replica, origin, read_back).await {
+            Err(Error::Sink(e @ SinkError::Backend { .. })) if attempt < COPY_ATTEMPTS => {
+                tracing::warn!(object = %origin.key, attempt, error = %e, "copy failed, retrying");
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Reads a copy back in full: it must be `size` bytes that end with the checksum of the rest.
 async fn prove_by_reading_back(replica: &dyn Sink, key: &str, size: u64) -> Result<()> {
     let mismatch = |reason: String| SinkError::Mismatch {
@@ -282,7 +306,7 @@ pub async fn replicate(
                 .collect();
             let copies: Vec<(u64, bool)> = futures::stream::iter(objects)
                 .map(|origin| async move {
-                    copy(source, replica, &origin, options.verify_read_back).await
+                    copy_retrying(source, replica, &origin, options.verify_read_back).await
                 })
                 .buffer_unordered(options.concurrency.max(1))
                 .try_collect()
@@ -335,6 +359,8 @@ mod tests {
         damage: Option<Damage>,
         claims_proof: bool,
         reads: AtomicU64,
+        /// How many copies fail, as a dropped connection does, before they succeed.
+        failing_copies: AtomicU64,
     }
 
     impl Tampering {
@@ -387,6 +413,18 @@ mod tests {
             data: ByteStream,
             _origin: &ObjectMeta,
         ) -> Result<Copied, SinkError> {
+            let fail = self
+                .failing_copies
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                return Err(SinkError::Backend {
+                    operation: "put",
+                    key: key.to_owned(),
+                    location: self.location(),
+                    source: "connection reset by peer".into(),
+                });
+            }
             let size = self.put_stream(key, data, PutMode::Overwrite).await?;
             Ok(Copied {
                 size,
@@ -466,6 +504,36 @@ mod tests {
         assert!(report.copied_objects > 3);
         assert_eq!(report.read_back_objects, report.copied_objects);
         assert_eq!(report.lag_after, Lag::default());
+    }
+
+    #[tokio::test]
+    async fn a_copy_whose_connection_fails_is_retried_and_one_that_keeps_failing_is_named() {
+        let source = repository().await;
+        let flaky = Tampering {
+            failing_copies: AtomicU64::new(2),
+            ..Default::default()
+        };
+        let report = replicate(source.as_ref(), &flaky, &ReplicateOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            report.lag_after,
+            Lag::default(),
+            "caught up despite two failures"
+        );
+
+        let down = Tampering {
+            failing_copies: AtomicU64::new(u64::MAX),
+            ..Default::default()
+        };
+        let err = replicate(source.as_ref(), &down, &ReplicateOptions::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data/") && err.contains("connection reset"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
