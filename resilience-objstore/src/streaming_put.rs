@@ -13,7 +13,7 @@
 //! A body stream that fails (the source's read, or a checksum verdict at its end) aborts the
 //! request before its last byte, and S3 stores nothing for a request whose body is cut short.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -38,48 +38,55 @@ const PATH: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
-/// Sends streamed single `PUT`s to one S3 bucket.
+/// Sends streamed single `PUT`s to one S3 bucket. Its client is built on first use, so that
+/// opening a store for anything else (a `wal-push`, a listing) costs nothing more.
 #[derive(Clone)]
 pub(crate) struct StreamingPut {
+    url: String,
+    location: String,
+    client: Arc<OnceLock<Result<Client, String>>>,
+}
+
+/// What a `PUT` needs: an HTTP client, credentials and where the bucket is.
+struct Client {
     http: reqwest::Client,
     credentials: Arc<dyn CredentialProvider<Credential = AwsCredential>>,
     region: String,
     /// `{endpoint}/{bucket}`, path style, as `object_store` addresses it.
     bucket_url: String,
     storage_class: Option<String>,
-    location: String,
 }
 
 impl std::fmt::Debug for StreamingPut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamingPut")
-            .field("bucket_url", &self.bucket_url)
+            .field("location", &self.location)
             .finish_non_exhaustive()
     }
 }
 
-impl StreamingPut {
-    /// The streaming `PUT`s for an `s3://` URL, configured as [`crate::open_store`] would;
-    /// `None` for any other store.
-    pub(crate) fn for_url(url: &str) -> Result<Option<Self>, StoreConfigError> {
+impl Client {
+    /// The client for an `s3://` URL, configured as [`crate::open_store`] would.
+    fn new(url: &str) -> Result<Self, StoreConfigError> {
         let parsed = StoreUrl::parse(url)?;
         let StoreUrl::S3 {
             bucket,
-            prefix,
             ca_file,
             storage_class,
             ..
         } = &parsed
         else {
-            return Ok(None);
-        };
-        let client_error = |source| StoreConfigError::Client {
-            url: url.to_owned(),
-            source,
+            return Err(StoreConfigError::Invalid {
+                url: url.to_owned(),
+                reason: "not an s3:// URL".into(),
+            });
         };
         let (builder, _) = s3_settings(url, &parsed)?;
         let (region, endpoint) = s3_region_and_endpoint(&builder);
-        let store = builder.build().map_err(client_error)?;
+        let store = builder.build().map_err(|source| StoreConfigError::Client {
+            url: url.to_owned(),
+            source,
+        })?;
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(60));
@@ -92,14 +99,34 @@ impl StreamingPut {
             url: url.to_owned(),
             reason: format!("HTTP client: {e}"),
         })?;
-        Ok(Some(StreamingPut {
+        Ok(Client {
             http,
             credentials: store.credentials().clone(),
             region,
             bucket_url: format!("{}/{bucket}", endpoint.trim_end_matches('/')),
             storage_class: storage_class.clone(),
+        })
+    }
+}
+
+impl StreamingPut {
+    /// The streaming `PUT`s for an `s3://` URL; `None` for any other store.
+    pub(crate) fn for_url(url: &str) -> Result<Option<Self>, StoreConfigError> {
+        let StoreUrl::S3 { bucket, prefix, .. } = StoreUrl::parse(url)? else {
+            return Ok(None);
+        };
+        Ok(Some(StreamingPut {
+            url: url.to_owned(),
             location: format!("s3://{bucket}/{prefix}"),
+            client: Arc::default(),
         }))
+    }
+
+    fn client(&self) -> Result<&Client, String> {
+        self.client
+            .get_or_init(|| Client::new(&self.url).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// Puts `body`, exactly `size` bytes, at `path` in one request; returns the ETag the store
@@ -117,24 +144,25 @@ impl StreamingPut {
             location: self.location.clone(),
             source: reason.into(),
         };
-        let credential = self
+        let client = self.client().map_err(failed)?;
+        let credential = client
             .credentials
             .get_credential()
             .await
             .map_err(|e| failed(e.to_string()))?;
         let url = format!(
             "{}/{}",
-            self.bucket_url,
+            client.bucket_url,
             utf8_percent_encode(path.as_ref(), PATH)
         );
         let mut signed = http::Request::builder().method("PUT").uri(&url);
-        if let Some(class) = &self.storage_class {
+        if let Some(class) = &client.storage_class {
             signed = signed.header("x-amz-storage-class", class);
         }
         let mut signed = signed
             .body(HttpRequestBody::empty())
             .map_err(|e| failed(e.to_string()))?;
-        AwsAuthorizer::new(&credential, "s3", &self.region)
+        AwsAuthorizer::new(&credential, "s3", &client.region)
             .with_sign_payload(false)
             .authorize(&mut signed, None);
         // The body's own error (a failed read, a damaged object) is the one to report, not the
@@ -147,7 +175,7 @@ impl StreamingPut {
                 .get_or_insert_with(|| e.to_string());
             Box::new(e) as Box<dyn std::error::Error + Send + Sync>
         });
-        let sent = self
+        let sent = client
             .http
             .put(&url)
             .headers(signed.headers().clone())
@@ -214,8 +242,9 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(put.bucket_url, "http://127.0.0.1:3900/b");
-        assert_eq!(put.region, "dc-b");
-        assert_eq!(put.storage_class.as_deref(), Some("STANDARD_IA"));
+        let client = put.client().unwrap();
+        assert_eq!(client.bucket_url, "http://127.0.0.1:3900/b");
+        assert_eq!(client.region, "dc-b");
+        assert_eq!(client.storage_class.as_deref(), Some("STANDARD_IA"));
     }
 }
