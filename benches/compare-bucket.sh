@@ -7,7 +7,8 @@
 #
 #   benches/compare-bucket.sh             # about 2 GiB (DATASET_GIB=0.5 for a quick run)
 #
-# The data set is gen-dataset's mix (small, medium and large files; random, text and pages).
+# The data set is gen-dataset's mix (small, medium and large files; random, text and pages),
+# with small files of 1-40 KiB so that 2 GiB comes to about 10,000 objects (SMALL_MAX_KIB).
 set -euo pipefail
 # rclone refuses a custom CA bundle for plain-http loopback endpoints.
 unset AWS_CA_BUNDLE
@@ -29,7 +30,7 @@ need /usr/bin/time time
 cargo build --release --locked -p resilience-cli -p resilience-benches --manifest-path "$ROOT/Cargo.toml" >&2
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 RES="$TARGET/release/resilience"
-"$TARGET/release/gen-dataset" "$WORK/data" "$GIB" 7 >&2
+"$TARGET/release/gen-dataset" "$WORK/data" "$GIB" 7 "${SMALL_MAX_KIB:-40}" >&2
 OBJECTS=$(find "$WORK/data" -type f | wc -l)
 BYTES=$(du -sb --apparent-size "$WORK/data" | cut -f1)
 

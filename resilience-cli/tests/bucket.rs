@@ -1,10 +1,12 @@
-//! Bucket backups against Garage (started by `scripts/test`): objects of many sizes, odd keys,
+//! Bucket backups against Garage (started by `scripts/test`): objects of many sizes (empty, tiny,
+//! 100 MiB, two thousand small ones), odd keys,
 //! content types and user metadata come back byte-identical into another place; an unchanged
 //! bucket is not read again; a restore never silently replaces a different object, and resumes.
 
 use std::process::{Command, Output};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, GetOptions, ObjectStore, PutOptions};
 use serde_json::Value;
@@ -113,30 +115,34 @@ async fn a_bucket_comes_back_byte_identical_with_its_metadata() {
     let mut objects: Vec<(String, Bytes)> = vec![
         ("empty".into(), Bytes::new()),
         ("tiny.txt".into(), Bytes::from_static(b"hi")),
-        ("big/blob.bin".into(), bytes_of(20 << 20, 1)),
+        ("big/blob.bin".into(), bytes_of(100 << 20, 1)),
         (
             "with space/ünïcødé/dëep/a/b/c/d.json".into(),
             Bytes::from_static(b"{\"odd\": true}"),
         ),
+        // Listed before `many/` (byte order), walked after it: reuse must not lose its place.
+        ("many-more.txt".into(), Bytes::from_static(b"more")),
+        ("many.txt".into(), Bytes::from_static(b"many")),
     ];
-    for i in 0..300 {
+    for i in 0..2000 {
         objects.push((
-            format!("many/{i:04}"),
-            bytes_of(100 + i * 37, i as u64 + 10),
+            format!("many/{:02}/{i:04}", i % 40),
+            bytes_of(100 + (i * 37) % 9000, i as u64 + 10),
         ));
     }
-    for (key, body) in &objects {
-        let ctype = key.ends_with(".json").then_some("application/json");
-        put(
-            store,
-            &src,
-            key,
-            body.clone(),
-            ctype,
-            &[("owner", "billing"), ("tier", "gold")],
-        )
+    futures::stream::iter(&objects)
+        .for_each_concurrent(16, |(key, body)| {
+            let ctype = key.ends_with(".json").then_some("application/json");
+            put(
+                store,
+                &src,
+                key,
+                body.clone(),
+                ctype,
+                &[("owner", "billing"), ("tier", "gold")],
+            )
+        })
         .await;
-    }
 
     let lab = Lab {
         dir: tempfile::tempdir().unwrap(),
@@ -176,8 +182,13 @@ async fn a_bucket_comes_back_byte_identical_with_its_metadata() {
     let id = first["id"].as_str().unwrap();
     let done = lab.json(&["bucket", "restore", id, &target_url]);
     assert_eq!(done["written"], objects.len(), "{done}");
-    for (key, body) in &objects {
-        let (got, attrs) = read(store, &dst, key).await;
+    let restored_into = dst.as_str();
+    let restored: Vec<_> = futures::stream::iter(&objects)
+        .map(|(key, body)| async move { (key, body, read(store, restored_into, key).await) })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (key, body, (got, attrs)) in restored {
         assert_eq!(got, *body, "{key}");
         assert_eq!(
             attrs

@@ -417,6 +417,8 @@ impl Pipeline {
 struct ParentCursor {
     reader: Option<TreeReader>,
     current: Option<TreeRecord>,
+    /// The source's order, which its previous snapshot's tree is in too.
+    order: crate::source::EntryOrder,
 }
 
 impl ParentCursor {
@@ -438,7 +440,7 @@ impl ParentCursor {
                 }
             }
             let cur = self.current.as_ref().expect("set above");
-            match cur.meta.path.walk_cmp(&meta.path) {
+            match self.order.cmp(&cur.meta.path, &meta.path) {
                 std::cmp::Ordering::Less => self.current = None,
                 std::cmp::Ordering::Greater => return Ok(None),
                 std::cmp::Ordering::Equal => {
@@ -482,6 +484,7 @@ fn spawn_read_ahead(
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_ENTRIES);
+    cursor.order = session.entry_order();
     let task = tokio::spawn(async move {
         let mut inflight: FuturesOrdered<futures::future::BoxFuture<'static, Result<Ahead>>> =
             FuturesOrdered::new();
@@ -688,6 +691,7 @@ impl Repository {
         let mut cursor = ParentCursor {
             reader: None,
             current: None,
+            order: Default::default(),
         };
         if let Some(parent) = &parent {
             let manifest = self.load_manifest(parent).await?;

@@ -20,6 +20,9 @@ use crate::repo::Repository;
 use crate::snapshot::{BlobRef, Content, TreeDecoder, TreeRecord};
 use crate::source::{ContentWriter, Target};
 
+/// Entries whose [`Target::wants`] is asked ahead of the one being written.
+const WANTS_AHEAD: usize = 16;
+
 /// How to restore.
 #[derive(Clone)]
 pub struct RestoreOptions {
@@ -43,7 +46,7 @@ impl Default for RestoreOptions {
 pub struct RestoreReport {
     /// The snapshot restored.
     pub snapshot: String,
-    /// Entries applied.
+    /// Entries written (those the target wanted).
     pub entries: u64,
     /// Content bytes written.
     pub bytes: u64,
@@ -165,7 +168,8 @@ impl Repository {
         let index = Arc::new(self.load_read_index().await?);
         let mut tree = self.tree_reader(&record, &index).await?;
 
-        // Pass 1: content. A stream of steps, each blob read running ahead in a bounded window.
+        // Pass 1: content. A stream of steps, each blob read running ahead in a bounded window;
+        // the target says which entries it wants first, so the others are never read.
         let steps = stream::unfold(Some(tree), |state| async move {
             let mut reader = state?;
             match reader.next().await {
@@ -174,10 +178,17 @@ impl Repository {
                 Err(e) => Some((Err(e), None)),
             }
         })
-        .flat_map(|rec: Result<TreeRecord>| {
+        .map(|rec: Result<TreeRecord>| async move {
+            let rec = rec?;
+            let wanted = target.wants(&rec.meta).await?;
+            Ok((rec, wanted))
+        })
+        .buffered(WANTS_AHEAD)
+        .flat_map(|rec: Result<(TreeRecord, bool)>| {
             let steps: Vec<Result<StepPlan>> = match rec {
                 Err(e) => vec![Err(e)],
-                Ok(rec) => {
+                Ok((_, false)) => Vec::new(),
+                Ok((rec, true)) => {
                     let blobs: Vec<BlobRef> = rec.content.blobs().to_vec();
                     let mut v = vec![Ok(StepPlan::Begin(rec))];
                     v.extend(blobs.into_iter().map(|b| Ok(StepPlan::Blob(b))));

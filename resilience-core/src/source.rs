@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
-use crate::entry::EntryMeta;
+use crate::entry::{EntryMeta, EntryPath};
 use crate::sink::BoxError;
 
 /// An entry's content, read once, front to back.
@@ -96,12 +96,43 @@ pub trait Source: Send + Sync {
     async fn start(&self) -> Result<Box<dyn SourceSession>, AdapterError>;
 }
 
+/// The order a session emits its entries in.
+///
+/// A backup pairs each entry with the same path in the parent snapshot of the same source by
+/// walking both in this order, so unchanged content is reused without being read and without
+/// either listing held in memory. An entry out of order is only read again, never wrong.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EntryOrder {
+    /// Component by component ([`EntryPath::walk_cmp`]): a depth-first walk with sorted
+    /// children, as a directory tree is read.
+    #[default]
+    Walk,
+    /// Plain byte order of the whole path, as S3, GCS and Azure list keys (`a-b` before `a/c`,
+    /// where a walk has `a/c` first).
+    Bytes,
+}
+
+impl EntryOrder {
+    /// Compares two paths in this order.
+    pub fn cmp(self, a: &EntryPath, b: &EntryPath) -> std::cmp::Ordering {
+        match self {
+            EntryOrder::Walk => a.walk_cmp(b),
+            EntryOrder::Bytes => a.as_bytes().cmp(b.as_bytes()),
+        }
+    }
+}
+
 /// One snapshot being taken.
 ///
-/// Entries should come in [`crate::entry::EntryPath::walk_cmp`] order where the source can
-/// (it lets the engine reuse unchanged content without reading it); any order is correct.
+/// Entries should come in the session's [`EntryOrder`] where the source can (it lets the
+/// engine reuse unchanged content without reading it); any order is correct.
 #[async_trait]
 pub trait SourceSession: Send {
+    /// The order of this session's entries (by default a walk: [`EntryOrder::Walk`]).
+    fn entry_order(&self) -> EntryOrder {
+        EntryOrder::Walk
+    }
+
     /// The next entry, or `None` when the snapshot is complete. A source may emit entries
     /// after finishing its own work (Postgres' `backup_label` after `pg_backup_stop`).
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError>;
@@ -113,6 +144,14 @@ pub trait SourceSession: Send {
 /// Applies a snapshot's entries on restore.
 #[async_trait]
 pub trait Target: Send + Sync {
+    /// Whether the target will write this entry, asked before any of its content is read: a
+    /// few entries ahead of [`Target::create`], several at once. An entry the target declines
+    /// (filtered out, already there and identical, refused) is not read from the repository and
+    /// not passed to `create`; `apply_metadata` still sees it. By default every entry is wanted.
+    async fn wants(&self, _meta: &EntryMeta) -> Result<bool, AdapterError> {
+        Ok(true)
+    }
+
     /// Creates an entry. For file-like entries returns a writer that receives the content in
     /// order; for directories, symlinks and others creates them and returns `None`.
     /// Several entries may be open at once.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use crate::entry::EntryMeta;
 use crate::sink::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
 use crate::source::{
-    AdapterError, ContentWriter, Source, SourceDescriptor, SourceEntry, SourceMetadata,
+    AdapterError, ContentWriter, EntryOrder, Source, SourceDescriptor, SourceEntry, SourceMetadata,
     SourceSession, Target,
 };
 
@@ -38,6 +38,8 @@ pub struct MemorySource {
     pub descriptor: SourceDescriptor,
     /// Entries with their content, in the order they are produced.
     pub entries: Vec<(EntryMeta, Bytes)>,
+    /// The order the entries are declared to be in.
+    pub order: EntryOrder,
 }
 
 impl MemorySource {
@@ -49,7 +51,14 @@ impl MemorySource {
                 kind: "memory".into(),
             },
             entries: Vec::new(),
+            order: EntryOrder::Walk,
         }
+    }
+
+    /// Declares the order the entries are in (by default a walk).
+    pub fn with_order(mut self, order: EntryOrder) -> Self {
+        self.order = order;
+        self
     }
 
     /// Adds a file entry whose fingerprint is a hash of its content (so unchanged files are
@@ -71,6 +80,7 @@ impl MemorySource {
 
 struct MemorySession {
     entries: std::vec::IntoIter<(EntryMeta, Bytes)>,
+    order: EntryOrder,
 }
 
 #[async_trait]
@@ -82,12 +92,17 @@ impl Source for MemorySource {
     async fn start(&self) -> Result<Box<dyn SourceSession>, AdapterError> {
         Ok(Box::new(MemorySession {
             entries: self.entries.clone().into_iter(),
+            order: self.order,
         }))
     }
 }
 
 #[async_trait]
 impl SourceSession for MemorySession {
+    fn entry_order(&self) -> EntryOrder {
+        self.order
+    }
+
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
         Ok(self.entries.next().map(|(meta, content)| {
             let reader: crate::source::EntryReader = Box::pin(std::io::Cursor::new(content));
@@ -186,6 +201,7 @@ impl ContentWriter for MemoryWriter {
 pub struct FaultySink<S> {
     inner: S,
     puts_left: AtomicI64,
+    range_bytes: AtomicU64,
 }
 
 impl<S: Sink> FaultySink<S> {
@@ -194,7 +210,13 @@ impl<S: Sink> FaultySink<S> {
         FaultySink {
             inner,
             puts_left: AtomicI64::new(puts),
+            range_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Bytes read so far by ranged reads (what a restore reads of packs).
+    pub fn range_bytes_read(&self) -> u64 {
+        self.range_bytes.load(Ordering::SeqCst)
     }
 
     /// Sets the remaining budget.
@@ -255,7 +277,10 @@ impl<S: Sink> Sink for FaultySink<S> {
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
-        self.inner.get_range(key, range).await
+        let data = self.inner.get_range(key, range).await?;
+        self.range_bytes
+            .fetch_add(data.len() as u64, Ordering::SeqCst);
+        Ok(data)
     }
     async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
         self.inner.get_stream(key).await

@@ -30,7 +30,7 @@ use resilience_core::catalog::BackupRecord;
 use resilience_core::entry::{EntryKind, EntryMeta};
 use resilience_core::repo::Repository;
 use resilience_core::source::{
-    AdapterError, ContentWriter, DiscardWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
+    AdapterError, ContentWriter, EntryOrder, EntryReader, Source, SourceDescriptor, SourceEntry,
     SourceMetadata, SourceSession, Target,
 };
 use serde::Serialize;
@@ -42,6 +42,8 @@ use crate::versions::{
 
 /// Objects above this size are written in parts of this size.
 pub const PART_SIZE: usize = 8 << 20;
+/// Objects a restore writes at once (each large one also sends its parts concurrently).
+const WRITES_IN_FLIGHT: usize = 8;
 /// `HEAD` requests in flight while listing.
 const HEADS_IN_FLIGHT: usize = 16;
 /// The user-metadata key a restore records the source object's ETag under.
@@ -142,13 +144,24 @@ impl Source for BucketSource {
             store,
             prefix,
             location,
+            local_root,
             ..
         } = opened;
         let list_prefix = (!prefix.is_empty()).then(|| Path::from(prefix.as_str()));
+        // Object stores list in byte order; a local directory is walked, sorted, so that its
+        // listing has an order too (object_store's own comes in the file system's order).
+        let order = if local_root.is_some() {
+            EntryOrder::Walk
+        } else {
+            EntryOrder::Bytes
+        };
+        let listed = match order {
+            EntryOrder::Walk => sorted_walk(store.clone(), prefix.clone(), list_prefix),
+            EntryOrder::Bytes => store.list(list_prefix.as_ref()),
+        };
         let head_store = store.clone();
         let shown = location.clone();
-        let current: BoxStream<'static, Result<Listed, AdapterError>> = store
-            .list(list_prefix.as_ref())
+        let current: BoxStream<'static, Result<Listed, AdapterError>> = listed
             .map_err(move |e| AdapterError::msg("list", shown.clone(), e.to_string()))
             .map_ok(move |meta| {
                 let store = head_store.clone();
@@ -195,8 +208,59 @@ impl Source for BucketSource {
             listing,
             counts: Arc::default(),
             versions: self.versions,
+            order,
         }))
     }
+}
+
+/// The objects under `root` in a store without an ordered listing (a local directory), in walk
+/// order ([`EntryOrder::Walk`]): one directory level listed and sorted at a time, so memory
+/// holds the levels on the current path, not the whole tree.
+fn sorted_walk(
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    root: Option<Path>,
+) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+    enum Child {
+        Object(ObjectMeta),
+        Dir(Path),
+    }
+    let key = move |child: &Child| match child {
+        Child::Object(meta) => key_under(&prefix, &meta.location),
+        Child::Dir(dir) => key_under(&prefix, dir),
+    };
+    let first: Vec<Child> = vec![Child::Dir(root.unwrap_or_default())];
+    let levels = vec![first.into_iter()];
+    futures::stream::try_unfold(levels, move |mut levels| {
+        let store = store.clone();
+        let key = key.clone();
+        async move {
+            loop {
+                let Some(level) = levels.last_mut() else {
+                    return Ok(None);
+                };
+                match level.next() {
+                    None => {
+                        levels.pop();
+                    }
+                    Some(Child::Object(meta)) => return Ok(Some((meta, levels))),
+                    Some(Child::Dir(dir)) => {
+                        let under = (!dir.as_ref().is_empty()).then_some(&dir);
+                        let found = store.list_with_delimiter(under).await?;
+                        let mut children: Vec<Child> = found
+                            .objects
+                            .into_iter()
+                            .map(Child::Object)
+                            .chain(found.common_prefixes.into_iter().map(Child::Dir))
+                            .collect();
+                        children.sort_by_cached_key(&key);
+                        levels.push(children.into_iter());
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 /// What the listing hands the session: an object, or another version of one.
@@ -311,6 +375,7 @@ struct BucketSession {
     listing: BoxStream<'static, Result<Listed, AdapterError>>,
     counts: Arc<Counts>,
     versions: bool,
+    order: EntryOrder,
 }
 
 /// The attributes an object carries into its entry.
@@ -448,6 +513,10 @@ impl BucketSession {
 
 #[async_trait]
 impl SourceSession for BucketSession {
+    fn entry_order(&self) -> EntryOrder {
+        self.order
+    }
+
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
         let Some(listed) = self.listing.try_next().await? else {
             return Ok(None);
@@ -708,6 +777,7 @@ pub struct BucketTarget {
     /// A local directory: it stores no attributes (object_store's local file system refuses
     /// puts that carry any), so objects are written without them.
     local: bool,
+    uploads: Uploads,
 }
 
 impl BucketTarget {
@@ -731,6 +801,7 @@ impl BucketTarget {
             location: opened.location,
             options,
             tally: Arc::new(Mutex::new(tally)),
+            uploads: Uploads::new(),
         })
     }
 
@@ -740,15 +811,10 @@ impl BucketTarget {
     }
 }
 
-#[async_trait]
-impl Target for BucketTarget {
-    async fn create(
-        &self,
-        meta: &EntryMeta,
-    ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
-        if meta.kind != EntryKind::File {
-            return Ok(None);
-        }
+impl BucketTarget {
+    /// The key an entry restores to, if it is the one chosen for its key (the current object,
+    /// or with `as_of` the version current then) and within the prefix; else tallies why not.
+    fn chosen_key(&self, meta: &EntryMeta) -> Option<String> {
         let version = parse_version_entry_path(meta.path.as_bytes());
         let chosen = match &self.options.as_of {
             Some(plan) => plan.chosen.contains(meta.path.as_bytes()),
@@ -757,7 +823,7 @@ impl Target for BucketTarget {
         };
         if !chosen {
             self.tally.lock().expect("tally lock").other_versions += 1;
-            return Ok(Some(Box::new(DiscardWriter)));
+            return None;
         }
         let key = match version {
             Some((key, _)) => key,
@@ -766,9 +832,33 @@ impl Target for BucketTarget {
         if let Some(p) = &self.options.prefix {
             if !key.starts_with(p.as_str()) {
                 self.tally.lock().expect("tally lock").filtered += 1;
-                return Ok(Some(Box::new(DiscardWriter)));
+                return None;
             }
         }
+        Some(key)
+    }
+
+    /// The key an entry restores to (whichever version it is).
+    fn key_of(meta: &EntryMeta) -> String {
+        match parse_version_entry_path(meta.path.as_bytes()) {
+            Some((key, _)) => key,
+            None => String::from_utf8_lossy(meta.path.as_bytes()).into_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl Target for BucketTarget {
+    /// Decides before anything is read: objects of other versions, outside the prefix, already
+    /// there and identical, or different and not to be replaced are declined (and tallied), so
+    /// a resumed or filtered restore reads only what it writes.
+    async fn wants(&self, meta: &EntryMeta) -> Result<bool, AdapterError> {
+        if meta.kind != EntryKind::File {
+            return Ok(false);
+        }
+        let Some(key) = self.chosen_key(meta) else {
+            return Ok(false);
+        };
         let path = path_for(&self.prefix, &key);
         let existing = self
             .store
@@ -781,8 +871,8 @@ impl Target for BucketTarget {
             )
             .await;
         match existing {
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(AdapterError::msg("HEAD", path.to_string(), e.to_string())),
+            Err(object_store::Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(AdapterError::msg("HEAD", path.to_string(), e.to_string())),
             Ok(found) => {
                 let source_etag = meta.attrs.get("etag");
                 let same = found.meta.size == meta.size
@@ -793,20 +883,30 @@ impl Target for BucketTarget {
                             .get(&Attribute::Metadata(SOURCE_ETAG.into()))
                             .map(|v| v.as_ref())
                             == source_etag.map(String::as_str));
+                let mut tally = self.tally.lock().expect("tally lock");
                 if same {
-                    self.tally.lock().expect("tally lock").skipped += 1;
-                    return Ok(Some(Box::new(DiscardWriter)));
-                }
-                if !self.options.overwrite {
-                    self.tally
-                        .lock()
-                        .expect("tally lock")
-                        .refused
-                        .push(key.clone());
-                    return Ok(Some(Box::new(DiscardWriter)));
+                    tally.skipped += 1;
+                    Ok(false)
+                } else if !self.options.overwrite {
+                    tally.refused.push(key);
+                    Ok(false)
+                } else {
+                    Ok(true)
                 }
             }
         }
+    }
+
+    /// Writes a wanted object; its upload finishes in the background, up to
+    /// [`WRITES_IN_FLIGHT`] at once, and `finish` waits for all of them.
+    async fn create(
+        &self,
+        meta: &EntryMeta,
+    ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
+        if meta.kind != EntryKind::File {
+            return Ok(None);
+        }
+        let path = path_for(&self.prefix, &Self::key_of(meta));
         Ok(Some(Box::new(ObjectWriter {
             store: self.store.clone(),
             path,
@@ -819,6 +919,7 @@ impl Target for BucketTarget {
             upload: None,
             written: 0,
             tally: self.tally.clone(),
+            uploads: self.uploads.clone(),
         })))
     }
 
@@ -827,6 +928,7 @@ impl Target for BucketTarget {
     }
 
     async fn finish(&self) -> Result<(), AdapterError> {
+        self.uploads.wait_all().await?;
         let t = self.tally();
         match t.refused.first() {
             None => Ok(()),
@@ -844,6 +946,59 @@ impl Target for BucketTarget {
     }
 }
 
+/// Object uploads finishing in the background, at most [`WRITES_IN_FLIGHT`] at once: many
+/// small objects are written side by side rather than one round trip after another.
+#[derive(Clone)]
+struct Uploads {
+    slots: Arc<tokio::sync::Semaphore>,
+    running: Arc<Mutex<tokio::task::JoinSet<Result<(), AdapterError>>>>,
+}
+
+impl Uploads {
+    fn new() -> Self {
+        Uploads {
+            slots: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
+            running: Arc::default(),
+        }
+    }
+
+    /// Waits for a free slot, reports the first failure among finished uploads, and starts
+    /// `upload`.
+    async fn start(
+        &self,
+        upload: impl std::future::Future<Output = Result<(), AdapterError>> + Send + 'static,
+    ) -> Result<(), AdapterError> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let mut running = self.running.lock().expect("uploads lock");
+        while let Some(done) = running.try_join_next() {
+            done.map_err(upload_task_failed)??;
+        }
+        running.spawn(async move {
+            let _slot = slot;
+            upload.await
+        });
+        Ok(())
+    }
+
+    /// Waits for every upload, returning the first failure.
+    async fn wait_all(&self) -> Result<(), AdapterError> {
+        let mut running = std::mem::take(&mut *self.running.lock().expect("uploads lock"));
+        while let Some(done) = running.join_next().await {
+            done.map_err(upload_task_failed)??;
+        }
+        Ok(())
+    }
+}
+
+fn upload_task_failed(e: tokio::task::JoinError) -> AdapterError {
+    AdapterError::msg("write", "an object", format!("upload task failed: {e}"))
+}
+
 struct ObjectWriter {
     store: Arc<dyn ObjectStore>,
     path: Path,
@@ -852,11 +1007,36 @@ struct ObjectWriter {
     upload: Option<WriteMultipart>,
     written: u64,
     tally: Arc<Mutex<BucketTally>>,
+    uploads: Uploads,
 }
 
 impl ObjectWriter {
     fn err(&self, e: impl std::fmt::Display) -> AdapterError {
         AdapterError::msg("write", self.path.to_string(), e.to_string())
+    }
+
+    /// Sends what is buffered (or finishes the multipart upload) and counts the object.
+    async fn finish_upload(mut self) -> Result<(), AdapterError> {
+        match self.upload.take() {
+            Some(upload) => {
+                upload.finish().await.map_err(|e| self.err(e))?;
+            }
+            None => {
+                let opts = PutOptions {
+                    attributes: self.attributes.clone(),
+                    ..Default::default()
+                };
+                let body = Bytes::from(std::mem::take(&mut self.buffer));
+                self.store
+                    .put_opts(&self.path, body.into(), opts)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        let mut t = self.tally.lock().expect("tally lock");
+        t.written += 1;
+        t.written_bytes += self.written;
+        Ok(())
     }
 }
 
@@ -887,33 +1067,144 @@ impl ContentWriter for ObjectWriter {
         Ok(())
     }
 
-    async fn complete(mut self: Box<Self>) -> Result<(), AdapterError> {
-        match self.upload.take() {
-            Some(upload) => {
-                upload.finish().await.map_err(|e| self.err(e))?;
-            }
-            None => {
-                let opts = PutOptions {
-                    attributes: self.attributes.clone(),
-                    ..Default::default()
-                };
-                let body = Bytes::from(std::mem::take(&mut self.buffer));
-                self.store
-                    .put_opts(&self.path, body.into(), opts)
-                    .await
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        let mut t = self.tally.lock().expect("tally lock");
-        t.written += 1;
-        t.written_bytes += self.written;
-        Ok(())
+    async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
+        let uploads = self.uploads.clone();
+        uploads.start(self.finish_upload()).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys whose walk order differs from their byte order (`logs-old`, `logs.txt`, `logs/`).
+    const ODD_ORDER: [&str; 6] = [
+        "logs-old/1",
+        "logs.txt",
+        "logs/a",
+        "logs/b/c",
+        "logs0",
+        "z z/ünï",
+    ];
+
+    fn odd_order_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, key) in ODD_ORDER.iter().enumerate() {
+            let path = dir.path().join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, vec![i as u8; 10 + i]).unwrap();
+        }
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_local_directory_is_listed_in_walk_order() {
+        let dir = odd_order_dir();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let keys: Vec<String> = sorted_walk(store, String::new(), None)
+            .map_ok(|meta| key_under("", &meta.location))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut walk: Vec<&str> = ODD_ORDER.to_vec();
+        walk.sort_by(|a, b| {
+            resilience_core::entry::EntryPath::from(*a)
+                .walk_cmp(&resilience_core::entry::EntryPath::from(*b))
+        });
+        assert_eq!(keys, walk);
+        assert_ne!(walk, ODD_ORDER, "the walk differs from byte order");
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_local_directory_is_not_read_again() {
+        let dir = odd_order_dir();
+        let sink: Arc<dyn resilience_core::sink::Sink> =
+            Arc::new(resilience_core::sink::MemorySink::new());
+        let repo = Repository::init(
+            sink,
+            &resilience_core::keys::KeyFileProvider::from_key([7; 32]),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let source = BucketSource::new(dir.path().display().to_string());
+        let first = repo.backup(&source, Default::default()).await.unwrap();
+        assert_eq!(first.reused_entries, 0);
+        let again = repo.backup(&source, Default::default()).await.unwrap();
+        assert_eq!(again.reused_entries, ODD_ORDER.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_filtered_or_refused_restore_reads_only_what_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        for (key, len) in [("big/a", 3 << 20), ("big/b", 3 << 20), ("small", 100)] {
+            let path = dir.path().join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(
+                path,
+                resilience_core::testing::pseudo_random(len, len as u64),
+            )
+            .unwrap();
+        }
+        let counting = Arc::new(resilience_core::testing::FaultySink::new(
+            resilience_core::sink::MemorySink::new(),
+            -1,
+        ));
+        let repo = Repository::init(
+            counting.clone(),
+            &resilience_core::keys::KeyFileProvider::from_key([7; 32]),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let source = BucketSource::new(dir.path().display().to_string());
+        repo.backup(&source, Default::default()).await.unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let url = out.path().display().to_string();
+        let restore = |options: BucketRestoreOptions| {
+            let (repo, counting, url) = (repo.clone(), counting.clone(), url.clone());
+            async move {
+                let target = BucketTarget::new(&url, options).unwrap();
+                let before = counting.range_bytes_read();
+                let done = repo.restore("latest", &target, Default::default()).await;
+                (
+                    done.map(|_| ()),
+                    target.tally(),
+                    counting.range_bytes_read() - before,
+                )
+            }
+        };
+
+        let (done, first, read) = restore(Default::default()).await;
+        done.unwrap();
+        assert_eq!(first.written, 3);
+        assert!(read > 6 << 20, "{read}");
+
+        // Everything in the way (a local directory keeps no ETag to prove it identical, so
+        // each is refused): nothing is read.
+        let (done, again, read) = restore(Default::default()).await;
+        assert!(done.unwrap_err().to_string().contains("big/a"));
+        assert_eq!((again.written, again.refused.len()), (0, 3));
+        assert!(
+            read < 1 << 20,
+            "a restore that writes nothing read {read} bytes"
+        );
+
+        std::fs::remove_file(out.path().join("small")).unwrap();
+        let only_small = BucketRestoreOptions {
+            prefix: Some("sm".into()),
+            ..Default::default()
+        };
+        let (done, filtered, read) = restore(only_small).await;
+        done.unwrap();
+        assert_eq!((filtered.written, filtered.filtered), (1, 2));
+        assert!(read < 1 << 20, "a filtered restore read {read} bytes");
+        assert_eq!(
+            std::fs::read(out.path().join("small")).unwrap(),
+            resilience_core::testing::pseudo_random(100, 100)
+        );
+    }
 
     #[test]
     fn keys_and_paths() {

@@ -310,8 +310,29 @@ impl PgTableTarget {
     }
 }
 
+impl PgTableTarget {
+    /// Whether a table entry is one of the tables asked for (all of them when none are named).
+    fn selected(&self, schema: &str, table: &str) -> bool {
+        self.options.tables.is_empty()
+            || self
+                .options
+                .tables
+                .iter()
+                .any(|p| matches(p, schema, table))
+    }
+}
+
 #[async_trait]
 impl Target for PgTableTarget {
+    /// Tables not asked for are declined, so their rows are never read from the repository.
+    async fn wants(&self, meta: &EntryMeta) -> Result<bool, AdapterError> {
+        let path = String::from_utf8_lossy(meta.path.as_bytes());
+        Ok(match path.split_once('/') {
+            Some((schema, table)) if meta.kind == EntryKind::File => self.selected(schema, table),
+            _ => true,
+        })
+    }
+
     async fn create(
         &self,
         meta: &EntryMeta,
@@ -323,13 +344,7 @@ impl Target for PgTableTarget {
         if meta.kind != EntryKind::File {
             return Ok(None);
         }
-        if !self.options.tables.is_empty()
-            && !self
-                .options
-                .tables
-                .iter()
-                .any(|p| matches(p, schema, table))
-        {
+        if !self.selected(schema, table) {
             return Ok(Some(Box::new(DiscardWriter)));
         }
         let columns: Vec<Column> = meta
