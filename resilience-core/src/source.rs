@@ -178,8 +178,9 @@ pub trait ContentWriter: Send {
     async fn complete(self: Box<Self>) -> Result<(), AdapterError>;
 }
 
-/// A writer that swallows an entry's content: for targets that skip an entry (filtered out,
-/// already present) but must still accept its bytes.
+/// A writer that swallows an entry's content: for targets that find out only in
+/// [`Target::create`] that they skip an entry. Declining it in [`Target::wants`] is better:
+/// then its content is not read at all.
 pub struct DiscardWriter;
 
 #[async_trait]

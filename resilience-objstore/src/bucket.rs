@@ -815,20 +815,16 @@ impl BucketTarget {
     /// The key an entry restores to, if it is the one chosen for its key (the current object,
     /// or with `as_of` the version current then) and within the prefix; else tallies why not.
     fn chosen_key(&self, meta: &EntryMeta) -> Option<String> {
-        let version = parse_version_entry_path(meta.path.as_bytes());
         let chosen = match &self.options.as_of {
             Some(plan) => plan.chosen.contains(meta.path.as_bytes()),
             // Without a time, the current objects (as they were at the backup).
-            None => version.is_none(),
+            None => parse_version_entry_path(meta.path.as_bytes()).is_none(),
         };
         if !chosen {
             self.tally.lock().expect("tally lock").other_versions += 1;
             return None;
         }
-        let key = match version {
-            Some((key, _)) => key,
-            None => String::from_utf8_lossy(meta.path.as_bytes()).into_owned(),
-        };
+        let key = Self::key_of(meta);
         if let Some(p) = &self.options.prefix {
             if !key.starts_with(p.as_str()) {
                 self.tally.lock().expect("tally lock").filtered += 1;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use resilience_core::entry::{EntryKind, EntryMeta, UNKNOWN_SIZE};
 use resilience_core::source::{
-    AdapterError, ContentWriter, DiscardWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
+    AdapterError, ContentWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
     SourceMetadata, SourceSession, Target,
 };
 use serde::{Deserialize, Serialize};
@@ -308,9 +308,7 @@ impl PgTableTarget {
             options,
         }
     }
-}
 
-impl PgTableTarget {
     /// Whether a table entry is one of the tables asked for (all of them when none are named).
     fn selected(&self, schema: &str, table: &str) -> bool {
         self.options.tables.is_empty()
@@ -343,9 +341,6 @@ impl Target for PgTableTarget {
         };
         if meta.kind != EntryKind::File {
             return Ok(None);
-        }
-        if !self.selected(schema, table) {
-            return Ok(Some(Box::new(DiscardWriter)));
         }
         let columns: Vec<Column> = meta
             .attrs
