@@ -78,11 +78,16 @@ pub struct BackupReport {
 struct Shared {
     repo: Repository,
     dedup: Mutex<Dedup>,
+    /// The backup's lock: no index file is written once it has lapsed.
+    lock: lock::LockCheck,
 }
 
 struct Dedup {
     index: Index,
     claimed: HashSet<BlobId>,
+    /// Packs holding blobs this backup deduplicated against (or wrote): each must still exist
+    /// when the snapshot commits.
+    used_packs: HashSet<pack::PackId>,
 }
 
 struct Encoded {
@@ -171,9 +176,22 @@ impl Packer {
         Ok(())
     }
 
+    /// Indexes the uploaded packs, only while the lock holds: a lapsed backup's packs may have
+    /// been collected, and an index naming them would send later backups to missing data.
     async fn flush_index(&mut self) -> Result<()> {
         let packs = std::mem::take(&mut self.unindexed);
-        self.stored_bytes += self.shared.repo.write_index(&packs).await?;
+        if packs.is_empty() {
+            return Ok(());
+        }
+        self.shared.lock.check()?;
+        let (name, size) = self.shared.repo.write_index_named(&packs).await?;
+        if let Err(lapsed) = self.shared.lock.check() {
+            if let Err(e) = self.shared.repo.sink.delete(&name).await {
+                tracing::warn!(error = %e, index = %name, "could not remove the index file of a backup whose lock lapsed");
+            }
+            return Err(lapsed);
+        }
+        self.stored_bytes += size;
         let mut dedup = self.shared.dedup.lock().expect("dedup lock poisoned");
         for p in &packs {
             dedup.index.add_pack(p);
@@ -201,7 +219,11 @@ fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Opt
     };
     {
         let mut dedup = shared.dedup.lock().expect("dedup lock poisoned");
-        if dedup.index.contains(&id) || !dedup.claimed.insert(id) {
+        if let Some(found) = dedup.index.lookup(&id) {
+            dedup.used_packs.insert(found.pack);
+            return (r, None);
+        }
+        if !dedup.claimed.insert(id) {
             return (r, None);
         }
     }
@@ -631,12 +653,26 @@ impl Repository {
                 }
             }
         };
+        // The manifest is visible now; the backup counts only if the lock still held after
+        // that (so no prune could have judged the lock gone and collected what it wrote).
+        let outcome = match outcome {
+            Ok(reused) => match lock.check() {
+                Ok(()) => Ok(reused),
+                Err(lapsed) => {
+                    let manifest = snapshot::manifest_key(&id);
+                    if let Err(e) = self.sink.delete(&manifest).await {
+                        tracing::warn!(error = %e, %manifest, "could not remove the manifest of a backup whose lock lapsed");
+                    }
+                    Err(lapsed)
+                }
+            },
+            Err(e) => Err(e),
+        };
         record.revision += 1;
         record.finished_at = Some(self.clock.now());
         record.updated_at = self.clock.now();
         let result = match outcome {
             Ok(reused) => {
-                lock.check()?;
                 record.status = BackupStatus::Succeeded;
                 catalog.put(&record).await?;
                 Ok(BackupReport {
@@ -716,7 +752,9 @@ impl Repository {
             dedup: Mutex::new(Dedup {
                 index,
                 claimed: HashSet::new(),
+                used_packs: HashSet::new(),
             }),
+            lock: lock.checker(),
         });
         let mut packer = Packer::new(shared.clone(), options.upload_concurrency);
         packer.unindexed = adopted;
@@ -777,6 +815,7 @@ impl Repository {
         })?;
         pipeline.finish(&mut packer).await?;
         packer.finish().await?;
+        self.check_used_packs_exist(&shared).await?;
         lock.check()?;
 
         let finished_at = self.clock.now();
@@ -872,6 +911,31 @@ impl Repository {
         pipeline.flush_ready(packer).await
     }
 
+    /// Fails, naming it, if a pack this backup deduplicated against is gone (a prune
+    /// collected it while an index file still named it): committing would reference lost data.
+    async fn check_used_packs_exist(&self, shared: &Shared) -> Result<()> {
+        use futures::TryStreamExt;
+        let used =
+            std::mem::take(&mut shared.dedup.lock().expect("dedup lock poisoned").used_packs);
+        if used.is_empty() {
+            return Ok(());
+        }
+        let mut present: HashSet<pack::PackId> = HashSet::with_capacity(used.len());
+        let mut listing = self.sink.list("data/");
+        while let Some(meta) = listing.try_next().await? {
+            if let Some(id) = pack::pack_id_from_key(&meta.key).filter(|id| used.contains(id)) {
+                present.insert(id);
+            }
+        }
+        match used.iter().find(|id| !present.contains(*id)) {
+            None => Ok(()),
+            Some(missing) => Err(Error::corrupt(
+                pack::pack_key(missing),
+                "this backup deduplicated against it, but it is gone (collected by a prune while an index still named it): nothing was committed; run `resilience repair index` and back up again",
+            )),
+        }
+    }
+
     /// The latest succeeded snapshot of a source.
     pub async fn latest_for_source(&self, source_id: &str) -> Result<Option<BackupRecord>> {
         Ok(self
@@ -885,7 +949,10 @@ impl Repository {
             .pop())
     }
 
-    /// Marks `running` backups whose process is gone (no live lock names them) as failed.
+    /// Marks `running` backups whose process is gone (no live lock names them) as failed. A
+    /// backup judged gone that was only paused cannot commit afterwards: its own lock check
+    /// finds the lapse, and should it have committed first, its `succeeded` revision outranks
+    /// this `failed` one of the same number ([`crate::catalog`]).
     pub async fn reap_interrupted(&self) -> Result<usize> {
         let catalog = self.catalog();
         let running = catalog
@@ -898,11 +965,10 @@ impl Repository {
             return Ok(0);
         }
         let now = self.clock.now();
-        let live: HashSet<String> = lock::list_locks(self.sink.as_ref())
-            .await?
-            .into_iter()
-            .filter(|(_, l)| l.is_live(now))
-            .filter_map(|(_, l)| l.backup_id)
+        let locks = lock::list_locks(self.sink.as_ref()).await?;
+        let live: HashSet<String> = locks
+            .live_others(None, now)
+            .filter_map(|l| l.info.backup_id.clone())
             .collect();
         let mut reaped = 0;
         for mut r in running.into_iter().filter(|r| !live.contains(&r.id)) {

@@ -247,8 +247,11 @@ impl RepoCatalog {
                 key: meta.key.clone(),
             };
             match newest.get(&id) {
-                Some(r) if r.revision >= revision => {}
-                _ => {
+                Some(r) if r.precedes_or_equals(&candidate) => {
+                    newest.insert(id, candidate);
+                }
+                Some(_) => {}
+                None => {
                     newest.insert(id, candidate);
                 }
             }
@@ -314,6 +317,28 @@ pub struct CatalogRef {
     pub status: Option<BackupStatus>,
     /// The object holding that revision.
     pub key: String,
+}
+
+impl CatalogRef {
+    /// The order that decides which revision is current, whatever order a listing gives:
+    /// the higher revision; within one revision, the status that is further along
+    /// (`expired` over `succeeded` over `failed` over `running`: a backup's own proven success
+    /// outranks a reaper's guess that it died, and an expiry, which deleted the manifest
+    /// first, outranks both); then the object name.
+    fn precedes_or_equals(&self, other: &CatalogRef) -> bool {
+        (self.revision, status_rank(self.status), &self.key)
+            <= (other.revision, status_rank(other.status), &other.key)
+    }
+}
+
+fn status_rank(status: Option<BackupStatus>) -> u8 {
+    match status {
+        None => 0,
+        Some(BackupStatus::Running) => 1,
+        Some(BackupStatus::Failed) => 2,
+        Some(BackupStatus::Succeeded) => 3,
+        Some(BackupStatus::Expired) => 4,
+    }
 }
 
 fn parse_status(s: &str) -> Option<BackupStatus> {

@@ -60,6 +60,17 @@ pub enum Error {
         /// How many it matched.
         matches: usize,
     },
+    /// This process's own lock lapsed (a pause, or a store too slow to refresh it), so other
+    /// processes may already treat it as gone: the work that relied on it is not committed.
+    #[error("our lock {lock} on {location} lapsed: {detail}")]
+    LockLapsed {
+        /// The repository.
+        location: String,
+        /// The lock object.
+        lock: String,
+        /// How long since it was last refreshed, and what that means.
+        detail: String,
+    },
     /// The repository is locked by another process in a conflicting way.
     #[error("repository {location} is locked: {holder}")]
     Locked {

@@ -117,6 +117,39 @@ pub struct KdfParams {
     pub parallelism: u32,
 }
 
+impl KdfParams {
+    /// The most memory a stored key copy may ask for: 4 GiB.
+    pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+    /// The most passes: 64.
+    pub const MAX_ITERATIONS: u32 = 64;
+    /// The most lanes: 64.
+    pub const MAX_PARALLELISM: u32 = 64;
+
+    /// Refuses costs beyond the bounds above. They are read from a key copy before anything
+    /// in it is authenticated, so whoever can write the store could otherwise make every open
+    /// exhaust memory or time.
+    pub fn check_bounds(&self, object: &str) -> Result<()> {
+        if self.memory_kib > Self::MAX_MEMORY_KIB
+            || self.iterations > Self::MAX_ITERATIONS
+            || self.parallelism > Self::MAX_PARALLELISM
+        {
+            return Err(Error::corrupt(
+                object,
+                format!(
+                    "Argon2id cost {} KiB, {} passes, {} lanes exceeds the bounds ({} KiB, {} passes, {} lanes): refused before deriving",
+                    self.memory_kib,
+                    self.iterations,
+                    self.parallelism,
+                    Self::MAX_MEMORY_KIB,
+                    Self::MAX_ITERATIONS,
+                    Self::MAX_PARALLELISM
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for KdfParams {
     /// 64 MiB, 3 passes, 1 lane: about 0.2–0.4 s on a current core.
     fn default() -> Self {
@@ -232,6 +265,7 @@ impl KeyProvider for PassphraseProvider {
         let salt = hex::decode(&params.salt).map_err(|e| {
             Error::corrupt(format!("keys/{}", wrapped.id), format!("bad salt: {e}"))
         })?;
+        params.cost.check_bounds(&format!("keys/{}", wrapped.id))?;
         let kek = self.derive(params.cost, &salt)?;
         Ok(open_wrapped(&kek, wrapped))
     }
@@ -499,5 +533,29 @@ mod tests {
         ));
         std::fs::write(dir.path().join("bad"), "xyz").unwrap();
         assert!(KeyFileProvider::from_file(&dir.path().join("bad")).is_err());
+    }
+
+    #[tokio::test]
+    async fn hostile_argon2_costs_are_refused_before_deriving() {
+        let provider = PassphraseProvider::new("pw").with_params(KdfParams {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        });
+        let wrapped = provider.wrap(b"key set", chrono::Utc::now()).await.unwrap();
+        for (field, value) in [
+            ("memory_kib", u32::MAX as u64),
+            ("iterations", 1_000_000),
+            ("parallelism", 10_000),
+        ] {
+            let mut hostile = wrapped.clone();
+            hostile.params[field] = value.into();
+            let started = std::time::Instant::now();
+            let err = provider.unwrap(&hostile).await.unwrap_err().to_string();
+            assert!(err.contains(&format!("keys/{}", wrapped.id)), "{err}");
+            assert!(err.contains("exceeds the bounds"), "{err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+        assert!(provider.unwrap(&wrapped).await.unwrap().is_some());
     }
 }

@@ -12,6 +12,13 @@ use crate::lock::{LockKind, RepoLock};
 use crate::repo::Repository;
 use crate::retention::{Action, RetentionPlan};
 
+/// Removes a lock, leaving it to expire if the store refuses.
+pub(crate) async fn release_quietly(lock: RepoLock, what: &str) {
+    if let Err(e) = lock.release().await {
+        tracing::warn!(error = %e, "could not remove the {what} lock; it will expire");
+    }
+}
+
 /// What applying a plan did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ForgetReport {
@@ -36,14 +43,57 @@ impl Repository {
             self.lock_settings,
         )
         .await?;
-        let result = self.forget_locked(plan, &lock).await;
-        if let Err(e) = lock.release().await {
-            tracing::warn!(error = %e, "could not remove the forget lock; it will expire");
-        }
+        let result = match self.lock_catalog("forget").await {
+            Ok(catalog_lock) => {
+                let result = self.forget_locked(plan, &lock, &catalog_lock).await;
+                release_quietly(catalog_lock, "catalog").await;
+                result
+            }
+            Err(e) => Err(e),
+        };
+        release_quietly(lock, "forget").await;
         result
     }
 
-    async fn forget_locked(&self, plan: &RetentionPlan, lock: &RepoLock) -> Result<ForgetReport> {
+    /// Takes the catalog lock, which serializes read-modify-writes of catalog records (holds,
+    /// verification and drill records, expiry) so that none is lost; waits up to a minute (or
+    /// the repository's lock wait, if longer) for another holder.
+    pub(crate) async fn lock_catalog(&self, purpose: &str) -> Result<RepoLock> {
+        let settings = crate::lock::LockSettings {
+            wait: self
+                .lock_settings
+                .wait
+                .max(std::time::Duration::from_secs(60)),
+            ..self.lock_settings
+        };
+        RepoLock::acquire(
+            self.sink.clone(),
+            self.clock.clone(),
+            LockKind::Catalog,
+            purpose,
+            None,
+            settings,
+        )
+        .await
+    }
+
+    /// Records a drill in its snapshot's verification history, under the catalog lock.
+    pub async fn record_drill(&self, report: &crate::drill::DrillReport) -> Result<()> {
+        let lock = self.lock_catalog("drill").await?;
+        let result = match lock.check() {
+            Ok(()) => crate::drill::record(&self.catalog(), report, self.clock.now()).await,
+            Err(e) => Err(e),
+        };
+        release_quietly(lock, "catalog").await;
+        result
+    }
+
+    async fn forget_locked(
+        &self,
+        plan: &RetentionPlan,
+        lock: &RepoLock,
+        catalog_lock: &RepoLock,
+    ) -> Result<ForgetReport> {
         let catalog = self.catalog();
         let mut report = ForgetReport::default();
         for d in &plan.decisions {
@@ -57,6 +107,7 @@ impl Repository {
                                 && r.status == BackupStatus::Succeeded
                         }) {
                             lock.check()?;
+                            catalog_lock.check()?;
                             self.move_to_cold(&d.id).await?;
                             report.moved_cold.push(d.id.clone());
                         }
@@ -80,6 +131,7 @@ impl Repository {
                         )));
                     }
                     lock.check()?;
+                    catalog_lock.check()?;
                     // The manifest goes first: a sink that refuses deletes (append-only) then
                     // changes nothing. An interruption in between leaves a record whose
                     // manifest is gone, which verify names and a second forget finishes.
@@ -122,15 +174,40 @@ impl Repository {
         spec: &str,
         hold: bool,
     ) -> Result<crate::catalog::BackupRecord> {
+        let lock = self.lock_catalog("legal hold").await?;
+        let result = self.set_legal_hold_locked(spec, hold, &lock).await;
+        release_quietly(lock, "catalog").await;
+        result
+    }
+
+    async fn set_legal_hold_locked(
+        &self,
+        spec: &str,
+        hold: bool,
+        lock: &RepoLock,
+    ) -> Result<crate::catalog::BackupRecord> {
         let catalog = self.catalog();
         let mut record = match catalog.get(spec).await? {
             Some(r) => r,
             None => self.resolve_snapshot(spec, None).await?,
         };
+        match record.status {
+            BackupStatus::Succeeded => {}
+            BackupStatus::Running if !hold => {}
+            status => {
+                if hold {
+                    return Err(Error::Invalid(format!(
+                        "cannot place a legal hold on backup {}: it is {status}",
+                        record.id
+                    )));
+                }
+            }
+        }
         if record.legal_hold != hold {
             record.revision += 1;
             record.legal_hold = hold;
             record.updated_at = self.clock.now();
+            lock.check()?;
             catalog.put(&record).await?;
         }
         Ok(record)

@@ -1,6 +1,7 @@
 //! Garbage collection that is safe beside running backups, in two phases.
 //!
-//! **Phase 1** (each run): find every blob that a succeeded snapshot references; packs with no
+//! **Phase 1** (each run): find every blob that a snapshot manifest references (whatever the
+//! catalog says of its backup: a status alone never condemns data); packs with no
 //! live blob are *condemned*; packs whose live share is below the repack threshold have their
 //! live blobs copied (still sealed, after checking the pack's checksum) into new packs and are
 //! condemned too; packs that no index lists (left by interrupted backups) are condemned. New
@@ -28,7 +29,6 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::blob::BlobId;
-use crate::catalog::{BackupStatus, Catalog, CatalogQuery};
 use crate::error::{Error, Result};
 use crate::index::{self, Index, PackRecord};
 use crate::lock::{self, LockKind, RepoLock};
@@ -182,18 +182,29 @@ impl Repository {
         Ok(index)
     }
 
-    /// Marks every blob that succeeded snapshots reference.
+    /// Marks every blob that a snapshot manifest in this store references, whatever the
+    /// catalog says of its backup: data follows manifests, never catalog labels alone. A
+    /// manifest that cannot be read stops the prune (its blobs are unknown), naming it.
     async fn referenced_blobs(&self, index: &Index) -> Result<Referenced> {
         let mut referenced = Referenced::new(index.blob_count());
-        let records = self
-            .catalog()
-            .list(&CatalogQuery {
-                statuses: vec![BackupStatus::Succeeded],
-                ..Default::default()
-            })
+        let keys: Vec<String> = self
+            .sink
+            .list("snapshots/")
+            .map_ok(|m| m.key)
+            .try_collect()
             .await?;
-        for record in records.into_iter().filter(|r| r.tier == self.tier) {
-            let manifest = self.load_manifest(&record).await?;
+        for key in keys {
+            let bytes = match self.sink.get(&key).await {
+                Ok(b) => b,
+                // Expired (or moved to the other tier) since the listing.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let manifest = self.open_manifest(&key, &bytes).map_err(|e| {
+                Error::Invalid(format!(
+                    "prune stopped: manifest {key} cannot be read ({e}), so the blobs it references are unknown; nothing was deleted"
+                ))
+            })?;
             for r in &manifest.tree {
                 referenced.mark(index, &r.id);
             }
@@ -234,6 +245,14 @@ impl Repository {
             .map_err(|_| Error::Invalid("grace period too long".into()))?;
         let locks = lock::list_locks(self.sink.as_ref()).await?;
         let plans = self.prune_plans().await?;
+        // The store's time of each plan: its age and the locks taken before it are judged by
+        // the store's clock, like lock liveness, never by comparing two clients' clocks.
+        let plan_stored_at: HashMap<String, DateTime<Utc>> = self
+            .sink
+            .list("prune/")
+            .try_filter_map(|m| futures::future::ready(Ok(m.last_modified.map(|t| (m.key, t)))))
+            .try_collect()
+            .await?;
         let plan_packs: HashSet<PackId> = plans
             .iter()
             .flat_map(|(_, _, p)| p.iter().map(|r| r.id))
@@ -245,19 +264,24 @@ impl Repository {
             let referenced = self.referenced_blobs(&read_index).await?;
             let live_index = self.load_index().await?;
             for (key, created_at, packs) in &plans {
-                if *created_at > now - grace {
+                let stored_at = plan_stored_at.get(key).copied();
+                let young = match (stored_at, locks.store_now) {
+                    (Some(at), Some(store_now)) => at > store_now - grace,
+                    _ => *created_at > now - grace,
+                };
+                if young {
                     report
                         .waiting_plans
                         .push(format!("{key}: younger than the grace period"));
                     continue;
                 }
-                if let Some((k, l)) = locks
-                    .iter()
-                    .find(|(k, l)| k != lock.key() && l.is_live(now) && l.created_at <= *created_at)
+                if let Some(l) = locks
+                    .live_others(Some(lock.key()), now)
+                    .find(|l| locks.taken_no_later_than(l, stored_at, *created_at))
                 {
                     report.waiting_plans.push(format!(
-                        "{key}: {k} ({} by {}) was taken before it",
-                        l.purpose, l.owner
+                        "{key}: {} ({} by {}) was taken before it",
+                        l.key, l.info.purpose, l.info.owner
                     ));
                     continue;
                 }
@@ -427,6 +451,7 @@ impl Repository {
         for chunk in keep.chunks(256) {
             new_index_names.insert(self.write_index_named(chunk).await?.0);
         }
+        let mut plan = None;
         if !condemned.is_empty() {
             let mut id = [0u8; 8];
             rand::rngs::OsRng.fill_bytes(&mut id);
@@ -441,12 +466,22 @@ impl Repository {
                 &key,
                 &encode_plan(self.clock.now(), &condemned),
             );
+            let sealed = bytes::Bytes::from(sealed);
             self.sink
-                .put(&key, sealed.into(), crate::sink::PutMode::Create)
+                .put(&key, sealed.clone(), crate::sink::PutMode::Create)
                 .await?;
+            plan = Some((key, sealed));
         }
         for key in index_files.iter().filter(|k| !new_index_names.contains(*k)) {
             self.sink.delete(key).await?;
+        }
+        // The same plan written again: its store time is now after the old index files went,
+        // so every backup that could have read them (and deduplicated against its packs) holds
+        // a lock taken before it, which phase 2 waits for.
+        if let Some((key, sealed)) = plan {
+            self.sink
+                .put(&key, sealed, crate::sink::PutMode::Overwrite)
+                .await?;
         }
         Ok(report)
     }

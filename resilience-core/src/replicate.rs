@@ -589,6 +589,7 @@ mod tests {
                     key: key.to_owned(),
                     size,
                     e_tag: None,
+                    last_modified: None,
                 };
                 (key.to_owned(), meta)
             })

@@ -434,16 +434,7 @@ impl Repository {
                 ));
             }
         }
-        let payload = object::open_object(&self.keys, ObjectKind::Snapshot, &key, &bytes)?;
-        let manifest: Manifest = serde_json::from_slice(&payload)
-            .map_err(|e| Error::corrupt(&key, format!("manifest does not parse: {e}")))?;
-        if manifest.format > snapshot::SNAPSHOT_FORMAT {
-            return Err(Error::UnsupportedFormat {
-                object: key,
-                found: manifest.format,
-                supported: snapshot::SNAPSHOT_FORMAT,
-            });
-        }
+        let manifest = self.open_manifest(&key, &bytes)?;
         if manifest.id != record.id {
             return Err(Error::corrupt(
                 &key,
@@ -455,6 +446,22 @@ impl Repository {
 }
 
 impl Repository {
+    /// Opens the manifest stored as `key` (its checksum, seal and format), whatever the
+    /// catalog says of it: prune follows manifests, not catalog records.
+    pub(crate) fn open_manifest(&self, key: &str, bytes: &[u8]) -> Result<Manifest> {
+        let payload = object::open_object(&self.keys, ObjectKind::Snapshot, key, bytes)?;
+        let manifest: Manifest = serde_json::from_slice(&payload)
+            .map_err(|e| Error::corrupt(key, format!("manifest does not parse: {e}")))?;
+        if manifest.format > snapshot::SNAPSHOT_FORMAT {
+            return Err(Error::UnsupportedFormat {
+                object: key.to_owned(),
+                found: manifest.format,
+                supported: snapshot::SNAPSHOT_FORMAT,
+            });
+        }
+        Ok(manifest)
+    }
+
     /// The checksum a `key rotate --rewrite` in progress recorded for a re-sealed manifest
     /// (`rewrite/<snapshot id>`), if any.
     async fn rewrite_journal_checksum(&self, id: &str) -> Result<Option<String>> {

@@ -41,6 +41,10 @@ pub struct ObjectMeta {
     /// MD5 of the body of a single-part upload (not under SSE-KMS), which lets a copy to another
     /// such store be proven without hashing it again ([`Sink::put_copy`]).
     pub e_tag: Option<String>,
+    /// When the store last wrote the object, by the store's own clock, where it says. Lock
+    /// liveness is judged by these times ([`crate::lock`]), so clients whose clocks disagree
+    /// still agree on which locks have lapsed.
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What [`Sink::put_copy`] stored.

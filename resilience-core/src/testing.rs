@@ -1,5 +1,6 @@
 //! Test doubles for users' and adapters' tests: an in-memory [`Source`] and [`Target`], and a
-//! [`FaultySink`] that fails on command. Enabled with the `testing` feature.
+//! [`FaultySink`] that fails on command, and a [`PausableSink`] that stops like a paused
+//! process. Enabled with the `testing` feature.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -329,5 +330,177 @@ pub fn record_at(
         parent: None,
         host: "test".into(),
         updated_at: at,
+    }
+}
+
+/// Wraps a sink so that a test can pause it as a stopped process, a paused VM or a stalled
+/// disk would be: while paused, every operation on it waits (the heartbeat of a lock taken
+/// through it too). It can pause itself once a put under a prefix has completed, and it can
+/// delay puts under a prefix (a store that retries for minutes).
+pub struct PausableSink {
+    inner: Arc<dyn Sink>,
+    paused: tokio::sync::watch::Sender<bool>,
+    pause_after_put: Mutex<Option<String>>,
+    pause_before_delete: Mutex<Option<String>>,
+    put_delay: Mutex<Option<(String, std::time::Duration)>>,
+}
+
+impl std::fmt::Debug for PausableSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PausableSink")
+            .field("paused", &*self.paused.borrow())
+            .finish()
+    }
+}
+
+impl PausableSink {
+    /// A running (not paused) wrapper of `inner`.
+    pub fn new(inner: Arc<dyn Sink>) -> Self {
+        PausableSink {
+            inner,
+            paused: tokio::sync::watch::channel(false).0,
+            pause_after_put: Mutex::new(None),
+            pause_before_delete: Mutex::new(None),
+            put_delay: Mutex::new(None),
+        }
+    }
+
+    /// Pauses every operation from now on.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Lets every waiting and later operation go on.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    /// Pauses once a put of a key starting with `prefix` has completed.
+    pub fn pause_after_put_of(&self, prefix: &str) {
+        *self.pause_after_put.lock().expect("pausable lock") = Some(prefix.to_owned());
+    }
+
+    /// Pauses just before the first delete of a key starting with `prefix`.
+    pub fn pause_before_delete_of(&self, prefix: &str) {
+        *self.pause_before_delete.lock().expect("pausable lock") = Some(prefix.to_owned());
+    }
+
+    /// Makes every put of a key starting with `prefix` take `delay` before it reaches the store.
+    pub fn delay_puts_of(&self, prefix: &str, delay: std::time::Duration) {
+        *self.put_delay.lock().expect("pausable lock") = Some((prefix.to_owned(), delay));
+    }
+
+    /// Completes once the sink is paused.
+    pub async fn paused(&self) {
+        let mut rx = self.paused.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn gate(&self) {
+        let mut rx = self.paused.subscribe();
+        while *rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn before_put(&self, key: &str) {
+        self.gate().await;
+        let delay = self
+            .put_delay
+            .lock()
+            .expect("pausable lock")
+            .clone()
+            .filter(|(prefix, _)| key.starts_with(prefix.as_str()));
+        if let Some((_, delay)) = delay {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn after_put(&self, key: &str) {
+        self.pause_if(&self.pause_after_put, key);
+    }
+
+    /// Pauses, once, when `key` starts with the prefix `trigger` holds.
+    fn pause_if(&self, trigger: &Mutex<Option<String>>, key: &str) {
+        let mut trigger = trigger.lock().expect("pausable lock");
+        if trigger
+            .as_deref()
+            .is_some_and(|prefix| key.starts_with(prefix))
+        {
+            *trigger = None;
+            self.pause();
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for PausableSink {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+        self.before_put(key).await;
+        let done = self.inner.put(key, data, mode).await;
+        self.after_put(key);
+        done
+    }
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
+        self.before_put(key).await;
+        let done = self.inner.put_stream(key, data, mode).await;
+        self.after_put(key);
+        done
+    }
+    async fn put_copy(
+        &self,
+        key: &str,
+        data: ByteStream,
+        origin: &ObjectMeta,
+    ) -> Result<Copied, SinkError> {
+        self.before_put(key).await;
+        let done = self.inner.put_copy(key, data, origin).await;
+        self.after_put(key);
+        done
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
+        self.gate().await;
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
+        self.gate().await;
+        self.inner.get_range(key, range).await
+    }
+    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
+        self.gate().await;
+        self.inner.get_stream(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
+        self.gate().await;
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
+        use futures::StreamExt;
+        let prefix = prefix.to_owned();
+        futures::stream::once(async move {
+            self.gate().await;
+            self.inner.list(&prefix)
+        })
+        .flatten()
+        .boxed()
+    }
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        self.pause_if(&self.pause_before_delete, key);
+        self.gate().await;
+        self.inner.delete(key).await
     }
 }

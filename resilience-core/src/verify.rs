@@ -86,6 +86,20 @@ impl Repository {
     /// catalog revision each), so that health reports show when each backup was last proven
     /// restorable. Returns how many records were updated.
     pub async fn record_verification(&self, report: &VerifyReport) -> Result<usize> {
+        if report.checked_ids.is_empty() {
+            return Ok(0);
+        }
+        let lock = self.lock_catalog("verification").await?;
+        let result = self.record_verification_locked(report, &lock).await;
+        crate::lifecycle::release_quietly(lock, "catalog").await;
+        result
+    }
+
+    async fn record_verification_locked(
+        &self,
+        report: &VerifyReport,
+        lock: &crate::lock::RepoLock,
+    ) -> Result<usize> {
         let catalog = self.catalog();
         let at = self.clock.now();
         let mut updated = 0;
@@ -106,6 +120,7 @@ impl Repository {
             });
             record.revision += 1;
             record.updated_at = at;
+            lock.check()?;
             catalog.put(&record).await?;
             updated += 1;
         }

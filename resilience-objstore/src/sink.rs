@@ -556,6 +556,7 @@ impl Sink for ObjectStoreSink {
             key: key.to_owned(),
             size: meta.size,
             e_tag: meta.e_tag,
+            last_modified: Some(meta.last_modified),
         })
     }
 
@@ -582,6 +583,7 @@ impl Sink for ObjectStoreSink {
                 key: self.key_of(&m.location),
                 size: m.size,
                 e_tag: m.e_tag,
+                last_modified: Some(m.last_modified),
             })
             .try_filter({
                 let prefix = prefix.to_owned();
@@ -668,6 +670,7 @@ mod tests {
                     key: "k".into(),
                     size: len as u64,
                     e_tag,
+                    last_modified: None,
                 };
                 let copied = sink
                     .put_copy("k", pieces(len, piece), &origin)

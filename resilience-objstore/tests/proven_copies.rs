@@ -120,6 +120,7 @@ fn s3_origin(key: &str, parts: &[Bytes]) -> Origin {
         key: key.to_owned(),
         size: parts.iter().map(|p| p.len() as u64).sum(),
         e_tag: Some(format!("\"{}\"", hex::encode(md5.finalize()))),
+        last_modified: None,
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use resilience_core::catalog::BackupRecord;
-use resilience_core::drill::{self as core_drill, DrillCheck, DrillReport};
+use resilience_core::drill::{DrillCheck, DrillReport};
 use resilience_core::repo::Repository;
 
 use crate::config::{DaemonConfig, SourceConfig, SourceKind};
@@ -127,7 +127,7 @@ pub async fn run(
         rpo,
         drilled.checks,
     );
-    if let Err(e) = core_drill::record(&repo.catalog(), &report, repo.clock().now()).await {
+    if let Err(e) = repo.record_drill(&report).await {
         report.checks.push(DrillCheck::fail(
             "record",
             format!(

@@ -2,13 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
+use chrono::{DateTime, Utc};
+
 use super::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
+use crate::clock::{Clock, SystemClock};
 
 /// A [`Sink`] that keeps objects in a map. Cheap to create; shares nothing between instances.
 ///
@@ -23,9 +26,19 @@ use super::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 /// # }
 /// ```
-#[derive(Debug, Default)]
+///
+/// Each object's modification time comes from the sink's clock (the system's by default;
+/// [`MemorySink::with_clock`] lets a test move the store's time).
+#[derive(Debug)]
 pub struct MemorySink {
-    objects: Mutex<BTreeMap<String, Bytes>>,
+    objects: Mutex<BTreeMap<String, (Bytes, DateTime<Utc>)>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemorySink {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
 }
 
 impl MemorySink {
@@ -34,7 +47,15 @@ impl MemorySink {
         Self::default()
     }
 
-    fn lookup(&self, key: &str) -> Result<Bytes, SinkError> {
+    /// An empty sink whose objects are stamped by `clock` (the store's clock).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        MemorySink {
+            objects: Mutex::new(BTreeMap::new()),
+            clock,
+        }
+    }
+
+    fn lookup(&self, key: &str) -> Result<(Bytes, DateTime<Utc>), SinkError> {
         self.objects
             .lock()
             .expect("memory sink lock poisoned")
@@ -47,10 +68,11 @@ impl MemorySink {
 
     /// Replaces an object's bytes without any check: for tests that damage a repository.
     pub fn tamper(&self, key: &str, data: Bytes) {
+        let now = self.clock.now();
         self.objects
             .lock()
             .expect("memory sink lock poisoned")
-            .insert(key.to_owned(), data);
+            .insert(key.to_owned(), (data, now));
     }
 }
 
@@ -67,7 +89,7 @@ impl Sink for MemorySink {
                 key: key.to_owned(),
             });
         }
-        objects.insert(key.to_owned(), data);
+        objects.insert(key.to_owned(), (data, self.clock.now()));
         Ok(())
     }
 
@@ -89,11 +111,11 @@ impl Sink for MemorySink {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
-        self.lookup(key)
+        Ok(self.lookup(key)?.0)
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
-        let data = self.lookup(key)?;
+        let data = self.lookup(key)?.0;
         let size = data.len() as u64;
         if range.start > range.end || range.end > size {
             return Err(SinkError::BadRange {
@@ -107,7 +129,7 @@ impl Sink for MemorySink {
     }
 
     async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
-        let data = self.lookup(key)?;
+        let data = self.lookup(key)?.0;
         let parts: Vec<Result<Bytes, SinkError>> = data
             .chunks(1 << 20)
             .map(|c| Ok(data.slice_ref(c)))
@@ -116,11 +138,12 @@ impl Sink for MemorySink {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
-        let data = self.lookup(key)?;
+        let (data, modified) = self.lookup(key)?;
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: data.len() as u64,
             e_tag: None,
+            last_modified: Some(modified),
         })
     }
 
@@ -131,11 +154,12 @@ impl Sink for MemorySink {
             .expect("memory sink lock poisoned")
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| {
+            .map(|(k, (v, modified))| {
                 Ok(ObjectMeta {
                     key: k.clone(),
                     size: v.len() as u64,
                     e_tag: None,
+                    last_modified: Some(*modified),
                 })
             })
             .collect();

@@ -1,0 +1,367 @@
+//! Trust: no acknowledged backup is ever lost, whatever the timing of pauses, lock expiry,
+//! reaping and prunes, and whatever the clients' clocks say.
+//!
+//! A paused process is simulated by a [`PausableSink`]: while it is paused every operation of
+//! the paused repository handle waits, its lock's heartbeat included, exactly as a SIGSTOP or a
+//! VM pause would hold them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use resilience_core::catalog::{BackupStatus, Catalog};
+use resilience_core::clock::{Clock, ManualClock};
+use resilience_core::error::Error;
+use resilience_core::keys::KeyFileProvider;
+use resilience_core::lock::{list_locks, LockKind, LockSettings, RepoLock};
+use resilience_core::prune::PruneOptions;
+use resilience_core::repo::{InitOptions, Repository};
+use resilience_core::retention::{self, StandardPolicy};
+use resilience_core::sink::{MemorySink, Sink};
+use resilience_core::testing::{pseudo_random as data, MemorySource, MemoryTarget, PausableSink};
+use resilience_core::verify::VerifyOptions;
+
+const KEY: [u8; 32] = [3; 32];
+
+fn quick_locks(ttl: Duration) -> LockSettings {
+    LockSettings {
+        ttl,
+        settle: Duration::from_millis(1),
+        wait: Duration::ZERO,
+    }
+}
+
+fn prune_now() -> PruneOptions {
+    PruneOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+async fn init(sink: Arc<dyn Sink>) -> Repository {
+    let opts = InitOptions {
+        pack_size: 1 << 20,
+        ..Default::default()
+    };
+    Repository::init(sink, &KeyFileProvider::from_key(KEY), opts)
+        .await
+        .unwrap()
+}
+
+async fn open(sink: Arc<dyn Sink>, ttl: Duration) -> Repository {
+    Repository::open(sink, &KeyFileProvider::from_key(KEY))
+        .await
+        .unwrap()
+        .with_lock_settings(quick_locks(ttl))
+}
+
+fn big_source(id: &str, seed: u64) -> MemorySource {
+    (0..6).fold(MemorySource::new(id), |s, i| {
+        s.file(&format!("f{i}"), data(700 << 10, seed * 100 + i))
+    })
+}
+
+async fn restores_identical(repo: &Repository, id: &str, seed: u64) {
+    let target = MemoryTarget::new();
+    repo.restore(id, &target, Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("restore of {id}: {e}"));
+    for i in 0..6 {
+        assert_eq!(
+            target.content(&format!("f{i}")).as_deref(),
+            Some(&data(700 << 10, seed * 100 + i)[..]),
+            "{id}: f{i}"
+        );
+    }
+}
+
+/// Runs backup A through a sink that pauses after the first put under `pause_after`, keeps it
+/// paused past its lock's lifetime while B backs up (reaping A) and prunes twice with no grace,
+/// then lets A go on. Returns A's result and the repository as B sees it.
+async fn pause_a_backup_after(pause_after: &str) -> (resilience_core::Result<String>, Repository) {
+    let store: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    init(store.clone()).await;
+    let ttl = Duration::from_millis(800);
+    let gate = Arc::new(PausableSink::new(store.clone()));
+    let a = open(gate.clone(), ttl).await;
+    let b = open(store.clone(), ttl).await;
+    gate.pause_after_put_of(pause_after);
+    let paused_backup = tokio::spawn(async move {
+        a.backup(&big_source("a", 1), Default::default())
+            .await
+            .map(|r| r.record.id)
+    });
+    gate.paused().await;
+    tokio::time::sleep(ttl * 2).await;
+    let other = b
+        .backup(&big_source("b", 2), Default::default())
+        .await
+        .unwrap();
+    b.prune(prune_now()).await.unwrap();
+    b.prune(prune_now()).await.unwrap();
+    gate.resume();
+    let a_result = paused_backup.await.unwrap();
+    restores_identical(&b, &other.record.id, 2).await;
+    (a_result, b)
+}
+
+/// The invariant after the pause: if A said it succeeded, it is listed succeeded and restores
+/// identical after any number of prunes; if not, it failed loudly, naming the lapse, and no
+/// record claims it succeeded.
+async fn assert_acknowledged_or_loud(result: resilience_core::Result<String>, repo: &Repository) {
+    match result {
+        Ok(id) => {
+            for _ in 0..3 {
+                repo.prune(prune_now()).await.unwrap();
+            }
+            let record = repo.catalog().get(&id).await.unwrap().unwrap();
+            assert_eq!(record.status, BackupStatus::Succeeded, "{record:?}");
+            restores_identical(repo, &id, 1).await;
+        }
+        Err(e) => {
+            assert!(matches!(e, Error::LockLapsed { .. }), "{e}");
+            assert!(e.to_string().contains("lapsed"), "{e}");
+            let records = repo.catalog().list(&Default::default()).await.unwrap();
+            let a: Vec<_> = records.iter().filter(|r| r.source.id == "a").collect();
+            assert_eq!(a.len(), 1, "{records:?}");
+            assert_eq!(a[0].status, BackupStatus::Failed, "{:?}", a[0]);
+        }
+    }
+    let report = repo.verify(VerifyOptions { full: true }).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_paused_while_writing_packs_never_claims_lost_data() {
+    let (result, repo) = pause_a_backup_after("data/").await;
+    assert!(
+        result.is_err(),
+        "the lock lapsed before the manifest: it must fail"
+    );
+    assert_acknowledged_or_loud(result, &repo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_paused_after_its_manifest_never_claims_lost_data() {
+    let (result, repo) = pause_a_backup_after("snapshots/").await;
+    assert_acknowledged_or_loud(result, &repo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_heartbeat_marks_the_lock_lapsed() {
+    let store: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let slow = Arc::new(PausableSink::new(store.clone()));
+    let clock: Arc<dyn Clock> = Arc::new(resilience_core::clock::SystemClock);
+    let ttl = Duration::from_millis(400);
+    let lock = RepoLock::acquire(
+        slow.clone(),
+        clock,
+        LockKind::Shared,
+        "backup",
+        None,
+        quick_locks(ttl),
+    )
+    .await
+    .unwrap();
+    lock.check().unwrap();
+    // Every refresh now takes longer than the lock lives (a put retried for minutes).
+    slow.delay_puts_of("locks/", ttl * 4);
+    tokio::time::sleep(ttl * 2).await;
+    let err = lock.check().unwrap_err();
+    assert!(matches!(err, Error::LockLapsed { .. }), "{err}");
+    // Once lapsed, always lapsed: a refresh that lands later does not bring it back.
+    slow.delay_puts_of("locks/", Duration::ZERO);
+    tokio::time::sleep(ttl).await;
+    assert!(lock.check().is_err());
+}
+
+#[tokio::test]
+async fn lock_liveness_follows_the_store_clock_not_the_clients() {
+    // The store's clock, and two clients whose clocks are ten minutes apart either way.
+    let store_clock = Arc::new(ManualClock::new(Utc::now()));
+    let store: Arc<dyn Sink> = Arc::new(MemorySink::with_clock(store_clock.clone()));
+    let behind: Arc<dyn Clock> =
+        Arc::new(ManualClock::new(Utc::now() - chrono::Duration::minutes(10)));
+    let ahead: Arc<dyn Clock> =
+        Arc::new(ManualClock::new(Utc::now() + chrono::Duration::minutes(10)));
+    let settings = quick_locks(Duration::from_secs(60));
+    let held = RepoLock::acquire(
+        store.clone(),
+        behind.clone(),
+        LockKind::Maintenance,
+        "prune",
+        None,
+        settings,
+    )
+    .await
+    .unwrap();
+    // The client ahead sees the lock of the client behind as long expired by its own clock:
+    // it must still find it live, and be refused.
+    let refused = RepoLock::acquire(
+        store.clone(),
+        ahead.clone(),
+        LockKind::Maintenance,
+        "prune",
+        None,
+        settings,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(refused, Error::Locked { .. }), "{refused}");
+    // Once the store's time has moved past the lock's life without a heartbeat, it is dead
+    // for a client whose clock is behind, too.
+    std::mem::forget(held);
+    store_clock.advance(chrono::Duration::seconds(61));
+    let taken = RepoLock::acquire(
+        store.clone(),
+        behind.clone(),
+        LockKind::Maintenance,
+        "prune",
+        None,
+        settings,
+    )
+    .await
+    .unwrap();
+    let listing = list_locks(store.as_ref()).await.unwrap();
+    let live: Vec<_> = listing
+        .live_others(None, ahead.now())
+        .map(|l| l.key.clone())
+        .collect();
+    assert_eq!(live, vec![taken.key().to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_exclusive_takers_never_both_hold_and_one_gets_through() {
+    let rounds = std::env::var("RESILIENCE_LOCK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let clock: Arc<dyn Clock> = Arc::new(resilience_core::clock::SystemClock);
+    let mut won = 0;
+    for round in 0..rounds {
+        let store: Arc<dyn Sink> = Arc::new(MemorySink::new());
+        let holders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let settings = LockSettings {
+            ttl: Duration::from_secs(60),
+            settle: Duration::from_millis(2),
+            wait: Duration::from_secs(5),
+        };
+        let takers = (0..3).map(|_| {
+            let (store, clock, holders) = (store.clone(), clock.clone(), holders.clone());
+            tokio::spawn(async move {
+                let lock =
+                    RepoLock::acquire(store, clock, LockKind::Exclusive, "x", None, settings)
+                        .await?;
+                let inside = holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                holders.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                lock.release().await?;
+                Ok::<usize, Error>(inside)
+            })
+        });
+        for taker in futures::future::join_all(takers).await {
+            // Each either held it alone or was refused; with a wait, all three get through.
+            let inside = taker
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(inside, 0, "round {round}: two exclusive holders at once");
+            won += 1;
+        }
+    }
+    assert_eq!(won, rounds * 3);
+}
+
+#[tokio::test]
+async fn a_status_is_decided_by_rank_not_by_listing_order() {
+    let store: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = init(store.clone()).await;
+    let done = repo
+        .backup(&big_source("a", 1), Default::default())
+        .await
+        .unwrap();
+    let catalog = repo.catalog();
+    // A reaper's `failed` of the backup's own success revision: `…-failed` lists first.
+    let mut reaped = done.record.clone();
+    reaped.status = BackupStatus::Failed;
+    catalog.put(&reaped).await.unwrap();
+    let current = catalog.get(&done.record.id).await.unwrap().unwrap();
+    assert_eq!(current.status, BackupStatus::Succeeded);
+    restores_identical(&repo, &done.record.id, 1).await;
+}
+
+#[tokio::test]
+async fn prune_follows_manifests_not_catalog_labels() {
+    let store: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = init(store.clone()).await;
+    let done = repo
+        .backup(&big_source("a", 1), Default::default())
+        .await
+        .unwrap();
+    // A later revision that calls it failed, as a wrong reaper or a forger might write.
+    let mut wrong = done.record.clone();
+    wrong.revision += 1;
+    wrong.status = BackupStatus::Failed;
+    repo.catalog().put(&wrong).await.unwrap();
+    for _ in 0..3 {
+        repo.prune(prune_now()).await.unwrap();
+    }
+    // Its data is all there: set right, it restores identical.
+    let mut right = wrong.clone();
+    right.revision += 1;
+    right.status = BackupStatus::Succeeded;
+    repo.catalog().put(&right).await.unwrap();
+    restores_identical(&repo, &done.record.id, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legal_hold_racing_forget_is_never_lost() {
+    let store: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    init(store.clone()).await;
+    let gate = Arc::new(PausableSink::new(store.clone()));
+    let admin = open(gate.clone(), Duration::from_secs(60)).await;
+    let user = open(store.clone(), Duration::from_secs(60)).await;
+    let old = admin
+        .backup(&big_source("a", 1), Default::default())
+        .await
+        .unwrap();
+    admin
+        .backup(&big_source("a", 2), Default::default())
+        .await
+        .unwrap();
+    let records = admin.catalog().list(&Default::default()).await.unwrap();
+    let plan = retention::plan(
+        &StandardPolicy::from_toml("keep_last = 1").unwrap(),
+        &records,
+        Utc::now(),
+    );
+    // Forget reads the old record (no hold yet), then is held up just before it deletes the
+    // manifest; the hold is asked for in between.
+    gate.pause_before_delete_of("snapshots/");
+    let forget = tokio::spawn(async move { admin.forget(&plan).await });
+    gate.paused().await;
+    let hold = tokio::spawn({
+        let user = user.clone();
+        let id = old.record.id.clone();
+        async move { user.set_legal_hold(&id, true).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.resume();
+    let forgot = forget.await.unwrap();
+    let held = hold.await.unwrap();
+    let now = user.catalog().get(&old.record.id).await.unwrap().unwrap();
+    match held {
+        // An acknowledged hold is in force: the backup was not expired, its data stays.
+        Ok(_) => {
+            assert!(now.legal_hold, "{now:?}");
+            assert_ne!(now.status, BackupStatus::Expired, "{now:?} {forgot:?}");
+            user.prune(prune_now()).await.unwrap();
+            user.prune(prune_now()).await.unwrap();
+            restores_identical(&user, &old.record.id, 1).await;
+        }
+        // Or the hold was refused, saying why, after the expiry.
+        Err(e) => {
+            assert_eq!(now.status, BackupStatus::Expired, "{e}");
+            assert!(e.to_string().contains("expired"), "{e}");
+        }
+    }
+}
