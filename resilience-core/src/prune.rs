@@ -18,6 +18,10 @@
 //! ([`Repository::load_read_index`]). Prune takes a maintenance lock, which excludes another
 //! prune but not backups. It can be killed at any point: every step is ordered so that an
 //! interruption leaves extra objects, never missing ones, and the next run finishes the job.
+//!
+//! Prune never decides from an incomplete index: a damaged index file makes it fail, naming the
+//! file and saying to run `resilience repair index` ([`Repository::repair_index`]) first,
+//! before anything is deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -7,8 +7,10 @@
 //!   reported.
 //! - **Full**: additionally every blob of every pack is decrypted, decompressed and re-hashed.
 //!
-//! The report names every damaged object and every snapshot it affects; nothing unaffected is
-//! reported.
+//! The report names every damaged object, every snapshot it affects and, for derived state, the
+//! repair that rebuilds it ([`DamagedObject::repair`]); nothing unaffected is reported. A
+//! damaged index file affects no snapshot: its packs are found from their own tables (and
+//! checked), as readers find them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
