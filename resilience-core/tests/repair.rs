@@ -348,3 +348,28 @@ async fn repair_names_a_damaged_pack_and_keeps_what_an_intact_index_knows_of_it(
     assert_eq!(d.repair, None);
     assert!(!d.affected_snapshots.is_empty());
 }
+
+#[tokio::test]
+async fn key_rewrite_refuses_a_damaged_index_and_completes_after_repair() {
+    let (mem, repo, taken, file) = repository().await;
+    let original = mem.get(&file).await.unwrap();
+    harm(&mem, &file, Harm::Flip, original);
+    let err = repo.rewrite_data().await.unwrap_err().to_string();
+    assert!(err.contains(&file), "{err}");
+    assert!(err.contains("run `resilience repair index` first"), "{err}");
+    let repo = open(mem.clone()).await;
+    assert_restores(&repo, &taken).await;
+    repo.repair_index(RepairIndexOptions::default())
+        .await
+        .unwrap();
+    let report = repo.rewrite_data().await.unwrap();
+    assert!(!report.retired_keys.is_empty(), "{report:?}");
+    let repo = open(mem.clone()).await;
+    assert_eq!(repo.keys().data_key_ids().len(), 1);
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
+    assert_restores(&repo, &taken).await;
+}
