@@ -109,6 +109,12 @@ pub enum Command {
         #[arg(long, default_value = "24h")]
         grace: String,
     },
+    /// Rebuild derived state (index files) from the data it was derived from.
+    Repair {
+        /// What to rebuild.
+        #[command(subcommand)]
+        what: RepairCommand,
+    },
     /// Postgres: base backups, point-in-time recovery, archive checks.
     Pg {
         /// What to do.
@@ -196,6 +202,20 @@ pub enum Command {
         /// Release the hold.
         #[arg(long)]
         release: bool,
+    },
+}
+
+/// `resilience repair …`.
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index files from the packs' own tables (a damaged index file costs readers
+    /// a listing of data/ until then; prune refuses to run). Takes the maintenance lock; new
+    /// files are written before old ones are deleted. With --append-only, old files cannot be
+    /// removed: they are named, and a run with maintenance credentials removes them.
+    Index {
+        /// Report what would be done; write and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -788,3 +788,102 @@ fn old_backups_move_to_a_cold_repository_and_restore_from_it() {
     ]);
     same_tree(&env.path("a"), &env.path("out2"));
 }
+
+fn index_files(env: &Env) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(env.path("repo/index"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_damaged_index_file_never_stops_backups_or_restores_and_repair_index_rebuilds_it() {
+    let env = Env::new();
+    env.init();
+    make_tree(&env.path("a"), 1, 3 << 20);
+    let a = env.backup(&env.path("a"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = index_files(&env).remove(0);
+    make_tree(&env.path("b"), 2, 3 << 20);
+    env.backup(&env.path("b"));
+    let name = format!("index/{}", file.file_name().unwrap().to_str().unwrap());
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 3] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).unwrap();
+
+    // Backups and restores go on, warning about the file.
+    make_tree(&env.path("c"), 3, 1 << 20);
+    let out = env.run(&[
+        "backup",
+        "--repo",
+        &env.repo(),
+        "dir",
+        env.path("c").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&name), "{stderr}");
+    let out = env.run(&[
+        "restore",
+        "--repo",
+        &env.repo(),
+        &a,
+        "--target",
+        env.path("ra").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&name), "{stderr}");
+    same_tree(&env.path("a"), &env.path("ra"));
+
+    // Verify names it and the repair; prune refuses.
+    let out = env.run(&["verify", "--repo", &env.repo()]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("DAMAGED {name}")), "{text}");
+    assert!(text.contains("resilience repair index"), "{text}");
+    let (code, report) = damaged(&env);
+    assert_eq!(code, 3);
+    assert_eq!(report["damaged"][0]["object"], name.as_str());
+    assert_eq!(report["damaged"][0]["repair"], "resilience repair index");
+    let out = env.run(&["prune", "--repo", &env.repo(), "--grace", "0s"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&name) && stderr.contains("repair index"),
+        "{stderr}"
+    );
+
+    // A dry run changes nothing; the repair rebuilds the index.
+    let before = index_files(&env);
+    let dry = env.json(&[
+        "repair",
+        "index",
+        "--dry-run",
+        "--repo",
+        &env.repo(),
+        "--json",
+    ]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(index_files(&env), before);
+    let report = env.json(&["repair", "index", "--repo", &env.repo(), "--json"]);
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(report["damaged_index_files"], serde_json::json!([name]));
+    assert_eq!(report["damaged_removed"], serde_json::json!([name]));
+    assert_eq!(
+        report["packs_indexed"].as_u64().unwrap(),
+        env.packs().len() as u64
+    );
+    assert!(!file.exists());
+    env.ok(&["verify", "--repo", &env.repo(), "--full"]);
+    env.ok(&["prune", "--repo", &env.repo(), "--grace", "0s"]);
+    let text = env.ok(&["repair", "index", "--repo", &env.repo()]);
+    assert!(text.contains("removed 0 damaged"), "{text}");
+}

@@ -703,7 +703,10 @@ impl Repository {
         record: &mut BackupRecord,
         lock: &RepoLock,
     ) -> Result<u64> {
-        let mut index = self.load_index().await?;
+        // The intact index files only: a damaged one's packs are found by the listing of
+        // unindexed packs just below (adopted and indexed again by this backup), so `data/` is
+        // listed once.
+        let mut index = self.load_intact_index().await?.index;
         // Packs a prune condemned are not adopted: the prune decides their fate.
         let plans = self.prune_plans().await?;
         let condemned: HashSet<crate::pack::PackId> = plans

@@ -16,7 +16,7 @@
 //!
 //! The repository ([`repo::Repository`]): [`chunker`] (FastCDC), [`crypto`] (keyed BLAKE3 ids,
 //! XChaCha20-Poly1305), [`blob`], [`pack`], [`index`], [`snapshot`], [`object`] framing, [`lock`]s;
-//! its operations [`backup`], [`restore`], [`verify`] and [`replicate`]. [`fs`] is the directory source and
+//! its operations [`backup`], [`restore`], [`verify`], [`repair`] and [`replicate`]. [`fs`] is the directory source and
 //! target. The byte layout is in `docs/FORMAT.md`.
 //!
 //! ```no_run
@@ -52,6 +52,7 @@ pub mod object;
 pub mod pack;
 pub mod progress;
 pub mod prune;
+pub mod repair;
 pub mod replicate;
 pub mod repo;
 pub mod restore;

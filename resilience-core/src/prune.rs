@@ -19,6 +19,10 @@
 //! ([`Repository::load_read_index`]). Prune takes a maintenance lock, which excludes another
 //! prune but not backups. It can be killed at any point: every step is ordered so that an
 //! interruption leaves extra objects, never missing ones, and the next run finishes the job.
+//!
+//! Prune never decides from an incomplete index: a damaged index file makes it fail, naming the
+//! file and saying to run `resilience repair index` ([`Repository::repair_index`]) first,
+//! before anything is deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -262,7 +266,9 @@ impl Repository {
         if !plans.is_empty() {
             let read_index = self.load_read_index().await?;
             let referenced = self.referenced_blobs(&read_index).await?;
-            let live_index = self.load_index().await?;
+            // Never decide deletions from an incomplete index: a damaged index file stops
+            // prune here, before anything is deleted.
+            let live_index = self.load_index_strict().await?;
             for (key, created_at, packs) in &plans {
                 let stored_at = plan_stored_at.get(key).copied();
                 let young = match (stored_at, locks.store_now) {
@@ -315,19 +321,24 @@ impl Repository {
         // Phase 1: condemn and repack.
         // Index files first, references second: a backup that finishes in between is then
         // referenced, and one indexed later is not judged at all.
-        let index_files: Vec<String> = self
+        // A damaged index file is refused by name (prune never decides from an incomplete
+        // index); one that vanished since the listing is left out.
+        let listed_files: Vec<String> = self
             .sink
             .list("index/")
             .map_ok(|m| m.key)
             .try_collect()
             .await?;
+        let mut index_files = Vec::with_capacity(listed_files.len());
         let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
-        for key in &index_files {
-            let bytes = self.sink.get(key).await?;
-            let payload = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)?;
-            for p in index::decode_index(key, &payload)? {
+        for key in listed_files {
+            let Some(packs) = self.read_index_file_strict(&key).await? else {
+                continue;
+            };
+            for p in packs {
                 pack_records.entry(p.id).or_insert(p);
             }
+            index_files.push(key);
         }
         let read_index = self.load_read_index().await?;
         let referenced = self.referenced_blobs(&read_index).await?;
@@ -378,17 +389,10 @@ impl Repository {
             .try_collect()
             .await?;
         for key in current_files.iter().filter(|k| !read_files.contains(k)) {
-            let bytes = match self.sink.get(key).await {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
+            let Some(packs) = self.read_index_file_strict(key).await? else {
+                continue;
             };
-            let payload = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)?;
-            newly_indexed.extend(
-                index::decode_index(key, &payload)?
-                    .into_iter()
-                    .map(|p| p.id),
-            );
+            newly_indexed.extend(packs.into_iter().map(|p| p.id));
         }
         let known: HashSet<PackId> = keep
             .iter()
@@ -473,7 +477,11 @@ impl Repository {
             plan = Some((key, sealed));
         }
         for key in index_files.iter().filter(|k| !new_index_names.contains(*k)) {
-            self.sink.delete(key).await?;
+            match self.sink.delete(key).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         // The same plan written again: its store time is now after the old index files went,
         // so every backup that could have read them (and deduplicated against its packs) holds

@@ -273,8 +273,36 @@ impl Repository {
         RepoCatalog::new(self.sink.clone(), self.keys.clone())
     }
 
-    /// Loads every index file into memory.
+    /// Loads every index file into memory. A damaged index file does not fail it: see
+    /// [`Repository::load_index_report`], of which this is the thin wrapper.
     pub async fn load_index(&self) -> Result<Index> {
+        Ok(self.load_index_report().await?.index)
+    }
+
+    /// Loads every index file into memory and reports the damaged ones.
+    ///
+    /// Derived state is a cache: an index file that is damaged, truncated or does not decode is
+    /// skipped with a warning naming it, and then every pack under `data/` that no intact index
+    /// file lists is read from its own table and added (unreadable packs are skipped with a
+    /// warning). That costs a listing of `data/` and a few ranged reads per unlisted pack, and
+    /// only happens when some index file is damaged. An index file that vanished between the
+    /// listing and the read is skipped. `resilience repair index`
+    /// ([`Repository::repair_index`]) rebuilds the index files.
+    pub async fn load_index_report(&self) -> Result<IndexLoad> {
+        let mut loaded = self.load_intact_index().await?;
+        if !loaded.damaged.is_empty() {
+            for p in self.unindexed_packs(&loaded.index).await? {
+                loaded.index.add_pack(&p);
+            }
+            loaded.index.compact();
+        }
+        Ok(loaded)
+    }
+
+    /// The intact index files only: damaged ones are named in [`IndexLoad::damaged`] and their
+    /// packs are not looked for (for callers that list `data/` themselves, such as a backup
+    /// adopting unindexed packs).
+    pub(crate) async fn load_intact_index(&self) -> Result<IndexLoad> {
         let keys: Vec<String> = self
             .sink
             .list("index/")
@@ -283,20 +311,78 @@ impl Repository {
             .await?;
         let mut files = futures::stream::iter(keys)
             .map(|key| async move {
-                let bytes = self.sink.get(&key).await?;
-                let payload = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)
-                    .map_err(|e| rename_corrupt(e, &key))?;
-                index::decode_index(&key, &payload)
+                let read = self.read_index_file(&key).await;
+                (key, read)
             })
             .buffer_unordered(8);
-        let mut idx = Index::new();
-        while let Some(packs) = files.try_next().await? {
-            for p in &packs {
-                idx.add_pack_bulk(p);
+        let mut loaded = IndexLoad {
+            index: Index::new(),
+            damaged: Vec::new(),
+        };
+        while let Some((key, read)) = files.next().await {
+            match read? {
+                IndexFile::Packs(packs) => {
+                    for p in &packs {
+                        loaded.index.add_pack_bulk(p);
+                    }
+                }
+                IndexFile::Missing => {}
+                IndexFile::Damaged(e) => {
+                    tracing::warn!(
+                        index_file = %key,
+                        error = %e,
+                        "skipping a damaged index file: its packs are found from their own \
+                         tables; run `resilience repair index` to rebuild it"
+                    );
+                    loaded.damaged.push(key);
+                }
             }
         }
-        idx.compact();
-        Ok(idx)
+        loaded.damaged.sort();
+        loaded.index.compact();
+        Ok(loaded)
+    }
+
+    /// The index files only, for maintenance that must never decide from an incomplete index
+    /// (prune, key rewrite): a damaged index file is an error that names it and says to run
+    /// `resilience repair index` first.
+    pub(crate) async fn load_index_strict(&self) -> Result<Index> {
+        let loaded = self.load_intact_index().await?;
+        if let Some(name) = loaded.damaged.first() {
+            return Err(index_damaged_error(name, "it does not read back"));
+        }
+        Ok(loaded.index)
+    }
+
+    /// Reads one index file: its packs, `Missing` when it vanished since it was listed, or
+    /// `Damaged` when its bytes do not check, open or decode. Other storage errors are errors.
+    pub(crate) async fn read_index_file(&self, key: &str) -> Result<IndexFile> {
+        let bytes = match self.sink.get(key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(IndexFile::Missing),
+            Err(e) => return Err(e.into()),
+        };
+        let decoded = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)
+            .map_err(|e| rename_corrupt(e, key))
+            .and_then(|payload| index::decode_index(key, &payload));
+        Ok(match decoded {
+            Ok(packs) => IndexFile::Packs(packs),
+            Err(Error::Sink(e)) => return Err(e.into()),
+            Err(e) => IndexFile::Damaged(e),
+        })
+    }
+
+    /// Reads one index file for maintenance: `None` when it vanished since it was listed, an
+    /// error naming it (and `resilience repair index`) when it is damaged.
+    pub(crate) async fn read_index_file_strict(
+        &self,
+        key: &str,
+    ) -> Result<Option<Vec<PackRecord>>> {
+        match self.read_index_file(key).await? {
+            IndexFile::Packs(p) => Ok(Some(p)),
+            IndexFile::Missing => Ok(None),
+            IndexFile::Damaged(e) => Err(index_damaged_error(key, &problem_text(e))),
+        }
     }
 
     /// Packs in the sink that no index lists (left by an interrupted backup), read from their
@@ -477,6 +563,45 @@ impl Repository {
         Ok(v.get("manifest_checksum")
             .and_then(|c| c.as_str())
             .map(str::to_owned))
+    }
+}
+
+/// An index loaded by [`Repository::load_index_report`].
+#[derive(Default)]
+pub struct IndexLoad {
+    /// The blobs of every intact index file and, when some file is damaged, of every pack that
+    /// no intact file lists.
+    pub index: Index,
+    /// The index files that are damaged, truncated or do not decode (sorted keys): each is
+    /// fixed by `resilience repair index`.
+    pub damaged: Vec<String>,
+}
+
+/// One index file as read.
+pub(crate) enum IndexFile {
+    /// Its packs.
+    Packs(Vec<PackRecord>),
+    /// It vanished between the listing and the read.
+    Missing,
+    /// It does not check, open or decode.
+    Damaged(Error),
+}
+
+/// The error of maintenance that refuses to run on an incomplete index.
+pub(crate) fn index_damaged_error(key: &str, problem: &str) -> Error {
+    Error::corrupt(
+        key,
+        format!(
+            "{problem}; this operation needs every index file: run `resilience repair index` \
+             first"
+        ),
+    )
+}
+
+fn problem_text(e: Error) -> String {
+    match e {
+        Error::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
     }
 }
 

@@ -221,14 +221,21 @@ impl Repository {
         for name in &index_names {
             let bytes = self.sink.get(name).await?;
             report.bytes_read += bytes.len() as u64;
-            let header_key = sealed_key_id(name, &bytes)?;
-            let payload = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)
-                .map_err(|e| rename(e, name))?;
-            files.push((
-                name.clone(),
-                header_key,
-                index::decode_index(name, &payload)?,
-            ));
+            // Never rewrite (and then drop old keys) from an incomplete index.
+            let (header_key, packs) = sealed_key_id(name, &bytes)
+                .and_then(|header_key| {
+                    let payload =
+                        object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)
+                            .map_err(|e| rename(e, name))?;
+                    Ok((header_key, index::decode_index(name, &payload)?))
+                })
+                .map_err(|e| match e {
+                    Error::Corrupt { reason, .. } => {
+                        crate::repo::index_damaged_error(name, &reason)
+                    }
+                    other => other,
+                })?;
+            files.push((name.clone(), header_key, packs));
         }
         let mut have: HashSet<BlobId> = files
             .iter()
@@ -286,7 +293,7 @@ impl Repository {
         have: &mut HashSet<BlobId>,
         report: &mut RewriteReport,
     ) -> Result<()> {
-        let idx = self.load_index().await?;
+        let idx = self.load_index_strict().await?;
         let condemned = self.condemned_packs().await?;
         let current = self.keys.current_key_id();
         let metas: Vec<_> = self.sink.list("data/").try_collect().await?;

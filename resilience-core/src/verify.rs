@@ -7,8 +7,10 @@
 //!   reported.
 //! - **Full**: additionally every blob of every pack is decrypted, decompressed and re-hashed.
 //!
-//! The report names every damaged object and every snapshot it affects; nothing unaffected is
-//! reported.
+//! The report names every damaged object, every snapshot it affects and, for derived state, the
+//! repair that rebuilds it ([`DamagedObject::repair`]); nothing unaffected is reported. A
+//! damaged index file affects no snapshot: its packs are found from their own tables (and
+//! checked), as readers find them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -41,7 +43,22 @@ pub struct DamagedObject {
     pub problem: String,
     /// Ids of the snapshots that cannot be fully restored because of it.
     pub affected_snapshots: Vec<String>,
+    /// The command that rebuilds it (`resilience repair index` for an index file, which is
+    /// derived from the packs), or `None` when nothing can rebuild it (a pack, a manifest: its
+    /// bytes exist nowhere else in the repository).
+    pub repair: Option<String>,
 }
+
+/// The command that rebuilds a damaged index file.
+pub const REPAIR_INDEX: &str = "resilience repair index";
+
+/// The object [`DamagedObject`] names when snapshots use packs that no index file lists while
+/// no index file is damaged: an index file was lost (deleted), which readers cannot notice
+/// without listing `data/`.
+pub const LOST_INDEX: &str = "index/";
+
+const LOST_INDEX_PROBLEM: &str = "packs that snapshots use are listed by no index file (an index \
+                                  file is lost); the next backup adopts them";
 
 /// What verification found.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -157,9 +174,10 @@ impl Repository {
         };
         let mut damage = Damage::default();
 
-        // Indexes: a damaged index file is itself damage; its packs are then unknown, and the
-        // snapshots that needed them show up below as referencing missing blobs.
+        // Indexes: a damaged index file is itself damage (which `repair index` fixes), but not
+        // a loss: its packs are then found from their own tables, below, as readers find them.
         let index_keys: Vec<_> = self.sink.list("index/").try_collect().await?;
+        let mut damaged_index_files: Vec<String> = Vec::new();
         let mut index = Index::new();
         let mut pack_blobs: HashMap<BlobId, Vec<PackedBlob>> = HashMap::new();
         for meta in &index_keys {
@@ -178,7 +196,11 @@ impl Repository {
                         pack_blobs.entry(p.id).or_insert(p.blobs);
                     }
                 }
-                Err(e) => damage.object(&meta.key, problem_of(e)),
+                Err(Error::Sink(e)) if e.is_not_found() => {}
+                Err(e) => {
+                    damaged_index_files.push(meta.key.clone());
+                    damage.object(&meta.key, problem_of(e));
+                }
             }
         }
         // Packs that a prune condemned are still readable until a later prune deletes them:
@@ -193,7 +215,6 @@ impl Repository {
                 }
             }
         }
-        index.compact();
 
         // Packs.
         let sizes: HashMap<String, u64> = self
@@ -202,10 +223,36 @@ impl Repository {
             .map_ok(|m| (m.key, m.size))
             .try_collect()
             .await?;
-        report.unindexed_packs = sizes
-            .keys()
-            .filter(|k| pack::pack_id_from_key(k).is_some_and(|id| !index.has_pack(&id)))
-            .count();
+        // Packs that no index file lists (an interrupted backup's, or a damaged or lost index
+        // file's), from their own tables: readers find them so when an index file is damaged,
+        // and a snapshot that needs one while no index file is damaged (a lost index file)
+        // is named below. With a damaged index file, a pack whose table does not read back is
+        // damage of its own.
+        let mut unlisted: Vec<(&String, u64)> = sizes
+            .iter()
+            .filter(|(k, _)| pack::pack_id_from_key(k).is_some_and(|id| !index.has_pack(&id)))
+            .map(|(k, s)| (k, *s))
+            .collect();
+        unlisted.sort();
+        report.unindexed_packs = unlisted.len();
+        let mut unlisted_packs: std::collections::HashSet<pack::PackId> = Default::default();
+        for (key, size) in unlisted {
+            match self.read_pack_table(key, size).await {
+                Ok(p) => {
+                    index.add_pack(&p);
+                    unlisted_packs.insert(p.id);
+                    pack_blobs.entry(p.id).or_insert(p.blobs);
+                }
+                Err(Error::Sink(e)) if e.is_not_found() => {}
+                Err(e) if damaged_index_files.is_empty() => {
+                    tracing::warn!(pack = %key, error = %e, "an unindexed pack does not read back");
+                }
+                Err(e) => damage.object(key, problem_of(e)),
+            }
+        }
+        index.compact();
+        // Snapshots restore from unlisted packs only while an index file is damaged.
+        let lost_index = damaged_index_files.is_empty() && !unlisted_packs.is_empty();
         let packs: Vec<PackInfo> = index.packs().to_vec();
         report.packs_checked = packs.len();
         let pack_blobs = Arc::new(pack_blobs);
@@ -289,7 +336,12 @@ impl Repository {
             let check_blob = |id: &BlobId, damage: &mut Damage| {
                 if let Some(obj) = damage.blob_objects.get(id).cloned() {
                     damage.affects(&obj, &record.id);
-                } else if !index.contains(id) {
+                } else if let Some(at) = index.lookup(id) {
+                    if lost_index && unlisted_packs.contains(&at.pack) {
+                        damage.object(LOST_INDEX, LOST_INDEX_PROBLEM.into());
+                        damage.affects(LOST_INDEX, &record.id);
+                    }
+                } else {
                     let key = format!("blob {id}");
                     damage.object(&key, "in no index: its pack or index file is lost".into());
                     damage.affects(&key, &record.id);
@@ -331,6 +383,8 @@ impl Repository {
             .map(|(k, problem)| DamagedObject {
                 object: k.clone(),
                 problem: problem.clone(),
+                repair: (damaged_index_files.contains(k) || k == LOST_INDEX)
+                    .then(|| REPAIR_INDEX.to_owned()),
                 affected_snapshots: damage
                     .affected
                     .get(k)

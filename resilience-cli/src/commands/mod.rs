@@ -11,6 +11,7 @@ mod key;
 pub(crate) mod pg;
 mod prune;
 mod redis;
+mod repair;
 mod replicate;
 mod restore;
 mod snapshots;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Verify { full } => verify::run(g, *full).await,
         Command::Forget(args) => forget::run(g, args).await,
         Command::Prune { dry_run, grace } => prune::run(g, *dry_run, grace).await,
+        Command::Repair { what } => repair::run(g, what).await,
         Command::Hold { snapshot, release } => hold::run(g, snapshot, *release).await,
         Command::Pg { command } => pg::run(g, command).await,
         Command::Redis { command } => redis::run(g, command).await,

@@ -24,8 +24,8 @@ pub async fn run(g: &Global, full: bool) -> Result<(), CliError> {
     }
 }
 
-/// One `DAMAGED <object>: <problem> (affects: id1, id2)` line per damaged object, then a
-/// summary.
+/// One `DAMAGED <object>: <problem> (affects: id1, id2)` line per damaged object, each followed
+/// by the repair that fixes it (`  fix: run \`resilience repair index\``), then a summary.
 fn print_text(report: &VerifyReport) {
     for d in &report.damaged {
         let affects = if d.affected_snapshots.is_empty() {
@@ -34,6 +34,10 @@ fn print_text(report: &VerifyReport) {
             d.affected_snapshots.join(", ")
         };
         println!("DAMAGED {}: {} (affects: {affects})", d.object, d.problem);
+        match &d.repair {
+            Some(repair) => println!("  fix: run `{repair}`"),
+            None => println!("  fix: none rebuilds it; restore the object from a replica"),
+        }
     }
     let unindexed = match report.unindexed_packs {
         0 => String::new(),
