@@ -484,3 +484,60 @@ fn leaked_passphrase_rotated_away() {
         "{copies:#}"
     );
 }
+
+#[test]
+fn damaged_index_repaired() {
+    let repo = Repo::new();
+    let (a, b) = (repo.path("a"), repo.path("b"));
+    for (dir, seed) in [(&a, 1u64), (&b, 2)] {
+        std::fs::create_dir_all(dir).unwrap();
+        for i in 0..3 {
+            let bytes: Vec<u8> = (0..(1u64 << 20))
+                .map(|x| ((x * 2654435761 + seed * 97 + i) >> 7) as u8)
+                .collect();
+            std::fs::write(dir.join(format!("f{i}")), bytes).unwrap();
+        }
+    }
+    repo.ok(&["backup", "dir", &s(&a)]);
+    repo.ok(&["backup", "dir", &s(&b)]);
+    let index: Vec<PathBuf> = std::fs::read_dir(repo.repo().join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let damaged = &index[0];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 3].iter_mut().for_each(|b| *b ^= 0xa5);
+    std::fs::write(damaged, bytes).unwrap();
+    let name = format!("index/{}", damaged.file_name().unwrap().to_str().unwrap());
+
+    run_runbook(
+        "damaged-repository.md",
+        repo.dir.path(),
+        &[("REPO", s(&repo.repo())), ("KEY", s(&repo.key()))],
+    );
+
+    let plan: Value =
+        serde_json::from_slice(&std::fs::read(repo.path("repair-plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    let done: Value =
+        serde_json::from_slice(&std::fs::read(repo.path("repair.json")).unwrap()).unwrap();
+    assert!(
+        done.to_string().contains(&name),
+        "the repair names {name}: {done}"
+    );
+    assert!(!damaged.exists(), "the damaged index file is gone");
+    let snapshots: Value = serde_json::from_str(&repo.ok(&["--json", "snapshots"])).unwrap();
+    let ids: Vec<String> = snapshots
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{snapshots}");
+    for (id, source) in ids.iter().zip([&a, &b]) {
+        let out = repo.path(&format!("restored-{id}"));
+        repo.ok(&["restore", id, "--target", &s(&out)]);
+        assert_eq!(files(&out), files(source), "{id}");
+    }
+}

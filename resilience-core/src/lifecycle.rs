@@ -28,6 +28,11 @@ pub struct ForgetReport {
     pub moved_cold: Vec<String>,
     /// Backups the plan sends to the cold tier that stay where they are (no cold store given).
     pub cold_pending: Vec<String>,
+    /// Backups whose record says `failed` or `expired` but whose manifest is still there:
+    /// marked expired, their manifest (and so their data) left in place. Forget deletes only
+    /// the manifests of backups it sees succeeded, so a forged or mistaken status never
+    /// deletes data; such a snapshot can be reviewed and restored.
+    pub manifests_left: Vec<String>,
 }
 
 impl Repository {
@@ -148,10 +153,19 @@ impl Repository {
                                 ))
                             })?
                     };
-                    store
-                        .sink
-                        .delete(&crate::snapshot::manifest_key(&d.id))
-                        .await?;
+                    let manifest = crate::snapshot::manifest_key(&d.id);
+                    if record.status == BackupStatus::Succeeded {
+                        store.sink.delete(&manifest).await?;
+                    } else {
+                        match store.sink.head(&manifest).await {
+                            Ok(_) => {
+                                tracing::warn!(backup = %d.id, status = %record.status, "its record says it is not restorable, but its manifest is there: left in place");
+                                report.manifests_left.push(d.id.clone());
+                            }
+                            Err(e) if e.is_not_found() => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                     if record.status != BackupStatus::Expired {
                         record.revision += 1;
                         record.status = BackupStatus::Expired;

@@ -365,3 +365,61 @@ async fn a_legal_hold_racing_forget_is_never_lost() {
         }
     }
 }
+
+#[tokio::test]
+async fn forged_failed_and_expired_revisions_never_make_maintenance_delete_data() {
+    let store = Arc::new(MemorySink::new());
+    let dyn_store: Arc<dyn Sink> = store.clone();
+    let admin = init(dyn_store.clone()).await;
+    let mut ids = Vec::new();
+    for seed in 1..=3 {
+        ids.push(
+            admin
+                .backup(&big_source("a", seed), Default::default())
+                .await
+                .unwrap()
+                .record
+                .id,
+        );
+    }
+    // A stolen backup host: append-only, with the repository key. It cannot delete or
+    // overwrite, but it can add revisions that call every backup failed or expired.
+    let writer_sink: Arc<dyn Sink> =
+        Arc::new(resilience_core::sink::AppendOnlySink::new(store.clone()));
+    let writer = open(writer_sink, Duration::from_secs(60)).await;
+    for (i, id) in ids.iter().enumerate() {
+        let mut forged = writer.catalog().get(id).await.unwrap().unwrap();
+        forged.revision = 999_999_999 - i as u32;
+        forged.status = if i % 2 == 0 {
+            BackupStatus::Expired
+        } else {
+            BackupStatus::Failed
+        };
+        writer.catalog().put(&forged).await.unwrap();
+    }
+    // Two rounds of maintenance, as an operator would run them.
+    let policy = StandardPolicy::from_toml("keep_last = 1").unwrap();
+    for _ in 0..2 {
+        let records = admin.catalog().list(&Default::default()).await.unwrap();
+        let report = admin
+            .forget(&retention::plan(&policy, &records, Utc::now()))
+            .await
+            .unwrap();
+        for id in &ids {
+            assert!(
+                report.manifests_left.contains(id) || report.expired.is_empty(),
+                "{id}: {report:?}"
+            );
+        }
+        admin.prune(prune_now()).await.unwrap();
+        admin.prune(prune_now()).await.unwrap();
+    }
+    // Every snapshot taken before the forgery is still there: set right, each restores.
+    for (seed, id) in (1..=3).zip(&ids) {
+        let mut right = admin.catalog().get(id).await.unwrap().unwrap();
+        right.revision += 1;
+        right.status = BackupStatus::Succeeded;
+        admin.catalog().put(&right).await.unwrap();
+        restores_identical(&admin, id, seed).await;
+    }
+}

@@ -1205,7 +1205,7 @@ mod tests {
         let (done, again, read) = restore(Default::default()).await;
         let err = done.unwrap_err().to_string();
         assert!(
-            err.contains("/big/a: exists with different content; 3 object(s) not replaced (also refused: big/b, small)"),
+            err.contains("/big/a failed: exists with different content; 3 object(s) not replaced (also refused: big/b, small)"),
             "{err}"
         );
         assert_eq!(again.written, 0);

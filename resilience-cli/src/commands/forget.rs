@@ -56,6 +56,12 @@ pub async fn run(g: &Global, args: &ForgetArgs) -> Result<(), CliError> {
                 report.cold_pending.len()
             );
         }
+        for id in &report.manifests_left {
+            eprintln!(
+                "warning: backup {id} is recorded as not restorable but its manifest is there: \
+                 marked expired, its manifest and data left in place for review"
+            );
+        }
     }
     Ok(())
 }
