@@ -666,7 +666,20 @@ impl Repository {
                     Err(lapsed)
                 }
             },
-            Err(e) => Err(e),
+            // Whatever failed after the lock lapsed (a pack that a prune removed meanwhile, …)
+            // is a symptom: the lapse is the cause, and what the error names.
+            Err(e) => match lock.check() {
+                Err(Error::LockLapsed {
+                    location,
+                    lock,
+                    detail,
+                }) => Err(Error::LockLapsed {
+                    location,
+                    lock,
+                    detail: format!("{detail}; the backup then failed: {e}"),
+                }),
+                _ => Err(e),
+            },
         };
         record.revision += 1;
         record.finished_at = Some(self.clock.now());
