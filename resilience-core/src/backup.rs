@@ -697,7 +697,16 @@ impl Repository {
             Err(e) => {
                 record.status = BackupStatus::Failed;
                 record.error = Some(e.to_string());
-                if let Err(e2) = catalog.put(&record).await {
+                // A reaper that judged this backup gone may have written this revision's
+                // `failed` already: the real cause then goes in the next revision.
+                let mut recorded = catalog.put(&record).await;
+                if let Err(Error::Sink(crate::sink::SinkError::AlreadyExists { .. })) = &recorded {
+                    if let Ok(Some(current)) = catalog.get(&id).await {
+                        record.revision = current.revision + 1;
+                        recorded = catalog.put(&record).await;
+                    }
+                }
+                if let Err(e2) = recorded {
                     tracing::warn!(error = %e2, backup = %id, "could not record the failure");
                 }
                 Err(e)

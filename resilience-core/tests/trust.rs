@@ -125,6 +125,9 @@ async fn assert_acknowledged_or_loud(result: resilience_core::Result<String>, re
             let a: Vec<_> = records.iter().filter(|r| r.source.id == "a").collect();
             assert_eq!(a.len(), 1, "{records:?}");
             assert_eq!(a[0].status, BackupStatus::Failed, "{:?}", a[0]);
+            // The real cause is recorded, not only the reaper's guess.
+            let error = a[0].error.as_deref().unwrap_or_default();
+            assert!(error.contains("lapsed"), "{:?}", a[0]);
         }
     }
     let report = repo.verify(VerifyOptions { full: true }).await.unwrap();
