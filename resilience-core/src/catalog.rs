@@ -208,6 +208,33 @@ impl RepoCatalog {
         self.read(key).await
     }
 
+    /// Reads the current revision `r`; when it is damaged, falls back to the newest intact
+    /// revision of the same record, with a warning naming the damaged object (a record's
+    /// history is a cache of nothing, but its older revisions say most of what it said).
+    async fn read_current(&self, r: &CatalogRef) -> Result<BackupRecord> {
+        let damage = match self.read(&r.key).await {
+            Err(e @ Error::Corrupt { .. }) => e,
+            other => return other,
+        };
+        let mut older: Vec<CatalogRef> = Vec::new();
+        let mut listing = self.sink.list(&format!("catalog/{}/", r.id));
+        while let Some(meta) = listing.try_next().await? {
+            if let Some(candidate) = parse_ref(&meta.key) {
+                if candidate.key != r.key {
+                    older.push(candidate);
+                }
+            }
+        }
+        older.sort_by(|a, b| b.precedence().cmp(&a.precedence()));
+        for candidate in &older {
+            if let Ok(record) = self.read(&candidate.key).await {
+                tracing::warn!(damaged = %r.key, used = %candidate.key, error = %damage, "a damaged catalog revision: using the newest intact one");
+                return Ok(record);
+            }
+        }
+        Err(damage)
+    }
+
     /// Replaces the record stored as `key` in place, sealed with the current data key. Only
     /// `key rotate --rewrite` does this: it re-seals a manifest and must update its checksum.
     pub(crate) async fn overwrite(&self, key: &str, record: &BackupRecord) -> Result<()> {
@@ -228,24 +255,10 @@ impl RepoCatalog {
         let mut newest: HashMap<String, CatalogRef> = HashMap::new();
         let mut listing = self.sink.list(&prefix);
         while let Some(meta) = listing.try_next().await? {
-            let mut parts = meta.key.rsplitn(2, '/');
-            let (Some(name), Some(head)) = (parts.next(), parts.next()) else {
+            let Some(candidate) = parse_ref(&meta.key) else {
                 continue;
             };
-            let (rev, status) = match name.split_once('-') {
-                Some((r, s)) => (r, parse_status(s)),
-                None => (name, None),
-            };
-            let Ok(revision) = rev.parse::<u32>() else {
-                continue;
-            };
-            let id = head.trim_start_matches("catalog/").to_owned();
-            let candidate = CatalogRef {
-                id: id.clone(),
-                revision,
-                status,
-                key: meta.key.clone(),
-            };
+            let id = candidate.id.clone();
             match newest.get(&id) {
                 Some(r) if r.precedes_or_equals(&candidate) => {
                     newest.insert(id, candidate);
@@ -261,13 +274,14 @@ impl RepoCatalog {
         Ok(refs)
     }
 
-    /// Reads the records behind `refs`, a few at a time, in order.
+    /// Reads the records behind `refs`, a few at a time, in order (a damaged revision falls
+    /// back to the newest intact one of its record).
     pub async fn read_refs(&self, refs: &[CatalogRef]) -> Result<Vec<BackupRecord>> {
         let this = self.clone();
-        futures::stream::iter(refs.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
-            .map(move |key| {
+        futures::stream::iter(refs.to_vec())
+            .map(move |r| {
                 let this = this.clone();
-                async move { this.read(&key).await }
+                async move { this.read_current(&r).await }
             })
             .buffered(16)
             .try_collect()
@@ -290,7 +304,7 @@ impl RepoCatalog {
                     break;
                 }
             }
-            let record = self.read(&r.key).await?;
+            let record = self.read_current(r).await?;
             if query.matches(&record)
                 && best
                     .as_ref()
@@ -326,8 +340,11 @@ impl CatalogRef {
     /// outranks a reaper's guess that it died, and an expiry, which deleted the manifest
     /// first, outranks both); then the object name.
     fn precedes_or_equals(&self, other: &CatalogRef) -> bool {
+        self.precedence() <= other.precedence()
+    }
+
+    fn precedence(&self) -> (u32, u8, &str) {
         (self.revision, status_rank(self.status), &self.key)
-            <= (other.revision, status_rank(other.status), &other.key)
     }
 }
 
@@ -339,6 +356,22 @@ fn status_rank(status: Option<BackupStatus>) -> u8 {
         Some(BackupStatus::Succeeded) => 3,
         Some(BackupStatus::Expired) => 4,
     }
+}
+
+/// The revision a catalog object's key names: `catalog/<id>/<revision>[-<status>]`.
+fn parse_ref(key: &str) -> Option<CatalogRef> {
+    let (head, name) = key.rsplit_once('/')?;
+    let (rev, status) = match name.split_once('-') {
+        Some((r, s)) => (r, parse_status(s)),
+        None => (name, None),
+    };
+    let revision = rev.parse::<u32>().ok()?;
+    Some(CatalogRef {
+        id: head.trim_start_matches("catalog/").to_owned(),
+        revision,
+        status,
+        key: key.to_owned(),
+    })
 }
 
 fn parse_status(s: &str) -> Option<BackupStatus> {
@@ -366,7 +399,7 @@ impl Catalog for RepoCatalog {
             return Ok(None);
         }
         match self.refs(Some(id)).await?.first() {
-            Some(r) => Ok(Some(self.read(&r.key).await?)),
+            Some(r) => Ok(Some(self.read_current(r).await?)),
             None => Ok(None),
         }
     }

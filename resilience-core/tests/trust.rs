@@ -426,3 +426,29 @@ async fn forged_failed_and_expired_revisions_never_make_maintenance_delete_data(
         restores_identical(&admin, id, seed).await;
     }
 }
+
+#[tokio::test]
+async fn a_damaged_catalog_revision_falls_back_to_the_newest_intact_one() {
+    let store = Arc::new(MemorySink::new());
+    let repo = init(store.clone()).await;
+    let done = repo
+        .backup(&big_source("a", 1), Default::default())
+        .await
+        .unwrap();
+    let held = repo.set_legal_hold(&done.record.id, true).await.unwrap();
+    let current = format!("catalog/{}/{:010}-succeeded", done.record.id, held.revision);
+    let mut bytes = store.get(&current).await.unwrap().to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    store.tamper(&current, bytes.into());
+    // The record still reads (from the revision before), the snapshot still lists and
+    // restores, and verify still checks it.
+    let record = repo.catalog().get(&done.record.id).await.unwrap().unwrap();
+    assert_eq!(record.revision, held.revision - 1);
+    assert_eq!(record.status, BackupStatus::Succeeded);
+    let all = repo.catalog().list(&Default::default()).await.unwrap();
+    assert_eq!(all.len(), 1);
+    restores_identical(&repo, "latest", 1).await;
+    let report = repo.verify(VerifyOptions::default()).await.unwrap();
+    assert_eq!(report.snapshots_checked, 1);
+}
