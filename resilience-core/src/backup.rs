@@ -768,7 +768,11 @@ impl Repository {
             let locations = manifest
                 .tree
                 .iter()
-                .map(|r| (*r, index.lookup(&r.id).or_else(|| in_plans.lookup(&r.id))))
+                .map(|r| {
+                    let mut copies = index.copies(&r.id);
+                    copies.extend(in_plans.copies(&r.id));
+                    (*r, copies)
+                })
                 .collect();
             cursor.reader = Some(TreeReader::from_locations(self.clone(), locations));
         }

@@ -235,6 +235,47 @@ impl RepoCatalog {
         Err(damage)
     }
 
+    /// Every revision of record `id` (intact or not), oldest first.
+    pub async fn revisions(&self, id: &str) -> Result<Vec<CatalogRef>> {
+        let mut revisions: Vec<CatalogRef> = Vec::new();
+        let mut listing = self.sink.list(&format!("catalog/{id}/"));
+        while let Some(meta) = listing.try_next().await? {
+            if let Some(r) = parse_ref(&meta.key).filter(|r| r.id == id) {
+                revisions.push(r);
+            }
+        }
+        revisions.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+        Ok(revisions)
+    }
+
+    /// The revisions of record `id` that place a legal hold, and those that cannot be read
+    /// (which might). A hold is in force while any of them is present, whatever the current
+    /// revision says: releasing one deletes them ([`crate::repo::Repository::set_legal_hold`]),
+    /// which a writer that can only add objects cannot do, so a revision it forges cannot lift
+    /// a hold.
+    pub async fn hold_revisions(&self, id: &str) -> Result<Vec<String>> {
+        let mut holding = Vec::new();
+        for r in self.revisions(id).await? {
+            match self.read(&r.key).await {
+                Ok(record) if !record.legal_hold => {}
+                Ok(_) => holding.push(r.key),
+                Err(Error::Corrupt { .. }) => holding.push(r.key),
+                Err(e) if matches!(&e, Error::Sink(s) if s.is_not_found()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(holding)
+    }
+
+    /// Deletes the revision stored as `key` (maintenance: releasing a hold).
+    pub(crate) async fn delete_revision(&self, key: &str) -> Result<()> {
+        match self.sink.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Replaces the record stored as `key` in place, sealed with the current data key. Only
     /// `key rotate --rewrite` does this: it re-seals a manifest and must update its checksum.
     pub(crate) async fn overwrite(&self, key: &str, record: &BackupRecord) -> Result<()> {

@@ -111,6 +111,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this says an object is damaged, missing or of an unknown format (as opposed to
+    /// a store that cannot be reached or a refused operation): another copy may do.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            Error::Corrupt { .. } | Error::UnsupportedFormat { .. } | Error::BlobMissing { .. } => {
+                true
+            }
+            Error::Sink(s) => s.is_not_found(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             object: object.into(),

@@ -182,6 +182,9 @@ pub struct Index {
     pack_pos: HashMap<PackId, u32>,
     sorted: Vec<Record>,
     recent: HashMap<BlobId, Record>,
+    /// Further copies of blobs that several packs hold (rare: concurrent backups of the same
+    /// data, interrupted ones, or a writer's forgeries), tried when the first does not read.
+    alternates: HashMap<BlobId, Vec<Record>>,
 }
 
 impl Index {
@@ -199,6 +202,11 @@ impl Index {
         for b in &record.blobs {
             if self.lookup_record(&b.id).is_none() {
                 self.recent.insert(b.id, Record::at(b, pos));
+            } else {
+                self.alternates
+                    .entry(b.id)
+                    .or_default()
+                    .push(Record::at(b, pos));
             }
         }
         if self.recent.len() > 4096 && self.recent.len() * 8 > self.sorted.len() {
@@ -243,12 +251,22 @@ impl Index {
         }
     }
 
-    /// Moves recent records into the sorted vector; of duplicate blobs, the first added stays.
+    /// Moves recent records into the sorted vector; of duplicate blobs, the first added stays
+    /// first and the others are kept as alternates ([`Index::copies`]).
     pub fn compact(&mut self) {
         self.sorted.extend(self.recent.drain().map(|(_, r)| r));
         self.sorted
             .sort_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
-        self.sorted.dedup_by(|a, b| a.id == b.id);
+        let mut previous: Option<BlobId> = None;
+        let alternates = &mut self.alternates;
+        self.sorted.retain(|r| {
+            let first = previous != Some(r.id);
+            previous = Some(r.id);
+            if !first {
+                alternates.entry(r.id).or_default().push(*r);
+            }
+            first
+        });
         self.sorted.shrink_to_fit();
         self.recent.shrink_to_fit();
     }
@@ -268,6 +286,19 @@ impl Index {
     /// Where the blob is stored.
     pub fn lookup(&self, id: &BlobId) -> Option<BlobLocation> {
         self.lookup_record(id).map(|r| self.location(r))
+    }
+
+    /// Every known copy of the blob, the one [`Index::lookup`] gives first. Readers try the
+    /// others when one does not read back authentic.
+    pub fn copies(&self, id: &BlobId) -> Vec<BlobLocation> {
+        let first = self.lookup_record(id).map(|r| self.location(r));
+        let others = self
+            .alternates
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|r| self.location(r));
+        first.into_iter().chain(others).collect()
     }
 
     /// The position of a blob in the sorted records, for per-blob bitsets (call

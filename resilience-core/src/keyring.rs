@@ -118,7 +118,8 @@ pub enum CopyState {
     /// A format-1 copy (the key set wrapped directly): it opens the repository, but rotation
     /// cannot re-wrap it; replace it with `key add` and `key remove`.
     Legacy,
-    /// Not in the newest key set (an interrupted `key add` or `key remove`): it does not open.
+    /// Not in the key set in force (an interrupted `key add` or `key remove`, or a copy made
+    /// by a writer that cannot complete a change of keys): it does not open.
     Stale,
 }
 
@@ -131,7 +132,9 @@ pub struct KeyRing {
     pub generations: Vec<KeySetObject>,
     /// Objects under `keys/` that are damaged (each error names its object).
     pub damaged: Vec<Error>,
-    /// Names of every key-set generation object, damaged or not.
+    /// Names of every key-set generation object, damaged or not, in the order that decides
+    /// which is in force: by the store's time of writing (where the store gives it), then by
+    /// name. The first is in force.
     pub generation_names: Vec<String>,
 }
 
@@ -139,8 +142,11 @@ impl KeyRing {
     /// Reads every object under `keys/`. Damaged objects are collected, not fatal: another copy
     /// may still open the repository.
     pub async fn load(sink: &dyn Sink) -> Result<KeyRing> {
-        let mut names: Vec<String> = sink.list("keys/").map_ok(|m| m.key).try_collect().await?;
-        names.sort();
+        let mut listed: Vec<crate::sink::ObjectMeta> = sink.list("keys/").try_collect().await?;
+        // Generations in force order (see `in_force`); copies by name.
+        listed.sort_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)));
+        let mut names: Vec<String> = listed.into_iter().map(|m| m.key).collect();
+        names.sort_by_key(|n| !n.starts_with(KEYSET_PREFIX));
         let mut ring = KeyRing::default();
         for name in names {
             let bytes = sink.get(&name).await?;
@@ -172,24 +178,43 @@ impl KeyRing {
                 Err(e) => ring.damaged.push(e),
             }
         }
-        ring.generations.sort_by_key(|g| g.generation);
+        ring.copies.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(ring)
     }
 
-    /// The newest key-set generation, if it is intact. `Err` when the newest one is damaged
-    /// (an older one may lack data keys, so it is not used instead).
-    pub fn latest(&self) -> Result<Option<&KeySetObject>> {
-        let newest_name = self.generation_names.iter().max();
-        match (newest_name, self.generations.last()) {
-            (None, _) => Ok(None),
-            (Some(n), Some(g)) if *n == keyset_name(g.generation) => Ok(Some(g)),
-            (Some(n), _) => Err(self
+    /// The key-set generation in force: the generation object the store wrote FIRST of those
+    /// present (by the store's clock; ties, and stores that give no times, by name).
+    ///
+    /// A change of keys writes the next generation and only then deletes the older ones, the
+    /// one in force last, so the generation in force changes when the change completes. Only a
+    /// credential that can delete (maintenance) can complete one: an append-only writer (a
+    /// stolen backup host) can create a generation object under any free name, but the store
+    /// dates it after the one in force, which it cannot delete, so what it creates never comes
+    /// into force. `Err` names the generation in force when it is damaged (another one is not
+    /// used instead: it may be a forgery).
+    pub fn in_force(&self) -> Result<Option<&KeySetObject>> {
+        let Some(first) = self.generation_names.first() else {
+            return Ok(None);
+        };
+        match self
+            .generations
+            .iter()
+            .find(|g| keyset_name(g.generation) == *first)
+        {
+            Some(g) => Ok(Some(g)),
+            None => Err(self
                 .damaged
                 .iter()
-                .find(|e| matches!(e, Error::Corrupt { object, .. } if object == n))
+                .find(|e| matches!(e, Error::Corrupt { object, .. } if object == first))
                 .map(clone_error)
-                .unwrap_or_else(|| Error::corrupt(n, "damaged"))),
+                .unwrap_or_else(|| Error::corrupt(first, "damaged"))),
         }
+    }
+
+    /// Generation objects present beside the one in force: an interrupted change of keys, or
+    /// objects made by a writer that cannot delete. The next change of keys removes them.
+    pub fn not_in_force(&self) -> &[String] {
+        self.generation_names.get(1..).unwrap_or_default()
     }
 
     /// The newest generation number (0 when there is none).
@@ -207,7 +232,7 @@ impl KeyRing {
         if copy.format == 1 {
             return CopyState::Legacy;
         }
-        match self.latest() {
+        match self.in_force() {
             Ok(Some(g)) if g.sealed.contains_key(&copy.id) => CopyState::Active,
             _ => CopyState::Stale,
         }
@@ -247,7 +272,7 @@ impl KeyRing {
                     "the unwrapped identity does not match the copy's recipient (edited)",
                 ));
             }
-            let Some(generation) = self.latest()? else {
+            let Some(generation) = self.in_force()? else {
                 return Err(Error::corrupt(
                     copy.object_name(),
                     format!("no {KEYSET_PREFIX}* object holds the key set (deleted?)"),
@@ -289,9 +314,9 @@ impl KeyRing {
         }
         if let Some(copy) = stale {
             return Err(Error::Invalid(format!(
-                "{copy} is not in the newest key set {} (an interrupted `key add` or `key \
+                "{copy} is not in the key set in force {} (an interrupted `key add` or `key \
                  remove`): open with another key and add this provider again",
-                keyset_name(self.latest_generation())
+                self.generation_names.first().map_or("-", String::as_str)
             )));
         }
         Err(Error::WrongKey {
@@ -351,9 +376,11 @@ pub(crate) fn encode_copy(copy: &WrappedKey) -> bytes::Bytes {
     body.into()
 }
 
-/// Writes generation `generation` of `keys`, sealed to `recipients`, then deletes every older
-/// generation object. The write is one object, so a crash leaves the old or the new generation
-/// in force.
+/// Writes the next generation of `keys`, sealed to `recipients`, then deletes every older
+/// generation object, newest first and the one in force last: the new generation comes into
+/// force only when no older one is left, so a crash leaves the old or the new one in force,
+/// and never a generation that was not in force before (one left by an interrupted change or
+/// made by a writer that cannot delete).
 pub(crate) async fn write_generation(
     sink: &dyn Sink,
     ring: &KeyRing,
@@ -369,14 +396,31 @@ pub(crate) async fn write_generation(
         PutMode::Create,
     )
     .await?;
-    for old in &ring.generation_names {
-        match sink.delete(old).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        }
+    for old in ring.generation_names.iter().rev() {
+        delete_generation(sink, old).await?;
+    }
+    // Anything written under keys/keyset- while this change ran (no other change can run: the
+    // caller holds the key lock) is not ours: remove it, so a forgery cannot tie with the new
+    // generation on the store's clock.
+    let ours = keyset_name(generation);
+    let listed: Vec<String> = sink
+        .list(KEYSET_PREFIX)
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await?;
+    for other in listed.iter().filter(|n| **n != ours) {
+        tracing::warn!(object = %other, "a key-set generation appeared during a change of keys: removed");
+        delete_generation(sink, other).await?;
     }
     Ok(generation)
+}
+
+async fn delete_generation(sink: &dyn Sink, name: &str) -> Result<()> {
+    match sink.delete(name).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Repository {
@@ -385,10 +429,10 @@ impl Repository {
         KeyRing::load(self.sink.as_ref()).await
     }
 
-    /// Refuses a change of keys when the newest generation holds data keys this open
+    /// Refuses a change of keys when the generation in force holds data keys this open
     /// repository lacks (someone rotated since it was opened).
     fn check_fresh(&self, ring: &KeyRing) -> Result<()> {
-        if let Some(g) = ring.latest()? {
+        if let Some(g) = ring.in_force()? {
             let ours = self.keys.data_key_ids();
             if let Some(k) = g.data_keys.iter().find(|k| !ours.contains(k)) {
                 return Err(Error::Invalid(format!(

@@ -33,6 +33,14 @@ pub struct ForgetReport {
     /// the manifests of backups it sees succeeded, so a forged or mistaken status never
     /// deletes data; such a snapshot can be reviewed and restored.
     pub manifests_left: Vec<String>,
+    /// Backups the plan expires that stay, because a revision of their record places a legal
+    /// hold (whatever the current revision says: only releasing the hold, which deletes those
+    /// revisions, lets them go).
+    pub kept_held: Vec<String>,
+    /// Backups the plan expires that stay, because their current record disagrees with their
+    /// manifest on what was backed up or when (a forged or damaged revision: the retention
+    /// decision was made on facts the snapshot does not bear out).
+    pub kept_disagreeing: Vec<String>,
 }
 
 impl Repository {
@@ -123,11 +131,11 @@ impl Repository {
                     let Some(mut record) = catalog.get(&d.id).await? else {
                         continue;
                     };
-                    if record.legal_hold {
-                        return Err(Error::Invalid(format!(
-                            "refusing to expire backup {} under legal hold",
-                            d.id
-                        )));
+                    let holds = catalog.hold_revisions(&d.id).await?;
+                    if record.legal_hold || !holds.is_empty() {
+                        tracing::warn!(backup = %d.id, revisions = ?holds, "not expiring a backup under legal hold");
+                        report.kept_held.push(d.id.clone());
+                        continue;
                     }
                     if record.status == BackupStatus::Running {
                         return Err(Error::Invalid(format!(
@@ -155,6 +163,11 @@ impl Repository {
                     };
                     let manifest = crate::snapshot::manifest_key(&d.id);
                     if record.status == BackupStatus::Succeeded {
+                        if let Some(why) = store.disagreement_with_manifest(&record).await? {
+                            tracing::warn!(backup = %d.id, %why, "not expiring a backup whose record disagrees with its manifest");
+                            report.kept_disagreeing.push(d.id.clone());
+                            continue;
+                        }
                         store.sink.delete(&manifest).await?;
                     } else {
                         match store.sink.head(&manifest).await {
@@ -182,7 +195,57 @@ impl Repository {
         Ok(report)
     }
 
-    /// Places or releases a legal hold on a backup.
+    /// What `record` says that its manifest does not (source, kind of source, start time, or a
+    /// finish before the manifest's), if anything. A manifest that is gone or damaged is no disagreement: expiring
+    /// such a backup deletes nothing more.
+    async fn disagreement_with_manifest(
+        &self,
+        record: &crate::catalog::BackupRecord,
+    ) -> Result<Option<String>> {
+        let key = crate::snapshot::manifest_key(&record.id);
+        let bytes = match self.sink.get(&key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let manifest = match self.open_manifest(&key, &bytes) {
+            Ok(m) => m,
+            Err(Error::Corrupt { .. } | Error::UnsupportedFormat { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut differences = Vec::new();
+        if manifest.source != record.source {
+            differences.push(format!(
+                "source {} ({}) vs {} ({})",
+                record.source.id, record.source.kind, manifest.source.id, manifest.source.kind
+            ));
+        }
+        if manifest.started_at != record.started_at {
+            differences.push(format!(
+                "started {} vs {}",
+                record.started_at, manifest.started_at
+            ));
+        }
+        // The record is finished after the manifest is written, never before.
+        if record.finished_at.is_some_and(|f| f < manifest.finished_at) {
+            differences.push(format!(
+                "finished {:?} vs {}",
+                record.finished_at, manifest.finished_at
+            ));
+        }
+        Ok((!differences.is_empty()).then(|| {
+            format!(
+                "the record says {}; the manifest says otherwise",
+                differences.join(", ")
+            )
+        }))
+    }
+
+    /// Places or releases a legal hold on a backup. Releasing writes a revision without the
+    /// hold and then deletes every revision that places it: a hold is in force while any such
+    /// revision is present, so a writer that can only add objects cannot lift one. Releasing
+    /// therefore needs the maintenance credential (delete permission); without it the release
+    /// fails, naming the revision that stays, and the hold stays in force.
     pub async fn set_legal_hold(
         &self,
         spec: &str,
@@ -223,6 +286,19 @@ impl Repository {
             record.updated_at = self.clock.now();
             lock.check()?;
             catalog.put(&record).await?;
+        }
+        if !hold {
+            for key in catalog.hold_revisions(&record.id).await? {
+                lock.check()?;
+                catalog.delete_revision(&key).await.map_err(|e| {
+                    Error::Invalid(format!(
+                        "the release of the legal hold on backup {} is written, but {key}, \
+                         which places the hold, could not be deleted ({e}): releasing a hold \
+                         needs the maintenance credential; the hold stays in force",
+                        record.id
+                    ))
+                })?;
+            }
         }
         Ok(record)
     }

@@ -350,12 +350,23 @@ impl Repository {
         let mut seen_blobs: HashSet<BlobId> = HashSet::new();
         let mut records: Vec<PackRecord> = pack_records.into_values().collect();
         records.sort_by_key(|p| p.id);
+        let owners = self
+            .owners_of_duplicates(&records, &read_index, &referenced)
+            .await?;
         for p in records {
-            // A blob counts as live in the first pack that holds it; duplicates are garbage.
+            // A blob counts as live in the first pack that holds it, or, when several packs
+            // hold it, in the first whose copy reads back authentic; other copies are garbage.
             let live: u64 = p
                 .blobs
                 .iter()
-                .filter(|b| referenced.is_marked(&read_index, &b.id) && !seen_blobs.contains(&b.id))
+                .filter(|b| {
+                    referenced.is_marked(&read_index, &b.id)
+                        && match owners.get(&b.id) {
+                            Some(Some(owner)) => *owner == p.id,
+                            Some(None) => true,
+                            None => !seen_blobs.contains(&b.id),
+                        }
+                })
                 .map(|b| b.length as u64)
                 .sum();
             let total: u64 = p.blobs.iter().map(|b| b.length as u64).sum::<u64>().max(1);
@@ -496,6 +507,58 @@ impl Repository {
 
     /// Copies a pack's live blobs, still sealed, into new packs. `None` when nothing is live
     /// that is not already kept elsewhere.
+    /// For each referenced blob that more than one pack holds, the pack whose copy counts: the
+    /// first (in pack order) whose copy reads back authentic, or `None` when none does (then
+    /// every copy is kept). A writer holding the data keys can index a pack that sorts first
+    /// and claims blobs that older packs hold, with garbage in them; without this check, prune
+    /// would keep that pack and delete the good copies.
+    async fn owners_of_duplicates(
+        &self,
+        records: &[PackRecord],
+        index: &Index,
+        referenced: &Referenced,
+    ) -> Result<HashMap<BlobId, Option<PackId>>> {
+        let mut holders: HashMap<BlobId, Vec<(&PackRecord, usize)>> = HashMap::new();
+        for p in records {
+            for (i, b) in p.blobs.iter().enumerate() {
+                if referenced.is_marked(index, &b.id) {
+                    holders.entry(b.id).or_default().push((p, i));
+                }
+            }
+        }
+        let mut owners = HashMap::new();
+        for (id, copies) in holders.into_iter().filter(|(_, c)| c.len() > 1) {
+            let mut owner = None;
+            for (p, i) in copies {
+                let b = &p.blobs[i];
+                let location = index::BlobLocation {
+                    pack: p.id,
+                    key_id: p.key_id,
+                    kind: b.kind,
+                    offset: b.offset,
+                    length: b.length,
+                    raw_len: b.raw_len,
+                };
+                match crate::restore::read_blob(self, id, location).await {
+                    Ok(_) => {
+                        owner = Some(p.id);
+                        break;
+                    }
+                    Err(e) if e.is_damage() => tracing::warn!(
+                        pack = %pack::pack_key(&p.id), blob = %id, error = %e,
+                        "a copy of a blob held by several packs does not read back; another copy counts"
+                    ),
+                    Err(e) => return Err(e),
+                }
+            }
+            if owner.is_none() {
+                tracing::warn!(blob = %id, "no copy of a blob held by several packs reads back; keeping every copy");
+            }
+            owners.insert(id, owner);
+        }
+        Ok(owners)
+    }
+
     async fn repack(
         &self,
         p: &PackRecord,

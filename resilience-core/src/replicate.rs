@@ -13,7 +13,9 @@
 //! written), so nothing is hashed twice and nothing is read twice. A copy the store cannot prove
 //! that way (directories, memory, Azure, SSE-KMS ETags) is read back and its own checksum
 //! checked, as every copy is with [`ReplicateOptions::verify_read_back`]. Nothing is ever
-//! deleted on the replica; prune runs there on its own. Locks are not copied.
+//! deleted on the replica but superseded key-set generations (a change of keys at the source
+//! deleted them there; see [`crate::keyring::KeyRing::in_force`]); prune runs there on its own.
+//! Locks are not copied, nor key-set generations that are not in force at the source.
 //!
 //! The replica is a complete repository: the same key opens it, and restore and verify work
 //! against it. [`replicate`] is the library call a service runs after each backup.
@@ -26,6 +28,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
+use crate::keyring::KEYSET_PREFIX;
 use crate::object::StreamingChecksum;
 use crate::sink::{ObjectMeta, Sink, SinkError};
 
@@ -107,6 +110,64 @@ async fn listing(sink: &dyn Sink) -> Result<HashMap<String, ObjectMeta>> {
         }
     }
     Ok(out)
+}
+
+/// The key-set generation in force in a listing: the one the store wrote first (see
+/// [`crate::keyring::KeyRing::in_force`]).
+fn generation_in_force(objects: &HashMap<String, ObjectMeta>) -> Option<String> {
+    objects
+        .values()
+        .filter(|m| m.key.starts_with(KEYSET_PREFIX))
+        .min_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)))
+        .map(|m| m.key.clone())
+}
+
+/// The source's listing as replication copies it: of the key-set generations, only the one in
+/// force (others are an interrupted change of keys, or a writer's forgeries, and are never in
+/// force anywhere).
+async fn source_listing(sink: &dyn Sink) -> Result<HashMap<String, ObjectMeta>> {
+    let mut objects = listing(sink).await?;
+    let in_force = generation_in_force(&objects);
+    objects.retain(|k, _| !k.starts_with(KEYSET_PREFIX) || Some(k) == in_force.as_ref());
+    Ok(objects)
+}
+
+/// Brings the source's generation in force into force on the replica too, once it is there:
+/// every other generation object on the replica is deleted, the replica's own one in force
+/// last (a change of keys at the source deleted them there; nothing else is ever deleted on a
+/// replica). Returns how many were deleted.
+async fn retire_superseded_generations(
+    replica: &dyn Sink,
+    in_force: Option<&String>,
+) -> Result<u64> {
+    let Some(ours) = in_force else {
+        return Ok(0);
+    };
+    let have = listing(replica).await?;
+    if !have.contains_key(ours) {
+        return Ok(0);
+    }
+    let mut others: Vec<&ObjectMeta> = have
+        .values()
+        .filter(|m| m.key.starts_with(KEYSET_PREFIX) && m.key != *ours)
+        .collect();
+    others.sort_by(|a, b| (b.last_modified, &b.key).cmp(&(a.last_modified, &a.key)));
+    for old in &others {
+        match replica.delete(&old.key).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(Error::Invalid(format!(
+                    "cannot remove the superseded key-set generation {} from the replica {} \
+                     ({e}): until it goes, the replica's key set stays at that generation; the \
+                     replication credential needs delete permission on keys/keyset-*",
+                    old.key,
+                    replica.location()
+                )))
+            }
+        }
+    }
+    Ok(others.len() as u64)
 }
 
 /// Whether `replica` lacks the object `meta` describes (or holds a copy of another size).
@@ -282,7 +343,7 @@ pub async fn replicate(
     options: &ReplicateOptions,
 ) -> Result<ReplicationReport> {
     let started = Instant::now();
-    let src = listing(source).await?;
+    let src = source_listing(source).await?;
     if !src.contains_key("config") {
         return Err(Error::RepositoryNotFound {
             location: source.location(),
@@ -314,12 +375,23 @@ pub async fn replicate(
             copied_objects += copies.len() as u64;
             copied_bytes += copies.iter().map(|(size, _)| size).sum::<u64>();
             read_back_objects += copies.iter().filter(|(_, read)| *read).count() as u64;
+            if PHASES.get(phase) == Some(&"keys/") {
+                let retired =
+                    retire_superseded_generations(replica, generation_in_force(&src).as_ref())
+                        .await?;
+                if retired > 0 {
+                    tracing::info!(
+                        retired,
+                        "superseded key-set generations removed from the replica"
+                    );
+                }
+            }
         }
     }
     let lag_after = if options.dry_run {
         lag_before.clone()
     } else {
-        let src_now = listing(source).await?;
+        let src_now = source_listing(source).await?;
         lag(&src_now, &listing(replica).await?, Utc::now())
     };
     Ok(ReplicationReport {

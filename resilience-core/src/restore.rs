@@ -68,10 +68,36 @@ pub async fn read_blob(repo: &Repository, id: BlobId, loc: BlobLocation) -> Resu
     .map_err(|e| Error::Invalid(format!("blob decoding task failed: {e}")))?
 }
 
+/// Reads one blob from the first of `copies` that reads back authentic: a copy that is damaged
+/// or gone is passed over with a warning naming it. `BlobMissing` when there is no copy; the
+/// first copy's error when none reads.
+pub async fn read_blob_from(
+    repo: &Repository,
+    id: BlobId,
+    copies: Vec<BlobLocation>,
+) -> Result<Bytes> {
+    let mut first_error = None;
+    for loc in copies {
+        match read_blob(repo, id, loc).await {
+            Ok(bytes) => {
+                if let Some(e) = &first_error {
+                    tracing::warn!(blob = %id, error = %e, used = %pack::pack_key(&loc.pack), "a copy of a blob does not read back; another copy was used");
+                }
+                return Ok(bytes);
+            }
+            Err(e) if e.is_damage() => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(first_error.unwrap_or(Error::BlobMissing { blob: id.to_hex() }))
+}
+
 /// Streams the records of a snapshot's tree, reading one tree blob ahead.
 pub struct TreeReader {
     repo: Repository,
-    blobs: VecDeque<(BlobRef, Option<BlobLocation>)>,
+    blobs: VecDeque<(BlobRef, Vec<BlobLocation>)>,
     next_blob: Option<tokio::task::JoinHandle<Result<Bytes>>>,
     decoder: TreeDecoder,
     object: String,
@@ -82,15 +108,12 @@ impl TreeReader {
     pub fn new(repo: Repository, index: &Index, tree: &[BlobRef]) -> Self {
         Self::from_locations(
             repo,
-            tree.iter().map(|r| (*r, index.lookup(&r.id))).collect(),
+            tree.iter().map(|r| (*r, index.copies(&r.id))).collect(),
         )
     }
 
     /// A reader of tree blobs whose locations are already resolved.
-    pub fn from_locations(
-        repo: Repository,
-        blobs: VecDeque<(BlobRef, Option<BlobLocation>)>,
-    ) -> Self {
+    pub fn from_locations(repo: Repository, blobs: VecDeque<(BlobRef, Vec<BlobLocation>)>) -> Self {
         let mut reader = TreeReader {
             repo,
             blobs,
@@ -107,10 +130,7 @@ impl TreeReader {
             let repo = self.repo.clone();
             self.object = format!("tree blob {}", r.id);
             self.next_blob = Some(tokio::spawn(async move {
-                let loc = loc.ok_or(Error::BlobMissing {
-                    blob: r.id.to_hex(),
-                })?;
-                read_blob(&repo, r.id, loc).await
+                read_blob_from(&repo, r.id, loc).await
             }));
         }
     }
@@ -205,12 +225,9 @@ impl Repository {
                 match plan? {
                     StepPlan::Begin(rec) => Ok::<Step, Error>(Step::Begin(rec)),
                     StepPlan::End => Ok(Step::End),
-                    StepPlan::Blob(r) => {
-                        let loc = index.lookup(&r.id).ok_or(Error::BlobMissing {
-                            blob: r.id.to_hex(),
-                        })?;
-                        Ok(Step::Piece(read_blob(&repo, r.id, loc).await?))
-                    }
+                    StepPlan::Blob(r) => Ok(Step::Piece(
+                        read_blob_from(&repo, r.id, index.copies(&r.id)).await?,
+                    )),
                 }
             }
         })

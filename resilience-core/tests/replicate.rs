@@ -186,3 +186,69 @@ async fn damage_is_not_replicated() {
     assert!(err.contains(&pack), "{err}");
     assert_eq!(keys(&replica, "catalog/").await, 0);
 }
+
+/// A change of keys at the source reaches the replica: after a rotation and a new copy, the
+/// replica's key set is the source's (a backup sealed with the new data key restores there,
+/// and the new copy opens it), and a generation not in force at the source is never copied.
+#[tokio::test]
+async fn a_change_of_keys_reaches_the_replica_and_a_forged_generation_does_not() {
+    use resilience_core::keyring::{encode_keyset_object, keyset_name, seal_generation};
+    use resilience_core::sink::PutMode;
+
+    let (src_sink, repo) = source_repo().await;
+    repo.backup(
+        &MemorySource::new("s").file("a", data(1 << 20, 1)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let replica = Arc::new(MemorySink::new());
+    let options = ReplicateOptions::default();
+    replicate(src_sink.as_ref(), replica.as_ref(), &options)
+        .await
+        .unwrap();
+
+    let (repo, _) = repo.rotate_keys().await.unwrap();
+    let second = KeyFileProvider::from_key([8; 32]);
+    repo.add_key(&second).await.unwrap();
+    let after = repo
+        .backup(
+            &MemorySource::new("s").file("b", data(1 << 20, 2)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    // A forgery at the source, sealed to every copy: not in force there, never copied.
+    let ring = repo.key_ring().await.unwrap();
+    let forged = seal_generation(
+        &resilience_core::crypto::KeySet::generate(),
+        ring.latest_generation() + 1,
+        &ring.copies.iter().collect::<Vec<_>>(),
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let forged_name = keyset_name(forged.generation);
+    src_sink
+        .put(
+            &forged_name,
+            encode_keyset_object(&forged).into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+
+    let report = replicate(src_sink.as_ref(), replica.as_ref(), &options)
+        .await
+        .unwrap();
+    assert_eq!(report.lag_after, Default::default(), "caught up");
+    assert_eq!(keys(replica.as_ref(), "keys/keyset-").await, 1);
+    assert!(replica.get(&forged_name).await.is_err(), "forgery copied");
+    for k in [key(), second] {
+        let copy = Repository::open(replica.clone(), &k).await.unwrap();
+        let target = MemoryTarget::new();
+        copy.restore(&after.record.id, &target, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(target.content("b").unwrap(), data(1 << 20, 2));
+    }
+}

@@ -452,3 +452,273 @@ async fn a_damaged_catalog_revision_falls_back_to_the_newest_intact_one() {
     let report = repo.verify(VerifyOptions::default()).await.unwrap();
     assert_eq!(report.snapshots_checked, 1);
 }
+
+/// A stolen backup host (append-only, holding the repository key) writes a new key-set
+/// generation sealed to every copy's public key, holding keys of its own, plus a copy for its
+/// own key file, a garbage generation after it and a forged one numbered below the one in
+/// force. The repository still opens with the real
+/// keys and restores; the forged copy does not open; the next change of keys removes them.
+#[tokio::test]
+async fn a_forged_key_set_generation_never_comes_into_force() {
+    use resilience_core::crypto::KeySet;
+    use resilience_core::keyring::{self, keyset_name, CopyState};
+    use resilience_core::sink::{AppendOnlySink, PutMode};
+
+    let store = Arc::new(MemorySink::new());
+    let dyn_store: Arc<dyn Sink> = store.clone();
+    let admin = init(dyn_store.clone()).await;
+    let id = admin
+        .backup(&big_source("a", 1), Default::default())
+        .await
+        .unwrap()
+        .record
+        .id;
+
+    let writer_sink: Arc<dyn Sink> = Arc::new(AppendOnlySink::new(store.clone()));
+    let writer = open(writer_sink.clone(), Duration::from_secs(60)).await;
+    let ring = writer.key_ring().await.unwrap();
+    let in_force = ring.in_force().unwrap().unwrap().generation;
+    let thief = KeyFileProvider::from_key([9; 32]);
+    let (thief_copy, _) = keyring::new_copy(&thief, Utc::now()).await.unwrap();
+    let mut copy_bytes = serde_json::to_vec(&thief_copy).unwrap();
+    resilience_core::object::append_checksum(&mut copy_bytes);
+    writer_sink
+        .put(
+            &thief_copy.object_name(),
+            copy_bytes.into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    let mut recipients: Vec<_> = ring.copies.iter().collect();
+    recipients.push(&thief_copy);
+    let forged =
+        keyring::seal_generation(&KeySet::generate(), in_force + 1, &recipients, Utc::now())
+            .unwrap();
+    writer_sink
+        .put(
+            &keyset_name(in_force + 1),
+            keyring::encode_keyset_object(&forged).into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    writer_sink
+        .put(
+            &keyset_name(in_force + 2),
+            b"garbage".to_vec().into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    // And one numbered below the generation in force (a free name once older ones are gone).
+    let below = keyring::seal_generation(&KeySet::generate(), 0, &recipients, Utc::now()).unwrap();
+    writer_sink
+        .put(
+            &keyset_name(0),
+            keyring::encode_keyset_object(&below).into(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+
+    // Readers keep the generation in force; the forged one is named, not used.
+    let reader = open(dyn_store.clone(), Duration::from_secs(60)).await;
+    restores_identical(&reader, &id, 1).await;
+    let ring = reader.key_ring().await.unwrap();
+    assert_eq!(ring.in_force().unwrap().unwrap().generation, in_force);
+    assert_eq!(
+        ring.not_in_force(),
+        [
+            keyset_name(in_force + 1),
+            keyset_name(in_force + 2),
+            keyset_name(0)
+        ]
+    );
+    assert!(
+        Repository::open(dyn_store.clone(), &thief).await.is_err(),
+        "the thief's copy must not open the repository"
+    );
+    // A backup made after the forgery is sealed with the real keys and restores.
+    let after = reader
+        .backup(&big_source("a", 2), Default::default())
+        .await
+        .unwrap()
+        .record
+        .id;
+
+    // The next change of keys by maintenance removes what the writer made.
+    let second = KeyFileProvider::from_key([5; 32]);
+    admin.add_key(&second).await.unwrap();
+    let ring = admin.key_ring().await.unwrap();
+    assert!(ring.not_in_force().is_empty(), "{:?}", ring.not_in_force());
+    assert_eq!(
+        ring.in_force().unwrap().unwrap().generation,
+        in_force + 3,
+        "numbered after every generation present"
+    );
+    assert_eq!(
+        ring.copies
+            .iter()
+            .filter(|c| ring.state(c) == CopyState::Active)
+            .count(),
+        2,
+        "the real copy and the new one, not the thief's"
+    );
+    for key in [KeyFileProvider::from_key(KEY), second] {
+        let repo = Repository::open(dyn_store.clone(), &key).await.unwrap();
+        restores_identical(&repo, &id, 1).await;
+        restores_identical(&repo, &after, 2).await;
+    }
+    assert!(Repository::open(dyn_store.clone(), &thief).await.is_err());
+}
+
+/// A stolen backup host indexes a pack that sorts before the real ones and claims blobs they
+/// hold, with garbage in it. Two rounds of prune keep the real copies (and drop the forged
+/// pack); every snapshot restores identical.
+#[tokio::test]
+async fn a_forged_pack_claiming_existing_blobs_never_makes_prune_drop_the_real_copies() {
+    use resilience_core::pack::{pack_key, PackBuilder};
+    use resilience_core::sink::{AppendOnlySink, PutMode};
+
+    let store = Arc::new(MemorySink::new());
+    let dyn_store: Arc<dyn Sink> = store.clone();
+    let admin = init(dyn_store.clone()).await;
+    let mut ids = Vec::new();
+    for seed in 1..=2 {
+        ids.push(
+            admin
+                .backup(&big_source("a", seed), Default::default())
+                .await
+                .unwrap()
+                .record
+                .id,
+        );
+    }
+    let writer_sink: Arc<dyn Sink> = Arc::new(AppendOnlySink::new(store.clone()));
+    let writer = open(writer_sink.clone(), Duration::from_secs(60)).await;
+    let mut real = Vec::new();
+    let listed: Vec<_> = {
+        use futures::TryStreamExt;
+        store.list("data/").try_collect().await.unwrap()
+    };
+    for meta in &listed {
+        real.push(writer.read_pack_table(&meta.key, meta.size).await.unwrap());
+    }
+    let first_real = real.iter().map(|p| p.id).min().unwrap();
+    let claimed: Vec<_> = real.iter().flat_map(|p| p.blobs.clone()).collect();
+    // Grind a pack id that sorts before every real pack (one byte of prefix: ~256 tries).
+    let (forged_id, bytes, blobs) = (0u64..)
+        .map(|salt| {
+            let mut b = PackBuilder::new(writer.keys().current_key_id(), 1 << 16);
+            for (i, blob) in claimed.iter().enumerate() {
+                let garbage = data(64, salt * 1_000_000 + i as u64);
+                b.add(blob.id, blob.kind, blob.raw_len, &garbage);
+            }
+            b.finish(writer.keys())
+        })
+        .find(|(id, _, _)| *id < first_real)
+        .unwrap();
+    writer_sink
+        .put(&pack_key(&forged_id), bytes.clone(), PutMode::Create)
+        .await
+        .unwrap();
+    writer
+        .write_index(&[resilience_core::index::PackRecord {
+            id: forged_id,
+            size: bytes.len() as u64,
+            key_id: writer.keys().current_key_id(),
+            blobs,
+        }])
+        .await
+        .unwrap();
+
+    for _ in 0..2 {
+        admin.prune(prune_now()).await.unwrap();
+        admin.prune(prune_now()).await.unwrap();
+    }
+    for meta in &listed {
+        assert!(
+            store.get(&meta.key).await.is_ok(),
+            "{} (a real pack) was deleted",
+            meta.key
+        );
+    }
+    assert!(
+        store.get(&pack_key(&forged_id)).await.is_err(),
+        "the forged pack holds no authentic live blob: prune collects it"
+    );
+    let reader = open(dyn_store, Duration::from_secs(60)).await;
+    for (seed, id) in (1..=2).zip(&ids) {
+        restores_identical(&reader, id, seed).await;
+    }
+}
+
+/// A stolen backup host adds a revision that lifts a legal hold, and one that moves another
+/// backup a month back (so a retention rule would expire it). Two rounds of maintenance keep
+/// both; only a release by maintenance lets the held one go.
+#[tokio::test]
+async fn forged_hold_releases_and_relabels_never_make_forget_expire_a_backup() {
+    use resilience_core::sink::AppendOnlySink;
+
+    let store = Arc::new(MemorySink::new());
+    let dyn_store: Arc<dyn Sink> = store.clone();
+    let admin = init(dyn_store.clone()).await;
+    let mut ids = Vec::new();
+    for seed in 1..=3 {
+        ids.push(
+            admin
+                .backup(&big_source("a", seed), Default::default())
+                .await
+                .unwrap()
+                .record
+                .id,
+        );
+    }
+    admin.set_legal_hold(&ids[0], true).await.unwrap();
+
+    let writer_sink: Arc<dyn Sink> = Arc::new(AppendOnlySink::new(store.clone()));
+    let writer = open(writer_sink, Duration::from_secs(60)).await;
+    let mut released = writer.catalog().get(&ids[0]).await.unwrap().unwrap();
+    released.revision += 1;
+    released.legal_hold = false;
+    writer.catalog().put(&released).await.unwrap();
+    let mut moved = writer.catalog().get(&ids[2]).await.unwrap().unwrap();
+    moved.revision += 1;
+    moved.started_at -= chrono::Duration::days(30);
+    moved.finished_at = moved.finished_at.map(|t| t - chrono::Duration::days(30));
+    writer.catalog().put(&moved).await.unwrap();
+    // Nor can the writer release the hold through the library: it cannot delete.
+    let refused = writer.set_legal_hold(&ids[0], false).await.unwrap_err();
+    assert!(refused.to_string().contains("stays in force"), "{refused}");
+
+    let policy = StandardPolicy::from_toml("keep_last = 1").unwrap();
+    for round in 0..2 {
+        let records = admin.catalog().list(&Default::default()).await.unwrap();
+        let plan = retention::plan(&policy, &records, Utc::now());
+        let report = admin.forget(&plan).await.unwrap();
+        assert!(report.expired.is_empty(), "round {round}: {report:?}");
+        assert_eq!(report.kept_held, [ids[0].clone()], "round {round}");
+        assert_eq!(report.kept_disagreeing, [ids[2].clone()], "round {round}");
+        admin.prune(prune_now()).await.unwrap();
+        admin.prune(prune_now()).await.unwrap();
+    }
+    for (seed, id) in (1..=3).zip(&ids) {
+        restores_identical(&admin, id, seed).await;
+    }
+
+    // Maintenance releases the hold: the revisions placing it go, and forget expires it.
+    admin.set_legal_hold(&ids[0], false).await.unwrap();
+    assert!(admin
+        .catalog()
+        .hold_revisions(&ids[0])
+        .await
+        .unwrap()
+        .is_empty());
+    let records = admin.catalog().list(&Default::default()).await.unwrap();
+    let report = admin
+        .forget(&retention::plan(&policy, &records, Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(report.expired, [ids[0].clone()], "{report:?}");
+}

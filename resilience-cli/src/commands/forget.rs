@@ -63,6 +63,20 @@ pub async fn run(g: &Global, args: &ForgetArgs) -> Result<(), CliError> {
             );
         }
     }
+    // Kept against the plan: said even with --json (on stderr), since the plan printed above
+    // says they go.
+    for id in &report.kept_held {
+        eprintln!(
+            "warning: backup {id} kept: a revision of its record places a legal hold \
+             (release it with `resilience hold --release {id}` if that is meant)"
+        );
+    }
+    for id in &report.kept_disagreeing {
+        eprintln!(
+            "warning: backup {id} kept: its catalog record disagrees with its manifest on what \
+             was backed up or when (a forged or damaged revision); see the log, and verify"
+        );
+    }
     Ok(())
 }
 

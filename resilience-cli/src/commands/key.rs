@@ -64,10 +64,16 @@ async fn list(g: &Global) -> Result<(), CliError> {
                 state_name(ring.state(c))
             );
         }
-        if let Ok(Some(gen)) = ring.latest() {
+        if let Ok(Some(gen)) = ring.in_force() {
             println!(
-                "key set generation {}: data keys {:?}, current {}",
+                "key set generation {} in force: data keys {:?}, current {}",
                 gen.generation, gen.data_keys, gen.current
+            );
+        }
+        for name in ring.not_in_force() {
+            println!(
+                "{name}: not in force (an interrupted change of keys, or made by a writer that \
+                 cannot delete); the next `key add`, `key remove` or `key rotate` removes it"
             );
         }
     }

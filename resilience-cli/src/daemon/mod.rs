@@ -91,14 +91,19 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
             rpo: s.rpo.to_chrono(),
         })
         .collect();
-    let monitor = Arc::new(monitor::Monitor::new(
+    let tracker = Arc::new(webhook::AlertTracker::default());
+    let mut monitor = monitor::Monitor::new(
         repo.catalog(),
         clock.clone(),
         policies,
         scheduler.board(),
         shared.clone(),
         started_at,
-    ));
+    );
+    if config.server.webhook.is_some() {
+        monitor = monitor.with_alerts(tracker.clone());
+    }
+    let monitor = Arc::new(monitor);
 
     let shutdown = StopSignal::new();
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -108,11 +113,14 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
         .local_addr()
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let server = tokio::spawn(server::serve(listener, monitor.clone(), shutdown.clone()));
-    let alerts = config
-        .server
-        .webhook
-        .clone()
-        .map(|url| tokio::spawn(webhook::watch(url, monitor.clone(), shutdown.clone())));
+    let alerts = config.server.webhook.clone().map(|url| {
+        tokio::spawn(webhook::watch(
+            url,
+            monitor.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        ))
+    });
     tracing::info!(%address, sources = config.sources.len(), jobs = config.jobs.len(), "daemon started");
     eprintln!(
         "resilience daemon: {} source(s), {} job(s); /metrics and /health on http://{address}",

@@ -11,6 +11,7 @@ use resilience_core::health::{self, HealthContext, HealthReport, SourcePolicy};
 use resilience_core::scheduler::JobBoard;
 
 use super::jobs::Shared;
+use super::webhook::AlertTracker;
 
 /// How long a catalog listing is reused.
 const CATALOG_TTL: Duration = Duration::from_secs(1);
@@ -24,6 +25,7 @@ pub struct Monitor {
     shared: Arc<Shared>,
     since: DateTime<Utc>,
     cache: tokio::sync::Mutex<Option<(Instant, Vec<resilience_core::catalog::BackupRecord>)>>,
+    alerts: Option<Arc<AlertTracker>>,
 }
 
 impl Monitor {
@@ -44,7 +46,14 @@ impl Monitor {
             shared,
             since,
             cache: Default::default(),
+            alerts: None,
         }
+    }
+
+    /// Passes every report this monitor makes to `tracker`, in the order they are made.
+    pub fn with_alerts(mut self, tracker: Arc<AlertTracker>) -> Self {
+        self.alerts = Some(tracker);
+        self
     }
 
     /// The scheduler's board.
@@ -52,8 +61,10 @@ impl Monitor {
         &self.board
     }
 
-    /// The report now; a catalog that cannot be read is itself a breach.
+    /// The report now; a catalog that cannot be read is itself a breach. Reports are made one
+    /// at a time, and each is passed to the alert tracker (if any) before the next is made.
     pub async fn report(&self) -> HealthReport {
+        let mut cache = self.cache.lock().await;
         let context = HealthContext {
             jobs: self.board.snapshot(),
             since: Some(self.since),
@@ -67,24 +78,31 @@ impl Monitor {
                 .collect(),
         };
         let now = self.clock.now();
-        let mut cache = self.cache.lock().await;
         let fresh = cache
             .as_ref()
             .is_some_and(|(t, _)| t.elapsed() < CATALOG_TTL);
+        let mut unreadable = None;
         if !fresh {
             match self.catalog.list(&CatalogQuery::default()).await {
                 Ok(records) => *cache = Some((Instant::now(), records)),
-                Err(e) => {
-                    let mut report = health::assess(&self.policies, &[], &context, now);
-                    report.ok = false;
-                    report
-                        .breaches
-                        .insert(0, format!("the catalog cannot be read: {e}"));
-                    return report;
-                }
+                Err(e) => unreadable = Some(e),
             }
         }
-        let records = &cache.as_ref().expect("filled above").1;
-        health::assess(&self.policies, records, &context, now)
+        let report = match (&unreadable, cache.as_ref()) {
+            (None, Some((_, records))) => health::assess(&self.policies, records, &context, now),
+            _ => {
+                let mut report = health::assess(&self.policies, &[], &context, now);
+                report.ok = false;
+                let why = unreadable.map_or_else(|| "no listing".to_owned(), |e| e.to_string());
+                report
+                    .breaches
+                    .insert(0, format!("the catalog cannot be read: {why}"));
+                report
+            }
+        };
+        if let Some(tracker) = &self.alerts {
+            tracker.observe(&report, &context.jobs);
+        }
+        report
     }
 }
