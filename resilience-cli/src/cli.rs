@@ -298,6 +298,11 @@ pub enum PgCommand {
         /// running at once.
         #[arg(long)]
         spread_checkpoint: bool,
+        /// Refuse the backup (exit 1, recorded failed) when pages with wrong checksums are
+        /// found. Without it such a backup is kept, the pages listed in a warning and in the
+        /// catalog. Pages are validated when the cluster has data checksums on.
+        #[arg(long)]
+        fail_on_corrupt_page: bool,
     },
     /// Restore a base backup into a new data directory and recover to a target.
     Restore(Box<PgRestoreArgs>),

@@ -264,6 +264,72 @@ async fn an_rdb_file_is_backed_up_as_one_entry() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_or_truncated_rdb_file_is_refused_naming_it() {
+    let mut lab = Lab::new();
+    let url = lab.standalone();
+    let c = client(&url, false).await;
+    fill_every_type(&c, 100).await;
+    let _: () = c
+        .custom(fred::cmd!("SAVE"), Vec::<String>::new())
+        .await
+        .unwrap();
+    let good = std::fs::read(lab.dir.path().join("dump.rdb")).unwrap();
+    let version: u32 = std::str::from_utf8(&good[5..9]).unwrap().parse().unwrap();
+    assert!(version >= 5, "RDB version {version} has no checksum");
+    let n = good.len();
+    assert_eq!(good[n - 9], 0xFF, "the EOF opcode before the checksum");
+    assert_ne!(&good[n - 8..], &[0; 8], "the server writes a checksum");
+
+    // The file as the server wrote it passes.
+    let copy = lab.dir.path().join("copy.rdb");
+    std::fs::write(&copy, &good).unwrap();
+    let backup = lab.json(&["redis", "backup-rdb", copy.to_str().unwrap()]);
+    assert_eq!(backup["status"], "succeeded");
+
+    let mut flipped = good.clone();
+    flipped[n / 2] ^= 0x01;
+    // A truncated file usually lacks the EOF marker where the checksum should follow ("is
+    // truncated"); if the byte there happens to be 0xFF, its "checksum" is wrong instead.
+    let cases = [
+        ("flipped.rdb", flipped, ["is damaged", "is damaged"]),
+        (
+            "truncated.rdb",
+            good[..n - 20].to_vec(),
+            ["is truncated", "is damaged"],
+        ),
+        (
+            "cut-before-crc.rdb",
+            good[..n - 8].to_vec(),
+            ["is truncated", "is damaged"],
+        ),
+    ];
+    for (name, bytes, says) in cases {
+        let path = lab.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = lab.run(&["redis", "backup-rdb", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was backed up: {err}");
+        assert!(
+            says.iter()
+                .any(|s| err.contains(&format!("RDB file {} {s}", path.display()))),
+            "{name}: {err}"
+        );
+    }
+    let list = lab.json(&["snapshots"]);
+    let statuses: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["succeeded", "failed", "failed", "failed"],
+        "{list}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_backup_through_sentinel_reaches_the_primary() {
     let mut lab = Lab::new();
     let url = lab.standalone();

@@ -6,6 +6,11 @@
 //! backup must not contain. `backup_label` and `tablespace_map`, returned by `pg_backup_stop`,
 //! become entries after the walk; LSNs, timeline and versions go to the catalog.
 //!
+//! When the cluster has data checksums on, every page of every relation file read is validated
+//! on its way through ([`crate::page_verify`]); corrupt pages are logged and recorded in the
+//! catalog ([`BaseBackupInfo::page_checks`]), and with
+//! [`PgBaseSource::fail_on_corrupt_page`] they refuse the backup.
+//!
 //! Reuse of unchanged files: the engine reuses a file of the previous snapshot when its
 //! fingerprint (size, mtime, ctime, inode) is unchanged. File times are coarse (a kernel tick),
 //! so a file written in the same tick as it was read could look unchanged afterwards. A file
@@ -29,6 +34,8 @@ use tokio_postgres::Client;
 
 use crate::archive::DEFAULT_SOURCE;
 use crate::lsn::{Lsn, SegmentName};
+use crate::page_checksum::{DEFAULT_SEGMENT_BLOCKS, PAGE_SIZE};
+use crate::page_verify::{CorruptPagesError, PageCheckReport, PageChecker};
 
 /// Files modified this recently before the backup starts are not trusted to be unchanged next
 /// time (see the module documentation).
@@ -91,6 +98,9 @@ pub struct BaseBackupInfo {
     pub pgdata: String,
     /// The WAL archive (source name) its WAL goes to.
     pub wal_source: String,
+    /// Page checksum validation: whether it ran, and the corrupt pages it found.
+    #[serde(default)]
+    pub page_checks: PageCheckReport,
 }
 
 impl BaseBackupInfo {
@@ -136,6 +146,7 @@ pub struct PgBaseSource {
     id: String,
     wal_source: String,
     fast_checkpoint: bool,
+    fail_on_corrupt_page: bool,
 }
 
 impl PgBaseSource {
@@ -148,6 +159,7 @@ impl PgBaseSource {
             id: DEFAULT_SOURCE.to_owned(),
             wal_source: DEFAULT_SOURCE.to_owned(),
             fast_checkpoint: true,
+            fail_on_corrupt_page: false,
         }
     }
 
@@ -168,6 +180,16 @@ impl PgBaseSource {
     /// Whether `pg_backup_start` asks for an immediate checkpoint (default) or a spread one.
     pub fn fast_checkpoint(mut self, fast: bool) -> Self {
         self.fast_checkpoint = fast;
+        self
+    }
+
+    /// Whether corrupt pages refuse the backup. By default (`false`) a backup of a cluster
+    /// with data checksums on that finds pages with wrong checksums succeeds, logs them
+    /// (`tracing::warn!`) and lists them in [`BaseBackupInfo::page_checks`]; with `true` it
+    /// fails with a [`CorruptPagesError`] (the source of the [`AdapterError`]) naming them, and
+    /// the snapshot is recorded failed.
+    pub fn fail_on_corrupt_page(mut self, fail: bool) -> Self {
+        self.fail_on_corrupt_page = fail;
         self
     }
 }
@@ -248,6 +270,7 @@ impl Source for PgBaseSource {
             .await
             .map_err(query_err("pg_control_system"))?
             .get(0);
+        let page_layout = page_layout(&client).await?;
         let mut tablespaces = HashMap::new();
         for row in client
             .query(
@@ -274,6 +297,7 @@ impl Source for PgBaseSource {
             .map_err(|e: String| setup(e))?;
         let start_time: DateTime<Utc> = row.get(1);
         let inner = DirSource::new(&self.pgdata).start().await?;
+        let pages = page_layout.map(|segment_blocks| PageChecker::new(start_lsn, segment_blocks));
         let hot_since = start_time - chrono::Duration::from_std(HOT_WINDOW).expect("small");
         Ok(Box::new(PgSession {
             client,
@@ -284,6 +308,7 @@ impl Source for PgBaseSource {
             stopped: false,
             hot_since_ns: hot_since.timestamp_nanos_opt().unwrap_or(i64::MAX),
             init_forks: None,
+            fail_on_corrupt_page: self.fail_on_corrupt_page,
             info: BaseBackupInfo {
                 system_identifier,
                 pg_version,
@@ -299,7 +324,12 @@ impl Source for PgBaseSource {
                 tablespaces,
                 pgdata: self.pgdata.display().to_string(),
                 wal_source: self.wal_source.clone(),
+                page_checks: PageCheckReport {
+                    enabled: pages.is_some(),
+                    ..Default::default()
+                },
             },
+            pages,
         }))
     }
 }
@@ -316,7 +346,10 @@ struct PgSession {
     hot_since_ns: i64,
     /// The directory last looked at for unlogged relations, and their relfilenodes.
     init_forks: Option<(PathBuf, HashSet<String>)>,
+    fail_on_corrupt_page: bool,
     info: BaseBackupInfo,
+    /// Validates relation files' pages, when the cluster has data checksums on.
+    pages: Option<PageChecker>,
 }
 
 /// What to do with an entry of the walk.
@@ -389,6 +422,19 @@ impl PgSession {
             }
         }
         self.pgdata.join(rel)
+    }
+
+    /// Validates the pages of a relation file as the engine reads it.
+    fn check_pages(&self, entry: &mut SourceEntry) {
+        let Some(pages) = &self.pages else {
+            return;
+        };
+        let Some(content) = entry.content.take() else {
+            return;
+        };
+        let path = String::from_utf8_lossy(entry.meta.path.as_bytes()).into_owned();
+        let abs = self.abs_path(&path);
+        entry.content = Some(pages.wrap(&path, abs, content));
     }
 
     /// Marks files modified close to the backup's start as not reusable next time.
@@ -493,6 +539,7 @@ impl SourceSession for PgSession {
                             continue;
                         }
                         self.cool(&mut entry.meta);
+                        self.check_pages(&mut entry);
                         return Ok(Some(entry));
                     }
                     None => {
@@ -513,6 +560,7 @@ impl SourceSession for PgSession {
                         self.follow_link(&mut entry.meta).await?;
                     }
                     self.cool(&mut entry.meta);
+                    self.check_pages(&mut entry);
                     return Ok(Some(entry));
                 }
                 None => {
@@ -523,9 +571,61 @@ impl SourceSession for PgSession {
         }
     }
 
+    /// Waits until every relation file handed out has been read (or dropped unread) when pages
+    /// are validated: call it after consuming or dropping every entry's content.
     async fn finish(&mut self) -> Result<SourceMetadata, AdapterError> {
+        if let Some(pages) = self.pages.take() {
+            self.info.page_checks = pages.finish().await;
+        }
+        let checks = &self.info.page_checks;
+        if checks.corrupt_count > 0 {
+            if self.fail_on_corrupt_page {
+                return Err(AdapterError::new(
+                    "check pages",
+                    self.info.pgdata.clone(),
+                    CorruptPagesError {
+                        pgdata: self.info.pgdata.clone(),
+                        report: checks.clone(),
+                    },
+                ));
+            }
+            tracing::warn!(
+                pgdata = %self.info.pgdata,
+                corrupt = checks.corrupt_count,
+                "{} corrupt page(s) backed up as they are: {}",
+                checks.corrupt_count,
+                checks.describe_corrupt()
+            );
+        }
         Ok(self.info.to_metadata())
     }
+}
+
+/// The number of pages per relation segment file when the cluster's pages can be validated
+/// (data checksums on, 8 KiB pages), else `None`.
+async fn page_layout(client: &Client) -> Result<Option<u32>, AdapterError> {
+    if show(client, "data_checksums").await? != "on" {
+        return Ok(None);
+    }
+    let block_size = show(client, "block_size").await?;
+    if block_size != PAGE_SIZE.to_string() {
+        tracing::warn!(
+            block_size,
+            "data checksums are on, but pages are not 8 KiB: they are not validated"
+        );
+        return Ok(None);
+    }
+    let segment_blocks = client
+        .query_one(
+            "SELECT setting::bigint FROM pg_settings WHERE name = 'segment_size'",
+            &[],
+        )
+        .await
+        .map_err(query_err("segment_size"))?
+        .get::<_, i64>(0);
+    Ok(Some(
+        u32::try_from(segment_blocks).unwrap_or(DEFAULT_SEGMENT_BLOCKS),
+    ))
 }
 
 /// A `KEY: value` line of a backup label.
@@ -602,6 +702,7 @@ mod tests {
             tablespaces: Default::default(),
             pgdata: String::new(),
             wal_source: "postgres".into(),
+            page_checks: Default::default(),
         };
         let b = info("740:745:741,743");
         assert!(!b.xid_ends_after(739));

@@ -2,7 +2,8 @@
 //! # resilience-pg
 //!
 //! Postgres for resilience: physical base backups of a co-located cluster
-//! ([`base::PgBaseSource`]), WAL archiving ([`archive::WalArchive`], what `resilience wal-push`
+//! ([`base::PgBaseSource`]) that validate every page's checksum on the way
+//! ([`page_verify`], [`page_checksum`]), WAL archiving ([`archive::WalArchive`], what `resilience wal-push`
 //! and `wal-fetch` call), point-in-time recovery that picks its base backup and reports the
 //! point reached ([`recovery`]), a check of the archive against the backups with the PITR
 //! window per timeline ([`check`]), and logical table-level backup and restore for bringing
@@ -29,6 +30,8 @@ pub mod cluster;
 pub mod connect;
 mod error;
 pub mod lsn;
+pub mod page_checksum;
+pub mod page_verify;
 pub mod recovery;
 pub mod table;
 pub mod walscan;

@@ -5,7 +5,8 @@
 //! every primary of a cluster ([`source::RedisSource`]), restores with `RESTORE … ABSTTL`,
 //! pipelined, throttled and routed to the right primary ([`target::RedisTarget`]), a comparison
 //! of a snapshot with a server after a restore ([`verify::CompareTarget`]), and RDB files as a
-//! source where the service runs beside Redis ([`rdb::RdbFileSource`]). The entry format is in
+//! source where the service runs beside Redis ([`rdb::RdbFileSource`], its CRC64 checked on the way:
+//! [`rdb_checksum`]). The entry format is in
 //! [`record`].
 //!
 //! ```no_run
@@ -23,6 +24,7 @@ pub mod connect;
 mod error;
 pub mod glob;
 pub mod rdb;
+pub mod rdb_checksum;
 pub mod record;
 pub mod source;
 pub mod target;

@@ -1,6 +1,9 @@
 //! An RDB file written by `BGSAVE` (or `redis-cli --rdb`), where the service runs beside Redis,
 //! stored as one entry `dump.rdb`; restore it with a directory restore and load it by starting
 //! a server on it.
+//!
+//! The file's CRC64 (RDB version 5 and later) is checked as it is read
+//! ([`crate::rdb_checksum`]): a damaged or truncated file fails the backup, naming the file.
 
 use std::path::PathBuf;
 
@@ -11,6 +14,8 @@ use resilience_core::source::{
 };
 use tokio::io::AsyncReadExt;
 
+use crate::rdb_checksum::ChecksumReader;
+
 /// One RDB file.
 #[derive(Clone, Debug)]
 pub struct RdbFileSource {
@@ -19,7 +24,8 @@ pub struct RdbFileSource {
 }
 
 impl RdbFileSource {
-    /// The RDB file at `path` (checked to start with `REDIS` and a version).
+    /// The RDB file at `path` (checked to start with `REDIS` and a version, and to end with the
+    /// checksum of its content).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
         RdbFileSource {
@@ -61,6 +67,7 @@ impl Source for RdbFileSource {
             ));
         }
         let version = String::from_utf8_lossy(&magic[5..]).into_owned();
+        let version_num: u32 = version.parse().unwrap_or(u32::MAX);
         let file = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| AdapterError::new("open", shown.clone(), e))?;
@@ -73,7 +80,11 @@ impl Source for RdbFileSource {
                 mode: 0o100600,
                 ..EntryMeta::file("dump.rdb", md.len())
             },
-            content: Some(Box::pin(file)),
+            content: Some(Box::pin(ChecksumReader::new(
+                file,
+                shown.clone(),
+                version_num,
+            ))),
         };
         let mut meta = SourceMetadata::new();
         meta.insert("rdb_version".into(), version.into());

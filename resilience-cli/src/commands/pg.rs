@@ -31,12 +31,14 @@ pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
             source,
             labels,
             spread_checkpoint,
+            fail_on_corrupt_page,
         } => {
             let labels = parse_labels(labels)?;
             let repo = access::open(g).await?;
             let pg = PgBaseSource::new(pgdata, dsn)
                 .with_id(source)
-                .fast_checkpoint(!spread_checkpoint);
+                .fast_checkpoint(!spread_checkpoint)
+                .fail_on_corrupt_page(*fail_on_corrupt_page);
             let report = back_up(g, &repo, &pg, labels).await?;
             let mut extra = serde_json::Map::new();
             if let Some(info) = BaseBackupInfo::from_metadata(&report.record.source_metadata) {
@@ -45,6 +47,18 @@ pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
                 extra.insert("timeline".into(), info.timeline.into());
                 extra.insert("start_wal".into(), info.start_wal.into());
                 extra.insert("pg_version".into(), info.pg_version.into());
+                let checks = &info.page_checks;
+                if checks.corrupt_count > 0 {
+                    eprintln!(
+                        "warning: {} corrupt page(s) (wrong checksum) backed up as they are: {}",
+                        checks.corrupt_count,
+                        checks.describe_corrupt()
+                    );
+                }
+                extra.insert(
+                    "page_checks".into(),
+                    serde_json::to_value(checks).expect("serializes"),
+                );
             }
             print_report(g, &report, extra);
             Ok(())

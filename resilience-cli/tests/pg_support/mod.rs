@@ -154,7 +154,12 @@ impl Lab {
 
     /// A new cluster (1 MiB WAL segments, archiving into the lab), started.
     pub async fn cluster(&self, name: &str) -> Cluster {
-        self.cluster_with(name, None).await
+        self.cluster_with(name, None, false).await
+    }
+
+    /// A new cluster like [`Lab::cluster`], made by `initdb --data-checksums`.
+    pub async fn checksummed_cluster(&self, name: &str) -> Cluster {
+        self.cluster_with(name, None, true).await
     }
 
     /// A new cluster that accepts only TLS on its TCP listener (`ssl = on`, the server
@@ -162,10 +167,15 @@ impl Lab {
     /// `tlsuser` only by a client certificate (`cert` authentication); its `dsn()` connects with
     /// `sslmode=verify-full` and the PKI's CA.
     pub async fn tls_cluster(&self, name: &str, pki: &crate::tls_support::Pki) -> Cluster {
-        self.cluster_with(name, Some(pki)).await
+        self.cluster_with(name, Some(pki), false).await
     }
 
-    async fn cluster_with(&self, name: &str, pki: Option<&crate::tls_support::Pki>) -> Cluster {
+    async fn cluster_with(
+        &self,
+        name: &str,
+        pki: Option<&crate::tls_support::Pki>,
+        data_checksums: bool,
+    ) -> Cluster {
         let pgdata = self.path(name);
         let port = free_port();
         must(
@@ -181,6 +191,7 @@ impl Lab {
                     "UTF8",
                     "--locale=C",
                 ])
+                .args(data_checksums.then_some("--data-checksums"))
                 .output()
                 .unwrap(),
             "initdb",
