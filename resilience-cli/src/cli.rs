@@ -218,9 +218,11 @@ pub enum RepairCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Name the snapshots that lost data (a lost or damaged pack, a lost tree blob, a damaged
-    /// manifest) and, for each, the files lost (wholly or partly) and any lost part of its
-    /// tree. With --salvage, write for each damaged snapshot a new snapshot holding everything
+    /// Name the snapshots that lost data and the files lost; with --salvage, keep the rest.
+    ///
+    /// Finds lost or damaged packs, lost tree blobs and damaged manifests and, for each
+    /// affected snapshot, the files lost (wholly or partly) and any lost part of its tree.
+    /// With --salvage, write for each damaged snapshot a new snapshot holding everything
     /// still restorable (reusing its blobs; files with lost content are left out and named,
     /// never kept truncated), recorded as salvaged from it; the original stays as it is. A
     /// snapshot already salvaged is not salvaged again. Exit 0 means every salvage snapshot
