@@ -46,6 +46,7 @@ fn backup(id: &str, at: DateTime<Utc>) -> BackupRecord {
         parent: None,
         host: "billing-1".into(),
         updated_at: at,
+        salvage: None,
     }
 }
 

@@ -109,7 +109,8 @@ pub enum Command {
         #[arg(long, default_value = "24h")]
         grace: String,
     },
-    /// Rebuild derived state (index files) from the data it was derived from.
+    /// Rebuild derived state (index files); find the snapshots that lost data and salvage what
+    /// is still restorable.
     Repair {
         /// What to rebuild.
         #[command(subcommand)]
@@ -216,6 +217,27 @@ pub enum RepairCommand {
         /// Report what would be done; write and delete nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Name the snapshots that lost data and the files lost; with --salvage, keep the rest.
+    ///
+    /// Finds lost or damaged packs, lost tree blobs and damaged manifests and, for each
+    /// affected snapshot, the files lost (wholly or partly) and any lost part of its tree.
+    /// With --salvage, write for each damaged snapshot a new snapshot holding everything
+    /// still restorable (reusing its blobs; files with lost content are left out and named,
+    /// never kept truncated), recorded as salvaged from it; the original stays as it is. A
+    /// snapshot already salvaged is not salvaged again. Exit 0 means every salvage snapshot
+    /// is durable and visible.
+    Snapshots {
+        /// Report what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write a salvage snapshot for each damaged snapshot (takes the maintenance lock).
+        #[arg(long)]
+        salvage: bool,
+        /// Also read every pack the snapshots use and authenticate each blob (slower; finds
+        /// damage inside packs, as verify --full does).
+        #[arg(long)]
+        read_data: bool,
     },
 }
 

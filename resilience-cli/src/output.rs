@@ -50,6 +50,8 @@ pub fn record_json(r: &BackupRecord) -> Value {
         "parent": r.parent,
         "host": r.host,
         "source_metadata": r.source_metadata,
+        "salvaged_from": r.salvage.as_ref().map(|s| &s.from),
+        "salvage": r.salvage,
     })
 }
 

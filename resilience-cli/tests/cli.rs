@@ -887,3 +887,132 @@ fn a_damaged_index_file_never_stops_backups_or_restores_and_repair_index_rebuild
     let text = env.ok(&["repair", "index", "--repo", &env.repo()]);
     assert!(text.contains("removed 0 damaged"), "{text}");
 }
+
+/// The repository's objects but locks.
+fn objects(env: &Env) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![env.path("repo")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if !p.ends_with("locks") {
+                    dirs.push(p);
+                }
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn repair_snapshots_names_the_lost_file_and_salvage_restores_everything_else() {
+    let env = Env::new();
+    let (a, b, packs_a) = two_snapshots(&env);
+    // The middle of the first snapshot's pack is inside nested/random.bin's data.
+    let pack = packs_a
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(pack, bytes).unwrap();
+    let repo = env.repo();
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "repair",
+            "snapshots",
+            "--repo",
+            repo.as_str(),
+            "--read-data",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let json = |extra: &[&'static str]| -> Value {
+        let a = args(extra);
+        env.json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // The text report names the snapshot and the file.
+    let a_args = args(&[]);
+    let text = env.ok(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(text.contains(&format!("DAMAGED snapshot {a}")), "{text}");
+    assert!(text.contains("file nested/random.bin"), "{text}");
+    assert!(!text.contains(&b), "{text}");
+
+    // A dry run says what it would write, and writes nothing.
+    let before = objects(&env);
+    let plan = json(&["--salvage", "--dry-run", "--json"]);
+    assert_eq!(plan["dry_run"], true);
+    let found = plan["damaged"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{plan}");
+    assert_eq!(found[0]["snapshot"], a.as_str());
+    let files = found[0]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{plan}");
+    assert_eq!(files[0]["path"], "nested/random.bin");
+    assert!(files[0]["loss"] == "partial" || files[0]["loss"] == "whole");
+    assert_eq!(found[0]["salvage"]["action"], "would_write");
+    assert_eq!(objects(&env), before);
+
+    // The salvage: a new snapshot, recorded as salvaged, restoring everything else.
+    let done = json(&["--salvage", "--json"]);
+    let salvaged = done["salvaged"].as_array().unwrap();
+    assert_eq!(salvaged.len(), 1, "{done}");
+    let s = salvaged[0].as_str().unwrap().to_owned();
+    assert_eq!(done["damaged"][0]["salvage"]["action"], "written");
+    assert_eq!(done["damaged"][0]["salvage"]["snapshot"], s.as_str());
+    let list = env.json(&["snapshots", "--repo", &repo, "--json"]);
+    let record = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == s.as_str())
+        .unwrap_or_else(|| panic!("{s} is listed: {list}"));
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["salvaged_from"], a.as_str());
+    assert_eq!(record["salvage"]["files_left_out"], 1);
+    assert_eq!(
+        record["salvage"]["paths_left_out"],
+        serde_json::json!(["nested/random.bin"])
+    );
+    let text = env.ok(&["snapshots", "--repo", &repo]);
+    assert!(text.contains(&format!("salvaged from {a}")), "{text}");
+    env.ok(&[
+        "restore",
+        "--repo",
+        &repo,
+        &s,
+        "--target",
+        env.path("rs").to_str().unwrap(),
+    ]);
+    std::fs::remove_file(env.path("a/nested/random.bin")).unwrap();
+    same_tree(&env.path("a"), &env.path("rs"));
+
+    // Verify still names the damaged original (left as it is), and the salvage as the way on.
+    let (code, report) = damaged(&env);
+    assert_eq!(code, 3);
+    assert_eq!(
+        report["damaged"][0]["affected_snapshots"],
+        serde_json::json!([a])
+    );
+    assert_eq!(
+        report["damaged"][0]["repair"],
+        "resilience repair snapshots --salvage --read-data"
+    );
+
+    // Running it again salvages nothing twice.
+    let before = objects(&env);
+    let again = json(&["--salvage", "--json"]);
+    assert_eq!(again["salvaged"], serde_json::json!([]));
+    assert_eq!(again["damaged"][0]["salvage"]["action"], "already_salvaged");
+    assert_eq!(again["damaged"][0]["salvage"]["snapshot"], s.as_str());
+    assert_eq!(objects(&env), before);
+}

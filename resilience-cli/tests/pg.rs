@@ -587,6 +587,7 @@ async fn the_postgres_catalog_keeps_the_newest_revision_and_filters_like_the_rep
             parent: None,
             host: "h".into(),
             updated_at: t0 + chrono::Duration::seconds(revision as i64),
+            salvage: None,
         };
     cat.put(&record("a", "main", 1, BackupStatus::Running, 0))
         .await

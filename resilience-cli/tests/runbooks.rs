@@ -21,17 +21,18 @@ fn runbook(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The runnable blocks of a runbook, in order.
-fn blocks(name: &str) -> Vec<String> {
+/// The runnable blocks of a runbook, in order: those after `marker` ([`MARKER`], or a named
+/// one such as `<!-- runbook-test: salvage -->` for a scenario of its own).
+fn blocks(name: &str, marker: &str) -> Vec<String> {
     let text = runbook(name);
     let mut out = Vec::new();
     let mut rest = text.as_str();
-    while let Some(at) = rest.find(MARKER) {
-        rest = &rest[at + MARKER.len()..];
+    while let Some(at) = rest.find(marker) {
+        rest = &rest[at + marker.len()..];
         let body = rest
             .trim_start()
             .strip_prefix("```sh\n")
-            .unwrap_or_else(|| panic!("{name}: {MARKER} is not followed by a ```sh block"));
+            .unwrap_or_else(|| panic!("{name}: {marker} is not followed by a ```sh block"));
         let end = body.find("\n```").expect("an unterminated block");
         out.push(body[..end].to_owned());
         rest = &body[end..];
@@ -42,6 +43,12 @@ fn blocks(name: &str) -> Vec<String> {
 
 /// Runs every runnable block of `name` in `dir` with `vars`; fails the test on a failed block.
 fn run_runbook(name: &str, dir: &Path, vars: &[(&str, String)]) -> String {
+    run_runbook_marked(name, MARKER, dir, vars)
+}
+
+/// Runs the blocks of `name` after `marker` in `dir` with `vars`; fails the test on a failed
+/// block.
+fn run_runbook_marked(name: &str, marker: &str, dir: &Path, vars: &[(&str, String)]) -> String {
     let bin_dir = Path::new(BIN).parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -49,7 +56,7 @@ fn run_runbook(name: &str, dir: &Path, vars: &[(&str, String)]) -> String {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut all = String::new();
-    for block in blocks(name) {
+    for block in blocks(name, marker) {
         let out = Command::new("bash")
             .args(["-euo", "pipefail", "-c", &block])
             .current_dir(dir)
@@ -328,7 +335,7 @@ async fn kubernetes_failover() {
         job.contains(r#"args: ["--json", "drill", "--config", "/etc/resilience/resilience.toml", "--source", "billing"]"#),
         "drill-job.yaml no longer runs the runbook's drill command"
     );
-    assert!(blocks("kubernetes-failover.md")[0]
+    assert!(blocks("kubernetes-failover.md", MARKER)[0]
         .contains(r#"resilience --json drill --config "$CONFIG" --source "$SOURCE""#));
     let map = std::fs::read_to_string(root.join("resilience-config.yaml")).unwrap();
     let toml_text: String = map
@@ -540,4 +547,83 @@ fn damaged_index_repaired() {
         repo.ok(&["restore", id, "--target", &s(&out)]);
         assert_eq!(files(&out), files(source), "{id}");
     }
+}
+
+#[test]
+fn damaged_pack_salvaged() {
+    let repo = Repo::new();
+    let (a, b) = (repo.path("a"), repo.path("b"));
+    for (dir, seed) in [(&a, 1u64), (&b, 2)] {
+        std::fs::create_dir_all(dir).unwrap();
+        for i in 0..3 {
+            let bytes: Vec<u8> = (0..(1u64 << 20))
+                .map(|x| ((x * 2654435761 + seed * 97 + i) >> 7) as u8)
+                .collect();
+            std::fs::write(dir.join(format!("f{i}")), bytes).unwrap();
+        }
+    }
+    repo.ok(&["backup", "dir", &s(&a)]);
+    let first: Vec<PathBuf> = packs(&repo);
+    repo.ok(&["backup", "dir", &s(&b)]);
+    // A byte flipped in the middle of the first snapshot's pack: inside one file's data.
+    let pack = first
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(pack, bytes).unwrap();
+
+    let out = run_runbook_marked(
+        "damaged-repository.md",
+        SALVAGE_MARKER,
+        repo.dir.path(),
+        &[("REPO", s(&repo.repo())), ("KEY", s(&repo.key()))],
+    );
+
+    let plan: Value =
+        serde_json::from_slice(&std::fs::read(repo.path("salvage-plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    assert_eq!(
+        plan["damaged"][0]["salvage"]["action"], "would_write",
+        "{plan}"
+    );
+    let done: Value =
+        serde_json::from_slice(&std::fs::read(repo.path("salvage.json")).unwrap()).unwrap();
+    let salvaged = done["salvaged"][0].as_str().unwrap().to_owned();
+    assert!(
+        out.contains(&format!(
+            "salvaged from {}",
+            done["damaged"][0]["snapshot"].as_str().unwrap()
+        )),
+        "{out}"
+    );
+    let lost: Vec<String> = done["damaged"][0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(lost.len(), 1, "{done}");
+    let restored = repo.path("restored");
+    repo.ok(&["restore", &salvaged, "--target", &s(&restored)]);
+    let expected: Vec<(String, Vec<u8>)> = files(&a)
+        .into_iter()
+        .filter(|(name, _)| !lost.contains(name))
+        .collect();
+    assert_eq!(files(&restored), expected);
+}
+
+const SALVAGE_MARKER: &str = "<!-- runbook-test: salvage -->";
+
+fn packs(repo: &Repo) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(repo.repo().join("data")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
 }

@@ -635,6 +635,7 @@ impl Repository {
             parent: None,
             host: lock::host_name(),
             updated_at: started_at,
+            salvage: None,
         };
         catalog.put(&record).await?;
         let outcome = match &options.stop {

@@ -141,6 +141,38 @@ pub struct BackupRecord {
     pub host: String,
     /// When this revision was written.
     pub updated_at: DateTime<Utc>,
+    /// Set on a snapshot that `repair snapshots --salvage` wrote from a damaged one: where it
+    /// came from and what it left out. Absent on every other record (and on records written
+    /// before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salvage: Option<Salvage>,
+}
+
+/// How many paths of files left out a [`Salvage`] names (the count is always complete).
+pub const SALVAGE_PATHS_KEPT: usize = 1000;
+
+/// Where a salvaged snapshot came from ([`crate::repair::snapshots`]): it holds every entry of
+/// the damaged snapshot `from` that is still restorable, reusing its blobs, and leaves out every
+/// file with a lost blob (never a silently truncated file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Salvage {
+    /// The damaged snapshot it was salvaged from (left in place, unchanged).
+    pub from: String,
+    /// When the salvage was written.
+    pub at: DateTime<Utc>,
+    /// Files left out because some of their content is lost.
+    pub files_left_out: u64,
+    /// The paths of those files, the first [`SALVAGE_PATHS_KEPT`] of them in tree order.
+    #[serde(default)]
+    pub paths_left_out: Vec<String>,
+    /// Entries left out because the part of the tree that describes them is lost (every entry
+    /// after [`Salvage::tree_lost_after`], in tree order).
+    #[serde(default)]
+    pub entries_unreadable: u64,
+    /// The last entry read before a lost part of the tree (`None`: the tree was intact, or
+    /// lost from its start).
+    #[serde(default)]
+    pub tree_lost_after: Option<String>,
 }
 
 /// Which records to list.

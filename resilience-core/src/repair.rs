@@ -25,6 +25,17 @@
 //! [`RepairIndexReport::not_removed`]; the call succeeds, since the repository is then complete
 //! and restorable, and a damaged file left behind only costs readers a listing of `data/`.
 //! Running `repair index` again with maintenance credentials removes them.
+//!
+//! **`repair snapshots`** ([`Repository::repair_snapshots`], in [`snapshots`]) is for data that
+//! nothing rebuilds: it names the snapshots that lost data and what they lost, and with
+//! `salvage` writes, for each, a new snapshot holding everything that is still restorable.
+
+pub mod snapshots;
+
+pub use snapshots::{
+    DamagedSnapshot, Loss, LostFile, LostObject, LostTree, RepairSnapshotsOptions,
+    RepairSnapshotsReport, SalvageAction,
+};
 
 use std::collections::{HashMap, HashSet};
 

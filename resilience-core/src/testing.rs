@@ -330,6 +330,7 @@ pub fn record_at(
         parent: None,
         host: "test".into(),
         updated_at: at,
+        salvage: None,
     }
 }
 

@@ -43,14 +43,20 @@ pub struct DamagedObject {
     pub problem: String,
     /// Ids of the snapshots that cannot be fully restored because of it.
     pub affected_snapshots: Vec<String>,
-    /// The command that rebuilds it (`resilience repair index` for an index file, which is
-    /// derived from the packs), or `None` when nothing can rebuild it (a pack, a manifest: its
-    /// bytes exist nowhere else in the repository).
+    /// What to run: [`REPAIR_INDEX`] for an index file (derived from the packs, so rebuilt
+    /// whole); [`REPAIR_SNAPSHOTS`] for damage that loses data snapshots need (a pack, a blob,
+    /// a part of a tree), which cannot bring the lost bytes back but writes, for each affected
+    /// snapshot, a new one holding everything still restorable; `None` when no command helps
+    /// (a manifest or catalog record: restore it from a replica).
     pub repair: Option<String>,
 }
 
 /// The command that rebuilds a damaged index file.
 pub const REPAIR_INDEX: &str = "resilience repair index";
+
+/// The command that keeps what is restorable of snapshots that lost data: a new snapshot per
+/// damaged one, leaving out (and naming) the files whose content is lost.
+pub const REPAIR_SNAPSHOTS: &str = "resilience repair snapshots --salvage --read-data";
 
 /// The object [`DamagedObject`] names when snapshots use packs that no index file lists while
 /// no index file is damaged: an index file was lost (deleted), which readers cannot notice
@@ -367,7 +373,7 @@ impl Repository {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let key = format!("tree of snapshot {}", record.id);
+                        let key = format!("{TREE_OF_SNAPSHOT}{}", record.id);
                         damage.object(&key, problem_of(e));
                         damage.affects(&key, &record.id);
                         break;
@@ -380,16 +386,25 @@ impl Repository {
             .objects
             .iter()
             .filter(|(k, _)| !optional.contains(*k) || damage.affected.contains_key(*k))
-            .map(|(k, problem)| DamagedObject {
-                object: k.clone(),
-                problem: problem.clone(),
-                repair: (damaged_index_files.contains(k) || k == LOST_INDEX)
-                    .then(|| REPAIR_INDEX.to_owned()),
-                affected_snapshots: damage
+            .map(|(k, problem)| {
+                let affected_snapshots: Vec<String> = damage
                     .affected
                     .get(k)
                     .map(|s| s.iter().cloned().collect())
-                    .unwrap_or_default(),
+                    .unwrap_or_default();
+                let repair = if damaged_index_files.contains(k) || k == LOST_INDEX {
+                    Some(REPAIR_INDEX.to_owned())
+                } else if loses_data(k) && !affected_snapshots.is_empty() {
+                    Some(REPAIR_SNAPSHOTS.to_owned())
+                } else {
+                    None
+                };
+                DamagedObject {
+                    object: k.clone(),
+                    problem: problem.clone(),
+                    repair,
+                    affected_snapshots,
+                }
             })
             .collect();
         Ok(report)
@@ -495,6 +510,17 @@ struct PackCheck {
     bytes_read: u64,
     blobs_checked: u64,
 }
+
+/// Whether damage to `object` (as [`DamagedObject::object`] names it) loses data that
+/// snapshots reference: a pack, a blob in no index, a part of a snapshot's tree.
+fn loses_data(object: &str) -> bool {
+    object.starts_with("data/")
+        || object.starts_with("blob ")
+        || object.starts_with(TREE_OF_SNAPSHOT)
+}
+
+/// How verify names the tree of a snapshot that does not read back.
+const TREE_OF_SNAPSHOT: &str = "tree of snapshot ";
 
 fn problem_of(e: Error) -> String {
     match e {

@@ -419,6 +419,7 @@ async fn a_running_record_left_by_a_dead_process_is_marked_failed() {
         parent: None,
         host: "h".into(),
         updated_at: now,
+        salvage: None,
     };
     repo.catalog().put(&stale).await.unwrap();
     repo.backup(

@@ -165,6 +165,7 @@ async fn build(dir: &str, snapshots: usize, per: usize) {
             parent: None,
             host: "bench".into(),
             updated_at: at,
+            salvage: None,
         };
         repo.catalog().put(&record).await.unwrap();
     }

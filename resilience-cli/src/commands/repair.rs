@@ -1,14 +1,21 @@
 //! `repair index [--dry-run]`: rebuild derived state from the data it was derived from.
+//! `repair snapshots [--dry-run] [--salvage] [--read-data]`: name the snapshots that lost data
+//! and salvage what is still restorable.
 
-use resilience_core::repair::{RepairIndexOptions, RepairIndexReport};
+use resilience_core::repair::{
+    Loss, RepairIndexOptions, RepairIndexReport, RepairSnapshotsOptions, RepairSnapshotsReport,
+    SalvageAction,
+};
 
 use crate::access;
 use crate::cli::{Global, RepairCommand};
-use crate::output::print_json;
+use crate::output::{bytes, print_json};
 use crate::CliError;
 
-/// Runs a repair. Exit 0 means the new index files are durable (or, with `--dry-run`, that
-/// they were computed); old files an append-only sink refused to delete are named.
+/// Runs a repair. Exit 0 means the new index files (or salvage snapshots) are durable, or, with
+/// `--dry-run`, that they were computed; old files an append-only sink refused to delete are
+/// named. Finding damaged snapshots without `--salvage` also exits 0: the report is the result
+/// (`verify` is the check that exits 3).
 pub async fn run(g: &Global, what: &RepairCommand) -> Result<(), CliError> {
     match what {
         RepairCommand::Index { dry_run } => {
@@ -23,6 +30,105 @@ pub async fn run(g: &Global, what: &RepairCommand) -> Result<(), CliError> {
             }
             Ok(())
         }
+        RepairCommand::Snapshots {
+            dry_run,
+            salvage,
+            read_data,
+        } => {
+            let repo = access::open(g).await?;
+            let report = repo
+                .repair_snapshots(RepairSnapshotsOptions {
+                    dry_run: *dry_run,
+                    salvage: *salvage,
+                    read_data: *read_data,
+                })
+                .await?;
+            if g.json {
+                print_json(&serde_json::to_value(&report).expect("the report serializes"));
+            } else {
+                print_snapshots(&report);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_snapshots(r: &RepairSnapshotsReport) {
+    for f in &r.damaged_index_files {
+        println!("damaged index file (run `resilience repair index`): {f}");
+    }
+    for d in &r.damaged {
+        println!("DAMAGED snapshot {} (source {})", d.snapshot, d.source);
+        if let Some(m) = &d.manifest {
+            println!(
+                "  manifest {}: {}: nothing of it can be read",
+                m.object, m.problem
+            );
+        }
+        for o in &d.lost_objects {
+            println!("  lost: {}: {}", o.object, o.problem);
+        }
+        for f in &d.files {
+            let how = match f.loss {
+                Loss::Whole => "wholly lost".to_owned(),
+                Loss::Partial => format!(
+                    "partly lost: {} of {} blob(s), {}",
+                    f.blobs_lost,
+                    f.blobs,
+                    bytes(f.bytes_lost)
+                ),
+            };
+            println!("  file {} ({}): {how}", f.path, bytes(f.size));
+        }
+        if let Some(t) = &d.tree {
+            let after = match &t.after {
+                Some(path) => format!("every entry after {path}"),
+                None => "every entry".to_owned(),
+            };
+            println!(
+                "  tree: {after} ({} entries) cannot be read: {}: {}",
+                t.entries_unreadable, t.lost.object, t.lost.problem
+            );
+        }
+        let kept = format!("{} entries, {}", d.entries_kept, bytes(d.bytes_kept));
+        match &d.salvage {
+            SalvageAction::NotRequested => println!(
+                "  still restorable: {kept} (run `resilience repair snapshots --salvage` to keep them in a new snapshot)"
+            ),
+            SalvageAction::WouldWrite => {
+                println!("  dry run: would write a salvage snapshot of {kept}")
+            }
+            SalvageAction::Written { snapshot } => {
+                println!("  salvaged as {snapshot}: {kept}; the files above are left out")
+            }
+            SalvageAction::AlreadySalvaged { snapshot } => {
+                println!("  already salvaged as {snapshot}")
+            }
+            SalvageAction::Impossible { reason } => println!("  cannot be salvaged: {reason}"),
+        }
+    }
+    if r.damaged.is_empty() {
+        println!(
+            "no snapshot lost data: {} snapshot(s) checked, {} pack(s) looked at{}",
+            r.snapshots_checked,
+            r.packs_checked,
+            if r.read_data {
+                ", every blob authenticated"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!(
+            "{} of {} snapshot(s) lost data; {}",
+            r.damaged.len(),
+            r.snapshots_checked,
+            match (r.salvage, r.dry_run) {
+                (false, _) => "nothing written".to_owned(),
+                (true, true) => "dry run: nothing written".to_owned(),
+                (true, false) => format!("{} salvage snapshot(s) written", r.salvaged.len()),
+            }
+        );
     }
 }
 

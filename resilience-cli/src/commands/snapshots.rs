@@ -43,5 +43,17 @@ fn print_table(records: &[BackupRecord]) {
             },
             if r.legal_hold { " HOLD" } else { "" },
         );
+        if let Some(s) = &r.salvage {
+            println!(
+                "{:<26} salvaged from {}: {} file(s) left out{}",
+                "",
+                s.from,
+                s.files_left_out,
+                match s.entries_unreadable {
+                    0 => String::new(),
+                    n => format!(", {n} unreadable entries"),
+                }
+            );
+        }
     }
 }

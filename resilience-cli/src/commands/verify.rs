@@ -1,7 +1,7 @@
 //! `verify [--full]`: is every snapshot restorable? Exit status 3 names every damaged object
 //! and the snapshots it affects.
 
-use resilience_core::verify::{VerifyOptions, VerifyReport};
+use resilience_core::verify::{VerifyOptions, VerifyReport, REPAIR_SNAPSHOTS};
 
 use crate::access;
 use crate::cli::Global;
@@ -35,6 +35,9 @@ fn print_text(report: &VerifyReport) {
         };
         println!("DAMAGED {}: {} (affects: {affects})", d.object, d.problem);
         match &d.repair {
+            Some(repair) if repair == REPAIR_SNAPSHOTS => println!(
+                "  keep what is restorable: run `{repair}` (the lost data itself is only in a replica)"
+            ),
             Some(repair) => println!("  fix: run `{repair}`"),
             None => println!("  fix: none rebuilds it; restore the object from a replica"),
         }
