@@ -287,6 +287,24 @@ impl KeyRing {
         if let Some(e) = self.damaged.first() {
             return Err(clone_error(e));
         }
+        // A copy the newest key set is sealed to, but gone: likely the one these credentials
+        // wrapped, and in any case lost.
+        if let Ok(Some(generation)) = self.latest() {
+            if let Some(id) = generation
+                .sealed
+                .keys()
+                .find(|id| !self.copies.iter().any(|c| &c.id == *id))
+            {
+                return Err(Error::corrupt(
+                    format!("keys/{id}"),
+                    format!(
+                        "missing: {} is sealed to it, and no other key copy in {location} opens \
+                         with these credentials",
+                        keyset_name(generation.generation)
+                    ),
+                ));
+            }
+        }
         if let Some(copy) = stale {
             return Err(Error::Invalid(format!(
                 "{copy} is not in the newest key set {} (an interrupted `key add` or `key \

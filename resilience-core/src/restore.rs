@@ -134,6 +134,55 @@ impl TreeReader {
     }
 }
 
+/// The index a restore reads with. A blob that no index file lists (an index file was lost:
+/// readers cannot tell without listing `data/`) makes it read, once, the tables of every pack
+/// that no index file lists, and look there: derived state costs time, never a restore.
+struct RestoreIndex {
+    repo: Repository,
+    index: Index,
+    unlisted: tokio::sync::OnceCell<Index>,
+}
+
+impl RestoreIndex {
+    async fn lookup(&self, id: &BlobId) -> Result<BlobLocation> {
+        if let Some(loc) = self.index.lookup(id) {
+            return Ok(loc);
+        }
+        let unlisted = self
+            .unlisted
+            .get_or_try_init(|| async {
+                let packs = self.repo.unindexed_packs(&self.index).await?;
+                if !packs.is_empty() {
+                    tracing::warn!(
+                        packs = packs.len(),
+                        "a blob is in no index file: reading it from the packs no index file \
+                         lists; run `resilience repair index`"
+                    );
+                }
+                let mut index = Index::new();
+                for p in &packs {
+                    index.add_pack(p);
+                }
+                index.compact();
+                Ok::<Index, Error>(index)
+            })
+            .await?;
+        unlisted
+            .lookup(id)
+            .ok_or(Error::BlobMissing { blob: id.to_hex() })
+    }
+
+    /// A reader of `record`'s tree, its blobs located through [`RestoreIndex::lookup`].
+    async fn tree_reader(&self, record: &BackupRecord) -> Result<TreeReader> {
+        let manifest = self.repo.load_manifest(record).await?;
+        let mut blobs = VecDeque::with_capacity(manifest.tree.len());
+        for r in &manifest.tree {
+            blobs.push_back((*r, Some(self.lookup(&r.id).await?)));
+        }
+        Ok(TreeReader::from_locations(self.repo.clone(), blobs))
+    }
+}
+
 enum Step {
     Begin(TreeRecord),
     Piece(Bytes),
@@ -165,8 +214,12 @@ impl Repository {
                 ))),
             };
         }
-        let index = Arc::new(self.load_read_index().await?);
-        let mut tree = self.tree_reader(&record, &index).await?;
+        let index = Arc::new(RestoreIndex {
+            repo: self.clone(),
+            index: self.load_read_index().await?,
+            unlisted: tokio::sync::OnceCell::new(),
+        });
+        let mut tree = index.tree_reader(&record).await?;
 
         // Pass 1: content. A stream of steps, each blob read running ahead in a bounded window;
         // the target says which entries it wants first, so the others are never read.
@@ -206,9 +259,7 @@ impl Repository {
                     StepPlan::Begin(rec) => Ok::<Step, Error>(Step::Begin(rec)),
                     StepPlan::End => Ok(Step::End),
                     StepPlan::Blob(r) => {
-                        let loc = index.lookup(&r.id).ok_or(Error::BlobMissing {
-                            blob: r.id.to_hex(),
-                        })?;
+                        let loc = index.lookup(&r.id).await?;
                         Ok(Step::Piece(read_blob(&repo, r.id, loc).await?))
                     }
                 }
@@ -252,7 +303,7 @@ impl Repository {
         }
 
         // Pass 2: metadata that writing content would disturb (directory times, modes).
-        tree = self.tree_reader(&record, &index).await?;
+        tree = index.tree_reader(&record).await?;
         while let Some(rec) = tree.next().await? {
             target.apply_metadata(&rec.meta).await?;
         }
