@@ -244,9 +244,24 @@ impl RepoCatalog {
     /// revision of the same record, with a warning naming the damaged object (a record's
     /// history is a cache of nothing, but its older revisions say most of what it said).
     async fn read_current(&self, r: &CatalogRef) -> Result<BackupRecord> {
+        Ok(self.read_current_reporting(r).await?.0)
+    }
+
+    /// As [`RepoCatalog::read_current`], also returning, when the record was read from an
+    /// older revision, the damage of the current one and the object read instead (for verify,
+    /// which reports them).
+    ///
+    /// A record read from an older revision keeps the current revision's *number*: every
+    /// writer writes `revision + 1` next, which must come after the damaged object (with the
+    /// older number it would collide with it: refused by a create-only store, or overwriting
+    /// it on one that ignores create-only puts).
+    pub(crate) async fn read_current_reporting(
+        &self,
+        r: &CatalogRef,
+    ) -> Result<(BackupRecord, Option<(Error, String)>)> {
         let damage = match self.read(&r.key).await {
             Err(e @ Error::Corrupt { .. }) => e,
-            other => return other,
+            other => return other.map(|record| (record, None)),
         };
         let mut older: Vec<CatalogRef> = Vec::new();
         let mut listing = self.sink.list(&format!("catalog/{}/", r.id));
@@ -259,9 +274,10 @@ impl RepoCatalog {
         }
         older.sort_by(|a, b| b.precedence().cmp(&a.precedence()));
         for candidate in &older {
-            if let Ok(record) = self.read(&candidate.key).await {
+            if let Ok(mut record) = self.read(&candidate.key).await {
                 tracing::warn!(damaged = %r.key, used = %candidate.key, error = %damage, "a damaged catalog revision: using the newest intact one");
-                return Ok(record);
+                record.revision = record.revision.max(r.revision);
+                return Ok((record, Some((damage, candidate.key.clone()))));
             }
         }
         Err(damage)

@@ -312,6 +312,24 @@ impl KeyRing {
         if let Some(e) = self.damaged.first() {
             return Err(clone_error(e));
         }
+        // A copy the key set in force is sealed to, but gone: likely the one these credentials
+        // wrapped, and in any case lost.
+        if let Ok(Some(generation)) = self.in_force() {
+            if let Some(id) = generation
+                .sealed
+                .keys()
+                .find(|id| !self.copies.iter().any(|c| &c.id == *id))
+            {
+                return Err(Error::corrupt(
+                    format!("keys/{id}"),
+                    format!(
+                        "missing: {} is sealed to it, and no other key copy in {location} opens \
+                         with these credentials",
+                        keyset_name(generation.generation)
+                    ),
+                ));
+            }
+        }
         if let Some(copy) = stale {
             return Err(Error::Invalid(format!(
                 "{copy} is not in the key set in force {} (an interrupted `key add` or `key \

@@ -154,6 +154,60 @@ impl TreeReader {
     }
 }
 
+/// The index a restore reads with. A blob that no index file lists (an index file was lost:
+/// readers cannot tell without listing `data/`) makes it read, once, the tables of every pack
+/// that no index file lists, and look there: derived state costs time, never a restore.
+struct RestoreIndex {
+    repo: Repository,
+    index: Index,
+    unlisted: tokio::sync::OnceCell<Index>,
+}
+
+impl RestoreIndex {
+    /// Every copy of blob `id` the index files know, or else the copy a pack no index file
+    /// lists holds; `BlobMissing` when there is none.
+    async fn copies(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
+        let known = self.index.copies(id);
+        if !known.is_empty() {
+            return Ok(known);
+        }
+        let unlisted = self
+            .unlisted
+            .get_or_try_init(|| async {
+                let packs = self.repo.unindexed_packs(&self.index).await?;
+                if !packs.is_empty() {
+                    tracing::warn!(
+                        packs = packs.len(),
+                        "a blob is in no index file: reading it from the packs no index file \
+                         lists; run `resilience repair index`"
+                    );
+                }
+                let mut index = Index::new();
+                for p in &packs {
+                    index.add_pack(p);
+                }
+                index.compact();
+                Ok::<Index, Error>(index)
+            })
+            .await?;
+        let copies = unlisted.copies(id);
+        if copies.is_empty() {
+            return Err(Error::BlobMissing { blob: id.to_hex() });
+        }
+        Ok(copies)
+    }
+
+    /// A reader of `record`'s tree, its blobs located through [`RestoreIndex::copies`].
+    async fn tree_reader(&self, record: &BackupRecord) -> Result<TreeReader> {
+        let manifest = self.repo.load_manifest(record).await?;
+        let mut blobs = VecDeque::with_capacity(manifest.tree.len());
+        for r in &manifest.tree {
+            blobs.push_back((*r, self.copies(&r.id).await?));
+        }
+        Ok(TreeReader::from_locations(self.repo.clone(), blobs))
+    }
+}
+
 enum Step {
     Begin(TreeRecord),
     Piece(Bytes),
@@ -185,8 +239,12 @@ impl Repository {
                 ))),
             };
         }
-        let index = Arc::new(self.load_read_index().await?);
-        let mut tree = self.tree_reader(&record, &index).await?;
+        let index = Arc::new(RestoreIndex {
+            repo: self.clone(),
+            index: self.load_read_index().await?,
+            unlisted: tokio::sync::OnceCell::new(),
+        });
+        let mut tree = index.tree_reader(&record).await?;
 
         // Pass 1: content. A stream of steps, each blob read running ahead in a bounded window;
         // the target says which entries it wants first, so the others are never read.
@@ -226,7 +284,7 @@ impl Repository {
                     StepPlan::Begin(rec) => Ok::<Step, Error>(Step::Begin(rec)),
                     StepPlan::End => Ok(Step::End),
                     StepPlan::Blob(r) => Ok(Step::Piece(
-                        read_blob_from(&repo, r.id, index.copies(&r.id)).await?,
+                        read_blob_from(&repo, r.id, index.copies(&r.id).await?).await?,
                     )),
                 }
             }
@@ -269,7 +327,7 @@ impl Repository {
         }
 
         // Pass 2: metadata that writing content would disturb (directory times, modes).
-        tree = self.tree_reader(&record, &index).await?;
+        tree = index.tree_reader(&record).await?;
         while let Some(rec) = tree.next().await? {
             target.apply_metadata(&rec.meta).await?;
         }

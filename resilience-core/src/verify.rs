@@ -9,8 +9,12 @@
 //!
 //! The report names every damaged object, every snapshot it affects and, for derived state, the
 //! repair that rebuilds it ([`DamagedObject::repair`]); nothing unaffected is reported. A
-//! damaged index file affects no snapshot: its packs are found from their own tables (and
-//! checked), as readers find them.
+//! damaged or lost index file affects no snapshot: its packs are found from their own tables
+//! (and checked), as readers find them.
+//!
+//! Besides what snapshots depend on, verify reads `keys/` (a damaged or missing key copy, a
+//! damaged or missing key-set generation) and the current revision of every catalog record (a
+//! damaged one is reported though the record reads from its newest intact revision).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,9 +23,10 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::blob::{self, BlobId};
-use crate::catalog::{BackupStatus, Catalog, CatalogQuery};
+use crate::catalog::{BackupStatus, Catalog, CatalogRef};
 use crate::error::{Error, Result};
 use crate::index::{Index, PackInfo};
+use crate::keyring::KEYSET_PREFIX;
 use crate::object;
 use crate::pack::{self, PackedBlob};
 use crate::repo::Repository;
@@ -62,6 +67,20 @@ pub const REPAIR_SNAPSHOTS: &str = "resilience repair snapshots --salvage --read
 /// no index file is damaged: an index file was lost (deleted), which readers cannot notice
 /// without listing `data/`.
 pub const LOST_INDEX: &str = "index/";
+
+/// The object [`DamagedObject`] names when `keys/` holds no key-set generation (it was
+/// deleted): nothing opens the repository.
+pub const LOST_KEY_SET: &str = "keys/keyset-*";
+
+/// The repair of a damaged or missing key copy `keys/<id>`: another copy still opens the
+/// repository, and `key add` writes a new copy for the lost one's provider (the next key-set
+/// generation is sealed to it and no longer to the lost one).
+pub fn repair_key_copy(id: &str) -> String {
+    format!(
+        "resilience key add (a new copy for the provider of keys/{id}, opened with another \
+         copy's credentials)"
+    )
+}
 
 const LOST_INDEX_PROBLEM: &str = "packs that snapshots use are listed by no index file (an index \
                                   file is lost); the next backup adopts them";
@@ -155,6 +174,8 @@ impl Repository {
 #[derive(Default)]
 struct Damage {
     objects: BTreeMap<String, String>,
+    /// The repair of an object, where it is not `repair index`.
+    repairs: BTreeMap<String, String>,
     blob_objects: HashMap<BlobId, String>,
     affected: BTreeMap<String, BTreeSet<String>>,
 }
@@ -282,47 +303,64 @@ impl Repository {
             }
         }
 
-        // Snapshots.
+        // Snapshots: the current revision of every record that may say succeeded. A damaged
+        // current revision is damage of its own, though the record reads from its newest
+        // intact revision, as every reader reads it; if that one does not say succeeded (or
+        // none reads), the snapshot is lost to restores, which find snapshots by their
+        // records.
         let catalog = self.catalog();
-        let catalog_keys: Vec<String> = self
-            .sink
-            .list("catalog/")
-            .map_ok(|m| m.key)
-            .try_collect()
-            .await?;
-        let records = match catalog
-            .list(&CatalogQuery {
-                statuses: vec![BackupStatus::Succeeded],
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                // Find which catalog objects are damaged, one by one, and check the rest.
-                for key in &catalog_keys {
-                    match self.sink.get(key).await.map_err(Error::from).and_then(|b| {
-                        object::open_object(&self.keys, object::ObjectKind::Catalog, key, &b)
-                    }) {
-                        Ok(_) => {}
-                        Err(e) => damage.object(key, problem_of(e)),
-                    }
+        let refs: Vec<CatalogRef> = catalog
+            .refs(None)
+            .await?
+            .into_iter()
+            .filter(|r| r.status.is_none_or(|s| s == BackupStatus::Succeeded))
+            .collect();
+        let reads: Vec<_> = futures::stream::iter(refs)
+            .map(|r| {
+                let catalog = catalog.clone();
+                async move {
+                    let read = catalog.read_current_reporting(&r).await;
+                    (r, read)
                 }
-                let mut recs = Vec::new();
-                let ids: BTreeSet<String> = catalog_keys
-                    .iter()
-                    .filter_map(|k| k.split('/').nth(1).map(str::to_owned))
-                    .collect();
-                for id in ids {
-                    if let Ok(Some(r)) = catalog.get(&id).await {
-                        if r.status == BackupStatus::Succeeded {
-                            recs.push(r);
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        let mut records = Vec::new();
+        for (r, read) in reads {
+            let said_succeeded = r.status == Some(BackupStatus::Succeeded);
+            match read {
+                Ok((record, fell_back)) => {
+                    if let Some((e, used)) = fell_back {
+                        damage.object(
+                            &r.key,
+                            format!(
+                                "{}; the record reads from {used} ({}); its next revision \
+                                 supersedes the damaged one",
+                                problem_of(e),
+                                record.status
+                            ),
+                        );
+                        if said_succeeded && record.status != BackupStatus::Succeeded {
+                            damage.affects(&r.key, &r.id);
                         }
                     }
+                    if record.status == BackupStatus::Succeeded {
+                        records.push(record);
+                    }
                 }
-                recs
+                // Forgotten since the listing.
+                Err(Error::Sink(e)) if e.is_not_found() => {}
+                Err(e @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
+                    damage.object(&r.key, problem_of(e));
+                    if said_succeeded {
+                        damage.affects(&r.key, &r.id);
+                    }
+                }
+                Err(e) => return Err(e),
             }
-        };
+        }
+        records.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
         let records: Vec<_> = records
             .into_iter()
             .filter(|r| r.tier == self.tier)
@@ -344,8 +382,8 @@ impl Repository {
                     damage.affects(&obj, &record.id);
                 } else if let Some(at) = index.lookup(id) {
                     if lost_index && unlisted_packs.contains(&at.pack) {
+                        // Not a loss: restores find such packs from their tables.
                         damage.object(LOST_INDEX, LOST_INDEX_PROBLEM.into());
-                        damage.affects(LOST_INDEX, &record.id);
                     }
                 } else {
                     let key = format!("blob {id}");
@@ -382,6 +420,8 @@ impl Repository {
             }
         }
 
+        self.check_keys(&mut damage, &report.checked_ids).await?;
+
         report.damaged = damage
             .objects
             .iter()
@@ -397,7 +437,7 @@ impl Repository {
                 } else if loses_data(k) && !affected_snapshots.is_empty() {
                     Some(REPAIR_SNAPSHOTS.to_owned())
                 } else {
-                    None
+                    damage.repairs.get(k).cloned()
                 };
                 DamagedObject {
                     object: k.clone(),
@@ -408,6 +448,68 @@ impl Repository {
             })
             .collect();
         Ok(report)
+    }
+
+    /// Checks `keys/`: every copy and key-set generation reads back, the generation in force
+    /// exists, and every copy it is sealed to exists. A damaged or missing copy costs only that
+    /// copy's credentials (another copy still opens the repository); a damaged or missing
+    /// generation in force costs every snapshot (`checked`) to every process that does not
+    /// already hold the keys, since nothing else opens the repository.
+    async fn check_keys(&self, damage: &mut Damage, checked: &[String]) -> Result<()> {
+        let ring = crate::keyring::KeyRing::load(self.sink.as_ref()).await?;
+        let newest_damaged = ring.in_force().err().and_then(|e| object_of(&e));
+        let newest = ring.in_force().ok().flatten();
+        let mut damaged_names = Vec::new();
+        for e in &ring.damaged {
+            let Some(key) = object_of(e) else { continue };
+            damaged_names.push(key.clone());
+            let copy_id = key
+                .strip_prefix("keys/")
+                .filter(|_| !key.starts_with(KEYSET_PREFIX));
+            if let (Some(id), Some(g)) = (copy_id, newest) {
+                if !g.sealed.contains_key(id) {
+                    // A stale copy (after `key add` replaced it): it opens nothing.
+                    continue;
+                }
+            }
+            damage.object(&key, problem_of(clone_error(e)));
+            if key.starts_with(KEYSET_PREFIX) {
+                if newest_damaged.as_deref() == Some(key.as_str()) {
+                    for id in checked {
+                        damage.affects(&key, id);
+                    }
+                }
+            } else if let Some(id) = key.strip_prefix("keys/") {
+                damage.repairs.insert(key.clone(), repair_key_copy(id));
+            }
+        }
+        let format_2 = ring.copies.iter().any(|c| c.format >= 2);
+        if ring.generation_names.is_empty() && format_2 {
+            damage.object(
+                LOST_KEY_SET,
+                "missing: no key-set generation holds the keys, so nothing opens the repository"
+                    .into(),
+            );
+            for id in checked {
+                damage.affects(LOST_KEY_SET, id);
+            }
+        }
+        if let Some(generation) = newest {
+            for id in generation.sealed.keys() {
+                let key = format!("keys/{id}");
+                if !ring.copies.iter().any(|c| &c.id == id) && !damaged_names.contains(&key) {
+                    damage.object(
+                        &key,
+                        format!(
+                            "missing: {} is sealed to it",
+                            crate::keyring::keyset_name(generation.generation)
+                        ),
+                    );
+                    damage.repairs.insert(key.clone(), repair_key_copy(id));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn check_pack(
@@ -521,6 +623,23 @@ fn loses_data(object: &str) -> bool {
 
 /// How verify names the tree of a snapshot that does not read back.
 const TREE_OF_SNAPSHOT: &str = "tree of snapshot ";
+
+/// The object an error of [`crate::keyring::KeyRing::load`] names.
+fn object_of(e: &Error) -> Option<String> {
+    match e {
+        Error::Corrupt { object, .. } | Error::UnsupportedFormat { object, .. } => {
+            Some(object.clone())
+        }
+        _ => None,
+    }
+}
+
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Corrupt { object, reason } => Error::corrupt(object.clone(), reason.clone()),
+        other => Error::Invalid(other.to_string()),
+    }
+}
 
 fn problem_of(e: Error) -> String {
     match e {

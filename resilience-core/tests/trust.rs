@@ -443,14 +443,32 @@ async fn a_damaged_catalog_revision_falls_back_to_the_newest_intact_one() {
     store.tamper(&current, bytes.into());
     // The record still reads (from the revision before), the snapshot still lists and
     // restores, and verify still checks it.
+    // It says what the revision before said (no hold), numbered as the damaged revision so
+    // that the next revision comes after it.
     let record = repo.catalog().get(&done.record.id).await.unwrap().unwrap();
-    assert_eq!(record.revision, held.revision - 1);
+    assert!(!record.legal_hold, "{record:?}");
+    assert_eq!(record.revision, held.revision);
     assert_eq!(record.status, BackupStatus::Succeeded);
     let all = repo.catalog().list(&Default::default()).await.unwrap();
     assert_eq!(all.len(), 1);
     restores_identical(&repo, "latest", 1).await;
     let report = repo.verify(VerifyOptions::default()).await.unwrap();
     assert_eq!(report.snapshots_checked, 1);
+    assert_eq!(report.damaged.len(), 1, "{:?}", report.damaged);
+    assert_eq!(report.damaged[0].object, current);
+    assert!(report.damaged[0].affected_snapshots.is_empty());
+    // The next revision supersedes the damaged one (it used to collide with it).
+    let again = repo.set_legal_hold(&done.record.id, true).await.unwrap();
+    assert_eq!(again.revision, held.revision + 1);
+    assert!(
+        repo.catalog()
+            .get(&done.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .legal_hold
+    );
+    assert!(repo.verify(VerifyOptions::default()).await.unwrap().is_ok());
 }
 
 /// A stolen backup host (append-only, holding the repository key) writes a new key-set
