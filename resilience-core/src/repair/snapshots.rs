@@ -390,13 +390,13 @@ impl<'r> Lookup<'r> {
         &mut self,
         manifest: &Manifest,
     ) -> Result<(
-        VecDeque<(BlobRef, Option<BlobLocation>)>,
+        VecDeque<(BlobRef, Vec<BlobLocation>)>,
         Option<LostObject>,
     )> {
         let mut prefix = VecDeque::new();
         for r in &manifest.tree {
             match self.find(&r.id).await? {
-                Found::Available(loc) => prefix.push_back((*r, Some(loc))),
+                Found::Available(loc) => prefix.push_back((*r, vec![loc])),
                 Found::Lost(lost) => return Ok((prefix, Some(lost))),
             }
         }
