@@ -389,10 +389,7 @@ impl<'r> Lookup<'r> {
     async fn tree_prefix(
         &mut self,
         manifest: &Manifest,
-    ) -> Result<(
-        VecDeque<(BlobRef, Vec<BlobLocation>)>,
-        Option<LostObject>,
-    )> {
+    ) -> Result<(VecDeque<(BlobRef, Vec<BlobLocation>)>, Option<LostObject>)> {
         let mut prefix = VecDeque::new();
         for r in &manifest.tree {
             match self.find(&r.id).await? {
