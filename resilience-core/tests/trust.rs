@@ -55,6 +55,22 @@ async fn open(sink: Arc<dyn Sink>, ttl: Duration) -> Repository {
         .with_lock_settings(quick_locks(ttl))
 }
 
+/// A memory repository holding `n` backups of source "a" (seeds 1 to `n`), its admin handle
+/// and the backups' ids.
+async fn repository_with_backups(n: u64) -> (Arc<MemorySink>, Repository, Vec<String>) {
+    let store = Arc::new(MemorySink::new());
+    let admin = init(store.clone()).await;
+    let mut ids = Vec::new();
+    for seed in 1..=n {
+        let done = admin
+            .backup(&big_source("a", seed), Default::default())
+            .await
+            .unwrap();
+        ids.push(done.record.id);
+    }
+    (store, admin, ids)
+}
+
 fn big_source(id: &str, seed: u64) -> MemorySource {
     (0..6).fold(MemorySource::new(id), |s, i| {
         s.file(&format!("f{i}"), data(700 << 10, seed * 100 + i))
@@ -371,20 +387,7 @@ async fn a_legal_hold_racing_forget_is_never_lost() {
 
 #[tokio::test]
 async fn forged_failed_and_expired_revisions_never_make_maintenance_delete_data() {
-    let store = Arc::new(MemorySink::new());
-    let dyn_store: Arc<dyn Sink> = store.clone();
-    let admin = init(dyn_store.clone()).await;
-    let mut ids = Vec::new();
-    for seed in 1..=3 {
-        ids.push(
-            admin
-                .backup(&big_source("a", seed), Default::default())
-                .await
-                .unwrap()
-                .record
-                .id,
-        );
-    }
+    let (store, admin, ids) = repository_with_backups(3).await;
     // A stolen backup host: append-only, with the repository key. It cannot delete or
     // overwrite, but it can add revisions that call every backup failed or expired.
     let writer_sink: Arc<dyn Sink> =
@@ -599,20 +602,8 @@ async fn a_forged_pack_claiming_existing_blobs_never_makes_prune_drop_the_real_c
     use resilience_core::pack::{pack_key, PackBuilder};
     use resilience_core::sink::{AppendOnlySink, PutMode};
 
-    let store = Arc::new(MemorySink::new());
+    let (store, admin, ids) = repository_with_backups(2).await;
     let dyn_store: Arc<dyn Sink> = store.clone();
-    let admin = init(dyn_store.clone()).await;
-    let mut ids = Vec::new();
-    for seed in 1..=2 {
-        ids.push(
-            admin
-                .backup(&big_source("a", seed), Default::default())
-                .await
-                .unwrap()
-                .record
-                .id,
-        );
-    }
     let writer_sink: Arc<dyn Sink> = Arc::new(AppendOnlySink::new(store.clone()));
     let writer = open(writer_sink.clone(), Duration::from_secs(60)).await;
     let mut real = Vec::new();
@@ -679,20 +670,7 @@ async fn a_forged_pack_claiming_existing_blobs_never_makes_prune_drop_the_real_c
 async fn forged_hold_releases_and_relabels_never_make_forget_expire_a_backup() {
     use resilience_core::sink::AppendOnlySink;
 
-    let store = Arc::new(MemorySink::new());
-    let dyn_store: Arc<dyn Sink> = store.clone();
-    let admin = init(dyn_store.clone()).await;
-    let mut ids = Vec::new();
-    for seed in 1..=3 {
-        ids.push(
-            admin
-                .backup(&big_source("a", seed), Default::default())
-                .await
-                .unwrap()
-                .record
-                .id,
-        );
-    }
+    let (store, admin, ids) = repository_with_backups(3).await;
     admin.set_legal_hold(&ids[0], true).await.unwrap();
 
     let writer_sink: Arc<dyn Sink> = Arc::new(AppendOnlySink::new(store.clone()));
@@ -739,4 +717,57 @@ async fn forged_hold_releases_and_relabels_never_make_forget_expire_a_backup() {
         .await
         .unwrap();
     assert_eq!(report.expired, [ids[0].clone()], "{report:?}");
+}
+
+/// A verification record written while forget runs (forget held up just before it deletes the
+/// manifest) is neither lost nor brings `succeeded` back over `expired`: the catalog lock makes
+/// it wait, and it then records itself on the expired record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_racing_forget_is_kept_and_never_revives_the_backup() {
+    let store: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    init(store.clone()).await;
+    let gate = Arc::new(PausableSink::new(store.clone()));
+    let admin = open(gate.clone(), Duration::from_secs(60)).await;
+    let verifier = open(store.clone(), Duration::from_secs(60)).await;
+    let old = admin
+        .backup(&big_source("a", 1), Default::default())
+        .await
+        .unwrap();
+    admin
+        .backup(&big_source("a", 2), Default::default())
+        .await
+        .unwrap();
+    // The verification ran before forget (it read the record as succeeded) and is recorded now.
+    let report = verifier.verify(VerifyOptions::default()).await.unwrap();
+    assert!(report.checked_ids.contains(&old.record.id));
+    let records = admin.catalog().list(&Default::default()).await.unwrap();
+    let plan = retention::plan(
+        &StandardPolicy::from_toml("keep_last = 1").unwrap(),
+        &records,
+        Utc::now(),
+    );
+    gate.pause_before_delete_of("snapshots/");
+    let forget = tokio::spawn(async move { admin.forget(&plan).await });
+    gate.paused().await;
+    let record = tokio::spawn({
+        let verifier = verifier.clone();
+        async move { verifier.record_verification(&report).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!record.is_finished(), "it must wait for the catalog lock");
+    gate.resume();
+    let forgot = forget.await.unwrap().unwrap();
+    assert_eq!(forgot.expired, std::slice::from_ref(&old.record.id));
+    record.await.unwrap().unwrap();
+    let now = verifier
+        .catalog()
+        .get(&old.record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.status, BackupStatus::Expired, "{now:?}");
+    assert!(
+        !now.verifications.is_empty(),
+        "the verification was lost: {now:?}"
+    );
 }
