@@ -27,7 +27,7 @@ use crate::keys::{KeyProvider, WrappedKey};
 use crate::lock::{LockKind, RepoLock};
 use crate::object;
 use crate::repo::Repository;
-use crate::sink::{PutMode, Sink};
+use crate::sink::{ObjectMeta, PutMode, Sink};
 
 /// Prefix of key-set generation objects.
 pub const KEYSET_PREFIX: &str = "keys/keyset-";
@@ -35,6 +35,12 @@ pub const KEYSET_PREFIX: &str = "keys/keyset-";
 /// The object name of key-set generation `generation`.
 pub fn keyset_name(generation: u64) -> String {
     format!("{KEYSET_PREFIX}{generation:010}")
+}
+
+/// The order that decides which key-set generation object is in force (the first): the store's
+/// time of writing (where it gives one), then the name. See [`KeyRing::in_force`].
+pub(crate) fn force_order(meta: &ObjectMeta) -> (Option<DateTime<Utc>>, &str) {
+    (meta.last_modified, &meta.key)
 }
 
 fn keyset_aad(generation: u64, copy: &str) -> Vec<u8> {
@@ -142,9 +148,9 @@ impl KeyRing {
     /// Reads every object under `keys/`. Damaged objects are collected, not fatal: another copy
     /// may still open the repository.
     pub async fn load(sink: &dyn Sink) -> Result<KeyRing> {
-        let mut listed: Vec<crate::sink::ObjectMeta> = sink.list("keys/").try_collect().await?;
+        let mut listed: Vec<ObjectMeta> = sink.list("keys/").try_collect().await?;
         // Generations in force order (see `in_force`); copies by name.
-        listed.sort_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)));
+        listed.sort_by(|a, b| force_order(a).cmp(&force_order(b)));
         let mut names: Vec<String> = listed.into_iter().map(|m| m.key).collect();
         names.sort_by_key(|n| !n.starts_with(KEYSET_PREFIX));
         let mut ring = KeyRing::default();

@@ -28,7 +28,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
-use crate::keyring::KEYSET_PREFIX;
+use crate::keyring::{force_order, KEYSET_PREFIX};
 use crate::object::StreamingChecksum;
 use crate::sink::{ObjectMeta, Sink, SinkError};
 
@@ -118,7 +118,7 @@ fn generation_in_force(objects: &HashMap<String, ObjectMeta>) -> Option<String> 
     objects
         .values()
         .filter(|m| m.key.starts_with(KEYSET_PREFIX))
-        .min_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)))
+        .min_by(|a, b| force_order(a).cmp(&force_order(b)))
         .map(|m| m.key.clone())
 }
 
@@ -151,7 +151,7 @@ async fn retire_superseded_generations(
         .values()
         .filter(|m| m.key.starts_with(KEYSET_PREFIX) && m.key != *ours)
         .collect();
-    others.sort_by(|a, b| (b.last_modified, &b.key).cmp(&(a.last_modified, &a.key)));
+    others.sort_by(|a, b| force_order(b).cmp(&force_order(a)));
     for old in &others {
         match replica.delete(&old.key).await {
             Ok(()) => {}
