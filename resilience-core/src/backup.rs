@@ -511,6 +511,9 @@ fn spawn_read_ahead(
         let mut inflight: FuturesOrdered<futures::future::BoxFuture<'static, Result<Ahead>>> =
             FuturesOrdered::new();
         let mut done = false;
+        // Every content reader handed on holds a clone of `open_readers`; when the last one is
+        // read or dropped, `all_read` ends.
+        let (open_readers, mut all_read) = tokio::sync::mpsc::channel::<()>(1);
         loop {
             while !done && inflight.len() < READ_AHEAD_ENTRIES {
                 let entry = match session.next_entry().await {
@@ -528,7 +531,8 @@ fn spawn_read_ahead(
                 let meta = entry.meta;
                 let item: futures::future::BoxFuture<'static, Result<Ahead>> =
                     match (meta.kind, entry.content) {
-                        (EntryKind::File, Some(mut reader)) => {
+                        (EntryKind::File, Some(reader)) => {
+                            let mut reader = TrackedReader::wrap(reader, open_readers.clone());
                             let reuse = match cursor.find(&meta).await {
                                 Ok(r) => r.filter(|content| match content {
                                     Content::Blobs(refs) => {
@@ -579,6 +583,29 @@ fn spawn_read_ahead(
                 None => break,
             }
         }
+        // The walk is over and every entry is on its way: its closing entries come once all
+        // content was read, so a source's stop (Postgres' `pg_backup_stop`) follows its last read.
+        drop(open_readers);
+        let _ = all_read.recv().await;
+        match session.closing_entries().await {
+            Ok(entries) => {
+                for entry in entries {
+                    let item = match entry.content {
+                        Some(reader) if entry.meta.kind == EntryKind::File => {
+                            Ahead::Content(entry.meta, reader)
+                        }
+                        _ => Ahead::NoContent(entry.meta),
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        }
         let finished = session
             .finish()
             .await
@@ -587,6 +614,29 @@ fn spawn_read_ahead(
         let _ = tx.send(finished).await;
     });
     (rx, task)
+}
+
+/// A source's content reader that tells the read-ahead stage, by being dropped, that it is no
+/// longer read from.
+struct TrackedReader {
+    inner: EntryReader,
+    _open: tokio::sync::mpsc::Sender<()>,
+}
+
+impl TrackedReader {
+    fn wrap(inner: EntryReader, open: tokio::sync::mpsc::Sender<()>) -> EntryReader {
+        Box::pin(TrackedReader { inner, _open: open })
+    }
+}
+
+impl tokio::io::AsyncRead for TrackedReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_read(cx, buf)
+    }
 }
 
 impl Repository {

@@ -133,9 +133,20 @@ pub trait SourceSession: Send {
         EntryOrder::Walk
     }
 
-    /// The next entry, or `None` when the snapshot is complete. A source may emit entries
-    /// after finishing its own work (Postgres' `backup_label` after `pg_backup_stop`).
+    /// The next entry, or `None` when the walk is complete (then [`Self::closing_entries`]
+    /// follows).
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError>;
+
+    /// Entries that can only be made once every entry before them has been read in full:
+    /// Postgres' `backup_label` and `tablespace_map`, which `pg_backup_stop` returns and which
+    /// must come after the last data file was read, or the backup is not consistent at its stop
+    /// point.
+    ///
+    /// The engine calls it once, after `next_entry` returned `None` and after every content
+    /// reader it was handed has been read to its end or dropped. By default there are none.
+    async fn closing_entries(&mut self) -> Result<Vec<SourceEntry>, AdapterError> {
+        Ok(Vec::new())
+    }
 
     /// Store-specific metadata, called once after `next_entry` returned `None`.
     async fn finish(&mut self) -> Result<SourceMetadata, AdapterError>;

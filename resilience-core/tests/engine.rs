@@ -572,3 +572,134 @@ async fn latest_is_the_last_started_even_within_one_second() {
     let latest = repo.resolve_snapshot("latest", None).await.unwrap();
     assert_eq!(latest.id, later.id);
 }
+
+/// A source whose walk is followed by a closing entry, as Postgres' `backup_label` follows
+/// `pg_backup_stop`; it records how many of its content readers were still open when asked for
+/// it.
+struct ClosingSource {
+    files: Vec<(String, Vec<u8>)>,
+    open_at_close: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+struct ClosingSession {
+    files: std::vec::IntoIter<(String, Vec<u8>)>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    open_at_close: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+/// Counts itself among the open readers until dropped; reads slowly, so the walk ends long
+/// before its content is read.
+struct CountedSlowReader {
+    inner: std::io::Cursor<Vec<u8>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Drop for CountedSlowReader {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl tokio::io::AsyncRead for CountedSlowReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let sleep = self.sleep.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep(std::time::Duration::from_millis(2)))
+        });
+        std::task::ready!(sleep.as_mut().poll(cx));
+        self.sleep = None;
+        let this = &mut *self;
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+use std::future::Future;
+
+#[async_trait::async_trait]
+impl resilience_core::source::Source for ClosingSource {
+    fn descriptor(&self) -> resilience_core::source::SourceDescriptor {
+        resilience_core::source::SourceDescriptor {
+            id: "closing".into(),
+            kind: "memory".into(),
+        }
+    }
+    async fn start(&self) -> Result<Box<dyn resilience_core::source::SourceSession>, AdapterError> {
+        Ok(Box::new(ClosingSession {
+            files: self.files.clone().into_iter(),
+            open: Arc::default(),
+            open_at_close: self.open_at_close.clone(),
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl resilience_core::source::SourceSession for ClosingSession {
+    async fn next_entry(
+        &mut self,
+    ) -> Result<Option<resilience_core::source::SourceEntry>, AdapterError> {
+        let Some((name, content)) = self.files.next() else {
+            return Ok(None);
+        };
+        self.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Some(resilience_core::source::SourceEntry {
+            meta: EntryMeta::file(name.as_str(), content.len() as u64),
+            content: Some(Box::pin(CountedSlowReader {
+                inner: std::io::Cursor::new(content),
+                open: self.open.clone(),
+                sleep: None,
+            })),
+        }))
+    }
+
+    async fn closing_entries(
+        &mut self,
+    ) -> Result<Vec<resilience_core::source::SourceEntry>, AdapterError> {
+        let open = self.open.load(std::sync::atomic::Ordering::SeqCst);
+        self.open_at_close.lock().unwrap().push(open);
+        let label = b"STOP".to_vec();
+        Ok(vec![resilience_core::source::SourceEntry {
+            meta: EntryMeta::file("zz_label", label.len() as u64),
+            content: Some(Box::pin(std::io::Cursor::new(label))),
+        }])
+    }
+
+    async fn finish(&mut self) -> Result<resilience_core::source::SourceMetadata, AdapterError> {
+        Ok(Default::default())
+    }
+}
+
+#[tokio::test]
+async fn closing_entries_are_asked_for_only_after_every_file_was_read() {
+    let repo = new_repo(Arc::new(MemorySink::new())).await;
+    // Large files are read by the backup loop well after the walk ended; small ones ahead.
+    let files: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| {
+            let len = if i % 3 == 0 { 3 << 20 } else { 4096 };
+            (format!("f{i:02}"), pseudo_random(len, i))
+        })
+        .collect();
+    let open_at_close = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let source = ClosingSource {
+        files: files.clone(),
+        open_at_close: open_at_close.clone(),
+    };
+    let report = repo
+        .backup(&source, BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.record.entries, 25);
+    assert_eq!(
+        *open_at_close.lock().unwrap(),
+        vec![0],
+        "the closing entries were asked for once, with no file still being read"
+    );
+    let target = restore_all(&repo, "latest").await;
+    assert_eq!(target.content("zz_label").unwrap(), b"STOP");
+    for (name, content) in &files {
+        assert_eq!(&target.content(name).unwrap(), content, "{name}");
+    }
+}

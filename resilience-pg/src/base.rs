@@ -17,9 +17,11 @@
 //! modified within [`HOT_WINDOW`] of the backup's start therefore gets no fingerprint: it is
 //! read again next time. Changes made after `pg_backup_start` are repaired by WAL replay.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,7 +29,7 @@ use chrono::{DateTime, Utc};
 use resilience_core::entry::{EntryKind, EntryMeta, EntryPath};
 use resilience_core::fs::DirSource;
 use resilience_core::source::{
-    AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
+    AdapterError, EntryReader, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -304,8 +306,8 @@ impl Source for PgBaseSource {
             pgdata: ours,
             inner,
             tablespace: None,
-            pending: VecDeque::new(),
-            stopped: false,
+            pending: Vec::new(),
+            open_readers: Arc::new(AtomicUsize::new(0)),
             hot_since_ns: hot_since.timestamp_nanos_opt().unwrap_or(i64::MAX),
             init_forks: None,
             fail_on_corrupt_page: self.fail_on_corrupt_page,
@@ -341,8 +343,9 @@ struct PgSession {
     /// The tablespace being walked: its entries' path prefix and its walk.
     tablespace: Option<(Vec<u8>, Box<dyn SourceSession>)>,
     /// Entries produced after the stop (`backup_label`, `tablespace_map`).
-    pending: VecDeque<SourceEntry>,
-    stopped: bool,
+    pending: Vec<SourceEntry>,
+    /// Content readers handed out and not yet dropped: `pg_backup_stop` waits for none.
+    open_readers: Arc<AtomicUsize>,
     hot_since_ns: i64,
     /// The directory last looked at for unlogged relations, and their relfilenodes.
     init_forks: Option<(PathBuf, HashSet<String>)>,
@@ -350,6 +353,28 @@ struct PgSession {
     info: BaseBackupInfo,
     /// Validates relation files' pages, when the cluster has data checksums on.
     pages: Option<PageChecker>,
+}
+
+/// A data file's content reader, counted among the session's open readers until dropped.
+struct CountedReader {
+    inner: EntryReader,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for CountedReader {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl tokio::io::AsyncRead for CountedReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_read(cx, buf)
+    }
 }
 
 /// What to do with an entry of the walk.
@@ -437,6 +462,17 @@ impl PgSession {
         entry.content = Some(pages.wrap(&path, abs, content));
     }
 
+    /// Counts the entry's content reader as open until it is dropped.
+    fn track(&self, entry: &mut SourceEntry) {
+        if let Some(content) = entry.content.take() {
+            self.open_readers.fetch_add(1, Ordering::SeqCst);
+            entry.content = Some(Box::pin(CountedReader {
+                inner: content,
+                open: self.open_readers.clone(),
+            }));
+        }
+    }
+
     /// Marks files modified close to the backup's start as not reusable next time.
     fn cool(&self, meta: &mut EntryMeta) {
         if meta.kind == EntryKind::File && meta.mtime_ns.unwrap_or(i64::MAX) >= self.hot_since_ns {
@@ -479,7 +515,7 @@ impl PgSession {
                 continue;
             };
             let bytes = content.into_bytes();
-            self.pending.push_back(SourceEntry {
+            self.pending.push(SourceEntry {
                 meta: EntryMeta {
                     mode: 0o100600,
                     mtime_ns: self.info.stop_time.timestamp_nanos_opt(),
@@ -540,6 +576,7 @@ impl SourceSession for PgSession {
                         }
                         self.cool(&mut entry.meta);
                         self.check_pages(&mut entry);
+                        self.track(&mut entry);
                         return Ok(Some(entry));
                     }
                     None => {
@@ -547,9 +584,6 @@ impl SourceSession for PgSession {
                         continue;
                     }
                 }
-            }
-            if self.stopped {
-                return Ok(self.pending.pop_front());
             }
             match self.inner.next_entry().await? {
                 Some(mut entry) => {
@@ -561,14 +595,26 @@ impl SourceSession for PgSession {
                     }
                     self.cool(&mut entry.meta);
                     self.check_pages(&mut entry);
+                    self.track(&mut entry);
                     return Ok(Some(entry));
                 }
-                None => {
-                    self.stop().await?;
-                    self.stopped = true;
-                }
+                None => return Ok(None),
             }
         }
+    }
+
+    /// Stops the backup (`pg_backup_stop`), which the engine calls only after every file of the
+    /// walk was read in full, and hands out the `backup_label` and `tablespace_map` it returns.
+    async fn closing_entries(&mut self) -> Result<Vec<SourceEntry>, AdapterError> {
+        let still_read = self.open_readers.load(Ordering::SeqCst);
+        if still_read > 0 {
+            return Err(setup(format!(
+                "pg_backup_stop was asked for while {still_read} file(s) of the data directory \
+                 were still being read: the backup would not be consistent at its stop point"
+            )));
+        }
+        self.stop().await?;
+        Ok(std::mem::take(&mut self.pending))
     }
 
     /// Waits until every relation file handed out has been read (or dropped unread) when pages
