@@ -9,8 +9,8 @@
 
 use std::error::Error;
 
-use resilience_core::backup::BackupOptions;
 use resilience_core::keys::KeyFileProvider;
+use resilience_core::ops::backup::BackupOptions;
 use resilience_core::repo::Repository;
 use resilience_pg::archive::WalArchive;
 use resilience_pg::base::{BaseBackupInfo, PgBaseSource};

@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use resilience_core::catalog::{Catalog, CatalogQuery};
-use resilience_core::fs::{DirSource, DirTarget};
 use resilience_core::keys::KeyFileProvider;
+use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::{InitOptions, Repository};
-use resilience_core::verify::VerifyOptions;
+use resilience_core::source::fs::{DirSource, DirTarget};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

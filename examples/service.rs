@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use resilience_core::backup::BackupOptions;
-use resilience_core::fs::DirSource;
 use resilience_core::health::{self, HealthContext, SourcePolicy};
 use resilience_core::keys::KeyFileProvider;
+use resilience_core::ops::backup::BackupOptions;
+use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::{InitOptions, Repository};
-use resilience_core::schedule::JobSchedule;
-use resilience_core::scheduler::{JobOutcome, ScheduledJob, Scheduler};
-use resilience_core::stop::StopSignal;
-use resilience_core::verify::VerifyOptions;
+use resilience_core::source::fs::DirSource;
+use resilience_core::time::schedule::JobSchedule;
+use resilience_core::time::scheduler::{JobOutcome, ScheduledJob, Scheduler};
+use resilience_core::time::stop::StopSignal;
 
 /// Backs up the service's export directory.
 struct Backup {

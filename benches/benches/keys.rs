@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use resilience_benches::{generate, Kind, Xorshift};
-use resilience_core::blob::{self, BlobKind};
-use resilience_core::crypto::{self, KeySet};
+use resilience_core::internals::blob::{self, BlobKind};
+use resilience_core::internals::crypto::{self, KeySet};
 use resilience_core::keys::KeyFileProvider;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::MemorySink;

@@ -3,9 +3,9 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use resilience_benches::{generate, Kind, Xorshift};
-use resilience_core::blob::{self, BlobKind};
-use resilience_core::chunker::{Chunker, ChunkerParams};
-use resilience_core::crypto::{self, KeySet};
+use resilience_core::internals::blob::{self, BlobKind};
+use resilience_core::internals::chunker::{Chunker, ChunkerParams};
+use resilience_core::internals::crypto::{self, KeySet};
 
 const LEN: usize = 8 << 20;
 

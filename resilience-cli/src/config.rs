@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::Duration;
 use resilience_core::retention::{KeepRules, RetentionDuration};
-use resilience_core::schedule::{JobSchedule, MissedRuns, Window};
+use resilience_core::time::schedule::{JobSchedule, MissedRuns, Window};
 use serde::Deserialize;
 
 /// The whole file.

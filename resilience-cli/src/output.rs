@@ -56,7 +56,7 @@ pub fn record_json(r: &BackupRecord) -> Value {
 }
 
 /// A restore's report as scripts see it.
-pub fn restore_json(report: &resilience_core::restore::RestoreReport) -> Value {
+pub fn restore_json(report: &resilience_core::ops::restore::RestoreReport) -> Value {
     json!({
         "snapshot": report.snapshot,
         "entries": report.entries,

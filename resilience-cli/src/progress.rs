@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use resilience_core::entry::EntryMeta;
-use resilience_core::progress::Progress;
+use resilience_core::ops::progress::Progress;
+use resilience_core::source::entry::EntryMeta;
 
 /// A byte-counting bar (a spinner when the total is unknown) with the current entry as its
 /// message.

@@ -16,9 +16,9 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::KeySet;
 use crate::error::{Error, Result};
-use crate::object::{self, ObjectKind};
+use crate::format::crypto::KeySet;
+use crate::format::object::{self, ObjectKind};
 use crate::sink::{PutMode, Sink};
 use crate::source::{SourceDescriptor, SourceMetadata};
 
@@ -151,7 +151,7 @@ pub struct BackupRecord {
 /// How many paths of files left out a [`Salvage`] names (the count is always complete).
 pub const SALVAGE_PATHS_KEPT: usize = 1000;
 
-/// Where a salvaged snapshot came from ([`crate::repair::snapshots`]): it holds every entry of
+/// Where a salvaged snapshot came from ([`crate::ops::repair::snapshots`]): it holds every entry of
 /// the damaged snapshot `from` that is still restorable, reusing its blobs, and leaves out every
 /// file with a lost blob (never a silently truncated file).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::catalog::{BackupRecord, BackupStatus, Catalog, CatalogQuery, Verification};
 use crate::drill::{DrillReport, DRILL_KIND};
 use crate::error::Result;
-use crate::scheduler::JobStatus;
+use crate::time::scheduler::JobStatus;
 
 /// What a source promises.
 #[derive(Clone, Debug, PartialEq, Eq)]

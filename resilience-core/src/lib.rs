@@ -5,23 +5,28 @@
 //! deduplicating repository format, the catalog, verification and locks. No store-specific
 //! client code lives here.
 //!
-//! The traits:
-//! - [`sink::Sink`] — where repository objects live (an in-memory one is [`sink::MemorySink`]).
-//! - [`source::Source`] and [`source::Target`] — what is backed up and where it is restored.
-//! - [`catalog::Catalog`] — the backup records ([`catalog::RepoCatalog`] keeps them in the
-//!   repository).
-//! - [`keys::KeyProvider`] — where the key that wraps the repository's keys comes from;
-//!   [`keyring`] holds the copies, adds and removes them and rotates the data key.
-//! - [`clock::Clock`] and [`progress::Progress`] — injected time and progress reports.
+//! Read it top-down:
+//! - The traits an adapter implements: [`source::Source`] and [`source::Target`] (what is
+//!   backed up and where it is restored; [`source::fs`] is the directory source and target),
+//!   [`sink::Sink`] (where repository objects live; [`sink::MemorySink`] for tests, wrappers for
+//!   append-only, throttled and faulty stores), [`catalog::Catalog`] (the backup records;
+//!   [`catalog::RepoCatalog`] keeps them in the repository) and [`keys::KeyProvider`] (where
+//!   the key that wraps the repository's keys comes from; [`keys::ring`] holds the copies).
+//! - The repository ([`repo::Repository`]): opening, creating, and its locks ([`repo::lock`]).
+//!   Its byte format is internal (`format`: chunking, blobs, packs, index, snapshots, framing,
+//!   crypto), described in `docs/FORMAT.md`.
+//! - The operations ([`ops`]): backup, restore, verify, prune, replicate, lifecycle (expiry,
+//!   tiers, holds) and repair; key rotation and re-keying in [`keys`].
+//! - Policy and time: [`retention`] (which backups to keep, as a pure function), [`time`]
+//!   (clock, stop signal, schedules, the scheduler).
+//! - What a service watches: [`health`] (the report behind `/health` and `/metrics`) and
+//!   [`drill`] (restore drills and their records).
 //!
-//! The repository ([`repo::Repository`]): [`chunker`] (FastCDC), [`crypto`] (keyed BLAKE3 ids,
-//! XChaCha20-Poly1305), [`blob`], [`pack`], [`index`], [`snapshot`], [`object`] framing, [`lock`]s;
-//! its operations [`backup`], [`restore`], [`verify`], [`repair`] and [`replicate`]. [`fs`] is the directory source and
-//! target. The byte layout is in `docs/FORMAT.md`.
+//! The types a service embeds are re-exported here.
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use resilience_core::{fs::{DirSource, DirTarget}, keys::PassphraseProvider, repo::*, sink::MemorySink};
+//! use resilience_core::{DirSource, DirTarget, InitOptions, MemorySink, PassphraseProvider, Repository};
 //! # async fn demo() -> resilience_core::Result<()> {
 //! let sink = Arc::new(MemorySink::new());
 //! let key = PassphraseProvider::new("correct horse battery staple");
@@ -32,41 +37,37 @@
 //! # Ok(()) }
 //! ```
 
-pub mod backup;
-pub mod blob;
 pub mod catalog;
-pub mod chunker;
-pub mod clock;
-pub mod crypto;
 pub mod drill;
-pub mod entry;
 pub mod error;
-pub mod fs;
+pub(crate) mod format;
 pub mod health;
-pub mod index;
-pub mod keyring;
 pub mod keys;
-pub mod lifecycle;
-pub mod lock;
-pub mod object;
-pub mod pack;
-pub mod progress;
-pub mod prune;
-pub mod repair;
-pub mod replicate;
+pub mod ops;
 pub mod repo;
-pub mod restore;
 pub mod retention;
-pub mod rewrite;
-pub mod schedule;
-pub mod scheduler;
 pub mod sink;
-pub mod snapshot;
 pub mod source;
-pub mod stop;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod throttle;
-pub mod verify;
+pub mod time;
 
 pub use error::{Error, Result};
+
+pub use catalog::{BackupRecord, BackupStatus, Catalog, CatalogQuery, RepoCatalog};
+pub use keys::{EnvKeyProvider, KeyFileProvider, KeyProvider, PassphraseProvider};
+pub use ops::backup::{BackupOptions, BackupReport};
+pub use ops::restore::RestoreOptions;
+pub use ops::verify::{VerifyOptions, VerifyReport};
+pub use repo::{InitOptions, Repository};
+pub use sink::{MemorySink, Sink};
+pub use source::fs::{DirSource, DirTarget};
+pub use source::{Source, Target};
+pub use time::clock::{Clock, SystemClock};
+pub use time::scheduler::Scheduler;
+
+/// The repository format's internals, for benches and format tests only: not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::format::{blob, chunker, crypto, index, object, pack, snapshot};
+}

@@ -13,6 +13,7 @@ mod append_only;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 mod memory;
+pub mod throttle;
 
 pub use append_only::AppendOnlySink;
 pub use memory::MemorySink;
@@ -42,7 +43,7 @@ pub struct ObjectMeta {
     /// such store be proven without hashing it again ([`Sink::put_copy`]).
     pub e_tag: Option<String>,
     /// When the store last wrote the object, by the store's own clock, where it says. Lock
-    /// liveness is judged by these times ([`crate::lock`]), so clients whose clocks disagree
+    /// liveness is judged by these times ([`crate::repo::lock`]), so clients whose clocks disagree
     /// still agree on which locks have lapsed.
     pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
 }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::entry::EntryMeta;
 use crate::sink::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
+use crate::source::entry::EntryMeta;
 use crate::source::{
     AdapterError, ContentWriter, EntryOrder, Source, SourceDescriptor, SourceEntry, SourceMetadata,
     SourceSession, Target,
@@ -108,7 +108,7 @@ impl SourceSession for MemorySession {
         Ok(self.entries.next().map(|(meta, content)| {
             let reader: crate::source::EntryReader = Box::pin(std::io::Cursor::new(content));
             SourceEntry {
-                content: (meta.kind == crate::entry::EntryKind::File).then_some(reader),
+                content: (meta.kind == crate::source::entry::EntryKind::File).then_some(reader),
                 meta,
             }
         }))

@@ -27,22 +27,22 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use resilience_core::blob::BlobId;
 use resilience_core::catalog::{BackupStatus, Catalog};
-use resilience_core::chunker::ChunkerParams;
-use resilience_core::index::{BlobLocation, Index};
+use resilience_core::internals::blob::BlobId;
+use resilience_core::internals::chunker::ChunkerParams;
+use resilience_core::internals::index::{BlobLocation, Index};
+use resilience_core::internals::pack;
 use resilience_core::keys::KeyFileProvider;
-use resilience_core::lock::LockSettings;
-use resilience_core::pack;
-use resilience_core::repair::RepairIndexOptions;
-use resilience_core::repo::{InitOptions, Repository};
-use resilience_core::restore::TreeReader;
-use resilience_core::sink::{MemorySink, Sink};
-use resilience_core::testing::{pseudo_random as data, MemorySource, MemoryTarget};
-use resilience_core::verify::{
+use resilience_core::ops::repair::RepairIndexOptions;
+use resilience_core::ops::restore::TreeReader;
+use resilience_core::ops::verify::{
     DamagedObject, VerifyOptions, VerifyReport, LOST_INDEX, LOST_KEY_SET, REPAIR_INDEX,
     REPAIR_SNAPSHOTS,
 };
+use resilience_core::repo::lock::LockSettings;
+use resilience_core::repo::{InitOptions, Repository};
+use resilience_core::sink::{MemorySink, Sink};
+use resilience_core::testing::{pseudo_random as data, MemorySource, MemoryTarget};
 use tracing::instrument::WithSubscriber;
 
 /// The seed of the default run.
@@ -511,7 +511,7 @@ async fn run_case(kind: Kind, damage: Damage, seed: u64) -> String {
                 damaged: Some((
                     object.clone(),
                     BTreeSet::new(),
-                    Some(resilience_core::verify::repair_key_copy(&copy_id)),
+                    Some(resilience_core::ops::verify::repair_key_copy(&copy_id)),
                 )),
                 restore_names: vec![object],
             };

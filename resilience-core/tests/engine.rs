@@ -4,15 +4,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use resilience_core::backup::BackupOptions;
 use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery};
-use resilience_core::entry::EntryMeta;
 use resilience_core::keys::{KdfParams, KeyFileProvider, PassphraseProvider};
+use resilience_core::ops::backup::BackupOptions;
+use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{MemorySink, Sink};
+use resilience_core::source::entry::EntryMeta;
 use resilience_core::source::{AdapterError, ContentWriter, EntryOrder, Target};
 use resilience_core::testing::{pseudo_random, FaultySink, MemorySource, MemoryTarget};
-use resilience_core::verify::VerifyOptions;
 use resilience_core::Error;
 
 fn key() -> KeyFileProvider {
@@ -74,7 +74,7 @@ async fn unchanged_data_costs_nothing_and_an_insertion_costs_a_few_chunks() {
     assert!(first.record.new_bytes >= 100 << 20);
 
     // Same content, no fingerprint: everything is read and deduplicated.
-    let mut meta = resilience_core::entry::EntryMeta::file("f", data.len() as u64);
+    let mut meta = resilience_core::source::entry::EntryMeta::file("f", data.len() as u64);
     meta.fingerprint = None;
     let second = repo
         .backup(
@@ -218,7 +218,7 @@ async fn pack_used_only_by(repo: &Repository, mem: &MemorySink, snapshot: &str) 
     let mut tree = repo.tree_reader(&record, &index).await.unwrap();
     let rec = tree.next().await.unwrap().unwrap();
     let blob = rec.content.blobs()[0].id;
-    let pack = resilience_core::pack::pack_key(&index.lookup(&blob).unwrap().pack);
+    let pack = resilience_core::internals::pack::pack_key(&index.lookup(&blob).unwrap().pack);
     assert!(packs_of(mem).await.contains(&pack));
     pack
 }

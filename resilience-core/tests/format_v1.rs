@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use resilience_core::keys::KeyFileProvider;
+use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{MemorySink, PutMode, Sink};
 use resilience_core::testing::{MemorySource, MemoryTarget};
-use resilience_core::verify::VerifyOptions;
 
 const KEY: [u8; 32] = [7; 32];
 
@@ -105,7 +105,7 @@ async fn reads_a_repository_written_by_format_version_1() {
 /// the same provider, the format-1 copy removed), then rotate; old and new data restore.
 #[tokio::test]
 async fn a_version_1_repository_upgrades_its_keys_and_rotates() {
-    use resilience_core::keyring::CopyState;
+    use resilience_core::keys::ring::CopyState;
     let sink = load(&fixture_dir()).await;
     let v1 = KeyFileProvider::from_key(KEY);
     let repo = Repository::open(sink.clone(), &v1).await.unwrap();

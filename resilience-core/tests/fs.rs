@@ -1,8 +1,8 @@
 //! The directory source and target on bad input: missing roots, unsafe entry paths, symlink
 //! escapes, non-empty targets; and the walk order.
 
-use resilience_core::entry::{EntryKind, EntryMeta, EntryPath};
-use resilience_core::fs::{DirSource, DirTarget};
+use resilience_core::source::entry::{EntryKind, EntryMeta, EntryPath};
+use resilience_core::source::fs::{DirSource, DirTarget};
 use resilience_core::source::{Source, Target};
 
 #[tokio::test]

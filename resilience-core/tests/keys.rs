@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use resilience_core::keyring::{CopyState, KeyRing, KEYSET_PREFIX};
+use resilience_core::keys::ring::{CopyState, KeyRing, KEYSET_PREFIX};
 use resilience_core::keys::{EnvKeyProvider, KdfParams, KeyFileProvider, PassphraseProvider};
+use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{MemorySink, PutMode, Sink};
 use resilience_core::testing::{pseudo_random, FaultySink, MemorySource, MemoryTarget};
-use resilience_core::verify::VerifyOptions;
 use resilience_core::Error;
 
 fn passphrase(p: &str) -> PassphraseProvider {
@@ -211,7 +211,7 @@ async fn edit(sink: &MemorySink, key: &str, f: impl FnOnce(&mut Vec<u8>)) {
 
 fn fix_checksum(bytes: &mut Vec<u8>) {
     bytes.truncate(bytes.len() - 32);
-    resilience_core::object::append_checksum(bytes);
+    resilience_core::internals::object::append_checksum(bytes);
 }
 
 #[tokio::test]

@@ -7,18 +7,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery};
-use resilience_core::entry::EntryMeta;
 use resilience_core::keys::KeyFileProvider;
-use resilience_core::lock::LockSettings;
-use resilience_core::prune::PruneOptions;
+use resilience_core::ops::prune::PruneOptions;
+use resilience_core::ops::verify::VerifyOptions;
+use resilience_core::repo::lock::LockSettings;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::retention::{self, StandardPolicy};
 use resilience_core::sink::{MemorySink, Sink};
+use resilience_core::source::entry::EntryMeta;
 use resilience_core::source::{
     AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };
 use resilience_core::testing::{pseudo_random as data, FaultySink, MemorySource, MemoryTarget};
-use resilience_core::verify::VerifyOptions;
 
 fn now_prune() -> PruneOptions {
     PruneOptions {

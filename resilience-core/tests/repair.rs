@@ -11,13 +11,15 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use resilience_core::catalog::{BackupStatus, Catalog};
 use resilience_core::keys::KeyFileProvider;
-use resilience_core::lock::LockSettings;
-use resilience_core::prune::PruneOptions;
-use resilience_core::repair::{Loss, RepairIndexOptions, RepairSnapshotsOptions, SalvageAction};
+use resilience_core::ops::prune::PruneOptions;
+use resilience_core::ops::repair::{
+    Loss, RepairIndexOptions, RepairSnapshotsOptions, SalvageAction,
+};
+use resilience_core::ops::verify::{VerifyOptions, LOST_INDEX, REPAIR_INDEX, REPAIR_SNAPSHOTS};
+use resilience_core::repo::lock::LockSettings;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{AppendOnlySink, MemorySink, Sink};
 use resilience_core::testing::{pseudo_random as data, FaultySink, MemorySource, MemoryTarget};
-use resilience_core::verify::{VerifyOptions, LOST_INDEX, REPAIR_INDEX, REPAIR_SNAPSHOTS};
 
 /// How one index file is harmed.
 #[derive(Clone, Copy, Debug)]
@@ -389,7 +391,10 @@ async fn files_using_pack(repo: &Repository, id: &str, pack: &str) -> Vec<(Strin
         let blobs = rec.content.blobs();
         let there = blobs
             .iter()
-            .filter(|b| resilience_core::pack::pack_key(&index.lookup(&b.id).unwrap().pack) == pack)
+            .filter(|b| {
+                resilience_core::internals::pack::pack_key(&index.lookup(&b.id).unwrap().pack)
+                    == pack
+            })
             .count();
         if there > 0 {
             out.push((rec.meta.path.to_string(), there, blobs.len()));
@@ -454,7 +459,7 @@ async fn a_lost_pack_names_its_snapshot_and_files_and_salvage_keeps_everything_e
         let tree = packed
             .blobs
             .iter()
-            .any(|b| b.kind == resilience_core::blob::BlobKind::Tree);
+            .any(|b| b.kind == resilience_core::internals::blob::BlobKind::Tree);
         if !tree && files_using_pack(&repo, &second.id, &pack).await.is_empty() {
             chosen = Some(pack);
             break;
@@ -548,7 +553,7 @@ async fn a_lost_pack_names_its_snapshot_and_files_and_salvage_keeps_everything_e
                 table
                     .blobs
                     .iter()
-                    .all(|b| b.kind == resilience_core::blob::BlobKind::Tree),
+                    .all(|b| b.kind == resilience_core::internals::blob::BlobKind::Tree),
                 "{k} holds data"
             );
         }
@@ -605,7 +610,8 @@ async fn files_using_pack_candidates(repo: &Repository, id: &str, path: &str) ->
     while let Some(rec) = tree.next().await.unwrap() {
         if rec.meta.path.to_string() == path {
             for b in rec.content.blobs() {
-                let k = resilience_core::pack::pack_key(&index.lookup(&b.id).unwrap().pack);
+                let k =
+                    resilience_core::internals::pack::pack_key(&index.lookup(&b.id).unwrap().pack);
                 if !out.contains(&k) {
                     out.push(k);
                 }
@@ -620,7 +626,7 @@ async fn a_damaged_tree_blob_loses_the_entries_after_it_and_salvage_keeps_those_
     let mem = Arc::new(MemorySink::new());
     let options = InitOptions {
         pack_size: 1 << 20,
-        chunker: resilience_core::chunker::ChunkerParams {
+        chunker: resilience_core::internals::chunker::ChunkerParams {
             min_size: 16 << 10,
             avg_size: 32 << 10,
             max_size: 64 << 10,
@@ -650,18 +656,18 @@ async fn a_damaged_tree_blob_loses_the_entries_after_it_and_salvage_keeps_those_
     let cut = manifest.tree.len() / 2;
     let index = repo.load_index().await.unwrap();
     let loc = index.lookup(&manifest.tree[cut].id).unwrap();
-    let pack = resilience_core::pack::pack_key(&loc.pack);
+    let pack = resilience_core::internals::pack::pack_key(&loc.pack);
     let mut bytes = mem.get(&pack).await.unwrap().to_vec();
     let at = loc.offset as usize + loc.length as usize / 2;
     bytes[at..at + 3].iter_mut().for_each(|b| *b ^= 0x5a);
     mem.tamper(&pack, bytes.into());
 
     // What is readable: the records wholly inside the tree blobs before the damaged one.
-    let mut decoder = resilience_core::snapshot::TreeDecoder::new();
+    let mut decoder = resilience_core::internals::snapshot::TreeDecoder::new();
     let mut readable = Vec::new();
     for r in &manifest.tree[..cut] {
         let at = index.lookup(&r.id).unwrap();
-        let piece = resilience_core::restore::read_blob(&repo, r.id, at)
+        let piece = resilience_core::ops::restore::read_blob(&repo, r.id, at)
             .await
             .unwrap();
         decoder.feed(&piece);
@@ -740,7 +746,9 @@ async fn damage_inside_a_pack_is_found_by_reading_data() {
     while let Some(rec) = tree.next().await.unwrap() {
         for b in rec.content.blobs() {
             let loc = index.lookup(&b.id).unwrap();
-            if resilience_core::pack::pack_key(&loc.pack) == pack && target_blob.is_none() {
+            if resilience_core::internals::pack::pack_key(&loc.pack) == pack
+                && target_blob.is_none()
+            {
                 target_blob = Some(loc);
             }
         }

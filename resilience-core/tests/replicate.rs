@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use resilience_core::keys::KeyFileProvider;
-use resilience_core::replicate::{replicate, ReplicateOptions};
+use resilience_core::ops::replicate::{replicate, ReplicateOptions};
+use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{MemorySink, Sink};
 use resilience_core::testing::{pseudo_random as data, FaultySink, MemorySource, MemoryTarget};
-use resilience_core::verify::VerifyOptions;
 
 fn key() -> KeyFileProvider {
     KeyFileProvider::from_key([7; 32])
@@ -192,7 +192,7 @@ async fn damage_is_not_replicated() {
 /// and the new copy opens it), and a generation not in force at the source is never copied.
 #[tokio::test]
 async fn a_change_of_keys_reaches_the_replica_and_a_forged_generation_does_not() {
-    use resilience_core::keyring::{encode_keyset_object, keyset_name, seal_generation};
+    use resilience_core::keys::ring::{encode_keyset_object, keyset_name, seal_generation};
     use resilience_core::sink::PutMode;
 
     let (src_sink, repo) = source_repo().await;
@@ -221,7 +221,7 @@ async fn a_change_of_keys_reaches_the_replica_and_a_forged_generation_does_not()
     // A forgery at the source, sealed to every copy: not in force there, never copied.
     let ring = repo.key_ring().await.unwrap();
     let forged = seal_generation(
-        &resilience_core::crypto::KeySet::generate(),
+        &resilience_core::internals::crypto::KeySet::generate(),
         ring.latest_generation() + 1,
         &ring.copies.iter().collect::<Vec<_>>(),
         chrono::Utc::now(),

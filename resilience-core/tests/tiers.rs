@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery, Tier};
 use resilience_core::keys::KeyFileProvider;
-use resilience_core::prune::PruneOptions;
+use resilience_core::ops::prune::PruneOptions;
+use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::retention::{self, Action, RetentionPlan, StandardPolicy};
 use resilience_core::sink::{MemorySink, Sink};
 use resilience_core::testing::{pseudo_random as data, MemorySource, MemoryTarget};
-use resilience_core::verify::VerifyOptions;
 
 #[tokio::test]
 async fn old_backups_move_to_cold_restore_from_there_and_hot_space_is_freed() {

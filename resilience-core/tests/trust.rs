@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 use resilience_core::catalog::{BackupStatus, Catalog};
-use resilience_core::clock::{Clock, ManualClock};
 use resilience_core::error::Error;
 use resilience_core::keys::KeyFileProvider;
-use resilience_core::lock::{list_locks, LockKind, LockSettings, RepoLock};
-use resilience_core::prune::PruneOptions;
+use resilience_core::ops::prune::PruneOptions;
+use resilience_core::ops::verify::VerifyOptions;
+use resilience_core::repo::lock::{list_locks, LockKind, LockSettings, RepoLock};
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::retention::{self, StandardPolicy};
 use resilience_core::sink::{MemorySink, Sink};
 use resilience_core::testing::{pseudo_random as data, MemorySource, MemoryTarget, PausableSink};
-use resilience_core::verify::VerifyOptions;
+use resilience_core::time::clock::{Clock, ManualClock};
 
 const KEY: [u8; 32] = [3; 32];
 
@@ -170,7 +170,7 @@ async fn a_backup_paused_after_its_manifest_never_claims_lost_data() {
 async fn a_slow_heartbeat_marks_the_lock_lapsed() {
     let store: Arc<dyn Sink> = Arc::new(MemorySink::new());
     let slow = Arc::new(PausableSink::new(store.clone()));
-    let clock: Arc<dyn Clock> = Arc::new(resilience_core::clock::SystemClock);
+    let clock: Arc<dyn Clock> = Arc::new(resilience_core::time::clock::SystemClock);
     let ttl = Duration::from_millis(400);
     let lock = RepoLock::acquire(
         slow.clone(),
@@ -255,7 +255,7 @@ async fn racing_exclusive_takers_never_both_hold_and_one_gets_through() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let clock: Arc<dyn Clock> = Arc::new(resilience_core::clock::SystemClock);
+    let clock: Arc<dyn Clock> = Arc::new(resilience_core::time::clock::SystemClock);
     let mut won = 0;
     for round in 0..rounds {
         let store: Arc<dyn Sink> = Arc::new(MemorySink::new());
@@ -481,8 +481,8 @@ async fn a_damaged_catalog_revision_falls_back_to_the_newest_intact_one() {
 /// keys and restores; the forged copy does not open; the next change of keys removes them.
 #[tokio::test]
 async fn a_forged_key_set_generation_never_comes_into_force() {
-    use resilience_core::crypto::KeySet;
-    use resilience_core::keyring::{self, keyset_name, CopyState};
+    use resilience_core::internals::crypto::KeySet;
+    use resilience_core::keys::ring::{self as keyring, keyset_name, CopyState};
     use resilience_core::sink::{AppendOnlySink, PutMode};
 
     let store = Arc::new(MemorySink::new());
@@ -502,7 +502,7 @@ async fn a_forged_key_set_generation_never_comes_into_force() {
     let thief = KeyFileProvider::from_key([9; 32]);
     let (thief_copy, _) = keyring::new_copy(&thief, Utc::now()).await.unwrap();
     let mut copy_bytes = serde_json::to_vec(&thief_copy).unwrap();
-    resilience_core::object::append_checksum(&mut copy_bytes);
+    resilience_core::internals::object::append_checksum(&mut copy_bytes);
     writer_sink
         .put(
             &thief_copy.object_name(),
@@ -599,7 +599,7 @@ async fn a_forged_key_set_generation_never_comes_into_force() {
 /// pack); every snapshot restores identical.
 #[tokio::test]
 async fn a_forged_pack_claiming_existing_blobs_never_makes_prune_drop_the_real_copies() {
-    use resilience_core::pack::{pack_key, PackBuilder};
+    use resilience_core::internals::pack::{pack_key, PackBuilder};
     use resilience_core::sink::{AppendOnlySink, PutMode};
 
     let (store, admin, ids) = repository_with_backups(2).await;
@@ -633,7 +633,7 @@ async fn a_forged_pack_claiming_existing_blobs_never_makes_prune_drop_the_real_c
         .await
         .unwrap();
     writer
-        .write_index(&[resilience_core::index::PackRecord {
+        .write_index(&[resilience_core::internals::index::PackRecord {
             id: forged_id,
             size: bytes.len() as u64,
             key_id: writer.keys().current_key_id(),

@@ -27,8 +27,8 @@ use object_store::{
     PutMultipartOptions, PutOptions, WriteMultipart,
 };
 use resilience_core::catalog::BackupRecord;
-use resilience_core::entry::{EntryKind, EntryMeta};
 use resilience_core::repo::Repository;
+use resilience_core::source::entry::{EntryKind, EntryMeta};
 use resilience_core::source::{
     AdapterError, ContentWriter, EntryOrder, EntryReader, Source, SourceDescriptor, SourceEntry,
     SourceMetadata, SourceSession, Target,
@@ -1126,8 +1126,8 @@ mod tests {
             .unwrap();
         let mut walk: Vec<&str> = ODD_ORDER.to_vec();
         walk.sort_by(|a, b| {
-            resilience_core::entry::EntryPath::from(*a)
-                .walk_cmp(&resilience_core::entry::EntryPath::from(*b))
+            resilience_core::source::entry::EntryPath::from(*a)
+                .walk_cmp(&resilience_core::source::entry::EntryPath::from(*b))
         });
         assert_eq!(keys, walk);
         assert_ne!(walk, ODD_ORDER, "the walk differs from byte order");

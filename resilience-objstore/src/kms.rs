@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use resilience_core::crypto::SecretKey;
+use resilience_core::keys::SecretKey;
 use resilience_core::keys::{KeyProvider, WrappedKey};
 use resilience_core::{Error, Result};
 use serde_json::json;

@@ -13,7 +13,7 @@
 use async_trait::async_trait;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use resilience_core::crypto::SecretKey;
+use resilience_core::keys::SecretKey;
 use resilience_core::keys::{KeyProvider, WrappedKey};
 use resilience_core::{Error, Result};
 use serde_json::json;

@@ -71,7 +71,7 @@ async fn one_kms_call_per_run_not_per_blob() {
     let init = provider(&key);
     let opts = InitOptions {
         pack_size: 1 << 20,
-        chunker: resilience_core::chunker::ChunkerParams {
+        chunker: resilience_core::internals::chunker::ChunkerParams {
             min_size: 64 * 1024,
             avg_size: 256 * 1024,
             max_size: 1 << 20,
@@ -129,7 +129,7 @@ async fn a_damaged_kms_ciphertext_is_refused_naming_the_copy() {
     raw[mid] = if raw[mid] == b'A' { b'B' } else { b'A' };
     edited.params["encrypted_kek"] = serde_json::json!(String::from_utf8(raw).unwrap());
     let mut body = serde_json::to_vec(&edited).unwrap();
-    resilience_core::object::append_checksum(&mut body);
+    resilience_core::internals::object::append_checksum(&mut body);
     let name = copy.object_name();
     sink.put(&name, body.into(), PutMode::Overwrite)
         .await

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use resilience_core::fs::{DirSource, DirTarget};
 use resilience_core::keys::KeyFileProvider;
+use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::Sink;
-use resilience_core::verify::VerifyOptions;
+use resilience_core::source::fs::{DirSource, DirTarget};
 use resilience_objstore::{open_sink, open_sink_or_create};
 
 #[derive(Clone, Debug)]

@@ -1,6 +1,7 @@
 //! The WAL archive: one sealed object per WAL file, beside the repository's packs.
 //!
-//! `wal/<source>/<file name>` holds a sealed object (kind `Wal`): a JSON header (size, BLAKE3 of
+//! `wal/<source>/<file name>` is an item of the repository's side archive `<source>`
+//! ([`resilience_core::repo::side`]): a JSON header (size, BLAKE3 of
 //! the content, when it was archived, the segment's [`SegmentSummary`]) followed by the file's
 //! bytes, compressed and encrypted as every sealed object is. WAL does not go through the
 //! chunk-and-pack engine: a segment is written once, never deduplicates against anything, and
@@ -19,8 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use resilience_core::crypto::KeySet;
-use resilience_core::object::{self, ObjectKind};
+use resilience_core::repo::side::{SideArchive, SideObject};
 use resilience_core::sink::{PutMode, Sink, SinkError};
 use serde::{Deserialize, Serialize};
 
@@ -68,9 +68,9 @@ pub struct ArchivedFile {
 #[derive(Clone)]
 pub struct WalArchive {
     sink: Arc<dyn Sink>,
-    keys: Arc<KeySet>,
+    side: SideArchive,
     source: String,
-    clock: Arc<dyn resilience_core::clock::Clock>,
+    clock: Arc<dyn resilience_core::time::clock::Clock>,
 }
 
 /// The source name used when none is given.
@@ -86,7 +86,7 @@ impl WalArchive {
         }
         Ok(WalArchive {
             sink: repo.sink().clone(),
-            keys: repo.keys().clone(),
+            side: repo.side_archive(source)?,
             source: source.to_owned(),
             clock: repo.clock().clone(),
         })
@@ -98,7 +98,7 @@ impl WalArchive {
     }
 
     fn key(&self, name: &str) -> String {
-        format!("wal/{}/{name}", self.source)
+        self.side.key(name)
     }
 
     fn check_name(name: &str) -> Result<WalFileKind, PgError> {
@@ -142,7 +142,7 @@ impl WalArchive {
             .as_ref()
             .map(|s| s.restore_points.clone())
             .unwrap_or_default();
-        let keys = self.keys.clone();
+        let side = self.side.clone();
         let object_name = key.clone();
         let sealed = tokio::task::spawn_blocking(move || {
             let mut payload = serde_json::to_vec(&header).expect("serializes");
@@ -150,7 +150,7 @@ impl WalArchive {
             framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             framed.append(&mut payload);
             framed.extend_from_slice(&content);
-            object::seal_object(&keys, ObjectKind::Wal, &object_name, &framed)
+            side.seal(SideObject::Item, &object_name, &framed)
         })
         .await
         .map_err(|e| PgError::Invalid(format!("sealing {name}: {e}")))?;
@@ -189,13 +189,12 @@ impl WalArchive {
     }
 
     async fn note_restore_point(&self, point: &RestorePoint) -> Result<(), PgError> {
-        let key = format!(
-            "wal/{}/restore-points/{}",
-            self.source,
+        let key = self.side.key(&format!(
+            "restore-points/{}",
             hex::encode(point.name.as_bytes())
-        );
+        ));
         let payload = serde_json::to_vec(point).expect("serializes");
-        let sealed = object::seal_object(&self.keys, ObjectKind::WalNote, &key, &payload);
+        let sealed = self.side.seal(SideObject::Note, &key, &payload);
         match self.sink.put(&key, sealed.into(), PutMode::Create).await {
             // A name used twice: recovery stops at the first, which is the one kept.
             Ok(()) | Err(SinkError::AlreadyExists { .. }) => Ok(()),
@@ -212,8 +211,8 @@ impl WalArchive {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let keys = self.keys.clone();
-        let (header, content) = tokio::task::spawn_blocking(move || open(&keys, &key, &bytes))
+        let side = self.side.clone();
+        let (header, content) = tokio::task::spawn_blocking(move || open(&side, &key, &bytes))
             .await
             .map_err(|e| PgError::Invalid(format!("opening {name}: {e}")))??;
         Ok(Some((header, content)))
@@ -227,7 +226,7 @@ impl WalArchive {
 
     /// Every archived WAL file, sorted by name.
     pub async fn list(&self) -> Result<Vec<ArchivedFile>, PgError> {
-        let prefix = format!("wal/{}/", self.source);
+        let prefix = self.side.prefix().to_owned();
         let mut out: Vec<ArchivedFile> = self
             .sink
             .list(&prefix)
@@ -265,7 +264,7 @@ impl WalArchive {
 
     /// Every restore point noted at push time, in the order they were found.
     pub async fn restore_points(&self) -> Result<Vec<RestorePoint>, PgError> {
-        let prefix = format!("wal/{}/restore-points/", self.source);
+        let prefix = self.side.key("restore-points/");
         let keys: Vec<String> = self
             .sink
             .list(&prefix)
@@ -275,7 +274,7 @@ impl WalArchive {
         let mut out = Vec::new();
         for key in keys {
             let bytes = self.sink.get(&key).await?;
-            let payload = object::open_object(&self.keys, ObjectKind::WalNote, &key, &bytes)?;
+            let payload = self.side.open(SideObject::Note, &key, &bytes)?;
             let point: RestorePoint = serde_json::from_slice(&payload)
                 .map_err(|e| PgError::corrupt(&key, format!("does not parse: {e}")))?;
             out.push(point);
@@ -297,8 +296,8 @@ impl WalArchive {
 
 /// Checks and opens a sealed WAL object: its header and its content, whose length and BLAKE3
 /// are checked against the header.
-fn open(keys: &KeySet, key: &str, bytes: &[u8]) -> Result<(WalHeader, Bytes), PgError> {
-    let framed = object::open_object(keys, ObjectKind::Wal, key, bytes)?;
+fn open(side: &SideArchive, key: &str, bytes: &[u8]) -> Result<(WalHeader, Bytes), PgError> {
+    let framed = side.open(SideObject::Item, key, bytes)?;
     let bad = |why: &str| PgError::corrupt(key, why);
     let len = u32::from_le_bytes(
         framed

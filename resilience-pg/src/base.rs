@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use resilience_core::entry::{EntryKind, EntryMeta, EntryPath};
-use resilience_core::fs::DirSource;
+use resilience_core::source::entry::{EntryKind, EntryMeta, EntryPath};
+use resilience_core::source::fs::DirSource;
 use resilience_core::source::{
     AdapterError, EntryReader, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use resilience_core::fs::DirTarget;
+use resilience_core::ops::restore::{RestoreOptions, RestoreReport};
 use resilience_core::repo::Repository;
-use resilience_core::restore::{RestoreOptions, RestoreReport};
+use resilience_core::source::fs::DirTarget;
 use serde::Serialize;
 
 use crate::archive::WalArchive;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
-use resilience_core::entry::{EntryKind, EntryMeta, UNKNOWN_SIZE};
+use resilience_core::source::entry::{EntryKind, EntryMeta, UNKNOWN_SIZE};
 use resilience_core::source::{
     AdapterError, ContentWriter, EntryReader, Source, SourceDescriptor, SourceEntry,
     SourceMetadata, SourceSession, Target,

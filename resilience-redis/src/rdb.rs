@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use resilience_core::entry::EntryMeta;
+use resilience_core::source::entry::EntryMeta;
 use resilience_core::source::{
     AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };

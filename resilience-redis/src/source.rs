@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use fred::prelude::*;
 use fred::types::Value;
 use futures::TryStreamExt;
-use resilience_core::entry::EntryMeta;
+use resilience_core::source::entry::EntryMeta;
 use resilience_core::source::{
     AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };

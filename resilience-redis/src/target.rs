@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::*;
-use resilience_core::entry::{EntryKind, EntryMeta};
+use resilience_core::sink::throttle::RateLimiter;
+use resilience_core::source::entry::{EntryKind, EntryMeta};
 use resilience_core::source::{AdapterError, ContentWriter, Target};
-use resilience_core::throttle::RateLimiter;
 use serde::Serialize;
 
 use crate::connect::{max_rdb_version, Connection};

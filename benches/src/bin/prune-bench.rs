@@ -10,18 +10,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use resilience_benches::Xorshift;
-use resilience_core::blob::{self, BlobKind};
 use resilience_core::catalog::{BackupKind, BackupRecord, BackupStatus, Catalog, CatalogQuery};
-use resilience_core::chunker::ChunkerParams;
-use resilience_core::index::PackRecord;
+use resilience_core::internals::blob::{self, BlobKind};
+use resilience_core::internals::chunker::ChunkerParams;
+use resilience_core::internals::index::PackRecord;
+use resilience_core::internals::object::{self, ObjectKind};
+use resilience_core::internals::pack::{self, PackBuilder};
+use resilience_core::internals::snapshot::{self, BlobRef, Content, Manifest, TreeRecord};
 use resilience_core::keys::KeyFileProvider;
-use resilience_core::object::{self, ObjectKind};
-use resilience_core::pack::{self, PackBuilder};
-use resilience_core::prune::PruneOptions;
+use resilience_core::ops::prune::PruneOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::retention::{Action, Decision, RetentionPlan};
 use resilience_core::sink::PutMode;
-use resilience_core::snapshot::{self, BlobRef, Content, Manifest, TreeRecord};
 use resilience_core::source::SourceDescriptor;
 
 const KEY: [u8; 32] = [9; 32];
@@ -76,7 +76,7 @@ async fn build(dir: &str, snapshots: usize, per: usize) {
         let mut tree = Vec::new();
         snapshot::encode_record(
             &TreeRecord {
-                meta: resilience_core::entry::EntryMeta::file("data", (per * 200) as u64),
+                meta: resilience_core::source::entry::EntryMeta::file("data", (per * 200) as u64),
                 content: Content::Blobs(refs),
             },
             &mut tree,
@@ -220,7 +220,7 @@ async fn prune(dir: &str) {
     }
 }
 
-fn serde_json_report(r: &resilience_core::prune::PruneReport) -> String {
+fn serde_json_report(r: &resilience_core::ops::prune::PruneReport) -> String {
     serde_json::to_string(r).expect("reports serialize")
 }
 

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use resilience_core::backup::{BackupOptions, BackupReport};
-use resilience_core::fs::DirSource;
-use resilience_core::progress::Progress;
+use resilience_core::ops::backup::{BackupOptions, BackupReport};
+use resilience_core::ops::progress::Progress;
 use resilience_core::repo::Repository;
+use resilience_core::source::fs::DirSource;
 use resilience_core::source::Source;
 use serde_json::json;
 

@@ -1,6 +1,6 @@
 //! `bucket backup` and `bucket restore`.
 
-use resilience_core::restore::RestoreOptions;
+use resilience_core::ops::restore::RestoreOptions;
 use std::sync::Arc;
 
 use resilience_objstore::bucket::{plan_as_of, BucketRestoreOptions, BucketSource, BucketTarget};

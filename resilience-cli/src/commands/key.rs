@@ -1,6 +1,6 @@
 //! `key`: list, add and remove the repository's key copies; rotate its data key.
 
-use resilience_core::keyring::{CopyState, KeyRing};
+use resilience_core::keys::ring::{CopyState, KeyRing};
 use resilience_core::keys::{EnvKeyProvider, KeyFileProvider, KeyProvider, PassphraseProvider};
 use resilience_core::repo::Repository;
 use resilience_objstore::kms::KmsProvider;

@@ -44,7 +44,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             dry_run,
             verify_read_back,
         } => {
-            let options = resilience_core::replicate::ReplicateOptions {
+            let options = resilience_core::ops::replicate::ReplicateOptions {
                 concurrency: *concurrency,
                 dry_run: *dry_run,
                 verify_read_back: *verify_read_back,

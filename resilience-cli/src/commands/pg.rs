@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use resilience_core::progress::Progress;
-use resilience_core::restore::RestoreOptions;
+use resilience_core::ops::progress::Progress;
+use resilience_core::ops::restore::RestoreOptions;
 use resilience_pg::archive::WalArchive;
 use resilience_pg::base::{BaseBackupInfo, PgBaseSource};
 use resilience_pg::catalog::{self, PgCatalog};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use resilience_core::prune::PruneOptions;
+use resilience_core::ops::prune::PruneOptions;
 use resilience_core::retention::RetentionDuration;
 
 use crate::access;

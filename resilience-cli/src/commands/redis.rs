@@ -1,6 +1,6 @@
 //! `redis backup`, `redis backup-rdb`, `redis restore`, `redis compare`.
 
-use resilience_core::restore::RestoreOptions;
+use resilience_core::ops::restore::RestoreOptions;
 use resilience_redis::connect::RedisEndpoint;
 use resilience_redis::rdb::RdbFileSource;
 use resilience_redis::source::RedisSource;

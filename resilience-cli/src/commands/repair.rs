@@ -2,7 +2,7 @@
 //! `repair snapshots [--dry-run] [--salvage] [--read-data]`: name the snapshots that lost data
 //! and salvage what is still restorable.
 
-use resilience_core::repair::{
+use resilience_core::ops::repair::{
     Loss, RepairIndexOptions, RepairIndexReport, RepairSnapshotsOptions, RepairSnapshotsReport,
     SalvageAction,
 };

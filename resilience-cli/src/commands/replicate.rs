@@ -1,8 +1,8 @@
 //! `replicate --to URL`: the repository's objects into a replica, proven, with the lag.
 
-use resilience_core::replicate::{replicate, ReplicateOptions};
+use resilience_core::ops::replicate::{replicate, ReplicateOptions};
+use resilience_core::sink::throttle::share_budget;
 use resilience_core::sink::Sink;
-use resilience_core::throttle::share_budget;
 use serde_json::json;
 
 use crate::access;

@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use resilience_core::fs::DirTarget;
-use resilience_core::progress::Progress;
-use resilience_core::restore::RestoreOptions;
+use resilience_core::ops::progress::Progress;
+use resilience_core::ops::restore::RestoreOptions;
+use resilience_core::source::fs::DirTarget;
 
 use crate::access;
 use crate::cli::Global;

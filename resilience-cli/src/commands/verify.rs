@@ -1,7 +1,7 @@
 //! `verify [--full]`: is every snapshot restorable? Exit status 3 names every damaged object
 //! and the snapshots it affects.
 
-use resilience_core::verify::{VerifyOptions, VerifyReport, REPAIR_SNAPSHOTS};
+use resilience_core::ops::verify::{VerifyOptions, VerifyReport, REPAIR_SNAPSHOTS};
 
 use crate::access;
 use crate::cli::Global;

@@ -5,19 +5,19 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use resilience_core::backup::BackupOptions;
 use resilience_core::catalog::{Catalog, CatalogQuery};
-use resilience_core::fs::DirSource;
 use resilience_core::health::ReplicationHealth;
-use resilience_core::prune::PruneOptions;
-use resilience_core::replicate::{replicate, ReplicateOptions};
+use resilience_core::ops::backup::BackupOptions;
+use resilience_core::ops::prune::PruneOptions;
+use resilience_core::ops::replicate::{replicate, ReplicateOptions};
+use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::Repository;
 use resilience_core::retention::{self, StandardPolicy};
-use resilience_core::scheduler::{JobOutcome, ScheduledJob};
+use resilience_core::sink::throttle::share_budget;
+use resilience_core::source::fs::DirSource;
 use resilience_core::source::Source;
-use resilience_core::stop::StopSignal;
-use resilience_core::throttle::share_budget;
-use resilience_core::verify::VerifyOptions;
+use resilience_core::time::scheduler::{JobOutcome, ScheduledJob};
+use resilience_core::time::stop::StopSignal;
 use resilience_objstore::bucket::BucketSource;
 use resilience_pg::base::PgBaseSource;
 use resilience_redis::connect::RedisEndpoint;
@@ -69,7 +69,7 @@ pub async fn back_up_source(
     repo: &Repository,
     s: &SourceConfig,
     stop: Option<StopSignal>,
-) -> Result<resilience_core::backup::BackupReport, CliError> {
+) -> Result<resilience_core::ops::backup::BackupReport, CliError> {
     let source = build_source(s)?;
     let mut labels = s.labels.clone();
     labels.extend(drill::backup_figures(s).await?);

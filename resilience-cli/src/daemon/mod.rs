@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery};
 use resilience_core::health::SourcePolicy;
-use resilience_core::scheduler::Scheduler;
-use resilience_core::stop::StopSignal;
+use resilience_core::time::scheduler::Scheduler;
+use resilience_core::time::stop::StopSignal;
 
 use crate::access;
 use crate::cli::Global;

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use resilience_core::catalog::{Catalog, CatalogQuery, RepoCatalog};
-use resilience_core::clock::Clock;
 use resilience_core::health::{self, HealthContext, HealthReport, SourcePolicy};
-use resilience_core::scheduler::JobBoard;
+use resilience_core::time::clock::Clock;
+use resilience_core::time::scheduler::JobBoard;
 
 use super::jobs::Shared;
 use super::webhook::AlertTracker;

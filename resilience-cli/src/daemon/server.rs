@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use resilience_core::stop::StopSignal;
+use resilience_core::time::stop::StopSignal;
 
 use super::monitor::Monitor;
 

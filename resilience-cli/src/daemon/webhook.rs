@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use resilience_core::health::HealthReport;
-use resilience_core::scheduler::JobStatus;
-use resilience_core::stop::StopSignal;
+use resilience_core::time::scheduler::JobStatus;
+use resilience_core::time::stop::StopSignal;
 use serde_json::{json, Value};
 
 use super::monitor::Monitor;

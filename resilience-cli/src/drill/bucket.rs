@@ -6,8 +6,8 @@ use std::path::Path;
 
 use resilience_core::catalog::BackupRecord;
 use resilience_core::drill::DrillCheck;
+use resilience_core::ops::restore::RestoreOptions;
 use resilience_core::repo::Repository;
-use resilience_core::restore::RestoreOptions;
 use resilience_objstore::bucket::{BucketRestoreOptions, BucketTarget};
 
 use super::{chain, restore_check, Drilled};

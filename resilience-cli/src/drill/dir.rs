@@ -5,9 +5,9 @@ use std::path::Path;
 
 use resilience_core::catalog::BackupRecord;
 use resilience_core::drill::DrillCheck;
-use resilience_core::fs::DirTarget;
+use resilience_core::ops::restore::RestoreOptions;
 use resilience_core::repo::Repository;
-use resilience_core::restore::RestoreOptions;
+use resilience_core::source::fs::DirTarget;
 
 use super::{restore_check, Drilled};
 

@@ -159,7 +159,7 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 
 /// The check of a restore's result: what was restored, or the error naming what failed.
 pub(crate) fn restore_check(
-    result: &Result<resilience_core::restore::RestoreReport, impl std::error::Error>,
+    result: &Result<resilience_core::ops::restore::RestoreReport, impl std::error::Error>,
 ) -> DrillCheck {
     match result {
         Ok(r) => DrillCheck::pass(

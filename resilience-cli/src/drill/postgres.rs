@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use resilience_core::catalog::BackupRecord;
 use resilience_core::drill::DrillCheck;
+use resilience_core::ops::restore::RestoreOptions;
 use resilience_core::repo::Repository;
-use resilience_core::restore::RestoreOptions;
 use resilience_pg::archive::WalArchive;
 use resilience_pg::base::BaseBackupInfo;
 use resilience_pg::recovery::{self, RecoveryOptions, RecoveryTarget, StartOptions, TargetAction};

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use resilience_core::catalog::BackupRecord;
 use resilience_core::drill::DrillCheck;
+use resilience_core::ops::restore::RestoreOptions;
 use resilience_core::repo::Repository;
-use resilience_core::restore::RestoreOptions;
 use resilience_redis::connect::{Connection, RedisEndpoint};
 use resilience_redis::target::{RedisTarget, RestoreSettings};
 use resilience_redis::verify::CompareTarget;

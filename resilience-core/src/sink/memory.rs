@@ -11,7 +11,7 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use chrono::{DateTime, Utc};
 
 use super::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
-use crate::clock::{Clock, SystemClock};
+use crate::time::clock::{Clock, SystemClock};
 
 /// A [`Sink`] that keeps objects in a map. Cheap to create; shares nothing between instances.
 ///

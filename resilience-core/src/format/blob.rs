@@ -1,0 +1,259 @@
+//! Blobs: content-addressed pieces of data, compressed then sealed.
+//!
+//! A blob's id is the keyed BLAKE3 of its plaintext ([`crate::format::crypto::KeySet::blob_id`]). Stored,
+//! a blob is `nonce || seal(flag || body) || tag` where `flag` says whether `body` is zstd or raw,
+//! and the associated data is `kind || id`, so a blob cannot be swapped for another.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::format::crypto::{self, SecretKey};
+
+/// A blob's id: keyed BLAKE3 of its plaintext.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobId(pub [u8; 32]);
+
+impl BlobId {
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobId({})", &self.to_hex()[..16])
+    }
+}
+
+impl FromStr for BlobId {
+    type Err = hex::FromHexError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(s, &mut b)?;
+        Ok(BlobId(b))
+    }
+}
+
+impl Serialize for BlobId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BlobId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let v = crate::source::entry::serde_bytes_compat::deserialize(d)?;
+            let arr: [u8; 32] = v
+                .try_into()
+                .map_err(|_| serde::de::Error::custom("blob id must be 32 bytes"))?;
+            Ok(BlobId(arr))
+        }
+    }
+}
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum BlobKind {
+    /// Entry content.
+    Data = 0,
+    /// A piece of a snapshot's tree (the serialized entry list).
+    Tree = 1,
+}
+
+impl BlobKind {
+    /// Parses the stored byte.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+const FLAG_RAW: u8 = 0;
+const FLAG_ZSTD: u8 = 1;
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
+    let mut aad = [0u8; 33];
+    aad[0] = kind as u8;
+    aad[1..].copy_from_slice(&id.0);
+    aad
+}
+
+/// Compresses (when it pays) and seals a blob's plaintext, appending to `out`.
+pub fn encode_blob(
+    key: &SecretKey,
+    kind: BlobKind,
+    id: &BlobId,
+    plaintext: &[u8],
+    level: i32,
+    out: &mut Vec<u8>,
+) {
+    let mut body = Vec::with_capacity(plaintext.len() / 2 + 64);
+    body.push(FLAG_ZSTD);
+    let compressed = looks_compressible(plaintext, level)
+        && COMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.as_ref().map(|(l, _)| *l) != Some(level) {
+                *cell = Some((
+                    level,
+                    zstd::bulk::Compressor::new(level).expect("zstd level is valid"),
+                ));
+            }
+            let (_, c) = cell.as_mut().expect("compressor just set");
+            let bound = zstd::zstd_safe::compress_bound(plaintext.len());
+            body.reserve(bound);
+            let start = body.len();
+            body.resize(start + bound, 0);
+            match c.compress_to_buffer(plaintext, &mut body[start..]) {
+                Ok(n) => {
+                    body.truncate(start + n);
+                    n < plaintext.len()
+                }
+                Err(_) => false,
+            }
+        });
+    if !compressed {
+        body.clear();
+        body.push(FLAG_RAW);
+        body.extend_from_slice(plaintext);
+    }
+    crypto::seal_into(key, &blob_aad(kind, id), &body, out);
+}
+
+/// Whether compressing is worth trying: large blobs are probed with a 64 KiB sample first, so
+/// incompressible data (media, encrypted or already compressed files) costs no full zstd pass.
+fn looks_compressible(plaintext: &[u8], level: i32) -> bool {
+    const SAMPLE: usize = 64 * 1024;
+    if plaintext.len() < 4 * SAMPLE {
+        return true;
+    }
+    let mid = plaintext.len() / 2;
+    let sample = &plaintext[mid - SAMPLE / 2..mid + SAMPLE / 2];
+    match zstd::bulk::compress(sample, level.min(1)) {
+        Ok(c) => c.len() * 100 < sample.len() * 97,
+        Err(_) => true,
+    }
+}
+
+/// Opens, decompresses and re-hashes a stored blob; every failure names `object`.
+pub fn decode_blob(
+    keys: &crate::format::crypto::KeySet,
+    key_id: crate::format::crypto::DataKeyId,
+    kind: BlobKind,
+    id: &BlobId,
+    raw_len: u32,
+    sealed: &[u8],
+    object: &str,
+) -> Result<Bytes> {
+    let key = keys.data_key(key_id).ok_or_else(|| {
+        Error::corrupt(
+            object,
+            format!("sealed with data key {key_id}, which this repository does not have"),
+        )
+    })?;
+    let body = crypto::open(&key, &blob_aad(kind, id), sealed).ok_or_else(|| {
+        Error::corrupt(
+            format!("{object} (blob {id})"),
+            "authentication failed: the blob is damaged or truncated",
+        )
+    })?;
+    let plaintext = match body.first() {
+        // Raw: the plaintext is the body after its flag, without a copy.
+        Some(&FLAG_RAW) => Bytes::from(body).slice(1..),
+        Some(&FLAG_ZSTD) => Bytes::from(
+            zstd::bulk::decompress(&body[1..], raw_len as usize).map_err(|e| {
+                Error::corrupt(format!("{object} (blob {id})"), format!("zstd: {e}"))
+            })?,
+        ),
+        _ => {
+            return Err(Error::corrupt(
+                format!("{object} (blob {id})"),
+                "unknown compression flag",
+            ))
+        }
+    };
+    if plaintext.len() != raw_len as usize || keys.blob_id(&plaintext) != *id {
+        return Err(Error::corrupt(
+            format!("{object} (blob {id})"),
+            "content does not hash to its id",
+        ));
+    }
+    Ok(plaintext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::crypto::KeySet;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn blob_round_trip(data in proptest::collection::vec(any::<u8>(), 0..20000), zeros in 0usize..20000, level in 1i32..6) {
+            let ks = KeySet::generate();
+            let mut plain = data;
+            plain.extend(std::iter::repeat_n(0u8, zeros));
+            let id = ks.blob_id(&plain);
+            let mut out = Vec::new();
+            encode_blob(&ks.current_key(), BlobKind::Data, &id, &plain, level, &mut out);
+            let back = decode_blob(&ks, ks.current_key_id(), BlobKind::Data, &id, plain.len() as u32, &out, "obj").unwrap();
+            prop_assert_eq!(back.as_ref(), plain.as_slice());
+        }
+    }
+
+    #[test]
+    fn swapped_or_damaged_blob_is_named() {
+        let ks = KeySet::generate();
+        let a = b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_vec();
+        let id = ks.blob_id(&a);
+        let mut out = Vec::new();
+        encode_blob(&ks.current_key(), BlobKind::Data, &id, &a, 3, &mut out);
+        let other = ks.blob_id(b"b");
+        let err = decode_blob(&ks, 1, BlobKind::Data, &other, 40, &out, "data/x").unwrap_err();
+        assert!(err.to_string().contains("data/x"), "{err}");
+        let err = decode_blob(&ks, 1, BlobKind::Tree, &id, 40, &out, "data/x").unwrap_err();
+        assert!(err.to_string().contains("authentication"), "{err}");
+        out[30] ^= 1;
+        assert!(decode_blob(&ks, 1, BlobKind::Data, &id, 40, &out, "data/x").is_err());
+        assert!(decode_blob(&ks, 9, BlobKind::Data, &id, 40, &out, "data/x").is_err());
+    }
+
+    #[test]
+    fn incompressible_data_is_stored_raw() {
+        let ks = KeySet::generate();
+        let mut data = vec![0u8; 4096];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+        let id = ks.blob_id(&data);
+        let mut out = Vec::new();
+        encode_blob(&ks.current_key(), BlobKind::Data, &id, &data, 3, &mut out);
+        assert_eq!(out.len(), data.len() + 1 + crypto::SEAL_OVERHEAD);
+    }
+}

@@ -1,0 +1,248 @@
+//! Framing shared by every repository object.
+//!
+//! Every object ends with the BLAKE3 hash (unkeyed) of all its preceding bytes, so that damage
+//! and truncation are found by anyone, without the key ([`check_checksum`]). Metadata objects
+//! (indexes, snapshot manifests, catalog records) are *sealed*:
+//!
+//! ```text
+//! "RSO1" | kind u8 | data key id u32 LE | nonce 24 | XChaCha20-Poly1305(zstd(payload)) | tag 16 | BLAKE3 32
+//! ```
+//!
+//! with associated data = the 9-byte header followed by the object's logical name, so an object
+//! cannot be moved to another name or kind.
+
+use crate::error::{Error, Result};
+use crate::format::crypto::{self, KeySet};
+
+/// Length of the trailing checksum.
+pub const CHECKSUM_LEN: usize = 32;
+const MAGIC: &[u8; 4] = b"RSO1";
+const HEADER_LEN: usize = 9;
+
+/// What a sealed object holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ObjectKind {
+    /// An index file.
+    Index = 1,
+    /// A snapshot manifest.
+    Snapshot = 2,
+    /// A catalog record.
+    Catalog = 3,
+    /// A prune plan: packs condemned, deleted by a later prune.
+    PrunePlan = 4,
+    /// An item of a side archive (`crate::repo::side`): a Postgres WAL file.
+    SideItem = 5,
+    /// A note kept beside a side archive's items (a restore point's position).
+    SideNote = 6,
+}
+
+/// Appends the checksum of `body` to it.
+pub fn append_checksum(body: &mut Vec<u8>) -> [u8; 32] {
+    let sum = *blake3::hash(body).as_bytes();
+    body.extend_from_slice(&sum);
+    sum
+}
+
+/// Checks an object's trailing checksum and returns the bytes before it.
+pub fn check_checksum<'a>(object: &str, bytes: &'a [u8]) -> Result<&'a [u8]> {
+    if bytes.len() < CHECKSUM_LEN {
+        return Err(Error::corrupt(
+            object,
+            format!("truncated: {} bytes", bytes.len()),
+        ));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(Error::corrupt(
+            object,
+            "checksum mismatch (damaged or truncated)",
+        ));
+    }
+    Ok(body)
+}
+
+/// Checks an object's trailing checksum as its bytes stream past, without holding the object:
+/// feed every part in order, then [`StreamingChecksum::finish`].
+///
+/// ```
+/// use resilience_core::internals::object::{append_checksum, StreamingChecksum};
+/// let mut object = b"pack bytes".to_vec();
+/// append_checksum(&mut object);
+/// let mut check = StreamingChecksum::default();
+/// for part in object.chunks(3) {
+///     check.feed(part);
+/// }
+/// assert!(check.finish("data/ab/x").is_ok());
+/// ```
+#[derive(Default)]
+pub struct StreamingChecksum {
+    hasher: blake3::Hasher,
+    /// The last bytes seen (at most [`CHECKSUM_LEN`]): the checksum, once the stream ends.
+    tail: Vec<u8>,
+    len: u64,
+}
+
+impl StreamingChecksum {
+    /// Takes the next part of the object.
+    pub fn feed(&mut self, part: &[u8]) {
+        self.len += part.len() as u64;
+        let total = self.tail.len() + part.len();
+        if total <= CHECKSUM_LEN {
+            self.tail.extend_from_slice(part);
+            return;
+        }
+        // Everything but the last CHECKSUM_LEN bytes of tail ++ part is body.
+        let body = total - CHECKSUM_LEN;
+        let from_tail = body.min(self.tail.len());
+        self.hasher.update(&self.tail[..from_tail]);
+        let from_part = body - from_tail;
+        self.hasher.update(&part[..from_part]);
+        let mut tail = self.tail.split_off(from_tail);
+        tail.extend_from_slice(&part[from_part..]);
+        self.tail = tail;
+    }
+
+    /// Bytes fed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was fed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the bytes fed end with the checksum of those before it; the error names `object`.
+    pub fn finish(&self, object: &str) -> Result<()> {
+        if self.tail.len() < CHECKSUM_LEN {
+            return Err(Error::corrupt(
+                object,
+                format!("truncated: {} bytes", self.len),
+            ));
+        }
+        if self.hasher.finalize().as_bytes() != self.tail.as_slice() {
+            return Err(Error::corrupt(
+                object,
+                "checksum mismatch (damaged or truncated)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The checksum stored at an object's end, hex (without checking it).
+pub fn stored_checksum(bytes: &[u8]) -> Option<String> {
+    (bytes.len() >= CHECKSUM_LEN).then(|| hex::encode(&bytes[bytes.len() - CHECKSUM_LEN..]))
+}
+
+/// Seals `payload` as an object of `kind` named `name`.
+pub fn seal_object(keys: &KeySet, kind: ObjectKind, name: &str, payload: &[u8]) -> Vec<u8> {
+    let compressed = zstd::bulk::compress(payload, 3).expect("zstd compresses in memory");
+    let mut out = Vec::with_capacity(compressed.len() + HEADER_LEN + crypto::SEAL_OVERHEAD + 32);
+    out.extend_from_slice(MAGIC);
+    out.push(kind as u8);
+    out.extend_from_slice(&keys.current_key_id().to_le_bytes());
+    let aad = [&out[..HEADER_LEN], name.as_bytes()].concat();
+    crypto::seal_into(&keys.current_key(), &aad, &compressed, &mut out);
+    append_checksum(&mut out);
+    out
+}
+
+/// Checks and opens a sealed object; every failure names `name`.
+pub fn open_object(keys: &KeySet, kind: ObjectKind, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let body = check_checksum(name, bytes)?;
+    if body.len() < HEADER_LEN || &body[..4] != MAGIC {
+        return Err(Error::corrupt(name, "not a resilience object (bad magic)"));
+    }
+    if body[4] != kind as u8 {
+        return Err(Error::corrupt(
+            name,
+            format!("expected object kind {kind:?}, found {}", body[4]),
+        ));
+    }
+    let key_id = u32::from_le_bytes(body[5..9].try_into().expect("4 bytes"));
+    let key = keys.data_key(key_id).ok_or_else(|| {
+        Error::corrupt(
+            name,
+            format!("sealed with data key {key_id}, which this repository does not have"),
+        )
+    })?;
+    let aad = [&body[..HEADER_LEN], name.as_bytes()].concat();
+    let compressed = crypto::open(&key, &aad, &body[HEADER_LEN..]).ok_or_else(|| {
+        Error::corrupt(
+            name,
+            "authentication failed (tampered, or not sealed for this name)",
+        )
+    })?;
+    zstd::stream::decode_all(compressed.as_slice())
+        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn streaming_check_agrees_with_the_whole_check(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+            damage in proptest::option::of(any::<prop::sample::Index>()),
+            truncate in 0usize..3,
+        ) {
+            let mut obj = body.clone();
+            append_checksum(&mut obj);
+            if let Some(i) = damage {
+                let i = i.index(obj.len());
+                obj[i] ^= 0x01;
+            }
+            obj.truncate(obj.len() - truncate);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(obj.len())).collect();
+            cuts.sort();
+            let mut check = StreamingChecksum::default();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([obj.len()]) {
+                check.feed(&obj[at..c]);
+                at = c;
+            }
+            prop_assert_eq!(check.len(), obj.len() as u64);
+            prop_assert_eq!(check.finish("x").is_ok(), check_checksum("x", &obj).is_ok());
+        }
+
+        #[test]
+        fn sealed_object_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..5000)) {
+            let ks = KeySet::generate();
+            let obj = seal_object(&ks, ObjectKind::Snapshot, "snapshots/x", &payload);
+            prop_assert_eq!(open_object(&ks, ObjectKind::Snapshot, "snapshots/x", &obj).unwrap(), payload);
+        }
+
+        #[test]
+        fn any_damage_is_caught_without_key(payload in proptest::collection::vec(any::<u8>(), 0..500), pos in any::<prop::sample::Index>()) {
+            let ks = KeySet::generate();
+            let mut obj = seal_object(&ks, ObjectKind::Index, "index", &payload);
+            let i = pos.index(obj.len());
+            obj[i] ^= 0x40;
+            prop_assert!(check_checksum("index", &obj).is_err());
+            obj[i] ^= 0x40;
+            prop_assert!(check_checksum("index", &obj[..obj.len() - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn renamed_or_rekinded_object_is_refused() {
+        let ks = KeySet::generate();
+        let obj = seal_object(&ks, ObjectKind::Catalog, "catalog/a/1", b"{}");
+        let err = open_object(&ks, ObjectKind::Catalog, "catalog/b/1", &obj).unwrap_err();
+        assert!(err.to_string().contains("catalog/b/1"));
+        assert!(open_object(&ks, ObjectKind::Snapshot, "catalog/a/1", &obj).is_err());
+        assert!(open_object(
+            &KeySet::generate(),
+            ObjectKind::Catalog,
+            "catalog/a/1",
+            &obj
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,608 @@
+//! Garbage collection that is safe beside running backups, in two phases.
+//!
+//! **Phase 1** (each run): find every blob that a snapshot manifest references (whatever the
+//! catalog says of its backup: a status alone never condemns data); packs with no
+//! live blob are *condemned*; packs whose live share is below the repack threshold have their
+//! live blobs copied (still sealed, after checking the pack's checksum) into new packs and are
+//! condemned too; packs that no index lists (left by interrupted backups) are condemned. New
+//! index files that leave the condemned packs out are written, then a plan
+//! `prune/<id>` (a sealed object listing the condemned packs and their tables), then the old
+//! index files are deleted. Nothing is deleted from the data yet.
+//!
+//! **Phase 2** (a later run): a plan is *ripe* once it is older than the grace period and no
+//! lock taken before it is still live — so every backup that might have deduplicated against a
+//! condemned pack has finished and its snapshot is in the catalog. Each condemned pack is then
+//! deleted, unless an index lists it again (a backup indexed it) or a succeeded snapshot uses
+//! one of its blobs (it is then *resurrected*: indexed again). The plan goes last.
+//!
+//! Between the phases, readers still find condemned packs through the plans
+//! ([`Repository::load_read_index`]). Prune takes a maintenance lock, which excludes another
+//! prune but not backups. It can be killed at any point: every step is ordered so that an
+//! interruption leaves extra objects, never missing ones, and the next run finishes the job.
+//!
+//! Prune never decides from an incomplete index: a damaged index file makes it fail, naming the
+//! file and saying to run `resilience repair index` ([`Repository::repair_index`]) first,
+//! before anything is deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::blob::BlobId;
+use crate::format::index::{self, Index, PackRecord};
+use crate::format::object::{self, ObjectKind};
+use crate::format::pack::{self, PackBuilder, PackId};
+use crate::format::snapshot::Content;
+use crate::repo::lock::{self, LockKind, RepoLock};
+use crate::repo::{self, Repository};
+
+/// How to prune.
+#[derive(Clone, Copy, Debug)]
+pub struct PruneOptions {
+    /// How old a plan must be before its packs are deleted (clock skew, eventual consistency,
+    /// backups that outlive their lock's view).
+    pub grace: Duration,
+    /// Packs whose live bytes are below this share are repacked.
+    pub repack_below: f64,
+    /// Compute and report only.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            grace: Duration::from_secs(24 * 3600),
+            repack_below: 0.5,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a prune did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Packs examined.
+    pub packs: usize,
+    /// Blobs referenced by succeeded snapshots.
+    pub referenced_blobs: usize,
+    /// Packs condemned in this run (deleted by a later run).
+    pub condemned_packs: usize,
+    /// Their bytes.
+    pub condemned_bytes: u64,
+    /// Packs repacked in this run.
+    pub repacked_packs: usize,
+    /// Live bytes copied by repacking.
+    pub repacked_bytes: u64,
+    /// Packs deleted in this run (condemned by an earlier one).
+    pub deleted_packs: usize,
+    /// Bytes freed in this run.
+    pub freed_bytes: u64,
+    /// Condemned packs found in use again and indexed.
+    pub resurrected_packs: usize,
+    /// Plans not yet ripe, with why.
+    pub waiting_plans: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PlanHeader {
+    created_at: DateTime<Utc>,
+}
+
+/// A prune plan as stored: header JSON length u32, header JSON, then an index payload.
+fn encode_plan(created_at: DateTime<Utc>, packs: &[PackRecord]) -> Vec<u8> {
+    let header = serde_json::to_vec(&PlanHeader { created_at }).expect("serializes");
+    let mut out = (header.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&index::encode_index(packs));
+    out
+}
+
+fn decode_plan(name: &str, payload: &[u8]) -> Result<(DateTime<Utc>, Vec<PackRecord>)> {
+    let bad = || Error::corrupt(name, "prune plan does not parse");
+    let len = u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().expect("4")) as usize;
+    let header: PlanHeader =
+        serde_json::from_slice(payload.get(4..4 + len).ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok((
+        header.created_at,
+        index::decode_index(name, &payload[4 + len..])?,
+    ))
+}
+
+/// A bitset over the sorted index positions: which blobs are referenced.
+struct Referenced {
+    bits: Vec<u64>,
+    outside: HashSet<BlobId>,
+}
+
+impl Referenced {
+    fn new(n: usize) -> Self {
+        Referenced {
+            bits: vec![0; n.div_ceil(64)],
+            outside: HashSet::new(),
+        }
+    }
+    fn mark(&mut self, index: &Index, id: &BlobId) {
+        match index.position(id) {
+            Some(i) => self.bits[i / 64] |= 1 << (i % 64),
+            None => {
+                self.outside.insert(*id);
+            }
+        }
+    }
+    fn is_marked(&self, index: &Index, id: &BlobId) -> bool {
+        match index.position(id) {
+            Some(i) => self.bits[i / 64] & (1 << (i % 64)) != 0,
+            None => self.outside.contains(id),
+        }
+    }
+    fn count(&self) -> usize {
+        self.bits
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum::<usize>()
+            + self.outside.len()
+    }
+}
+
+impl Repository {
+    /// The stored prune plans: key, creation time, condemned packs.
+    pub async fn prune_plans(&self) -> Result<Vec<(String, DateTime<Utc>, Vec<PackRecord>)>> {
+        let keys: Vec<String> = self
+            .sink
+            .list("prune/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        for key in keys {
+            let bytes = match self.sink.get(&key).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let payload = object::open_object(&self.keys, ObjectKind::PrunePlan, &key, &bytes)?;
+            let (at, packs) = decode_plan(&key, &payload)?;
+            out.push((key, at, packs));
+        }
+        Ok(out)
+    }
+
+    /// The index for reading: live index files, then the packs that prune plans condemned but
+    /// have not deleted yet (so a snapshot written by a backup that raced a prune stays
+    /// restorable until the prune resurrects its packs).
+    pub async fn load_read_index(&self) -> Result<Index> {
+        let mut index = self.load_index().await?;
+        for (_, _, packs) in self.prune_plans().await? {
+            for p in &packs {
+                index.add_pack(p);
+            }
+        }
+        index.compact();
+        Ok(index)
+    }
+
+    /// Marks every blob that a snapshot manifest in this store references, whatever the
+    /// catalog says of its backup: data follows manifests, never catalog labels alone. A
+    /// manifest that cannot be read stops the prune (its blobs are unknown), naming it.
+    async fn referenced_blobs(&self, index: &Index) -> Result<Referenced> {
+        let mut referenced = Referenced::new(index.blob_count());
+        let keys: Vec<String> = self
+            .sink
+            .list("snapshots/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
+        for key in keys {
+            let bytes = match self.sink.get(&key).await {
+                Ok(b) => b,
+                // Expired (or moved to the other tier) since the listing.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let manifest = self.open_manifest(&key, &bytes).map_err(|e| {
+                Error::Invalid(format!(
+                    "prune stopped: manifest {key} cannot be read ({e}), so the blobs it references are unknown; nothing was deleted"
+                ))
+            })?;
+            for r in &manifest.tree {
+                referenced.mark(index, &r.id);
+            }
+            let mut tree =
+                crate::ops::restore::TreeReader::new(self.clone(), index, &manifest.tree);
+            while let Some(rec) = tree.next().await? {
+                if let Content::Blobs(blobs) = &rec.content {
+                    for b in blobs {
+                        referenced.mark(index, &b.id);
+                    }
+                }
+            }
+        }
+        Ok(referenced)
+    }
+
+    /// Runs phase 2 for ripe plans, then phase 1.
+    pub async fn prune(&self, options: PruneOptions) -> Result<PruneReport> {
+        let lock = RepoLock::acquire(
+            self.sink.clone(),
+            self.clock.clone(),
+            LockKind::Maintenance,
+            "prune",
+            None,
+            self.lock_settings,
+        )
+        .await?;
+        let result = self.prune_locked(options, &lock).await;
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "could not remove the prune lock; it will expire");
+        }
+        result
+    }
+
+    async fn prune_locked(&self, options: PruneOptions, lock: &RepoLock) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        let now = self.clock.now();
+        let grace = chrono::Duration::from_std(options.grace)
+            .map_err(|_| Error::Invalid("grace period too long".into()))?;
+        let locks = lock::list_locks(self.sink.as_ref()).await?;
+        let plans = self.prune_plans().await?;
+        // The store's time of each plan: its age and the locks taken before it are judged by
+        // the store's clock, like lock liveness, never by comparing two clients' clocks.
+        let plan_stored_at: HashMap<String, DateTime<Utc>> = self
+            .sink
+            .list("prune/")
+            .try_filter_map(|m| futures::future::ready(Ok(m.last_modified.map(|t| (m.key, t)))))
+            .try_collect()
+            .await?;
+        let plan_packs: HashSet<PackId> = plans
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|r| r.id))
+            .collect();
+
+        // Phase 2: finish ripe plans (in a block, so its indexes are freed before phase 1).
+        if !plans.is_empty() {
+            let read_index = self.load_read_index().await?;
+            let referenced = self.referenced_blobs(&read_index).await?;
+            // Never decide deletions from an incomplete index: a damaged index file stops
+            // prune here, before anything is deleted.
+            let live_index = self.load_index_strict().await?;
+            for (key, created_at, packs) in &plans {
+                let stored_at = plan_stored_at.get(key).copied();
+                let young = match (stored_at, locks.store_now) {
+                    (Some(at), Some(store_now)) => at > store_now - grace,
+                    _ => *created_at > now - grace,
+                };
+                if young {
+                    report
+                        .waiting_plans
+                        .push(format!("{key}: younger than the grace period"));
+                    continue;
+                }
+                if let Some(l) = locks
+                    .live_others(Some(lock.key()), now)
+                    .find(|l| locks.taken_no_later_than(l, stored_at, *created_at))
+                {
+                    report.waiting_plans.push(format!(
+                        "{key}: {} ({} by {}) was taken before it",
+                        l.key, l.info.purpose, l.info.owner
+                    ));
+                    continue;
+                }
+                let mut resurrect = Vec::new();
+                for p in packs {
+                    if live_index.has_pack(&p.id) {
+                        continue;
+                    }
+                    // Resurrect only what a snapshot needs and no live pack holds: a repacked
+                    // pack's live blobs are in its replacement already.
+                    if p.blobs.iter().any(|b| {
+                        referenced.is_marked(&read_index, &b.id) && !live_index.contains(&b.id)
+                    }) {
+                        resurrect.push(p.clone());
+                        continue;
+                    }
+                    report.deleted_packs += 1;
+                    report.freed_bytes += p.size;
+                    if !options.dry_run {
+                        self.sink.delete(&pack::pack_key(&p.id)).await?;
+                    }
+                }
+                report.resurrected_packs += resurrect.len();
+                if !options.dry_run {
+                    self.write_index(&resurrect).await?;
+                    self.sink.delete(key).await?;
+                }
+            }
+        }
+
+        // Phase 1: condemn and repack.
+        // Index files first, references second: a backup that finishes in between is then
+        // referenced, and one indexed later is not judged at all.
+        // A damaged index file is refused by name (prune never decides from an incomplete
+        // index); one that vanished since the listing is left out.
+        let listed_files: Vec<String> = self
+            .sink
+            .list("index/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
+        let mut index_files = Vec::with_capacity(listed_files.len());
+        let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
+        for key in listed_files {
+            let Some(packs) = self.read_index_file_strict(&key).await? else {
+                continue;
+            };
+            for p in packs {
+                pack_records.entry(p.id).or_insert(p);
+            }
+            index_files.push(key);
+        }
+        let read_index = self.load_read_index().await?;
+        let referenced = self.referenced_blobs(&read_index).await?;
+        report.packs = pack_records.len();
+        report.referenced_blobs = referenced.count();
+        let mut keep: Vec<PackRecord> = Vec::new();
+        let mut condemned: Vec<PackRecord> = Vec::new();
+        let mut to_repack: Vec<PackRecord> = Vec::new();
+        let mut seen_blobs: HashSet<BlobId> = HashSet::new();
+        let mut records: Vec<PackRecord> = pack_records.into_values().collect();
+        records.sort_by_key(|p| p.id);
+        let owners = self
+            .owners_of_duplicates(&records, &read_index, &referenced)
+            .await?;
+        for p in records {
+            // A blob counts as live in the first pack that holds it, or, when several packs
+            // hold it, in the first whose copy reads back authentic; other copies are garbage.
+            let live: u64 = p
+                .blobs
+                .iter()
+                .filter(|b| {
+                    referenced.is_marked(&read_index, &b.id)
+                        && match owners.get(&b.id) {
+                            Some(Some(owner)) => *owner == p.id,
+                            Some(None) => true,
+                            None => !seen_blobs.contains(&b.id),
+                        }
+                })
+                .map(|b| b.length as u64)
+                .sum();
+            let total: u64 = p.blobs.iter().map(|b| b.length as u64).sum::<u64>().max(1);
+            if live == 0 {
+                condemned.push(p);
+            } else if (live as f64) / (total as f64) < options.repack_below {
+                p.blobs
+                    .iter()
+                    .filter(|b| referenced.is_marked(&read_index, &b.id))
+                    .for_each(|b| {
+                        seen_blobs.insert(b.id);
+                    });
+                to_repack.push(p);
+            } else {
+                p.blobs.iter().for_each(|b| {
+                    seen_blobs.insert(b.id);
+                });
+                keep.push(p);
+            }
+        }
+        // Unindexed packs (interrupted backups) are condemned too; a backup that indexes them
+        // in the meantime saves them.
+        let listed: Vec<_> = self.sink.list("data/").try_collect().await?;
+        // Packs in index files written since we read ours belong to running backups.
+        let read_files: HashSet<&String> = index_files.iter().collect();
+        let mut newly_indexed: HashSet<PackId> = HashSet::new();
+        let current_files: Vec<String> = self
+            .sink
+            .list("index/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
+        for key in current_files.iter().filter(|k| !read_files.contains(k)) {
+            let Some(packs) = self.read_index_file_strict(key).await? else {
+                continue;
+            };
+            newly_indexed.extend(packs.into_iter().map(|p| p.id));
+        }
+        let known: HashSet<PackId> = keep
+            .iter()
+            .chain(&condemned)
+            .chain(&to_repack)
+            .map(|p| p.id)
+            .collect();
+        for meta in listed {
+            let Some(id) = pack::pack_id_from_key(&meta.key) else {
+                continue;
+            };
+            if known.contains(&id) || plan_packs.contains(&id) || newly_indexed.contains(&id) {
+                continue;
+            }
+            match self.read_pack_table(&meta.key, meta.size).await {
+                Ok(rec) => condemned.push(rec),
+                Err(_) => condemned.push(PackRecord {
+                    id,
+                    size: meta.size,
+                    key_id: 0,
+                    blobs: vec![],
+                }),
+            }
+        }
+
+        let mut new_packs = Vec::new();
+        for p in &to_repack {
+            match self
+                .repack(
+                    p,
+                    &read_index,
+                    &referenced,
+                    &mut seen_blobs,
+                    options.dry_run,
+                )
+                .await
+            {
+                Ok(Some((record, copied))) => {
+                    report.repacked_packs += 1;
+                    report.repacked_bytes += copied;
+                    new_packs.extend(record);
+                    condemned.push(p.clone());
+                }
+                Ok(None) => keep.push(p.clone()),
+                Err(e) => {
+                    tracing::warn!(pack = %pack::pack_key(&p.id), error = %e, "not repacking a pack that does not read back; keeping it");
+                    keep.push(p.clone());
+                }
+            }
+        }
+        report.condemned_packs = condemned.len();
+        report.condemned_bytes = condemned.iter().map(|p| p.size).sum();
+        if options.dry_run || (condemned.is_empty() && new_packs.is_empty()) {
+            return Ok(report);
+        }
+        lock.check()?;
+        // New index files first, then the plan, then the old index files go.
+        keep.extend(new_packs);
+        let mut new_index_names = HashSet::new();
+        for chunk in keep.chunks(256) {
+            new_index_names.insert(self.write_index_named(chunk).await?.0);
+        }
+        let mut plan = None;
+        if !condemned.is_empty() {
+            let mut id = [0u8; 8];
+            rand::rngs::OsRng.fill_bytes(&mut id);
+            let key = format!(
+                "prune/{}-{}",
+                self.clock.now().format("%Y%m%dT%H%M%SZ"),
+                hex::encode(id)
+            );
+            let sealed = object::seal_object(
+                &self.keys,
+                ObjectKind::PrunePlan,
+                &key,
+                &encode_plan(self.clock.now(), &condemned),
+            );
+            let sealed = bytes::Bytes::from(sealed);
+            self.sink
+                .put(&key, sealed.clone(), crate::sink::PutMode::Create)
+                .await?;
+            plan = Some((key, sealed));
+        }
+        for key in index_files.iter().filter(|k| !new_index_names.contains(*k)) {
+            match self.sink.delete(key).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The same plan written again: its store time is now after the old index files went,
+        // so every backup that could have read them (and deduplicated against its packs) holds
+        // a lock taken before it, which phase 2 waits for.
+        if let Some((key, sealed)) = plan {
+            self.sink
+                .put(&key, sealed, crate::sink::PutMode::Overwrite)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    /// Copies a pack's live blobs, still sealed, into new packs. `None` when nothing is live
+    /// that is not already kept elsewhere.
+    /// For each referenced blob that more than one pack holds, the pack whose copy counts: the
+    /// first (in pack order) whose copy reads back authentic, or `None` when none does (then
+    /// every copy is kept). A writer holding the data keys can index a pack that sorts first
+    /// and claims blobs that older packs hold, with garbage in them; without this check, prune
+    /// would keep that pack and delete the good copies.
+    async fn owners_of_duplicates(
+        &self,
+        records: &[PackRecord],
+        index: &Index,
+        referenced: &Referenced,
+    ) -> Result<HashMap<BlobId, Option<PackId>>> {
+        let mut holders: HashMap<BlobId, Vec<(&PackRecord, usize)>> = HashMap::new();
+        for p in records {
+            for (i, b) in p.blobs.iter().enumerate() {
+                if referenced.is_marked(index, &b.id) {
+                    holders.entry(b.id).or_default().push((p, i));
+                }
+            }
+        }
+        let mut owners = HashMap::new();
+        for (id, copies) in holders.into_iter().filter(|(_, c)| c.len() > 1) {
+            let mut owner = None;
+            for (p, i) in copies {
+                let b = &p.blobs[i];
+                let location = index::BlobLocation {
+                    pack: p.id,
+                    key_id: p.key_id,
+                    kind: b.kind,
+                    offset: b.offset,
+                    length: b.length,
+                    raw_len: b.raw_len,
+                };
+                match crate::ops::restore::read_blob(self, id, location).await {
+                    Ok(_) => {
+                        owner = Some(p.id);
+                        break;
+                    }
+                    Err(e) if e.is_damage() => tracing::warn!(
+                        pack = %pack::pack_key(&p.id), blob = %id, error = %e,
+                        "a copy of a blob held by several packs does not read back; another copy counts"
+                    ),
+                    Err(e) => return Err(e),
+                }
+            }
+            if owner.is_none() {
+                tracing::warn!(blob = %id, "no copy of a blob held by several packs reads back; keeping every copy");
+            }
+            owners.insert(id, owner);
+        }
+        Ok(owners)
+    }
+
+    async fn repack(
+        &self,
+        p: &PackRecord,
+        index: &Index,
+        referenced: &Referenced,
+        seen: &mut HashSet<BlobId>,
+        dry_run: bool,
+    ) -> Result<Option<(Vec<PackRecord>, u64)>> {
+        let key = pack::pack_key(&p.id);
+        let bytes = self.sink.get(&key).await?;
+        object::check_checksum(&key, &bytes)?;
+        let mut builder = PackBuilder::new(p.key_id, bytes.len());
+        let mut copied = 0u64;
+        for b in p
+            .blobs
+            .iter()
+            .filter(|b| referenced.is_marked(index, &b.id))
+        {
+            let (start, end) = (b.offset as usize, b.offset as usize + b.length as usize);
+            let stored = bytes
+                .get(start..end)
+                .ok_or_else(|| Error::corrupt(&key, "blob beyond the pack's end"))?;
+            builder.add(b.id, b.kind, b.raw_len, stored);
+            copied += b.length as u64;
+            seen.insert(b.id);
+        }
+        if builder.is_empty() {
+            return Ok(None);
+        }
+        if dry_run {
+            return Ok(Some((Vec::new(), copied)));
+        }
+        let (id, data, blobs) = builder.finish(&self.keys);
+        let size = data.len() as u64;
+        repo::put_idempotent(self.sink.as_ref(), &pack::pack_key(&id), data).await?;
+        Ok(Some((
+            vec![PackRecord {
+                id,
+                size,
+                key_id: p.key_id,
+                blobs,
+            }],
+            copied,
+        )))
+    }
+}

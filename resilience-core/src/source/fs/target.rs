@@ -1,0 +1,338 @@
+//! Restores entries into a directory.
+//!
+//! Every entry path is checked before anything is written: no absolute paths, no `.`, `..` or
+//! empty components, no NUL, and no component of an existing parent that is a symlink — so a
+//! damaged or malicious snapshot can never write outside the target directory.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::OnceCell;
+
+use crate::source::entry::{EntryKind, EntryMeta};
+use crate::source::{AdapterError, ContentWriter, Target};
+
+/// Restores into a directory, created if missing; an existing directory must be empty unless
+/// [`DirTarget::allow_existing`] says otherwise.
+#[derive(Debug)]
+pub struct DirTarget {
+    root: PathBuf,
+    allow_existing: bool,
+    fsync: bool,
+    ready: OnceCell<PathBuf>,
+    checked_parent: Mutex<Option<PathBuf>>,
+}
+
+impl DirTarget {
+    /// A target directory.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DirTarget {
+            root: root.into(),
+            allow_existing: false,
+            fsync: false,
+            ready: OnceCell::new(),
+            checked_parent: Mutex::new(None),
+        }
+    }
+
+    /// Restore into a directory that already has content (files are replaced).
+    pub fn allow_existing(mut self, allow: bool) -> Self {
+        self.allow_existing = allow;
+        self
+    }
+
+    /// Fsync every file as it completes (slower; for restores that must survive a crash).
+    pub fn fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    async fn root(&self) -> Result<&PathBuf, AdapterError> {
+        self.ready
+            .get_or_try_init(|| async {
+                let shown = self.root.display().to_string();
+                match std::fs::read_dir(&self.root) {
+                    Ok(mut entries) => {
+                        if !self.allow_existing && entries.next().is_some() {
+                            return Err(AdapterError::msg(
+                                "restore into",
+                                shown,
+                                "the directory is not empty (choose an empty or new directory)",
+                            ));
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        std::fs::create_dir_all(&self.root)
+                            .map_err(|e| AdapterError::new("create", shown.clone(), e))?;
+                    }
+                    Err(e) => return Err(AdapterError::new("open", shown, e)),
+                }
+                std::fs::canonicalize(&self.root)
+                    .map_err(|e| AdapterError::new("open", self.root.display().to_string(), e))
+            })
+            .await
+    }
+
+    /// The on-disk path of an entry, after checking it stays inside the root.
+    async fn place(&self, meta: &EntryMeta) -> Result<PathBuf, AdapterError> {
+        let root = self.root().await?.clone();
+        let raw = meta.path.as_bytes();
+        let bad = |why: &str| {
+            AdapterError::msg(
+                "restore",
+                meta.path.to_string(),
+                format!("unsafe entry path: {why}"),
+            )
+        };
+        if raw.is_empty() || raw[0] == b'/' {
+            return Err(bad("absolute or empty"));
+        }
+        if raw.contains(&0) {
+            return Err(bad("contains NUL"));
+        }
+        let mut path = root.clone();
+        for c in raw.split(|b| *b == b'/') {
+            if c.is_empty() || c == b"." || c == b".." {
+                return Err(bad("empty, `.` or `..` component"));
+            }
+            path.push(OsStr::from_bytes(c));
+        }
+        let parent = path.parent().expect("below the root").to_path_buf();
+        let already = self.checked_parent.lock().expect("lock").as_ref() == Some(&parent);
+        if !already {
+            // Every existing ancestor below the root must be a real directory, not a symlink.
+            let mut p = root.clone();
+            for c in parent
+                .strip_prefix(&root)
+                .expect("below the root")
+                .components()
+            {
+                p.push(c);
+                match std::fs::symlink_metadata(&p) {
+                    Ok(md) if md.file_type().is_symlink() => {
+                        return Err(bad("a parent is a symlink"))
+                    }
+                    Ok(md) if !md.is_dir() => return Err(bad("a parent is not a directory")),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        std::fs::create_dir_all(&p)
+                            .map_err(|e| AdapterError::new("create", p.display().to_string(), e))?;
+                    }
+                    Err(e) => return Err(AdapterError::new("stat", p.display().to_string(), e)),
+                }
+            }
+            *self.checked_parent.lock().expect("lock") = Some(parent);
+        }
+        Ok(path)
+    }
+}
+
+struct FileWriter {
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    expected: u64,
+    offset: u64,
+    fsync: bool,
+    /// Writes in flight, so the restore reads ahead while the disk writes.
+    inflight: VecDeque<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The last piece was a skipped zero run: the length must be set at the end.
+    ends_in_hole: bool,
+}
+
+/// Positional writes in flight per file.
+const WRITES_IN_FLIGHT: usize = 4;
+
+impl FileWriter {
+    async fn reap_one(&mut self) -> Result<(), AdapterError> {
+        if let Some(h) = self.inflight.pop_front() {
+            h.await
+                .map_err(|e| AdapterError::new("write", self.path.display().to_string(), e))?
+                .map_err(|e| AdapterError::new("write", self.path.display().to_string(), e))?;
+        }
+        Ok(())
+    }
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    let (head, body, tail) = unsafe { data.align_to::<u128>() };
+    head.iter().all(|b| *b == 0) && body.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
+}
+
+#[async_trait]
+impl Target for DirTarget {
+    async fn create(
+        &self,
+        meta: &EntryMeta,
+    ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
+        let path = self.place(meta).await?;
+        let shown = path.display().to_string();
+        match meta.kind {
+            EntryKind::Dir => {
+                match std::fs::symlink_metadata(&path) {
+                    Ok(md) if md.is_dir() => {}
+                    Ok(_) => {
+                        return Err(AdapterError::msg(
+                            "create",
+                            shown,
+                            "exists and is not a directory",
+                        ))
+                    }
+                    Err(_) => std::fs::create_dir(&path)
+                        .map_err(|e| AdapterError::new("create", shown, e))?,
+                }
+                Ok(None)
+            }
+            EntryKind::Symlink => {
+                let target = meta.link_target.clone().unwrap_or_default();
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    std::fs::remove_file(&path)
+                        .map_err(|e| AdapterError::new("replace", shown.clone(), e))?;
+                }
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(|e| AdapterError::new("symlink", shown, e))?;
+                Ok(None)
+            }
+            EntryKind::Other => {
+                tracing::warn!(entry = %meta.path, "not restoring a special file (FIFO, socket or device)");
+                Ok(None)
+            }
+            EntryKind::File => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|e| AdapterError::new("create", shown, e))?;
+                Ok(Some(Box::new(FileWriter {
+                    file: Arc::new(file),
+                    path,
+                    expected: meta.size,
+                    offset: 0,
+                    fsync: self.fsync,
+                    inflight: VecDeque::new(),
+                    ends_in_hole: false,
+                })))
+            }
+        }
+    }
+
+    async fn apply_metadata(&self, meta: &EntryMeta) -> Result<(), AdapterError> {
+        if meta.kind == EntryKind::Other {
+            return Ok(());
+        }
+        let path = self.place(meta).await?;
+        let shown = path.display().to_string();
+        let mtime = meta.mtime_ns.map(|ns| {
+            filetime::FileTime::from_unix_time(
+                ns.div_euclid(1_000_000_000),
+                ns.rem_euclid(1_000_000_000) as u32,
+            )
+        });
+        if unsafe { libc::geteuid() } == 0 {
+            if let (Some(uid), Some(gid)) = (meta.uid, meta.gid) {
+                if let Err(e) = std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
+                    if e.kind() != std::io::ErrorKind::PermissionDenied {
+                        return Err(AdapterError::new("chown", shown, e));
+                    }
+                }
+            }
+        }
+        if meta.kind == EntryKind::Symlink {
+            if let Some(t) = mtime {
+                filetime::set_symlink_file_times(&path, t, t)
+                    .map_err(|e| AdapterError::new("set times of", shown, e))?;
+            }
+            return Ok(());
+        }
+        if meta.mode != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode & 0o7777))
+                .map_err(|e| AdapterError::new("chmod", shown.clone(), e))?;
+        }
+        if let Some(t) = mtime {
+            filetime::set_file_times(&path, t, t)
+                .map_err(|e| AdapterError::new("set times of", shown, e))?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&self) -> Result<(), AdapterError> {
+        let root = self.root().await?;
+        if self.fsync {
+            std::fs::File::open(root)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| AdapterError::new("fsync", root.display().to_string(), e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ContentWriter for FileWriter {
+    async fn write(&mut self, data: Bytes) -> Result<(), AdapterError> {
+        let at = self.offset;
+        self.offset += data.len() as u64;
+        // Zero runs of 4 KiB or more become holes: sparse files stay sparse.
+        if data.len() >= 4096 && is_zero(&data) {
+            self.ends_in_hole = true;
+            return Ok(());
+        }
+        self.ends_in_hole = false;
+        while self.inflight.len() >= WRITES_IN_FLIGHT {
+            self.reap_one().await?;
+        }
+        let file = self.file.clone();
+        self.inflight
+            .push_back(tokio::task::spawn_blocking(move || {
+                file.write_all_at(&data, at)
+            }));
+        Ok(())
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<(), AdapterError> {
+        while !self.inflight.is_empty() {
+            self.reap_one().await?;
+        }
+        let shown = self.path.display().to_string();
+        if self.offset != self.expected {
+            return Err(AdapterError::msg(
+                "restore",
+                shown,
+                format!(
+                    "wrote {} bytes, the snapshot records {}",
+                    self.offset, self.expected
+                ),
+            ));
+        }
+        if !self.fsync && !self.ends_in_hole {
+            return Ok(());
+        }
+        let (fsync, size, file, hole) = (
+            self.fsync,
+            self.offset,
+            self.file.clone(),
+            self.ends_in_hole,
+        );
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if hole {
+                file.set_len(size)?;
+            }
+            if fsync {
+                file.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| AdapterError::new("finish", shown.clone(), e))?
+        .map_err(|e| AdapterError::new("finish", shown, e))
+    }
+}
