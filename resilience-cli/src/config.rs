@@ -74,6 +74,24 @@ pub struct RepositoryConfig {
     pub append_only: bool,
 }
 
+impl RepositoryConfig {
+    /// The options that open this repository, as the command line's flags would.
+    pub fn options(&self) -> resilience_objstore::RepositoryOptions {
+        resilience_objstore::RepositoryOptions {
+            location: self.url.clone(),
+            key: resilience_objstore::KeyOptions {
+                password_file: self.password_file.clone(),
+                key_file: self.key_file.clone(),
+                kms_key_id: self.kms_key_id.clone(),
+                vault_transit_key: self.vault_transit_key.clone(),
+            },
+            cold: self.cold_url.clone(),
+            append_only: self.append_only,
+            max_rate: None,
+        }
+    }
+}
+
 /// `[server]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -48,6 +48,16 @@ pub enum CliError {
     Damaged(usize),
 }
 
+impl From<resilience_objstore::OpenError> for CliError {
+    fn from(e: resilience_objstore::OpenError) -> Self {
+        match e {
+            resilience_objstore::OpenError::Usage(message) => CliError::Usage(message),
+            resilience_objstore::OpenError::Store(e) => CliError::Store(e),
+            resilience_objstore::OpenError::Core(e) => CliError::Core(e),
+        }
+    }
+}
+
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {

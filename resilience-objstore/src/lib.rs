@@ -22,6 +22,7 @@
 pub mod bucket;
 mod config;
 pub mod kms;
+mod repository;
 mod sigv4;
 mod sink;
 mod streaming_put;
@@ -31,5 +32,6 @@ pub mod versions;
 pub use config::{
     open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError, StoreUrl,
 };
+pub use repository::{no_key, KeyOptions, OpenError, RepositoryOptions, PASSWORD_VARIABLE};
 pub use sigv4::Credentials as AwsCredentials;
 pub use sink::ObjectStoreSink;

@@ -18,7 +18,6 @@ use resilience_core::health::SourcePolicy;
 use resilience_core::time::scheduler::Scheduler;
 use resilience_core::time::stop::StopSignal;
 
-use crate::access;
 use crate::cli::Global;
 use crate::config::DaemonConfig;
 use crate::CliError;
@@ -41,7 +40,7 @@ pub fn repository_options(config: &DaemonConfig, json: bool) -> Global {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> Result<(), CliError> {
     let config = DaemonConfig::load(config_path).map_err(CliError::Usage)?;
-    let repo = access::open(&repository_options(&config, false)).await?;
+    let repo = config.repository.options().open().await?;
     let clock = repo.clock().clone();
     let started_at = clock.now();
 
