@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{BackupRecord, BackupStatus, CatalogQuery, RepoCatalog};
 use crate::error::{Error, Result};
-use crate::format::chunker::ChunkerParams;
+pub use crate::format::chunker::ChunkerParams;
 use crate::format::crypto::KeySet;
 use crate::format::index::{self, Index, PackRecord};
 use crate::format::object::{self, ObjectKind};
@@ -263,7 +263,9 @@ impl Repository {
         &self.config
     }
 
-    /// The key set (for adapters that seal their own objects, such as WAL segments).
+    /// The key set: an internal for benches and format tests (adapters seal their own objects
+    /// through a [`side::SideArchive`]).
+    #[doc(hidden)]
     pub fn keys(&self) -> &Arc<KeySet> {
         &self.keys
     }
