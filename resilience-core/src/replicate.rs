@@ -157,13 +157,11 @@ async fn retire_superseded_generations(
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => {
-                return Err(Error::Invalid(format!(
-                    "cannot remove the superseded key-set generation {} from the replica {} \
-                     ({e}): until it goes, the replica's key set stays at that generation; the \
-                     replication credential needs delete permission on keys/keyset-*",
-                    old.key,
-                    replica.location()
-                )))
+                return Err(Error::ReplicaKeySetNotRemoved {
+                    generation: old.key.clone(),
+                    replica: replica.location(),
+                    source: Box::new(e),
+                })
             }
         }
     }
