@@ -33,11 +33,7 @@ impl ScheduledJob for Backup {
             ..Default::default()
         };
         let source = DirSource::new(&self.dir).with_id("exports");
-        let report = self
-            .repo
-            .backup(&source, options)
-            .await
-            .map_err(|e| e.to_string())?;
+        let report = self.repo.backup(&source, options).await?;
         Ok(format!("snapshot {}", report.record.id))
     }
 }
@@ -50,19 +46,12 @@ struct Verify {
 #[async_trait]
 impl ScheduledJob for Verify {
     async fn run(&self, _stop: StopSignal) -> JobOutcome {
-        let report = self
-            .repo
-            .verify(VerifyOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.repo
-            .record_verification(&report)
-            .await
-            .map_err(|e| e.to_string())?;
+        let report = self.repo.verify(VerifyOptions::default()).await?;
+        self.repo.record_verification(&report).await?;
         if report.is_ok() {
             Ok("sound".into())
         } else {
-            Err(format!("{} damaged object(s)", report.damaged.len()))
+            Err(format!("{} damaged object(s)", report.damaged.len()).into())
         }
     }
 }

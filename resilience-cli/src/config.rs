@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use chrono::Duration;
+use resilience_core::error::error_chain;
 use resilience_core::retention::{KeepRules, RetentionDuration};
 use resilience_core::time::schedule::{JobSchedule, MissedRuns, Window};
 use serde::Deserialize;
@@ -170,7 +171,8 @@ fn default_timezone() -> String {
 impl Timing<'_> {
     /// The schedule of job `name`.
     pub fn job_schedule(&self, name: &str) -> Result<JobSchedule, String> {
-        let mut s = JobSchedule::new(name, self.schedule, self.timezone)?
+        let mut s = JobSchedule::new(name, self.schedule, self.timezone)
+            .map_err(|e| error_chain(&e))?
             .with_missed(self.missed)
             .with_jitter(self.jitter.map_or(Duration::zero(), |j| j.to_chrono()));
         if let Some(w) = self.window {

@@ -8,6 +8,9 @@
 //! one listing, not one read per snapshot. Only the backup's own process writes its revisions
 //! while it runs; later changes (holds, tiers, verification) are made by maintenance.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 

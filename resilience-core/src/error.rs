@@ -1,5 +1,8 @@
 //! The error type of resilience-core: what failed, on which object, and what to do.
 
+use crate::catalog::{BackupStatus, Tier};
+use crate::chunker::InvalidChunkerParams;
+use crate::keyring::KeyRingError;
 use crate::sink::SinkError;
 use crate::source::AdapterError;
 
@@ -97,9 +100,107 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
-    /// The caller asked for something invalid.
+    /// The key copies or key sets refuse an operation (a stale copy, the last copy, …).
+    #[error(transparent)]
+    KeyRing(#[from] KeyRingError),
+    /// Chunker parameters that FastCDC does not accept.
+    #[error(transparent)]
+    Chunker(#[from] InvalidChunkerParams),
+    /// A backup's status does not allow the operation.
+    #[error("backup {backup} is {status}: {refused}")]
+    BackupStatus {
+        /// What is refused (`refusing to expire it`, `only succeeded backups move between
+        /// tiers`, …).
+        refused: &'static str,
+        /// The backup.
+        backup: String,
+        /// Its status.
+        status: BackupStatus,
+    },
+    /// A backup lives in a tier whose store is not attached.
+    #[error("backup {backup} is in the {tier:?} tier: attach that store to {operation} it (--cold-repo)")]
+    TierNotAttached {
+        /// What was asked (`restore`, `expire`).
+        operation: &'static str,
+        /// The backup.
+        backup: String,
+        /// Its tier.
+        tier: Tier,
+    },
+    /// A tier operation without a cold tier attached.
+    #[error("no cold tier attached (--cold-repo)")]
+    NoColdTier,
+    /// The store attached as the cold tier holds another repository.
+    #[error("{location} holds repository {found}, not {expected}: it is not this repository's cold tier")]
+    NotColdTier {
+        /// The store.
+        location: String,
+        /// The repository id it holds.
+        found: String,
+        /// This repository's id.
+        expected: String,
+    },
+    /// Prune cannot read a snapshot's manifest, so it cannot know what is referenced.
+    #[error("prune stopped: manifest {manifest} cannot be read, so the blobs it references are unknown; nothing was deleted")]
+    PruneManifestUnreadable {
+        /// The manifest object.
+        manifest: String,
+        /// Why it cannot be read.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A hold's release was written but a revision placing the hold could not be deleted.
+    #[error("the release of the legal hold on backup {backup} is written, but {revision}, which places the hold, could not be deleted: releasing a hold needs the maintenance credential; the hold stays in force")]
+    HoldNotReleased {
+        /// The backup.
+        backup: String,
+        /// The catalog revision that places the hold.
+        revision: String,
+        /// Why it could not be deleted.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A replica keeps a superseded key set because it cannot be deleted there.
+    #[error("cannot remove the superseded key-set generation {generation} from the replica {replica}: until it goes, the replica's key set stays at that generation; the replication credential needs delete permission on keys/keyset-*")]
+    ReplicaKeySetNotRemoved {
+        /// The superseded generation's object.
+        generation: String,
+        /// The replica.
+        replica: String,
+        /// The store's refusal.
+        #[source]
+        source: Box<SinkError>,
+    },
+    /// A task an operation runs in the background panicked or was cancelled.
+    #[error("{task} task failed")]
+    Task {
+        /// Which task (`pack upload`, `verification`, …).
+        task: &'static str,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// An invariant of the engine broke: a bug in resilience or in a source or target adapter.
+    #[error("{operation}: {detail} (a bug: please report it)")]
+    Internal {
+        /// The operation (`backup`, `restore`).
+        operation: &'static str,
+        /// What broke.
+        detail: &'static str,
+    },
+    /// A source ended before it finished its snapshot (it gave no closing metadata).
+    #[error("source {source_id} stopped before finishing its snapshot")]
+    SourceUnfinished {
+        /// The source.
+        source_id: String,
+    },
+    /// An error already reported for one object, repeated for another by its text (errors do
+    /// not clone).
     #[error("{0}")]
-    Invalid(String),
+    Repeated(String),
+    /// The caller asked for something that cannot be done with these arguments.
+    #[error("{0}")]
+    Usage(String),
     /// A run was told to stop before it finished (shutdown, end of its backup window).
     #[error("{operation} interrupted: {reason}")]
     Interrupted {
@@ -123,6 +224,11 @@ impl Error {
         }
     }
 
+    /// A failed background task of `task`.
+    pub(crate) fn task(task: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |source| Error::Task { task, source }
+    }
+
     pub(crate) fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             object: object.into(),
@@ -131,5 +237,58 @@ impl Error {
     }
 }
 
+/// An error's text followed by each cause's that it does not already contain, joined by `: `.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Results of resilience-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every wrapper's text leaves its source's to the chain, so each appears once.
+    #[test]
+    fn a_wrapper_does_not_repeat_its_source() {
+        let corrupt = || Box::new(Error::corrupt("snapshots/x", "authentication failed"));
+        let wrappers: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(Error::PruneManifestUnreadable {
+                manifest: "snapshots/x".into(),
+                source: corrupt(),
+            }),
+            Box::new(Error::HoldNotReleased {
+                backup: "b".into(),
+                revision: "catalog/b/0000000003-succeeded".into(),
+                source: corrupt(),
+            }),
+            Box::new(Error::ReplicaKeySetNotRemoved {
+                generation: "keys/keyset-0000000002".into(),
+                replica: "memory://".into(),
+                source: Box::new(SinkError::Refused {
+                    operation: "delete",
+                    key: "keys/keyset-0000000002".into(),
+                    reason: "append-only".into(),
+                }),
+            }),
+            Box::new(crate::retention::StandardPolicy::from_toml("keep_dayly = 1").unwrap_err()),
+            Box::new(crate::schedule::JobSchedule::new("j", "not cron", "UTC").unwrap_err()),
+        ];
+        for e in wrappers {
+            let source = e.source().expect("a source").to_string();
+            assert!(!e.to_string().contains(&source), "{e} repeats {source}");
+            let chain = error_chain(e.as_ref());
+            assert_eq!(chain.matches(&source).count(), 1, "{chain}");
+        }
+    }
+}

@@ -12,6 +12,7 @@
 mod append_only;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+mod forward;
 mod memory;
 pub mod throttle;
 
@@ -22,8 +23,12 @@ use std::fmt;
 use std::ops::Range;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+#[doc(hidden)]
+pub use forward::__private;
 
 /// A boxed error from a store's client library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -145,22 +150,56 @@ impl SinkError {
 ///
 /// Every method is safe to call concurrently. A successful `put` means the object is durable:
 /// the engine relies on that before it records anything that references the object.
+///
+/// # Required and provided methods
+///
+/// A store implements six methods: [`location`](Sink::location),
+/// [`put_stream`](Sink::put_stream), [`get_stream`](Sink::get_stream), [`head`](Sink::head),
+/// [`list`](Sink::list) and [`delete`](Sink::delete). The conveniences —
+/// [`put`](Sink::put), [`put_copy`](Sink::put_copy), [`get`](Sink::get) and
+/// [`get_range`](Sink::get_range) — are provided on top of them; a store overrides them where it
+/// can do better (one request for a small object, a ranged request, a copy its store proves).
+///
+/// A wrapper (append-only, throttled, fault-injecting, …) must pass every method, provided ones
+/// included, to its inner sink, or an override of the inner sink (such as a proven
+/// [`put_copy`](Sink::put_copy)) is silently lost. Wrappers are therefore written with
+/// [`forward_sink!`](crate::forward_sink), which forwards the methods a wrapper does not change
+/// and makes a method left out a compile error.
 #[async_trait]
 pub trait Sink: Send + Sync + fmt::Debug {
     /// A human-readable location for messages, without credentials (e.g. `s3://bucket/prefix`).
     fn location(&self) -> String;
 
-    /// Stores `data` under `key`, durably, before returning.
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError>;
-
     /// Stores a stream of unknown length under `key` (multipart where the store has it), so that
-    /// large objects never sit whole in memory. Returns the number of bytes written.
+    /// large objects never sit whole in memory, durably, before returning. Returns the number of
+    /// bytes written.
     async fn put_stream(
         &self,
         key: &str,
         data: ByteStream,
         mode: PutMode,
     ) -> Result<u64, SinkError>;
+
+    /// Streams an object's bytes.
+    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError>;
+
+    /// The object's metadata, or [`SinkError::NotFound`].
+    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError>;
+
+    /// Lists every object whose key starts with `prefix` (a folder such as `data/`, or empty).
+    /// The order is unspecified.
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>>;
+
+    /// Deletes an object. Deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), SinkError>;
+
+    /// Stores `data` under `key`, durably, before returning.
+    ///
+    /// The default is a [`put_stream`](Sink::put_stream) of one part.
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+        let one = futures::stream::once(async move { Ok(data) }).boxed();
+        self.put_stream(key, one, mode).await.map(drop)
+    }
 
     /// Stores a copy of an object that another store listed as `origin`, streamed (replacing
     /// whatever is under `key`), and says whether this store proved the copy exact.
@@ -184,66 +223,55 @@ pub trait Sink: Send + Sync + fmt::Debug {
     }
 
     /// Reads a whole object. Use for small objects; large ones are read by range or stream.
-    async fn get(&self, key: &str) -> Result<Bytes, SinkError>;
+    ///
+    /// The default gathers [`get_stream`](Sink::get_stream).
+    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
+        let whole = self
+            .get_stream(key)
+            .await?
+            .try_fold(BytesMut::new(), |mut whole, part| async move {
+                whole.extend_from_slice(&part);
+                Ok(whole)
+            })
+            .await?;
+        Ok(whole.freeze())
+    }
 
     /// Reads `range` of an object; a range past the end is [`SinkError::BadRange`].
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError>;
-
-    /// Streams an object's bytes.
-    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError>;
-
-    /// The object's metadata, or [`SinkError::NotFound`].
-    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError>;
-
-    /// Lists every object whose key starts with `prefix` (a folder such as `data/`, or empty).
-    /// The order is unspecified.
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>>;
-
-    /// Deletes an object. Deleting a missing object succeeds.
-    async fn delete(&self, key: &str) -> Result<(), SinkError>;
+    ///
+    /// The default reads [`get_stream`](Sink::get_stream) up to the range's end (and to the
+    /// object's end when the range lies past it, to say the object's size).
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
+        let bad_range = |size| SinkError::BadRange {
+            key: key.to_owned(),
+            start: range.start,
+            end: range.end,
+            size,
+        };
+        if range.start > range.end {
+            return Err(bad_range(self.head(key).await?.size));
+        }
+        let mut stream = self.get_stream(key).await?;
+        let mut wanted = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut offset = 0u64;
+        while offset < range.end {
+            let Some(part) = stream.try_next().await? else {
+                return Err(bad_range(offset));
+            };
+            let part_end = offset + part.len() as u64;
+            if part_end > range.start {
+                let from = range.start.saturating_sub(offset) as usize;
+                let to = (range.end.min(part_end) - offset) as usize;
+                wanted.extend_from_slice(&part[from..to]);
+            }
+            offset = part_end;
+        }
+        Ok(wanted.freeze())
+    }
 }
 
-/// A shared sink is a sink, so wrappers compose over `Arc<dyn Sink>`.
-#[async_trait]
-impl<S: Sink + ?Sized> Sink for std::sync::Arc<S> {
-    fn location(&self) -> String {
-        (**self).location()
-    }
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
-        (**self).put(key, data, mode).await
-    }
-    async fn put_stream(
-        &self,
-        key: &str,
-        data: ByteStream,
-        mode: PutMode,
-    ) -> Result<u64, SinkError> {
-        (**self).put_stream(key, data, mode).await
-    }
-    async fn put_copy(
-        &self,
-        key: &str,
-        data: ByteStream,
-        origin: &ObjectMeta,
-    ) -> Result<Copied, SinkError> {
-        (**self).put_copy(key, data, origin).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
-        (**self).get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
-        (**self).get_range(key, range).await
-    }
-    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
-        (**self).get_stream(key).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
-        (**self).head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
-        (**self).list(prefix)
-    }
-    async fn delete(&self, key: &str) -> Result<(), SinkError> {
-        (**self).delete(key).await
-    }
+crate::forward_sink! {
+    /// A shared sink is a sink, so wrappers compose over `Arc<dyn Sink>`.
+    (impl<S: Sink + ?Sized> Sink for std::sync::Arc<S>)
+    to **self: location, put_stream, get_stream, head, list, delete, put, put_copy, get, get_range;
 }

@@ -247,11 +247,10 @@ impl<S: Sink> FaultySink<S> {
     }
 }
 
-#[async_trait]
-impl<S: Sink> Sink for FaultySink<S> {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+crate::forward_sink! {
+    (impl<S: Sink> Sink for FaultySink<S>)
+    to self.inner: location, get, get_stream, head, list, delete;
+
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         self.spend(key)?;
         self.inner.put(key, data, mode).await
@@ -274,26 +273,11 @@ impl<S: Sink> Sink for FaultySink<S> {
         self.spend(key)?;
         self.inner.put_copy(key, data, origin).await
     }
-    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
-        self.inner.get(key).await
-    }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
         let data = self.inner.get_range(key, range).await?;
         self.range_bytes
             .fetch_add(data.len() as u64, Ordering::SeqCst);
         Ok(data)
-    }
-    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
-        self.inner.get_stream(key).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
-        self.inner.head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
-        self.inner.list(prefix)
-    }
-    async fn delete(&self, key: &str) -> Result<(), SinkError> {
-        self.inner.delete(key).await
     }
 }
 
@@ -440,11 +424,10 @@ impl PausableSink {
     }
 }
 
-#[async_trait]
-impl Sink for PausableSink {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+crate::forward_sink! {
+    (impl Sink for PausableSink)
+    to self.inner: location;
+
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         self.before_put(key).await;
         let done = self.inner.put(key, data, mode).await;

@@ -355,7 +355,8 @@ fn bad_policy_documents_are_refused_with_the_reason() {
         ("keep_within = \"ten days\"", "duration"),
     ] {
         let err = StandardPolicy::from_toml(doc).unwrap_err();
-        assert!(err.contains(needle), "{doc}: {err}");
+        let text = resilience_core::error::error_chain(&err);
+        assert!(text.contains(needle), "{doc}: {text}");
     }
     assert!(StandardPolicy::from_json(
         r#"{"keep_last": 3, "per_label": [{"label": "env=prod", "rules": {"keep_daily": 7}}]}"#

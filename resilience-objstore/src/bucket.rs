@@ -714,7 +714,7 @@ pub async fn plan_as_of(
         .and_then(|v| v.as_bool())
         != Some(true)
     {
-        return Err(resilience_core::error::Error::Invalid(format!(
+        return Err(resilience_core::error::Error::Usage(format!(
             "snapshot {} was taken without versions: it holds only the objects current then, so it cannot be restored as of a time (back up with `bucket backup --versions`)",
             record.id
         )));

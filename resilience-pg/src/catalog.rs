@@ -78,6 +78,12 @@ impl PgCatalog {
     }
 }
 
+/// SQL for the rank of a status `column` in the order that decides which of two revisions of
+/// one number is current (`running` < `failed` < `succeeded` < `expired`).
+fn status_rank(column: &str) -> String {
+    format!("array_position(ARRAY['running', 'failed', 'succeeded', 'expired'], {column})")
+}
+
 fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).expect("serializes")
 }
@@ -141,6 +147,11 @@ impl Catalog for PgCatalog {
             &r.updated_at,
             &record,
         ];
+        let current_rank = status_rank(&format!("{s}.backups.status"));
+        let new_rank = status_rank("EXCLUDED.status");
+        // Within one revision the status further along is current, whichever came first, as
+        // in the repository's catalog (a backup's own success outranks a reaper's guess that
+        // it died; an expiry outranks both).
         self.client
             .execute(
                 &format!(
@@ -157,7 +168,8 @@ impl Catalog for PgCatalog {
                          source_metadata = EXCLUDED.source_metadata,
                          verifications = EXCLUDED.verifications, host = EXCLUDED.host,
                          updated_at = EXCLUDED.updated_at, record = EXCLUDED.record
-                     WHERE {s}.backups.revision < EXCLUDED.revision"
+                     WHERE ({s}.backups.revision, {current_rank})
+                         < (EXCLUDED.revision, {new_rank})"
                 ),
                 &params,
             )
@@ -189,7 +201,7 @@ impl Catalog for PgCatalog {
                        AND (cardinality($2::text[]) = 0 OR status = ANY($2))
                        AND ($3::timestamptz IS NULL OR started_at >= $3)
                        AND ($4::timestamptz IS NULL OR started_at < $4)
-                     ORDER BY started_at, id",
+                     ORDER BY started_at, id COLLATE \"C\"",
                     self.schema
                 ),
                 &[&query.source, &statuses, &query.since, &query.until],
@@ -216,8 +228,13 @@ fn decode(id: &str, value: serde_json::Value) -> Result<BackupRecord> {
 pub async fn sync(from: &dyn Catalog, to: &PgCatalog) -> Result<usize> {
     let mut copied = 0;
     for record in from.list(&CatalogQuery::default()).await? {
+        // A revision of the same number with another status may be further along (`put`
+        // keeps whichever is).
         let newer = match to.get(&record.id).await? {
-            Some(have) => have.revision < record.revision,
+            Some(have) => {
+                have.revision < record.revision
+                    || (have.revision == record.revision && have.status != record.status)
+            }
             None => true,
         };
         if newer {

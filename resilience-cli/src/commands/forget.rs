@@ -1,6 +1,7 @@
 //! `forget`: apply a retention policy — expire backups, move old ones to the cold tier.
 
 use resilience_core::catalog::{Catalog, CatalogQuery};
+use resilience_core::error::error_chain;
 use resilience_core::retention::{self, KeepRules, RetentionDuration, StandardPolicy};
 use serde_json::{json, Value};
 
@@ -100,7 +101,7 @@ fn policy_from(args: &ForgetArgs) -> Result<StandardPolicy, CliError> {
         } else {
             StandardPolicy::from_toml(&text)
         };
-        return parsed.map_err(CliError::Usage);
+        return parsed.map_err(|e| CliError::Usage(error_chain(&e)));
     }
     let policy = StandardPolicy {
         default: KeepRules {
@@ -117,7 +118,9 @@ fn policy_from(args: &ForgetArgs) -> Result<StandardPolicy, CliError> {
         timezone: args.tz.clone(),
         ..Default::default()
     };
-    policy.validate().map_err(CliError::Usage)?;
+    policy
+        .validate()
+        .map_err(|e| CliError::Usage(error_chain(&e)))?;
     if policy.default == KeepRules::default() {
         return Err(CliError::Usage(
             "no retention rule given: use --keep-* flags, --hot/--cold, or --policy FILE".into(),

@@ -96,9 +96,7 @@ pub struct BackupJob {
 #[async_trait]
 impl ScheduledJob for BackupJob {
     async fn run(&self, stop: StopSignal) -> JobOutcome {
-        let report = back_up_source(&self.shared.repo, &self.source, Some(stop))
-            .await
-            .map_err(|e| e.to_string())?;
+        let report = back_up_source(&self.shared.repo, &self.source, Some(stop)).await?;
         let r = &report.record;
         Ok(format!(
             "snapshot {}: {} entries, {} bytes read, {} new, {} stored",
@@ -127,8 +125,8 @@ impl ScheduledJob for ConfiguredJob {
             }
         };
         tokio::select! {
-            r = work => r.map_err(|e| e.to_string()),
-            _ = stop.stopped() => Err(format!("{} interrupted: {}", self.job.job_name(), stop.reason())),
+            r = work => r.map_err(Into::into),
+            _ = stop.stopped() => Err(format!("{} interrupted: {}", self.job.job_name(), stop.reason()).into()),
         }
     }
 }

@@ -36,7 +36,7 @@ impl Default for ChunkerParams {
 
 impl ChunkerParams {
     /// Checks the bounds against what FastCDC accepts.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidChunkerParams> {
         let ok = (v2020::MINIMUM_MIN..=v2020::MINIMUM_MAX).contains(&self.min_size)
             && (v2020::AVERAGE_MIN..=v2020::AVERAGE_MAX).contains(&self.avg_size)
             && (v2020::MAXIMUM_MIN..=v2020::MAXIMUM_MAX).contains(&self.max_size)
@@ -45,10 +45,15 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(format!("invalid chunker parameters {self:?}"))
+            Err(InvalidChunkerParams(*self))
         }
     }
 }
+
+/// Chunker parameters outside what FastCDC accepts, or not ordered min ≤ avg ≤ max.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid chunker parameters {0:?}: FastCDC needs min ≤ avg ≤ max within its bounds")]
+pub struct InvalidChunkerParams(pub ChunkerParams);
 
 /// A streaming content-defined chunker.
 pub struct Chunker {

@@ -29,6 +29,50 @@ use crate::repo::lock::{LockKind, RepoLock};
 use crate::repo::Repository;
 use crate::sink::{ObjectMeta, PutMode, Sink};
 
+/// An operation on key copies or key sets that cannot be done, naming the copy or key set.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRingError {
+    /// The copy that opened is not in the key set in force.
+    #[error("{copy} is not in the key set in force {keyset} (an interrupted `key add` or `key remove`): open with another key and add this provider again")]
+    StaleCopy {
+        /// The copy's object.
+        copy: String,
+        /// The key set in force.
+        keyset: String,
+    },
+    /// The key set in force holds a data key this process lacks.
+    #[error("{keyset} holds data key {data_key}, which this process does not: the keys changed since the repository was opened; open it again")]
+    KeysChanged {
+        /// The key set in force.
+        keyset: String,
+        /// The data key this process lacks.
+        data_key: String,
+    },
+    /// No key copy has this id.
+    #[error("keys/{id}: no such key copy (see `resilience key list`)")]
+    NoSuchCopy {
+        /// The id asked for.
+        id: String,
+    },
+    /// Removing this copy would leave none that opens the repository.
+    #[error("keys/{id} is the last key copy that opens the repository: add another with `resilience key add` first")]
+    LastCopy {
+        /// The copy's id.
+        id: String,
+    },
+    /// A format-1 copy, which rotation cannot re-wrap.
+    #[error("{copy} ({provider}) is a format-1 copy, which rotation cannot re-wrap: add a new copy for that provider with `resilience key add` and remove this one, then rotate")]
+    LegacyCopy {
+        /// The copy's object.
+        copy: String,
+        /// Its provider.
+        provider: String,
+    },
+    /// No active copy would open the rotated keys.
+    #[error("no key copy would open the rotated keys")]
+    NoRecipient,
+}
+
 /// Prefix of key-set generation objects.
 pub const KEYSET_PREFIX: &str = "keys/keyset-";
 
@@ -337,11 +381,15 @@ impl KeyRing {
             }
         }
         if let Some(copy) = stale {
-            return Err(Error::Invalid(format!(
-                "{copy} is not in the key set in force {} (an interrupted `key add` or `key \
-                 remove`): open with another key and add this provider again",
-                self.generation_names.first().map_or("-", String::as_str)
-            )));
+            return Err(KeyRingError::StaleCopy {
+                copy,
+                keyset: self
+                    .generation_names
+                    .first()
+                    .map_or("-", String::as_str)
+                    .to_owned(),
+            }
+            .into());
         }
         Err(Error::WrongKey {
             location: location.to_owned(),
@@ -365,7 +413,7 @@ fn clone_error(e: &Error) -> Error {
             found: *found,
             supported: *supported,
         },
-        other => Error::Invalid(other.to_string()),
+        other => Error::Repeated(other.to_string()),
     }
 }
 
@@ -459,11 +507,11 @@ impl Repository {
         if let Some(g) = ring.in_force()? {
             let ours = self.keys.data_key_ids();
             if let Some(k) = g.data_keys.iter().find(|k| !ours.contains(k)) {
-                return Err(Error::Invalid(format!(
-                    "{} holds data key {k}, which this process does not: the keys changed \
-                     since the repository was opened; open it again",
-                    keyset_name(g.generation)
-                )));
+                return Err(KeyRingError::KeysChanged {
+                    keyset: keyset_name(g.generation),
+                    data_key: k.to_string(),
+                }
+                .into());
             }
         }
         Ok(())
@@ -525,9 +573,7 @@ impl Repository {
         let ring = self.key_ring().await?;
         self.check_fresh(&ring)?;
         let Some(copy) = ring.copies.iter().find(|c| c.id == id).cloned() else {
-            return Err(Error::Invalid(format!(
-                "keys/{id}: no such key copy (see `resilience key list`)"
-            )));
+            return Err(KeyRingError::NoSuchCopy { id: id.to_owned() }.into());
         };
         let others_open = ring
             .copies
@@ -535,10 +581,7 @@ impl Repository {
             .filter(|c| c.id != id)
             .any(|c| ring.state(c) != CopyState::Stale);
         if !others_open {
-            return Err(Error::Invalid(format!(
-                "keys/{id} is the last key copy that opens the repository: add another with \
-                 `resilience key add` first"
-            )));
+            return Err(KeyRingError::LastCopy { id: id.to_owned() }.into());
         }
         if copy.format == 2 {
             let recipients: Vec<&WrappedKey> = ring
@@ -587,12 +630,11 @@ impl Repository {
         let ring = self.key_ring().await?;
         self.check_fresh(&ring)?;
         if let Some(legacy) = ring.copies.iter().find(|c| c.format == 1) {
-            return Err(Error::Invalid(format!(
-                "{} ({}) is a format-1 copy, which rotation cannot re-wrap: add a new copy for \
-                 that provider with `resilience key add` and remove this one, then rotate",
-                legacy.object_name(),
-                legacy.provider
-            )));
+            return Err(KeyRingError::LegacyCopy {
+                copy: legacy.object_name(),
+                provider: legacy.provider.clone(),
+            }
+            .into());
         }
         let mut keys = (*self.keys).clone();
         let data_key = keys.rotate();
@@ -613,9 +655,7 @@ impl Repository {
             .filter(|c| ring.state(c) == CopyState::Active)
             .collect();
         if recipients.is_empty() {
-            return Err(Error::Invalid(
-                "no key copy would open the rotated keys".into(),
-            ));
+            return Err(KeyRingError::NoRecipient.into());
         }
         let generation = write_generation(
             self.sink.as_ref(),
@@ -708,7 +748,7 @@ mod tests {
         assert_eq!(ring.state(&cb), CopyState::Stale);
         assert!(matches!(
             ring.unlock(&b, "mem").await,
-            Err(Error::Invalid(_))
+            Err(Error::KeyRing(KeyRingError::StaleCopy { .. }))
         ));
     }
 }

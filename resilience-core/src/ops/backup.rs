@@ -150,7 +150,7 @@ impl Packer {
             let key_id = keys.current_key_id();
             let (id, bytes, blobs) = tokio::task::spawn_blocking(move || full.finish(&keys))
                 .await
-                .map_err(|e| Error::Invalid(format!("pack sealing task failed: {e}")))?;
+                .map_err(Error::task("pack sealing"))?;
             let size = bytes.len() as u64;
             repo::put_idempotent(shared.repo.sink.as_ref(), &pack::pack_key(&id), bytes).await?;
             Ok(PackRecord {
@@ -165,8 +165,7 @@ impl Packer {
 
     async fn reap_one(&mut self) -> Result<()> {
         if let Some(done) = self.uploads.join_next().await {
-            let record =
-                done.map_err(|e| Error::Invalid(format!("pack upload task failed: {e}")))??;
+            let record = done.map_err(Error::task("pack upload"))??;
             self.stored_bytes += record.size;
             self.unindexed.push(record);
             if self.unindexed.len() >= PACKS_PER_INDEX {
@@ -321,8 +320,7 @@ impl Pipeline {
         let Some(done) = self.inflight.next().await else {
             return Ok(());
         };
-        let (owner, r, encoded) =
-            done.map_err(|e| Error::Invalid(format!("chunk task failed: {e}")))?;
+        let (owner, r, encoded) = done.map_err(Error::task("chunk"))?;
         if let Some(enc) = encoded {
             if enc.kind == BlobKind::Data {
                 self.new_bytes += enc.raw_len as u64;
@@ -423,7 +421,10 @@ impl Pipeline {
             self.pop(packer).await?;
         }
         if !self.pending.is_empty() {
-            return Err(Error::Invalid("an entry was left incomplete".into()));
+            return Err(Error::Internal {
+                operation: "backup",
+                detail: "an entry was left incomplete",
+            });
         }
         while let Some(chunk) = self.tree_chunker.next_chunk(true) {
             self.push_chunk(ChunkOwner::Tree, chunk, packer).await?;
@@ -890,8 +891,8 @@ impl Repository {
             }
         }
         let _ = reader_task.await;
-        let source_metadata = source_metadata.ok_or_else(|| {
-            Error::Invalid("the source stopped before finishing its snapshot".into())
+        let source_metadata = source_metadata.ok_or_else(|| Error::SourceUnfinished {
+            source_id: record.source.id.clone(),
         })?;
         pipeline.finish(&mut packer).await?;
         packer.finish().await?;

@@ -138,10 +138,11 @@ impl Repository {
                         continue;
                     }
                     if record.status == BackupStatus::Running {
-                        return Err(Error::Invalid(format!(
-                            "refusing to expire running backup {}",
-                            d.id
-                        )));
+                        return Err(Error::BackupStatus {
+                            refused: "refusing to expire it",
+                            backup: d.id.clone(),
+                            status: record.status,
+                        });
                     }
                     lock.check()?;
                     catalog_lock.check()?;
@@ -154,11 +155,10 @@ impl Repository {
                         self.cold
                             .as_deref()
                             .filter(|c| c.tier == record.tier)
-                            .ok_or_else(|| {
-                                Error::Invalid(format!(
-                                    "backup {} is in the {:?} tier: attach that store to expire it",
-                                    d.id, record.tier
-                                ))
+                            .ok_or_else(|| Error::TierNotAttached {
+                                operation: "expire",
+                                backup: d.id.clone(),
+                                tier: record.tier,
                             })?
                     };
                     let manifest = crate::format::snapshot::manifest_key(&d.id);
@@ -273,10 +273,11 @@ impl Repository {
             BackupStatus::Running if !hold => {}
             status => {
                 if hold {
-                    return Err(Error::Invalid(format!(
-                        "cannot place a legal hold on backup {}: it is {status}",
-                        record.id
-                    )));
+                    return Err(Error::BackupStatus {
+                        refused: "cannot place a legal hold on it",
+                        backup: record.id.clone(),
+                        status,
+                    });
                 }
             }
         }
@@ -290,14 +291,14 @@ impl Repository {
         if !hold {
             for key in catalog.hold_revisions(&record.id).await? {
                 lock.check()?;
-                catalog.delete_revision(&key).await.map_err(|e| {
-                    Error::Invalid(format!(
-                        "the release of the legal hold on backup {} is written, but {key}, \
-                         which places the hold, could not be deleted ({e}): releasing a hold \
-                         needs the maintenance credential; the hold stays in force",
-                        record.id
-                    ))
-                })?;
+                catalog
+                    .delete_revision(&key)
+                    .await
+                    .map_err(|e| Error::HoldNotReleased {
+                        backup: record.id.clone(),
+                        revision: key.clone(),
+                        source: Box::new(e),
+                    })?;
             }
         }
         Ok(record)
@@ -325,12 +326,11 @@ impl Repository {
         match Repository::read_config(sink.as_ref()).await {
             Ok(cfg) if cfg.id == self.config.id => {}
             Ok(cfg) => {
-                return Err(Error::Invalid(format!(
-                    "{} holds repository {}, not {}: it is not this repository's cold tier",
-                    sink.location(),
-                    cfg.id,
-                    self.config.id
-                )))
+                return Err(Error::NotColdTier {
+                    location: sink.location(),
+                    found: cfg.id,
+                    expected: self.config.id.clone(),
+                })
             }
             Err(Error::RepositoryNotFound { .. }) => {
                 use futures::TryStreamExt;
@@ -371,20 +371,14 @@ impl Repository {
     /// record, and only then records the new tier and removes the hot manifest (a later hot
     /// prune frees what no hot snapshot needs).
     pub async fn move_to_cold(&self, spec: &str) -> Result<TierMove> {
-        let cold = self
-            .cold
-            .clone()
-            .ok_or_else(|| Error::Invalid("no cold tier attached (--cold-repo)".into()))?;
+        let cold = self.cold.clone().ok_or(Error::NoColdTier)?;
         self.move_between_into(spec, &cold, crate::catalog::Tier::Cold, &self.catalog())
             .await
     }
 
     /// Brings a snapshot back from the cold tier to the hot one.
     pub async fn move_to_hot(&self, spec: &str) -> Result<TierMove> {
-        let cold = self
-            .cold
-            .clone()
-            .ok_or_else(|| Error::Invalid("no cold tier attached (--cold-repo)".into()))?;
+        let cold = self.cold.clone().ok_or(Error::NoColdTier)?;
         let hot = Repository {
             cold: None,
             ..self.clone()
@@ -417,10 +411,11 @@ impl Repository {
             });
         }
         if record.status != BackupStatus::Succeeded {
-            return Err(Error::Invalid(format!(
-                "backup {} is {}, only succeeded backups move between tiers",
-                record.id, record.status
-            )));
+            return Err(Error::BackupStatus {
+                refused: "only succeeded backups move between tiers",
+                backup: record.id.clone(),
+                status: record.status,
+            });
         }
         let manifest_key = crate::format::snapshot::manifest_key(&record.id);
         let manifest = self.load_manifest(&record).await?;

@@ -204,11 +204,12 @@ impl Repository {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let manifest = self.open_manifest(&key, &bytes).map_err(|e| {
-                Error::Invalid(format!(
-                    "prune stopped: manifest {key} cannot be read ({e}), so the blobs it references are unknown; nothing was deleted"
-                ))
-            })?;
+            let manifest =
+                self.open_manifest(&key, &bytes)
+                    .map_err(|e| Error::PruneManifestUnreadable {
+                        manifest: key.clone(),
+                        source: Box::new(e),
+                    })?;
             for r in &manifest.tree {
                 referenced.mark(index, &r.id);
             }
@@ -247,7 +248,7 @@ impl Repository {
         let mut report = PruneReport::default();
         let now = self.clock.now();
         let grace = chrono::Duration::from_std(options.grace)
-            .map_err(|_| Error::Invalid("grace period too long".into()))?;
+            .map_err(|_| Error::Usage("grace period too long".into()))?;
         let locks = lock::list_locks(self.sink.as_ref()).await?;
         let plans = self.prune_plans().await?;
         // The store's time of each plan: its age and the locks taken before it are judged by

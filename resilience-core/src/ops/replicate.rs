@@ -157,13 +157,11 @@ async fn retire_superseded_generations(
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => {
-                return Err(Error::Invalid(format!(
-                    "cannot remove the superseded key-set generation {} from the replica {} \
-                     ({e}): until it goes, the replica's key set stays at that generation; the \
-                     replication credential needs delete permission on keys/keyset-*",
-                    old.key,
-                    replica.location()
-                )))
+                return Err(Error::ReplicaKeySetNotRemoved {
+                    generation: old.key.clone(),
+                    replica: replica.location(),
+                    source: Box::new(e),
+                })
             }
         }
     }
@@ -410,8 +408,6 @@ mod tests {
     use super::*;
     use crate::sink::{ByteStream, Copied, MemorySink, ObjectMeta, PutMode};
     use bytes::Bytes;
-    use futures::stream::BoxStream;
-    use std::ops::Range;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     /// How [`Tampering`] damages the bytes put through it.
@@ -444,13 +440,12 @@ mod tests {
         }
     }
 
-    #[async_trait::async_trait]
-    impl Sink for Tampering {
+    crate::forward_sink! {
+        (impl Sink for Tampering)
+        to self.inner: put, get, get_range, head, list, delete;
+
         fn location(&self) -> String {
             "tampering://".into()
-        }
-        async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
-            self.inner.put(key, data, mode).await
         }
         async fn put_stream(
             &self,
@@ -472,12 +467,6 @@ mod tests {
             }
             self.inner.put(key, bytes.into(), mode).await?;
             Ok(n)
-        }
-        async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
-            self.inner.get(key).await
-        }
-        async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
-            self.inner.get_range(key, range).await
         }
         async fn put_copy(
             &self,
@@ -506,15 +495,6 @@ mod tests {
         async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             self.inner.get_stream(key).await
-        }
-        async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
-            self.inner.head(key).await
-        }
-        fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
-            self.inner.list(prefix)
-        }
-        async fn delete(&self, key: &str) -> Result<(), SinkError> {
-            self.inner.delete(key).await
         }
     }
 

@@ -65,7 +65,7 @@ pub async fn read_blob(repo: &Repository, id: BlobId, loc: BlobLocation) -> Resu
         blob::decode_blob(&keys, loc.key_id, loc.kind, &id, loc.raw_len, &sealed, &key)
     })
     .await
-    .map_err(|e| Error::Invalid(format!("blob decoding task failed: {e}")))?
+    .map_err(Error::task("blob decoding"))?
 }
 
 /// Reads one blob from the first of `copies` that reads back authentic: a copy that is damaged
@@ -145,9 +145,7 @@ impl TreeReader {
                 self.decoder.finish(&self.object)?;
                 return Ok(None);
             };
-            let piece = handle
-                .await
-                .map_err(|e| Error::Invalid(format!("tree read task failed: {e}")))??;
+            let piece = handle.await.map_err(Error::task("tree read"))??;
             self.prefetch();
             self.decoder.feed(&piece);
         }
@@ -232,11 +230,14 @@ impl Repository {
         let record = self.resolve_snapshot(spec, None).await?;
         if record.tier != self.tier {
             return match &self.cold {
-                Some(cold) if record.tier == cold.tier => Box::pin(cold.restore(&record.id, target, options)).await,
-                _ => Err(Error::Invalid(format!(
-                    "snapshot {} is in the {:?} tier: attach that store to restore it (--cold-repo)",
-                    record.id, record.tier
-                ))),
+                Some(cold) if record.tier == cold.tier => {
+                    Box::pin(cold.restore(&record.id, target, options)).await
+                }
+                _ => Err(Error::TierNotAttached {
+                    operation: "restore",
+                    backup: record.id.clone(),
+                    tier: record.tier,
+                }),
             };
         }
         let index = Arc::new(RestoreIndex {
@@ -309,9 +310,10 @@ impl Repository {
                     writer = w;
                 }
                 Step::Piece(data) => {
-                    let w = writer
-                        .as_mut()
-                        .ok_or_else(|| Error::Invalid("content without an open entry".into()))?;
+                    let w = writer.as_mut().ok_or(Error::Internal {
+                        operation: "restore",
+                        detail: "content without an open entry",
+                    })?;
                     bytes += data.len() as u64;
                     if let Some(p) = &options.progress {
                         p.bytes(data.len() as u64);

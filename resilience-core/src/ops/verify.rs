@@ -581,7 +581,7 @@ impl Repository {
             (bad, blobs.len() as u64)
         })
         .await
-        .map_err(|e| Error::Invalid(format!("verification task failed: {e}")))?;
+        .map_err(Error::task("verification"))?;
         check.blobs_checked = checked;
         if !bad.is_empty() && problem.is_none() {
             problem = Some(format!(
@@ -638,7 +638,7 @@ fn object_of(e: &Error) -> Option<String> {
 fn clone_error(e: &Error) -> Error {
     match e {
         Error::Corrupt { object, reason } => Error::corrupt(object.clone(), reason.clone()),
-        other => Error::Invalid(other.to_string()),
+        other => Error::Repeated(other.to_string()),
     }
 }
 

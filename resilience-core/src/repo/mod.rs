@@ -125,7 +125,7 @@ impl Repository {
         provider: &dyn KeyProvider,
         options: InitOptions,
     ) -> Result<Repository> {
-        options.chunker.validate().map_err(Error::Invalid)?;
+        options.chunker.validate()?;
         if Self::exists(sink.as_ref()).await? {
             return Err(Error::AlreadyInitialized {
                 location: sink.location(),
@@ -217,7 +217,7 @@ impl Repository {
         config
             .chunker
             .validate()
-            .map_err(|e| Error::corrupt("config", e))?;
+            .map_err(|e| Error::corrupt("config", e.to_string()))?;
         Ok(config)
     }
 

@@ -32,12 +32,32 @@ impl RetentionDuration {
     }
 }
 
+/// A duration that does not parse, as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing was written.
+    #[error("empty duration")]
+    Empty,
+    /// The last character is not a unit.
+    #[error("duration {0:?} needs a unit: s, m, h, d, w or y (e.g. 90d)")]
+    NoUnit(String),
+    /// What precedes the unit is not a whole number.
+    #[error("duration {0:?} must be a whole number followed by a unit (e.g. 90d)")]
+    NotANumber(String),
+    /// The number is negative.
+    #[error("duration {0:?} is negative")]
+    Negative(String),
+    /// It does not fit in 64 bits of seconds.
+    #[error("duration {0:?} is too long")]
+    TooLong(String),
+}
+
 impl FromStr for RetentionDuration {
-    type Err = String;
+    type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let unit = s.chars().last().ok_or("empty duration")?;
+        let unit = s.chars().last().ok_or(DurationError::Empty)?;
         let (num, mult) = match unit {
             's' => (&s[..s.len() - 1], 1),
             'm' => (&s[..s.len() - 1], 60),
@@ -45,21 +65,17 @@ impl FromStr for RetentionDuration {
             'd' => (&s[..s.len() - 1], 86_400),
             'w' => (&s[..s.len() - 1], 7 * 86_400),
             'y' => (&s[..s.len() - 1], 365 * 86_400),
-            _ => {
-                return Err(format!(
-                    "duration {s:?} needs a unit: s, m, h, d, w or y (e.g. 90d)"
-                ))
-            }
+            _ => return Err(DurationError::NoUnit(s.into())),
         };
-        let n: i64 = num.parse().map_err(|_| {
-            format!("duration {s:?} must be a whole number followed by a unit (e.g. 90d)")
-        })?;
+        let n: i64 = num
+            .parse()
+            .map_err(|_| DurationError::NotANumber(s.into()))?;
         if n < 0 {
-            return Err(format!("duration {s:?} is negative"));
+            return Err(DurationError::Negative(s.into()));
         }
         let seconds = n
             .checked_mul(mult)
-            .ok_or_else(|| format!("duration {s:?} is too long"))?;
+            .ok_or_else(|| DurationError::TooLong(s.into()))?;
         Ok(RetentionDuration {
             seconds,
             text_unit: unit,

@@ -10,8 +10,8 @@ mod duration;
 pub mod safety;
 mod standard;
 
-pub use duration::RetentionDuration;
-pub use standard::{KeepRules, LabelRules, StandardPolicy};
+pub use duration::{DurationError, RetentionDuration};
+pub use standard::{KeepRules, LabelRules, PolicyError, StandardPolicy};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -61,21 +61,56 @@ impl KeepRules {
         *self == KeepRules::default()
     }
 
-    fn validate(&self, context: &str) -> Result<(), String> {
+    fn validate(&self, rules: &str) -> Result<(), PolicyError> {
         if let (None, Some(_)) = (self.hot, self.cold) {
-            return Err(format!(
-                "{context}: `cold` needs `hot` (how long backups stay in the hot tier)"
-            ));
+            return Err(PolicyError::ColdWithoutHot {
+                rules: rules.into(),
+            });
         }
-        if let (Some(h), Some(c)) = (self.hot, self.cold) {
-            if c.as_secs() < h.as_secs() {
-                return Err(format!(
-                    "{context}: `cold` ({c}) must not be shorter than `hot` ({h})"
-                ));
+        if let (Some(hot), Some(cold)) = (self.hot, self.cold) {
+            if cold.as_secs() < hot.as_secs() {
+                return Err(PolicyError::ColdShorterThanHot {
+                    rules: rules.into(),
+                    hot,
+                    cold,
+                });
             }
         }
         Ok(())
     }
+}
+
+/// A retention policy that cannot be used: what is wrong, and in which rules.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A TOML policy does not parse.
+    #[error("retention policy is not valid TOML")]
+    Toml(#[source] toml::de::Error),
+    /// A JSON policy does not parse.
+    #[error("retention policy is not valid JSON")]
+    Json(#[source] serde_json::Error),
+    /// The time zone is not an IANA name.
+    #[error("unknown time zone {0:?} (use an IANA name such as Europe/Berlin)")]
+    TimeZone(String),
+    /// A cold tier without a hot one.
+    #[error("{rules}: `cold` needs `hot` (how long backups stay in the hot tier)")]
+    ColdWithoutHot {
+        /// Which rules (`retention policy`, `rules for source …`, `rules for label …`).
+        rules: String,
+    },
+    /// A cold tier shorter than the hot one.
+    #[error("{rules}: `cold` ({cold}) must not be shorter than `hot` ({hot})")]
+    ColdShorterThanHot {
+        /// Which rules.
+        rules: String,
+        /// The hot tier's length.
+        hot: RetentionDuration,
+        /// The cold tier's length.
+        cold: RetentionDuration,
+    },
+    /// A label rule's label is not `key=value`.
+    #[error("label rule {0:?} must be written key=value")]
+    LabelNotKeyValue(String),
 }
 
 /// Rules for backups carrying a label.
@@ -124,23 +159,21 @@ pub struct StandardPolicy {
 
 impl StandardPolicy {
     /// Parses and validates a TOML document.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let p: StandardPolicy =
-            toml::from_str(text).map_err(|e| format!("retention policy: {e}"))?;
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let p: StandardPolicy = toml::from_str(text).map_err(PolicyError::Toml)?;
         p.validate()?;
         Ok(p)
     }
 
     /// Parses and validates a JSON document.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        let p: StandardPolicy =
-            serde_json::from_str(text).map_err(|e| format!("retention policy: {e}"))?;
+    pub fn from_json(text: &str) -> Result<Self, PolicyError> {
+        let p: StandardPolicy = serde_json::from_str(text).map_err(PolicyError::Json)?;
         p.validate()?;
         Ok(p)
     }
 
     /// Checks the time zone, tiers and labels.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         self.tz()?;
         self.default.validate("retention policy")?;
         for (s, r) in &self.per_source {
@@ -148,22 +181,17 @@ impl StandardPolicy {
         }
         for l in &self.per_label {
             if !l.label.contains('=') {
-                return Err(format!(
-                    "label rule {:?} must be written key=value",
-                    l.label
-                ));
+                return Err(PolicyError::LabelNotKeyValue(l.label.clone()));
             }
             l.rules.validate(&format!("rules for label {}", l.label))?;
         }
         Ok(())
     }
 
-    fn tz(&self) -> Result<Tz, String> {
+    fn tz(&self) -> Result<Tz, PolicyError> {
         match &self.timezone {
             None => Ok(Tz::UTC),
-            Some(name) => Tz::from_str(name).map_err(|_| {
-                format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin)")
-            }),
+            Some(name) => Tz::from_str(name).map_err(|_| PolicyError::TimeZone(name.clone())),
         }
     }
 

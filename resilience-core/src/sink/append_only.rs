@@ -1,10 +1,6 @@
 //! A wrapper that refuses deletes and overwrites: what a backup host should hold.
 
-use std::ops::Range;
-
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
 
 use super::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
 
@@ -60,11 +56,9 @@ impl<S: Sink> AppendOnlySink<S> {
     }
 }
 
-#[async_trait]
-impl<S: Sink> Sink for AppendOnlySink<S> {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+crate::forward_sink! {
+    (impl<S: Sink> Sink for AppendOnlySink<S>)
+    to self.inner: location, get_stream, head, list, get, get_range;
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         let mode = self.guard_put(key, mode).await?;
@@ -89,26 +83,6 @@ impl<S: Sink> Sink for AppendOnlySink<S> {
     ) -> Result<Copied, SinkError> {
         self.guard_put(key, PutMode::Overwrite).await?;
         self.inner.put_copy(key, data, origin).await
-    }
-
-    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
-        self.inner.get(key).await
-    }
-
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, SinkError> {
-        self.inner.get_range(key, range).await
-    }
-
-    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
-        self.inner.get_stream(key).await
-    }
-
-    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
-        self.inner.head(key).await
-    }
-
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
-        self.inner.list(prefix)
     }
 
     async fn delete(&self, key: &str) -> Result<(), SinkError> {

@@ -250,8 +250,109 @@ pub async fn missing_objects(sink: &dyn Sink, prefix: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+
+    use super::super::{ByteStream, MemorySink, ObjectMeta};
+    use super::*;
+
     #[tokio::test]
     async fn memory_sink_conforms() {
-        super::run_all(&super::super::MemorySink::new(), "", Default::default()).await;
+        super::run_all(&MemorySink::new(), "", Default::default()).await;
+    }
+
+    /// A store with only the required methods, whose streams come in small, uneven parts: the
+    /// provided `put`, `get`, `get_range` and `put_copy` must conform on their own.
+    #[derive(Debug, Default)]
+    struct RequiredOnly(MemorySink);
+
+    #[async_trait]
+    impl Sink for RequiredOnly {
+        fn location(&self) -> String {
+            "required-only://".into()
+        }
+        async fn put_stream(
+            &self,
+            key: &str,
+            data: ByteStream,
+            mode: PutMode,
+        ) -> Result<u64, SinkError> {
+            self.0.put_stream(key, data, mode).await
+        }
+        async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
+            let parts = self.0.get_stream(key).await?.map_ok(|part| {
+                let piece = (part.len() / 3).max(1);
+                let pieces: Vec<Result<Bytes, SinkError>> = (0..part.len())
+                    .step_by(piece)
+                    .map(|i| Ok(part.slice(i..(i + piece).min(part.len()))))
+                    .collect();
+                futures::stream::iter(pieces)
+            });
+            Ok(parts.try_flatten().boxed())
+        }
+        async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
+            self.0.head(key).await
+        }
+        fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
+            self.0.list(prefix)
+        }
+        async fn delete(&self, key: &str) -> Result<(), SinkError> {
+            self.0.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_provided_methods_conform_over_the_required_ones() {
+        let sink = RequiredOnly::default();
+        super::run_all(&sink, "", Default::default()).await;
+        // Ranges that start and end inside parts, span parts, and lie past the end.
+        sink.put("r", Bytes::from_static(b"0123456789"), PutMode::Create)
+            .await
+            .unwrap();
+        assert_eq!(sink.get_range("r", 2..8).await.unwrap(), "234567");
+        assert_eq!(sink.get_range("r", 10..10).await.unwrap(), "");
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = 5..4;
+        for bad in [8..11, 11..12, reversed] {
+            let err = sink.get_range("r", bad.clone()).await.unwrap_err();
+            assert!(
+                matches!(err, SinkError::BadRange { size: 10, .. }),
+                "{bad:?}: {err:?}"
+            );
+        }
+        let origin = sink.head("r").await.unwrap();
+        let data = sink.get_stream("r").await.unwrap();
+        let copied = sink.put_copy("copy", data, &origin).await.unwrap();
+        assert_eq!((copied.size, copied.proven), (10, false));
+        assert_eq!(sink.get("copy").await.unwrap(), "0123456789");
+    }
+
+    #[tokio::test]
+    async fn the_wrappers_conform_over_a_memory_sink() {
+        use crate::testing::{FaultySink, PausableSink};
+        use crate::throttle::{RateLimiter, ThrottledSink};
+        let limiter = Arc::new(RateLimiter::new(1 << 40));
+        run_all(
+            &ThrottledSink::new(MemorySink::new(), limiter),
+            "",
+            Default::default(),
+        )
+        .await;
+        run_all(
+            &FaultySink::new(MemorySink::new(), -1),
+            "",
+            Default::default(),
+        )
+        .await;
+        run_all(
+            &PausableSink::new(Arc::new(MemorySink::new())),
+            "",
+            Default::default(),
+        )
+        .await;
+        let shared: Arc<dyn Sink> = Arc::new(MemorySink::new());
+        run_all(&shared, "", Default::default()).await;
     }
 }

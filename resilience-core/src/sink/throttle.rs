@@ -8,9 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -97,11 +95,9 @@ impl<S: Sink> ThrottledSink<S> {
     }
 }
 
-#[async_trait]
-impl<S: Sink> Sink for ThrottledSink<S> {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+crate::forward_sink! {
+    (impl<S: Sink> Sink for ThrottledSink<S>)
+    to self.inner: location, head, list, delete;
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         self.limiter.acquire(data.len() as u64).await;
@@ -157,18 +153,6 @@ impl<S: Sink> Sink for ThrottledSink<S> {
                 }
             })
             .boxed())
-    }
-
-    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
-        self.inner.head(key).await
-    }
-
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, SinkError>> {
-        self.inner.list(prefix)
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), SinkError> {
-        self.inner.delete(key).await
     }
 }
 

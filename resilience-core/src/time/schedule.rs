@@ -47,16 +47,44 @@ impl Window {
     }
 }
 
+/// A schedule that cannot be used, naming the job and the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// A daily window is not `HH:MM-HH:MM`.
+    #[error("window {window:?} must be HH:MM-HH:MM")]
+    Window {
+        /// The window as written.
+        window: String,
+    },
+    /// A cron expression does not parse.
+    #[error(
+        "job {job}: cron expression {expression:?} does not parse (sec min hour day month weekday)"
+    )]
+    Cron {
+        /// The job.
+        job: String,
+        /// The expression as written.
+        expression: String,
+        /// The cron parser's error.
+        #[source]
+        source: cron::error::Error,
+    },
+    /// A time zone is not an IANA name.
+    #[error("job {job}: unknown time zone {zone:?}")]
+    TimeZone {
+        /// The job.
+        job: String,
+        /// The zone as written.
+        zone: String,
+    },
+}
+
 impl FromStr for Window {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s
-            .split_once('-')
-            .ok_or_else(|| format!("window {s:?} must be HH:MM-HH:MM"))?;
-        let parse = |t: &str| {
-            NaiveTime::parse_from_str(t.trim(), "%H:%M")
-                .map_err(|_| format!("window {s:?} must be HH:MM-HH:MM"))
-        };
+    type Err = ScheduleError;
+    fn from_str(s: &str) -> Result<Self, ScheduleError> {
+        let malformed = || ScheduleError::Window { window: s.into() };
+        let (a, b) = s.split_once('-').ok_or_else(malformed)?;
+        let parse = |t: &str| NaiveTime::parse_from_str(t.trim(), "%H:%M").map_err(|_| malformed());
         let (start, mut end) = (parse(a)?, parse(b)?);
         if end == NaiveTime::from_hms_opt(23, 59, 0).expect("valid") {
             end = NaiveTime::from_hms_nano_opt(23, 59, 59, 1_999_999_999).expect("valid");
@@ -78,14 +106,16 @@ pub struct JobSchedule {
 
 impl JobSchedule {
     /// A schedule for job `name` from a cron expression with seconds, in `timezone`.
-    pub fn new(name: &str, cron_expr: &str, timezone: &str) -> Result<Self, String> {
-        let cron = cron::Schedule::from_str(cron_expr).map_err(|e| {
-            format!(
-                "job {name}: cron expression {cron_expr:?}: {e} (sec min hour day month weekday)"
-            )
+    pub fn new(name: &str, cron_expr: &str, timezone: &str) -> Result<Self, ScheduleError> {
+        let cron = cron::Schedule::from_str(cron_expr).map_err(|source| ScheduleError::Cron {
+            job: name.into(),
+            expression: cron_expr.into(),
+            source,
         })?;
-        let tz = Tz::from_str(timezone)
-            .map_err(|_| format!("job {name}: unknown time zone {timezone:?}"))?;
+        let tz = Tz::from_str(timezone).map_err(|_| ScheduleError::TimeZone {
+            job: name.into(),
+            zone: timezone.into(),
+        })?;
         Ok(JobSchedule {
             name: name.into(),
             cron,
@@ -312,12 +342,11 @@ mod tests {
             job.next_start(utc("2026-01-01T00:00:01Z")).unwrap(),
             utc("2026-01-01T00:00:05Z")
         );
-        assert!(JobSchedule::new("x", "not cron", "UTC")
-            .unwrap_err()
-            .contains("cron"));
-        assert!(JobSchedule::new("x", "* * * * * *", "Nowhere/City")
-            .unwrap_err()
-            .contains("time zone"));
+        let cron = JobSchedule::new("x", "not cron", "UTC").unwrap_err();
+        assert!(matches!(&cron, ScheduleError::Cron { job, .. } if job == "x"));
+        assert!(std::error::Error::source(&cron).is_some());
+        let zone = JobSchedule::new("x", "* * * * * *", "Nowhere/City").unwrap_err();
+        assert!(matches!(&zone, ScheduleError::TimeZone { zone, .. } if zone == "Nowhere/City"));
     }
 
     #[test]
@@ -342,7 +371,10 @@ mod tests {
             job.window_end_after(utc("2026-01-01T23:00:00Z")).unwrap(),
             utc("2026-01-02T04:00:00Z")
         );
-        assert!("25:00-01:00".parse::<Window>().is_err());
+        assert!(matches!(
+            "25:00-01:00".parse::<Window>(),
+            Err(ScheduleError::Window { window }) if window == "25:00-01:00"
+        ));
     }
 
     #[test]

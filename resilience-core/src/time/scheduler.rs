@@ -45,8 +45,9 @@ use crate::time::clock::Clock;
 use crate::time::schedule::{JobSchedule, SchedulerState};
 use crate::time::stop::StopSignal;
 
-/// How a run ended: a one-line summary, or what failed.
-pub type JobOutcome = Result<String, String>;
+/// How a run ended: a one-line summary, or what failed (the board keeps the error's text and
+/// its causes').
+pub type JobOutcome = Result<String, crate::sink::BoxError>;
 
 /// Something the scheduler runs.
 #[async_trait]
@@ -255,7 +256,9 @@ impl Scheduler {
         .increment(1);
         match &done.outcome {
             Ok(summary) => tracing::info!(job = %done.job, %summary, "job succeeded"),
-            Err(error) => tracing::warn!(job = %done.job, %error, "job failed"),
+            Err(error) => {
+                tracing::warn!(job = %done.job, error = %crate::error::error_chain(error.as_ref()), "job failed")
+            }
         }
         self.board.update(&done.job, |s| {
             s.running_since = None;
@@ -269,7 +272,7 @@ impl Scheduler {
                 Err(error) => {
                     s.failures += 1;
                     s.last_failure = Some(now);
-                    s.last_error = Some(error);
+                    s.last_error = Some(crate::error::error_chain(error.as_ref()));
                 }
             }
         });
@@ -302,7 +305,7 @@ mod tests {
                     permit.expect("open").forget();
                     Ok("done".into())
                 }
-                _ = stop.stopped() => Err(format!("interrupted: {}", stop.reason())),
+                _ = stop.stopped() => Err(format!("interrupted: {}", stop.reason()).into()),
             }
         }
     }

@@ -368,7 +368,7 @@ impl<'r> Lookup<'r> {
                 .collect::<Vec<BlobId>>()
         })
         .await
-        .map_err(|e| Error::Invalid(format!("blob checking task failed: {e}")))?;
+        .map_err(Error::task("blob checking"))?;
         good.sort();
         if let (Some(problem), true) = (&checksum, good.len() == all) {
             // As verify judges it: damage outside the blobs makes the whole pack damaged.
