@@ -1,8 +1,8 @@
 //! The error type of resilience-core: what failed, on which object, and what to do.
 
 use crate::catalog::{BackupStatus, Tier};
-use crate::chunker::InvalidChunkerParams;
-use crate::keyring::KeyRingError;
+use crate::format::chunker::InvalidChunkerParams;
+use crate::keys::ring::KeyRingError;
 use crate::sink::SinkError;
 use crate::source::AdapterError;
 
@@ -282,7 +282,7 @@ mod tests {
                 }),
             }),
             Box::new(crate::retention::StandardPolicy::from_toml("keep_dayly = 1").unwrap_err()),
-            Box::new(crate::schedule::JobSchedule::new("j", "not cron", "UTC").unwrap_err()),
+            Box::new(crate::time::schedule::JobSchedule::new("j", "not cron", "UTC").unwrap_err()),
         ];
         for e in wrappers {
             let source = e.source().expect("a source").to_string();

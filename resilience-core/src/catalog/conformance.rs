@@ -378,7 +378,7 @@ mod tests {
     use std::sync::Arc;
 
     use crate::catalog::RepoCatalog;
-    use crate::crypto::KeySet;
+    use crate::format::crypto::KeySet;
     use crate::sink::MemorySink;
 
     #[tokio::test]

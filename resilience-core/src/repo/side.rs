@@ -84,7 +84,7 @@ impl Repository {
     /// The side archive called `name` (non-empty, without `/`, not starting with `.`).
     pub fn side_archive(&self, name: &str) -> Result<SideArchive> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Usage(format!(
                 "side archive name {name:?} must be non-empty, without '/' and not start with '.'"
             )));
         }

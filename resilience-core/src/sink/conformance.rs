@@ -331,8 +331,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_wrappers_conform_over_a_memory_sink() {
+        use crate::sink::throttle::{RateLimiter, ThrottledSink};
         use crate::testing::{FaultySink, PausableSink};
-        use crate::throttle::{RateLimiter, ThrottledSink};
         let limiter = Arc::new(RateLimiter::new(1 << 40));
         run_all(
             &ThrottledSink::new(MemorySink::new(), limiter),
