@@ -37,7 +37,7 @@ pub struct Cli {
 }
 
 /// Options every command takes, before or after its name.
-#[derive(Debug, Default, Args)]
+#[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Repository: a local path, file:///path, s3://BUCKET/PREFIX[?endpoint=URL&region=R], gs://, az://.

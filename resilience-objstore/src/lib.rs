@@ -16,11 +16,13 @@
 //!
 //! Plain `http://` endpoints are accepted only on loopback addresses.
 //!
-//! It also holds the HTTP key providers: [`kms::KmsProvider`] (AWS KMS) and
+//! [`bucket`] backs up and restores a bucket (or prefix), and [`drill::BucketDrill`] drills its
+//! backups. It also holds the HTTP key providers: [`kms::KmsProvider`] (AWS KMS) and
 //! [`vault::VaultTransitProvider`] (HashiCorp Vault's transit engine).
 
 pub mod bucket;
 mod config;
+pub mod drill;
 pub mod kms;
 mod repository;
 mod sigv4;

@@ -8,8 +8,10 @@
 //! point reached ([`recovery`]), a check of the archive against the backups with the PITR
 //! window per timeline ([`check`]), and logical table-level backup and restore for bringing
 //! back one table or one tenant's rows ([`table`]); the backup catalog in a Postgres schema for
-//! compliance queries ([`catalog`]). Every connection goes through [`connect`], which speaks
-//! TLS as libpq does (`sslmode` up to `verify-full`, client certificates).
+//! compliance queries ([`catalog`]); the restore drill of a base backup ([`drill::PgDrill`])
+//! and the figures it checks, taken at backup time ([`drill::backup_figures`]). Every
+//! connection goes through [`connect`], which speaks TLS as libpq does (`sslmode` up to
+//! `verify-full`, client certificates).
 //!
 //! ```no_run
 //! use resilience_pg::{archive::WalArchive, base::PgBaseSource, recovery::{self, RecoveryTarget}};
@@ -28,6 +30,7 @@ pub mod catalog;
 pub mod check;
 pub mod cluster;
 pub mod connect;
+pub mod drill;
 mod error;
 pub mod lsn;
 pub mod page_checksum;

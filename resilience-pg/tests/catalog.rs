@@ -7,7 +7,8 @@ use resilience_pg::catalog::PgCatalog;
 
 #[tokio::test]
 async fn the_postgres_catalog_conforms() {
-    let cluster = support::Cluster::start();
+    let lab = support::Lab::new().await;
+    let cluster = lab.cluster("catalog").await;
     let catalog = PgCatalog::connect(&cluster.dsn(), "resilience catalog")
         .await
         .unwrap();

@@ -6,8 +6,8 @@
 //! pipelined, throttled and routed to the right primary ([`target::RedisTarget`]), a comparison
 //! of a snapshot with a server after a restore ([`verify::CompareTarget`]), and RDB files as a
 //! source where the service runs beside Redis ([`rdb::RdbFileSource`], its CRC64 checked on the way:
-//! [`rdb_checksum`]). The entry format is in
-//! [`record`].
+//! [`rdb_checksum`]); the restore drill of a keyspace backup into a scratch server
+//! ([`drill::RedisDrill`]). The entry format is in [`record`].
 //!
 //! ```no_run
 //! use resilience_redis::{connect::RedisEndpoint, source::RedisSource, target::{RedisTarget, RestoreSettings}};
@@ -21,6 +21,7 @@
 //! ```
 
 pub mod connect;
+pub mod drill;
 mod error;
 pub mod glob;
 pub mod rdb;

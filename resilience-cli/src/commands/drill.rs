@@ -15,8 +15,9 @@ pub async fn run(
 ) -> Result<(), CliError> {
     let config = DaemonConfig::load(config).map_err(CliError::Usage)?;
     let s = config.source(source).map_err(CliError::Usage)?;
-    let repo = access::open(&daemon::repository_options(&config, g.json)).await?;
-    let report = drill::run(&repo, &config, s, snapshot).await?;
+    let options = daemon::repository_options(&config, g.json);
+    let repo = access::open(&options).await?;
+    let report = drill::run(&repo, &options, s, snapshot).await?;
     if g.json {
         print_json(&serde_json::json!({
             "source": report.source,

@@ -8,7 +8,7 @@ mod forget;
 mod hold;
 mod init;
 mod key;
-pub(crate) mod pg;
+mod pg;
 mod prune;
 mod redis;
 mod repair;

@@ -15,12 +15,12 @@ use resilience_pg::table::{PgTableSource, PgTableTarget, TableRestoreOptions};
 use resilience_pg::{check, cluster};
 use serde_json::json;
 
-use crate::access;
 use crate::cli::{Global, PgCommand, PgRestoreArgs};
 use crate::commands::backup::{back_up, parse_labels, print_report};
 use crate::output::{bytes, print_json, restore_json};
 use crate::progress::Bar;
 use crate::CliError;
+use crate::{access, wal_fetch};
 
 /// Runs a `pg` command.
 pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
@@ -194,47 +194,6 @@ fn target(args: &PgRestoreArgs) -> Result<RecoveryTarget, CliError> {
     })
 }
 
-/// Quotes a word for /bin/sh.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The restore_command the restored cluster runs: this binary's `wal-fetch`, with the same
-/// repository and credentials (a key file or password file: Postgres' environment has no
-/// passphrase).
-pub(crate) fn restore_command(g: &Global, source: &str) -> Result<String, CliError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::Usage(format!("cannot locate this program: {e}")))?;
-    let url = access::repo_url(g)?;
-    let url = match std::path::Path::new(url).canonicalize() {
-        Ok(p) if !url.contains("://") => p.display().to_string(),
-        _ => url.to_owned(),
-    };
-    let credential = match (&g.key_file, &g.password_file) {
-        (Some(k), _) => format!("--key-file {}", sh_quote(&absolute(k)?)),
-        (None, Some(p)) => format!("--password-file {}", sh_quote(&absolute(p)?)),
-        (None, None) => {
-            return Err(CliError::Usage(
-                "pg restore needs --key-file (or --password-file): the restored server runs \
-                 wal-fetch without this shell's environment"
-                    .into(),
-            ))
-        }
-    };
-    Ok(format!(
-        "{} --repo {} {credential} wal-fetch --source {} %f %p",
-        sh_quote(&exe.display().to_string()),
-        sh_quote(&url),
-        sh_quote(source)
-    ))
-}
-
-fn absolute(p: &std::path::Path) -> Result<String, CliError> {
-    p.canonicalize()
-        .map(|p| p.display().to_string())
-        .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
-}
-
 async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
     let target = target(args)?;
     let action = match args.target_action.as_str() {
@@ -246,7 +205,7 @@ async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
             "--start needs --port: the restored cluster must not take the original's port".into(),
         ));
     }
-    let restore_command = restore_command(g, &args.source)?;
+    let restore_command = wal_fetch::restore_command(g, &args.source)?;
     let repo = access::open_throttled(g, args.max_rate).await?;
     let wal = WalArchive::new(&repo, &args.source)?;
     let timeline = args
@@ -349,7 +308,7 @@ async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
 }
 
 /// The user name owning a directory (the cluster's superuser by initdb's default).
-pub(crate) fn owner_name(dir: &std::path::Path) -> Result<String, CliError> {
+fn owner_name(dir: &std::path::Path) -> Result<String, CliError> {
     let uid = std::fs::metadata(dir)
         .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))?
         .uid();
@@ -410,6 +369,5 @@ mod tests {
             parse_time("2026-11-25 06:59:23").unwrap().timestamp()
         );
         assert!(parse_time("yesterday").is_err());
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
     }
 }

@@ -233,10 +233,11 @@ impl ConfiguredJob {
             Some(name) => vec![config.source(name).map_err(CliError::Usage)?],
             None => config.sources.iter().collect(),
         };
+        let options = super::repository_options(config, false);
         let mut lines = Vec::new();
         let mut failed = Vec::new();
         for s in sources {
-            let report = drill::run(&self.shared.repo, config, s, None).await?;
+            let report = drill::run(&self.shared.repo, &options, s, None).await?;
             let line = format!(
                 "{}: snapshot {} rto {:.1}s rpo {:.1}s",
                 s.name, report.snapshot, report.rto_seconds, report.rpo_seconds

@@ -1,9 +1,5 @@
-//! Restore drills: what a drill found, and how it is recorded in the catalog.
-//!
-//! A drill restores a backup into a scratch place, checks it, and measures the **RTO** (from
-//! the drill's start to a verified, usable copy) and the **RPO** (from the newest point the copy
-//! holds to the drill's end). The restore itself is store-specific and lives with the adapters
-//! and the CLI; this module holds the report and its record, so that health reports and
+//! What a drill found ([`DrillReport`], made of [`DrillCheck`]s), and how it is recorded in the
+//! catalog: an entry of the drilled backup's verification history, so that health reports and
 //! metrics read the last drill of each source from the catalog.
 
 use chrono::{DateTime, Utc};

@@ -1,0 +1,57 @@
+//! The `restore_command` by which a restored cluster fetches archived WAL through this very
+//! program's `wal-fetch` (`pg restore`, and the drills the CLI runs).
+
+use crate::access;
+use crate::cli::Global;
+use crate::CliError;
+
+/// Quotes a word for /bin/sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The restore_command the restored cluster runs: this binary's `wal-fetch`, with the same
+/// repository and credentials (a key file or password file: Postgres' environment has no
+/// passphrase).
+pub(crate) fn restore_command(g: &Global, source: &str) -> Result<String, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Usage(format!("cannot locate this program: {e}")))?;
+    let url = access::repo_url(g)?;
+    let url = match std::path::Path::new(url).canonicalize() {
+        Ok(p) if !url.contains("://") => p.display().to_string(),
+        _ => url.to_owned(),
+    };
+    let credential = match (&g.key_file, &g.password_file) {
+        (Some(k), _) => format!("--key-file {}", sh_quote(&absolute(k)?)),
+        (None, Some(p)) => format!("--password-file {}", sh_quote(&absolute(p)?)),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "pg restore needs --key-file (or --password-file): the restored server runs \
+                 wal-fetch without this shell's environment"
+                    .into(),
+            ))
+        }
+    };
+    Ok(format!(
+        "{} --repo {} {credential} wal-fetch --source {} %f %p",
+        sh_quote(&exe.display().to_string()),
+        sh_quote(&url),
+        sh_quote(source)
+    ))
+}
+
+fn absolute(p: &std::path::Path) -> Result<String, CliError> {
+    p.canonicalize()
+        .map(|p| p.display().to_string())
+        .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_quoted_for_the_shell() {
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+}
