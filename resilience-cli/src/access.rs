@@ -61,14 +61,12 @@ pub fn sink(global: &Global, url: &str, create: bool) -> Result<Arc<dyn Sink>, C
 
 /// Opens the repository (and its cold tier, if given).
 pub async fn open(global: &Global) -> Result<Repository, CliError> {
-    repo_url(global)?;
     Ok(options(global).open().await?)
 }
 
 /// Opens the repository with its reads and writes limited to `max_rate` bytes per second
 /// (unlimited when `None`): for restores that must not saturate shared disks or links.
 pub async fn open_throttled(g: &Global, max_rate: Option<u64>) -> Result<Repository, CliError> {
-    repo_url(g)?;
     Ok(RepositoryOptions {
         max_rate,
         ..options(g)

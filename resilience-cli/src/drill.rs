@@ -3,12 +3,13 @@
 //! the snapshot, restores, checks, measures RTO and RPO, records the report and tears the
 //! scratch copy down; and the figures a daemon's Postgres backups take for them.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use resilience_core::drill::{self, DirDrill, Drill, DrillError, DrillOptions, DrillReport};
+use resilience_core::jobs::BackupFigures;
 use resilience_core::repo::Repository;
 use resilience_objstore::drill::BucketDrill;
-use resilience_pg::drill::{Compare as PgCompare, DrillQuery, PgDrill, WalFetch};
+use resilience_pg::drill::{Compare as PgCompare, DrillQuery, PgDrill, QueryFigures, WalFetch};
 use resilience_pg::PgError;
 use resilience_redis::drill::RedisDrill;
 
@@ -16,18 +17,18 @@ use crate::cli::Global;
 use crate::config::{Compare, SourceConfig, SourceKind};
 use crate::{wal_fetch, CliError};
 
-/// Figures a drill later compares with the restored copy, taken at backup time and recorded
+/// Figures a drill later compares with the restored copy, taken at each backup and recorded
 /// as the backup's labels (`drill.query.<name>` for Postgres queries; see
-/// [`resilience_pg::drill::backup_figures`]).
-pub async fn backup_figures(source: &SourceConfig) -> Result<BTreeMap<String, String>, CliError> {
+/// [`resilience_pg::drill::QueryFigures`]); `None` for sources whose drill needs none.
+pub fn backup_figures(source: &SourceConfig) -> Result<Option<Arc<dyn BackupFigures>>, CliError> {
     match source.kind {
         SourceKind::Postgres if !source.drill.queries.is_empty() => {
             let dsn = source.dsn.as_deref().ok_or_else(|| {
                 CliError::Usage(format!("source {}: `dsn` is missing", source.name))
             })?;
-            Ok(resilience_pg::drill::backup_figures(dsn, &queries(source)).await)
+            Ok(Some(Arc::new(QueryFigures::new(dsn, queries(source)))))
         }
-        _ => Ok(BTreeMap::new()),
+        _ => Ok(None),
     }
 }
 
@@ -53,7 +54,7 @@ pub async fn run(
 }
 
 /// The library's drill of a `[[source]]`.
-fn library_drill(g: &Global, source: &SourceConfig) -> Box<dyn Drill> {
+pub fn library_drill(g: &Global, source: &SourceConfig) -> Box<dyn Drill> {
     match source.kind {
         SourceKind::Dir => Box::new(DirDrill::new(&source.name)),
         SourceKind::Postgres => {

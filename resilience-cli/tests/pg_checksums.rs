@@ -8,7 +8,8 @@ mod tls_support;
 
 use std::os::unix::fs::FileExt;
 
-use pg_support::{pg_command, Cluster, Lab};
+use pg_support::{Cluster, Lab};
+use resilience_pg::testing::pg_command;
 use serde_json::{json, Value};
 
 /// The base backup command for `cluster`, with `extra` arguments.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use redis_support::*;
+use resilience_redis::testing::free_port;
 use serde_json::Value as Json;
 
 #[tokio::test(flavor = "multi_thread")]

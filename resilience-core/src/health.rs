@@ -15,6 +15,10 @@ use crate::drill::{DrillReport, DRILL_KIND};
 use crate::error::Result;
 use crate::time::scheduler::JobStatus;
 
+mod monitor;
+
+pub use monitor::{HealthObserver, Monitor, ReplicationBoard};
+
 /// What a source promises.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourcePolicy {

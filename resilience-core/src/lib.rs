@@ -19,8 +19,9 @@
 //!   tiers, holds) and repair; key rotation and re-keying in [`keys`].
 //! - Policy and time: [`retention`] (which backups to keep, as a pure function), [`time`]
 //!   (clock, stop signal, schedules, the scheduler).
-//! - What a service watches: [`health`] (the report behind `/health` and `/metrics`) and
-//!   [`drill`] (restore drills and their records).
+//! - What a service runs and watches: [`jobs`] (ready-made scheduled jobs: backup, verify,
+//!   prune, replicate, drill), [`health`] (the report behind `/health` and `/metrics`, and the
+//!   [`health::Monitor`] that serves it) and [`drill`] (restore drills and their records).
 //!
 //! The types a service embeds are re-exported here.
 //!
@@ -42,6 +43,7 @@ pub mod drill;
 pub mod error;
 pub(crate) mod format;
 pub mod health;
+pub mod jobs;
 pub mod keys;
 pub mod ops;
 pub mod repo;

@@ -140,17 +140,23 @@ impl RepositoryOptions {
     /// The repository's store, wrapped as the options ask (`create`: make a local directory
     /// that does not exist yet).
     pub fn sink(&self, create: bool) -> Result<Arc<dyn Sink>, OpenError> {
-        if self.location.is_empty() {
-            return Err(OpenError::usage(
-                "no repository: give --repo or set RESILIENCE_REPOSITORY",
-            ));
-        }
+        self.check_location()?;
         let sink = if create {
             crate::open_sink_or_create(&self.location)?
         } else {
             crate::open_sink(&self.location)?
         };
         Ok(self.wrap(sink))
+    }
+
+    /// A usage error when no location is given.
+    fn check_location(&self) -> Result<(), OpenError> {
+        if self.location.is_empty() {
+            return Err(OpenError::usage(
+                "no repository: give --repo or set RESILIENCE_REPOSITORY",
+            ));
+        }
+        Ok(())
     }
 
     fn wrap(&self, sink: Arc<dyn Sink>) -> Arc<dyn Sink> {
@@ -166,6 +172,7 @@ impl RepositoryOptions {
         if self.max_rate == Some(0) {
             return Err(OpenError::usage("--max-rate must be above 0"));
         }
+        self.check_location()?;
         let provider = self.key.provider()?;
         let repo = Repository::open(self.sink(false)?, provider.as_ref()).await?;
         let repo = match &self.cold {
@@ -190,6 +197,7 @@ impl RepositoryOptions {
     /// Creates the repository with the options' key (a passphrase, key file, KMS or Vault key;
     /// not `RESILIENCE_KEY`'s raw key unless nothing else is given).
     pub async fn init(&self, init: InitOptions) -> Result<Repository, OpenError> {
+        self.check_location()?;
         let provider = self.key.provider()?;
         Ok(Repository::init(self.sink(true)?, provider.as_ref(), init).await?)
     }

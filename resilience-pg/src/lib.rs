@@ -37,6 +37,8 @@ pub mod page_checksum;
 pub mod page_verify;
 pub mod recovery;
 pub mod table;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod walscan;
 
 pub use error::{describe, PgError};

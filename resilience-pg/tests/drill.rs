@@ -190,7 +190,7 @@ async fn figures_that_cannot_be_taken_are_recorded_as_errors_not_failures() {
     );
     assert!(!labels.contains_key(&format!("{QUERY_LABEL}broken")));
     // Nobody listens there: every query records why.
-    let port = support::free_port();
+    let port = resilience_pg::testing::free_port();
     let labels = backup_figures(
         &format!("host=127.0.0.1 port={port} user=postgres connect_timeout=2"),
         &qs,

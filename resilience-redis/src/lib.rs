@@ -29,6 +29,8 @@ pub mod rdb_checksum;
 pub mod record;
 pub mod source;
 pub mod target;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod verify;
 
 pub use error::RedisError;

@@ -5,16 +5,15 @@
 //! failed, never succeeded.
 
 mod jobs;
-mod monitor;
 mod server;
 mod webhook;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery};
-use resilience_core::health::SourcePolicy;
+use resilience_core::health::{Monitor, ReplicationBoard, SourcePolicy};
 use resilience_core::time::scheduler::Scheduler;
 use resilience_core::time::stop::StopSignal;
 
@@ -44,21 +43,11 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
     let clock = repo.clock().clone();
     let started_at = clock.now();
 
-    let shared = Arc::new(jobs::Shared {
-        repo: repo.clone(),
-        config: config.clone(),
-        replication: Mutex::new(BTreeMap::new()),
-    });
+    let replication = Arc::new(ReplicationBoard::default());
     let mut scheduler = Scheduler::new(clock.clone());
     for s in &config.sources {
         let schedule = s.timing().job_schedule(&s.name).map_err(CliError::Usage)?;
-        scheduler = scheduler.job(
-            schedule,
-            Arc::new(jobs::BackupJob {
-                shared: shared.clone(),
-                source: s.clone(),
-            }),
-        );
+        scheduler = scheduler.job(schedule, Arc::new(jobs::backup_job(&repo, s)?));
     }
     for j in &config.jobs {
         let schedule = j
@@ -67,10 +56,7 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
             .map_err(CliError::Usage)?;
         scheduler = scheduler.job(
             schedule,
-            Arc::new(jobs::ConfiguredJob {
-                shared: shared.clone(),
-                job: j.clone(),
-            }),
+            jobs::configured_job(&repo, &config, j, &replication)?,
         );
     }
     // Runs missed while the daemon was down: the last backup of each source, from the catalog.
@@ -91,16 +77,16 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
         })
         .collect();
     let tracker = Arc::new(webhook::AlertTracker::default());
-    let mut monitor = monitor::Monitor::new(
-        repo.catalog(),
+    let mut monitor = Monitor::new(
+        Arc::new(repo.catalog()),
         clock.clone(),
         policies,
         scheduler.board(),
-        shared.clone(),
-        started_at,
-    );
+    )
+    .with_replication(replication)
+    .since(started_at);
     if config.server.webhook.is_some() {
-        monitor = monitor.with_alerts(tracker.clone());
+        monitor = monitor.with_observer(tracker.clone());
     }
     let monitor = Arc::new(monitor);
 

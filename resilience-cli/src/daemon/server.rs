@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use resilience_core::time::stop::StopSignal;
 
-use super::monitor::Monitor;
+use resilience_core::health::Monitor;
 
 #[derive(Clone)]
 struct AppState {
@@ -44,19 +44,7 @@ pub async fn serve(listener: tokio::net::TcpListener, monitor: Arc<Monitor>, shu
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    let report = state.monitor.report().await;
-    report.publish_metrics();
-    for (job, status) in state.monitor.board().snapshot() {
-        metrics::gauge!("resilience_job_running", "job" => job.clone())
-            .set(f64::from(u8::from(status.running_since.is_some())));
-        if let Some(d) = status.last_duration_seconds {
-            metrics::gauge!("resilience_job_last_duration_seconds", "job" => job.clone()).set(d);
-        }
-        if let Some(t) = status.next_run {
-            metrics::gauge!("resilience_job_next_run_timestamp_seconds", "job" => job)
-                .set(t.timestamp() as f64);
-        }
-    }
+    state.monitor.publish_metrics().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -64,14 +52,11 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let report = state.monitor.report().await;
-    let status = if report.ok {
+    let (ok, body) = state.monitor.health_document().await;
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let jobs = state.monitor.board().snapshot();
-    let mut body = serde_json::to_value(&report).expect("the report serializes");
-    body["jobs"] = serde_json::to_value(jobs).expect("the board serializes");
     (status, Json(body))
 }

@@ -17,7 +17,7 @@ use resilience_core::time::scheduler::JobStatus;
 use resilience_core::time::stop::StopSignal;
 use serde_json::{json, Value};
 
-use super::monitor::Monitor;
+use resilience_core::health::{HealthObserver, Monitor};
 
 /// How often health is assessed for alerts, and undelivered alerts are retried.
 const PERIOD: Duration = Duration::from_secs(1);
@@ -38,10 +38,10 @@ struct TrackerState {
     queued: VecDeque<Value>,
 }
 
-impl AlertTracker {
+impl HealthObserver for AlertTracker {
     /// Queues the events that `report` (made with the board's `jobs`) implies, compared with the
     /// report observed before it. Reports must be observed in the order they were made.
-    pub fn observe(&self, report: &HealthReport, jobs: &BTreeMap<String, JobStatus>) {
+    fn observe(&self, report: &HealthReport, jobs: &BTreeMap<String, JobStatus>) {
         let mut state = self.state.lock().expect("alert tracker lock poisoned");
         let TrackerState {
             healthy,
@@ -77,7 +77,9 @@ impl AlertTracker {
             );
         }
     }
+}
 
+impl AlertTracker {
     /// The oldest queued event, left queued until [`AlertTracker::delivered`] is called.
     fn front(&self) -> Option<Value> {
         let state = self.state.lock().expect("alert tracker lock poisoned");

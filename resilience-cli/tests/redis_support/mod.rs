@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
@@ -12,33 +12,7 @@ use serde_json::Value as Json;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_resilience");
 
-pub fn free_port() -> u16 {
-    // Cluster bus ports are port + 10000: keep below 55535.
-    loop {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if p < 55000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
-            return p;
-        }
-    }
-}
-
-pub struct Server {
-    pub child: Child,
-    pub port: u16,
-    /// The TLS port, when started with TLS.
-    pub tls_port: Option<u16>,
-}
-
-impl Server {
-    /// `redis://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
+pub use resilience_redis::testing::TestServer as Server;
 
 /// How to start a redis-server.
 #[derive(Default)]
@@ -50,13 +24,6 @@ pub struct ServerOptions<'a> {
     pub tls: Option<&'a crate::tls_support::Pki>,
     /// `requirepass`.
     pub password: Option<&'a str>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub fn start_server(dir: &std::path::Path, cluster: bool) -> Server {
@@ -71,63 +38,19 @@ pub fn start_server(dir: &std::path::Path, cluster: bool) -> Server {
 
 /// A redis-server as `options` say, started and accepting connections.
 pub fn start_server_with(dir: &std::path::Path, options: &ServerOptions) -> Server {
-    let cluster = options.cluster;
-    let port = free_port();
-    let mut cmd = Command::new("redis-server");
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ])
-    .arg("--dir")
-    .arg(dir);
-    let mut tls_port = None;
-    if let Some(pki) = options.tls {
-        let p = free_port();
-        tls_port = Some(p);
-        cmd.arg("--tls-port")
-            .arg(p.to_string())
-            .arg("--tls-cert-file")
-            .arg(pki.server_cert())
-            .arg("--tls-key-file")
-            .arg(pki.server_key())
-            .arg("--tls-ca-cert-file")
-            .arg(pki.ca())
-            .args(["--tls-auth-clients", "yes"]);
-    }
-    if let Some(password) = options.password {
-        cmd.args(["--requirepass", password]);
-    }
-    if cluster {
-        cmd.args([
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            &format!("nodes-{port}.conf"),
-        ]);
-    }
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (Debian package redis-server)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server {
-        child,
-        port,
-        tls_port,
-    }
+    let tls = options.tls.map(|pki| resilience_redis::testing::ServerTls {
+        cert: pki.server_cert(),
+        key: pki.server_key(),
+        ca: pki.ca(),
+    });
+    resilience_redis::testing::start_server(
+        dir,
+        &resilience_redis::testing::ServerOptions {
+            cluster: options.cluster,
+            tls,
+            password: options.password.map(str::to_owned),
+        },
+    )
 }
 
 /// Servers and a repository.

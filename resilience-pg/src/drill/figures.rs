@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use resilience_core::catalog::BackupRecord;
 use resilience_core::drill::DrillCheck;
+use resilience_core::jobs::BackupFigures;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The label prefix of the figures a Postgres backup records for its drills
@@ -79,6 +81,32 @@ pub(super) async fn value(client: &Client, sql: &str) -> Result<String, String> 
             _ => None,
         })
         .ok_or_else(|| "the query returned no row".to_owned())
+}
+
+/// The figures of a Postgres drill's queries, taken on the source at each backup: hand it to
+/// [`resilience_core::jobs::BackupJob::with_figures`] so the backups a service schedules carry
+/// what its drills compare.
+#[derive(Clone, Debug)]
+pub struct QueryFigures {
+    dsn: String,
+    queries: Vec<DrillQuery>,
+}
+
+impl QueryFigures {
+    /// Runs `queries` on the server at `dsn`.
+    pub fn new(dsn: impl Into<String>, queries: Vec<DrillQuery>) -> Self {
+        QueryFigures {
+            dsn: dsn.into(),
+            queries,
+        }
+    }
+}
+
+#[async_trait]
+impl BackupFigures for QueryFigures {
+    async fn take(&self) -> BTreeMap<String, String> {
+        backup_figures(&self.dsn, &self.queries).await
+    }
 }
 
 /// Runs each query on the cluster at `dsn` (connecting as [`crate::connect::connect`] does:

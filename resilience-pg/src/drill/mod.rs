@@ -30,7 +30,9 @@ use resilience_core::drill::{error_chain, free_loopback_port, Drill, DrillCheck,
 use resilience_core::ops::restore::RestoreOptions;
 use resilience_core::repo::Repository;
 
-pub use figures::{backup_figures, Compare, DrillQuery, QUERY_ERROR_LABEL, QUERY_LABEL};
+pub use figures::{
+    backup_figures, Compare, DrillQuery, QueryFigures, QUERY_ERROR_LABEL, QUERY_LABEL,
+};
 pub use wal::{RestoreCommandFn, WalFetch};
 
 use crate::archive::WalArchive;
