@@ -237,8 +237,9 @@ impl Error {
     }
 }
 
-/// An error's text followed by each cause's that it does not already contain, joined by `: `.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error's text followed by each cause's that it does not already contain, joined by `: `
+/// (a restore error names the damaged object; its cause says what was wrong with it).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(c) = cause {

@@ -7,21 +7,7 @@ use crate::ops::restore::RestoreReport;
 
 use super::DrillCheck;
 
-/// An error with its causes, as one line (a restore error names the damaged object; its cause
-/// says what was wrong with it). A cause whose text the line already holds is not repeated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
-}
+pub use crate::error::error_chain;
 
 /// The `restore` check of a restore's result: what was restored (every blob's checksum is
 /// verified by the restore itself), or the error naming what failed.

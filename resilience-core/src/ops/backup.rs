@@ -748,7 +748,7 @@ impl Repository {
             }
             Err(e) => {
                 record.status = BackupStatus::Failed;
-                record.error = Some(e.to_string());
+                record.error = Some(crate::error::error_chain(&e));
                 // A reaper that judged this backup gone may have written this revision's
                 // `failed` already: the real cause then goes in the next revision.
                 let mut recorded = catalog.put(&record).await;

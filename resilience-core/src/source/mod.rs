@@ -44,14 +44,19 @@ pub struct SourceEntry {
 }
 
 /// A failure in a source or target, naming the object (file, key, table) it concerned.
+///
+/// Its text is `<operation> of <object> failed`, followed by `: <message>` when it was made
+/// from words ([`AdapterError::msg`]); an error made from a cause ([`AdapterError::new`])
+/// leaves the cause's text to the error chain ([`crate::error::error_chain`]), so each text
+/// appears once.
 #[derive(Debug, thiserror::Error)]
-#[error("{operation} of {object} failed: {message}")]
+#[error("{operation} of {object} failed{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
 pub struct AdapterError {
     /// What was being done ("read", "open", "list", "write", …).
     pub operation: &'static str,
     /// The path, key or URL concerned.
     pub object: String,
-    /// What went wrong, in words.
+    /// What went wrong, in words (empty when `source` says it).
     pub message: String,
     /// The underlying error, if any.
     #[source]
@@ -65,12 +70,11 @@ impl AdapterError {
         object: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
-        let source = source.into();
         AdapterError {
             operation,
             object: object.into(),
-            message: source.to_string(),
-            source: Some(source),
+            message: String::new(),
+            source: Some(source.into()),
         }
     }
 
