@@ -21,60 +21,21 @@
 //! # Ok(()) }
 //! ```
 
+mod dsn;
+mod tls;
+
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::{Host, SslMode as PgSslMode};
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{Client, Config, Socket};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_postgres::{Client, Config};
 
-/// How much TLS a connection insists on (libpq's `sslmode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SslMode {
-    /// Never TLS.
-    Disable,
-    /// TLS when the server offers it; the certificate is not checked.
-    Prefer,
-    /// TLS or fail; the certificate is checked only when a root certificate is given.
-    Require,
-    /// TLS, and the server's certificate chains to a trusted CA.
-    VerifyCa,
-    /// TLS, the certificate chains to a trusted CA and names the host connected to.
-    VerifyFull,
-}
-
-impl SslMode {
-    fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            _ => return None,
-        })
-    }
-
-    /// The name libpq gives it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-}
+pub use self::dsn::redact;
+pub(crate) use self::dsn::Dsn;
+use self::dsn::{strip_tls, TlsParams};
+pub use self::tls::SslMode;
 
 /// A connection that could not be made, naming the host (never the password).
 #[derive(Debug, thiserror::Error)]
@@ -111,112 +72,6 @@ impl std::fmt::Debug for ConnectConfig {
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
             .finish_non_exhaustive()
-    }
-}
-
-/// The TLS parameters pulled out of a DSN.
-#[derive(Default)]
-struct TlsParams {
-    mode: Option<String>,
-    root_cert: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-}
-
-impl TlsParams {
-    /// Takes the parameter if it is one of ours.
-    fn take(&mut self, key: &str, value: &str) -> bool {
-        let slot = match key {
-            "sslmode" => &mut self.mode,
-            "sslrootcert" => &mut self.root_cert,
-            "sslcert" => &mut self.cert,
-            "sslkey" => &mut self.key,
-            _ => return false,
-        };
-        *slot = Some(value.to_owned());
-        true
-    }
-}
-
-/// Splits a key=value DSN into its pairs (values unquoted).
-fn key_values(dsn: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    let mut chars = dsn.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(out);
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
-            key.push(c);
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(format!("expected `=` after {key:?}"));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    None => return Err(format!("unterminated quoted value of {key:?}")),
-                    Some('\'') => break,
-                    Some('\\') => match chars.next() {
-                        Some(c) => value.push(c),
-                        None => return Err(format!("unterminated quoted value of {key:?}")),
-                    },
-                    Some(c) => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    if let Some(next) = chars.next() {
-                        value.push(next);
-                    }
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        out.push((key, value));
-    }
-}
-
-fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// Removes the TLS parameters from a DSN, returning what is left for the driver.
-fn strip_tls(dsn: &str, tls: &mut TlsParams) -> Result<String, String> {
-    let trimmed = dsn.trim();
-    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
-        let Some((base, query)) = trimmed.split_once('?') else {
-            return Ok(trimmed.to_owned());
-        };
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
-            let value = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
-            if !tls.take(&key, &value) {
-                kept.push(pair);
-            }
-        }
-        Ok(if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        })
-    } else {
-        let mut kept = Vec::new();
-        for (k, v) in key_values(trimmed)? {
-            if !tls.take(&k, &v) {
-                kept.push(format!("{k}={}", quote(&v)));
-            }
-        }
-        Ok(kept.join(" "))
     }
 }
 
@@ -334,81 +189,6 @@ impl ConnectConfig {
         }
     }
 
-    fn tls_config(&self) -> Result<rustls::ClientConfig, ConnectError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| self.fail(format!("TLS setup: {e}")))?;
-        let check_chain = match self.ssl_mode {
-            SslMode::VerifyCa | SslMode::VerifyFull => true,
-            SslMode::Require => self.root_cert.is_some(),
-            SslMode::Prefer | SslMode::Disable => false,
-        };
-        let verifier: Arc<dyn ServerCertVerifier> = if check_chain {
-            let roots = self.roots()?;
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| self.fail(format!("TLS setup: {e}")))?;
-            if self.ssl_mode == SslMode::VerifyFull {
-                webpki
-            } else {
-                Arc::new(ChainOnly(webpki))
-            }
-        } else {
-            Arc::new(EncryptOnly(provider))
-        };
-        let builder = builder
-            .dangerous()
-            .with_custom_certificate_verifier(verifier);
-        match (&self.client_cert, &self.client_key) {
-            (Some(cert), Some(key)) => {
-                let certs = read_certs(cert).map_err(|e| self.fail(format!("sslcert: {e}")))?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                    self.fail(format!(
-                        "sslkey: cannot read a private key from {}: {e}",
-                        key.display()
-                    ))
-                })?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| self.fail(format!("sslcert/sslkey: {e}")))
-            }
-            _ => Ok(builder.with_no_client_auth()),
-        }
-    }
-
-    fn roots(&self) -> Result<RootCertStore, ConnectError> {
-        let mut roots = RootCertStore::empty();
-        let Some(path) = &self.root_cert else {
-            return Err(self.fail("no sslrootcert given"));
-        };
-        if path == Path::new("system") {
-            let native = rustls_native_certs::load_native_certs();
-            for cert in native.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(
-                    self.fail("sslrootcert=system: no CA certificates found on this system")
-                );
-            }
-            return Ok(roots);
-        }
-        let certs = read_certs(path).map_err(|e| {
-            self.fail(format!(
-                "sslrootcert: {e} (sslmode={} needs the CA that signed the server's certificate)",
-                self.ssl_mode.as_str()
-            ))
-        })?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| self.fail(format!("sslrootcert {}: {e}", path.display())))?;
-        }
-        Ok(roots)
-    }
-
     /// Connects, and drives the connection on the runtime.
     pub async fn connect(&self) -> Result<Client, ConnectError> {
         let used_tls = Arc::new(AtomicBool::new(false));
@@ -418,10 +198,7 @@ impl ConnectConfig {
                 .await
                 .map(|(c, conn)| (c, drive(conn)))
         } else {
-            let tls = Flagged {
-                inner: MakeRustlsConnect::new(self.tls_config()?),
-                used: used_tls.clone(),
-            };
+            let tls = self.tls_connector(used_tls.clone())?;
             self.config
                 .connect(tls)
                 .await
@@ -495,17 +272,6 @@ where
     });
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no PEM certificate in {}", path.display()));
-    }
-    Ok(certs)
-}
-
 fn describe_hosts(config: &Config) -> String {
     let ports = config.get_ports();
     let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
@@ -540,217 +306,10 @@ pub async fn connect(dsn: &str) -> Result<Client, ConnectError> {
     ConnectConfig::parse(dsn)?.connect().await
 }
 
-/// A DSN without its password, for messages and records: `password=…` and the password of a
-/// URL's user info are replaced by `***`.
-pub fn redact(dsn: &str) -> String {
-    let trimmed = dsn.trim();
-    if let Some(scheme_end) = trimmed.find("://") {
-        let after = scheme_end + 3;
-        let authority_end = trimmed[after..]
-            .find(['/', '?'])
-            .map_or(trimmed.len(), |i| after + i);
-        let mut out = trimmed.to_owned();
-        if let Some(at) = trimmed[after..authority_end].rfind('@') {
-            let userinfo = &trimmed[after..after + at];
-            if let Some(colon) = userinfo.find(':') {
-                out = format!(
-                    "{}***{}",
-                    &trimmed[..after + colon + 1],
-                    &trimmed[after + at..]
-                );
-            }
-        }
-        // A password may also come as a query parameter.
-        if let Some((base, query)) = out.clone().split_once('?') {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, _)) if k == "password" => format!("{k}=***"),
-                    _ => p.to_owned(),
-                })
-                .collect();
-            out = format!("{base}?{}", query.join("&"));
-        }
-        out
-    } else {
-        match key_values(trimmed) {
-            Ok(pairs) => pairs
-                .into_iter()
-                .map(|(k, v)| {
-                    if k == "password" {
-                        format!("{k}=***")
-                    } else {
-                        format!(
-                            "{k}={}",
-                            if v.contains(char::is_whitespace) {
-                                quote(&v)
-                            } else {
-                                v
-                            }
-                        )
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
-            Err(_) => "(unparsable connection string)".into(),
-        }
-    }
-}
-
-/// A DSN kept by a source or target: its `Debug` shows it without the password.
-#[derive(Clone)]
-pub(crate) struct Dsn(String);
-
-impl Dsn {
-    pub(crate) fn new(dsn: impl Into<String>) -> Self {
-        Dsn(dsn.into())
-    }
-}
-
-impl std::ops::Deref for Dsn {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Dsn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", redact(&self.0))
-    }
-}
-
-/// `MakeRustlsConnect` that notes whether a TLS handshake was started.
-#[derive(Clone)]
-struct Flagged<T> {
-    inner: T,
-    used: Arc<AtomicBool>,
-}
-
-impl<T: MakeTlsConnect<Socket>> MakeTlsConnect<Socket> for Flagged<T> {
-    type Stream = T::Stream;
-    type TlsConnect = Flagged<T::TlsConnect>;
-    type Error = T::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
-        Ok(Flagged {
-            inner: self.inner.make_tls_connect(domain)?,
-            used: self.used.clone(),
-        })
-    }
-}
-
-impl<T: TlsConnect<Socket>> TlsConnect<Socket> for Flagged<T> {
-    type Stream = T::Stream;
-    type Error = T::Error;
-    type Future = T::Future;
-
-    fn connect(self, stream: Socket) -> Self::Future {
-        self.used.store(true, Ordering::Relaxed);
-        self.inner.connect(stream)
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted CA; the name in the certificate is not checked.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without a root certificate: encrypted, the certificate not checked
-/// (libpq's behaviour; it protects against eavesdropping, not against a man in the middle).
-#[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn parsed(dsn: &str) -> ConnectConfig {
@@ -812,23 +371,6 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let c = parsed("host=h password=hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn redaction() {
-        assert_eq!(
-            redact("host=h user=u password=hunter2 dbname=x"),
-            "host=h user=u password=*** dbname=x"
-        );
-        assert_eq!(
-            redact("postgres://u:hunter2@h:5432/db?sslmode=require"),
-            "postgres://u:***@h:5432/db?sslmode=require"
-        );
-        assert_eq!(
-            redact("postgresql://h/db?user=u&password=hunter2"),
-            "postgresql://h/db?user=u&password=***"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]
