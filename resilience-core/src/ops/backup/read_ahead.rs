@@ -1,6 +1,7 @@
 //! The read-ahead stage: a task pulls entries from the source ahead of the backup loop, decides
 //! reuse from the parent snapshot and reads small files concurrently; once every content reader
-//! it handed on is done with, it asks the source for its closing entries.
+//! it handed on is done with (each is a [`DropGuardReader`]), it asks the source for its closing
+//! entries.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use super::Shared;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Content;
 use crate::source::entry::{EntryKind, EntryMeta};
-use crate::source::EntryReader;
+use crate::source::{DropGuardReader, EntryReader};
 
 /// What the read-ahead stage hands the backup loop, in source order.
 pub(super) enum Ahead {
@@ -71,7 +72,8 @@ pub(super) fn spawn_read_ahead(
                 let item: futures::future::BoxFuture<'static, Result<Ahead>> =
                     match (meta.kind, entry.content) {
                         (EntryKind::File, Some(reader)) => {
-                            let mut reader = TrackedReader::wrap(reader, open_readers.clone());
+                            let open = open_readers.clone();
+                            let mut reader = DropGuardReader::wrap(reader, move || drop(open));
                             let reuse = match cursor.reusable(&meta, &shared).await {
                                 Ok(r) => r,
                                 Err(e) => {
@@ -146,27 +148,4 @@ pub(super) fn spawn_read_ahead(
         let _ = tx.send(finished).await;
     });
     (rx, task)
-}
-
-/// A source's content reader that tells the read-ahead stage, by being dropped, that it is no
-/// longer read from.
-struct TrackedReader {
-    inner: EntryReader,
-    _open: tokio::sync::mpsc::Sender<()>,
-}
-
-impl TrackedReader {
-    fn wrap(inner: EntryReader, open: tokio::sync::mpsc::Sender<()>) -> EntryReader {
-        Box::pin(TrackedReader { inner, _open: open })
-    }
-}
-
-impl tokio::io::AsyncRead for TrackedReader {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.inner.as_mut().poll_read(cx, buf)
-    }
 }
