@@ -21,6 +21,8 @@
 //!   (clock, stop signal, schedules, the scheduler).
 //! - What a service watches: [`health`] (the report behind `/health` and `/metrics`) and
 //!   [`drill`] (restore drills and their records).
+//! - What adapters share to reach their stores: [`net`] (the loopback check and, with the
+//!   `tls` feature, rustls client configuration).
 //!
 //! The types a service embeds are re-exported here.
 //!
@@ -43,6 +45,7 @@ pub mod error;
 pub(crate) mod format;
 pub mod health;
 pub mod keys;
+pub mod net;
 pub mod ops;
 pub mod repo;
 pub mod retention;

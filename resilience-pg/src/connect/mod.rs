@@ -24,11 +24,11 @@
 mod dsn;
 mod tls;
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use resilience_core::net::is_loopback_host;
 use tokio_postgres::config::{Host, SslMode as PgSslMode};
 use tokio_postgres::{Client, Config};
 
@@ -75,14 +75,6 @@ impl std::fmt::Debug for ConnectConfig {
     }
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 fn expand_home(path: &str) -> PathBuf {
     match path.strip_prefix("~/") {
         Some(rest) => std::env::var_os("HOME")
@@ -124,7 +116,7 @@ impl ConnectConfig {
             _ => {
                 return Err(ConnectError {
                     host,
-                    reason: "sslcert and sslkey go together: give both or neither".into(),
+                    reason: tls::CLIENT_CERT.unpaired(),
                     source: None,
                 })
             }
@@ -389,14 +381,5 @@ mod tests {
             parsed("postgres://u@10.1.2.3:5433/db").remote_peers(),
             vec!["10.1.2.3".to_owned()]
         );
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        assert!(is_loopback_host("localhost"));
-        assert!(is_loopback_host("127.0.0.1"));
-        assert!(is_loopback_host("::1"));
-        assert!(!is_loopback_host("db.example"));
-        assert!(!is_loopback_host("10.0.0.1"));
     }
 }

@@ -6,17 +6,23 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use resilience_core::net::tls::{self, ClientCertNames};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::Socket;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{ConnectConfig, ConnectError};
+
+/// libpq's names for the client certificate and its key.
+pub(super) const CLIENT_CERT: ClientCertNames = ClientCertNames {
+    cert: "sslcert",
+    key: "sslkey",
+};
 
 /// How much TLS a connection insists on (libpq's `sslmode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,9 +76,8 @@ impl ConnectConfig {
     }
 
     fn tls_config(&self) -> Result<rustls::ClientConfig, ConnectError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+        let provider = tls::crypto_provider();
+        let builder = tls::client_config(provider.clone())
             .map_err(|e| self.fail(format!("TLS setup: {e}")))?;
         let check_chain = match self.ssl_mode {
             SslMode::VerifyCa | SslMode::VerifyFull => true,
@@ -96,33 +101,21 @@ impl ConnectConfig {
         let builder = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        match (&self.client_cert, &self.client_key) {
-            (Some(cert), Some(key)) => {
-                let certs = read_certs(cert).map_err(|e| self.fail(format!("sslcert: {e}")))?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                    self.fail(format!(
-                        "sslkey: cannot read a private key from {}: {e}",
-                        key.display()
-                    ))
-                })?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| self.fail(format!("sslcert/sslkey: {e}")))
-            }
-            _ => Ok(builder.with_no_client_auth()),
-        }
+        tls::with_client_cert(
+            builder,
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+            CLIENT_CERT,
+        )
+        .map_err(|e| self.fail(e))
     }
 
     fn roots(&self) -> Result<RootCertStore, ConnectError> {
-        let mut roots = RootCertStore::empty();
         let Some(path) = &self.root_cert else {
             return Err(self.fail("no sslrootcert given"));
         };
         if path == Path::new("system") {
-            let native = rustls_native_certs::load_native_certs();
-            for cert in native.certs {
-                let _ = roots.add(cert);
-            }
+            let roots = tls::native_roots();
             if roots.is_empty() {
                 return Err(
                     self.fail("sslrootcert=system: no CA certificates found on this system")
@@ -130,30 +123,15 @@ impl ConnectConfig {
             }
             return Ok(roots);
         }
-        let certs = read_certs(path).map_err(|e| {
+        let certs = tls::read_certs(path).map_err(|e| {
             self.fail(format!(
                 "sslrootcert: {e} (sslmode={} needs the CA that signed the server's certificate)",
                 self.ssl_mode.as_str()
             ))
         })?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| self.fail(format!("sslrootcert {}: {e}", path.display())))?;
-        }
-        Ok(roots)
+        tls::root_store(certs)
+            .map_err(|e| self.fail(format!("sslrootcert {}: {e}", path.display())))
     }
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no PEM certificate in {}", path.display()));
-    }
-    Ok(certs)
 }
 
 /// `MakeRustlsConnect` that notes whether a TLS handshake was started.
