@@ -1,6 +1,6 @@
 //! Network plumbing that adapters share, with nothing store-specific in it: whether a host is
 //! this machine (an adapter warns about a plain connection to any other) and, with the `tls`
-//! feature, the pieces of a rustls client configuration ([`tls`]).
+//! feature, the pieces of a rustls client configuration (`net::tls`).
 
 #[cfg(feature = "tls")]
 pub mod tls;
