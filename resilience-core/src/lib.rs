@@ -22,6 +22,8 @@
 //! - What a service runs and watches: [`jobs`] (ready-made scheduled jobs: backup, verify,
 //!   prune, replicate, drill), [`health`] (the report behind `/health` and `/metrics`, and the
 //!   [`health::Monitor`] that serves it) and [`drill`] (restore drills and their records).
+//! - What adapters share to reach their stores: [`net`] (the loopback check and, with the
+//!   `tls` feature, rustls client configuration).
 //!
 //! The types a service embeds are re-exported here.
 //!
@@ -45,6 +47,7 @@ pub(crate) mod format;
 pub mod health;
 pub mod jobs;
 pub mod keys;
+pub mod net;
 pub mod ops;
 pub mod repo;
 pub mod retention;

@@ -29,7 +29,8 @@ use chrono::{DateTime, Utc};
 use resilience_core::source::entry::{EntryKind, EntryMeta, EntryPath};
 use resilience_core::source::fs::DirSource;
 use resilience_core::source::{
-    AdapterError, EntryReader, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
+    AdapterError, DropGuardReader, Source, SourceDescriptor, SourceEntry, SourceMetadata,
+    SourceSession,
 };
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -355,28 +356,6 @@ struct PgSession {
     pages: Option<PageChecker>,
 }
 
-/// A data file's content reader, counted among the session's open readers until dropped.
-struct CountedReader {
-    inner: EntryReader,
-    open: Arc<AtomicUsize>,
-}
-
-impl Drop for CountedReader {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl tokio::io::AsyncRead for CountedReader {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.inner.as_mut().poll_read(cx, buf)
-    }
-}
-
 /// What to do with an entry of the walk.
 enum Verdict {
     Keep,
@@ -466,9 +445,9 @@ impl PgSession {
     fn track(&self, entry: &mut SourceEntry) {
         if let Some(content) = entry.content.take() {
             self.open_readers.fetch_add(1, Ordering::SeqCst);
-            entry.content = Some(Box::pin(CountedReader {
-                inner: content,
-                open: self.open_readers.clone(),
+            let open = self.open_readers.clone();
+            entry.content = Some(DropGuardReader::wrap(content, move || {
+                open.fetch_sub(1, Ordering::SeqCst);
             }));
         }
     }

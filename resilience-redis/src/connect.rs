@@ -7,13 +7,12 @@
 //! it reaches the client, and out of the source id. A plain `redis://` connection to a host
 //! other than loopback logs a warning naming the host.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use fred::prelude::*;
 use fred::types::config::{Config, ServerConfig, TlsConnector};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use resilience_core::net::is_loopback_host;
+use resilience_core::net::tls::{self, ClientCertNames};
 
 use crate::error::RedisError;
 
@@ -95,66 +94,32 @@ pub fn split_tls_params(url: &str) -> (String, TlsFiles) {
     (url, files)
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no PEM certificate in {}", path.display()));
-    }
-    Ok(certs)
-}
-
 /// The rustls client configuration for `rediss://`: the CAs of `ca_file` (else the system's),
 /// the client certificate when given.
 fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &files.ca_file {
+    let roots = match &files.ca_file {
         Some(path) => {
-            for cert in read_certs(path).map_err(|e| format!("ca_file: {e}"))? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-            }
+            let certs = tls::read_certs(path).map_err(|e| format!("ca_file: {e}"))?;
+            tls::root_store(certs).map_err(|e| format!("ca_file {}: {e}", path.display()))?
         }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots);
-    match (&files.cert_file, &files.key_file) {
-        (Some(cert), Some(key)) => {
-            let certs = read_certs(cert).map_err(|e| format!("cert_file: {e}"))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                format!(
-                    "key_file: cannot read a private key from {}: {e}",
-                    key.display()
-                )
-            })?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("cert_file/key_file: {e}"))
-        }
-        (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err("cert_file and key_file go together: give both or neither".into()),
-    }
+        None => tls::native_roots(),
+    };
+    let builder = tls::client_config(tls::crypto_provider())
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    tls::with_client_cert(
+        builder,
+        files.cert_file.as_deref(),
+        files.key_file.as_deref(),
+        CLIENT_CERT,
+    )
 }
 
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
+/// The URL parameters of the client certificate and its key.
+const CLIENT_CERT: ClientCertNames = ClientCertNames {
+    cert: "cert_file",
+    key: "key_file",
+};
 
 /// The hosts of a configuration that are not loopback (a plain connection to them is warned
 /// about).
@@ -163,7 +128,7 @@ fn remote_hosts(config: &Config) -> Vec<String> {
         .server
         .hosts()
         .iter()
-        .filter(|s| !is_loopback(&s.host))
+        .filter(|s| !is_loopback_host(&s.host))
         .map(|s| format!("{}:{}", s.host, s.port))
         .collect()
 }
@@ -309,6 +274,8 @@ pub fn max_rdb_version(server_version: &str) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]

@@ -4,6 +4,7 @@
 //! content; a [`Target`] is its inverse and applies entries on restore. Adapters implement them
 //! for one store each (a directory here; Postgres, Redis and buckets in their own crates).
 
+mod drop_guard;
 pub mod entry;
 pub mod fs;
 
@@ -16,6 +17,8 @@ use tokio::io::AsyncRead;
 
 use crate::sink::BoxError;
 use crate::source::entry::{EntryMeta, EntryPath};
+
+pub use self::drop_guard::DropGuardReader;
 
 /// An entry's content, read once, front to back.
 pub type EntryReader = Pin<Box<dyn AsyncRead + Send>>;

@@ -1,0 +1,134 @@
+//! Pack assembly and upload: sealed blobs are gathered into packs, full packs are sealed and
+//! uploaded with bounded concurrency, and the uploaded packs are indexed every few packs.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::format::blob::{BlobId, BlobKind};
+use crate::format::index::PackRecord;
+use crate::format::pack::{self, PackBuilder};
+use crate::repo;
+
+/// A blob hashed, compressed and sealed, ready to go into a pack.
+pub(super) struct Encoded {
+    pub(super) id: BlobId,
+    pub(super) kind: BlobKind,
+    pub(super) raw_len: u32,
+    pub(super) stored: Vec<u8>,
+}
+
+/// Seals full packs and uploads them with bounded concurrency; writes an index file every few
+/// packs so that an interrupted backup loses little.
+pub(super) struct Packer {
+    shared: Arc<Shared>,
+    current: PackBuilder,
+    uploads: JoinSet<Result<PackRecord>>,
+    max_uploads: usize,
+    /// Uploaded packs not yet named by an index file (at the start: the packs adopted).
+    pub(super) unindexed: Vec<PackRecord>,
+    /// Bytes written to the store: packs and index files.
+    pub(super) stored_bytes: u64,
+}
+
+const PACKS_PER_INDEX: usize = 16;
+
+impl Packer {
+    pub(super) fn new(shared: Arc<Shared>, max_uploads: usize) -> Self {
+        let cap = shared.repo.config.pack_size as usize + 1024;
+        Packer {
+            current: PackBuilder::new(shared.repo.keys.current_key_id(), cap),
+            shared,
+            uploads: JoinSet::new(),
+            max_uploads: max_uploads.max(1),
+            unindexed: Vec::new(),
+            stored_bytes: 0,
+        }
+    }
+
+    pub(super) async fn add(&mut self, blob: Encoded) -> Result<()> {
+        self.current
+            .add(blob.id, blob.kind, blob.raw_len, &blob.stored);
+        if self.current.len() >= self.shared.repo.config.pack_size as usize {
+            self.seal_current().await?;
+        }
+        Ok(())
+    }
+
+    async fn seal_current(&mut self) -> Result<()> {
+        if self.current.is_empty() {
+            return Ok(());
+        }
+        while self.uploads.len() >= self.max_uploads {
+            self.reap_one().await?;
+        }
+        let cap = self.shared.repo.config.pack_size as usize + 1024;
+        let full = std::mem::replace(
+            &mut self.current,
+            PackBuilder::new(self.shared.repo.keys.current_key_id(), cap),
+        );
+        let shared = self.shared.clone();
+        self.uploads.spawn(async move {
+            let keys = shared.repo.keys.clone();
+            let key_id = keys.current_key_id();
+            let (id, bytes, blobs) = tokio::task::spawn_blocking(move || full.finish(&keys))
+                .await
+                .map_err(Error::task("pack sealing"))?;
+            let size = bytes.len() as u64;
+            repo::put_idempotent(shared.repo.sink.as_ref(), &pack::pack_key(&id), bytes).await?;
+            Ok(PackRecord {
+                id,
+                size,
+                key_id,
+                blobs,
+            })
+        });
+        Ok(())
+    }
+
+    async fn reap_one(&mut self) -> Result<()> {
+        if let Some(done) = self.uploads.join_next().await {
+            let record = done.map_err(Error::task("pack upload"))??;
+            self.stored_bytes += record.size;
+            self.unindexed.push(record);
+            if self.unindexed.len() >= PACKS_PER_INDEX {
+                self.flush_index().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes the uploaded packs, only while the lock holds: a lapsed backup's packs may have
+    /// been collected, and an index naming them would send later backups to missing data.
+    async fn flush_index(&mut self) -> Result<()> {
+        let packs = std::mem::take(&mut self.unindexed);
+        if packs.is_empty() {
+            return Ok(());
+        }
+        self.shared.lock.check()?;
+        let (name, size) = self.shared.repo.write_index_named(&packs).await?;
+        if let Err(lapsed) = self.shared.lock.check() {
+            if let Err(e) = self.shared.repo.sink.delete(&name).await {
+                tracing::warn!(error = %e, index = %name, "could not remove the index file of a backup whose lock lapsed");
+            }
+            return Err(lapsed);
+        }
+        self.stored_bytes += size;
+        let mut dedup = self.shared.dedup.lock().expect("dedup lock poisoned");
+        for p in &packs {
+            dedup.index.add_pack(p);
+        }
+        Ok(())
+    }
+
+    /// Seals the last pack, waits for every upload, writes the remaining index.
+    pub(super) async fn finish(&mut self) -> Result<()> {
+        self.seal_current().await?;
+        while !self.uploads.is_empty() {
+            self.reap_one().await?;
+        }
+        self.flush_index().await
+    }
+}

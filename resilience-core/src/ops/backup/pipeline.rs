@@ -1,0 +1,328 @@
+//! The chunk pipeline: an entry's content is cut into chunks, each chunk is hashed and, unless
+//! the repository (or this backup) already has it, compressed and sealed on the blocking pool
+//! with a bounded window; each entry's tree record is written, in entry order, once all its
+//! chunks are done, and the tree itself is chunked the same way.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use super::packer::{Encoded, Packer};
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::format::blob::{self, BlobKind};
+use crate::format::chunker::Chunker;
+use crate::format::snapshot::{self, BlobRef, Content, TreeRecord};
+use crate::ops::progress::Progress;
+use crate::source::entry::EntryMeta;
+use crate::source::EntryReader;
+
+/// Hashes a chunk and, unless the repository (or this backup) already has it, seals it.
+fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Option<Encoded>) {
+    let repo = &shared.repo;
+    let id = repo.keys.blob_id(&chunk);
+    let r = BlobRef {
+        id,
+        len: chunk.len() as u32,
+    };
+    {
+        let mut dedup = shared.dedup.lock().expect("dedup lock poisoned");
+        if let Some(found) = dedup.index.lookup(&id) {
+            dedup.used_packs.insert(found.pack);
+            return (r, None);
+        }
+        if !dedup.claimed.insert(id) {
+            return (r, None);
+        }
+    }
+    let mut stored = Vec::with_capacity(chunk.len() / 2 + 64);
+    blob::encode_blob(
+        &repo.keys.current_key(),
+        kind,
+        &id,
+        &chunk,
+        repo.config.compression_level,
+        &mut stored,
+    );
+    (
+        r,
+        Some(Encoded {
+            id,
+            kind,
+            raw_len: chunk.len() as u32,
+            stored,
+        }),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ChunkOwner {
+    Content,
+    Tree,
+}
+
+/// An entry whose content is still being hashed and sealed.
+struct PendingEntry {
+    meta: EntryMeta,
+    content: Content,
+    /// Chunks pushed for it; `None` while its content is still being read.
+    expected: Option<usize>,
+    pushed: usize,
+    received: usize,
+}
+
+impl PendingEntry {
+    fn is_complete(&self) -> bool {
+        self.expected == Some(self.received)
+    }
+}
+
+/// Hashes and seals chunks on the blocking pool with a bounded window, across entries, and
+/// writes each entry's tree record once all its chunks are done, in entry order.
+pub(super) struct Pipeline {
+    shared: Arc<Shared>,
+    inflight: FuturesOrdered<tokio::task::JoinHandle<(ChunkOwner, BlobRef, Option<Encoded>)>>,
+    window: usize,
+    pending: VecDeque<PendingEntry>,
+    tree_chunker: Chunker,
+    /// The tree's chunks, in order: the snapshot's manifest lists them.
+    pub(super) tree_refs: Vec<BlobRef>,
+    record_buf: Vec<u8>,
+    /// Data bytes this backup stored that the repository did not have.
+    pub(super) new_bytes: u64,
+    /// Entries written to the tree.
+    pub(super) entries: u64,
+    /// The entries' content bytes.
+    pub(super) logical_bytes: u64,
+}
+
+/// Entries allowed to wait behind a chunk in flight before the reader waits too.
+const MAX_PENDING_ENTRIES: usize = 4096;
+
+impl Pipeline {
+    /// A pipeline with at most `window` chunks in flight.
+    pub(super) fn new(shared: Arc<Shared>, window: usize) -> Self {
+        let repo = &shared.repo;
+        let tree_chunker = Chunker::new(repo.config.chunker, repo.keys.chunker_seed());
+        Pipeline {
+            shared,
+            inflight: FuturesOrdered::new(),
+            window: window.max(1),
+            pending: VecDeque::new(),
+            tree_chunker,
+            tree_refs: Vec::new(),
+            record_buf: Vec::new(),
+            new_bytes: 0,
+            entries: 0,
+            logical_bytes: 0,
+        }
+    }
+
+    async fn push_chunk(
+        &mut self,
+        owner: ChunkOwner,
+        chunk: Bytes,
+        packer: &mut Packer,
+    ) -> Result<()> {
+        while self.inflight.len() >= self.window {
+            self.pop(packer).await?;
+        }
+        if owner == ChunkOwner::Content {
+            self.pending
+                .back_mut()
+                .expect("content belongs to an open entry")
+                .pushed += 1;
+        }
+        let shared = self.shared.clone();
+        let kind = if owner == ChunkOwner::Tree {
+            BlobKind::Tree
+        } else {
+            BlobKind::Data
+        };
+        self.inflight
+            .push_back(tokio::task::spawn_blocking(move || {
+                let (r, enc) = hash_and_seal(&shared, kind, chunk);
+                (owner, r, enc)
+            }));
+        Ok(())
+    }
+
+    async fn pop(&mut self, packer: &mut Packer) -> Result<()> {
+        let Some(done) = self.inflight.next().await else {
+            return Ok(());
+        };
+        let (owner, r, encoded) = done.map_err(Error::task("chunk"))?;
+        if let Some(enc) = encoded {
+            if enc.kind == BlobKind::Data {
+                self.new_bytes += enc.raw_len as u64;
+            }
+            packer.add(enc).await?;
+        }
+        match owner {
+            ChunkOwner::Tree => self.tree_refs.push(r),
+            ChunkOwner::Content => {
+                // Results arrive in push order, so the chunk belongs to the first entry that
+                // still waits for chunks.
+                let entry = self
+                    .pending
+                    .iter_mut()
+                    .find(|e| e.expected.is_none_or(|n| e.received < n))
+                    .expect("a content chunk has an owner");
+                entry.received += 1;
+                if let Content::Blobs(refs) = &mut entry.content {
+                    refs.push(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts an entry whose content will be pushed chunk by chunk.
+    fn begin_entry(&mut self, meta: EntryMeta) {
+        self.pending.push_back(PendingEntry {
+            meta,
+            content: Content::Blobs(Vec::new()),
+            expected: None,
+            pushed: 0,
+            received: 0,
+        });
+    }
+
+    /// Ends the open entry: all its chunks are pushed; `size` is what was actually read.
+    fn end_entry(&mut self, size: u64) {
+        let entry = self.pending.back_mut().expect("an open entry");
+        if size != entry.meta.size && entry.meta.size != crate::source::entry::UNKNOWN_SIZE {
+            tracing::warn!(entry = %entry.meta.path, expected = entry.meta.size, read = size, "entry changed size while it was read; recording what was read");
+        }
+        entry.meta.size = size;
+        entry.expected = Some(entry.pushed);
+    }
+
+    /// Adds an entry whose content is already known.
+    pub(super) async fn add_entry(
+        &mut self,
+        meta: EntryMeta,
+        content: Content,
+        packer: &mut Packer,
+    ) -> Result<()> {
+        self.pending.push_back(PendingEntry {
+            meta,
+            content,
+            expected: Some(0),
+            pushed: 0,
+            received: 0,
+        });
+        self.flush_ready(packer).await?;
+        while self.pending.len() > MAX_PENDING_ENTRIES {
+            self.pop(packer).await?;
+            self.flush_ready(packer).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads an entry's content through `chunker` and pushes its chunks; content no larger
+    /// than the repository's inline limit goes inside the tree instead.
+    pub(super) async fn store_content(
+        &mut self,
+        mut reader: EntryReader,
+        meta: EntryMeta,
+        chunker: &mut Chunker,
+        packer: &mut Packer,
+        progress: Option<&Arc<dyn Progress>>,
+    ) -> Result<()> {
+        let mut read = 0u64;
+        let inline_limit = self.shared.repo.config.inline_limit as u64;
+        let path = meta.path.to_string();
+        let mut meta = Some(meta);
+        loop {
+            let n = reader
+                .read_buf(chunker.buffer_mut())
+                .await
+                .map_err(|e| crate::source::AdapterError::new("read", path.clone(), e))?;
+            read += n as u64;
+            if let Some(p) = progress {
+                p.bytes(n as u64);
+            }
+            let eof = n == 0;
+            if let Some(m) = meta.take_if(|_| eof && read <= inline_limit) {
+                // Small content goes inside the tree.
+                let data = chunker
+                    .next_chunk(true)
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default();
+                let mut m = m;
+                m.size = read;
+                let content = if data.is_empty() {
+                    Content::None
+                } else {
+                    Content::Inline(data)
+                };
+                return self.add_entry(m, content, packer).await;
+            }
+            if !eof && read <= inline_limit {
+                continue;
+            }
+            if let Some(m) = meta.take() {
+                self.begin_entry(m);
+            }
+            while let Some(chunk) = chunker.next_chunk(eof) {
+                self.push_chunk(ChunkOwner::Content, chunk, packer).await?;
+            }
+            if eof {
+                break;
+            }
+        }
+        self.end_entry(read);
+        self.flush_ready(packer).await
+    }
+
+    /// Writes the tree records of the complete entries at the front of the queue.
+    async fn flush_ready(&mut self, packer: &mut Packer) -> Result<()> {
+        while self.pending.front().is_some_and(PendingEntry::is_complete) {
+            let entry = self.pending.pop_front().expect("checked");
+            self.entries += 1;
+            self.logical_bytes += entry.meta.size;
+            snapshot::encode_record(
+                &TreeRecord {
+                    meta: entry.meta,
+                    content: entry.content,
+                },
+                &mut self.record_buf,
+            );
+            self.tree_chunker.push(&self.record_buf);
+            self.record_buf.clear();
+            while let Some(chunk) = self.tree_chunker.next_chunk(false) {
+                self.push_chunk(ChunkOwner::Tree, chunk, packer).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every chunk, writes every record and the tree's last chunk.
+    pub(super) async fn finish(&mut self, packer: &mut Packer) -> Result<()> {
+        loop {
+            self.flush_ready(packer).await?;
+            if self.inflight.is_empty() {
+                break;
+            }
+            self.pop(packer).await?;
+        }
+        if !self.pending.is_empty() {
+            return Err(Error::Internal {
+                operation: "backup",
+                detail: "an entry was left incomplete",
+            });
+        }
+        while let Some(chunk) = self.tree_chunker.next_chunk(true) {
+            self.push_chunk(ChunkOwner::Tree, chunk, packer).await?;
+        }
+        while !self.inflight.is_empty() {
+            self.pop(packer).await?;
+        }
+        Ok(())
+    }
+}
