@@ -17,18 +17,17 @@
 //! Plain `http://` endpoints are accepted only on loopback addresses.
 //!
 //! [`bucket`] backs up and restores a bucket (or prefix), and [`drill::BucketDrill`] drills its
-//! backups. It also holds the HTTP key providers: [`kms::KmsProvider`] (AWS KMS) and
-//! [`vault::VaultTransitProvider`] (HashiCorp Vault's transit engine).
+//! backups. [`keys`] holds the HTTP key providers: [`keys::kms::KmsProvider`] (AWS KMS) and
+//! [`keys::vault::VaultTransitProvider`] (HashiCorp Vault's transit engine).
 
 pub mod bucket;
 mod config;
 pub mod drill;
-pub mod kms;
+pub mod keys;
 mod repository;
 mod sigv4;
 mod sink;
 mod streaming_put;
-pub mod vault;
 pub mod versions;
 
 pub use config::{

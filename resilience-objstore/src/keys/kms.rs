@@ -25,6 +25,7 @@ use resilience_core::{Error, Result};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::name_copy;
 use crate::sigv4::{self, Credentials};
 
 /// The provider name stored in copies.
@@ -206,17 +207,6 @@ impl KmsProvider {
         let p = |k: &str| copy.params.get(k).and_then(|v| v.as_str()).unwrap_or("");
         let (id, arn) = (p("key_id"), p("key_arn"));
         want == id || want == arn || arn.ends_with(&format!("/{want}"))
-    }
-}
-
-/// Names the copy in a provider error (a damaged ciphertext blob is refused by KMS).
-pub(crate) fn name_copy(e: Error, copy: &WrappedKey) -> Error {
-    match e {
-        Error::KeyProvider { provider, message } => Error::KeyProvider {
-            provider,
-            message: format!("{}: {message}", copy.object_name()),
-        },
-        other => other,
     }
 }
 
