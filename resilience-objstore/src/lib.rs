@@ -25,7 +25,6 @@ mod config;
 pub mod drill;
 pub mod keys;
 mod repository;
-mod sigv4;
 mod sink;
 mod streaming_put;
 pub mod versions;
@@ -33,6 +32,6 @@ pub mod versions;
 pub use config::{
     open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError, StoreUrl,
 };
+pub use keys::kms::AwsCredentials;
 pub use repository::{no_key, KeyOptions, OpenError, RepositoryOptions, PASSWORD_VARIABLE};
-pub use sigv4::Credentials as AwsCredentials;
 pub use sink::ObjectStoreSink;
