@@ -17,23 +17,21 @@
 //! Plain `http://` endpoints are accepted only on loopback addresses.
 //!
 //! [`bucket`] backs up and restores a bucket (or prefix), and [`drill::BucketDrill`] drills its
-//! backups. It also holds the HTTP key providers: [`kms::KmsProvider`] (AWS KMS) and
-//! [`vault::VaultTransitProvider`] (HashiCorp Vault's transit engine).
+//! backups. [`keys`] holds the HTTP key providers: [`keys::kms::KmsProvider`] (AWS KMS) and
+//! [`keys::vault::VaultTransitProvider`] (HashiCorp Vault's transit engine).
 
 pub mod bucket;
 mod config;
 pub mod drill;
-pub mod kms;
+pub mod keys;
 mod repository;
-mod sigv4;
 mod sink;
 mod streaming_put;
-pub mod vault;
 pub mod versions;
 
 pub use config::{
     open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError, StoreUrl,
 };
+pub use keys::kms::AwsCredentials;
 pub use repository::{no_key, KeyOptions, OpenError, RepositoryOptions, PASSWORD_VARIABLE};
-pub use sigv4::Credentials as AwsCredentials;
 pub use sink::ObjectStoreSink;

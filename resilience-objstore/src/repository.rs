@@ -10,8 +10,8 @@ use resilience_core::keys::{EnvKeyProvider, KeyFileProvider, KeyProvider, Passph
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{AppendOnlySink, Sink};
 
-use crate::kms::KmsProvider;
-use crate::vault::VaultTransitProvider;
+use crate::keys::kms::KmsProvider;
+use crate::keys::vault::VaultTransitProvider;
 use crate::StoreConfigError;
 
 /// The environment variable holding a repository passphrase.

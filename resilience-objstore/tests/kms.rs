@@ -11,7 +11,7 @@ use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{MemorySink, PutMode, Sink};
 use resilience_core::testing::{pseudo_random, MemorySource, MemoryTarget};
 use resilience_core::Error;
-use resilience_objstore::kms::{KmsConfig, KmsProvider};
+use resilience_objstore::keys::kms::{KmsConfig, KmsProvider};
 use resilience_objstore::AwsCredentials;
 use zeroize::Zeroizing;
 

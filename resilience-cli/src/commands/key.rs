@@ -3,8 +3,8 @@
 use resilience_core::keys::ring::{CopyState, KeyRing};
 use resilience_core::keys::{EnvKeyProvider, KeyFileProvider, KeyProvider, PassphraseProvider};
 use resilience_core::repo::Repository;
-use resilience_objstore::kms::KmsProvider;
-use resilience_objstore::vault::VaultTransitProvider;
+use resilience_objstore::keys::kms::KmsProvider;
+use resilience_objstore::keys::vault::VaultTransitProvider;
 use serde_json::json;
 
 use crate::access;

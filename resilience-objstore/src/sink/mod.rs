@@ -1,4 +1,9 @@
-//! The [`Sink`] over `object_store`.
+//! The [`Sink`] over `object_store`: keys under a prefix, errors named, puts made durable on
+//! a local file system, copies proven by ETags. How a body is uploaded is `upload`; the ETag
+//! arithmetic `etag`.
+
+mod etag;
+mod upload;
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -8,105 +13,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, PutOptions, PutPayload};
+use object_store::{ObjectStore, PutPayload};
 use resilience_core::sink::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
 
+use self::etag::{is_md5, normalize_etag, PartDigests};
+use self::upload::{PART_SIZE, SINGLE_PUT_MAX};
 use crate::streaming_put::{StreamingPut, SINGLE_PUT_LIMIT};
-
-/// Objects up to this size are written with one `PUT` (S3's ETag is then the MD5 of the body,
-/// and one request costs less than four); larger ones in parts, so that memory stays bounded.
-const SINGLE_PUT_MAX: usize = 32 << 20;
-/// Part size of multipart uploads (S3 requires at least 5 MiB but for the last part).
-const PART_SIZE: usize = 8 << 20;
-/// Parts in flight per upload.
-const PART_CONCURRENCY: usize = 4;
-
-/// The MD5 of each part, in order, from which S3 derives an object's ETag.
-#[derive(Default)]
-struct PartDigests {
-    parts: Vec<[u8; 16]>,
-    multipart: bool,
-}
-
-impl PartDigests {
-    /// The ETag S3 gives an object of these parts: the MD5 of the body for a single `PUT`, else
-    /// the MD5 of the parts' MD5s followed by `-` and the number of parts.
-    fn etag(&self) -> String {
-        use md5::Digest;
-        if !self.multipart {
-            return hex::encode(self.parts.first().copied().unwrap_or_else(|| {
-                let empty: [u8; 16] = md5::Md5::digest(b"").into();
-                empty
-            }));
-        }
-        let mut all = md5::Md5::new();
-        for p in &self.parts {
-            all.update(p);
-        }
-        format!("{}-{}", hex::encode(all.finalize()), self.parts.len())
-    }
-}
-
-/// Whether a normalized ETag has the form of an MD5 (S3's ETag of a single-part upload).
-fn is_md5(etag: &str) -> bool {
-    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// An ETag as a store returns it, without quotes or a weak marker, lower case.
-fn normalize_etag(etag: &str) -> String {
-    etag.trim_start_matches("W/")
-        .trim_matches('"')
-        .to_ascii_lowercase()
-}
-
-fn md5_of(parts: &[Bytes]) -> [u8; 16] {
-    use md5::Digest;
-    let mut h = md5::Md5::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.finalize().into()
-}
-
-/// Bytes gathered from a stream, cut into parts of exactly [`PART_SIZE`] without copying.
-#[derive(Default)]
-struct PartBuffer {
-    chunks: std::collections::VecDeque<Bytes>,
-    len: usize,
-}
-
-impl PartBuffer {
-    fn push(&mut self, b: Bytes) {
-        self.len += b.len();
-        self.chunks.push_back(b);
-    }
-
-    /// The first `n` bytes (at most what is held), as chunks.
-    fn take(&mut self, n: usize) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        let mut want = n.min(self.len);
-        self.len -= want;
-        while want > 0 {
-            let first = &mut self.chunks[0];
-            if first.len() <= want {
-                want -= first.len();
-                out.extend(self.chunks.pop_front());
-            } else {
-                out.push(first.split_to(want));
-                want = 0;
-            }
-        }
-        out
-    }
-}
-
-/// What an upload sent, and what the store said it stored.
-struct Uploaded {
-    size: u64,
-    /// The digests of what was sent, when it was hashed.
-    sent: Option<PartDigests>,
-    stored_etag: Option<String>,
-}
 
 /// A [`Sink`] over an [`ObjectStore`], with an optional key prefix.
 ///
@@ -238,163 +150,6 @@ impl ObjectStoreSink {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.error("head", key, e)),
-        }
-    }
-
-    /// Uploads a stream: one `PUT` if it ends within [`SINGLE_PUT_MAX`] bytes, else in parts,
-    /// hashing what it sends (MD5, as S3 computes ETags) if `hash`. A stream error aborts the
-    /// upload: nothing is left behind.
-    async fn upload(
-        &self,
-        key: &str,
-        mut data: ByteStream,
-        mode: PutMode,
-        hash: bool,
-    ) -> Result<Uploaded, SinkError> {
-        let mut buffer = PartBuffer::default();
-        while buffer.len <= SINGLE_PUT_MAX {
-            match data.try_next().await? {
-                Some(b) => buffer.push(b),
-                None => {
-                    let size = buffer.len as u64;
-                    let chunks = buffer.take(buffer.len);
-                    let sent = hash.then(|| PartDigests {
-                        parts: vec![md5_of(&chunks)],
-                        multipart: false,
-                    });
-                    let stored_etag = self
-                        .put_one(key, chunks.into_iter().collect(), mode)
-                        .await?;
-                    return Ok(Uploaded {
-                        size,
-                        sent,
-                        stored_etag,
-                    });
-                }
-            }
-        }
-        let mut upload = self
-            .store
-            .put_multipart_opts(
-                &self.path(key),
-                object_store::PutMultipartOptions {
-                    attributes: self.put_attributes.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| self.error("put", key, e))?;
-        let result = self.send_parts(key, &mut *upload, buffer, data, hash).await;
-        match result {
-            Ok((size, sent)) => {
-                let done = upload
-                    .complete()
-                    .await
-                    .map_err(|e| self.error("put", key, e))?;
-                Ok(Uploaded {
-                    size,
-                    sent,
-                    stored_etag: done.e_tag,
-                })
-            }
-            Err(e) => {
-                let _ = upload.abort().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Sends `buffer` and the rest of `data` as parts of an upload, a few at once, hashing each
-    /// part if `hash`.
-    async fn send_parts(
-        &self,
-        key: &str,
-        upload: &mut dyn object_store::MultipartUpload,
-        mut buffer: PartBuffer,
-        mut data: ByteStream,
-        hash: bool,
-    ) -> Result<(u64, Option<PartDigests>), SinkError> {
-        let mut sent = PartDigests {
-            parts: Vec::new(),
-            multipart: true,
-        };
-        let mut size = 0u64;
-        let mut in_flight: futures::stream::FuturesUnordered<object_store::UploadPart> =
-            futures::stream::FuturesUnordered::new();
-        let mut ended = false;
-        loop {
-            while !ended && buffer.len < PART_SIZE {
-                match data.try_next().await? {
-                    Some(b) => buffer.push(b),
-                    None => ended = true,
-                }
-            }
-            if buffer.len == 0 {
-                break;
-            }
-            let part = buffer.take(PART_SIZE);
-            if hash {
-                sent.parts.push(md5_of(&part));
-            }
-            size += part.iter().map(|b| b.len() as u64).sum::<u64>();
-            while in_flight.len() >= PART_CONCURRENCY {
-                if let Some(r) = in_flight.next().await {
-                    let r: object_store::Result<()> = r;
-                    r.map_err(|e| self.error("put", key, e))?;
-                }
-            }
-            in_flight.push(upload.put_part(part.into_iter().collect()));
-        }
-        while let Some(r) = in_flight.next().await {
-            let r: object_store::Result<()> = r;
-            r.map_err(|e| self.error("put", key, e))?;
-        }
-        Ok((size, hash.then_some(sent)))
-    }
-
-    /// One `PUT` of a whole object; returns the ETag the store gave it.
-    async fn put_one(
-        &self,
-        key: &str,
-        payload: PutPayload,
-        mode: PutMode,
-    ) -> Result<Option<String>, SinkError> {
-        let opts = PutOptions {
-            mode: match mode {
-                PutMode::Overwrite => object_store::PutMode::Overwrite,
-                PutMode::Create => object_store::PutMode::Create,
-            },
-            attributes: self.put_attributes.clone(),
-            ..Default::default()
-        };
-        match self
-            .store
-            .put_opts(&self.path(key), payload.clone(), opts)
-            .await
-        {
-            Ok(r) => Ok(r.e_tag),
-            // Stores without conditional puts: check, then write (a guard, not a lock).
-            Err(object_store::Error::NotImplemented) if mode == PutMode::Create => {
-                if self.exists(key).await? {
-                    return Err(SinkError::AlreadyExists {
-                        key: key.to_owned(),
-                    });
-                }
-                let r = self
-                    .store
-                    .put_opts(
-                        &self.path(key),
-                        payload,
-                        PutOptions {
-                            attributes: self.put_attributes.clone(),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(|e| self.error("put", key, e))?;
-                Ok(r.e_tag)
-            }
-            Err(e) => Err(self.error("put", key, e)),
         }
     }
 }
@@ -613,38 +368,6 @@ mod tests {
         futures::stream::iter(parts).boxed()
     }
 
-    #[test]
-    fn parts_are_cut_exactly_without_losing_a_byte() {
-        let mut b = PartBuffer::default();
-        for i in 0..50u8 {
-            b.push(Bytes::from(vec![i; 1 + i as usize * 7]));
-        }
-        let total = b.len;
-        let mut seen = Vec::new();
-        while b.len > 0 {
-            let part = b.take(100);
-            let n: usize = part.iter().map(Bytes::len).sum();
-            assert!(n == 100 || b.len == 0, "{n}");
-            seen.extend(part.iter().flat_map(|p| p.iter().copied()));
-        }
-        assert_eq!(seen.len(), total);
-        let expected: Vec<u8> = (0..50u8)
-            .flat_map(|i| std::iter::repeat_n(i, 1 + i as usize * 7))
-            .collect();
-        assert_eq!(seen, expected);
-    }
-
-    #[test]
-    fn etags_follow_s3() {
-        let empty = PartDigests {
-            parts: vec![],
-            multipart: false,
-        };
-        assert_eq!(empty.etag(), "d41d8cd98f00b204e9800998ecf8427e");
-        assert_eq!(normalize_etag("\"ABC-2\""), "abc-2");
-        assert_eq!(normalize_etag("W/\"abc\""), "abc");
-    }
-
     /// Memory's ETags are not MD5s: copies are stored whole and intact, whatever the pieces
     /// they came in, but left unproven (the caller reads them back), even when the origin's
     /// ETag is an MD5.
@@ -683,14 +406,5 @@ mod tests {
                 assert_eq!(back, sent.concat(), "{len}");
             }
         }
-    }
-
-    #[test]
-    fn only_md5_shaped_etags_stand_for_the_body() {
-        assert!(is_md5("d41d8cd98f00b204e9800998ecf8427e"));
-        assert!(!is_md5("d41d8cd98f00b204e9800998ecf8427e-2"));
-        assert!(!is_md5("0x8dc1234567890ab"));
-        assert!(!is_md5("1a2b-3c4d-1000"));
-        assert!(!is_md5("z41d8cd98f00b204e9800998ecf8427e"));
     }
 }

@@ -20,6 +20,8 @@ use serde_json::json;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
+use super::name_copy;
+
 /// The provider name stored in copies.
 pub const PROVIDER: &str = "vault-transit";
 
@@ -304,7 +306,7 @@ impl KeyProvider for VaultTransitProvider {
         let answer = self
             .post(&path, Some(&token), json!({ "ciphertext": ciphertext }))
             .await
-            .map_err(|e| crate::kms::name_copy(e, copy))?;
+            .map_err(|e| name_copy(e, copy))?;
         let plain = answer
             .pointer("/data/plaintext")
             .and_then(|v| v.as_str())

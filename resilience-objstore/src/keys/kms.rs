@@ -13,22 +13,75 @@
 //! `RESILIENCE_KMS_SECRET_ACCESS_KEY` / `RESILIENCE_KMS_SESSION_TOKEN`, else the `AWS_*`
 //! variables of the same names. (The `RESILIENCE_KMS_*` names let KMS and S3 use different
 //! accounts or endpoints in one process.)
+//!
+//! Requests are signed with `object_store`'s own SigV4 signer ([`AwsAuthorizer`]), the body's
+//! SHA-256 included, as KMS requires.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use object_store::aws::{AwsAuthorizer, AwsCredential};
+use object_store::client::HttpRequestBody;
 use resilience_core::keys::SecretKey;
 use resilience_core::keys::{KeyProvider, WrappedKey};
 use resilience_core::{Error, Result};
 use serde_json::json;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
-use crate::sigv4::{self, Credentials};
+use super::name_copy;
 
 /// The provider name stored in copies.
 pub const PROVIDER: &str = "aws-kms";
+
+/// AWS credentials. `Debug` shows the access key id only.
+#[derive(Clone)]
+pub struct AwsCredentials {
+    /// Access key id (not secret).
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: Zeroizing<String>,
+    /// Session token of temporary credentials.
+    pub session_token: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl AwsCredentials {
+    /// These credentials in the form `object_store`'s signer takes, for one request.
+    fn for_signing(&self) -> SigningCredential {
+        SigningCredential(AwsCredential {
+            key_id: self.access_key_id.clone(),
+            secret_key: self.secret_access_key.as_str().to_owned(),
+            token: self.session_token.as_ref().map(|t| t.as_str().to_owned()),
+        })
+    }
+}
+
+/// An [`AwsCredential`] whose secrets are wiped when it is dropped.
+struct SigningCredential(AwsCredential);
+
+impl Drop for SigningCredential {
+    fn drop(&mut self) {
+        self.0.secret_key.zeroize();
+        if let Some(token) = &mut self.0.token {
+            token.zeroize();
+        }
+    }
+}
 
 /// Where and how to reach KMS.
 #[derive(Clone, Debug)]
@@ -40,7 +93,7 @@ pub struct KmsConfig {
     /// Region.
     pub region: String,
     /// Credentials.
-    pub credentials: Credentials,
+    pub credentials: AwsCredentials,
 }
 
 fn var(names: &[&str]) -> Option<String> {
@@ -82,7 +135,7 @@ impl KmsConfig {
             key_id: key_id.to_owned(),
             endpoint,
             region,
-            credentials: Credentials {
+            credentials: AwsCredentials {
                 access_key_id,
                 secret_access_key: Zeroizing::new(secret),
                 session_token: token.map(Zeroizing::new),
@@ -96,7 +149,6 @@ impl KmsConfig {
 pub struct KmsProvider {
     config: KmsConfig,
     url: url::Url,
-    host: String,
     client: reqwest::Client,
     calls: AtomicU64,
 }
@@ -116,11 +168,9 @@ impl KmsProvider {
                 )))
             }
         }
-        let host = match (url.host_str(), url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            (None, _) => return Err(config_error(format!("endpoint {} has no host", url))),
-        };
+        if url.host_str().is_none() {
+            return Err(config_error(format!("endpoint {} has no host", url)));
+        }
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
@@ -128,7 +178,6 @@ impl KmsProvider {
         Ok(KmsProvider {
             config,
             url,
-            host,
             client,
             calls: AtomicU64::new(0),
         })
@@ -146,28 +195,13 @@ impl KmsProvider {
 
     /// One KMS JSON call (`TrentService.<action>`).
     async fn call(&self, action: &str, body: serde_json::Value) -> Result<serde_json::Value> {
-        let body = serde_json::to_vec(&body).expect("serializes");
-        let target = format!("TrentService.{action}");
-        let headers = [
-            ("content-type", "application/x-amz-json-1.1"),
-            ("x-amz-target", target.as_str()),
-        ];
-        let signed = sigv4::sign_post(
-            &self.host,
-            &headers,
-            &body,
-            &self.config.credentials,
-            &self.config.region,
-            "kms",
-            Utc::now(),
-        );
-        let mut req = self.client.post(self.url.clone()).body(body);
-        for (k, v) in headers.iter().map(|(k, v)| (*k, *v)) {
-            req = req.header(k, v);
-        }
-        for (k, v) in &signed {
-            req = req.header(k, v);
-        }
+        let body = Bytes::from(serde_json::to_vec(&body).expect("serializes"));
+        let signed = self.signed_headers(action, &body)?;
+        let req = self
+            .client
+            .post(self.url.clone())
+            .headers(signed)
+            .body(body);
         self.calls.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(action, key = %self.config.key_id, "KMS call");
         let resp = req.send().await.map_err(|e| {
@@ -201,22 +235,26 @@ impl KmsProvider {
         Ok(value)
     }
 
+    /// The headers of a KMS `action` request carrying `body`, signed (body included).
+    fn signed_headers(&self, action: &str, body: &Bytes) -> Result<http::HeaderMap> {
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(self.url.as_str())
+            .header(http::header::CONTENT_TYPE, "application/x-amz-json-1.1")
+            .header("x-amz-target", format!("TrentService.{action}"))
+            .body(HttpRequestBody::from(body.clone()))
+            .map_err(|e| config_error(format!("{action}: the request: {e}")))?;
+        let credential = self.config.credentials.for_signing();
+        // With no digest given, the signer hashes the body: KMS refuses `UNSIGNED-PAYLOAD`.
+        AwsAuthorizer::new(&credential.0, "kms", &self.config.region).authorize(&mut request, None);
+        Ok(request.into_parts().0.headers)
+    }
+
     fn matches(&self, copy: &WrappedKey) -> bool {
         let want = self.config.key_id.as_str();
         let p = |k: &str| copy.params.get(k).and_then(|v| v.as_str()).unwrap_or("");
         let (id, arn) = (p("key_id"), p("key_arn"));
         want == id || want == arn || arn.ends_with(&format!("/{want}"))
-    }
-}
-
-/// Names the copy in a provider error (a damaged ciphertext blob is refused by KMS).
-pub(crate) fn name_copy(e: Error, copy: &WrappedKey) -> Error {
-    match e {
-        Error::KeyProvider { provider, message } => Error::KeyProvider {
-            provider,
-            message: format!("{}: {message}", copy.object_name()),
-        },
-        other => other,
     }
 }
 
@@ -293,5 +331,105 @@ impl KeyProvider for KmsProvider {
             .map_err(|e| name_copy(e, copy))?;
         let kek = kek_from(&b64(&answer, "Plaintext", "Decrypt")?, "Decrypt")?;
         Ok(copy.open(&kek))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> KmsProvider {
+        KmsProvider::new(KmsConfig {
+            key_id: "alias/test".into(),
+            endpoint: "http://127.0.0.1:5000".into(),
+            region: "us-east-1".into(),
+            credentials: AwsCredentials {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: Zeroizing::new(
+                    "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+                ),
+                session_token: Some(Zeroizing::new("SESSIONTOKEN".into())),
+            },
+        })
+        .unwrap()
+    }
+
+    /// KMS refuses `UNSIGNED-PAYLOAD`: the signature covers the body's SHA-256, and the headers
+    /// the call depends on.
+    #[test]
+    fn requests_are_signed_with_the_body_hash() {
+        let body = Bytes::from_static(br#"{"KeyId":"alias/test","KeySpec":"AES_256"}"#);
+        let headers = provider().signed_headers("GenerateDataKey", &body).unwrap();
+        let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(
+            header("x-amz-content-sha256"),
+            "a80a7e43585666e76d8aba4ca009deee7e948fdde8aab3331068f13908555ffc"
+        );
+        assert_eq!(header("host"), "127.0.0.1:5000");
+        assert_eq!(header("x-amz-target"), "TrentService.GenerateDataKey");
+        assert_eq!(header("x-amz-security-token"), "SESSIONTOKEN");
+        let auth = header("authorization");
+        let date = &header("x-amz-date")[..8];
+        assert!(
+            auth.starts_with(&format!(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/{date}/us-east-1/kms/aws4_request, \
+                 SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;\
+                 x-amz-security-token;x-amz-target, Signature="
+            )),
+            "{auth}"
+        );
+    }
+
+    /// The signature is the one botocore (the AWS SDK for Python, installed with moto by
+    /// `scripts/test`) computes for the same request at the same time, the body's SHA-256
+    /// included.
+    #[test]
+    fn the_signature_is_the_one_botocore_computes() {
+        const BOTOCORE: &str = r#"
+import datetime, hashlib, sys
+import botocore.auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+date, body = sys.argv[1:3]
+when = datetime.datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+botocore.auth.get_current_datetime = lambda: when
+request = AWSRequest(method="POST", url="http://127.0.0.1:5000/", data=body.encode(), headers={
+    "content-type": "application/x-amz-json-1.1",
+    "x-amz-target": "TrentService.GenerateDataKey",
+    "x-amz-content-sha256": hashlib.sha256(body.encode()).hexdigest(),
+})
+credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "SESSIONTOKEN")
+botocore.auth.SigV4Auth(credentials, "kms", "us-east-1").add_auth(request)
+print(request.headers["Authorization"])
+"#;
+        let body = r#"{"KeyId":"alias/test","KeySpec":"AES_256"}"#;
+        let headers = provider()
+            .signed_headers("GenerateDataKey", &Bytes::from_static(body.as_bytes()))
+            .unwrap();
+        let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+        let out = std::process::Command::new("python3")
+            .args(["-c", BOTOCORE])
+            .args([header("x-amz-date").as_str(), body])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "botocore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap().trim(),
+            header("authorization")
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let text = format!("{:?}", provider());
+        assert!(text.contains("AKIDEXAMPLE"), "{text}");
+        assert!(
+            !text.contains("EXAMPLEKEY") && !text.contains("SESSIONTOKEN"),
+            "{text}"
+        );
     }
 }

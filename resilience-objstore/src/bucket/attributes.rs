@@ -1,0 +1,93 @@
+//! How an object's attributes (content type, user metadata, ETag, last-modified time) become an
+//! entry's attributes in a snapshot, and back into object attributes on restore.
+
+use std::collections::BTreeMap;
+
+use object_store::{Attribute, AttributeValue, Attributes, ObjectMeta};
+
+/// The user-metadata key a restore records the source object's ETag under.
+pub(super) const SOURCE_ETAG: &str = "resilience-source-etag";
+
+/// The attributes an object carries into its entry.
+pub(super) fn entry_attrs(meta: &ObjectMeta, attributes: &Attributes) -> BTreeMap<String, String> {
+    let mut attrs = BTreeMap::new();
+    if let Some(e) = &meta.e_tag {
+        attrs.insert("etag".into(), e.clone());
+    }
+    attrs.insert("last_modified".into(), meta.last_modified.to_rfc3339());
+    for (k, v) in attributes.iter() {
+        let name = match k {
+            Attribute::ContentType => "content_type".to_owned(),
+            Attribute::ContentEncoding => "content_encoding".to_owned(),
+            Attribute::ContentDisposition => "content_disposition".to_owned(),
+            Attribute::ContentLanguage => "content_language".to_owned(),
+            Attribute::CacheControl => "cache_control".to_owned(),
+            Attribute::Metadata(m) if m == SOURCE_ETAG => continue,
+            Attribute::Metadata(m) => format!("meta.{m}"),
+            _ => continue,
+        };
+        attrs.insert(name, v.as_ref().to_owned());
+    }
+    attrs
+}
+
+/// The object attributes an entry's attributes describe.
+pub(super) fn object_attributes(attrs: &BTreeMap<String, String>) -> Attributes {
+    let mut out = Attributes::new();
+    for (k, v) in attrs {
+        let key = match k.as_str() {
+            "content_type" => Attribute::ContentType,
+            "content_encoding" => Attribute::ContentEncoding,
+            "content_disposition" => Attribute::ContentDisposition,
+            "content_language" => Attribute::ContentLanguage,
+            "cache_control" => Attribute::CacheControl,
+            other => match other.strip_prefix("meta.") {
+                Some(m) => Attribute::Metadata(m.to_owned().into()),
+                None => continue,
+            },
+        };
+        out.insert(key, AttributeValue::from(v.clone()));
+    }
+    if let Some(etag) = attrs.get("etag") {
+        out.insert(
+            Attribute::Metadata(SOURCE_ETAG.into()),
+            AttributeValue::from(etag.clone()),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn attributes_round_trip_through_entries() {
+        let mut a = Attributes::new();
+        a.insert(Attribute::ContentType, "text/csv".into());
+        a.insert(Attribute::Metadata("owner".into()), "billing".into());
+        let meta = ObjectMeta {
+            location: Path::from("k"),
+            last_modified: chrono::Utc::now(),
+            size: 3,
+            e_tag: Some("\"abc\"".into()),
+            version: None,
+        };
+        let attrs = entry_attrs(&meta, &a);
+        assert_eq!(attrs["content_type"], "text/csv");
+        assert_eq!(attrs["meta.owner"], "billing");
+        let back = object_attributes(&attrs);
+        assert_eq!(
+            back.get(&Attribute::ContentType).unwrap().as_ref(),
+            "text/csv"
+        );
+        assert_eq!(
+            back.get(&Attribute::Metadata(SOURCE_ETAG.into()))
+                .unwrap()
+                .as_ref(),
+            "\"abc\""
+        );
+    }
+}
