@@ -15,8 +15,10 @@ use crate::drill::{DrillReport, DRILL_KIND};
 use crate::error::Result;
 use crate::time::scheduler::JobStatus;
 
+pub mod alerts;
 mod monitor;
 
+pub use alerts::AlertTracker;
 pub use monitor::{HealthObserver, Monitor, ReplicationBoard};
 
 /// What a source promises.

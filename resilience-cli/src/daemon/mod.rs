@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery};
-use resilience_core::health::{Monitor, ReplicationBoard, SourcePolicy};
+use resilience_core::health::{AlertTracker, Monitor, ReplicationBoard, SourcePolicy};
 use resilience_core::time::scheduler::Scheduler;
 use resilience_core::time::stop::StopSignal;
 
@@ -76,7 +76,7 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
             rpo: s.rpo.to_chrono(),
         })
         .collect();
-    let tracker = Arc::new(webhook::AlertTracker::default());
+    let tracker = Arc::new(AlertTracker::default());
     let mut monitor = Monitor::new(
         Arc::new(repo.catalog()),
         clock.clone(),
