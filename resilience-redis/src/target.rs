@@ -213,7 +213,7 @@ impl Writer {
     fn explain(&self, r: &KeyRecord, e: &fred::error::Error) -> String {
         let mut reason = e.details().to_string();
         if reason.contains("BUSYKEY") || reason.contains("already exists") {
-            reason.push_str(" (the key exists: restore with --replace to overwrite it)");
+            reason.push_str(" (the key exists: restore with `replace` set, `--replace` on the command line, to overwrite it)");
         } else if let (Some(payload), Some(max)) =
             (r.rdb_version(), max_rdb_version(&self.conn.version))
         {

@@ -418,7 +418,7 @@ async fn a_key_already_on_the_target_is_refused_and_named_unless_replace_is_set(
         .to_string();
     assert!(err.starts_with("RESTORE of k:42 failed: "), "{err}");
     assert!(
-        err.contains("(the key exists: restore with --replace to overwrite it)"),
+        err.contains("(the key exists: restore with `replace` set, `--replace` on the command line, to overwrite it)"),
         "{err}"
     );
     assert!(
