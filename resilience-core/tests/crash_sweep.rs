@@ -1,0 +1,356 @@
+//! Crash sweeps: each operation that writes is run against a store that dies at its N-th put,
+//! get or delete (or tears its N-th put: half the bytes stored, then death), for every N until
+//! the operation completes. After each death: the repository opens, a full verification is
+//! sound, every acknowledged snapshot restores byte for byte, and running the operation again
+//! completes. The runs before the last must have failed (else the sweep proved nothing).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery};
+use resilience_core::keys::KeyFileProvider;
+use resilience_core::ops::prune::PruneOptions;
+use resilience_core::ops::verify::VerifyOptions;
+use resilience_core::repo::lock::LockSettings;
+use resilience_core::repo::{InitOptions, Repository};
+use resilience_core::retention::{self, StandardPolicy};
+use resilience_core::sink::{ByteStream, Copied, MemorySink, ObjectMeta, PutMode, Sink, SinkError};
+use resilience_core::testing::{pseudo_random as data, MemorySource, MemoryTarget};
+
+/// Which store operation dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum On {
+    Put,
+    TornPut,
+    Get,
+    Delete,
+}
+
+/// A store whose process dies at the N-th operation of one kind: that operation fails (a torn
+/// put leaves the first half of its bytes first), and so does every operation after it.
+#[derive(Debug)]
+struct DyingSink {
+    inner: Arc<MemorySink>,
+    on: On,
+    /// The operation that dies (0: none yet; see [`DyingSink::arm`]).
+    at: AtomicU64,
+    seen: AtomicU64,
+    dead: AtomicBool,
+}
+
+impl DyingSink {
+    fn new(inner: Arc<MemorySink>, on: On) -> Self {
+        DyingSink {
+            inner,
+            on,
+            at: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on, the `at`-th operation of the sink's kind dies.
+    fn arm(&self, at: u64) {
+        self.seen.store(0, Ordering::SeqCst);
+        self.at.store(at, Ordering::SeqCst);
+    }
+
+    fn died(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    fn gone(&self, operation: &'static str, key: &str) -> SinkError {
+        SinkError::Backend {
+            operation,
+            key: key.into(),
+            location: self.inner.location(),
+            source: "the process died".into(),
+        }
+    }
+
+    /// Whether this operation is the one that dies (and from now on, every one).
+    fn dies_now(&self, kind: On, operation: &'static str, key: &str) -> Result<bool, SinkError> {
+        if self.died() {
+            return Err(self.gone(operation, key));
+        }
+        let counts = kind == self.on || (kind == On::Put && self.on == On::TornPut);
+        let at = self.at.load(Ordering::SeqCst);
+        if counts && at > 0 && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == at {
+            self.dead.store(true, Ordering::SeqCst);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn put_bytes(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+        if self.dies_now(On::Put, "put", key)? {
+            if self.on == On::TornPut {
+                let half = data.slice(..data.len() / 2);
+                let _ = self.inner.put(key, half, mode).await;
+            }
+            return Err(self.gone("put", key));
+        }
+        self.inner.put(key, data, mode).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for DyingSink {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        data: ByteStream,
+        mode: PutMode,
+    ) -> Result<u64, SinkError> {
+        let chunks: Vec<Bytes> = data.try_collect().await?;
+        let whole = Bytes::from(chunks.concat());
+        let len = whole.len() as u64;
+        self.put_bytes(key, whole, mode).await.map(|()| len)
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<ByteStream, SinkError> {
+        if self.dies_now(On::Get, "get", key)? {
+            return Err(self.gone("get", key));
+        }
+        self.inner.get_stream(key).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, SinkError> {
+        if self.died() {
+            return Err(self.gone("head", key));
+        }
+        self.inner.head(key).await
+    }
+
+    fn list(&self, prefix: &str) -> futures::stream::BoxStream<'_, Result<ObjectMeta, SinkError>> {
+        if self.died() {
+            let e = self.gone("list", prefix);
+            return Box::pin(futures::stream::once(async move { Err(e) }));
+        }
+        self.inner.list(prefix)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        if self.dies_now(On::Delete, "delete", key)? {
+            return Err(self.gone("delete", key));
+        }
+        self.inner.delete(key).await
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+        self.put_bytes(key, data, mode).await
+    }
+
+    async fn put_copy(
+        &self,
+        key: &str,
+        data: ByteStream,
+        _origin: &ObjectMeta,
+    ) -> Result<Copied, SinkError> {
+        let size = self.put_stream(key, data, PutMode::Create).await?;
+        Ok(Copied {
+            size,
+            proven: false,
+        })
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, SinkError> {
+        if self.dies_now(On::Get, "get", key)? {
+            return Err(self.gone("get", key));
+        }
+        self.inner.get(key).await
+    }
+
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, SinkError> {
+        if self.dies_now(On::Get, "get", key)? {
+            return Err(self.gone("get", key));
+        }
+        self.inner.get_range(key, range).await
+    }
+}
+
+const KEY: [u8; 32] = [4; 32];
+
+/// Lock settings for a fast sweep (a dead process's locks are cleared by the sweep itself: their
+/// expiry is the lock tests' business).
+fn locks() -> LockSettings {
+    LockSettings {
+        settle: Duration::from_millis(1),
+        ..Default::default()
+    }
+}
+
+/// Removes the locks a dead process left, as their expiry would.
+async fn clear_locks(mem: &MemorySink) {
+    let left: Vec<ObjectMeta> = mem.list("locks/").try_collect().await.unwrap();
+    for lock in left {
+        mem.delete(&lock.key).await.unwrap();
+    }
+}
+
+async fn open(sink: Arc<dyn Sink>) -> Repository {
+    Repository::open(sink, &KeyFileProvider::from_key(KEY))
+        .await
+        .expect("the repository opens after the crash")
+        .with_lock_settings(locks())
+}
+
+/// Source `s` at version `v`: files that partly change between versions.
+fn source(v: u64) -> MemorySource {
+    MemorySource::new("s")
+        .file("changes.bin", data(900_000, 10 + v))
+        .file(&format!("only-in-{v}.txt"), format!("version {v}"))
+        .file("same.bin", data(700_000, 1))
+}
+
+/// A repository with two acknowledged snapshots of `s`, versions 1 and 2, the first of them
+/// expired (its data left for prune).
+async fn seeded() -> Arc<MemorySink> {
+    let mem = Arc::new(MemorySink::new());
+    let options = InitOptions {
+        pack_size: 256 << 10,
+        ..Default::default()
+    };
+    let repo = Repository::init(mem.clone(), &KeyFileProvider::from_key(KEY), options)
+        .await
+        .unwrap()
+        .with_lock_settings(locks());
+    for v in [1, 2] {
+        repo.backup(&source(v), Default::default()).await.unwrap();
+    }
+    forget(repo).await.unwrap();
+    mem
+}
+
+/// Every succeeded snapshot restores exactly its version, and a full verification is sound.
+async fn assert_sound(repo: &Repository, context: &str) {
+    let report = repo.verify(VerifyOptions { full: true }).await.unwrap();
+    assert!(report.is_ok(), "{context}: {:?}", report.damaged);
+    let records = repo.catalog().list(&CatalogQuery::default()).await.unwrap();
+    for r in records
+        .iter()
+        .filter(|r| r.status == BackupStatus::Succeeded)
+    {
+        let target = MemoryTarget::new();
+        repo.restore(&r.id, &target, Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{context}: restore of {}: {e}", r.id));
+        let paths: Vec<String> = target
+            .entries
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let v: u64 = paths
+            .iter()
+            .find_map(|p| {
+                p.strip_prefix("only-in-")
+                    .and_then(|s| s.strip_suffix(".txt"))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{context}: snapshot {} has no version file: {paths:?}",
+                    r.id
+                )
+            });
+        let want = [
+            ("same.bin".to_owned(), data(700_000, 1)),
+            ("changes.bin".to_owned(), data(900_000, 10 + v)),
+            (
+                format!("only-in-{v}.txt"),
+                format!("version {v}").into_bytes(),
+            ),
+        ];
+        assert_eq!(paths.len(), want.len(), "{context}: {paths:?}");
+        for (path, content) in want {
+            assert_eq!(
+                target.content(&path).as_deref(),
+                Some(&content[..]),
+                "{context}: {path} of snapshot {}",
+                r.id
+            );
+        }
+    }
+}
+
+/// Runs `operation` on a fresh seeded repository whose store dies at every N in turn, checks
+/// what each death leaves, reruns it, and returns how many runs failed. A run may still succeed
+/// when what died was cleanup after its work was durable (releasing its lock): it is checked
+/// the same way.
+async fn sweep<F, Fut>(name: &str, on: On, operation: F) -> u64
+where
+    F: Fn(Repository) -> Fut,
+    Fut: std::future::Future<Output = resilience_core::Result<()>>,
+{
+    let mut failed = 0;
+    for at in 1.. {
+        let mem = seeded().await;
+        let dying = Arc::new(DyingSink::new(mem.clone(), on));
+        let repo = open(dying.clone()).await;
+        dying.arm(at);
+        let outcome = operation(repo).await;
+        let context = format!("{name}, store dead at {on:?} #{at}");
+        if !dying.died() {
+            outcome.unwrap_or_else(|e| panic!("{context}: failed without a fault: {e}"));
+            assert!(at > 1, "{name}: no {on:?} was ever made, nothing was swept");
+            eprintln!("{name}, {on:?}: {} crash points, {failed} failed", at - 1);
+            return failed;
+        }
+        if outcome.is_err() {
+            failed += 1;
+        }
+        clear_locks(&mem).await;
+        let repo = open(mem.clone()).await;
+        assert_sound(&repo, &context).await;
+        operation(repo.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{context}: the rerun failed: {e}"));
+        assert_sound(&repo, &format!("{context}, after the rerun")).await;
+    }
+    unreachable!()
+}
+
+async fn backup(repo: Repository) -> resilience_core::Result<()> {
+    repo.backup(&source(3), Default::default()).await.map(drop)
+}
+
+async fn forget(repo: Repository) -> resilience_core::Result<()> {
+    let records = repo.catalog().list(&CatalogQuery::default()).await?;
+    let policy = StandardPolicy::from_toml("keep_last = 1").expect("a policy");
+    let plan = retention::plan(&policy, &records, chrono::Utc::now());
+    repo.forget(&plan).await.map(drop)
+}
+
+async fn prune_twice(repo: Repository) -> resilience_core::Result<()> {
+    let now = PruneOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    repo.prune(now).await?;
+    repo.prune(now).await.map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_survives_its_store_dying_at_any_operation() {
+    for on in [On::Put, On::Get] {
+        let failed = sweep("backup", on, backup).await;
+        assert!(failed > 3, "backup, {on:?}: only {failed} runs failed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_survives_its_store_dying_at_any_operation_of_either_phase() {
+    for on in [On::Put, On::Get, On::Delete] {
+        let failed = sweep("prune", on, prune_twice).await;
+        assert!(failed > 0, "prune, {on:?}: no run failed");
+    }
+}
