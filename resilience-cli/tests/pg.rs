@@ -309,7 +309,12 @@ async fn a_second_base_backup_stores_only_what_changed_and_tablespaces_come_back
         second["stored_bytes"].as_u64().unwrap(),
     );
     assert!(a > 2 << 20, "first backup stored {a} bytes");
-    assert!(b * 10 < a, "second backup stored {b} bytes, first {a}");
+    // The update changes two pages of `big` (the old row's and the new row's), so two of its
+    // content-defined chunks are new: 0.5 to 8 MiB each, where they fall depends on the pages'
+    // bytes (transaction ids included), so from run to run it is 1 to 3 MiB here, not a fixed
+    // share. A quarter of the first backup bounds it with a margin; the 500 reused entries
+    // below say the rest was not even read.
+    assert!(b * 4 < a, "second backup stored {b} bytes, first {a}");
     assert!(second["reused_entries"].as_u64().unwrap() > 500, "{second}");
 
     let big = table_sum(&c, "big").await;
