@@ -88,9 +88,13 @@ pub enum Command {
     Restore {
         /// Snapshot id, unique id prefix, or `latest`.
         snapshot: String,
-        /// Directory to restore into (created; must be empty).
+        /// Directory to restore into (created; must be empty unless --resume).
         #[arg(long)]
         target: PathBuf,
+        /// Complete an interrupted restore into the same directory: files whose content
+        /// already matches are kept (not read again), everything else is written again.
+        #[arg(long)]
+        resume: bool,
     },
     /// Check that every snapshot is restorable; exit 3 naming every damaged object.
     Verify {

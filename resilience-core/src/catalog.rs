@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::format::crypto::KeySet;
 use crate::format::object::{self, ObjectKind};
+use crate::keys::cell::KeyCell;
+use crate::keys::ring::Opener;
 use crate::sink::{PutMode, Sink};
 use crate::source::{SourceDescriptor, SourceMetadata};
 
@@ -218,12 +220,23 @@ pub trait Catalog: Send + Sync {
 #[derive(Clone)]
 pub struct RepoCatalog {
     sink: Arc<dyn Sink>,
-    keys: Arc<KeySet>,
+    keys: Arc<KeyCell>,
 }
 
 impl RepoCatalog {
-    /// A catalog over a repository's sink and keys.
+    /// A catalog over a repository's sink and keys (these keys only: a record sealed after a
+    /// change of keys does not open; [`Repository::catalog`](crate::repo::Repository::catalog)
+    /// re-reads the keys then).
     pub fn new(sink: Arc<dyn Sink>, keys: Arc<KeySet>) -> Self {
+        let keys = KeyCell::new((*keys).clone(), Opener::fixed(), sink.clone());
+        RepoCatalog {
+            sink,
+            keys: Arc::new(keys),
+        }
+    }
+
+    /// A catalog sharing an open repository's keys.
+    pub(crate) fn with_keys(sink: Arc<dyn Sink>, keys: Arc<KeyCell>) -> Self {
         RepoCatalog { sink, keys }
     }
 
@@ -233,7 +246,8 @@ impl RepoCatalog {
 
     async fn read(&self, key: &str) -> Result<BackupRecord> {
         let bytes = self.sink.get(key).await?;
-        let payload = object::open_object(&self.keys, ObjectKind::Catalog, key, &bytes)?;
+        let keys = self.keys.holding(object::sealed_key_id(&bytes)).await?;
+        let payload = object::open_object(&keys, ObjectKind::Catalog, key, &bytes)?;
         serde_json::from_slice(&payload)
             .map_err(|e| Error::corrupt(key, format!("catalog record does not parse: {e}")))
     }
@@ -331,7 +345,7 @@ impl RepoCatalog {
     /// `key rotate --rewrite` does this: it re-seals a manifest and must update its checksum.
     pub(crate) async fn overwrite(&self, key: &str, record: &BackupRecord) -> Result<()> {
         let payload = serde_json::to_vec(record).expect("records serialize");
-        let sealed = object::seal_object(&self.keys, ObjectKind::Catalog, key, &payload);
+        let sealed = object::seal_object(&self.keys.get(), ObjectKind::Catalog, key, &payload);
         self.sink
             .put(key, sealed.into(), PutMode::Overwrite)
             .await?;
@@ -481,7 +495,7 @@ impl Catalog for RepoCatalog {
     async fn put(&self, record: &BackupRecord) -> Result<()> {
         let key = Self::key(&record.id, record.revision, record.status);
         let payload = serde_json::to_vec(record).expect("records serialize");
-        let sealed = object::seal_object(&self.keys, ObjectKind::Catalog, &key, &payload);
+        let sealed = object::seal_object(&self.keys.get(), ObjectKind::Catalog, &key, &payload);
         self.sink.put(&key, sealed.into(), PutMode::Create).await?;
         Ok(())
     }

@@ -11,7 +11,7 @@ use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::{MemorySink, Sink};
 use resilience_core::source::entry::EntryMeta;
-use resilience_core::source::{AdapterError, ContentWriter, EntryOrder, Target};
+use resilience_core::source::{AdapterError, ContentCheck, ContentWriter, EntryOrder, Target};
 use resilience_core::testing::{pseudo_random, FaultySink, MemorySource, MemoryTarget};
 use resilience_core::Error;
 
@@ -294,14 +294,18 @@ struct Declining(MemoryTarget);
 
 #[async_trait::async_trait]
 impl Target for Declining {
-    async fn wants(&self, meta: &EntryMeta) -> Result<bool, AdapterError> {
+    async fn wants(&self, meta: &EntryMeta, _: &ContentCheck) -> Result<bool, AdapterError> {
         Ok(!meta.path.as_bytes().starts_with(b"skip/"))
     }
     async fn create(
         &self,
         meta: &EntryMeta,
     ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
-        assert!(self.wants(meta).await?, "{} was declined", meta.path);
+        assert!(
+            !meta.path.as_bytes().starts_with(b"skip/"),
+            "{} was declined",
+            meta.path
+        );
         self.0.create(meta).await
     }
     async fn apply_metadata(&self, meta: &EntryMeta) -> Result<(), AdapterError> {

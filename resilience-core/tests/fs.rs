@@ -107,3 +107,142 @@ async fn a_short_write_is_an_error_naming_the_file() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_name_held_twice_is_refused_whichever_comes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::write(&outside, b"secret").unwrap();
+    let mut link = file(b"a");
+    link.kind = EntryKind::Symlink;
+    link.link_target = Some(outside.as_os_str().as_encoded_bytes().to_vec());
+
+    // A file, then a symlink in its place.
+    let target = DirTarget::new(dir.path().join("one"));
+    target.create(&file(b"a")).await.unwrap();
+    let err = target.create(&link).await.err().unwrap();
+    assert!(
+        err.to_string().contains("twice") && err.to_string().contains('a'),
+        "{err}"
+    );
+
+    // A symlink, then a file written through it.
+    let target = DirTarget::new(dir.path().join("two"));
+    target.create(&link).await.unwrap();
+    let err = target.create(&file(b"a")).await.err().unwrap();
+    assert!(err.to_string().contains("twice"), "{err}");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
+}
+
+#[tokio::test]
+async fn the_metadata_pass_never_follows_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::write(&outside, b"secret").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = std::fs::metadata(&outside).unwrap();
+
+    let target = DirTarget::new(dir.path().join("out"));
+    let mut meta = file(b"a");
+    meta.mode = 0o100777;
+    meta.mtime_ns = Some(1_000_000_000);
+    target.create(&meta).await.unwrap().unwrap();
+    // Swapped for a symlink to a file outside between the passes.
+    let placed = dir.path().join("out/a");
+    std::fs::remove_file(&placed).unwrap();
+    std::os::unix::fs::symlink(&outside, &placed).unwrap();
+    let err = target.apply_metadata(&meta).await.err().unwrap();
+    assert!(err.to_string().contains("no longer"), "{err}");
+    let after = std::fs::metadata(&outside).unwrap();
+    assert_eq!(after.permissions().mode() & 0o777, 0o600);
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+
+    // A symlink entry gets its own times, not its target's.
+    let mut link = file(b"l");
+    link.kind = EntryKind::Symlink;
+    link.link_target = Some(outside.as_os_str().as_encoded_bytes().to_vec());
+    link.mtime_ns = Some(2_000_000_000);
+    link.mode = 0o120777;
+    target.create(&link).await.unwrap();
+    target.apply_metadata(&link).await.unwrap();
+    let after = std::fs::metadata(&outside).unwrap();
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    assert_eq!(after.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::symlink_metadata(dir.path().join("out/l"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(2)
+    );
+}
+
+/// An interrupted restore (files missing, cut short, damaged) is completed with `resume`: the
+/// files already right are not read from the repository again, and the result is identical.
+#[tokio::test]
+async fn a_resumed_restore_completes_reading_only_what_is_missing() {
+    use std::sync::Arc;
+
+    use resilience_core::keys::KeyFileProvider;
+    use resilience_core::repo::Repository;
+    use resilience_core::sink::MemorySink;
+    use resilience_core::testing::{pseudo_random, FaultySink};
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for (seed, name) in ["big1", "big2", "d/big3"].into_iter().enumerate() {
+        std::fs::write(src.join(name), pseudo_random(3 << 20, seed as u64)).unwrap();
+    }
+    std::fs::write(src.join("small"), b"small file").unwrap();
+    let counting = Arc::new(FaultySink::new(MemorySink::new(), -1));
+    let repo = Repository::init(
+        counting.clone(),
+        &KeyFileProvider::from_key([4; 32]),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    repo.backup(&DirSource::new(&src), Default::default())
+        .await
+        .unwrap();
+    let out = dir.path().join("out");
+    repo.restore("latest", &DirTarget::new(&out), Default::default())
+        .await
+        .unwrap();
+
+    // What an interrupted restore leaves: one file missing, one cut short, one damaged in
+    // place (same size), one intact.
+    std::fs::remove_file(out.join("big1")).unwrap();
+    let mut damaged = std::fs::read(out.join("d/big3")).unwrap();
+    damaged[1 << 20] ^= 0xff;
+    std::fs::write(out.join("d/big3"), &damaged).unwrap();
+    std::fs::write(out.join("small"), b"sma").unwrap();
+
+    // Without resume, the directory is refused as not empty.
+    let err = repo
+        .restore("latest", &DirTarget::new(&out), Default::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+
+    let before = counting.range_bytes_read();
+    repo.restore(
+        "latest",
+        &DirTarget::new(&out).resume(true),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let read = counting.range_bytes_read() - before;
+    for name in ["big1", "big2", "d/big3", "small"] {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(src.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    // big1 and d/big3 read again (6 MiB and a little), big2 not.
+    assert!(read > 6 << 20 && read < 8 << 20, "read {read} bytes");
+}

@@ -103,6 +103,62 @@ async fn rotation_keeps_old_data_readable_and_reseals_for_every_copy() {
     assert_eq!(gens.len(), 1, "{gens:?}");
 }
 
+/// A long-running service's handle, opened before an operator rotated (and then rewrote) the
+/// keys from another process: its verify sees no false damage, its long-lived catalog lists
+/// the new records, and its next backup seals with the key in force, never with a retired one.
+#[tokio::test]
+async fn a_handle_opened_before_a_change_of_keys_reads_and_writes_with_the_new_ones() {
+    let sink = Arc::new(MemorySink::new());
+    let service = KeyFileProvider::from_key([3; 32]);
+    let daemon = Repository::init(sink.clone(), &service, small())
+        .await
+        .unwrap();
+    let first = daemon.backup(&source(1), Default::default()).await.unwrap();
+    let catalog = daemon.catalog();
+
+    // Another process (the CLI) rotates and backs up with data key 2.
+    let operator = Repository::open(sink.clone(), &service).await.unwrap();
+    let (operator, _) = operator.rotate_keys().await.unwrap();
+    let second = operator
+        .backup(&source(2), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(daemon.keys().current_key_id(), 1, "not re-read yet");
+
+    // The old catalog lists the record sealed with key 2; verify reads it all.
+    use resilience_core::catalog::Catalog;
+    let listed = catalog.list(&Default::default()).await.unwrap();
+    assert!(
+        listed.iter().any(|r| r.id == second.record.id),
+        "{listed:?}"
+    );
+    verify_full(&daemon).await;
+    assert_eq!(daemon.keys().current_key_id(), 2);
+    restore_matches(&daemon, &second.record.id, 2).await;
+
+    // The operator rewrites everything under a new key 3 and retires keys 1 and 2; the
+    // daemon's next backup, through a clone made before all this, seals with key 3.
+    let rewritten = operator.rewrite_data().await.unwrap();
+    assert_eq!(rewritten.retired_keys, vec![1, 2], "{rewritten:?}");
+    assert!(pack_keys(sink.as_ref()).await.iter().all(|k| *k == 3));
+    let third = daemon
+        .clone()
+        .backup(&source(3), Default::default())
+        .await
+        .unwrap();
+    assert!(
+        pack_keys(sink.as_ref()).await.iter().all(|k| *k == 3),
+        "a pack sealed with a retired key: {:?}",
+        pack_keys(sink.as_ref()).await
+    );
+    let fresh = Repository::open(sink.clone(), &service).await.unwrap();
+    assert_eq!(fresh.keys().data_key_ids(), vec![3]);
+    verify_full(&fresh).await;
+    for (record, seed) in [(&first, 1), (&second, 2), (&third, 3)] {
+        restore_matches(&fresh, &record.record.id, seed).await;
+    }
+}
+
 #[tokio::test]
 async fn the_last_copy_cannot_be_removed_and_env_keys_open() {
     let sink = Arc::new(MemorySink::new());

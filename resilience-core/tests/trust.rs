@@ -624,7 +624,7 @@ async fn a_forged_pack_claiming_existing_blobs_never_makes_prune_drop_the_real_c
                 let garbage = data(64, salt * 1_000_000 + i as u64);
                 b.add(blob.id, blob.kind, blob.raw_len, &garbage);
             }
-            b.finish(writer.keys())
+            b.finish(&writer.keys())
         })
         .find(|(id, _, _)| *id < first_real)
         .unwrap();

@@ -209,6 +209,67 @@ proptest! {
     }
 }
 
+/// A file name: any bytes a Unix file name can hold (all but `/` and NUL, not `.` or `..`, not
+/// necessarily UTF-8), from one byte to the 255 that ext4 allows.
+fn arb_file_name() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => proptest::collection::vec(1u8..=255, 1..40),
+        1 => proptest::collection::vec(1u8..=255, 255..=255),
+    ]
+    .prop_map(|mut v| {
+        for b in &mut v {
+            if *b == b'/' {
+                *b = b'%';
+            }
+        }
+        v
+    })
+    .prop_filter("not . or ..", |v| v != b"." && v != b"..")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Names with every byte a file name can hold, as files, directories and symlink targets.
+    #[test]
+    fn any_file_name_round_trips(
+        names in proptest::collection::btree_set(arb_file_name(), 1..5),
+        dir in arb_file_name(),
+    ) {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        runtime().block_on(async {
+            let work = tempfile::tempdir().unwrap();
+            let src = work.path().join("src");
+            let sub = src.join(OsStr::from_bytes(&dir));
+            std::fs::create_dir_all(&sub).unwrap();
+            for (i, name) in names.iter().enumerate() {
+                let name = OsStr::from_bytes(name);
+                std::fs::write(sub.join(name), name.as_bytes()).unwrap();
+                if i == 0 {
+                    std::os::unix::fs::symlink(name, src.join("link")).unwrap();
+                }
+            }
+            let repo = Repository::init(
+                open_sink("memory://").unwrap(),
+                &KeyFileProvider::from_key([5; 32]),
+                InitOptions::default(),
+            )
+            .await
+            .unwrap();
+            let report = repo
+                .backup(&DirSource::new(&src), Default::default())
+                .await
+                .unwrap();
+            let out = work.path().join("out");
+            repo.restore(&report.record.id, &DirTarget::new(&out), Default::default())
+                .await
+                .unwrap();
+            assert_same(&src, &out);
+        });
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
 

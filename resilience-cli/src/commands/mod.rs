@@ -28,7 +28,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init => init::run(g).await,
         Command::Backup { source } => backup::run(g, source).await,
         Command::Snapshots => snapshots::run(g).await,
-        Command::Restore { snapshot, target } => restore::run(g, snapshot, target).await,
+        Command::Restore {
+            snapshot,
+            target,
+            resume,
+        } => restore::run(g, snapshot, target, *resume).await,
         Command::Verify { full } => verify::run(g, *full).await,
         Command::Forget(args) => forget::run(g, args).await,
         Command::Prune { dry_run, grace } => prune::run(g, *dry_run, grace).await,

@@ -1,4 +1,5 @@
-//! `restore SNAPSHOT --target DIR`: a snapshot into a new (or empty) directory.
+//! `restore SNAPSHOT --target DIR [--resume]`: a snapshot into a new (or empty) directory, or
+//! the rest of it into a directory an interrupted restore left.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use crate::progress::Bar;
 use crate::CliError;
 
 /// Restores the snapshot `snapshot` names (an id, a unique prefix, or `latest`) into `target`.
-pub async fn run(g: &Global, snapshot: &str, target: &Path) -> Result<(), CliError> {
+pub async fn run(g: &Global, snapshot: &str, target: &Path, resume: bool) -> Result<(), CliError> {
     let repo = access::open(g).await?;
     let record = repo.resolve_snapshot(snapshot, None).await?;
     let bar = Bar::new(g.json, "restore", Some(record.logical_bytes));
@@ -23,7 +24,7 @@ pub async fn run(g: &Global, snapshot: &str, target: &Path) -> Result<(), CliErr
         ..Default::default()
     };
     let report = repo
-        .restore(&record.id, &DirTarget::new(target), options)
+        .restore(&record.id, &DirTarget::new(target).resume(resume), options)
         .await;
     if let Some(b) = &bar {
         b.finish();

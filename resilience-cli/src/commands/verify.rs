@@ -42,6 +42,11 @@ fn print_text(report: &VerifyReport) {
             None => println!("  fix: none rebuilds it; restore the object from a replica"),
         }
     }
+    for id in &report.expiring {
+        println!(
+            "EXPIRING {id}: an expiry was interrupted after it deleted the manifest\n  fix: run `resilience forget` again to finish it"
+        );
+    }
     let unindexed = match report.unindexed_packs {
         0 => String::new(),
         n => format!(", {n} unindexed pack(s) left by interrupted backups"),

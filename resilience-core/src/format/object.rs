@@ -149,6 +149,12 @@ pub fn seal_object(keys: &KeySet, kind: ObjectKind, name: &str, payload: &[u8]) 
     out
 }
 
+/// The data key a sealed object says it is sealed with (unchecked: [`open_object`] checks).
+pub fn sealed_key_id(bytes: &[u8]) -> Option<crate::format::crypto::DataKeyId> {
+    (bytes.len() >= HEADER_LEN && &bytes[..4] == MAGIC)
+        .then(|| u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes")))
+}
+
 /// Checks and opens a sealed object; every failure names `name`.
 pub fn open_object(keys: &KeySet, kind: ObjectKind, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     let body = check_checksum(name, bytes)?;

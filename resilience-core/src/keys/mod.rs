@@ -2,6 +2,7 @@
 //! environment, cloud KMS and Vault in the adapters), the [`ring`] of key copies and key-set
 //! generations in the repository, and [`rewrite`] (re-encrypting data with the current key).
 
+pub(crate) mod cell;
 mod provider;
 pub mod rewrite;
 pub mod ring;

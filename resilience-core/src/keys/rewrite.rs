@@ -90,7 +90,7 @@ impl Repository {
     /// rewrite resumes with it instead of rotating again. When a rewrite is already pending,
     /// returns the repository as it is.
     pub async fn begin_rewrite(&self) -> Result<Repository> {
-        if self.keys.rewriting() {
+        if self.keys().rewriting() {
             return Ok(self.clone());
         }
         let (repo, _) = self.rotate_keys_marked(true).await?;
@@ -102,7 +102,7 @@ impl Repository {
     pub async fn rewrite_data(&self) -> Result<RewriteReport> {
         let repo = self.begin_rewrite().await?;
         let mut report = RewriteReport {
-            data_key: repo.keys.current_key_id(),
+            data_key: repo.keys().current_key_id(),
             ..Default::default()
         };
         let lock = RepoLock::acquire(
@@ -142,10 +142,10 @@ impl Repository {
     async fn retire_old_keys(&self, report: &mut RewriteReport) -> Result<()> {
         self.rewrite_pass(report).await?;
         let old: Vec<DataKeyId> = self
-            .keys
+            .keys()
             .data_key_ids()
             .into_iter()
-            .filter(|k| *k != self.keys.current_key_id())
+            .filter(|k| *k != self.keys().current_key_id())
             .collect();
         if let Some(why) = self.condemned_under(&old).await? {
             tracing::warn!(reason = %why, "old data keys kept");
@@ -153,7 +153,7 @@ impl Repository {
             return Ok(());
         }
         let ring = self.key_ring().await?;
-        let mut keys = (*self.keys).clone();
+        let mut keys = (*self.keys()).clone();
         for k in &old {
             keys.retire(*k);
         }
@@ -185,7 +185,7 @@ impl Repository {
             .await?;
         for plan in plans {
             let bytes = self.sink.get(&plan).await?;
-            let payload = object::open_object(&self.keys, ObjectKind::PrunePlan, &plan, &bytes)?;
+            let payload = object::open_object(&self.keys(), ObjectKind::PrunePlan, &plan, &bytes)?;
             if payload.len() < 4 {
                 continue;
             }
@@ -212,7 +212,7 @@ impl Repository {
 
     /// One pass over the repository: everything under an old key is sealed again.
     async fn rewrite_pass(&self, report: &mut RewriteReport) -> Result<()> {
-        let current = self.keys.current_key_id();
+        let current = self.keys().current_key_id();
         // Blobs already held by current-key packs (not rewritten twice on a resumed run).
         let index_names: Vec<String> = self
             .sink
@@ -228,7 +228,7 @@ impl Repository {
             let (header_key, packs) = sealed_key_id(name, &bytes)
                 .and_then(|header_key| {
                     let payload =
-                        object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)
+                        object::open_object(&self.keys(), ObjectKind::Index, "index", &bytes)
                             .map_err(|e| rename(e, name))?;
                     Ok((header_key, index::decode_index(name, &payload)?))
                 })
@@ -298,7 +298,7 @@ impl Repository {
     ) -> Result<()> {
         let idx = self.load_index_strict().await?;
         let condemned = self.condemned_packs().await?;
-        let current = self.keys.current_key_id();
+        let current = self.keys().current_key_id();
         let metas: Vec<_> = self.sink.list("data/").try_collect().await?;
         let mut new_records = Vec::new();
         for meta in metas {
@@ -342,7 +342,7 @@ impl Repository {
             .await?;
         for plan in plans {
             let bytes = self.sink.get(&plan).await?;
-            let payload = object::open_object(&self.keys, ObjectKind::PrunePlan, &plan, &bytes)?;
+            let payload = object::open_object(&self.keys(), ObjectKind::PrunePlan, &plan, &bytes)?;
             if payload.len() < 4 {
                 continue;
             }
@@ -365,10 +365,10 @@ impl Repository {
         let name = pack::pack_key(&old.id);
         let bytes = self.sink.get(&name).await?;
         report.bytes_read += bytes.len() as u64;
-        let (key_id, blobs) = pack::parse_pack(&self.keys, &name, &bytes)?;
-        let current = self.keys.current_key_id();
+        let (key_id, blobs) = pack::parse_pack(&self.keys(), &name, &bytes)?;
+        let current = self.keys().current_key_id();
         let mut builder = PackBuilder::new(current, bytes.len());
-        let key = self.keys.current_key();
+        let key = self.keys().current_key();
         let mut stored = Vec::new();
         for b in &blobs {
             if have.contains(&b.id) {
@@ -377,8 +377,15 @@ impl Repository {
             let sealed = bytes
                 .get(b.offset as usize..(b.offset + b.length) as usize)
                 .ok_or_else(|| Error::corrupt(&name, format!("blob {} is out of range", b.id)))?;
-            let plain =
-                blob::decode_blob(&self.keys, key_id, b.kind, &b.id, b.raw_len, sealed, &name)?;
+            let plain = blob::decode_blob(
+                &self.keys(),
+                key_id,
+                b.kind,
+                &b.id,
+                b.raw_len,
+                sealed,
+                &name,
+            )?;
             stored.clear();
             blob::encode_blob(
                 &key,
@@ -394,7 +401,7 @@ impl Repository {
         if builder.is_empty() {
             return Ok(None);
         }
-        let (id, data, table) = builder.finish(&self.keys);
+        let (id, data, table) = builder.finish(&self.keys());
         let size = data.len() as u64;
         put_idempotent(self.sink.as_ref(), &pack::pack_key(&id), data).await?;
         report.packs_rewritten += 1;
@@ -411,7 +418,7 @@ impl Repository {
     /// manifest's checksum (which [`Repository::load_manifest`] then accepts too), the manifest
     /// is replaced, the record is updated, and the journal object is deleted.
     async fn reseal_manifests(&self, report: &mut RewriteReport) -> Result<()> {
-        let current = self.keys.current_key_id();
+        let current = self.keys().current_key_id();
         let catalog = self.catalog();
         let refs: std::collections::HashMap<String, String> = catalog
             .refs(None)
@@ -442,8 +449,8 @@ impl Repository {
                 }
                 continue;
             }
-            let payload = object::open_object(&self.keys, ObjectKind::Snapshot, &key, &bytes)?;
-            let resealed = object::seal_object(&self.keys, ObjectKind::Snapshot, &key, &payload);
+            let payload = object::open_object(&self.keys(), ObjectKind::Snapshot, &key, &bytes)?;
+            let resealed = object::seal_object(&self.keys(), ObjectKind::Snapshot, &key, &payload);
             let next = object::stored_checksum(&resealed).expect("has a checksum");
             if record_key.is_some() {
                 let mut body =
@@ -472,7 +479,7 @@ impl Repository {
 
     /// Seals every object under `prefix` that an old key sealed again, in place.
     async fn reseal_prefix(&self, prefix: &str, report: &mut RewriteReport) -> Result<()> {
-        let current = self.keys.current_key_id();
+        let current = self.keys().current_key_id();
         let names: Vec<String> = self
             .sink
             .list(prefix)
@@ -489,8 +496,8 @@ impl Repository {
             }
             let bytes = self.sink.get(&name).await?;
             report.bytes_read += bytes.len() as u64;
-            let payload = object::open_object(&self.keys, kind, &name, &bytes)?;
-            let resealed = object::seal_object(&self.keys, kind, &name, &payload);
+            let payload = object::open_object(&self.keys(), kind, &name, &bytes)?;
+            let resealed = object::seal_object(&self.keys(), kind, &name, &payload);
             self.sink
                 .put(&name, resealed.into(), PutMode::Overwrite)
                 .await?;

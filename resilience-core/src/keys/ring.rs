@@ -300,6 +300,17 @@ impl KeyRing {
         provider: &dyn KeyProvider,
         location: &str,
     ) -> Result<(KeySet, String)> {
+        let (keys, opener) = self.unlock_opener(provider, location).await?;
+        Ok((keys, opener.copy))
+    }
+
+    /// As [`KeyRing::unlock_copy`], returning what re-opens a later generation without the
+    /// provider ([`KeyRing::reopen`]).
+    pub(crate) async fn unlock_opener(
+        &self,
+        provider: &dyn KeyProvider,
+        location: &str,
+    ) -> Result<(KeySet, Opener)> {
         let mut tried = 0;
         let mut stale = None;
         for copy in self.copies.iter().filter(|c| c.provider == provider.name()) {
@@ -311,7 +322,11 @@ impl KeyRing {
                 let keys = KeySet::from_bytes(&plain).ok_or_else(|| {
                     Error::corrupt(copy.object_name(), "unwrapped key set does not parse")
                 })?;
-                return Ok((keys, copy.id.clone()));
+                let opener = Opener {
+                    copy: copy.id.clone(),
+                    identity: None,
+                };
+                return Ok((keys, opener));
             }
             let identity = Identity::from_bytes(&plain).ok_or_else(|| {
                 Error::corrupt(copy.object_name(), "unwrapped identity is not 32 bytes")
@@ -322,42 +337,16 @@ impl KeyRing {
                     "the unwrapped identity does not match the copy's recipient (edited)",
                 ));
             }
-            let Some(generation) = self.in_force()? else {
-                return Err(Error::corrupt(
-                    copy.object_name(),
-                    format!("no {KEYSET_PREFIX}* object holds the key set (deleted?)"),
-                ));
-            };
-            let name = keyset_name(generation.generation);
-            let Some(sealed) = generation.sealed.get(&copy.id) else {
-                stale = Some(copy.object_name());
-                continue;
-            };
-            let keys = hex::decode(sealed)
-                .ok()
-                .and_then(|s| {
-                    crypto::open_as_recipient(
-                        &identity,
-                        &keyset_aad(generation.generation, &copy.id),
-                        &s,
-                    )
-                })
-                .and_then(|plain| KeySet::from_bytes(&plain))
-                .ok_or_else(|| {
-                    Error::corrupt(
-                        &name,
-                        format!("the key set sealed to {} does not open", copy.object_name()),
-                    )
-                })?;
-            if keys.current_key_id() != generation.current
-                || keys.data_key_ids() != generation.data_keys
-            {
-                return Err(Error::corrupt(
-                    &name,
-                    "its data key list does not match the sealed key set (edited)",
-                ));
+            match self.open_generation(copy, &identity)? {
+                Some(keys) => {
+                    let opener = Opener {
+                        copy: copy.id.clone(),
+                        identity: Some(identity),
+                    };
+                    return Ok((keys, opener));
+                }
+                None => stale = Some(copy.object_name()),
             }
-            return Ok((keys, copy.id.clone()));
         }
         if let Some(e) = self.damaged.first() {
             return Err(clone_error(e));
@@ -395,6 +384,108 @@ impl KeyRing {
             location: location.to_owned(),
             tried,
         })
+    }
+}
+
+impl KeyRing {
+    /// The key set in force, opened with `copy`'s unwrapped identity; `None` when that
+    /// generation is not sealed to the copy (a stale copy).
+    fn open_generation(&self, copy: &WrappedKey, identity: &Identity) -> Result<Option<KeySet>> {
+        let Some(generation) = self.in_force()? else {
+            return Err(Error::corrupt(
+                copy.object_name(),
+                format!("no {KEYSET_PREFIX}* object holds the key set (deleted?)"),
+            ));
+        };
+        let name = keyset_name(generation.generation);
+        let Some(sealed) = generation.sealed.get(&copy.id) else {
+            return Ok(None);
+        };
+        let keys = hex::decode(sealed)
+            .ok()
+            .and_then(|s| {
+                crypto::open_as_recipient(
+                    identity,
+                    &keyset_aad(generation.generation, &copy.id),
+                    &s,
+                )
+            })
+            .and_then(|plain| KeySet::from_bytes(&plain))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    &name,
+                    format!("the key set sealed to {} does not open", copy.object_name()),
+                )
+            })?;
+        if keys.current_key_id() != generation.current
+            || keys.data_key_ids() != generation.data_keys
+        {
+            return Err(Error::corrupt(
+                &name,
+                "its data key list does not match the sealed key set (edited)",
+            ));
+        }
+        Ok(Some(keys))
+    }
+
+    /// The key set in force, re-opened with what opened `held` (no provider is asked again),
+    /// when its data keys differ from `held`'s: a change of keys made since, by another
+    /// process. `None` when nothing changed.
+    pub(crate) fn reopen(&self, opener: &Opener, held: &KeySet) -> Result<Option<KeySet>> {
+        let Some(generation) = self.in_force()? else {
+            return Ok(None);
+        };
+        if generation.current == held.current_key_id()
+            && generation.data_keys == held.data_key_ids()
+        {
+            return Ok(None);
+        }
+        let changed = || KeyRingError::KeysChanged {
+            keyset: keyset_name(generation.generation),
+            data_key: generation.current.to_string(),
+        };
+        let (Some(identity), Some(copy)) = (
+            &opener.identity,
+            self.copies.iter().find(|c| c.id == opener.copy),
+        ) else {
+            // A format-1 copy, or the copy that opened this repository was removed: only its
+            // provider could open the new key set. Reopen the repository.
+            return Err(changed().into());
+        };
+        match self.open_generation(copy, identity)? {
+            Some(keys) => Ok(Some(keys)),
+            None => Err(changed().into()),
+        }
+    }
+}
+
+/// What opened a repository's key set: the copy, and (for a format-2 copy) its unwrapped
+/// identity, which opens every later generation sealed to that copy.
+pub(crate) struct Opener {
+    copy: String,
+    identity: Option<Identity>,
+}
+
+impl Opener {
+    /// The id of the copy that opened the key set.
+    pub(crate) fn copy(&self) -> &str {
+        &self.copy
+    }
+
+    /// An opener that cannot open another key set (a key set handed over as it is).
+    pub(crate) fn fixed() -> Self {
+        Opener {
+            copy: String::new(),
+            identity: None,
+        }
+    }
+
+    /// The opener of a format-2 copy whose identity is known (a repository just created).
+    pub(crate) fn new(copy: String, identity: Identity) -> Self {
+        Opener {
+            copy,
+            identity: Some(identity),
+        }
     }
 }
 
@@ -505,7 +596,7 @@ impl Repository {
     /// repository lacks (someone rotated since it was opened).
     fn check_fresh(&self, ring: &KeyRing) -> Result<()> {
         if let Some(g) = ring.in_force()? {
-            let ours = self.keys.data_key_ids();
+            let ours = self.keys().data_key_ids();
             if let Some(k) = g.data_keys.iter().find(|k| !ours.contains(k)) {
                 return Err(KeyRingError::KeysChanged {
                     keyset: keyset_name(g.generation),
@@ -555,7 +646,7 @@ impl Repository {
             .filter(|c| ring.state(c) == CopyState::Active)
             .collect();
         recipients.push(&copy);
-        write_generation(self.sink.as_ref(), &ring, &self.keys, &recipients, now).await?;
+        write_generation(self.sink.as_ref(), &ring, &self.keys(), &recipients, now).await?;
         tracing::info!(copy = %copy.object_name(), provider = %copy.provider, "key copy added");
         Ok(copy)
     }
@@ -592,7 +683,7 @@ impl Repository {
             write_generation(
                 self.sink.as_ref(),
                 &ring,
-                &self.keys,
+                &self.keys(),
                 &recipients,
                 self.clock.now(),
             )
@@ -636,7 +727,7 @@ impl Repository {
             }
             .into());
         }
-        let mut keys = (*self.keys).clone();
+        let mut keys = (*self.keys()).clone();
         let data_key = keys.rotate();
         keys.set_rewriting(rewriting);
         self.rewrap(&ring, keys, data_key).await
@@ -672,9 +763,9 @@ impl Repository {
             copies: recipients.iter().map(|c| c.id.clone()).collect(),
         };
         tracing::info!(generation, data_key, "keys rotated");
-        let mut repo = self.clone();
-        repo.keys = std::sync::Arc::new(keys);
-        Ok((repo, rotation))
+        // Every clone of this handle uses the new keys from now on.
+        self.keys.set(keys);
+        Ok((self.clone(), rotation))
     }
 }
 

@@ -11,6 +11,13 @@ use crate::error::{Error, Result};
 use crate::repo::lock::{LockKind, RepoLock};
 use crate::repo::Repository;
 use crate::retention::{Action, RetentionPlan};
+use crate::sink::PutMode;
+
+/// The journal object an expiry writes before it deletes a backup's manifest, and removes
+/// once the backup's record says `expired`.
+pub(crate) fn expiry_journal_key(id: &str) -> String {
+    format!("expiring/{id}")
+}
 
 /// Removes a lock, leaving it to expire if the store refuses.
 pub(crate) async fn release_quietly(lock: RepoLock, what: &str) {
@@ -47,15 +54,9 @@ impl Repository {
     /// Expires the backups a plan deletes. Takes the maintenance lock, so two forgets or a
     /// forget and a prune never interleave; backups keep running.
     pub async fn forget(&self, plan: &RetentionPlan) -> Result<ForgetReport> {
-        let lock = RepoLock::acquire(
-            self.sink.clone(),
-            self.clock.clone(),
-            LockKind::Maintenance,
-            "forget",
-            None,
-            self.lock_settings,
-        )
-        .await?;
+        let lock = self
+            .lock_fresh(LockKind::Maintenance, "forget", None)
+            .await?;
         let result = match self.lock_catalog("forget").await {
             Ok(catalog_lock) => {
                 let result = self.forget_locked(plan, &lock, &catalog_lock).await;
@@ -147,8 +148,10 @@ impl Repository {
                     lock.check()?;
                     catalog_lock.check()?;
                     // The manifest goes first: a sink that refuses deletes (append-only) then
-                    // changes nothing. An interruption in between leaves a record whose
-                    // manifest is gone, which verify names and a second forget finishes.
+                    // changes nothing but a journal object. The journal, written before it,
+                    // says an expiry is under way: an interruption before the `expired`
+                    // revision leaves a record whose manifest is gone, which verify reports
+                    // as an expiry to finish (not as damage) and a second forget finishes.
                     let store = if record.tier == self.tier {
                         self
                     } else {
@@ -168,7 +171,21 @@ impl Repository {
                             report.kept_disagreeing.push(d.id.clone());
                             continue;
                         }
-                        store.sink.delete(&manifest).await?;
+                        let journal = expiry_journal_key(&d.id);
+                        store
+                            .sink
+                            .put(
+                                &journal,
+                                d.id.clone().into_bytes().into(),
+                                PutMode::Overwrite,
+                            )
+                            .await?;
+                        match store.sink.delete(&manifest).await {
+                            Ok(()) => {}
+                            // A second forget, after one interrupted past this point.
+                            Err(e) if e.is_not_found() => {}
+                            Err(e) => return Err(e.into()),
+                        }
                     } else {
                         match store.sink.head(&manifest).await {
                             Ok(_) => {
@@ -187,6 +204,11 @@ impl Repository {
                             store.catalog().put(&record).await?;
                         }
                         catalog.put(&record).await?;
+                    }
+                    match store.sink.delete(&expiry_journal_key(&d.id)).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e.into()),
                     }
                     report.expired.push(d.id.clone());
                 }

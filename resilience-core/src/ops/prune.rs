@@ -165,7 +165,7 @@ impl Repository {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let payload = object::open_object(&self.keys, ObjectKind::PrunePlan, &key, &bytes)?;
+            let payload = object::open_object(&self.keys(), ObjectKind::PrunePlan, &key, &bytes)?;
             let (at, packs) = decode_plan(&key, &payload)?;
             out.push((key, at, packs));
         }
@@ -228,15 +228,9 @@ impl Repository {
 
     /// Runs phase 2 for ripe plans, then phase 1.
     pub async fn prune(&self, options: PruneOptions) -> Result<PruneReport> {
-        let lock = RepoLock::acquire(
-            self.sink.clone(),
-            self.clock.clone(),
-            LockKind::Maintenance,
-            "prune",
-            None,
-            self.lock_settings,
-        )
-        .await?;
+        let lock = self
+            .lock_fresh(LockKind::Maintenance, "prune", None)
+            .await?;
         let result = self.prune_locked(options, &lock).await;
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %e, "could not remove the prune lock; it will expire");
@@ -478,7 +472,7 @@ impl Repository {
                 hex::encode(id)
             );
             let sealed = object::seal_object(
-                &self.keys,
+                &self.keys(),
                 ObjectKind::PrunePlan,
                 &key,
                 &encode_plan(self.clock.now(), &condemned),
@@ -593,7 +587,7 @@ impl Repository {
         if dry_run {
             return Ok(Some((Vec::new(), copied)));
         }
-        let (id, data, blobs) = builder.finish(&self.keys);
+        let (id, data, blobs) = builder.finish(&self.keys());
         let size = data.len() as u64;
         repo::put_idempotent(self.sink.as_ref(), &pack::pack_key(&id), data).await?;
         Ok(Some((

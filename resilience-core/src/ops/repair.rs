@@ -114,15 +114,9 @@ impl Repository {
     /// Rebuilds the index files from the packs' own tables (see the [module](self) docs).
     /// `Ok` means the new index files are durable (or, in a dry run, were computed).
     pub async fn repair_index(&self, options: RepairIndexOptions) -> Result<RepairIndexReport> {
-        let lock = RepoLock::acquire(
-            self.sink.clone(),
-            self.clock.clone(),
-            LockKind::Maintenance,
-            "repair index",
-            None,
-            self.lock_settings,
-        )
-        .await?;
+        let lock = self
+            .lock_fresh(LockKind::Maintenance, "repair index", None)
+            .await?;
         let result = self.repair_index_locked(options, &lock).await;
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %e, "could not remove the repair lock; it will expire");

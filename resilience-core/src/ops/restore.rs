@@ -18,7 +18,7 @@ use crate::format::pack;
 use crate::format::snapshot::{BlobRef, Content, TreeDecoder, TreeRecord};
 use crate::ops::progress::Progress;
 use crate::repo::Repository;
-use crate::source::{ContentWriter, Target};
+use crate::source::{ContentCheck, ContentWriter, Target};
 
 /// Entries whose [`Target::wants`] is asked ahead of the one being written.
 const WANTS_AHEAD: usize = 16;
@@ -60,7 +60,7 @@ pub async fn read_blob(repo: &Repository, id: BlobId, loc: BlobLocation) -> Resu
     let key = pack::pack_key(&loc.pack);
     let end = loc.offset as u64 + loc.length as u64;
     let sealed = repo.sink.get_range(&key, loc.offset as u64..end).await?;
-    let keys = repo.keys.clone();
+    let keys = repo.keys.holding(Some(loc.key_id)).await?;
     tokio::task::spawn_blocking(move || {
         blob::decode_blob(&keys, loc.key_id, loc.kind, &id, loc.raw_len, &sealed, &key)
     })
@@ -227,6 +227,7 @@ impl Repository {
         options: RestoreOptions,
     ) -> Result<RestoreReport> {
         let started = Instant::now();
+        self.refresh_keys().await?;
         let record = self.resolve_snapshot(spec, None).await?;
         if record.tier != self.tier {
             return match &self.cold {
@@ -257,10 +258,14 @@ impl Repository {
                 Err(e) => Some((Err(e), None)),
             }
         })
-        .map(|rec: Result<TreeRecord>| async move {
-            let rec = rec?;
-            let wanted = target.wants(&rec.meta).await?;
-            Ok((rec, wanted))
+        .map(|rec: Result<TreeRecord>| {
+            let keys = self.keys().clone();
+            async move {
+                let rec = rec?;
+                let check = ContentCheck::new(keys.clone(), rec.content.clone(), rec.meta.size);
+                let wanted = target.wants(&rec.meta, &check).await?;
+                Ok((rec, wanted))
+            }
         })
         .buffered(WANTS_AHEAD)
         .flat_map(|rec: Result<(TreeRecord, bool)>| {

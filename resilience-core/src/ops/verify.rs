@@ -105,6 +105,10 @@ pub struct VerifyReport {
     pub unindexed_packs: usize,
     /// Every damaged object.
     pub damaged: Vec<DamagedObject>,
+    /// Backups whose expiry was interrupted after their manifest was deleted (not damage: a
+    /// second `forget` finishes it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expiring: Vec<String>,
 }
 
 impl VerifyReport {
@@ -124,6 +128,24 @@ impl VerifyReport {
 }
 
 impl Repository {
+    /// Whether `error`, met loading backup `id`'s manifest, is an expiry interrupted after it
+    /// deleted the manifest: the manifest is gone and the expiry's journal is there.
+    async fn expiry_interrupted(&self, id: &str, error: &Error) -> Result<bool> {
+        let gone = matches!(error, Error::Sink(e) if e.is_not_found());
+        if !gone {
+            return Ok(false);
+        }
+        match self
+            .sink
+            .head(&crate::ops::lifecycle::expiry_journal_key(id))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Adds the verification's result to the history of every snapshot it checked (a new
     /// catalog revision each), so that health reports show when each backup was last proven
     /// restorable. Returns how many records were updated.
@@ -195,6 +217,8 @@ impl Damage {
 impl Repository {
     /// Verifies every succeeded snapshot.
     pub async fn verify(&self, options: VerifyOptions) -> Result<VerifyReport> {
+        // A long-running handle reads what was sealed after a change of keys made elsewhere.
+        self.refresh_keys().await?;
         let mut report = VerifyReport {
             mode: if options.full { "full" } else { "quick" }.into(),
             ..Default::default()
@@ -212,7 +236,7 @@ impl Repository {
                 let bytes = self.sink.get(&meta.key).await?;
                 report.bytes_read += bytes.len() as u64;
                 let payload =
-                    object::open_object(&self.keys, object::ObjectKind::Index, "index", &bytes)?;
+                    object::open_object(&self.keys(), object::ObjectKind::Index, "index", &bytes)?;
                 crate::format::index::decode_index(&meta.key, &payload)
             }
             .await;
@@ -371,6 +395,13 @@ impl Repository {
             let manifest_key = crate::format::snapshot::manifest_key(&record.id);
             let manifest = match self.load_manifest(record).await {
                 Ok(m) => m,
+                Err(e) if self.expiry_interrupted(&record.id, &e).await? => {
+                    tracing::warn!(backup = %record.id, "an interrupted expiry: its manifest is deleted; run forget again to finish it");
+                    report.expiring.push(record.id.clone());
+                    report.checked_ids.retain(|c| c != &record.id);
+                    report.snapshots_checked -= 1;
+                    continue;
+                }
                 Err(e) => {
                     damage.object(&manifest_key, problem_of(e));
                     damage.affects(&manifest_key, &record.id);
@@ -556,7 +587,7 @@ impl Repository {
             return Ok(check);
         }
         // Blob by blob: which blobs are unreadable (all of them, in full mode, are re-hashed).
-        let keys = self.keys.clone();
+        let keys = self.keys().clone();
         let key2 = key.clone();
         let blobs_ids: Vec<BlobId> = blobs.iter().map(|b| b.id).collect();
         let (mut bad, checked) = tokio::task::spawn_blocking(move || {

@@ -31,6 +31,7 @@ use crate::format::index::{self, Index, PackRecord};
 use crate::format::object::{self, ObjectKind};
 use crate::format::pack;
 use crate::format::snapshot::{self, Manifest};
+use crate::keys::cell::KeyCell;
 use crate::keys::ring as keyring;
 use crate::keys::{KeyProvider, WrappedKey};
 use crate::repo::lock::LockSettings;
@@ -89,7 +90,8 @@ impl Default for InitOptions {
 pub struct Repository {
     pub(crate) sink: Arc<dyn Sink>,
     pub(crate) config: RepoConfig,
-    pub(crate) keys: Arc<KeySet>,
+    /// The key set, shared by every clone of the handle (re-read after a change of keys).
+    pub(crate) keys: Arc<KeyCell>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) lock_settings: LockSettings,
     /// Which tier this store is: prune and verify consider only the snapshots stored here.
@@ -134,7 +136,7 @@ impl Repository {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let now = clock.now();
         let keys = KeySet::generate();
-        let (copy, _identity) = keyring::new_copy(provider, now).await?;
+        let (copy, identity) = keyring::new_copy(provider, now).await?;
         sink.put(
             &copy.object_name(),
             keyring::encode_copy(&copy),
@@ -156,10 +158,11 @@ impl Repository {
         };
         sink.put("config", encode_plain(&config), PutMode::Create)
             .await?;
+        let opener = keyring::Opener::new(copy.id.clone(), identity);
         Ok(Repository {
+            keys: Arc::new(KeyCell::new(keys, opener, sink.clone())),
             sink,
             config,
-            keys: Arc::new(keys),
             clock,
             lock_settings: LockSettings::default(),
             tier: Default::default(),
@@ -171,14 +174,14 @@ impl Repository {
     pub async fn open(sink: Arc<dyn Sink>, provider: &dyn KeyProvider) -> Result<Repository> {
         let config = Self::read_config(sink.as_ref()).await?;
         let ring = keyring::KeyRing::load(sink.as_ref()).await?;
-        let (keys, copy) = ring.unlock_copy(provider, &sink.location()).await?;
+        let (keys, opener) = ring.unlock_opener(provider, &sink.location()).await?;
         for damaged in &ring.damaged {
-            tracing::warn!(error = %damaged, opened_with = %copy, "a key object is damaged");
+            tracing::warn!(error = %damaged, opened_with = %opener.copy(), "a key object is damaged");
         }
         Ok(Repository {
+            keys: Arc::new(KeyCell::new(keys, opener, sink.clone())),
             sink,
             config,
-            keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
             lock_settings: LockSettings::default(),
             tier: Default::default(),
@@ -266,8 +269,47 @@ impl Repository {
     /// The key set: an internal for benches and format tests (adapters seal their own objects
     /// through a [`side::SideArchive`]).
     #[doc(hidden)]
-    pub fn keys(&self) -> &Arc<KeySet> {
-        &self.keys
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.get()
+    }
+
+    /// Takes a lock on this repository, then re-reads the keys in force
+    /// ([`Repository::refresh_keys`]): a writer holding its lock writes with them, and the
+    /// retirement of old data keys runs under the exclusive lock, so no writer that holds a
+    /// lock seals with a key being retired. The lock is released if the keys cannot be read.
+    pub(crate) async fn lock_fresh(
+        &self,
+        kind: lock::LockKind,
+        operation: &str,
+        backup: Option<String>,
+    ) -> Result<lock::RepoLock> {
+        let held = lock::RepoLock::acquire(
+            self.sink.clone(),
+            self.clock.clone(),
+            kind,
+            operation,
+            backup,
+            self.lock_settings,
+        )
+        .await?;
+        if let Err(e) = self.refresh_keys().await {
+            crate::ops::lifecycle::release_quietly(held, operation).await;
+            return Err(e);
+        }
+        Ok(held)
+    }
+
+    /// Re-reads the key set in force when another process changed keys since this handle
+    /// opened the repository (or last re-read them): a long-running service then reads what
+    /// was sealed with a newer data key, and writes with it. Every operation that reads or
+    /// writes sealed objects calls it first (writers once they hold their lock), and the
+    /// catalog calls it on meeting a data key it lacks. `true` when the keys changed.
+    ///
+    /// A handle opened with a format-1 copy, or whose copy was removed since, cannot re-open
+    /// a new key set without its provider: a change of keys is then an error that says to
+    /// open the repository again.
+    pub async fn refresh_keys(&self) -> Result<bool> {
+        self.keys.refresh().await
     }
 
     /// The clock.
@@ -277,7 +319,7 @@ impl Repository {
 
     /// The in-repository catalog.
     pub fn catalog(&self) -> RepoCatalog {
-        RepoCatalog::new(self.sink.clone(), self.keys.clone())
+        RepoCatalog::with_keys(self.sink.clone(), self.keys.clone())
     }
 
     /// Loads every index file into memory. A damaged index file does not fail it: see
@@ -369,7 +411,7 @@ impl Repository {
             Err(e) if e.is_not_found() => return Ok(IndexFile::Missing),
             Err(e) => return Err(e.into()),
         };
-        let decoded = object::open_object(&self.keys, ObjectKind::Index, "index", &bytes)
+        let decoded = object::open_object(&self.keys(), ObjectKind::Index, "index", &bytes)
             .map_err(|e| rename_corrupt(e, key))
             .and_then(|payload| index::decode_index(key, &payload));
         Ok(match decoded {
@@ -439,7 +481,7 @@ impl Repository {
         let len = pack::table_len_from_tail(key, &tail, size)? as u64;
         let end = size - pack::TAIL_LEN as u64;
         let table = self.sink.get_range(key, end - len..end).await?;
-        let blobs = pack::parse_table(&self.keys, key_id, key, &table)?;
+        let blobs = pack::parse_table(&self.keys(), key_id, key, &table)?;
         Ok(PackRecord {
             id,
             size,
@@ -459,7 +501,7 @@ impl Repository {
     /// Writes an index file for `packs`; returns its name and size.
     pub async fn write_index_named(&self, packs: &[PackRecord]) -> Result<(String, u64)> {
         let sealed = object::seal_object(
-            &self.keys,
+            &self.keys(),
             ObjectKind::Index,
             "index",
             &index::encode_index(packs),
@@ -542,7 +584,7 @@ impl Repository {
     /// Opens the manifest stored as `key` (its checksum, seal and format), whatever the
     /// catalog says of it: prune follows manifests, not catalog records.
     pub(crate) fn open_manifest(&self, key: &str, bytes: &[u8]) -> Result<Manifest> {
-        let payload = object::open_object(&self.keys, ObjectKind::Snapshot, key, bytes)?;
+        let payload = object::open_object(&self.keys(), ObjectKind::Snapshot, key, bytes)?;
         let manifest: Manifest = serde_json::from_slice(&payload)
             .map_err(|e| Error::corrupt(key, format!("manifest does not parse: {e}")))?;
         if manifest.format > snapshot::SNAPSHOT_FORMAT {

@@ -4,6 +4,7 @@
 //! content; a [`Target`] is its inverse and applies entries on restore. Adapters implement them
 //! for one store each (a directory here; Postgres, Redis and buckets in their own crates).
 
+mod content_check;
 mod drop_guard;
 pub mod entry;
 pub mod fs;
@@ -18,6 +19,7 @@ use tokio::io::AsyncRead;
 use crate::sink::BoxError;
 use crate::source::entry::{EntryMeta, EntryPath};
 
+pub use self::content_check::ContentCheck;
 pub use self::drop_guard::DropGuardReader;
 
 /// An entry's content, read once, front to back.
@@ -169,7 +171,15 @@ pub trait Target: Send + Sync {
     /// few entries ahead of [`Target::create`], several at once. An entry the target declines
     /// (filtered out, already there and identical, refused) is not read from the repository and
     /// not passed to `create`; `apply_metadata` still sees it. By default every entry is wanted.
-    async fn wants(&self, _meta: &EntryMeta) -> Result<bool, AdapterError> {
+    ///
+    /// `content` tells whether bytes the target already holds are the entry's content
+    /// ([`ContentCheck::matches`]), so a resumed restore can skip what it wrote before without
+    /// marking what it writes.
+    async fn wants(
+        &self,
+        _meta: &EntryMeta,
+        _content: &ContentCheck,
+    ) -> Result<bool, AdapterError> {
         Ok(true)
     }
 

@@ -5,9 +5,6 @@ use std::collections::BTreeMap;
 
 use object_store::{Attribute, AttributeValue, Attributes, ObjectMeta};
 
-/// The user-metadata key a restore records the source object's ETag under.
-pub(super) const SOURCE_ETAG: &str = "resilience-source-etag";
-
 /// The attributes an object carries into its entry.
 pub(super) fn entry_attrs(meta: &ObjectMeta, attributes: &Attributes) -> BTreeMap<String, String> {
     let mut attrs = BTreeMap::new();
@@ -22,7 +19,6 @@ pub(super) fn entry_attrs(meta: &ObjectMeta, attributes: &Attributes) -> BTreeMa
             Attribute::ContentDisposition => "content_disposition".to_owned(),
             Attribute::ContentLanguage => "content_language".to_owned(),
             Attribute::CacheControl => "cache_control".to_owned(),
-            Attribute::Metadata(m) if m == SOURCE_ETAG => continue,
             Attribute::Metadata(m) => format!("meta.{m}"),
             _ => continue,
         };
@@ -31,7 +27,8 @@ pub(super) fn entry_attrs(meta: &ObjectMeta, attributes: &Attributes) -> BTreeMa
     attrs
 }
 
-/// The object attributes an entry's attributes describe.
+/// The object attributes an entry's attributes describe: exactly the original's content type,
+/// encoding, disposition, language, cache control and user metadata, nothing added.
 pub(super) fn object_attributes(attrs: &BTreeMap<String, String>) -> Attributes {
     let mut out = Attributes::new();
     for (k, v) in attrs {
@@ -48,12 +45,6 @@ pub(super) fn object_attributes(attrs: &BTreeMap<String, String>) -> Attributes 
         };
         out.insert(key, AttributeValue::from(v.clone()));
     }
-    if let Some(etag) = attrs.get("etag") {
-        out.insert(
-            Attribute::Metadata(SOURCE_ETAG.into()),
-            AttributeValue::from(etag.clone()),
-        );
-    }
     out
 }
 
@@ -67,6 +58,8 @@ mod tests {
     fn attributes_round_trip_through_entries() {
         let mut a = Attributes::new();
         a.insert(Attribute::ContentType, "text/csv".into());
+        a.insert(Attribute::ContentEncoding, "gzip".into());
+        a.insert(Attribute::CacheControl, "no-cache".into());
         a.insert(Attribute::Metadata("owner".into()), "billing".into());
         let meta = ObjectMeta {
             location: Path::from("k"),
@@ -83,11 +76,9 @@ mod tests {
             back.get(&Attribute::ContentType).unwrap().as_ref(),
             "text/csv"
         );
-        assert_eq!(
-            back.get(&Attribute::Metadata(SOURCE_ETAG.into()))
-                .unwrap()
-                .as_ref(),
-            "\"abc\""
-        );
+        assert_eq!(back.len(), a.len(), "nothing added: {back:?}");
+        for (k, v) in a.iter() {
+            assert_eq!(back.get(k), Some(v), "{k:?}");
+        }
     }
 }

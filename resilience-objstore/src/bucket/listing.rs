@@ -191,6 +191,7 @@ pub(super) fn version_listing(
                         attributes: Attributes::new(),
                     }));
                 }
+                let path = path?;
                 let head = store
                     .get_opts(
                         &path,

@@ -8,9 +8,15 @@
 //! for them, and streamed.
 //!
 //! A restore writes objects back with their content type and user metadata, in parts above
-//! [`PART_SIZE`]. It is resumable: an object already present with the size and ETag it had, or
-//! carrying the `resilience-source-etag` metadata a previous restore wrote, is skipped. Without
-//! `overwrite` an existing different object is refused, named, and left as it is.
+//! [`PART_SIZE`], with exactly the original's attributes: nothing is added to mark them. It is
+//! resumable: an object already present with the size and ETag it had, or whose bytes read
+//! back are the entry's content (named piece by piece with the repository's keyed hash), is
+//! skipped. Without `overwrite` an existing different object is refused, named, and left as it
+//! is.
+//!
+//! Keys are kept exactly as the store names them (any UTF-8, `%`, `+`, `#`, `?`, spaces). A key
+//! object_store cannot name — an empty segment from a leading, trailing or doubled `/`, a `.` or
+//! `..` segment, an ASCII control character — is an error naming it, never another name.
 //!
 //! The parts, one job each: [`BucketSource`] and its session turn a listing into entries
 //! (`source`), fed by the listing of objects and of their other versions (`listing`); the
@@ -26,6 +32,7 @@ mod target;
 mod upload;
 
 use object_store::path::Path;
+use resilience_core::source::AdapterError;
 
 pub use as_of::{plan_as_of, AsOfPlan};
 pub use source::BucketSource;
@@ -34,29 +41,42 @@ pub use target::{BucketRestoreOptions, BucketTally, BucketTarget};
 /// Objects above this size are written in parts of this size.
 pub const PART_SIZE: usize = 8 << 20;
 
-/// The key of the object at `location`, below `prefix`.
+/// The key of the object at `location`, below `prefix`: the name exactly as the store gives it.
+///
+/// object_store keeps a cloud object's key verbatim as its path (and a local file's name,
+/// decoded from its URL), so nothing is decoded here: a key holding `%41` stays `%41`.
 fn key_under(prefix: &str, location: &Path) -> String {
     let full = location.as_ref();
     let rel = if prefix.is_empty() {
         full
     } else {
         full.strip_prefix(prefix)
-            .map(|r| r.trim_start_matches('/'))
+            .map(|r| r.strip_prefix('/').unwrap_or(r))
             .unwrap_or(full)
     };
-    percent_encoding::percent_decode_str(rel)
-        .decode_utf8_lossy()
-        .into_owned()
+    rel.to_owned()
 }
 
-/// The path of the object `key` below `prefix`.
-fn path_for(prefix: &str, key: &str) -> Path {
-    let mut parts: Vec<String> = Vec::new();
-    if !prefix.is_empty() {
-        parts.extend(prefix.split('/').map(str::to_owned));
+/// The path of the object `key` below `prefix`, naming exactly that key.
+///
+/// object_store cannot name every key a bucket can hold: a key with an empty segment (a
+/// leading, trailing or doubled `/`), a `.` or `..` segment, or an ASCII control character is
+/// refused here, naming it, rather than written under a different name.
+fn path_for(prefix: &str, key: &str) -> Result<Path, AdapterError> {
+    let full = if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}/{key}")
+    };
+    match Path::parse(&full) {
+        Ok(path) if path.as_ref() == full => Ok(path),
+        Ok(_) => Err(AdapterError::msg(
+            "name",
+            full,
+            "a key with a leading or trailing `/` cannot be named through object_store",
+        )),
+        Err(e) => Err(AdapterError::new("name", full, e)),
     }
-    parts.extend(key.split('/').map(str::to_owned));
-    Path::from_iter(parts)
 }
 
 #[cfg(test)]
@@ -65,8 +85,15 @@ mod tests {
 
     #[test]
     fn keys_and_paths() {
-        let p = path_for("backups/x", "a b/ünï/c.txt");
-        assert_eq!(key_under("backups/x", &p), "a b/ünï/c.txt");
-        assert_eq!(key_under("", &path_for("", "k")), "k");
+        for key in ["a b/ünï/c.txt", "50%/%41+#?=&.txt", "k", ".a/..b/b."] {
+            let p = path_for("backups/x", key).unwrap();
+            assert_eq!(p.as_ref(), format!("backups/x/{key}"));
+            assert_eq!(key_under("backups/x", &p), key);
+            assert_eq!(key_under("", &path_for("", key).unwrap()), key);
+        }
+        for bad in ["/a", "a//b", "a/", "a/../b", "a\nb", "."] {
+            let e = path_for("", bad).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e:?}");
+        }
     }
 }

@@ -168,18 +168,18 @@ impl BucketSession {
         version: ObjectVersion,
         seq: usize,
         attributes: Attributes,
-    ) -> SourceEntry {
+    ) -> Result<SourceEntry, AdapterError> {
         let key = match self.prefix.as_str() {
             "" => version.key.clone(),
             p => version
                 .key
                 .strip_prefix(p)
-                .map(|k| k.trim_start_matches('/').to_owned())
+                .map(|k| k.strip_prefix('/').unwrap_or(k).to_owned())
                 .unwrap_or_else(|| version.key.clone()),
         };
         self.counts.versions.fetch_add(1, Ordering::Relaxed);
         let meta = ObjectMeta {
-            location: path_for("", &version.key),
+            location: path_for("", &version.key)?,
             last_modified: version.last_modified,
             size: version.size,
             e_tag: version.etag.clone(),
@@ -202,22 +202,22 @@ impl BucketSession {
         if version.delete_marker {
             attrs.insert("delete_marker".into(), "true".into());
             attrs.remove("etag");
-            return SourceEntry {
+            return Ok(SourceEntry {
                 meta: entry(0, format!("delete-marker:{}", version.version_id), attrs),
                 content: Some(Box::pin(tokio::io::empty())),
-            };
+            });
         }
         self.counts
             .version_bytes
             .fetch_add(version.size, Ordering::Relaxed);
-        SourceEntry {
+        Ok(SourceEntry {
             meta: entry(
                 version.size,
                 format!("version:{}:{}", version.version_id, version.size),
                 attrs,
             ),
             content: Some(self.reader(meta.location, Some(version.version_id))),
-        }
+        })
     }
 }
 
@@ -241,7 +241,7 @@ impl SourceSession for BucketSession {
                 version,
                 seq,
                 attributes,
-            } => return Ok(Some(self.version_entry(version, seq, attributes))),
+            } => return self.version_entry(version, seq, attributes).map(Some),
         };
         let key = key_under(&self.prefix, &meta.location);
         self.counts.objects.fetch_add(1, Ordering::Relaxed);

@@ -5,13 +5,14 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use object_store::{Attribute, Attributes, GetOptions, ObjectStore};
+use futures::TryStreamExt;
+use object_store::{Attributes, GetOptions, ObjectStore};
 use resilience_core::source::entry::{EntryKind, EntryMeta};
-use resilience_core::source::{AdapterError, ContentWriter, Target};
+use resilience_core::source::{AdapterError, ContentCheck, ContentWriter, Target};
 use serde::Serialize;
 
 use super::as_of::AsOfPlan;
-use super::attributes::{object_attributes, SOURCE_ETAG};
+use super::attributes::object_attributes;
 use super::path_for;
 use super::upload::{ObjectWriter, Uploads};
 use crate::config::open_store;
@@ -119,6 +120,27 @@ impl BucketTarget {
         Some(key)
     }
 
+    /// Whether the object at `path` holds exactly the entry's content: read back and compared
+    /// piece by piece, for an object already there whose ETag does not prove it (written in
+    /// other parts, or by a store whose ETags are not content hashes). Nothing a restore
+    /// writes marks the object as its own, so this is how a resumed restore knows its work.
+    async fn holds(
+        &self,
+        path: &object_store::path::Path,
+        content: &ContentCheck,
+    ) -> Result<bool, AdapterError> {
+        let shown = format!("{}/{path}", self.location.trim_end_matches('/'));
+        let body = match self.store.get(path).await {
+            Ok(body) => body.into_stream().map_err(std::io::Error::other),
+            // Deleted since its HEAD: not there, so not the same.
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(AdapterError::msg("GET", shown, e.to_string())),
+        };
+        content
+            .matches(&shown, tokio_util::io::StreamReader::new(body))
+            .await
+    }
+
     /// The key an entry restores to (whichever version it is).
     fn key_of(meta: &EntryMeta) -> String {
         match parse_version_entry_path(meta.path.as_bytes()) {
@@ -133,14 +155,14 @@ impl Target for BucketTarget {
     /// Decides before anything is read: objects of other versions, outside the prefix, already
     /// there and identical, or different and not to be replaced are declined (and tallied), so
     /// a resumed or filtered restore reads only what it writes.
-    async fn wants(&self, meta: &EntryMeta) -> Result<bool, AdapterError> {
+    async fn wants(&self, meta: &EntryMeta, content: &ContentCheck) -> Result<bool, AdapterError> {
         if meta.kind != EntryKind::File {
             return Ok(false);
         }
         let Some(key) = self.chosen_key(meta) else {
             return Ok(false);
         };
-        let path = path_for(&self.prefix, &key);
+        let path = path_for(&self.prefix, &key)?;
         let existing = self
             .store
             .get_opts(
@@ -151,30 +173,23 @@ impl Target for BucketTarget {
                 },
             )
             .await;
-        match existing {
-            Err(object_store::Error::NotFound { .. }) => Ok(true),
-            Err(e) => Err(AdapterError::msg("HEAD", path.to_string(), e.to_string())),
-            Ok(found) => {
-                let source_etag = meta.attrs.get("etag");
-                let same = found.meta.size == meta.size
-                    && source_etag.is_some()
-                    && (found.meta.e_tag.as_ref() == source_etag
-                        || found
-                            .attributes
-                            .get(&Attribute::Metadata(SOURCE_ETAG.into()))
-                            .map(|v| v.as_ref())
-                            == source_etag.map(String::as_str));
-                let mut tally = self.tally.lock().expect("tally lock");
-                if same {
-                    tally.skipped += 1;
-                    Ok(false)
-                } else if !self.options.overwrite {
-                    tally.refused.push(key);
-                    Ok(false)
-                } else {
-                    Ok(true)
-                }
-            }
+        let found = match existing {
+            Err(object_store::Error::NotFound { .. }) => return Ok(true),
+            Err(e) => return Err(AdapterError::msg("HEAD", path.to_string(), e.to_string())),
+            Ok(found) => found,
+        };
+        let same = found.meta.size == meta.size
+            && (found.meta.e_tag.is_some() && found.meta.e_tag.as_ref() == meta.attrs.get("etag")
+                || self.holds(&path, content).await?);
+        let mut tally = self.tally.lock().expect("tally lock");
+        if same {
+            tally.skipped += 1;
+            Ok(false)
+        } else if !self.options.overwrite {
+            tally.refused.push(key);
+            Ok(false)
+        } else {
+            Ok(true)
         }
     }
 
@@ -187,7 +202,7 @@ impl Target for BucketTarget {
         if meta.kind != EntryKind::File {
             return Ok(None);
         }
-        let path = path_for(&self.prefix, &Self::key_of(meta));
+        let path = path_for(&self.prefix, &Self::key_of(meta))?;
         let attributes = if self.local {
             Attributes::new()
         } else {
@@ -299,18 +314,32 @@ mod tests {
         assert_eq!(first.written, 3);
         assert!(read > 6 << 20, "{read}");
 
-        // Everything in the way (a local directory keeps no ETag to prove it identical, so
-        // each is refused): nothing is read.
-        // The refused objects are found several at a time, in no fixed order; the report
-        // sorts them and the error names them in that order, the same on every run.
+        // Everything already there and identical (a local directory's ETags are not content
+        // hashes, so each is read back and compared): all skipped, nothing read from the
+        // repository.
+        let (done, again, read) = restore(Default::default()).await;
+        done.unwrap();
+        assert_eq!((again.written, again.skipped), (0, 3));
+        assert!(
+            read < 1 << 20,
+            "a restore that writes nothing read {read} bytes"
+        );
+
+        // Objects in the way that differ (same size, other bytes; another size) are refused,
+        // found several at a time, in no fixed order; the report sorts them and the error names
+        // them in that order, the same on every run.
+        let mut changed = resilience_core::testing::pseudo_random(3 << 20, 3 << 20);
+        changed[1 << 20] ^= 1;
+        std::fs::write(out.path().join("big/a"), &changed).unwrap();
+        std::fs::write(out.path().join("small"), b"other").unwrap();
         let (done, again, read) = restore(Default::default()).await;
         let err = done.unwrap_err().to_string();
         assert!(
-            err.contains("/big/a failed: exists with different content; 3 object(s) not replaced (also refused: big/b, small)"),
+            err.contains("/big/a failed: exists with different content; 2 object(s) not replaced (also refused: small)"),
             "{err}"
         );
-        assert_eq!(again.written, 0);
-        assert_eq!(again.refused, ["big/a", "big/b", "small"]);
+        assert_eq!((again.written, again.skipped), (0, 1));
+        assert_eq!(again.refused, ["big/a", "small"]);
         assert!(
             read < 1 << 20,
             "a restore that writes nothing read {read} bytes"

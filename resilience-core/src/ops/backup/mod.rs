@@ -104,15 +104,9 @@ impl Repository {
         let started_at = self.clock.now();
         let id = repo::new_backup_id(started_at);
         let descriptor = source.descriptor();
-        let lock = RepoLock::acquire(
-            self.sink.clone(),
-            self.clock.clone(),
-            LockKind::Shared,
-            "backup",
-            Some(id.clone()),
-            self.lock_settings,
-        )
-        .await?;
+        let lock = self
+            .lock_fresh(LockKind::Shared, "backup", Some(id.clone()))
+            .await?;
         if let Err(e) = self.reap_interrupted().await {
             tracing::warn!(error = %e, "could not mark interrupted backups failed");
         }
@@ -275,7 +269,7 @@ impl Repository {
         let mut packer = Packer::new(shared.clone(), options.upload_concurrency);
         packer.unindexed = adopted;
         let mut pipeline = Pipeline::new(shared.clone(), options.chunk_concurrency);
-        let mut chunker = Chunker::new(self.config.chunker, self.keys.chunker_seed());
+        let mut chunker = Chunker::new(self.config.chunker, self.keys().chunker_seed());
         let mut reused = 0u64;
 
         let session = source.start().await?;
@@ -339,7 +333,7 @@ impl Repository {
         };
         let key = snapshot::manifest_key(&record.id);
         let sealed = object::seal_object(
-            &self.keys,
+            &self.keys(),
             ObjectKind::Snapshot,
             &key,
             &serde_json::to_vec(&manifest).expect("manifest serializes"),

@@ -344,7 +344,7 @@ impl<'r> Lookup<'r> {
             Err(e) => return Err(e.into()),
         };
         let checksum = object::check_checksum(&key, &bytes).err().map(problem_of);
-        let keys = self.repo.keys.clone();
+        let keys = self.repo.keys().clone();
         let (key2, all) = (key.clone(), table.blobs.len());
         let mut good = tokio::task::spawn_blocking(move || {
             table
@@ -497,15 +497,9 @@ impl Repository {
         if !options.salvage || options.dry_run {
             return self.repair_snapshots_locked(options, None).await;
         }
-        let lock = RepoLock::acquire(
-            self.sink.clone(),
-            self.clock.clone(),
-            LockKind::Maintenance,
-            "repair snapshots",
-            None,
-            self.lock_settings,
-        )
-        .await?;
+        let lock = self
+            .lock_fresh(LockKind::Maintenance, "repair snapshots", None)
+            .await?;
         let result = self.repair_snapshots_locked(options, Some(&lock)).await;
         release_quietly(lock, "repair").await;
         result
@@ -641,15 +635,9 @@ impl Repository {
         damaged: &DamagedSnapshot,
     ) -> Result<String> {
         let id = repo::new_backup_id(original.started_at);
-        let lock = RepoLock::acquire(
-            self.sink.clone(),
-            self.clock.clone(),
-            LockKind::Shared,
-            "salvage",
-            Some(id.clone()),
-            self.lock_settings,
-        )
-        .await?;
+        let lock = self
+            .lock_fresh(LockKind::Shared, "salvage", Some(id.clone()))
+            .await?;
         let now = self.clock.now();
         let mut record = BackupRecord {
             id: id.clone(),
@@ -814,7 +802,7 @@ impl Repository {
         };
         let key = snapshot::manifest_key(&record.id);
         let sealed = object::seal_object(
-            &self.keys,
+            &self.keys(),
             ObjectKind::Snapshot,
             &key,
             &serde_json::to_vec(&manifest).expect("manifest serializes"),
@@ -851,7 +839,7 @@ impl<'r> TreeWriter<'r> {
     fn new(repo: &'r Repository) -> Self {
         TreeWriter {
             repo,
-            chunker: Chunker::new(repo.config.chunker, repo.keys.chunker_seed()),
+            chunker: Chunker::new(repo.config.chunker, repo.keys().chunker_seed()),
             buf: Vec::new(),
             refs: Vec::new(),
             pack: Self::new_pack(repo),
@@ -864,7 +852,7 @@ impl<'r> TreeWriter<'r> {
 
     fn new_pack(repo: &Repository) -> PackBuilder {
         PackBuilder::new(
-            repo.keys.current_key_id(),
+            repo.keys().current_key_id(),
             repo.config.pack_size as usize + 1024,
         )
     }
@@ -880,7 +868,7 @@ impl<'r> TreeWriter<'r> {
     }
 
     async fn chunk(&mut self, lookup: &mut Lookup<'_>, chunk: Bytes) -> Result<()> {
-        let id = self.repo.keys.blob_id(&chunk);
+        let id = self.repo.keys().blob_id(&chunk);
         match lookup.find(&id).await? {
             Found::Available(loc) => {
                 self.used.insert(loc.pack);
@@ -888,7 +876,7 @@ impl<'r> TreeWriter<'r> {
             Found::Lost(_) if self.claimed.insert(id) => {
                 let mut stored = Vec::with_capacity(chunk.len() / 2 + 64);
                 blob::encode_blob(
-                    &self.repo.keys.current_key(),
+                    &self.repo.keys().current_key(),
                     BlobKind::Tree,
                     &id,
                     &chunk,
@@ -915,8 +903,8 @@ impl<'r> TreeWriter<'r> {
             return Ok(());
         }
         let full = std::mem::replace(&mut self.pack, Self::new_pack(self.repo));
-        let key_id = self.repo.keys.current_key_id();
-        let (id, bytes, blobs) = full.finish(&self.repo.keys);
+        let key_id = self.repo.keys().current_key_id();
+        let (id, bytes, blobs) = full.finish(&self.repo.keys());
         let size = bytes.len() as u64;
         repo::put_idempotent(self.repo.sink.as_ref(), &pack::pack_key(&id), bytes).await?;
         self.stored_bytes += size;

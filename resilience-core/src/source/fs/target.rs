@@ -2,13 +2,19 @@
 //!
 //! Every entry path is checked before anything is written: no absolute paths, no `.`, `..` or
 //! empty components, no NUL, and no component of an existing parent that is a symlink — so a
-//! damaged or malicious snapshot can never write outside the target directory.
+//! damaged or malicious snapshot can never write outside the target directory. A name the
+//! snapshot holds twice (a file, then a symlink in its place) is refused, and the metadata
+//! pass never follows a symlink: modes and times are set with `AT_SYMLINK_NOFOLLOW`, on an
+//! entry that is still of the kind the snapshot records.
+//!
+//! A restore can be resumed ([`DirTarget::resume`]): a file already there whose bytes are the
+//! entry's content is skipped without reading the repository; the rest is written again.
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -18,7 +24,7 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use crate::source::entry::{EntryKind, EntryMeta};
-use crate::source::{AdapterError, ContentWriter, Target};
+use crate::source::{AdapterError, ContentCheck, ContentWriter, Target};
 
 /// Restores into a directory, created if missing; an existing directory must be empty unless
 /// [`DirTarget::allow_existing`] says otherwise.
@@ -26,6 +32,7 @@ use crate::source::{AdapterError, ContentWriter, Target};
 pub struct DirTarget {
     root: PathBuf,
     allow_existing: bool,
+    resume: bool,
     fsync: bool,
     ready: OnceCell<PathBuf>,
     checked_parent: Mutex<Option<PathBuf>>,
@@ -37,6 +44,7 @@ impl DirTarget {
         DirTarget {
             root: root.into(),
             allow_existing: false,
+            resume: false,
             fsync: false,
             ready: OnceCell::new(),
             checked_parent: Mutex::new(None),
@@ -47,6 +55,37 @@ impl DirTarget {
     pub fn allow_existing(mut self, allow: bool) -> Self {
         self.allow_existing = allow;
         self
+    }
+
+    /// Resume a restore into a directory that holds part of it (an interrupted restore):
+    /// files whose content already matches the snapshot are skipped, without reading the
+    /// repository; every other entry is written again. Implies [`DirTarget::allow_existing`].
+    pub fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self.allow_existing |= resume;
+        self
+    }
+
+    /// Whether the regular file at `path` holds exactly `content` (never following a symlink).
+    async fn holds(
+        &self,
+        path: &std::path::Path,
+        content: &ContentCheck,
+    ) -> Result<bool, AdapterError> {
+        let shown = path.display().to_string();
+        match std::fs::symlink_metadata(path) {
+            Ok(md) if md.is_file() && md.len() == content.size() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(AdapterError::new("stat", shown, e)),
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| AdapterError::new("open", shown.clone(), e))?;
+        let reader = tokio::io::BufReader::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+        content.matches(&shown, reader).await
     }
 
     /// Fsync every file as it completes (slower; for restores that must survive a crash).
@@ -135,6 +174,16 @@ impl DirTarget {
     }
 }
 
+/// A name the snapshot holds twice: refused, so a later entry never replaces an earlier one
+/// (a file by a symlink that the metadata pass would then follow).
+fn duplicate(meta: &EntryMeta) -> AdapterError {
+    AdapterError::msg(
+        "restore",
+        meta.path.to_string(),
+        "the snapshot holds this name twice (a damaged or forged tree): refused",
+    )
+}
+
 struct FileWriter {
     file: Arc<std::fs::File>,
     path: PathBuf,
@@ -168,6 +217,15 @@ fn is_zero(data: &[u8]) -> bool {
 
 #[async_trait]
 impl Target for DirTarget {
+    /// Resuming, a file already holding its content is declined (not read, not written).
+    async fn wants(&self, meta: &EntryMeta, content: &ContentCheck) -> Result<bool, AdapterError> {
+        if !self.resume || meta.kind != EntryKind::File {
+            return Ok(true);
+        }
+        let path = self.place(meta).await?;
+        Ok(!self.holds(&path, content).await?)
+    }
+
     async fn create(
         &self,
         meta: &EntryMeta,
@@ -193,6 +251,9 @@ impl Target for DirTarget {
             EntryKind::Symlink => {
                 let target = meta.link_target.clone().unwrap_or_default();
                 if std::fs::symlink_metadata(&path).is_ok() {
+                    if !self.allow_existing {
+                        return Err(duplicate(meta));
+                    }
                     std::fs::remove_file(&path)
                         .map_err(|e| AdapterError::new("replace", shown.clone(), e))?;
                 }
@@ -205,14 +266,25 @@ impl Target for DirTarget {
                 Ok(None)
             }
             EntryKind::File => {
-                let file = std::fs::OpenOptions::new()
+                // Never through a symlink; into a directory that must start empty, never over
+                // an entry restored before (a name the snapshot holds twice).
+                let mut options = std::fs::OpenOptions::new();
+                options
                     .write(true)
-                    .create(true)
-                    .truncate(true)
                     .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| AdapterError::new("create", shown, e))?;
+                    .mode(0o600);
+                if self.allow_existing {
+                    options.create(true).truncate(true);
+                } else {
+                    options.create_new(true);
+                }
+                let file = options.open(&path).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        duplicate(meta)
+                    } else {
+                        AdapterError::new("create", shown, e)
+                    }
+                })?;
                 Ok(Some(Box::new(FileWriter {
                     file: Arc::new(file),
                     path,
@@ -226,18 +298,35 @@ impl Target for DirTarget {
         }
     }
 
+    /// Owner, mode and times, never through a symlink: the entry must still be of the kind
+    /// the snapshot records (a file or directory swapped for a symlink since it was written is
+    /// refused, naming it), and every call takes `AT_SYMLINK_NOFOLLOW`.
     async fn apply_metadata(&self, meta: &EntryMeta) -> Result<(), AdapterError> {
         if meta.kind == EntryKind::Other {
             return Ok(());
         }
         let path = self.place(meta).await?;
         let shown = path.display().to_string();
-        let mtime = meta.mtime_ns.map(|ns| {
-            filetime::FileTime::from_unix_time(
-                ns.div_euclid(1_000_000_000),
-                ns.rem_euclid(1_000_000_000) as u32,
-            )
-        });
+        let found = std::fs::symlink_metadata(&path)
+            .map_err(|e| AdapterError::new("stat", shown.clone(), e))?;
+        let expected = match meta.kind {
+            EntryKind::File => found.file_type().is_file(),
+            EntryKind::Dir => found.file_type().is_dir(),
+            EntryKind::Symlink => found.file_type().is_symlink(),
+            EntryKind::Other => true,
+        };
+        if !expected {
+            return Err(AdapterError::msg(
+                "restore",
+                meta.path.to_string(),
+                format!(
+                    "{shown} is no longer the {:?} the restore wrote: its metadata is not applied through it",
+                    meta.kind
+                ),
+            ));
+        }
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| AdapterError::new("restore", shown.clone(), e))?;
         if unsafe { libc::geteuid() } == 0 {
             if let (Some(uid), Some(gid)) = (meta.uid, meta.gid) {
                 if let Err(e) = std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
@@ -247,20 +336,46 @@ impl Target for DirTarget {
                 }
             }
         }
-        if meta.kind == EntryKind::Symlink {
-            if let Some(t) = mtime {
-                filetime::set_symlink_file_times(&path, t, t)
-                    .map_err(|e| AdapterError::new("set times of", shown, e))?;
+        if meta.mode != 0 && meta.kind != EntryKind::Symlink {
+            // SAFETY: a valid NUL-terminated path; no memory is shared.
+            let rc = unsafe {
+                libc::fchmodat(
+                    libc::AT_FDCWD,
+                    c_path.as_ptr(),
+                    (meta.mode & 0o7777) as libc::mode_t,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            if rc != 0 {
+                return Err(AdapterError::new(
+                    "chmod",
+                    shown,
+                    std::io::Error::last_os_error(),
+                ));
             }
-            return Ok(());
         }
-        if meta.mode != 0 {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode & 0o7777))
-                .map_err(|e| AdapterError::new("chmod", shown.clone(), e))?;
-        }
-        if let Some(t) = mtime {
-            filetime::set_file_times(&path, t, t)
-                .map_err(|e| AdapterError::new("set times of", shown, e))?;
+        if let Some(ns) = meta.mtime_ns {
+            let t = libc::timespec {
+                tv_sec: ns.div_euclid(1_000_000_000) as libc::time_t,
+                tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+            };
+            let times = [t, t];
+            // SAFETY: a valid NUL-terminated path and two timespecs.
+            let rc = unsafe {
+                libc::utimensat(
+                    libc::AT_FDCWD,
+                    c_path.as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            if rc != 0 {
+                return Err(AdapterError::new(
+                    "set times of",
+                    shown,
+                    std::io::Error::last_os_error(),
+                ));
+            }
         }
         Ok(())
     }
