@@ -165,6 +165,17 @@ async fn round_trip(sink: Arc<dyn Sink>, tree: &Node) {
             &mut seed,
         ),
     }
+    let repo = backs_up_and_restores(sink, &src, &work.path().join("out")).await;
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
+}
+
+/// Backs up `src` into a new repository in `sink`, restores it into `out`, and checks the two
+/// trees are the same; returns the repository.
+async fn backs_up_and_restores(sink: Arc<dyn Sink>, src: &Path, out: &Path) -> Repository {
     let repo = Repository::init(
         sink,
         &KeyFileProvider::from_key([5; 32]),
@@ -173,19 +184,14 @@ async fn round_trip(sink: Arc<dyn Sink>, tree: &Node) {
     .await
     .unwrap();
     let report = repo
-        .backup(&DirSource::new(&src), Default::default())
+        .backup(&DirSource::new(src), Default::default())
         .await
         .unwrap();
-    let out = work.path().join("out");
-    repo.restore(&report.record.id, &DirTarget::new(&out), Default::default())
+    repo.restore(&report.record.id, &DirTarget::new(out), Default::default())
         .await
         .unwrap();
-    assert_same(&src, &out);
-    assert!(repo
-        .verify(VerifyOptions { full: true })
-        .await
-        .unwrap()
-        .is_ok());
+    assert_same(src, out);
+    repo
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -250,22 +256,8 @@ proptest! {
                     std::os::unix::fs::symlink(name, src.join("link")).unwrap();
                 }
             }
-            let repo = Repository::init(
-                open_sink("memory://").unwrap(),
-                &KeyFileProvider::from_key([5; 32]),
-                InitOptions::default(),
-            )
-            .await
-            .unwrap();
-            let report = repo
-                .backup(&DirSource::new(&src), Default::default())
-                .await
-                .unwrap();
             let out = work.path().join("out");
-            repo.restore(&report.record.id, &DirTarget::new(&out), Default::default())
-                .await
-                .unwrap();
-            assert_same(&src, &out);
+            backs_up_and_restores(open_sink("memory://").unwrap(), &src, &out).await;
         });
     }
 }
