@@ -294,7 +294,7 @@ struct Declining(MemoryTarget);
 
 #[async_trait::async_trait]
 impl Target for Declining {
-    async fn wants(&self, meta: &EntryMeta, _: &ContentCheck) -> Result<bool, AdapterError> {
+    async fn wants(&self, meta: &EntryMeta, _: &ContentCheck<'_>) -> Result<bool, AdapterError> {
         Ok(!meta.path.as_bytes().starts_with(b"skip/"))
     }
     async fn create(

@@ -323,7 +323,7 @@ impl PgTableTarget {
 #[async_trait]
 impl Target for PgTableTarget {
     /// Tables not asked for are declined, so their rows are never read from the repository.
-    async fn wants(&self, meta: &EntryMeta, _: &ContentCheck) -> Result<bool, AdapterError> {
+    async fn wants(&self, meta: &EntryMeta, _: &ContentCheck<'_>) -> Result<bool, AdapterError> {
         let path = String::from_utf8_lossy(meta.path.as_bytes());
         Ok(match path.split_once('/') {
             Some((schema, table)) if meta.kind == EntryKind::File => self.selected(schema, table),

@@ -365,10 +365,11 @@ impl Repository {
         let name = pack::pack_key(&old.id);
         let bytes = self.sink.get(&name).await?;
         report.bytes_read += bytes.len() as u64;
-        let (key_id, blobs) = pack::parse_pack(&self.keys(), &name, &bytes)?;
-        let current = self.keys().current_key_id();
+        let keys = self.keys();
+        let (key_id, blobs) = pack::parse_pack(&keys, &name, &bytes)?;
+        let current = keys.current_key_id();
         let mut builder = PackBuilder::new(current, bytes.len());
-        let key = self.keys().current_key();
+        let key = keys.current_key();
         let mut stored = Vec::new();
         for b in &blobs {
             if have.contains(&b.id) {
@@ -377,15 +378,7 @@ impl Repository {
             let sealed = bytes
                 .get(b.offset as usize..(b.offset + b.length) as usize)
                 .ok_or_else(|| Error::corrupt(&name, format!("blob {} is out of range", b.id)))?;
-            let plain = blob::decode_blob(
-                &self.keys(),
-                key_id,
-                b.kind,
-                &b.id,
-                b.raw_len,
-                sealed,
-                &name,
-            )?;
+            let plain = blob::decode_blob(&keys, key_id, b.kind, &b.id, b.raw_len, sealed, &name)?;
             stored.clear();
             blob::encode_blob(
                 &key,
@@ -401,7 +394,7 @@ impl Repository {
         if builder.is_empty() {
             return Ok(None);
         }
-        let (id, data, table) = builder.finish(&self.keys());
+        let (id, data, table) = builder.finish(&keys);
         let size = data.len() as u64;
         put_idempotent(self.sink.as_ref(), &pack::pack_key(&id), data).await?;
         report.packs_rewritten += 1;
@@ -445,7 +438,7 @@ impl Repository {
                         record.manifest_checksum = object::stored_checksum(&bytes);
                         catalog.overwrite(rk, &record).await?;
                     }
-                    delete_quietly(self, &journal).await?;
+                    self.delete_quietly(&journal).await?;
                 }
                 continue;
             }
@@ -470,7 +463,7 @@ impl Repository {
                     record.manifest_checksum = Some(next);
                     catalog.overwrite(rk, &record).await?;
                 }
-                delete_quietly(self, &journal).await?;
+                self.delete_quietly(&journal).await?;
             }
             report.objects_resealed += 1;
         }
@@ -520,12 +513,4 @@ fn rename(e: Error, name: &str) -> Error {
 /// The journal object of a manifest being re-sealed.
 pub(crate) fn rewrite_journal_key(snapshot_id: &str) -> String {
     format!("rewrite/{snapshot_id}")
-}
-
-async fn delete_quietly(repo: &Repository, key: &str) -> Result<()> {
-    match repo.sink.delete(key).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.is_not_found() => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }

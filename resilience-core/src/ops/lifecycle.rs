@@ -180,12 +180,8 @@ impl Repository {
                                 PutMode::Overwrite,
                             )
                             .await?;
-                        match store.sink.delete(&manifest).await {
-                            Ok(()) => {}
-                            // A second forget, after one interrupted past this point.
-                            Err(e) if e.is_not_found() => {}
-                            Err(e) => return Err(e.into()),
-                        }
+                        // Already gone after a forget interrupted past this point.
+                        store.delete_quietly(&manifest).await?;
                     } else {
                         match store.sink.head(&manifest).await {
                             Ok(_) => {
@@ -205,11 +201,7 @@ impl Repository {
                         }
                         catalog.put(&record).await?;
                     }
-                    match store.sink.delete(&expiry_journal_key(&d.id)).await {
-                        Ok(()) => {}
-                        Err(e) if e.is_not_found() => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    store.delete_quietly(&expiry_journal_key(&d.id)).await?;
                     report.expired.push(d.id.clone());
                 }
             }

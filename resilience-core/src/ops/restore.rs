@@ -247,6 +247,7 @@ impl Repository {
             unlisted: tokio::sync::OnceCell::new(),
         });
         let mut tree = index.tree_reader(&record).await?;
+        let keys = self.keys();
 
         // Pass 1: content. A stream of steps, each blob read running ahead in a bounded window;
         // the target says which entries it wants first, so the others are never read.
@@ -259,10 +260,10 @@ impl Repository {
             }
         })
         .map(|rec: Result<TreeRecord>| {
-            let keys = self.keys().clone();
+            let keys = keys.clone();
             async move {
                 let rec = rec?;
-                let check = ContentCheck::new(keys.clone(), rec.content.clone(), rec.meta.size);
+                let check = ContentCheck::new(&keys, &rec.content, rec.meta.size);
                 let wanted = target.wants(&rec.meta, &check).await?;
                 Ok((rec, wanted))
             }

@@ -299,6 +299,16 @@ impl Repository {
         Ok(held)
     }
 
+    /// Deletes `key`; an object already gone is no error (a step repeated after an
+    /// interruption).
+    pub(crate) async fn delete_quietly(&self, key: &str) -> Result<()> {
+        match self.sink.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Re-reads the key set in force when another process changed keys since this handle
     /// opened the repository (or last re-read them): a long-running service then reads what
     /// was sealed with a newer data key, and writes with it. Every operation that reads or

@@ -3,8 +3,6 @@
 //! with the repository's keyed hash. A resumed restore skips what it already wrote this way,
 //! with nothing of its own left in the restored data to recognise it by.
 
-use std::sync::Arc;
-
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::format::crypto::KeySet;
@@ -14,14 +12,14 @@ use crate::source::AdapterError;
 /// An entry's content as a snapshot records it, to compare with what a target holds.
 ///
 /// The engine hands one to [`Target::wants`](crate::source::Target::wants) with each entry.
-#[derive(Clone)]
-pub struct ContentCheck {
-    keys: Arc<KeySet>,
-    content: Content,
+#[derive(Clone, Copy)]
+pub struct ContentCheck<'a> {
+    keys: &'a KeySet,
+    content: &'a Content,
     size: u64,
 }
 
-impl std::fmt::Debug for ContentCheck {
+impl std::fmt::Debug for ContentCheck<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContentCheck")
             .field("size", &self.size)
@@ -29,8 +27,8 @@ impl std::fmt::Debug for ContentCheck {
     }
 }
 
-impl ContentCheck {
-    pub(crate) fn new(keys: Arc<KeySet>, content: Content, size: u64) -> Self {
+impl<'a> ContentCheck<'a> {
+    pub(crate) fn new(keys: &'a KeySet, content: &'a Content, size: u64) -> Self {
         ContentCheck {
             keys,
             content,
@@ -51,7 +49,7 @@ impl ContentCheck {
         R: AsyncRead + Unpin + Send,
     {
         let read_failed = |e: std::io::Error| AdapterError::new("read", object, e);
-        match &self.content {
+        match self.content {
             Content::None => {}
             Content::Inline(data) => {
                 let mut piece = vec![0u8; data.len()];
@@ -100,7 +98,8 @@ mod tests {
     use super::*;
     use crate::format::snapshot::BlobRef;
 
-    fn check(keys: &Arc<KeySet>, pieces: &[&[u8]]) -> ContentCheck {
+    /// The content of `pieces` as blobs named with `keys`, and its size.
+    fn blobs(keys: &KeySet, pieces: &[&[u8]]) -> (Content, u64) {
         let blobs = pieces
             .iter()
             .map(|p| BlobRef {
@@ -109,32 +108,34 @@ mod tests {
             })
             .collect();
         let size = pieces.iter().map(|p| p.len() as u64).sum();
-        ContentCheck::new(keys.clone(), Content::Blobs(blobs), size)
+        (Content::Blobs(blobs), size)
     }
 
     #[tokio::test]
     async fn only_the_exact_content_matches() {
-        let keys = Arc::new(KeySet::generate());
-        let c = check(&keys, &[b"hello ", b"world"]);
+        let keys = KeySet::generate();
+        let (content, size) = blobs(&keys, &[b"hello ", b"world"]);
+        let c = ContentCheck::new(&keys, &content, size);
         assert!(c.matches("o", &b"hello world"[..]).await.unwrap());
         assert!(!c.matches("o", &b"hello worle"[..]).await.unwrap());
         assert!(!c.matches("o", &b"hello worl"[..]).await.unwrap());
         assert!(!c.matches("o", &b"hello world!"[..]).await.unwrap());
         assert!(!c.matches("o", &b""[..]).await.unwrap());
 
-        let inline = ContentCheck::new(keys.clone(), Content::Inline(b"abc".to_vec()), 3);
+        let abc = Content::Inline(b"abc".to_vec());
+        let inline = ContentCheck::new(&keys, &abc, 3);
         assert!(inline.matches("o", &b"abc"[..]).await.unwrap());
         assert!(!inline.matches("o", &b"abcd"[..]).await.unwrap());
-        let empty = ContentCheck::new(keys.clone(), Content::None, 0);
+        let empty = ContentCheck::new(&keys, &Content::None, 0);
         assert!(empty.matches("o", &b""[..]).await.unwrap());
         assert!(!empty.matches("o", &b"x"[..]).await.unwrap());
     }
 
     #[tokio::test]
     async fn another_repositorys_key_does_not_match() {
-        let c = check(&Arc::new(KeySet::generate()), &[b"hello"]);
-        let other = check(&Arc::new(KeySet::generate()), &[b"hello"]);
-        let forged = ContentCheck::new(c.keys.clone(), other.content.clone(), 5);
+        let (ours, other) = (KeySet::generate(), KeySet::generate());
+        let (theirs, size) = blobs(&other, &[b"hello"]);
+        let forged = ContentCheck::new(&ours, &theirs, size);
         assert!(!forged.matches("o", &b"hello"[..]).await.unwrap());
     }
 
@@ -150,8 +151,12 @@ mod tests {
                 std::task::Poll::Ready(Err(std::io::Error::other("disk gone")))
             }
         }
-        let c = check(&Arc::new(KeySet::generate()), &[b"hello"]);
-        let e = c.matches("bucket/k", Failing).await.unwrap_err();
+        let keys = KeySet::generate();
+        let (content, size) = blobs(&keys, &[b"hello"]);
+        let e = ContentCheck::new(&keys, &content, size)
+            .matches("bucket/k", Failing)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("bucket/k"), "{e}");
     }
 }

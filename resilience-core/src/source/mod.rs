@@ -178,7 +178,7 @@ pub trait Target: Send + Sync {
     async fn wants(
         &self,
         _meta: &EntryMeta,
-        _content: &ContentCheck,
+        _content: &ContentCheck<'_>,
     ) -> Result<bool, AdapterError> {
         Ok(true)
     }

@@ -127,7 +127,7 @@ impl BucketTarget {
     async fn holds(
         &self,
         path: &object_store::path::Path,
-        content: &ContentCheck,
+        content: &ContentCheck<'_>,
     ) -> Result<bool, AdapterError> {
         let shown = format!("{}/{path}", self.location.trim_end_matches('/'));
         let body = match self.store.get(path).await {
@@ -155,7 +155,11 @@ impl Target for BucketTarget {
     /// Decides before anything is read: objects of other versions, outside the prefix, already
     /// there and identical, or different and not to be replaced are declined (and tallied), so
     /// a resumed or filtered restore reads only what it writes.
-    async fn wants(&self, meta: &EntryMeta, content: &ContentCheck) -> Result<bool, AdapterError> {
+    async fn wants(
+        &self,
+        meta: &EntryMeta,
+        content: &ContentCheck<'_>,
+    ) -> Result<bool, AdapterError> {
         if meta.kind != EntryKind::File {
             return Ok(false);
         }

@@ -22,6 +22,7 @@ use crate::catalog::{BackupKind, BackupRecord, BackupStatus, Catalog, CatalogQue
 use crate::error::{Error, Result};
 use crate::format::blob::BlobId;
 use crate::format::chunker::Chunker;
+use crate::format::crypto::KeySet;
 use crate::format::index::{Index, PackRecord};
 use crate::format::object::{self, ObjectKind};
 use crate::format::pack;
@@ -79,6 +80,9 @@ pub struct BackupReport {
 /// What the stages of one backup share: the repository, what it already holds, and the lock.
 struct Shared {
     repo: Repository,
+    /// The keys this whole backup seals with, read once its lock is held: a change of keys
+    /// made meanwhile (another task re-reading them) never splits a pack between two keys.
+    keys: Arc<KeySet>,
     dedup: Mutex<Dedup>,
     /// The backup's lock: no index file is written once it has lapsed.
     lock: lock::LockCheck,
@@ -257,8 +261,10 @@ impl Repository {
             }
             None => ParentCursor::none(),
         };
+        let keys = self.keys();
         let shared = Arc::new(Shared {
             repo: self.clone(),
+            keys: keys.clone(),
             dedup: Mutex::new(Dedup {
                 index,
                 claimed: HashSet::new(),
@@ -269,7 +275,7 @@ impl Repository {
         let mut packer = Packer::new(shared.clone(), options.upload_concurrency);
         packer.unindexed = adopted;
         let mut pipeline = Pipeline::new(shared.clone(), options.chunk_concurrency);
-        let mut chunker = Chunker::new(self.config.chunker, self.keys().chunker_seed());
+        let mut chunker = Chunker::new(self.config.chunker, keys.chunker_seed());
         let mut reused = 0u64;
 
         let session = source.start().await?;
@@ -333,7 +339,7 @@ impl Repository {
         };
         let key = snapshot::manifest_key(&record.id);
         let sealed = object::seal_object(
-            &self.keys(),
+            &keys,
             ObjectKind::Snapshot,
             &key,
             &serde_json::to_vec(&manifest).expect("manifest serializes"),

@@ -39,7 +39,7 @@ impl Packer {
     pub(super) fn new(shared: Arc<Shared>, max_uploads: usize) -> Self {
         let cap = shared.repo.config.pack_size as usize + 1024;
         Packer {
-            current: PackBuilder::new(shared.repo.keys().current_key_id(), cap),
+            current: PackBuilder::new(shared.keys.current_key_id(), cap),
             shared,
             uploads: JoinSet::new(),
             max_uploads: max_uploads.max(1),
@@ -67,11 +67,11 @@ impl Packer {
         let cap = self.shared.repo.config.pack_size as usize + 1024;
         let full = std::mem::replace(
             &mut self.current,
-            PackBuilder::new(self.shared.repo.keys().current_key_id(), cap),
+            PackBuilder::new(self.shared.keys.current_key_id(), cap),
         );
         let shared = self.shared.clone();
         self.uploads.spawn(async move {
-            let keys = shared.repo.keys().clone();
+            let keys = shared.keys.clone();
             let key_id = keys.current_key_id();
             let (id, bytes, blobs) = tokio::task::spawn_blocking(move || full.finish(&keys))
                 .await

@@ -24,7 +24,7 @@ use crate::source::EntryReader;
 /// Hashes a chunk and, unless the repository (or this backup) already has it, seals it.
 fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Option<Encoded>) {
     let repo = &shared.repo;
-    let id = repo.keys().blob_id(&chunk);
+    let id = shared.keys.blob_id(&chunk);
     let r = BlobRef {
         id,
         len: chunk.len() as u32,
@@ -41,7 +41,7 @@ fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Opt
     }
     let mut stored = Vec::with_capacity(chunk.len() / 2 + 64);
     blob::encode_blob(
-        &repo.keys().current_key(),
+        &shared.keys.current_key(),
         kind,
         &id,
         &chunk,
@@ -107,7 +107,7 @@ impl Pipeline {
     /// A pipeline with at most `window` chunks in flight.
     pub(super) fn new(shared: Arc<Shared>, window: usize) -> Self {
         let repo = &shared.repo;
-        let tree_chunker = Chunker::new(repo.config.chunker, repo.keys().chunker_seed());
+        let tree_chunker = Chunker::new(repo.config.chunker, shared.keys.chunker_seed());
         Pipeline {
             shared,
             inflight: FuturesOrdered::new(),

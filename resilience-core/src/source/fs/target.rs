@@ -70,7 +70,7 @@ impl DirTarget {
     async fn holds(
         &self,
         path: &std::path::Path,
-        content: &ContentCheck,
+        content: &ContentCheck<'_>,
     ) -> Result<bool, AdapterError> {
         let shown = path.display().to_string();
         match std::fs::symlink_metadata(path) {
@@ -174,6 +174,19 @@ impl DirTarget {
     }
 }
 
+/// A libc call's return code as a result: nonzero is the OS error, naming `object`.
+fn os_result(rc: libc::c_int, operation: &'static str, object: &str) -> Result<(), AdapterError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(AdapterError::new(
+            operation,
+            object,
+            std::io::Error::last_os_error(),
+        ))
+    }
+}
+
 /// A name the snapshot holds twice: refused, so a later entry never replaces an earlier one
 /// (a file by a symlink that the metadata pass would then follow).
 fn duplicate(meta: &EntryMeta) -> AdapterError {
@@ -218,7 +231,11 @@ fn is_zero(data: &[u8]) -> bool {
 #[async_trait]
 impl Target for DirTarget {
     /// Resuming, a file already holding its content is declined (not read, not written).
-    async fn wants(&self, meta: &EntryMeta, content: &ContentCheck) -> Result<bool, AdapterError> {
+    async fn wants(
+        &self,
+        meta: &EntryMeta,
+        content: &ContentCheck<'_>,
+    ) -> Result<bool, AdapterError> {
         if !self.resume || meta.kind != EntryKind::File {
             return Ok(true);
         }
@@ -346,13 +363,7 @@ impl Target for DirTarget {
                     libc::AT_SYMLINK_NOFOLLOW,
                 )
             };
-            if rc != 0 {
-                return Err(AdapterError::new(
-                    "chmod",
-                    shown,
-                    std::io::Error::last_os_error(),
-                ));
-            }
+            os_result(rc, "chmod", &shown)?;
         }
         if let Some(ns) = meta.mtime_ns {
             let t = libc::timespec {
@@ -369,13 +380,7 @@ impl Target for DirTarget {
                     libc::AT_SYMLINK_NOFOLLOW,
                 )
             };
-            if rc != 0 {
-                return Err(AdapterError::new(
-                    "set times of",
-                    shown,
-                    std::io::Error::last_os_error(),
-                ));
-            }
+            os_result(rc, "set times of", &shown)?;
         }
         Ok(())
     }
