@@ -93,6 +93,11 @@ impl BlobKind {
     }
 }
 
+/// The longest plaintext a blob holds: every blob is a chunk, and the chunker's largest
+/// maximum is FastCDC's (16 MiB). A longer length read from a pack table or an index is refused
+/// before anything is allocated for it.
+pub const MAX_BLOB_LEN: u32 = fastcdc::v2020::MAXIMUM_MAX;
+
 const FLAG_RAW: u8 = 0;
 const FLAG_ZSTD: u8 = 1;
 
@@ -173,6 +178,12 @@ pub fn decode_blob(
     sealed: &[u8],
     object: &str,
 ) -> Result<Bytes> {
+    if raw_len > MAX_BLOB_LEN {
+        return Err(Error::corrupt(
+            format!("{object} (blob {id})"),
+            format!("plaintext length {raw_len} exceeds the largest chunk ({MAX_BLOB_LEN} bytes)"),
+        ));
+    }
     let key = keys.data_key(key_id).ok_or_else(|| {
         Error::corrupt(
             object,

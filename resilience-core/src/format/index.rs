@@ -18,6 +18,10 @@ use crate::format::crypto::DataKeyId;
 use crate::format::pack::{PackId, PackedBlob};
 
 const VERSION: u8 = 1;
+/// Bytes of one pack's record before its blobs: id, size, data key id, blob count.
+const PACK_RECORD_LEN: usize = 32 + 8 + 4 + 4;
+/// Bytes of one blob record.
+const BLOB_RECORD_LEN: usize = 45;
 
 /// One pack as an index file lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,24 +95,27 @@ pub fn decode_index(name: &str, payload: &[u8]) -> Result<Vec<PackRecord>> {
         });
     }
     let count = r.u32()?;
-    let mut packs = Vec::with_capacity(count.min(1 << 16) as usize);
+    // Counts are read before what they count: allocate no more than the bytes present can hold.
+    let mut packs = Vec::with_capacity((count as usize).min(r.buf.len() / PACK_RECORD_LEN));
     for _ in 0..count {
         let id = r.id()?;
         let size = r.u64()?;
         let key_id = r.u32()?;
         let n = r.u32()?;
-        let mut blobs = Vec::with_capacity(n.min(1 << 16) as usize);
+        let mut blobs = Vec::with_capacity((n as usize).min(r.buf.len() / BLOB_RECORD_LEN));
         for _ in 0..n {
             let bid = r.id()?;
             let kind = BlobKind::from_u8(r.take(1)?[0])
                 .ok_or_else(|| Error::corrupt(name, "unknown blob kind"))?;
-            blobs.push(PackedBlob {
+            let blob = PackedBlob {
                 id: bid,
                 kind,
                 offset: r.u32()?,
                 length: r.u32()?,
                 raw_len: r.u32()?,
-            });
+            };
+            blob.check_range(name)?;
+            blobs.push(blob);
         }
         packs.push(PackRecord {
             id,
@@ -337,8 +344,8 @@ mod tests {
                 (
                     any::<[u8; 32]>(),
                     any::<bool>(),
-                    any::<u32>(),
-                    any::<u32>(),
+                    9u32..1 << 31,
+                    0u32..1 << 31,
                     any::<u32>(),
                 ),
                 0..20,

@@ -56,6 +56,28 @@ pub struct PackedBlob {
     pub raw_len: u32,
 }
 
+impl PackedBlob {
+    /// Where the blob ends in its pack (`offset + length`), as a `u64` so it never overflows.
+    pub fn end(&self) -> u64 {
+        u64::from(self.offset) + u64::from(self.length)
+    }
+
+    /// Refuses a record that no pack can hold: one that starts inside the pack's header or
+    /// ends past the 4 GiB that `u32` offsets address (a writer with the key forged it).
+    pub fn check_range(&self, object: &str) -> Result<()> {
+        if (self.offset as usize) < HEADER_LEN || self.end() > u64::from(u32::MAX) {
+            return Err(Error::corrupt(
+                object,
+                format!(
+                    "blob {} at offset {} length {} is outside any pack",
+                    self.id, self.offset, self.length
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Builds one pack in memory.
 pub struct PackBuilder {
     buf: Vec<u8>,
@@ -171,14 +193,16 @@ pub fn parse_table(
     table
         .chunks_exact(RECORD_LEN)
         .map(|r| {
-            Ok(PackedBlob {
+            let blob = PackedBlob {
                 id: BlobId(r[..32].try_into().expect("32 bytes")),
                 kind: BlobKind::from_u8(r[32])
                     .ok_or_else(|| Error::corrupt(name, "unknown blob kind"))?,
                 offset: u32::from_le_bytes(r[33..37].try_into().expect("4")),
                 length: u32::from_le_bytes(r[37..41].try_into().expect("4")),
                 raw_len: u32::from_le_bytes(r[41..45].try_into().expect("4")),
-            })
+            };
+            blob.check_range(name)?;
+            Ok(blob)
         })
         .collect()
 }
@@ -186,12 +210,28 @@ pub fn parse_table(
 /// Parses a whole pack held in memory: checks its checksum, header and table.
 pub fn parse_pack(keys: &KeySet, name: &str, bytes: &[u8]) -> Result<(DataKeyId, Vec<PackedBlob>)> {
     object::check_checksum(name, bytes)?;
+    if bytes.len() < HEADER_LEN + TAIL_LEN {
+        return Err(Error::corrupt(
+            name,
+            format!("truncated: {} bytes", bytes.len()),
+        ));
+    }
     let key_id = parse_header(name, bytes)?;
     let size = bytes.len() as u64;
     let tail = &bytes[bytes.len() - TAIL_LEN..];
     let len = table_len_from_tail(name, tail, size)? as usize;
     let end = bytes.len() - TAIL_LEN;
-    let blobs = parse_table(keys, key_id, name, &bytes[end - len..end])?;
+    let table_start = end - len;
+    let blobs = parse_table(keys, key_id, name, &bytes[table_start..end])?;
+    if let Some(b) = blobs.iter().find(|b| b.end() > table_start as u64) {
+        return Err(Error::corrupt(
+            name,
+            format!(
+                "blob {} at offset {} length {} runs past the blobs (into the table at {table_start})",
+                b.id, b.offset, b.length
+            ),
+        ));
+    }
     Ok((key_id, blobs))
 }
 
@@ -218,7 +258,7 @@ mod tests {
             prop_assert_eq!(key_id, ks.current_key_id());
             prop_assert_eq!(&parsed, &table);
             for (b, rec) in blobs.iter().zip(&parsed) {
-                let stored = &bytes[rec.offset as usize..(rec.offset + rec.length) as usize];
+                let stored = &bytes[rec.offset as usize..rec.end() as usize];
                 let plain = crate::format::blob::decode_blob(&ks, key_id, rec.kind, &rec.id, rec.raw_len, stored, "p").unwrap();
                 prop_assert_eq!(plain.as_ref(), b.as_slice());
             }

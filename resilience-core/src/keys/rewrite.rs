@@ -376,7 +376,7 @@ impl Repository {
                 continue;
             }
             let sealed = bytes
-                .get(b.offset as usize..(b.offset + b.length) as usize)
+                .get(b.offset as usize..b.end() as usize)
                 .ok_or_else(|| Error::corrupt(&name, format!("blob {} is out of range", b.id)))?;
             let plain = blob::decode_blob(&keys, key_id, b.kind, &b.id, b.raw_len, sealed, &name)?;
             stored.clear();
