@@ -124,31 +124,47 @@ impl KdfParams {
     pub const MAX_ITERATIONS: u32 = 64;
     /// The most lanes: 64.
     pub const MAX_PARALLELISM: u32 = 64;
+    /// The most work, memory × passes: 16 GiB-passes (4 GiB × 4, 1 GiB × 16, 256 MiB × 64;
+    /// the default is 192 MiB-passes), a few seconds at most where the bounds alone allow
+    /// 4 GiB × 64 (minutes).
+    pub const MAX_WORK_KIB_PASSES: u64 = 16 * 1024 * 1024;
 
-    /// Refuses costs beyond the bounds above. They are read from a key copy before anything
-    /// in it is authenticated, so whoever can write the store could otherwise make every open
-    /// exhaust memory or time.
+    /// Refuses costs beyond the bounds above, and parameters Argon2id does not accept. They
+    /// are read from a key copy before anything in it is authenticated, so whoever can write
+    /// the store could otherwise make every open exhaust memory or time.
     pub fn check_bounds(&self, object: &str) -> Result<()> {
+        let work = u64::from(self.memory_kib) * u64::from(self.iterations);
         if self.memory_kib > Self::MAX_MEMORY_KIB
             || self.iterations > Self::MAX_ITERATIONS
             || self.parallelism > Self::MAX_PARALLELISM
+            || work > Self::MAX_WORK_KIB_PASSES
         {
             return Err(Error::corrupt(
                 object,
                 format!(
-                    "Argon2id cost {} KiB, {} passes, {} lanes exceeds the bounds ({} KiB, {} passes, {} lanes): refused before deriving",
+                    "Argon2id cost {} KiB, {} passes, {} lanes exceeds the bounds ({} KiB, {} passes, {} lanes, {} KiB × passes): refused before deriving",
                     self.memory_kib,
                     self.iterations,
                     self.parallelism,
                     Self::MAX_MEMORY_KIB,
                     Self::MAX_ITERATIONS,
-                    Self::MAX_PARALLELISM
+                    Self::MAX_PARALLELISM,
+                    Self::MAX_WORK_KIB_PASSES
                 ),
             ));
         }
+        self.argon2_params()
+            .map_err(|e| Error::corrupt(object, format!("invalid Argon2id parameters: {e}")))?;
         Ok(())
     }
+
+    fn argon2_params(&self) -> std::result::Result<argon2::Params, argon2::Error> {
+        argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+    }
 }
+
+/// The salt lengths a stored key copy may carry (Argon2's minimum; ours are 16 bytes).
+const SALT_LEN: std::ops::RangeInclusive<usize> = argon2::MIN_SALT_LEN..=64;
 
 impl Default for KdfParams {
     /// 64 MiB, 3 passes, 1 lane: about 0.2–0.4 s on a current core.
@@ -210,12 +226,10 @@ impl PassphraseProvider {
     }
 
     fn derive(&self, cost: KdfParams, salt: &[u8]) -> Result<SecretKey> {
-        let params =
-            argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, Some(32))
-                .map_err(|e| Error::KeyProvider {
-                    provider: "passphrase".into(),
-                    message: format!("invalid Argon2id parameters {cost:?}: {e}"),
-                })?;
+        let params = cost.argon2_params().map_err(|e| Error::KeyProvider {
+            provider: "passphrase".into(),
+            message: format!("invalid Argon2id parameters {cost:?}: {e}"),
+        })?;
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];
@@ -236,6 +250,8 @@ impl KeyProvider for PassphraseProvider {
     }
 
     async fn wrap(&self, key_set: &[u8], now: DateTime<Utc>) -> Result<WrappedKey> {
+        // A cost the bounds refuse would make a copy that never opens again.
+        self.params.check_bounds("a new passphrase key copy")?;
         let mut salt = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         let kek = self.derive(self.params, &salt)?;
@@ -265,6 +281,17 @@ impl KeyProvider for PassphraseProvider {
         let salt = hex::decode(&params.salt).map_err(|e| {
             Error::corrupt(format!("keys/{}", wrapped.id), format!("bad salt: {e}"))
         })?;
+        if !SALT_LEN.contains(&salt.len()) {
+            return Err(Error::corrupt(
+                format!("keys/{}", wrapped.id),
+                format!(
+                    "bad salt: {} bytes (Argon2id takes {} to {})",
+                    salt.len(),
+                    SALT_LEN.start(),
+                    SALT_LEN.end()
+                ),
+            ));
+        }
         params.cost.check_bounds(&format!("keys/{}", wrapped.id))?;
         let kek = self.derive(params.cost, &salt)?;
         Ok(open_wrapped(&kek, wrapped))

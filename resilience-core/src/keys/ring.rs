@@ -127,6 +127,27 @@ pub fn decode_keyset_object(name: &str, bytes: &[u8]) -> Result<KeySetObject> {
     Ok(obj)
 }
 
+/// Decodes and checks a key copy stored as `name` (`keys/<id>`).
+pub fn decode_copy(name: &str, bytes: &[u8]) -> Result<WrappedKey> {
+    let body = object::check_checksum(name, bytes)?;
+    let copy: WrappedKey = serde_json::from_slice(body)
+        .map_err(|e| Error::corrupt(name, format!("does not parse: {e}")))?;
+    if copy.object_name() != name {
+        return Err(Error::corrupt(name, format!("names copy {}", copy.id)));
+    }
+    if copy.format == 0 {
+        return Err(Error::corrupt(name, "format 0 (copies are format 1 or 2)"));
+    }
+    if copy.format > 2 {
+        return Err(Error::UnsupportedFormat {
+            object: name.to_owned(),
+            found: copy.format,
+            supported: 2,
+        });
+    }
+    Ok(copy)
+}
+
 /// Seals `keys` to every copy in `recipients` as generation `generation`.
 pub fn seal_generation(
     keys: &KeySet,
@@ -208,22 +229,7 @@ impl KeyRing {
                 }
                 continue;
             }
-            let parsed = object::check_checksum(&name, &bytes).and_then(|body| {
-                let copy: WrappedKey = serde_json::from_slice(body)
-                    .map_err(|e| Error::corrupt(&name, format!("does not parse: {e}")))?;
-                if copy.object_name() != name {
-                    return Err(Error::corrupt(&name, format!("names copy {}", copy.id)));
-                }
-                if copy.format > 2 {
-                    return Err(Error::UnsupportedFormat {
-                        object: name.clone(),
-                        found: copy.format,
-                        supported: 2,
-                    });
-                }
-                Ok(copy)
-            });
-            match parsed {
+            match decode_copy(&name, &bytes) {
                 Ok(c) => ring.copies.push(c),
                 Err(e) => ring.damaged.push(e),
             }
