@@ -115,6 +115,39 @@ fn encode_plain<T: Serialize>(value: &T) -> bytes::Bytes {
     body.into()
 }
 
+/// The largest pack a repository may be configured for: a backup holds one pack per upload in
+/// memory, and packs address their blobs with 32-bit offsets.
+pub const MAX_PACK_SIZE: u32 = 1 << 30;
+
+/// What makes a repository's settings unusable, if anything. `config` is read from the store,
+/// so its sizes are bounded before a backup allocates by them; and contents inlined into the
+/// tree must fit in one chunk (the chunker may cut anything longer than its minimum).
+fn settings_problem(
+    chunker: &ChunkerParams,
+    pack_size: u32,
+    compression_level: i32,
+    inline_limit: u32,
+) -> Option<String> {
+    if let Err(e) = chunker.validate() {
+        return Some(e.to_string());
+    }
+    if pack_size > MAX_PACK_SIZE {
+        return Some(format!("pack size {pack_size} exceeds {MAX_PACK_SIZE}"));
+    }
+    if !zstd::compression_level_range().contains(&compression_level) {
+        return Some(format!(
+            "compression level {compression_level} is not a zstd level"
+        ));
+    }
+    if inline_limit > chunker.min_size {
+        return Some(format!(
+            "inline limit {inline_limit} exceeds the smallest chunk ({}): longer contents would be cut",
+            chunker.min_size
+        ));
+    }
+    None
+}
+
 fn decode_plain<T: for<'de> Deserialize<'de>>(name: &str, bytes: &[u8]) -> Result<T> {
     let body = object::check_checksum(name, bytes)?;
     serde_json::from_slice(body).map_err(|e| Error::corrupt(name, format!("does not parse: {e}")))
@@ -128,6 +161,16 @@ impl Repository {
         options: InitOptions,
     ) -> Result<Repository> {
         options.chunker.validate()?;
+        if let Some(problem) = settings_problem(
+            &options.chunker,
+            options.pack_size,
+            options.compression_level,
+            options.inline_limit,
+        ) {
+            return Err(Error::Usage(format!(
+                "cannot create a repository: {problem}"
+            )));
+        }
         if Self::exists(sink.as_ref()).await? {
             return Err(Error::AlreadyInitialized {
                 location: sink.location(),
@@ -217,10 +260,14 @@ impl Repository {
                 supported: FORMAT_VERSION,
             });
         }
-        config
-            .chunker
-            .validate()
-            .map_err(|e| Error::corrupt("config", e.to_string()))?;
+        if let Some(problem) = settings_problem(
+            &config.chunker,
+            config.pack_size,
+            config.compression_level,
+            config.inline_limit,
+        ) {
+            return Err(Error::corrupt("config", problem));
+        }
         Ok(config)
     }
 
