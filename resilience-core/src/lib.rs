@@ -45,6 +45,8 @@ pub mod drill;
 pub mod error;
 pub(crate) mod format;
 pub mod health;
+#[cfg(test)]
+mod hostile_bytes;
 pub mod jobs;
 pub mod keys;
 pub mod net;
