@@ -121,7 +121,7 @@ impl WalArchive {
         // A segment this build cannot read is archived all the same (Postgres knows its WAL;
         // refusing would stop archiving and fill the primary's disk), without a summary.
         let summary = match kind {
-            WalFileKind::Segment => match walscan::summarize(&content) {
+            WalFileKind::Segment => match walscan::summarize(name, &content) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(name, error = %e, "archiving a segment that cannot be summarized");

@@ -34,8 +34,7 @@ impl Timelines {
                     PgError::Invalid(format!("{} vanished while it was read", file.name))
                 })?;
                 let text = String::from_utf8_lossy(&content);
-                let parsed =
-                    lsn::parse_history(&text).map_err(|e| PgError::corrupt(&file.name, e))?;
+                let parsed = lsn::parse_history(&file.name, &text)?;
                 histories.insert(timeline, parsed);
             }
         }

@@ -32,6 +32,8 @@ pub mod cluster;
 pub mod connect;
 pub mod drill;
 mod error;
+#[cfg(test)]
+mod hostile_bytes;
 pub mod lsn;
 pub mod page_checksum;
 pub mod page_verify;

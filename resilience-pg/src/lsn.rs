@@ -9,6 +9,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::PgError;
+
 /// A position in the WAL (`X/Y` in Postgres' notation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lsn(pub u64);
@@ -158,9 +160,10 @@ pub struct TimelineSwitch {
     pub switch_lsn: Lsn,
 }
 
-/// Parses a timeline history file: one `parentTLI <tab> switchpoint <tab> reason` line per
-/// ancestor, oldest first; comments and blank lines are skipped.
-pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
+/// Parses a timeline history file, the WAL file `name`: one `parentTLI <tab> switchpoint <tab>
+/// reason` line per ancestor, oldest first; comments and blank lines are skipped. Errors name
+/// the file.
+pub fn parse_history(name: &str, text: &str) -> Result<Vec<TimelineSwitch>, PgError> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -169,13 +172,13 @@ pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
         }
         let mut fields = line.split_whitespace();
         let (Some(tl), Some(lsn)) = (fields.next(), fields.next()) else {
-            return Err(format!("bad history line {line:?}"));
+            return Err(PgError::corrupt(name, format!("bad history line {line:?}")));
         };
         out.push(TimelineSwitch {
-            parent: tl
-                .parse()
-                .map_err(|_| format!("bad timeline in history line {line:?}"))?,
-            switch_lsn: lsn.parse()?,
+            parent: tl.parse().map_err(|_| {
+                PgError::corrupt(name, format!("bad timeline in history line {line:?}"))
+            })?,
+            switch_lsn: lsn.parse().map_err(|e| PgError::corrupt(name, e))?,
         });
     }
     Ok(out)
@@ -246,11 +249,11 @@ mod tests {
     fn history_files_parse() {
         let h =
             "1\t0/3000000\tno recovery target specified\n\n2\t0/5000A28\tat restore point \"x\"\n";
-        let parsed = parse_history(h).unwrap();
+        let parsed = parse_history("h", h).unwrap();
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed[1].parent, 2);
         assert_eq!(parsed[1].switch_lsn, "0/5000A28".parse().unwrap());
-        assert!(parse_history("garbage").is_err());
+        assert!(parse_history("h", "garbage").is_err());
     }
 
     proptest! {

@@ -63,27 +63,43 @@ pub struct SegmentSummary {
 
 /// Why a segment could not be read at all (individual bad records just end the scan).
 #[derive(Debug, thiserror::Error)]
-#[error("not a WAL segment: {0}")]
-pub struct NotASegment(String);
+#[error("{name} is not a WAL segment: {reason}")]
+pub struct NotASegment {
+    /// The WAL file.
+    pub name: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
 
-/// Reads a whole segment and summarizes it.
-pub fn summarize(segment: &[u8]) -> Result<SegmentSummary, NotASegment> {
+/// Reads a whole segment, the WAL file `name`, and summarizes it.
+pub fn summarize(name: &str, segment: &[u8]) -> Result<SegmentSummary, NotASegment> {
+    let not = |reason: String| NotASegment {
+        name: name.to_owned(),
+        reason,
+    };
     let header = PageHeader::parse(segment, 0)
-        .ok_or_else(|| NotASegment(format!("{} bytes, too short", segment.len())))?;
+        .ok_or_else(|| not(format!("{} bytes, too short", segment.len())))?;
     if header.info & XLP_LONG_HEADER == 0 || segment.len() < LONG_HEADER {
-        return Err(NotASegment("the first page has no long header".into()));
+        return Err(not("the first page has no long header".into()));
     }
     let field_u32 = |at: usize| u32::from_le_bytes(segment[at..at + 4].try_into().expect("4"));
     let system_id = u64::from_le_bytes(segment[24..32].try_into().expect("8"));
     let segment_size = u64::from(field_u32(32));
     let page_size = field_u32(36) as usize;
     if !(1024..=65536).contains(&page_size) || !page_size.is_power_of_two() {
-        return Err(NotASegment(format!("page size {page_size}")));
+        return Err(not(format!("page size {page_size}")));
     }
     if segment_size != segment.len() as u64 {
-        return Err(NotASegment(format!(
+        return Err(not(format!(
             "header says {segment_size} bytes, the file has {}",
             segment.len()
+        )));
+    }
+    // Every position read is the first page's address plus an offset in the segment.
+    if header.page_addr.0.checked_add(segment_size).is_none() {
+        return Err(not(format!(
+            "its first page's address {} is past the end of the WAL",
+            header.page_addr
         )));
     }
     let mut reader = Reader {
@@ -152,7 +168,8 @@ fn main_data(record: &[u8]) -> Option<&[u8]> {
         Some(u16::from_le_bytes(record.get(p..p + 2)?.try_into().ok()?) as usize)
     };
     let mut main_len = 0usize;
-    while total - p > data_total {
+    // The block headers' lengths are the record's own: `p` may step past its end.
+    while total.checked_sub(p)? > data_total {
         let id = *record.get(p)?;
         p += 1;
         match id {
@@ -266,7 +283,9 @@ impl Reader<'_> {
         }
         let start = self.pos;
         let total = u32::from_le_bytes(self.seg.get(start..start + 4)?.try_into().ok()?) as usize;
-        if !(RECORD_HEADER..=1 << 30).contains(&total) {
+        // A record longer than what is left of the segment cannot complete in it (its
+        // continuation would need another segment): refused before anything is allocated.
+        if !(RECORD_HEADER..=1 << 30).contains(&total) || total > self.seg.len() - start {
             return None;
         }
         let mut record = Vec::with_capacity(total);
@@ -373,12 +392,18 @@ pub(crate) mod tests {
             }
             body.extend(std::iter::repeat_n(0xABu8, block_data));
             body.extend_from_slice(main);
+            self.raw_record(rmid, info, &body)
+        }
+
+        /// Appends a record whose body (block headers, data, main data) is `body`, with its
+        /// length and CRC right; returns its LSN, or `None` if the segment is full.
+        pub fn raw_record(&mut self, rmid: u8, info: u8, body: &[u8]) -> Option<u64> {
             let total = RECORD_HEADER + body.len();
             let mut rec = vec![0u8; RECORD_HEADER];
             rec[0..4].copy_from_slice(&(total as u32).to_le_bytes());
             rec[16] = info;
             rec[17] = rmid;
-            rec.extend_from_slice(&body);
+            rec.extend_from_slice(body);
             let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[RECORD_HEADER..]), &rec[..20]);
             rec[20..24].copy_from_slice(&crc.to_le_bytes());
             if self.pos % self.page_size == 0 {
@@ -427,7 +452,7 @@ pub(crate) mod tests {
         let rp_lsn = w.record(RM_XLOG_ID, XLOG_RESTORE_POINT, 0, &rp).unwrap();
         w.record(RM_XACT_ID, XLOG_XACT_COMMIT, 9000, &pg_time(3_000_000))
             .unwrap();
-        let s = summarize(&w.seg).unwrap();
+        let s = summarize("seg", &w.seg).unwrap();
         assert_eq!(s.system_id, 42);
         assert_eq!(s.records, 3);
         let t = |m: i64| Utc.timestamp_opt(PG_EPOCH_UNIX + m, 0).unwrap();
@@ -447,16 +472,16 @@ pub(crate) mod tests {
             .record(RM_XACT_ID, XLOG_XACT_COMMIT, 0, &pg_time(2))
             .unwrap() as usize;
         w.seg[second + RECORD_HEADER + 3] ^= 1;
-        assert_eq!(summarize(&w.seg).unwrap().records, 1);
+        assert_eq!(summarize("seg", &w.seg).unwrap().records, 1);
     }
 
     #[test]
     fn rejects_what_is_not_a_segment() {
-        assert!(summarize(b"short").is_err());
-        assert!(summarize(&vec![0u8; 1 << 16]).is_err());
+        assert!(summarize("seg", b"short").is_err());
+        assert!(summarize("seg", &vec![0u8; 1 << 16]).is_err());
         let mut w = SegmentWriter::new(1, 1, 1 << 16, 8192, 0);
         w.seg.truncate(1 << 15);
-        assert!(summarize(&w.seg).is_err());
+        assert!(summarize("seg", &w.seg).is_err());
     }
 
     proptest! {
@@ -477,7 +502,7 @@ pub(crate) mod tests {
                     None => break,
                 }
             }
-            let s = summarize(&w.seg).unwrap();
+            let s = summarize("seg", &w.seg).unwrap();
             let t = |m: i64| Utc.timestamp_opt(PG_EPOCH_UNIX + m.div_euclid(1_000_000), (m.rem_euclid(1_000_000) * 1000) as u32).unwrap();
             prop_assert_eq!(s.first_commit, expected.first().map(|&m| t(m)));
             prop_assert_eq!(s.last_commit, expected.last().map(|&m| t(m)));
@@ -485,7 +510,7 @@ pub(crate) mod tests {
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..70_000)) {
-            let _ = summarize(&bytes);
+            let _ = summarize("seg", &bytes);
         }
     }
 }
