@@ -24,6 +24,8 @@ pub mod connect;
 pub mod drill;
 mod error;
 pub mod glob;
+#[cfg(test)]
+mod hostile_bytes;
 pub mod rdb;
 pub mod rdb_checksum;
 pub mod record;

@@ -59,15 +59,7 @@ impl Source for RdbFileSource {
         file.read_exact(&mut magic)
             .await
             .map_err(|e| AdapterError::new("read", shown.clone(), e))?;
-        if &magic[..5] != b"REDIS" || !magic[5..].iter().all(u8::is_ascii_digit) {
-            return Err(AdapterError::msg(
-                "read",
-                shown,
-                "not an RDB file (no REDIS header)",
-            ));
-        }
-        let version = String::from_utf8_lossy(&magic[5..]).into_owned();
-        let version_num: u32 = version.parse().unwrap_or(u32::MAX);
+        let (version, version_num) = parse_header(&shown, &magic)?;
         let file = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| AdapterError::new("open", shown.clone(), e))?;
@@ -94,6 +86,25 @@ impl Source for RdbFileSource {
             meta,
         }))
     }
+}
+
+/// Checks the first bytes of RDB file `file` (`REDIS` and four version digits) and returns its
+/// version, as written and as a number; the error names the file.
+pub fn parse_header(file: &str, header: &[u8]) -> Result<(String, u32), AdapterError> {
+    let digits = match header.get(..9) {
+        Some(h) if h.starts_with(b"REDIS") && h[5..].iter().all(u8::is_ascii_digit) => &h[5..],
+        _ => {
+            return Err(AdapterError::msg(
+                "read",
+                file,
+                "not an RDB file (no REDIS header)",
+            ))
+        }
+    };
+    let version = String::from_utf8_lossy(digits).into_owned();
+    // Four ASCII digits always fit.
+    let number = version.parse().unwrap_or(u32::MAX);
+    Ok((version, number))
 }
 
 struct RdbSession {

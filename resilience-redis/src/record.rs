@@ -41,12 +41,17 @@ impl KeyRecord {
 
 /// A malformed entry.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed key record: {0}")]
-pub struct BadRecord(pub String);
+#[error("{entry}: malformed key record: {reason}")]
+pub struct BadRecord {
+    /// The backup entry the records come from.
+    pub entry: String,
+    /// What is wrong.
+    pub reason: String,
+}
 
 /// Decodes records from content that arrives in pieces.
-#[derive(Default)]
 pub struct RecordDecoder {
+    entry: String,
     buf: BytesMut,
 }
 
@@ -54,6 +59,21 @@ pub struct RecordDecoder {
 const MAX_FIELD: usize = 1 << 30;
 
 impl RecordDecoder {
+    /// A decoder for the content of backup entry `entry` (named in its errors).
+    pub fn new(entry: impl Into<String>) -> Self {
+        RecordDecoder {
+            entry: entry.into(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    fn bad(&self, reason: String) -> BadRecord {
+        BadRecord {
+            entry: self.entry.clone(),
+            reason,
+        }
+    }
+
     /// Adds a piece of content.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
@@ -67,7 +87,7 @@ impl RecordDecoder {
         }
         let key_len = u32::from_le_bytes(b[..4].try_into().expect("4")) as usize;
         if key_len > MAX_FIELD {
-            return Err(BadRecord(format!("key length {key_len}")));
+            return Err(self.bad(format!("key length {key_len}")));
         }
         let at_payload_len = 4 + key_len + 8;
         if b.len() < at_payload_len + 4 {
@@ -77,7 +97,7 @@ impl RecordDecoder {
             u32::from_le_bytes(b[at_payload_len..at_payload_len + 4].try_into().expect("4"))
                 as usize;
         if payload_len > MAX_FIELD {
-            return Err(BadRecord(format!("payload length {payload_len}")));
+            return Err(self.bad(format!("payload length {payload_len}")));
         }
         let total = at_payload_len + 4 + payload_len;
         if b.len() < total {
@@ -100,7 +120,7 @@ impl RecordDecoder {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(BadRecord(format!(
+            Err(self.bad(format!(
                 "{} bytes of a truncated record at the end",
                 self.buf.len()
             )))
@@ -136,7 +156,7 @@ mod tests {
             for r in &records {
                 r.encode(&mut encoded);
             }
-            let mut d = RecordDecoder::default();
+            let mut d = RecordDecoder::new("dump");
             let mut out = Vec::new();
             for piece in encoded.chunks(cut) {
                 d.push(piece);
@@ -150,7 +170,7 @@ mod tests {
 
         #[test]
         fn garbage_is_an_error_or_waits_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let mut d = RecordDecoder::default();
+            let mut d = RecordDecoder::new("dump");
             d.push(&bytes);
             while let Ok(Some(_)) = d.next_record() {}
         }
@@ -165,7 +185,7 @@ mod tests {
             payload: "v".into(),
         }
         .encode(&mut encoded);
-        let mut d = RecordDecoder::default();
+        let mut d = RecordDecoder::new("dump");
         d.push(&encoded[..encoded.len() - 1]);
         assert!(d.next_record().unwrap().is_none());
         assert!(d.finish().is_err());

@@ -107,7 +107,7 @@ impl Target for RedisTarget {
             keys_limiter: self.keys_limiter.clone(),
             bytes_limiter: self.bytes_limiter.clone(),
             tally: self.tally.clone(),
-            decoder: RecordDecoder::default(),
+            decoder: RecordDecoder::new(meta.path.to_string()),
             pending: Vec::new(),
             entry: meta.path.to_string(),
         })))
@@ -235,7 +235,7 @@ impl ContentWriter for Writer {
         while let Some(r) = self
             .decoder
             .next_record()
-            .map_err(|e| AdapterError::msg("restore", self.entry.clone(), e.to_string()))?
+            .map_err(|e| AdapterError::msg("restore", self.entry.clone(), e.reason))?
         {
             self.pending.push(r);
             if self.pending.len() >= self.settings.pipeline.max(1) {
@@ -248,7 +248,7 @@ impl ContentWriter for Writer {
     async fn complete(mut self: Box<Self>) -> Result<(), AdapterError> {
         self.decoder
             .finish()
-            .map_err(|e| AdapterError::msg("restore", self.entry.clone(), e.to_string()))?;
+            .map_err(|e| AdapterError::msg("restore", self.entry.clone(), e.reason))?;
         self.flush().await
     }
 }

@@ -84,7 +84,7 @@ impl Target for CompareTarget {
             sample_every: self.sample_every,
             pattern: self.pattern.clone(),
             result: self.result.clone(),
-            decoder: RecordDecoder::default(),
+            decoder: RecordDecoder::new(meta.path.to_string()),
             entry: meta.path.to_string(),
         })))
     }
@@ -265,7 +265,7 @@ impl ContentWriter for Checker {
         while let Some(rec) = self
             .decoder
             .next_record()
-            .map_err(|e| AdapterError::msg("compare", self.entry.clone(), e.to_string()))?
+            .map_err(|e| AdapterError::msg("compare", self.entry.clone(), e.reason))?
         {
             batch.push(rec);
         }
@@ -275,6 +275,6 @@ impl ContentWriter for Checker {
     async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
         self.decoder
             .finish()
-            .map_err(|e| AdapterError::msg("compare", self.entry.clone(), e.to_string()))
+            .map_err(|e| AdapterError::msg("compare", self.entry.clone(), e.reason))
     }
 }
