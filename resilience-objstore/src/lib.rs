@@ -23,6 +23,8 @@
 pub mod bucket;
 mod config;
 pub mod drill;
+#[cfg(test)]
+mod hostile_bytes;
 pub mod keys;
 mod repository;
 mod sink;

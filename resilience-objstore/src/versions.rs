@@ -124,8 +124,15 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("LastModified {s:?}: {e}"))
 }
 
-/// Parses a `ListVersionsResult` document.
-pub fn parse_version_page(xml: &[u8]) -> Result<VersionPage, String> {
+/// Parses a `ListVersionsResult` document listing `location`; the error names it.
+pub fn parse_version_page(location: &str, xml: &[u8]) -> Result<VersionPage, VersionsError> {
+    parse_page(xml).map_err(|reason| VersionsError::Parse {
+        location: location.to_owned(),
+        reason,
+    })
+}
+
+fn parse_page(xml: &[u8]) -> Result<VersionPage, String> {
     let mut reader = quick_xml::Reader::from_reader(xml);
     let mut page = VersionPage::default();
     let mut truncated = false;
@@ -355,10 +362,7 @@ impl VersionLister {
             }
         }
         let body = self.get("ListObjectVersions", &query).await?;
-        parse_version_page(&body).map_err(|reason| VersionsError::Parse {
-            location: self.location.clone(),
-            reason,
-        })
+        parse_version_page(&self.location, &body)
     }
 
     /// Every version and delete marker under the prefix, page by page, in key order.
@@ -470,7 +474,7 @@ mod tests {
             next in proptest::option::of(("[a-z/ &<]{1,20}", "[a-zA-Z0-9.]{0,20}")),
         ) {
             let page = VersionPage { versions, next };
-            prop_assert_eq!(parse_version_page(render(&page).as_bytes()).unwrap(), page);
+            prop_assert_eq!(parse_version_page("s3://b/", render(&page).as_bytes()).unwrap(), page);
         }
 
         #[test]
@@ -498,7 +502,7 @@ mod tests {
     <Owner><ID>75aa</ID><DisplayName>mtd@amazon.com</DisplayName></Owner>
   </DeleteMarker>
 </ListVersionsResult>"#;
-        let page = parse_version_page(xml).unwrap();
+        let page = parse_version_page("s3://b/", xml).unwrap();
         assert_eq!(page.versions.len(), 2);
         assert_eq!(page.versions[0].version_id, "3/L4kqtJl40Nr8X8gdRQBpUMLUo");
         assert_eq!(
