@@ -12,9 +12,16 @@
 //!
 //! A body stream that fails (the source's read, or a checksum verdict at its end) aborts the
 //! request before its last byte, and S3 stores nothing for a request whose body is cut short.
+//!
+//! A `PUT` that makes no progress — no piece of its body taken, or no answer once the body is
+//! sent — for the store client's request timeout ([`crate::config::REQUEST_TIMEOUT`], or
+//! `AWS_TIMEOUT`) fails, naming the object: a stalled server never holds a copy forever. It is
+//! not retried here; replication retries a failed copy, a bounded number of times.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use object_store::aws::{AwsAuthorizer, AwsCredential};
@@ -24,6 +31,7 @@ use resilience_core::sink::{ByteStream, SinkError};
 
 use crate::config::{
     extra_reqwest_roots, s3_region_and_endpoint, s3_settings, StoreConfigError, StoreUrl,
+    REQUEST_TIMEOUT,
 };
 
 /// The largest object S3 takes in a single `PUT`.
@@ -55,6 +63,8 @@ struct Client {
     /// `{endpoint}/{bucket}`, path style, as `object_store` addresses it.
     bucket_url: String,
     storage_class: Option<String>,
+    /// How long a `PUT` may go without progress: the store client's request timeout.
+    idle: Duration,
 }
 
 impl std::fmt::Debug for StreamingPut {
@@ -83,6 +93,12 @@ impl Client {
         };
         let (builder, _) = s3_settings(url, &parsed)?;
         let (region, endpoint) = s3_region_and_endpoint(&builder);
+        let idle = builder
+            .get_config_value(&object_store::aws::AmazonS3ConfigKey::Client(
+                object_store::ClientConfigKey::Timeout,
+            ))
+            .and_then(|t| humantime::parse_duration(&t).ok())
+            .unwrap_or(REQUEST_TIMEOUT);
         let store = builder.build().map_err(|source| StoreConfigError::Client {
             url: url.to_owned(),
             source,
@@ -105,6 +121,7 @@ impl Client {
             region,
             bucket_url: format!("{}/{bucket}", endpoint.trim_end_matches('/')),
             storage_class: storage_class.clone(),
+            idle,
         })
     }
 }
@@ -169,20 +186,31 @@ impl StreamingPut {
         // client's "error sending request".
         let stream_error: Arc<Mutex<Option<String>>> = Arc::default();
         let seen = stream_error.clone();
-        let body = body.map_err(move |e| {
+        let progress = Progress::default();
+        let taken = progress.clone();
+        let body = body.inspect_ok(move |_| taken.made()).map_err(move |e| {
             seen.lock()
                 .expect("stream error lock")
                 .get_or_insert_with(|| e.to_string());
             Box::new(e) as Box<dyn std::error::Error + Send + Sync>
         });
-        let sent = client
+        let send = client
             .http
             .put(&url)
             .headers(signed.headers().clone())
             .header(http::header::CONTENT_LENGTH, size)
             .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await;
+            .send();
+        let stalled = || {
+            failed(format!(
+                "timed out: no progress for {:?} (the store stopped taking the body or answering)",
+                client.idle
+            ))
+        };
+        let sent = progress
+            .unless_idle(client.idle, send)
+            .await
+            .ok_or_else(stalled)?;
         let response = sent.map_err(|e| {
             let cause = stream_error.lock().expect("stream error lock").take();
             failed(cause.unwrap_or_else(|| error_chain(&e)))
@@ -194,10 +222,55 @@ impl StreamingPut {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
+            let text = tokio::time::timeout(client.idle, response.text())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
             return Err(failed(format!("HTTP {status}: {}", text.trim())));
         }
         Ok(etag)
+    }
+}
+
+/// When a request last made progress.
+#[derive(Clone)]
+struct Progress {
+    since: Instant,
+    /// Milliseconds from `since` to the last progress.
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            since: Instant::now(),
+            last: Arc::default(),
+        }
+    }
+}
+
+impl Progress {
+    fn made(&self) {
+        self.last
+            .store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn deadline(&self, idle: Duration) -> Instant {
+        self.since + Duration::from_millis(self.last.load(Ordering::Relaxed)) + idle
+    }
+
+    /// `work`'s output, or `None` once it has gone `idle` without progress.
+    async fn unless_idle<F: Future>(&self, idle: Duration, work: F) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let deadline = self.deadline(idle);
+            match tokio::time::timeout_at(deadline.into(), &mut work).await {
+                Ok(out) => return Some(out),
+                Err(_) if self.deadline(idle) <= Instant::now() => return None,
+                Err(_) => {}
+            }
+        }
     }
 }
 

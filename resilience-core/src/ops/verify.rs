@@ -31,6 +31,7 @@ use crate::format::pack::{self, PackedBlob};
 use crate::format::snapshot::Content;
 use crate::keys::ring::KEYSET_PREFIX;
 use crate::repo::Repository;
+use crate::sink::SinkError;
 
 /// How thorough to be.
 #[derive(Clone, Copy, Debug, Default)]
@@ -249,8 +250,9 @@ impl Repository {
                 }
                 Err(Error::Sink(e)) if e.is_not_found() => {}
                 Err(e) => {
+                    let problem = problem_or_fail(e)?;
                     damaged_index_files.push(meta.key.clone());
-                    damage.object(&meta.key, problem_of(e));
+                    damage.object(&meta.key, problem);
                 }
             }
         }
@@ -298,7 +300,7 @@ impl Repository {
                 Err(e) if damaged_index_files.is_empty() => {
                     tracing::warn!(pack = %key, error = %e, "an unindexed pack does not read back");
                 }
-                Err(e) => damage.object(key, problem_of(e)),
+                Err(e) => damage.object(key, problem_or_fail(e)?),
             }
         }
         index.compact();
@@ -403,7 +405,7 @@ impl Repository {
                     continue;
                 }
                 Err(e) => {
-                    damage.object(&manifest_key, problem_of(e));
+                    damage.object(&manifest_key, problem_or_fail(e)?);
                     damage.affects(&manifest_key, &record.id);
                     continue;
                 }
@@ -444,7 +446,7 @@ impl Repository {
                     Ok(None) => break,
                     Err(e) => {
                         let key = format!("{TREE_OF_SNAPSHOT}{}", record.id);
-                        damage.object(&key, problem_of(e));
+                        damage.object(&key, problem_or_fail(e)?);
                         damage.affects(&key, &record.id);
                         break;
                     }
@@ -670,6 +672,16 @@ fn clone_error(e: &Error) -> Error {
     match e {
         Error::Corrupt { object, reason } => Error::corrupt(object.clone(), reason.clone()),
         other => Error::Repeated(other.to_string()),
+    }
+}
+
+/// The damage an error shows, or the error itself when it shows none: a store or connection
+/// failure (what is left of it after the store client's retries) says nothing about the object,
+/// so verification fails, naming the object and the cause, rather than report it damaged.
+fn problem_or_fail(e: Error) -> Result<String> {
+    match e {
+        e @ Error::Sink(SinkError::Backend { .. }) => Err(e),
+        other => Ok(problem_of(other)),
     }
 }
 

@@ -354,9 +354,23 @@ impl RepoLock {
         // Ours is written first and the conflict check made on a listing that holds it: its
         // store time is the listing's "now", by which the others' ages are judged.
         let sent = Instant::now();
-        sink.put(&key, encode(&info), PutMode::Create).await?;
-        tokio::time::sleep(settings.settle).await;
-        let listing = list_locks(sink.as_ref()).await?;
+        let written = async {
+            sink.put(&key, encode(&info), PutMode::Create).await?;
+            tokio::time::sleep(settings.settle).await;
+            list_locks(sink.as_ref()).await
+        };
+        let listing = match written.await {
+            Ok(listing) => listing,
+            // The put may have been stored though its answer was lost (a retry of it then finds
+            // it "already there": the key is random, so it is ours), or the listing failed: take
+            // ours back, so that a failed attempt leaves no lock for others to wait out.
+            Err(e) => {
+                if let Err(d) = sink.delete(&key).await {
+                    tracing::warn!(lock = %key, error = %d, "cannot remove the lock of a failed attempt; it expires with its time to live");
+                }
+                return Err(e);
+            }
+        };
         if let Some(other) = listing
             .live_others(Some(&key), clock.now())
             .find(|l| conflicts(kind, &l.info))

@@ -11,8 +11,37 @@ use url::Url;
 use super::store_url::redact;
 use super::StoreConfigError;
 
-/// The retries of every store client: up to five, backing off from 100 ms to 5 s, within two
-/// minutes.
+/// How long one request of a store client may take, from connecting until the last byte of its
+/// response body (`AWS_TIMEOUT`, `GOOGLE_TIMEOUT`, `AZURE_TIMEOUT` override it, e.g. `2m`): a
+/// server that stops answering, before the response or in the middle of its body, is cut here,
+/// and the request is retried as [`retry`] says. A single `PUT` (up to 32 MiB) or a part (8 MiB)
+/// must go out within it: 30 s needs about 9 Mbit/s for the largest single `PUT`.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long connecting may take (within [`REQUEST_TIMEOUT`]; `*_CONNECT_TIMEOUT` overrides it).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The retries of every store client, and how long a request can take in all.
+///
+/// A request is retried on a `5xx`, `429` or `408` answer (S3's `500 InternalError` and
+/// `503 SlowDown` included) and on a connection refused or closed before the answer; after a
+/// timeout or a connection reset only if `object_store` holds it idempotent (`GET`, `HEAD`, a
+/// listing, an overwriting `PUT`, a multipart part): a `DELETE`, a create-only `PUT`, a
+/// multipart create or complete then fail at once, naming the object (running the command
+/// again finishes its work). A `GET` whose body fails part way is resumed from where it
+/// stopped (same ETag), counting against the same retries. At most 5 retries, backing off 100 ms,
+/// then at random up to twice the previous wait (at most 0.1 + 0.2 + 0.4 + 0.8 + 1.6 = 3.1 s
+/// in all), and none is started after 120 s. Each attempt ends within [`REQUEST_TIMEOUT`], so
+/// one request of the store client returns, answered or failed, within
+/// min(6 × 30 s + 3.1 s, 120 s + 1.6 s + 30 s) ≈ 152 s (with `*_TIMEOUT=T`:
+/// min(6·T + 3.1 s, 121.6 s + T)). An operation makes many requests, each bounded so.
+///
+/// Not retried by `object_store`, so bounded elsewhere or failing at once: a listing page whose
+/// answer breaks off mid-body (the sink resumes the listing, at most 3 times, each resumption
+/// a request bounded as above: `sink::LIST_RESUMES`); an error answer (`404`…) whose body breaks off (the request fails,
+/// naming the object); a streamed copy's `PUT` (`streaming_put`: cut after the request timeout
+/// without progress, tried 3 times in all by replication). The README's "Retries and timeouts"
+/// has the table; `tests/faults.rs` checks it through a fault-injecting proxy.
 pub(super) fn retry() -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
@@ -110,9 +139,10 @@ fn read_roots<C>(
     Ok(roots)
 }
 
-/// Client options trusting `roots` besides the system's CAs, with the client settings the
-/// environment gives (`{prefix}*` variables that parse as `K`'s client keys), as `from_env`
-/// would have set them.
+/// Client options with the request and connect timeouts ([`REQUEST_TIMEOUT`],
+/// [`CONNECT_TIMEOUT`]), trusting `roots` besides the system's CAs, with the client settings the
+/// environment gives (`{prefix}*` variables that parse as `K`'s client keys, `AWS_TIMEOUT`…),
+/// as `from_env` would have set them, over those.
 pub(super) fn client_options<K>(
     roots: Vec<Certificate>,
     env_prefix: &str,
@@ -121,7 +151,9 @@ pub(super) fn client_options<K>(
 where
     K: std::str::FromStr,
 {
-    let mut options = ClientOptions::new();
+    let mut options = ClientOptions::new()
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_connect_timeout(CONNECT_TIMEOUT);
     for (key, value) in std::env::vars() {
         if key.starts_with(env_prefix) {
             if let Some(k) = key

@@ -12,7 +12,7 @@ use resilience_core::sink::Sink;
 
 use self::client::{check_http, client_options, extra_roots, retry};
 use self::store_url::redact;
-pub(crate) use client::{extra_reqwest_roots, is_loopback};
+pub(crate) use client::{extra_reqwest_roots, is_loopback, REQUEST_TIMEOUT};
 pub use store_url::{StoreConfigError, StoreUrl};
 
 use crate::sink::ObjectStoreSink;
@@ -70,15 +70,15 @@ pub(crate) fn s3_settings(
     let plain = endpoint
         .as_deref()
         .is_some_and(|e| e.starts_with("http://"));
-    if !plain {
-        let roots = extra_roots(text, ca_file.as_deref(), true)?;
-        if !roots.is_empty() {
-            b = b.with_client_options(client_options(roots, "AWS_", |k| match k {
-                object_store::aws::AmazonS3ConfigKey::Client(c) => Some(c),
-                _ => None,
-            }));
-        }
-    }
+    let roots = if plain {
+        Vec::new()
+    } else {
+        extra_roots(text, ca_file.as_deref(), true)?
+    };
+    b = b.with_client_options(client_options(roots, "AWS_", |k| match k {
+        object_store::aws::AmazonS3ConfigKey::Client(c) => Some(c),
+        _ => None,
+    }));
     let mut http = false;
     if let Some(ep) = &endpoint {
         http = check_http(text, ep)?;
@@ -187,12 +187,10 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
                 .with_bucket_name(&bucket)
                 .with_retry(retry());
             let roots = extra_roots(text, ca_file.as_deref(), false)?;
-            if !roots.is_empty() {
-                b = b.with_client_options(client_options(roots, "GOOGLE_", |k| match k {
-                    object_store::gcp::GoogleConfigKey::Client(c) => Some(c),
-                    _ => None,
-                }));
-            }
+            b = b.with_client_options(client_options(roots, "GOOGLE_", |k| match k {
+                object_store::gcp::GoogleConfigKey::Client(c) => Some(c),
+                _ => None,
+            }));
             let store = b.build().map_err(client)?;
             OpenedStore {
                 store: Arc::new(store),
@@ -211,12 +209,10 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
                 .with_container_name(&container)
                 .with_retry(retry());
             let roots = extra_roots(text, ca_file.as_deref(), false)?;
-            if !roots.is_empty() {
-                b = b.with_client_options(client_options(roots, "AZURE_", |k| match k {
-                    object_store::azure::AzureConfigKey::Client(c) => Some(c),
-                    _ => None,
-                }));
-            }
+            b = b.with_client_options(client_options(roots, "AZURE_", |k| match k {
+                object_store::azure::AzureConfigKey::Client(c) => Some(c),
+                _ => None,
+            }));
             let store = b.build().map_err(client)?;
             OpenedStore {
                 store: Arc::new(store),

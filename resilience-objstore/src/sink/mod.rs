@@ -20,6 +20,9 @@ use self::etag::{is_md5, normalize_etag, PartDigests};
 use self::upload::{PART_SIZE, SINGLE_PUT_MAX};
 use crate::streaming_put::{StreamingPut, SINGLE_PUT_LIMIT};
 
+/// How many times a listing broken off by the store or the connection is resumed.
+const LIST_RESUMES: u32 = 3;
+
 /// A [`Sink`] over an [`ObjectStore`], with an optional key prefix.
 ///
 /// ```
@@ -143,6 +146,64 @@ impl ObjectStoreSink {
             location,
             source: Box::new(e),
         })
+    }
+
+    /// The listing of `folder`, resumed after the last object it gave when the store or the
+    /// connection breaks it off (a page's answer cut mid-body, which `object_store` does not
+    /// retry), at most [`LIST_RESUMES`] times, after 0.2, 0.4, 0.8 s. Only S3, GCS and Azure
+    /// listings are resumed: they come in key order, so nothing is skipped or given twice.
+    fn resumed_listing(
+        &self,
+        folder: Option<Path>,
+    ) -> BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        struct Listing {
+            store: Arc<dyn ObjectStore>,
+            folder: Option<Path>,
+            stream: BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
+            last: Option<Path>,
+            resumes: u32,
+            done: bool,
+        }
+        let start = Listing {
+            stream: self.store.list(folder.as_ref()),
+            store: self.store.clone(),
+            folder,
+            last: None,
+            resumes: 0,
+            done: false,
+        };
+        futures::stream::unfold(start, |mut l| async move {
+            if l.done {
+                return None;
+            }
+            loop {
+                match l.stream.next().await {
+                    Some(Ok(meta)) => {
+                        l.last = Some(meta.location.clone());
+                        return Some((Ok(meta), l));
+                    }
+                    Some(Err(object_store::Error::Generic { store, source }))
+                        if matches!(store, "S3" | "GCS" | "MicrosoftAzure")
+                            && l.resumes < LIST_RESUMES =>
+                    {
+                        l.resumes += 1;
+                        tracing::warn!(folder = ?l.folder, after = ?l.last, error = %source, "listing broken off; resuming it");
+                        tokio::time::sleep(std::time::Duration::from_millis(100 << l.resumes))
+                            .await;
+                        l.stream = match &l.last {
+                            Some(last) => l.store.list_with_offset(l.folder.as_ref(), last),
+                            None => l.store.list(l.folder.as_ref()),
+                        };
+                    }
+                    Some(Err(e)) => {
+                        l.done = true;
+                        return Some((Err(e), l));
+                    }
+                    None => return None,
+                }
+            }
+        })
+        .boxed()
     }
 
     async fn exists(&self, key: &str) -> Result<bool, SinkError> {
@@ -331,8 +392,7 @@ impl Sink for ObjectStoreSink {
             Some(self.path(folder))
         };
         let wanted = prefix.to_owned();
-        self.store
-            .list(folder_path.as_ref())
+        self.resumed_listing(folder_path)
             .map_err(move |e| self.error("list", &wanted.clone(), e))
             .map_ok(move |m| ObjectMeta {
                 key: self.key_of(&m.location),

@@ -139,7 +139,15 @@ impl Repository {
             updated_at: started_at,
             salvage: None,
         };
-        catalog.put(&record).await?;
+        if let Err(e) = catalog.put(&record).await {
+            // Nothing of the backup is written yet (its record at most, which then stays
+            // `running` with no live lock, as after a crash): give the lock back rather than
+            // leave it to expire.
+            if let Err(e) = lock.release().await {
+                tracing::warn!(error = %e, "could not remove the backup lock; it will expire");
+            }
+            return Err(e);
+        }
         let outcome = match &options.stop {
             None => self.run_backup(source, &options, &mut record, &lock).await,
             Some(stop) => {
@@ -190,8 +198,8 @@ impl Repository {
         let result = match outcome {
             Ok(reused) => {
                 record.status = BackupStatus::Succeeded;
-                catalog.put(&record).await?;
-                Ok(BackupReport {
+                // A failure here is the backup's (the lock is released below all the same).
+                catalog.put(&record).await.map(|()| BackupReport {
                     record: record.clone(),
                     reused_entries: reused,
                     duration: started.elapsed(),
