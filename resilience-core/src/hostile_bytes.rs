@@ -73,8 +73,11 @@ static REPO: LazyLock<Repository> = LazyLock::new(|| {
     })
 });
 
+/// The test repository's keys, read once.
+static KEYS: LazyLock<Arc<KeySet>> = LazyLock::new(|| REPO.keys());
+
 fn keys() -> &'static KeySet {
-    &REPO.keys
+    &KEYS
 }
 
 /// `Ok`, or an error that names `name`.
@@ -955,7 +958,7 @@ fn backup_record() -> BackupRecord {
 fn hostile_catalog_revision() {
     let rt = rt();
     let base = backup_record();
-    let catalog = RepoCatalog::new(REPO.sink.clone(), REPO.keys.clone());
+    let catalog = RepoCatalog::new(REPO.sink.clone(), REPO.keys());
     run((json_damage(), wrap()), |(damage, wrap)| {
         let name = "catalog/20250615T150000Z-0123/0000000002-succeeded";
         let payload = damage.apply(&base);
