@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery};
+use resilience_core::catalog::{BackupStatus, Catalog, CatalogQuery, Tier};
 use resilience_core::keys::KeyFileProvider;
 use resilience_core::ops::prune::PruneOptions;
+use resilience_core::ops::repair::RepairIndexOptions;
 use resilience_core::ops::replicate::{replicate, ReplicateOptions};
 use resilience_core::ops::verify::VerifyOptions;
 use resilience_core::repo::lock::LockSettings;
@@ -460,6 +461,119 @@ async fn a_replication_survives_its_replica_dying_at_any_operation() {
         assert!(
             on == On::Get || failed >= 3,
             "replicate, {on:?}: only {failed} runs failed"
+        );
+    }
+}
+
+async fn repair_index(repo: Repository) -> resilience_core::Result<()> {
+    repo.repair_index(RepairIndexOptions::default())
+        .await
+        .map(drop)
+}
+
+/// `repair index` writes new index files, then removes the old ones: a death anywhere leaves
+/// every pack indexed by one or the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_repair_survives_its_store_dying_at_any_operation() {
+    for on in [On::Put, On::Get, On::Delete] {
+        let failed = sweep("repair index", on, repair_index).await;
+        assert!(failed > 0, "repair index, {on:?}: no run failed");
+    }
+}
+
+/// Which tier's store dies during a move.
+#[derive(Clone, Copy, Debug)]
+enum Dies {
+    Hot,
+    Cold,
+}
+
+/// The newest succeeded snapshot.
+async fn newest(repo: &Repository) -> String {
+    let records = repo.catalog().list(&CatalogQuery::default()).await.unwrap();
+    records
+        .iter()
+        .rev()
+        .find(|r| r.status == BackupStatus::Succeeded)
+        .expect("a succeeded snapshot")
+        .id
+        .clone()
+}
+
+/// A snapshot's move to the cold tier, with either tier's store dying at every N: after each
+/// death both tiers open and verify, every snapshot restores from wherever the catalog says it
+/// is, and the move run again completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_to_cold_survives_either_store_dying_at_any_operation() {
+    // The move only writes to the cold tier (its listings and heads are not swept).
+    let sweeps = [
+        (Dies::Hot, On::Put),
+        (Dies::Hot, On::Get),
+        (Dies::Hot, On::Delete),
+        (Dies::Cold, On::Put),
+    ];
+    for (dies, on) in sweeps {
+        let mut failed = 0;
+        for at in (1..).filter(|&at| swept(at)) {
+            let hot = seeded().await;
+            let cold = Arc::new(MemorySink::new());
+            let id = newest(&open(hot.clone()).await).await;
+            // The cold tier exists before the move (attaching initializes it).
+            open(hot.clone())
+                .await
+                .attach_cold(cold.clone())
+                .await
+                .unwrap();
+            let (hot_sink, cold_sink, dying): (Arc<dyn Sink>, Arc<dyn Sink>, _) = match dies {
+                Dies::Hot => {
+                    let d = Arc::new(DyingSink::new(hot.clone(), on));
+                    (d.clone(), cold.clone(), d)
+                }
+                Dies::Cold => {
+                    let d = Arc::new(DyingSink::new(cold.clone(), on));
+                    (hot.clone(), d.clone(), d)
+                }
+            };
+            let repo = open(hot_sink).await.attach_cold(cold_sink).await.unwrap();
+            dying.arm(at);
+            let outcome = repo.move_to_cold(&id).await;
+            let context = format!("move to cold, {dies:?} store dead at {on:?} #{at}");
+            if !dying.died() {
+                outcome.unwrap_or_else(|e| panic!("{context}: failed without a fault: {e}"));
+                assert!(at > 1, "{context}: nothing was swept");
+                eprintln!(
+                        "move to cold, {dies:?} dies, {on:?}: crash points 1 to {}, {failed} swept and failed",
+                        at - 1
+                    );
+                break;
+            }
+            if outcome.is_err() {
+                failed += 1;
+            }
+            clear_locks(&hot).await;
+            clear_locks(&cold).await;
+            let both = open(hot.clone())
+                .await
+                .attach_cold(cold.clone())
+                .await
+                .unwrap();
+            assert_sound(&both, &context).await;
+            assert_sound(both.cold_tier().unwrap(), &format!("{context}, cold tier")).await;
+            both.move_to_cold(&id)
+                .await
+                .unwrap_or_else(|e| panic!("{context}: the rerun failed: {e}"));
+            let rec = both.catalog().get(&id).await.unwrap().unwrap();
+            assert_eq!(rec.tier, Tier::Cold, "{context}: after the rerun");
+            assert_sound(&both, &format!("{context}, after the rerun")).await;
+            assert_sound(
+                both.cold_tier().unwrap(),
+                &format!("{context}, cold tier after the rerun"),
+            )
+            .await;
+        }
+        assert!(
+            failed > 0,
+            "move to cold, {dies:?} dies, {on:?}: no run failed"
         );
     }
 }

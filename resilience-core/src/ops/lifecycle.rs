@@ -419,6 +419,14 @@ impl Repository {
                 id: spec.to_owned(),
             })?;
         if record.tier == tier {
+            // A move interrupted after the catalog said so leaves the source's manifest: the
+            // destination holds its copy, so it goes now.
+            let manifest_key = crate::format::snapshot::manifest_key(&record.id);
+            match to.sink.head(&manifest_key).await {
+                Ok(_) => self.sink.delete(&manifest_key).await?,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
             return Ok(TierMove {
                 snapshot: record.id,
                 ..Default::default()
@@ -507,12 +515,21 @@ impl Repository {
         let packs: Vec<_> = needed.into_values().collect();
         to.write_index(&packs).await?;
         crate::repo::put_idempotent(to.sink.as_ref(), &manifest_key, manifest_bytes).await?;
-        record.revision += 1;
-        record.tier = tier;
-        record.updated_at = self.clock.now();
         // The catalog of record is one of the two stores' catalogs: the destination learns of
-        // the move first, then the source, so each store's prune sees its own snapshots.
-        to.catalog().put(&record).await?;
+        // the move first, then the source, so each store's prune sees its own snapshots. A move
+        // interrupted between the two left the destination's revision: it is adopted, not
+        // written again.
+        match to.catalog().get(&record.id).await? {
+            Some(theirs) if theirs.revision > record.revision && theirs.tier == tier => {
+                record = theirs;
+            }
+            theirs => {
+                record.revision = record.revision.max(theirs.map_or(0, |r| r.revision)) + 1;
+                record.tier = tier;
+                record.updated_at = self.clock.now();
+                to.catalog().put(&record).await?;
+            }
+        }
         self.catalog().put(&record).await?;
         self.sink.delete(&manifest_key).await?;
         Ok(moved)
