@@ -64,6 +64,20 @@ pub struct Copied {
     pub proven: bool,
 }
 
+/// An upload the store holds but never turned into an object: a multipart upload started and
+/// neither completed nor aborted (its parts are billed and no listing shows them), or a local
+/// store's staging file left by a killed write. Prune discards them once they are older than its
+/// grace period ([`Sink::unfinished_uploads`], [`Sink::discard_upload`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnfinishedUpload {
+    /// The key of the object it would have become.
+    pub key: String,
+    /// The store's handle on it: an S3 upload id, or a staging file's path.
+    pub id: String,
+    /// When it was started, by the store's clock, where the store says.
+    pub started: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// How a put treats an object that already exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutMode {
@@ -268,10 +282,26 @@ pub trait Sink: Send + Sync + fmt::Debug {
         }
         Ok(wanted.freeze())
     }
+
+    /// The uploads under `prefix` that were started and never finished (see
+    /// [`UnfinishedUpload`]). Stores that leave nothing behind when a writer dies (memory, and
+    /// any store without multipart uploads or staging files) have none: the default.
+    async fn unfinished_uploads(&self, prefix: &str) -> Result<Vec<UnfinishedUpload>, SinkError> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+
+    /// Discards an unfinished upload (aborts it, or removes its staging file). Discarding one
+    /// already gone succeeds. The default has nothing to discard.
+    async fn discard_upload(&self, upload: &UnfinishedUpload) -> Result<(), SinkError> {
+        let _ = upload;
+        Ok(())
+    }
 }
 
 crate::forward_sink! {
     /// A shared sink is a sink, so wrappers compose over `Arc<dyn Sink>`.
     (impl<S: Sink + ?Sized> Sink for std::sync::Arc<S>)
-    to **self: location, put_stream, get_stream, head, list, delete, put, put_copy, get, get_range;
+    to **self: location, put_stream, get_stream, head, list, delete, put, put_copy, get, get_range,
+        unfinished_uploads, discard_upload;
 }

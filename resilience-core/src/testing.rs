@@ -249,7 +249,8 @@ impl<S: Sink> FaultySink<S> {
 
 crate::forward_sink! {
     (impl<S: Sink> Sink for FaultySink<S>)
-    to self.inner: location, get, get_stream, head, list, delete;
+    to self.inner: location, get, get_stream, head, list, delete, unfinished_uploads,
+        discard_upload;
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         self.spend(key)?;
@@ -426,7 +427,7 @@ impl PausableSink {
 
 crate::forward_sink! {
     (impl Sink for PausableSink)
-    to self.inner: location;
+    to self.inner: location, unfinished_uploads, discard_upload;
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         self.before_put(key).await;

@@ -484,3 +484,118 @@ async fn a_mostly_dead_pack_is_repacked_and_the_original_is_deleted_not_resurrec
         .unwrap();
     assert!(target.content("a").unwrap() == live);
 }
+
+/// Waits (bounded) until a lock is in the store: a backup spawned has taken its lock.
+async fn until_locked(sink: &dyn Sink) {
+    for _ in 0..2000 {
+        let locks: Vec<_> = sink.list("locks/").try_collect().await.unwrap();
+        if !locks.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the backup never took its lock");
+}
+
+#[tokio::test]
+async fn unfinished_uploads_are_discarded_once_older_than_the_grace_period() {
+    let clock = Arc::new(resilience_core::time::clock::ManualClock::new(
+        "2026-06-01T00:00:00Z".parse().unwrap(),
+    ));
+    let mem = Arc::new(MemorySink::with_clock(clock.clone()));
+    let repo = repo_on(mem.clone()).await.with_clock(clock.clone());
+    repo.backup(
+        &MemorySource::new("s").file("a", data(1 << 20, 1)),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let upload = mem.plant_unfinished_upload("data/ab/ab00");
+    let hour = PruneOptions {
+        grace: Duration::from_secs(3600),
+        ..Default::default()
+    };
+
+    let young = repo.prune(hour).await.unwrap();
+    assert_eq!(young.discarded_uploads, 0, "{young:?}");
+    assert!(
+        young.waiting_uploads.len() == 1 && young.waiting_uploads[0].contains("grace"),
+        "{young:?}"
+    );
+    assert_eq!(
+        mem.unfinished_uploads("").await.unwrap(),
+        vec![upload.clone()]
+    );
+
+    clock.advance(chrono::Duration::hours(2));
+    let dry = repo
+        .prune(PruneOptions {
+            dry_run: true,
+            ..hour
+        })
+        .await
+        .unwrap();
+    assert_eq!(dry.discarded_uploads, 1, "{dry:?}");
+    assert_eq!(
+        mem.unfinished_uploads("").await.unwrap(),
+        vec![upload],
+        "a dry run discards nothing"
+    );
+    let ripe = repo.prune(hour).await.unwrap();
+    assert_eq!(ripe.discarded_uploads, 1, "{ripe:?}");
+    assert!(ripe.waiting_uploads.is_empty() && ripe.upload_warnings.is_empty());
+    assert!(mem.unfinished_uploads("").await.unwrap().is_empty());
+    repo.verify(VerifyOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unfinished_upload_waits_while_a_backup_that_may_own_it_runs() {
+    let mem = Arc::new(MemorySink::new());
+    let repo = repo_on(mem.clone()).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let running = {
+        let repo = repo.clone();
+        let src = GatedSource {
+            content: data(1 << 20, 4),
+            gate: gate.clone(),
+        };
+        tokio::spawn(async move { repo.backup(&src, Default::default()).await })
+    };
+    until_locked(mem.as_ref()).await;
+    // The running backup's upload (started after its lock was taken).
+    mem.plant_unfinished_upload("data/cd/cd00");
+
+    let waiting = repo.prune(now_prune()).await.unwrap();
+    assert_eq!(waiting.discarded_uploads, 0, "{waiting:?}");
+    assert!(
+        waiting.waiting_uploads.len() == 1 && waiting.waiting_uploads[0].contains("backup"),
+        "{waiting:?}"
+    );
+    assert_eq!(mem.unfinished_uploads("").await.unwrap().len(), 1);
+
+    gate.add_permits(1);
+    running.await.unwrap().unwrap();
+    let done = repo.prune(now_prune()).await.unwrap();
+    assert_eq!(done.discarded_uploads, 1, "{done:?}");
+    assert!(mem.unfinished_uploads("").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_upload_that_cannot_be_discarded_is_a_warning_naming_it_not_a_failed_prune() {
+    let mem = Arc::new(MemorySink::new());
+    repo_on(mem.clone()).await;
+    mem.plant_unfinished_upload("data/ef/ef00");
+    // Append-only credentials cannot discard (it deletes what the upload stored).
+    let append_only: Arc<dyn Sink> =
+        Arc::new(resilience_core::sink::AppendOnlySink::new(mem.clone()));
+    let repo = Repository::open(append_only, &KeyFileProvider::from_key([1; 32]))
+        .await
+        .unwrap();
+    let report = repo.prune(now_prune()).await.unwrap();
+    assert_eq!(report.discarded_uploads, 0, "{report:?}");
+    assert!(
+        report.upload_warnings.len() == 1 && report.upload_warnings[0].contains("data/ef/ef00"),
+        "{report:?}"
+    );
+    assert_eq!(mem.unfinished_uploads("").await.unwrap().len(), 1);
+}

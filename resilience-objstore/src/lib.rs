@@ -36,4 +36,4 @@ pub use config::{
 };
 pub use keys::kms::AwsCredentials;
 pub use repository::{no_key, KeyOptions, OpenError, RepositoryOptions, PASSWORD_VARIABLE};
-pub use sink::ObjectStoreSink;
+pub use sink::{Fsync, LocalSync, ObjectStoreSink};

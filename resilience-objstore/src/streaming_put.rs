@@ -233,6 +233,68 @@ impl StreamingPut {
     }
 }
 
+impl StreamingPut {
+    /// Sends a signed request without a body to the bucket — to the object at `path` if given,
+    /// with `query` (already encoded) — and returns the body of a successful answer, or the
+    /// failure as text. Bounded by the store client's request timeout.
+    pub(crate) async fn send_empty(
+        &self,
+        method: http::Method,
+        path: Option<&object_store::path::Path>,
+        query: &str,
+    ) -> Result<bytes::Bytes, String> {
+        let client = self.client()?;
+        let credential = client
+            .credentials
+            .get_credential()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut url = client.bucket_url.clone();
+        if let Some(path) = path {
+            url.push('/');
+            url.extend(utf8_percent_encode(path.as_ref(), PATH));
+        }
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        let mut signed = http::Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .body(HttpRequestBody::empty())
+            .map_err(|e| e.to_string())?;
+        AwsAuthorizer::new(&credential, "s3", &client.region)
+            .with_sign_payload(false)
+            .authorize(&mut signed, None);
+        let exchange = async {
+            let response = client
+                .http
+                .request(method, &url)
+                .headers(signed.headers().clone())
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let status = response.status();
+            let body = response.bytes().await.map_err(|e| error_chain(&e))?;
+            if !status.is_success() {
+                return Err(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ));
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(client.idle, exchange)
+            .await
+            .map_err(|_| format!("timed out after {:?}", client.idle))?
+    }
+
+    /// The bucket and prefix, for messages.
+    pub(crate) fn location(&self) -> &str {
+        &self.location
+    }
+}
+
 /// When a request last made progress.
 #[derive(Clone)]
 struct Progress {

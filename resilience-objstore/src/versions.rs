@@ -95,7 +95,7 @@ pub struct VersionPage {
     pub next: Option<(String, String)>,
 }
 
-fn text_of(reader: &mut quick_xml::Reader<&[u8]>, end: &[u8]) -> Result<String, String> {
+pub(crate) fn text_of(reader: &mut quick_xml::Reader<&[u8]>, end: &[u8]) -> Result<String, String> {
     let mut out = String::new();
     loop {
         match reader.read_event().map_err(|e| e.to_string())? {
@@ -118,7 +118,7 @@ fn text_of(reader: &mut quick_xml::Reader<&[u8]>, end: &[u8]) -> Result<String, 
     }
 }
 
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("LastModified {s:?}: {e}"))

@@ -41,6 +41,23 @@ pub async fn run(g: &Global, dry_run: bool, grace: &str) -> Result<(), CliError>
         for w in &report.waiting_plans {
             println!("waiting: {w}");
         }
+        if report.discarded_uploads > 0 {
+            println!(
+                "{} {} unfinished upload(s) left by interrupted writers",
+                if dry_run {
+                    "would discard"
+                } else {
+                    "discarded"
+                },
+                report.discarded_uploads
+            );
+        }
+        for w in &report.waiting_uploads {
+            println!("waiting: {w}");
+        }
+        for w in &report.upload_warnings {
+            eprintln!("warning: {w}");
+        }
     }
     Ok(())
 }

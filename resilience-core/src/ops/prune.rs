@@ -23,6 +23,11 @@
 //! Prune never decides from an incomplete index: a damaged index file makes it fail, naming the
 //! file and saying to run `resilience repair index` ([`Repository::repair_index`]) first,
 //! before anything is deleted.
+//!
+//! Each run also discards the unfinished uploads (multipart uploads, staging files) that killed
+//! writers left, once older than the grace period ([`uploads`]).
+
+mod uploads;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -86,6 +91,13 @@ pub struct PruneReport {
     pub resurrected_packs: usize,
     /// Plans not yet ripe, with why.
     pub waiting_plans: Vec<String>,
+    /// Unfinished uploads (left by killed writers) discarded in this run (or, in a dry run,
+    /// that would be).
+    pub discarded_uploads: usize,
+    /// Unfinished uploads not yet discarded, with why.
+    pub waiting_uploads: Vec<String>,
+    /// Unfinished uploads that could not be listed or discarded (the next prune tries again).
+    pub upload_warnings: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -244,6 +256,8 @@ impl Repository {
         let grace = chrono::Duration::from_std(options.grace)
             .map_err(|_| Error::Usage("grace period too long".into()))?;
         let locks = lock::list_locks(self.sink.as_ref()).await?;
+        self.discard_unfinished_uploads(&options, &locks, lock, grace, &mut report)
+            .await;
         let plans = self.prune_plans().await?;
         // The store's time of each plan: its age and the locks taken before it are judged by
         // the store's clock, like lock liveness, never by comparing two clients' clocks.

@@ -442,7 +442,8 @@ mod tests {
 
     crate::forward_sink! {
         (impl Sink for Tampering)
-        to self.inner: put, get, get_range, head, list, delete;
+        to self.inner: put, get, get_range, head, list, delete, unfinished_uploads,
+            discard_upload;
 
         fn location(&self) -> String {
             "tampering://".into()

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
+use super::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError, UnfinishedUpload};
 
 /// Refuses every delete and every overwrite of an existing object, except of the backup's own
 /// lock objects (`locks/…`), which a backup must refresh and remove. With credentials that
@@ -58,7 +58,7 @@ impl<S: Sink> AppendOnlySink<S> {
 
 crate::forward_sink! {
     (impl<S: Sink> Sink for AppendOnlySink<S>)
-    to self.inner: location, get_stream, head, list, get, get_range;
+    to self.inner: location, get_stream, head, list, get, get_range, unfinished_uploads;
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         let mode = self.guard_put(key, mode).await?;
@@ -90,5 +90,10 @@ crate::forward_sink! {
             return self.inner.delete(key).await;
         }
         Err(Self::refuse("delete", key))
+    }
+
+    /// Discarding an upload deletes what it stored so far: refused like a delete.
+    async fn discard_upload(&self, upload: &UnfinishedUpload) -> Result<(), SinkError> {
+        Err(Self::refuse("discard of an unfinished upload", &upload.key))
     }
 }

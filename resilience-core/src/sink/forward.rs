@@ -30,7 +30,8 @@ pub mod __private {
 ///
 /// resilience_core::forward_sink! {
 ///     (impl<S: Sink> Sink for Counted<S>)
-///     to self.inner: location, get_stream, head, list, delete, put, put_copy, get, get_range;
+///     to self.inner: location, get_stream, head, list, delete, put, put_copy, get, get_range,
+///         unfinished_uploads, discard_upload;
 ///
 ///     async fn put_stream(
 ///         &self,
@@ -165,6 +166,29 @@ macro_rules! forward_sink {
                 key: &str,
             ) -> ::std::result::Result<$crate::sink::__private::Bytes, $crate::sink::SinkError> {
                 $crate::sink::Sink::get($inner, key).await
+            }
+        ] [$($rest)*] $items);
+    };
+    (@munch $attr:tt $header:tt [$s:tt] [$inner:tt] [$($done:tt)*] [unfinished_uploads $($rest:ident)*] $items:tt) => {
+        $crate::forward_sink!(@munch $attr $header [$s] [$inner] [$($done)*
+            async fn unfinished_uploads(
+                &$s,
+                prefix: &str,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::sink::UnfinishedUpload>,
+                $crate::sink::SinkError,
+            > {
+                $crate::sink::Sink::unfinished_uploads($inner, prefix).await
+            }
+        ] [$($rest)*] $items);
+    };
+    (@munch $attr:tt $header:tt [$s:tt] [$inner:tt] [$($done:tt)*] [discard_upload $($rest:ident)*] $items:tt) => {
+        $crate::forward_sink!(@munch $attr $header [$s] [$inner] [$($done)*
+            async fn discard_upload(
+                &$s,
+                upload: &$crate::sink::UnfinishedUpload,
+            ) -> ::std::result::Result<(), $crate::sink::SinkError> {
+                $crate::sink::Sink::discard_upload($inner, upload).await
             }
         ] [$($rest)*] $items);
     };

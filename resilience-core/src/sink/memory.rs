@@ -10,7 +10,7 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use chrono::{DateTime, Utc};
 
-use super::{ByteStream, ObjectMeta, PutMode, Sink, SinkError};
+use super::{ByteStream, ObjectMeta, PutMode, Sink, SinkError, UnfinishedUpload};
 use crate::time::clock::{Clock, SystemClock};
 
 /// A [`Sink`] that keeps objects in a map. Cheap to create; shares nothing between instances.
@@ -32,6 +32,8 @@ use crate::time::clock::{Clock, SystemClock};
 #[derive(Debug)]
 pub struct MemorySink {
     objects: Mutex<BTreeMap<String, (Bytes, DateTime<Utc>)>>,
+    /// Uploads a test planted as left behind by a killed writer.
+    unfinished: Mutex<Vec<UnfinishedUpload>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -51,6 +53,7 @@ impl MemorySink {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         MemorySink {
             objects: Mutex::new(BTreeMap::new()),
+            unfinished: Mutex::new(Vec::new()),
             clock,
         }
     }
@@ -73,6 +76,19 @@ impl MemorySink {
             .lock()
             .expect("memory sink lock poisoned")
             .insert(key.to_owned(), (data, now));
+    }
+
+    /// Records an upload of `key` as started now (by the sink's clock) and never finished, as
+    /// a writer killed mid-upload leaves one in a store with multipart uploads; returns it.
+    pub fn plant_unfinished_upload(&self, key: &str) -> UnfinishedUpload {
+        let mut unfinished = self.unfinished.lock().expect("memory sink lock poisoned");
+        let upload = UnfinishedUpload {
+            key: key.to_owned(),
+            id: format!("upload-{}", unfinished.len() + 1),
+            started: Some(self.clock.now()),
+        };
+        unfinished.push(upload.clone());
+        upload
     }
 }
 
@@ -171,6 +187,25 @@ impl Sink for MemorySink {
             .lock()
             .expect("memory sink lock poisoned")
             .remove(key);
+        Ok(())
+    }
+
+    async fn unfinished_uploads(&self, prefix: &str) -> Result<Vec<UnfinishedUpload>, SinkError> {
+        Ok(self
+            .unfinished
+            .lock()
+            .expect("memory sink lock poisoned")
+            .iter()
+            .filter(|u| u.key.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn discard_upload(&self, upload: &UnfinishedUpload) -> Result<(), SinkError> {
+        self.unfinished
+            .lock()
+            .expect("memory sink lock poisoned")
+            .retain(|u| u.id != upload.id);
         Ok(())
     }
 }

@@ -2,7 +2,9 @@
 //! a local file system, copies proven by ETags. How a body is uploaded is `upload`; the ETag
 //! arithmetic `etag`.
 
+mod durable;
 mod etag;
+mod unfinished;
 mod upload;
 
 use std::ops::Range;
@@ -14,8 +16,11 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
-use resilience_core::sink::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
+use resilience_core::sink::{
+    ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError, UnfinishedUpload,
+};
 
+pub use self::durable::{Fsync, LocalSync};
 use self::etag::{is_md5, normalize_etag, PartDigests};
 use self::upload::{PART_SIZE, SINGLE_PUT_MAX};
 use crate::streaming_put::{StreamingPut, SINGLE_PUT_LIMIT};
@@ -36,6 +41,8 @@ pub struct ObjectStoreSink {
     prefix: String,
     location: String,
     local_root: Option<PathBuf>,
+    /// How a local store's writes are synced ([`Fsync`] unless a test records them).
+    local_sync: Arc<dyn LocalSync>,
     put_attributes: object_store::Attributes,
     /// Streamed single `PUT`s for copies, where the store is S3.
     streaming_put: Option<StreamingPut>,
@@ -62,15 +69,25 @@ impl ObjectStoreSink {
             prefix: prefix.trim_matches('/').to_owned(),
             location: location.to_owned(),
             local_root: None,
+            local_sync: Arc::new(Fsync),
             put_attributes: Default::default(),
             streaming_put: None,
         }
     }
 
     /// Marks the store as the local filesystem rooted at `root`, so that every put is fsynced
-    /// (file and directory) before it returns: durable, as the engine requires.
+    /// before it returns — the file, then every directory from its parent up to `root` (a
+    /// directory the put created, and the rename that published the file, are durable too):
+    /// durable, as the engine requires.
     pub fn with_local_root(mut self, root: PathBuf) -> Self {
         self.local_root = Some(root);
+        self
+    }
+
+    /// Syncs a local store's writes with `sync` instead of `fsync(2)` (a test that records the
+    /// calls). Has no effect unless [`ObjectStoreSink::with_local_root`] is set.
+    pub fn with_local_sync(mut self, sync: Arc<dyn LocalSync>) -> Self {
+        self.local_sync = sync;
         self
     }
 
@@ -120,32 +137,25 @@ impl ObjectStoreSink {
     }
 
     async fn make_durable(&self, key: &str) -> Result<(), SinkError> {
-        let Some(root) = &self.local_root else {
+        let Some(root) = self.local_root.clone() else {
             return Ok(());
         };
         let file = root.join(self.path(key).as_ref());
-        let key = key.to_owned();
-        let location = self.location.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::File::open(&file)?.sync_all()?;
-            if let Some(dir) = file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| SinkError::Backend {
+        let sync = self.local_sync.clone();
+        let synced =
+            tokio::task::spawn_blocking(move || durable::sync_path(sync.as_ref(), &root, &file))
+                .await;
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| SinkError::Backend {
             operation: "fsync",
-            key: key.clone(),
-            location: location.clone(),
-            source: Box::new(e),
-        })?
-        .map_err(|e| SinkError::Backend {
-            operation: "fsync",
-            key,
-            location,
-            source: Box::new(e),
-        })
+            key: key.to_owned(),
+            location: self.location.clone(),
+            source,
+        };
+        match synced {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failed(Box::new(e))),
+            Err(e) => Err(failed(Box::new(e))),
+        }
     }
 
     /// The listing of `folder`, resumed after the last object it gave when the store or the
@@ -411,6 +421,28 @@ impl Sink for ObjectStoreSink {
         match self.store.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("delete", key, e)),
+        }
+    }
+
+    /// A local store's staging files (`NAME#N`), or an S3 bucket's multipart uploads in
+    /// progress; other stores leave nothing behind.
+    async fn unfinished_uploads(&self, prefix: &str) -> Result<Vec<UnfinishedUpload>, SinkError> {
+        if let Some(root) = &self.local_root {
+            return self.local_unfinished(root.clone(), prefix).await;
+        }
+        match &self.streaming_put {
+            Some(s3) => self.s3_unfinished(s3, prefix).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn discard_upload(&self, upload: &UnfinishedUpload) -> Result<(), SinkError> {
+        if let Some(root) = &self.local_root {
+            return self.local_discard(root.clone(), upload).await;
+        }
+        match &self.streaming_put {
+            Some(s3) => self.s3_discard(s3, upload).await,
+            None => Ok(()),
         }
     }
 }
