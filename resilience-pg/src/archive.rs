@@ -12,7 +12,11 @@
 //!
 //! Pushing is idempotent and never lies: success is reported only after the object is durable;
 //! a second push of identical bytes succeeds; different bytes under an existing name are refused
-//! and the stored object is kept.
+//! and the stored object is kept. Two pushes of one name at the same moment agree through
+//! claims which may write it ([`claim`]): of different bytes, at most one is acknowledged, also
+//! on stores that ignore create-only puts.
+
+mod claim;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -154,7 +158,38 @@ impl WalArchive {
         })
         .await
         .map_err(|e| PgError::Invalid(format!("sealing {name}: {e}")))?;
-        match self.sink.put(&key, sealed.into(), PutMode::Create).await {
+        let claim = match self.claim(name, &digest).await {
+            Ok(claim) => claim,
+            Err(PgError::WalPushContended { name: n, claim }) => {
+                // The rival may have finished meanwhile: then its copy decides.
+                if let Some(existing) = self.header(name).await? {
+                    return self.compare(name, &existing, &digest);
+                }
+                return Err(PgError::WalPushContended { name: n, claim });
+            }
+            Err(e) => return Err(e),
+        };
+        // Looked for again under the claim: a rival that finished (and released its claim)
+        // after the first look wrote the object before this listing.
+        let written = match self.header(name).await {
+            Ok(Some(existing)) => {
+                self.release(claim).await;
+                return self.compare(name, &existing, &digest);
+            }
+            Ok(None) => match self.check_claim(name, &claim) {
+                Ok(()) => self.sink.put(&key, sealed.into(), PutMode::Create).await,
+                Err(e) => {
+                    self.release(claim).await;
+                    return Err(e);
+                }
+            },
+            Err(e) => {
+                self.release(claim).await;
+                return Err(e);
+            }
+        };
+        self.release(claim).await;
+        match written {
             Ok(()) => {}
             Err(SinkError::AlreadyExists { .. }) => {
                 // Another push won the race: same bytes succeed, different bytes fail.

@@ -42,6 +42,15 @@ pub enum PgError {
         /// The object holding the archived copy.
         object: String,
     },
+    /// Another push of different bytes under the same WAL file name is under way; this one
+    /// backed off without writing anything (the archive is unchanged; Postgres retries).
+    #[error("WAL file {name}: another push of different bytes is under way ({claim}); nothing was written. Two clusters may be archiving into the same source: give each its own --source")]
+    WalPushContended {
+        /// The WAL file's name.
+        name: String,
+        /// The other push's claim.
+        claim: String,
+    },
     /// An archived object is damaged.
     #[error("object {object} is damaged: {reason}")]
     Corrupt {

@@ -249,6 +249,40 @@ pub async fn missing_objects(sink: &dyn Sink, prefix: &str) {
         .is_some_and(|e| e.is_not_found()));
 }
 
+/// A streamed put whose stream fails after several parts fails, stores no object and leaves no
+/// unfinished upload behind (the store's parts or staging file are discarded with it).
+pub async fn nothing_left_unfinished(sink: &dyn Sink, prefix: &str) {
+    let key = format!("{prefix}unfinished/failed");
+    let parts: Vec<Result<Bytes, SinkError>> = (0..6u8)
+        .map(|i| {
+            if i < 5 {
+                Ok(Bytes::from(vec![i; 8 << 20]))
+            } else {
+                Err(SinkError::Backend {
+                    operation: "read",
+                    key: "the source".into(),
+                    location: "conformance".into(),
+                    source: "the source broke off".into(),
+                })
+            }
+        })
+        .collect();
+    let failed = sink
+        .put_stream(
+            &key,
+            futures::stream::iter(parts).boxed(),
+            PutMode::Overwrite,
+        )
+        .await;
+    assert!(failed.is_err(), "a put whose stream failed succeeded");
+    assert!(sink.head(&key).await.unwrap_err().is_not_found());
+    let left = sink.unfinished_uploads(prefix).await.unwrap();
+    assert!(
+        left.iter().all(|u| u.key != key),
+        "a failed put left an unfinished upload: {left:?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -356,38 +390,4 @@ mod tests {
         let shared: Arc<dyn Sink> = Arc::new(MemorySink::new());
         run_all(&shared, "", Default::default()).await;
     }
-}
-
-/// A streamed put whose stream fails after several parts fails, stores no object and leaves no
-/// unfinished upload behind (the store's parts or staging file are discarded with it).
-pub async fn nothing_left_unfinished(sink: &dyn Sink, prefix: &str) {
-    let key = format!("{prefix}unfinished/failed");
-    let parts: Vec<Result<Bytes, SinkError>> = (0..6u8)
-        .map(|i| {
-            if i < 5 {
-                Ok(Bytes::from(vec![i; 8 << 20]))
-            } else {
-                Err(SinkError::Backend {
-                    operation: "read",
-                    key: "the source".into(),
-                    location: "conformance".into(),
-                    source: "the source broke off".into(),
-                })
-            }
-        })
-        .collect();
-    let failed = sink
-        .put_stream(
-            &key,
-            futures::stream::iter(parts).boxed(),
-            PutMode::Overwrite,
-        )
-        .await;
-    assert!(failed.is_err(), "a put whose stream failed succeeded");
-    assert!(sink.head(&key).await.unwrap_err().is_not_found());
-    let left = sink.unfinished_uploads(prefix).await.unwrap();
-    assert!(
-        left.iter().all(|u| u.key != key),
-        "a failed put left an unfinished upload: {left:?}"
-    );
 }

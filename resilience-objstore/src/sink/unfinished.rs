@@ -62,12 +62,12 @@ impl ObjectStoreSink {
             walked.map_err(|e| self.unfinished_error("list unfinished uploads", prefix, e))?;
         Ok(files
             .into_iter()
-            .filter_map(|(relative, object, started)| {
-                let key = self.key_of(&Path::parse(&object).ok()?);
+            .filter_map(|file| {
+                let key = self.key_of(&Path::parse(&file.object).ok()?);
                 key.starts_with(prefix).then_some(UnfinishedUpload {
                     key,
-                    id: relative,
-                    started,
+                    id: file.relative,
+                    started: file.modified,
                 })
             })
             .collect())
@@ -190,13 +190,18 @@ impl ObjectStoreSink {
     }
 }
 
-/// Every staging file under `start`: its path relative to `root`, the object path it was to
-/// become (relative to `root`, `/`-separated) and its modification time. Symbolic links are not
-/// followed.
-fn staging_files(
-    root: &FsPath,
-    start: &FsPath,
-) -> Result<Vec<(String, String, Option<DateTime<Utc>>)>, String> {
+/// A staging file found on disk.
+struct StagingFile {
+    /// Its path relative to the store's root.
+    relative: String,
+    /// The object path it was to become (relative to the root, `/`-separated).
+    object: String,
+    /// Its modification time.
+    modified: Option<DateTime<Utc>>,
+}
+
+/// Every staging file under `start`. Symbolic links are not followed.
+fn staging_files(root: &FsPath, start: &FsPath) -> Result<Vec<StagingFile>, String> {
     let mut out = Vec::new();
     let mut dirs = vec![start.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -234,15 +239,27 @@ fn staging_files(
                 Some((dir, _)) => format!("{dir}/{object}"),
                 None => object.to_owned(),
             };
-            let started = entry
+            let modified = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .map(DateTime::<Utc>::from);
-            out.push((relative.to_owned(), object_path, started));
+            out.push(StagingFile {
+                relative: relative.to_owned(),
+                object: object_path,
+                modified,
+            });
         }
     }
     Ok(out)
+}
+
+/// One upload of a `ListMultipartUploads` page, as it is read.
+#[derive(Default)]
+struct ListedUpload {
+    key: Option<String>,
+    id: Option<String>,
+    started: Option<DateTime<Utc>>,
 }
 
 /// One page of `ListMultipartUploads`.
@@ -262,21 +279,22 @@ fn parse_upload_page(xml: &[u8]) -> Result<UploadPage, String> {
         next: None,
     };
     let (mut next_key, mut next_id) = (None, None);
-    let mut current: Option<(Option<String>, Option<String>, Option<DateTime<Utc>>)> = None;
+    let mut current: Option<ListedUpload> = None;
     loop {
         match reader.read_event().map_err(|e| e.to_string())? {
             Event::Start(e) => match e.local_name().as_ref() {
-                b"Upload" => current = Some((None, None, None)),
+                b"Upload" => current = Some(ListedUpload::default()),
                 b"Key" if current.is_some() => {
-                    current.as_mut().expect("in an upload").0 = Some(text_of(&mut reader, b"Key")?)
+                    current.as_mut().expect("in an upload").key =
+                        Some(text_of(&mut reader, b"Key")?)
                 }
                 b"UploadId" if current.is_some() => {
-                    current.as_mut().expect("in an upload").1 =
+                    current.as_mut().expect("in an upload").id =
                         Some(text_of(&mut reader, b"UploadId")?)
                 }
                 b"Initiated" if current.is_some() => {
                     let text = text_of(&mut reader, b"Initiated")?;
-                    current.as_mut().expect("in an upload").2 = parse_time(&text).ok()
+                    current.as_mut().expect("in an upload").started = parse_time(&text).ok()
                 }
                 b"IsTruncated" => page.truncated = text_of(&mut reader, b"IsTruncated")? == "true",
                 b"NextKeyMarker" => next_key = Some(text_of(&mut reader, b"NextKeyMarker")?),
@@ -286,7 +304,12 @@ fn parse_upload_page(xml: &[u8]) -> Result<UploadPage, String> {
                 _ => {}
             },
             Event::End(e) if e.local_name().as_ref() == b"Upload" => {
-                let Some((Some(key), Some(id), started)) = current.take() else {
+                let Some(ListedUpload {
+                    key: Some(key),
+                    id: Some(id),
+                    started,
+                }) = current.take()
+                else {
                     return Err("an Upload without a Key or an UploadId".into());
                 };
                 page.uploads.push((key, id, started));
