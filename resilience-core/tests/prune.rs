@@ -599,3 +599,75 @@ async fn an_upload_that_cannot_be_discarded_is_a_warning_naming_it_not_a_failed_
     );
     assert_eq!(mem.unfinished_uploads("").await.unwrap().len(), 1);
 }
+
+/// The space a failed backup used (packs it wrote and never indexed) comes back with the next
+/// prune, without waiting for the grace period — once no backup that began before that prune
+/// runs (one might have adopted the packs).
+#[tokio::test]
+async fn a_failed_backups_packs_are_freed_by_the_next_prune_without_a_grace_period() {
+    let mem = Arc::new(MemorySink::new());
+    let repo = repo_on(mem.clone()).await;
+    let keep = data(1 << 20, 1);
+    repo.backup(
+        &MemorySource::new("keep").file("k", keep.clone()),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let before = data_bytes(mem.as_ref()).await;
+
+    // Its lock, its `running` record and two packs are written; the third pack fails.
+    let faulty: Arc<dyn Sink> = Arc::new(FaultySink::new(mem.clone(), 4));
+    let failing = Repository::open(faulty, &KeyFileProvider::from_key([1; 32]))
+        .await
+        .unwrap();
+    failing
+        .backup(
+            &MemorySource::new("big").file("b", data(6 << 20, 2)),
+            Default::default(),
+        )
+        .await
+        .expect_err("the store failed under the backup");
+    let left = data_bytes(mem.as_ref()).await - before;
+    assert!(left >= 1 << 20, "the failed backup left {left} bytes");
+
+    // Anyone holding a lock taken before the prune's plan (a backup about to adopt those
+    // packs) makes them wait: here, a shared lock as a starting backup holds it.
+    let holder = resilience_core::repo::lock::RepoLock::acquire(
+        mem.clone(),
+        Arc::new(resilience_core::time::clock::SystemClock),
+        resilience_core::repo::lock::LockKind::Shared,
+        "backup",
+        None,
+        LockSettings {
+            settle: Duration::from_millis(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let waiting = repo.prune(PruneOptions::default()).await.unwrap();
+    assert_eq!(waiting.deleted_packs, 0, "{waiting:?}");
+    assert!(
+        waiting.waiting_plans.iter().any(|w| w.contains("backup")),
+        "{waiting:?}"
+    );
+    holder.release().await.unwrap();
+
+    // The next prune, with the default grace period of a day, frees them.
+    let freed = repo.prune(PruneOptions::default()).await.unwrap();
+    assert!(freed.deleted_packs >= 2, "{freed:?}");
+    assert!(freed.freed_bytes >= left, "{freed:?}");
+    assert!(repo.prune_plans().await.unwrap().is_empty());
+    let report = repo.verify(VerifyOptions { full: true }).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let target = MemoryTarget::new();
+    repo.restore(
+        &repo.latest_for_source("keep").await.unwrap().unwrap().id,
+        &target,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    assert!(target.content("k").unwrap() == keep);
+}

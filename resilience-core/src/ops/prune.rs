@@ -4,7 +4,8 @@
 //! catalog says of its backup: a status alone never condemns data); packs with no
 //! live blob are *condemned*; packs whose live share is below the repack threshold have their
 //! live blobs copied (still sealed, after checking the pack's checksum) into new packs and are
-//! condemned too; packs that no index lists (left by interrupted backups) are condemned. New
+//! condemned too; packs that no index lists (left by interrupted backups) are condemned, in a
+//! plan of their own. New
 //! index files that leave the condemned packs out are written, then a plan
 //! `prune/<id>` (a sealed object listing the condemned packs and their tables), then the old
 //! index files are deleted. Nothing is deleted from the data yet.
@@ -14,6 +15,12 @@
 //! condemned pack has finished and its snapshot is in the catalog. Each condemned pack is then
 //! deleted, unless an index lists it again (a backup indexed it) or a succeeded snapshot uses
 //! one of its blobs (it is then *resurrected*: indexed again). The plan goes last.
+//!
+//! A plan of unindexed packs only needs no grace period: no snapshot and no index ever named
+//! them, and backups do not adopt condemned packs, so once no lock taken before the plan is
+//! live (the backup that wrote them has ended, and no backup that might have adopted them
+//! runs) nothing can need them. The run that condemns them finishes them in a second pass: the
+//! space a failed backup used comes back with the next prune.
 //!
 //! Between the phases, readers still find condemned packs through the plans
 //! ([`Repository::load_read_index`]). Prune takes a maintenance lock, which excludes another
@@ -103,26 +110,35 @@ pub struct PruneReport {
 #[derive(Serialize, Deserialize)]
 struct PlanHeader {
     created_at: DateTime<Utc>,
+    /// Every pack of the plan was unindexed (left by a failed or killed backup): no snapshot
+    /// and no index ever named it, so no reader can need it, and the plan is ripe as soon as
+    /// no lock taken before it is live, without waiting for the grace period.
+    #[serde(default)]
+    unindexed_only: bool,
+}
+
+/// A prune plan as read from the store.
+struct StoredPlan {
+    key: String,
+    header: PlanHeader,
+    packs: Vec<PackRecord>,
 }
 
 /// A prune plan as stored: header JSON length u32, header JSON, then an index payload.
-fn encode_plan(created_at: DateTime<Utc>, packs: &[PackRecord]) -> Vec<u8> {
-    let header = serde_json::to_vec(&PlanHeader { created_at }).expect("serializes");
+fn encode_plan(header: &PlanHeader, packs: &[PackRecord]) -> Vec<u8> {
+    let header = serde_json::to_vec(header).expect("serializes");
     let mut out = (header.len() as u32).to_le_bytes().to_vec();
     out.extend_from_slice(&header);
     out.extend_from_slice(&index::encode_index(packs));
     out
 }
 
-fn decode_plan(name: &str, payload: &[u8]) -> Result<(DateTime<Utc>, Vec<PackRecord>)> {
+fn decode_plan(name: &str, payload: &[u8]) -> Result<(PlanHeader, Vec<PackRecord>)> {
     let bad = || Error::corrupt(name, "prune plan does not parse");
     let len = u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().expect("4")) as usize;
     let header: PlanHeader =
         serde_json::from_slice(payload.get(4..4 + len).ok_or_else(bad)?).map_err(|_| bad())?;
-    Ok((
-        header.created_at,
-        index::decode_index(name, &payload[4 + len..])?,
-    ))
+    Ok((header, index::decode_index(name, &payload[4 + len..])?))
 }
 
 /// A bitset over the sorted index positions: which blobs are referenced.
@@ -164,6 +180,15 @@ impl Referenced {
 impl Repository {
     /// The stored prune plans: key, creation time, condemned packs.
     pub async fn prune_plans(&self) -> Result<Vec<(String, DateTime<Utc>, Vec<PackRecord>)>> {
+        Ok(self
+            .stored_plans()
+            .await?
+            .into_iter()
+            .map(|p| (p.key, p.header.created_at, p.packs))
+            .collect())
+    }
+
+    async fn stored_plans(&self) -> Result<Vec<StoredPlan>> {
         let keys: Vec<String> = self
             .sink
             .list("prune/")
@@ -178,8 +203,8 @@ impl Repository {
                 Err(e) => return Err(e.into()),
             };
             let payload = object::open_object(&self.keys(), ObjectKind::PrunePlan, &key, &bytes)?;
-            let (at, packs) = decode_plan(&key, &payload)?;
-            out.push((key, at, packs));
+            let (header, packs) = decode_plan(&key, &payload)?;
+            out.push(StoredPlan { key, header, packs });
         }
         Ok(out)
     }
@@ -244,21 +269,56 @@ impl Repository {
             .lock_fresh(LockKind::Maintenance, "prune", None)
             .await?;
         let result = self.prune_locked(options, &lock).await;
+        let result = match result {
+            // The packs of failed backups, condemned just now, go in a second pass (phase 2 of
+            // a plan that needs no grace period), when no backup that began before it runs.
+            Ok((mut report, true)) if !options.dry_run => {
+                match self.prune_pass(options, &lock, false).await {
+                    Ok((second, _)) => {
+                        report.deleted_packs += second.deleted_packs;
+                        report.freed_bytes += second.freed_bytes;
+                        report.resurrected_packs += second.resurrected_packs;
+                        report.waiting_plans = second.waiting_plans;
+                        Ok(report)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Ok((report, _)) => Ok(report),
+            Err(e) => Err(e),
+        };
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %e, "could not remove the prune lock; it will expire");
         }
         result
     }
 
-    async fn prune_locked(&self, options: PruneOptions, lock: &RepoLock) -> Result<PruneReport> {
+    async fn prune_locked(
+        &self,
+        options: PruneOptions,
+        lock: &RepoLock,
+    ) -> Result<(PruneReport, bool)> {
+        self.prune_pass(options, lock, true).await
+    }
+
+    /// One pass: phase 2 of the ripe plans, then phase 1 (and, if `sweep_uploads`, the sweep
+    /// of unfinished uploads). Says whether it wrote a plan of unindexed packs only.
+    async fn prune_pass(
+        &self,
+        options: PruneOptions,
+        lock: &RepoLock,
+        sweep_uploads: bool,
+    ) -> Result<(PruneReport, bool)> {
         let mut report = PruneReport::default();
         let now = self.clock.now();
         let grace = chrono::Duration::from_std(options.grace)
             .map_err(|_| Error::Usage("grace period too long".into()))?;
         let locks = lock::list_locks(self.sink.as_ref()).await?;
-        self.discard_unfinished_uploads(&options, &locks, lock, grace, &mut report)
-            .await;
-        let plans = self.prune_plans().await?;
+        if sweep_uploads {
+            self.discard_unfinished_uploads(&options, &locks, lock, grace, &mut report)
+                .await;
+        }
+        let plans = self.stored_plans().await?;
         // The store's time of each plan: its age and the locks taken before it are judged by
         // the store's clock, like lock liveness, never by comparing two clients' clocks.
         let plan_stored_at: HashMap<String, DateTime<Utc>> = self
@@ -269,7 +329,7 @@ impl Repository {
             .await?;
         let plan_packs: HashSet<PackId> = plans
             .iter()
-            .flat_map(|(_, _, p)| p.iter().map(|r| r.id))
+            .flat_map(|p| p.packs.iter().map(|r| r.id))
             .collect();
 
         // Phase 2: finish ripe plans (in a block, so its indexes are freed before phase 1).
@@ -279,13 +339,14 @@ impl Repository {
             // Never decide deletions from an incomplete index: a damaged index file stops
             // prune here, before anything is deleted.
             let live_index = self.load_index_strict().await?;
-            for (key, created_at, packs) in &plans {
+            for plan in &plans {
+                let (key, created_at, packs) = (&plan.key, &plan.header.created_at, &plan.packs);
                 let stored_at = plan_stored_at.get(key).copied();
                 let young = match (stored_at, locks.store_now) {
                     (Some(at), Some(store_now)) => at > store_now - grace,
                     _ => *created_at > now - grace,
                 };
-                if young {
+                if young && !plan.header.unindexed_only {
                     report
                         .waiting_plans
                         .push(format!("{key}: younger than the grace period"));
@@ -356,6 +417,8 @@ impl Repository {
         report.referenced_blobs = referenced.count();
         let mut keep: Vec<PackRecord> = Vec::new();
         let mut condemned: Vec<PackRecord> = Vec::new();
+        // Packs that no index file lists (failed or killed backups), condemned apart.
+        let mut unindexed: Vec<PackRecord> = Vec::new();
         let mut to_repack: Vec<PackRecord> = Vec::new();
         let mut seen_blobs: HashSet<BlobId> = HashSet::new();
         let mut records: Vec<PackRecord> = pack_records.into_values().collect();
@@ -429,8 +492,8 @@ impl Repository {
                 continue;
             }
             match self.read_pack_table(&meta.key, meta.size).await {
-                Ok(rec) => condemned.push(rec),
-                Err(_) => condemned.push(PackRecord {
+                Ok(rec) => unindexed.push(rec),
+                Err(_) => unindexed.push(PackRecord {
                     id,
                     size: meta.size,
                     key_id: 0,
@@ -464,10 +527,11 @@ impl Repository {
                 }
             }
         }
-        report.condemned_packs = condemned.len();
-        report.condemned_bytes = condemned.iter().map(|p| p.size).sum();
-        if options.dry_run || (condemned.is_empty() && new_packs.is_empty()) {
-            return Ok(report);
+        report.condemned_packs = condemned.len() + unindexed.len();
+        report.condemned_bytes = condemned.iter().chain(&unindexed).map(|p| p.size).sum();
+        if options.dry_run || (condemned.is_empty() && unindexed.is_empty() && new_packs.is_empty())
+        {
+            return Ok((report, false));
         }
         lock.check()?;
         // New index files first, then the plan, then the old index files go.
@@ -476,8 +540,11 @@ impl Repository {
         for chunk in keep.chunks(256) {
             new_index_names.insert(self.write_index_named(chunk).await?.0);
         }
-        let mut plan = None;
-        if !condemned.is_empty() {
+        let mut written_plans = Vec::new();
+        for (packs, unindexed_only) in [(&condemned, false), (&unindexed, true)] {
+            if packs.is_empty() {
+                continue;
+            }
             let mut id = [0u8; 8];
             rand::rngs::OsRng.fill_bytes(&mut id);
             let key = format!(
@@ -485,17 +552,21 @@ impl Repository {
                 self.clock.now().format("%Y%m%dT%H%M%SZ"),
                 hex::encode(id)
             );
+            let header = PlanHeader {
+                created_at: self.clock.now(),
+                unindexed_only,
+            };
             let sealed = object::seal_object(
                 &self.keys(),
                 ObjectKind::PrunePlan,
                 &key,
-                &encode_plan(self.clock.now(), &condemned),
+                &encode_plan(&header, packs),
             );
             let sealed = bytes::Bytes::from(sealed);
             self.sink
                 .put(&key, sealed.clone(), crate::sink::PutMode::Create)
                 .await?;
-            plan = Some((key, sealed));
+            written_plans.push((key, sealed));
         }
         for key in index_files.iter().filter(|k| !new_index_names.contains(*k)) {
             match self.sink.delete(key).await {
@@ -507,12 +578,12 @@ impl Repository {
         // The same plan written again: its store time is now after the old index files went,
         // so every backup that could have read them (and deduplicated against its packs) holds
         // a lock taken before it, which phase 2 waits for.
-        if let Some((key, sealed)) = plan {
+        for (key, sealed) in written_plans {
             self.sink
                 .put(&key, sealed, crate::sink::PutMode::Overwrite)
                 .await?;
         }
-        Ok(report)
+        Ok((report, !unindexed.is_empty()))
     }
 
     /// Copies a pack's live blobs, still sealed, into new packs. `None` when nothing is live

@@ -4,6 +4,7 @@
 
 mod durable;
 mod etag;
+mod space;
 mod unfinished;
 mod upload;
 
@@ -127,12 +128,20 @@ impl ObjectStoreSink {
             | object_store::Error::Precondition { .. } => SinkError::AlreadyExists {
                 key: key.to_owned(),
             },
-            other => SinkError::Backend {
-                operation,
-                key: key.to_owned(),
-                location: self.location.clone(),
-                source: Box::new(other),
-            },
+            other => {
+                let source: Box<dyn std::error::Error + Send + Sync> = match &self.local_root {
+                    Some(root) if space::is_out_of_space(&other) => {
+                        format!("{other} ({})", space::describe(root)).into()
+                    }
+                    _ => Box::new(other),
+                };
+                SinkError::Backend {
+                    operation,
+                    key: key.to_owned(),
+                    location: self.location.clone(),
+                    source,
+                }
+            }
         }
     }
 
