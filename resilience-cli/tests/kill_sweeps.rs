@@ -1,5 +1,6 @@
 //! SIGKILL sweeps through the real binary: `backup`, `prune`, `forget`, `key rotate --rewrite`,
-//! `replicate` and `wal-push` are each killed (`kill -9`) at seeded random moments, over
+//! `replicate`, `wal-push` and `bucket restore` (from and into Garage, which `scripts/test`
+//! starts) are each killed (`kill -9`) at seeded random moments, over
 //! repeated rounds on a local repository. After each kill: `verify --full` is sound, every
 //! acknowledged snapshot restores identical (and every acknowledged WAL segment fetches
 //! identical), and the same command run again completes.
@@ -210,15 +211,7 @@ impl Lab {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         for i in 0..files {
-            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i + 1);
-            let bytes: Vec<u8> = (0..1 << 20)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let bytes = noise(1 << 20, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i + 1));
             let at = if i % 3 == 0 { "sub/" } else { "" };
             std::fs::write(dir.join(format!("{at}f{i}")), bytes).unwrap();
         }
@@ -255,6 +248,19 @@ fn sweep(
     }
     eprintln!("{name}: {killed} of {} rounds killed mid-way", rounds());
     assert!(killed > 0, "{name}: no round killed the command mid-way");
+}
+
+/// `len` incompressible bytes drawn from `seed`.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// Borrowed arguments.
@@ -396,17 +402,7 @@ fn wal_push_survives_kill_9_at_any_moment() {
     let wal = lab.path("wal");
     std::fs::create_dir(&wal).unwrap();
     let segment = |round: u64| wal.join(format!("00000001{:016X}", round + 1));
-    let content = |round: u64| -> Vec<u8> {
-        let mut x = (round + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..4 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let content = |round: u64| noise(4 << 20, (round + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let current = std::cell::Cell::new(0u64);
     let fetched = std::cell::Cell::new(0u32);
     // Every segment acknowledged so far (all before the current one) fetches identical; the
@@ -452,6 +448,97 @@ fn wal_push_survives_kill_9_at_any_moment() {
             }
             if context.ends_with("after the rerun") || context.ends_with("calibration run") {
                 fetches(round, context);
+            }
+        },
+    );
+}
+
+/// The objects under `url` (an `s3://` prefix), by key relative to it.
+fn objects(url: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use futures::TryStreamExt;
+    let opened = resilience_objstore::open_store(url, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let prefix = object_store::path::Path::from(opened.prefix.as_str());
+        let listed: Vec<_> = opened
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for meta in listed {
+            let bytes = opened
+                .store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let key = meta.location.as_ref()[opened.prefix.len() + 1..].to_owned();
+            out.insert(key, bytes.to_vec());
+        }
+        out
+    })
+}
+
+#[test]
+fn bucket_restore_survives_kill_9_at_any_moment() {
+    let bucket = std::env::var("RESILIENCE_TEST_S3_BUCKET").expect(
+        "RESILIENCE_TEST_S3_BUCKET is not set: run the tests with scripts/test (it starts Garage)",
+    );
+    let lab = Lab::new();
+    let repo = lab.repo();
+    let run = format!(
+        "kill-{}",
+        lab.dir.path().file_name().unwrap().to_string_lossy()
+    );
+    let source = format!("s3://{bucket}/{run}/src");
+    {
+        let opened = resilience_objstore::open_store(&source, false).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            for i in 0..48u64 {
+                let path = object_store::path::Path::from(format!("{}/o/{i:03}", opened.prefix));
+                opened
+                    .store
+                    .put(&path, noise(96 << 10, 77 + i).into())
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    let original = objects(&source);
+    let report = lab.json(&["bucket", "backup", "--repo", &repo, "--json", &source]);
+    let id = report["record"]["id"]
+        .as_str()
+        .or_else(|| report["id"].as_str())
+        .unwrap_or_else(|| panic!("no snapshot id in {report}"))
+        .to_owned();
+    let target = std::cell::RefCell::new(String::new());
+    sweep(
+        "bucket restore",
+        &lab,
+        |round| *target.borrow_mut() = format!("s3://{bucket}/{run}/dst-{round}"),
+        || owned(&["bucket", "restore", "--repo", &repo, &id, &target.borrow()]),
+        |context| {
+            lab.sound(&repo, context);
+            // Whatever is restored is whole: every object there is the original's, byte for
+            // byte; after the rerun, all of them are there.
+            let restored = objects(&target.borrow());
+            for (key, bytes) in &restored {
+                assert!(
+                    original.get(key) == Some(bytes),
+                    "{context}: restored object {key} is not the original"
+                );
+            }
+            if context.ends_with("after the rerun") || context.ends_with("calibration run") {
+                assert_eq!(
+                    restored.keys().collect::<Vec<_>>(),
+                    original.keys().collect::<Vec<_>>(),
+                    "{context}"
+                );
             }
         },
     );

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use resilience_core::catalog::Catalog;
+use resilience_core::error::error_chain;
 use resilience_core::keys::KeyFileProvider;
 use resilience_core::ops::prune::PruneOptions;
 use resilience_core::ops::verify::VerifyOptions;
@@ -88,17 +89,6 @@ async fn init(root: &Path) -> Repository {
     )
     .await
     .unwrap()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[tokio::test]
