@@ -1,4 +1,5 @@
-//! Crash sweeps: backup, forget, prune, key rotation with rewrite and replication are each run
+//! Crash sweeps: backup, forget, prune, key rotation with rewrite, replication, index repair
+//! and moves to the cold tier are each run
 //! against a store that dies at its N-th put, get or delete, for every N until the operation completes.
 //! After each death: the repository opens, a full verification is sound, every acknowledged
 //! snapshot restores byte for byte, and running the operation again completes. The runs before
