@@ -283,9 +283,10 @@ fn backup_survives_kill_9_at_any_moment() {
     sweep(
         "backup",
         &lab,
-        // New content each round, so every backup writes packs.
+        // New content each round (4 MiB), so every backup writes packs, while the repository
+        // (and so each check's `verify --full`) grows slowly over 50 rounds.
         |round| {
-            lab.data("data", 10, 100 + round);
+            std::fs::write(data.join("changing"), noise(4 << 20, 100 + round)).unwrap();
         },
         || command.clone(),
         |context| lab.sound(&repo, context),
