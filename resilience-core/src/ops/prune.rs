@@ -141,6 +141,15 @@ fn decode_plan(name: &str, payload: &[u8]) -> Result<(PlanHeader, Vec<PackRecord
     Ok((header, index::decode_index(name, &payload[4 + len..])?))
 }
 
+/// What a pass of [`Repository::prune`] does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Unfinished uploads, phase 2 of every ripe plan, then phase 1.
+    Full,
+    /// Phase 2 of the plans of unindexed packs only: those the full pass has just written.
+    UnindexedPlans,
+}
+
 /// A bitset over the sorted index positions: which blobs are referenced.
 struct Referenced {
     bits: Vec<u64>,
@@ -269,52 +278,40 @@ impl Repository {
             .lock_fresh(LockKind::Maintenance, "prune", None)
             .await?;
         let result = self.prune_locked(options, &lock).await;
-        let result = match result {
-            // The packs of failed backups, condemned just now, go in a second pass (phase 2 of
-            // a plan that needs no grace period), when no backup that began before it runs.
-            Ok((mut report, true)) if !options.dry_run => {
-                match self.prune_pass(options, &lock, false).await {
-                    Ok((second, _)) => {
-                        report.deleted_packs += second.deleted_packs;
-                        report.freed_bytes += second.freed_bytes;
-                        report.resurrected_packs += second.resurrected_packs;
-                        report.waiting_plans = second.waiting_plans;
-                        Ok(report)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Ok((report, _)) => Ok(report),
-            Err(e) => Err(e),
-        };
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %e, "could not remove the prune lock; it will expire");
         }
         result
     }
 
-    async fn prune_locked(
-        &self,
-        options: PruneOptions,
-        lock: &RepoLock,
-    ) -> Result<(PruneReport, bool)> {
-        self.prune_pass(options, lock, true).await
+    async fn prune_locked(&self, options: PruneOptions, lock: &RepoLock) -> Result<PruneReport> {
+        let (mut report, wrote_unindexed_plan) = self.prune_pass(options, lock, Pass::Full).await?;
+        if wrote_unindexed_plan {
+            // The packs of failed backups, condemned just now: phase 2 of their plan (which
+            // needs no grace period), unless a backup that began before it still runs.
+            let (second, _) = self.prune_pass(options, lock, Pass::UnindexedPlans).await?;
+            report.deleted_packs += second.deleted_packs;
+            report.freed_bytes += second.freed_bytes;
+            report.resurrected_packs += second.resurrected_packs;
+            report.waiting_plans.extend(second.waiting_plans);
+        }
+        Ok(report)
     }
 
-    /// One pass: phase 2 of the ripe plans, then phase 1 (and, if `sweep_uploads`, the sweep
-    /// of unfinished uploads). Says whether it wrote a plan of unindexed packs only.
+    /// One pass (see [`Pass`]). Says whether it wrote a plan of unindexed packs only (never in
+    /// a dry run).
     async fn prune_pass(
         &self,
         options: PruneOptions,
         lock: &RepoLock,
-        sweep_uploads: bool,
+        pass: Pass,
     ) -> Result<(PruneReport, bool)> {
         let mut report = PruneReport::default();
         let now = self.clock.now();
         let grace = chrono::Duration::from_std(options.grace)
             .map_err(|_| Error::Usage("grace period too long".into()))?;
         let locks = lock::list_locks(self.sink.as_ref()).await?;
-        if sweep_uploads {
+        if pass == Pass::Full {
             self.discard_unfinished_uploads(&options, &locks, lock, grace, &mut report)
                 .await;
         }
@@ -340,6 +337,9 @@ impl Repository {
             // prune here, before anything is deleted.
             let live_index = self.load_index_strict().await?;
             for plan in &plans {
+                if pass == Pass::UnindexedPlans && !plan.header.unindexed_only {
+                    continue;
+                }
                 let (key, created_at, packs) = (&plan.key, &plan.header.created_at, &plan.packs);
                 let stored_at = plan_stored_at.get(key).copied();
                 let young = match (stored_at, locks.store_now) {
@@ -387,6 +387,10 @@ impl Repository {
                     self.sink.delete(key).await?;
                 }
             }
+        }
+
+        if pass == Pass::UnindexedPlans {
+            return Ok((report, false));
         }
 
         // Phase 1: condemn and repack.

@@ -132,20 +132,14 @@ impl ObjectStoreSink {
         let mut out = Vec::new();
         let mut marker: Option<(String, String)> = None;
         for _ in 0..MAX_PAGES {
-            // Query parameters in sorted order, as the signature's canonical form has them.
-            let mut query = String::new();
+            // The signer puts the parameters in canonical order itself.
+            let mut query = format!("prefix={encoded_prefix}&uploads=");
             if let Some((key, id)) = &marker {
-                query.push_str(&format!(
-                    "key-marker={}&",
-                    utf8_percent_encode(key, QUERY_VALUE)
-                ));
-                query.push_str(&format!("prefix={encoded_prefix}&uploads="));
-                query.push_str(&format!(
-                    "&upload-id-marker={}",
+                query = format!(
+                    "key-marker={}&{query}&upload-id-marker={}",
+                    utf8_percent_encode(key, QUERY_VALUE),
                     utf8_percent_encode(id, QUERY_VALUE)
-                ));
-            } else {
-                query.push_str(&format!("prefix={encoded_prefix}&uploads="));
+                );
             }
             let body = s3
                 .send_empty(http::Method::GET, None, &query)
