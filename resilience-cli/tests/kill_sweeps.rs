@@ -1,6 +1,6 @@
 //! SIGKILL sweeps through the real binary: `backup`, `prune`, `forget`, `key rotate --rewrite`,
-//! `replicate`, `wal-push` and `bucket restore` (from and into Garage, which `scripts/test`
-//! starts) are each killed (`kill -9`) at seeded random moments, over
+//! `replicate`, `wal-push`, `bucket restore` (from and into Garage, which `scripts/test`
+//! starts) and `pg restore` (of a throw-away cluster's base backup) are each killed (`kill -9`) at seeded random moments, over
 //! repeated rounds on a local repository. After each kill: `verify --full` is sound, every
 //! acknowledged snapshot restores identical (and every acknowledged WAL segment fetches
 //! identical), and the same command run again completes.
@@ -17,6 +17,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[allow(dead_code)]
+mod pg_support;
+#[allow(dead_code)]
+mod tls_support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_resilience");
 const ROUNDS: u64 = 3;
@@ -542,5 +547,129 @@ fn bucket_restore_survives_kill_9_at_any_moment() {
                 );
             }
         },
+    );
+}
+
+/// `pg restore` killed at seeded moments: Postgres can never start on what a killed restore
+/// leaves (its `global/pg_control` is put in place last); a restore run again without
+/// `--resume` refuses the directory, naming the interrupted restore; with `--resume` it
+/// completes, and the cluster started on it holds exactly the backed-up rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_restore_survives_kill_9_at_any_moment() {
+    let lab = pg_support::Lab::new();
+    let primary = lab.cluster("primary").await;
+    let c = primary.client().await;
+    c.batch_execute(
+        "CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance bigint);
+         INSERT INTO accounts SELECT i, md5(i::text) || md5((i * 7)::text), i * 100
+           FROM generate_series(1, 400000) i;",
+    )
+    .await
+    .unwrap();
+    let want = pg_support::table_sum(&c, "accounts").await;
+    let backup = lab.base_backup(&primary);
+    assert_eq!(backup["status"], "succeeded", "{backup}");
+    primary.archive_now().await;
+    let restore = |pgdata: &Path, resume: bool| {
+        let mut args = vec![
+            "pg".to_owned(),
+            "restore".into(),
+            "--source".into(),
+            lab.source.clone(),
+            "--pgdata".into(),
+            pgdata.display().to_string(),
+            "--no-archive".into(),
+        ];
+        if resume {
+            args.push("--resume".into());
+        }
+        args
+    };
+    let calibration = lab.path("calibration");
+    let started = Instant::now();
+    lab.ok(&args(&restore(&calibration, false)));
+    let span = started.elapsed().mul_f64(1.2);
+    assert!(calibration.join("global/pg_control").is_file());
+    let mut moments = Moments::new("pg restore");
+    let mut killed = 0;
+    let mut partial = 0;
+    for round in 1..=rounds() {
+        let pgdata = lab.path(&format!("restored-{round}"));
+        let at = moments.within(span);
+        let context = format!("pg restore, round {round}, killed after {at:?} of {span:?}");
+        let mut child = lab
+            .cmd(&args(&restore(&pgdata, false)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + at;
+        let finished = loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                child.wait().unwrap();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let control = pgdata.join("global/pg_control");
+        let pending = pgdata.join(resilience_pg::pgdata_target::PENDING_CONTROL);
+        if !finished {
+            killed += 1;
+            // Either the restore had completed when the kill came, or no Postgres can start.
+            if !control.exists() {
+                if pgdata.exists() && std::fs::read_dir(&pgdata).unwrap().next().is_some() {
+                    partial += 1;
+                    let out = lab.run(&args(&restore(&pgdata, false)));
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    assert!(
+                        !out.status.success() && err.contains(&pgdata.display().to_string()),
+                        "{context}: a restore into the partly restored directory without \
+                         --resume must refuse it, naming it: {err}"
+                    );
+                    if pending.exists() {
+                        assert!(
+                            err.contains("interrupted restore") && err.contains("--resume"),
+                            "{context}: {err}"
+                        );
+                    }
+                }
+            } else {
+                assert!(!pending.exists(), "{context}: both control files are there");
+            }
+        }
+        let port = pg_support::free_port();
+        let port_s = port.to_string();
+        let mut again = restore(&pgdata, true);
+        again.extend([
+            "--start".into(),
+            "--port".into(),
+            port_s,
+            "--timeout".into(),
+            "120".into(),
+        ]);
+        lab.ok(&args(&again));
+        let copy = pg_support::Cluster {
+            pgdata: pgdata.clone(),
+            port,
+            dsn_params: String::new(),
+            host: "127.0.0.1".into(),
+        };
+        let got = pg_support::table_sum(&copy.client().await, "accounts").await;
+        assert_eq!(got, want, "{context}: the resumed restore holds other rows");
+        copy.stop();
+        std::fs::remove_dir_all(&pgdata).unwrap();
+    }
+    eprintln!(
+        "pg restore: {killed} of {} rounds killed mid-way, {partial} leaving a partial data directory",
+        rounds()
+    );
+    assert!(
+        killed > 0,
+        "pg restore: no round killed the command mid-way"
     );
 }

@@ -37,6 +37,7 @@ mod hostile_bytes;
 pub mod lsn;
 pub mod page_checksum;
 pub mod page_verify;
+pub mod pgdata_target;
 pub mod recovery;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]

@@ -10,7 +10,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use resilience_core::ops::restore::{RestoreOptions, RestoreReport};
 use resilience_core::repo::Repository;
-use resilience_core::source::fs::DirTarget;
 use serde::Serialize;
 
 use crate::archive::WalArchive;
@@ -19,6 +18,7 @@ use crate::check::{self, BaseBackup, Timelines};
 use crate::cluster;
 use crate::error::PgError;
 use crate::lsn::{Lsn, SegmentName};
+use crate::pgdata_target::{PgDataTarget, PENDING_CONTROL};
 
 /// Where recovery stops.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +77,9 @@ pub struct RecoveryOptions {
     pub restore: RestoreOptions,
     /// Where each tablespace (by oid) goes; others go to `<pgdata>.tablespaces/<oid>`.
     pub tablespaces: HashMap<String, PathBuf>,
+    /// Complete an interrupted restore into `pgdata` ([`crate::pgdata_target`]): files whose
+    /// bytes already match are skipped. Without it, `pgdata` must be empty or missing.
+    pub resume: bool,
 }
 
 /// A planned recovery: the backup and what it will replay.
@@ -227,19 +230,32 @@ pub fn default_timeline(target: &RecoveryTarget) -> &'static str {
     }
 }
 
-/// Restores the planned backup into `pgdata` (created; must be empty) and writes the recovery
+/// Restores the planned backup into `pgdata` (created; must be empty, unless
+/// [`RecoveryOptions::resume`] completes an interrupted restore) and writes the recovery
 /// settings. Each tablespace is moved to its own directory (never its original location, which
 /// may belong to the running cluster) and linked from `pg_tblspc/`.
+///
+/// Postgres cannot start on the directory until this returns: `global/pg_control` is moved into
+/// place last, after the file system is synced ([`crate::pgdata_target`]).
 pub async fn prepare(
     repo: &Repository,
     plan: &RecoveryPlan,
     pgdata: &Path,
     options: &RecoveryOptions,
 ) -> Result<RestoreReport, PgError> {
+    if options.resume {
+        unplace_tablespaces(pgdata, &plan.backup.info, &options.tablespaces)?;
+    } else if PgDataTarget::interrupted(pgdata) {
+        return Err(PgError::Setup(format!(
+            "{} holds an interrupted restore ({PENDING_CONTROL} and no global/pg_control): \
+             restore again with resume (`--resume`) to complete it, or into an empty directory",
+            pgdata.display()
+        )));
+    }
     let report = repo
         .restore(
             &plan.backup.record.id,
-            &DirTarget::new(pgdata),
+            &PgDataTarget::new(pgdata, options.resume),
             options.restore.clone(),
         )
         .await?;
@@ -248,7 +264,49 @@ pub async fn prepare(
     cluster::chown_like(pgdata, &pgdata.join("PG_VERSION"))?;
     place_tablespaces(pgdata, &plan.backup.info, &options.tablespaces)?;
     write_recovery_settings(pgdata, options)?;
+    PgDataTarget::seal(pgdata)?;
     Ok(report)
+}
+
+/// Where tablespace `oid` is placed.
+fn tablespace_location(pgdata: &Path, oid: &str, map: &HashMap<String, PathBuf>) -> PathBuf {
+    match map.get(oid) {
+        Some(d) => d.clone(),
+        None => {
+            let mut name = pgdata.as_os_str().to_owned();
+            name.push(".tablespaces");
+            PathBuf::from(name).join(oid)
+        }
+    }
+}
+
+/// Undoes [`place_tablespaces`] of an interrupted restore, so that resuming it writes into
+/// `pg_tblspc/<oid>` again (a restore never writes through a symlink): each link to its placed
+/// location is removed and the directory moved back.
+fn unplace_tablespaces(
+    pgdata: &Path,
+    info: &crate::base::BaseBackupInfo,
+    map: &HashMap<String, PathBuf>,
+) -> Result<(), PgError> {
+    for oid in info.tablespaces.keys() {
+        let link = pgdata.join("pg_tblspc").join(oid);
+        let dest = tablespace_location(pgdata, oid, map);
+        if !link.is_symlink() {
+            continue;
+        }
+        if std::fs::read_link(&link).ok().as_deref() != Some(dest.as_path()) {
+            return Err(PgError::Setup(format!(
+                "{} is a link, but not to {}, where this restore places tablespace {oid}",
+                link.display(),
+                dest.display()
+            )));
+        }
+        std::fs::remove_file(&link).map_err(PgError::io("remove", link.display()))?;
+        if dest.is_dir() {
+            std::fs::rename(&dest, &link).map_err(PgError::io("rename", dest.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves each restored `pg_tblspc/<oid>` directory to its location and links it there.
@@ -262,14 +320,7 @@ fn place_tablespaces(
         if !restored.is_dir() || restored.is_symlink() {
             continue;
         }
-        let dest = match map.get(oid) {
-            Some(d) => d.clone(),
-            None => {
-                let mut name = pgdata.as_os_str().to_owned();
-                name.push(".tablespaces");
-                PathBuf::from(name).join(oid)
-            }
-        };
+        let dest = tablespace_location(pgdata, oid, map);
         if dest.exists()
             && std::fs::read_dir(&dest)
                 .map(|mut d| d.next().is_some())

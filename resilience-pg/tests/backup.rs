@@ -124,6 +124,7 @@ async fn recover(
         archive: false,
         restore: Default::default(),
         tablespaces: Default::default(),
+        resume: false,
     };
     let restored = recovery::prepare(&lab.repo, &plan, &copy.pgdata, &options)
         .await

@@ -234,6 +234,7 @@ async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
                     .ok_or_else(|| CliError::Usage(format!("--tablespace {m:?}: expected OID=DIR")))
             })
             .collect::<Result<_, _>>()?,
+        resume: args.resume,
     };
     let restored = recovery::prepare(&repo, &plan, &args.pgdata, &options).await;
     if let Some(b) = &bar {

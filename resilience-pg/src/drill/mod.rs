@@ -156,6 +156,7 @@ impl PgDrill {
             archive: false,
             restore: RestoreOptions::default(),
             tablespaces: Default::default(),
+            resume: false,
         };
         match recovery::prepare(repo, &plan, pgdata, &options).await {
             Ok(r) => checks.push(DrillCheck::pass(
