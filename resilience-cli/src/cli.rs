@@ -222,6 +222,15 @@ pub enum RepairCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Give each catalog record whose current revision does not read back a new revision
+    /// saying what the damaged one said (verify names such revisions). A damaged `succeeded`
+    /// revision is rebuilt from the snapshot's manifest, when that reads back and agrees with
+    /// the record. Takes the catalog lock; records it cannot rebuild are named.
+    Catalog {
+        /// Report what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Name the snapshots that lost data and the files lost; with --salvage, keep the rest.
     ///
     /// Finds lost or damaged packs, lost tree blobs and damaged manifests and, for each
@@ -396,9 +405,14 @@ pub enum PgCommand {
 /// Arguments of `pg restore`.
 #[derive(Debug, Args)]
 pub struct PgRestoreArgs {
-    /// The new data directory (created; must be empty).
+    /// The new data directory (created; must be empty unless --resume).
     #[arg(long)]
     pub pgdata: PathBuf,
+    /// Complete an interrupted restore into --pgdata: files already written are kept when their
+    /// bytes match, the rest is restored. Postgres cannot start on an interrupted restore (its
+    /// global/pg_control is put in place last).
+    #[arg(long)]
+    pub resume: bool,
     /// Source and WAL archive name.
     #[arg(long, default_value = "postgres")]
     pub source: String,

@@ -382,16 +382,45 @@ impl RepoCatalog {
 
     /// Reads the records behind `refs`, a few at a time, in order (a damaged revision falls
     /// back to the newest intact one of its record).
+    ///
+    /// A record none of whose revisions reads, and whose current one says `running`, is left
+    /// out with a warning naming it ([`RepoCatalog::unreadable_attempt`]).
     pub async fn read_refs(&self, refs: &[CatalogRef]) -> Result<Vec<BackupRecord>> {
         let this = self.clone();
-        futures::stream::iter(refs.to_vec())
+        let read: Vec<Option<BackupRecord>> = futures::stream::iter(refs.to_vec())
             .map(move |r| {
                 let this = this.clone();
-                async move { this.read_current(&r).await }
+                async move { this.read_listed(&r).await }
             })
             .buffered(16)
             .try_collect()
-            .await
+            .await?;
+        Ok(read.into_iter().flatten().collect())
+    }
+
+    /// Reads the current revision of a listed record, or `None` for an unreadable attempt.
+    async fn read_listed(&self, r: &CatalogRef) -> Result<Option<BackupRecord>> {
+        match self.read_current(r).await {
+            Ok(record) => Ok(Some(record)),
+            Err(e) if Self::unreadable_attempt(r, &e) => {
+                tracing::warn!(object = %r.key, error = %e, "a backup attempt that never finished left an unreadable record: it is left out (nothing was acknowledged under it)");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `error`, met reading record `r`, means the record of a backup attempt that never
+    /// finished is unreadable: no revision of it reads, and the current one is its `running`
+    /// revision (a backup that finished, failed or was expired has a later revision, which
+    /// would be current). Such an attempt acknowledged nothing: its start was cut short as its
+    /// record was written (a torn put), or the record rotted before anything finished it.
+    /// Listings leave it out rather than fail, and verify does not count it as damage (its
+    /// packs, if any, are unindexed, and prune reclaims them; the record's object stays, as the
+    /// records of failed backups do). A record whose current revision says anything else is
+    /// damage ([`crate::ops::verify`]).
+    pub fn unreadable_attempt(r: &CatalogRef, error: &Error) -> bool {
+        r.status == Some(BackupStatus::Running) && matches!(error, Error::Corrupt { .. })
     }
 
     /// The newest record (by id, which starts with the start time) that matches `query`,
@@ -410,7 +439,9 @@ impl RepoCatalog {
                     break;
                 }
             }
-            let record = self.read_current(r).await?;
+            let Some(record) = self.read_listed(r).await? else {
+                continue;
+            };
             if query.matches(&record)
                 && best
                     .as_ref()

@@ -13,7 +13,7 @@ use resilience_core::catalog::{BackupStatus, Catalog};
 use resilience_core::keys::KeyFileProvider;
 use resilience_core::ops::prune::PruneOptions;
 use resilience_core::ops::repair::{
-    Loss, RepairIndexOptions, RepairSnapshotsOptions, SalvageAction,
+    Loss, RepairCatalogOptions, RepairIndexOptions, RepairSnapshotsOptions, SalvageAction,
 };
 use resilience_core::ops::verify::{VerifyOptions, LOST_INDEX, REPAIR_INDEX, REPAIR_SNAPSHOTS};
 use resilience_core::repo::lock::LockSettings;
@@ -840,4 +840,94 @@ async fn a_sound_repository_reports_nothing_and_salvage_writes_nothing() {
         assert!(report.salvaged.is_empty());
     }
     assert_eq!(contents(mem.as_ref()).await, before);
+}
+
+/// The current revision of `id`'s record, as its object name says.
+async fn current_revision(sink: &dyn Sink, id: &str) -> String {
+    keys(sink, &format!("catalog/{id}/"))
+        .await
+        .pop()
+        .expect("a revision")
+}
+
+/// A backup's `succeeded` revision that does not read back (rotted, or cut short as it was
+/// written) leaves a record that reads as `running`: verify names the revision and the
+/// snapshot, and `repair catalog` rebuilds it from the manifest, after which the snapshot is
+/// listed succeeded again, verifies and restores. Where the manifest is damaged too, the record
+/// is left and named.
+#[tokio::test]
+async fn repair_catalog_rebuilds_a_damaged_succeeded_revision_from_the_manifest() {
+    let (mem, repo, taken, _) = repository().await;
+    let victim = &taken[1];
+    let revision = current_revision(mem.as_ref(), &victim.id).await;
+    assert!(revision.ends_with("-succeeded"), "{revision}");
+    let original = mem.get(&revision).await.unwrap();
+    harm(&mem, &revision, Harm::Truncate, original);
+    let report = repo.verify(VerifyOptions { full: true }).await.unwrap();
+    let named: Vec<&str> = report.damaged.iter().map(|d| d.object.as_str()).collect();
+    assert_eq!(named, [revision.as_str()], "{:?}", report.damaged);
+    assert!(
+        report.damaged[0].problem.contains("repair catalog"),
+        "{}",
+        report.damaged[0].problem
+    );
+    let listed = repo.catalog().get(&victim.id).await.unwrap().unwrap();
+    assert_eq!(listed.status, BackupStatus::Running);
+
+    let dry = repo
+        .repair_catalog(RepairCatalogOptions { dry_run: true })
+        .await
+        .unwrap();
+    assert_eq!(dry.rewritten.len(), 1, "{dry:?}");
+    assert_eq!(current_revision(mem.as_ref(), &victim.id).await, revision);
+
+    let done = repo
+        .repair_catalog(RepairCatalogOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(done.records_checked, 3);
+    assert_eq!(done.rewritten.len(), 1, "{done:?}");
+    assert_eq!(done.rewritten[0].damaged, revision);
+    assert_eq!(done.rewritten[0].status, BackupStatus::Succeeded);
+    assert!(done.left.is_empty(), "{done:?}");
+    let record = repo.catalog().get(&victim.id).await.unwrap().unwrap();
+    assert_eq!(record.status, BackupStatus::Succeeded);
+    assert!(record.manifest_checksum.is_some() && record.finished_at.is_some());
+    assert!(repo
+        .verify(VerifyOptions { full: true })
+        .await
+        .unwrap()
+        .is_ok());
+    assert_restores(&repo, &taken).await;
+    // Run again: nothing more to do.
+    let again = repo
+        .repair_catalog(RepairCatalogOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        again.rewritten.is_empty() && again.left.is_empty(),
+        "{again:?}"
+    );
+
+    // The third snapshot: its succeeded revision and its manifest both damaged.
+    let third = &taken[2];
+    let revision = current_revision(mem.as_ref(), &third.id).await;
+    let manifest = format!("snapshots/{}", third.id);
+    for key in [&revision, &manifest] {
+        let bytes = mem.get(key).await.unwrap();
+        harm(&mem, key, Harm::Flip, bytes);
+    }
+    let left = repo
+        .repair_catalog(RepairCatalogOptions::default())
+        .await
+        .unwrap();
+    assert!(left.rewritten.is_empty(), "{left:?}");
+    assert_eq!(left.left.len(), 1, "{left:?}");
+    assert_eq!(left.left[0].object, revision);
+    assert!(
+        left.left[0].reason.contains("manifest does not read back"),
+        "{}",
+        left.left[0].reason
+    );
+    assert_eq!(current_revision(mem.as_ref(), &third.id).await, revision);
 }

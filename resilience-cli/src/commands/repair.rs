@@ -1,10 +1,11 @@
 //! `repair index [--dry-run]`: rebuild derived state from the data it was derived from.
 //! `repair snapshots [--dry-run] [--salvage] [--read-data]`: name the snapshots that lost data
 //! and salvage what is still restorable.
+//! `repair catalog [--dry-run]`: supersede damaged catalog revisions.
 
 use resilience_core::ops::repair::{
-    Loss, RepairIndexOptions, RepairIndexReport, RepairSnapshotsOptions, RepairSnapshotsReport,
-    SalvageAction,
+    Loss, RepairCatalogOptions, RepairCatalogReport, RepairIndexOptions, RepairIndexReport,
+    RepairSnapshotsOptions, RepairSnapshotsReport, SalvageAction,
 };
 
 use crate::access;
@@ -30,6 +31,18 @@ pub async fn run(g: &Global, what: &RepairCommand) -> Result<(), CliError> {
             }
             Ok(())
         }
+        RepairCommand::Catalog { dry_run } => {
+            let repo = access::open(g).await?;
+            let report = repo
+                .repair_catalog(RepairCatalogOptions { dry_run: *dry_run })
+                .await?;
+            if g.json {
+                print_json(&serde_json::to_value(&report).expect("the report serializes"));
+            } else {
+                print_catalog(&report);
+            }
+            Ok(())
+        }
         RepairCommand::Snapshots {
             dry_run,
             salvage,
@@ -51,6 +64,25 @@ pub async fn run(g: &Global, what: &RepairCommand) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+fn print_catalog(r: &RepairCatalogReport) {
+    let verb = if r.dry_run { "would write" } else { "wrote" };
+    for w in &r.rewritten {
+        println!(
+            "{}: {verb} a {} revision superseding {} (from {})",
+            w.id, w.status, w.damaged, w.from
+        );
+    }
+    for l in &r.left {
+        println!("LEFT {}: {}", l.object, l.reason);
+    }
+    println!(
+        "{} record(s) checked, {} superseded, {} left",
+        r.records_checked,
+        r.rewritten.len(),
+        r.left.len()
+    );
 }
 
 fn print_snapshots(r: &RepairSnapshotsReport) {

@@ -44,6 +44,7 @@ use futures::TryStreamExt;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::BackupStatus;
 use crate::error::{Error, Result};
 use crate::format::blob::BlobId;
 use crate::format::index::{self, Index, PackRecord};
@@ -105,6 +106,11 @@ pub struct PruneReport {
     pub waiting_uploads: Vec<String>,
     /// Unfinished uploads that could not be listed or discarded (the next prune tries again).
     pub upload_warnings: Vec<String>,
+    /// Manifests that do not read back, of backups that never committed (cut short as they
+    /// were written): their references are not counted, and they are deleted (unless a dry
+    /// run): no snapshot was ever acknowledged under them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub abandoned_manifests: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -154,6 +160,9 @@ enum Pass {
 struct Referenced {
     bits: Vec<u64>,
     outside: HashSet<BlobId>,
+    /// Manifests that do not read back, of backups that never committed
+    /// ([`Repository::never_committed`]): their blobs are not marked.
+    abandoned: Vec<String>,
 }
 
 impl Referenced {
@@ -161,6 +170,7 @@ impl Referenced {
         Referenced {
             bits: vec![0; n.div_ceil(64)],
             outside: HashSet::new(),
+            abandoned: Vec::new(),
         }
     }
     fn mark(&mut self, index: &Index, id: &BlobId) {
@@ -186,9 +196,13 @@ impl Referenced {
     }
 }
 
+/// A prune plan as readers see it: its key, when it was made, the packs it condemns.
+pub type PrunePlanPacks = (String, DateTime<Utc>, Vec<PackRecord>);
+
 impl Repository {
-    /// The stored prune plans: key, creation time, condemned packs.
-    pub async fn prune_plans(&self) -> Result<Vec<(String, DateTime<Utc>, Vec<PackRecord>)>> {
+    /// The stored prune plans: key, creation time, condemned packs. A damaged plan is an error
+    /// naming it ([`Repository::readable_prune_plans`] skips it instead).
+    pub async fn prune_plans(&self) -> Result<Vec<PrunePlanPacks>> {
         Ok(self
             .stored_plans()
             .await?
@@ -197,7 +211,29 @@ impl Repository {
             .collect())
     }
 
+    /// Every prune plan, for prune itself, which must never decide from a plan it cannot
+    /// read: a damaged one is an error that names it and says to run `resilience repair index`
+    /// (which removes it; its packs are indexed again).
     async fn stored_plans(&self) -> Result<Vec<StoredPlan>> {
+        let (plans, damaged) = self.stored_plans_report().await?;
+        if let Some((key, e)) = damaged.into_iter().next() {
+            let problem = match e {
+                Error::Corrupt { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            return Err(Error::corrupt(
+                &key,
+                format!(
+                    "{problem}; prune needs every prune plan: run `resilience repair index` \
+                     first (it removes the damaged plan and indexes its packs again)"
+                ),
+            ));
+        }
+        Ok(plans)
+    }
+
+    /// The prune plans that read back, and the damaged ones with why.
+    async fn stored_plans_report(&self) -> Result<(Vec<StoredPlan>, Vec<(String, Error)>)> {
         let keys: Vec<String> = self
             .sink
             .list("prune/")
@@ -205,27 +241,60 @@ impl Repository {
             .try_collect()
             .await?;
         let mut out = Vec::new();
+        let mut damaged = Vec::new();
         for key in keys {
             let bytes = match self.sink.get(&key).await {
                 Ok(b) => b,
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let payload = object::open_object(&self.keys(), ObjectKind::PrunePlan, &key, &bytes)?;
-            let (header, packs) = decode_plan(&key, &payload)?;
-            out.push(StoredPlan { key, header, packs });
+            let read = object::open_object(&self.keys(), ObjectKind::PrunePlan, &key, &bytes)
+                .and_then(|payload| decode_plan(&key, &payload));
+            match read {
+                Ok((header, packs)) => out.push(StoredPlan { key, header, packs }),
+                Err(e @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
+                    damaged.push((key, e))
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(out)
+        Ok((out, damaged))
+    }
+
+    /// The prune plans that read back, and the keys of those that do not (warned about, naming
+    /// them): for readers, which find a damaged plan's packs from their own tables, as they
+    /// do a damaged index file's.
+    pub async fn readable_prune_plans(&self) -> Result<(Vec<PrunePlanPacks>, Vec<String>)> {
+        let (plans, damaged) = self.stored_plans_report().await?;
+        for (key, e) in &damaged {
+            tracing::warn!(plan = %key, error = %e, "skipping a damaged prune plan: its packs are found from their own tables; run `resilience repair index` to remove it");
+        }
+        Ok((
+            plans
+                .into_iter()
+                .map(|p| (p.key, p.header.created_at, p.packs))
+                .collect(),
+            damaged.into_iter().map(|(k, _)| k).collect(),
+        ))
     }
 
     /// The index for reading: live index files, then the packs that prune plans condemned but
     /// have not deleted yet (so a snapshot written by a backup that raced a prune stays
     /// restorable until the prune resurrects its packs).
     pub async fn load_read_index(&self) -> Result<Index> {
-        let mut index = self.load_index().await?;
-        for (_, _, packs) in self.prune_plans().await? {
+        let loaded = self.load_index_report().await?;
+        let mut index = loaded.index;
+        let (plans, damaged_plans) = self.readable_prune_plans().await?;
+        for (_, _, packs) in plans {
             for p in &packs {
                 index.add_pack(p);
+            }
+        }
+        // A damaged plan's packs are in no index file: from their own tables (done already
+        // when an index file is damaged).
+        if !damaged_plans.is_empty() && loaded.damaged.is_empty() {
+            for p in self.unindexed_packs(&index).await? {
+                index.add_pack(&p);
             }
         }
         index.compact();
@@ -234,7 +303,9 @@ impl Repository {
 
     /// Marks every blob that a snapshot manifest in this store references, whatever the
     /// catalog says of its backup: data follows manifests, never catalog labels alone. A
-    /// manifest that cannot be read stops the prune (its blobs are unknown), naming it.
+    /// manifest that cannot be read stops the prune (its blobs are unknown), naming it —
+    /// unless its backup never committed ([`Repository::never_committed`]): then nothing was
+    /// ever acknowledged under it, and it is skipped (and named in the report).
     async fn referenced_blobs(&self, index: &Index) -> Result<Referenced> {
         let mut referenced = Referenced::new(index.blob_count());
         let keys: Vec<String> = self
@@ -250,12 +321,20 @@ impl Repository {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let manifest =
-                self.open_manifest(&key, &bytes)
-                    .map_err(|e| Error::PruneManifestUnreadable {
+            let manifest = match self.open_manifest(&key, &bytes) {
+                Ok(m) => m,
+                Err(e @ Error::Corrupt { .. }) if self.never_committed(&key).await? => {
+                    tracing::warn!(manifest = %key, error = %e, "skipping the unreadable manifest of a backup that never committed");
+                    referenced.abandoned.push(key);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::PruneManifestUnreadable {
                         manifest: key.clone(),
                         source: Box::new(e),
-                    })?;
+                    })
+                }
+            };
             for r in &manifest.tree {
                 referenced.mark(index, &r.id);
             }
@@ -270,6 +349,34 @@ impl Repository {
             }
         }
         Ok(referenced)
+    }
+
+    /// Whether the backup of manifest `key` never committed, so that its manifest, should it
+    /// not read back, was never acknowledged: its catalog record exists, and none of its
+    /// revisions (by their object names, which a damaged object keeps) says `succeeded` or
+    /// `expired` (or carries no status), and no live lock names the backup. A backup commits by
+    /// writing its `succeeded` revision after its manifest, so a manifest cut short as it was
+    /// written (a torn put, which fails the backup) is one of these; a committed backup's
+    /// rotted manifest is not, and stops the prune.
+    async fn never_committed(&self, key: &str) -> Result<bool> {
+        let Some(id) = key.strip_prefix("snapshots/") else {
+            return Ok(false);
+        };
+        let revisions = self.catalog().revisions(id).await?;
+        let uncommitted = |r: &crate::catalog::CatalogRef| {
+            matches!(
+                r.status,
+                Some(BackupStatus::Running) | Some(BackupStatus::Failed)
+            )
+        };
+        if revisions.is_empty() || !revisions.iter().all(uncommitted) {
+            return Ok(false);
+        }
+        let locks = lock::list_locks(self.sink.as_ref()).await?;
+        let live = locks
+            .live_others(None, self.clock.now())
+            .any(|l| l.info.backup_id.as_deref() == Some(id));
+        Ok(!live)
     }
 
     /// Runs phase 2 for ripe plans, then phase 1.
@@ -419,6 +526,13 @@ impl Repository {
         let referenced = self.referenced_blobs(&read_index).await?;
         report.packs = pack_records.len();
         report.referenced_blobs = referenced.count();
+        report.abandoned_manifests = referenced.abandoned.clone();
+        if !options.dry_run {
+            for key in &referenced.abandoned {
+                lock.check()?;
+                self.sink.delete(key).await?;
+            }
+        }
         let mut keep: Vec<PackRecord> = Vec::new();
         let mut condemned: Vec<PackRecord> = Vec::new();
         // Packs that no index file lists (failed or killed backups), condemned apart.

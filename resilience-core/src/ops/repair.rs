@@ -12,7 +12,9 @@
 //!   listed it, that record is kept (so verify still tells which of its blobs read back and
 //!   which snapshots it affects); otherwise it stays unindexed.
 //! - A pack that a prune plan condemned is not indexed again (the plan decides its fate), unless
-//!   an intact index file listed it already: repair then keeps it as it was.
+//!   an intact index file listed it already: repair then keeps it as it was. A plan that does
+//!   not read back decides nothing: every pack is indexed, and the plan is removed after the
+//!   new index files are written.
 //! - A pack that an intact index file lists but that is missing from `data/` keeps its record,
 //!   so verify goes on naming the loss and the snapshots it affects.
 //!
@@ -29,8 +31,14 @@
 //! **`repair snapshots`** ([`Repository::repair_snapshots`], in [`snapshots`]) is for data that
 //! nothing rebuilds: it names the snapshots that lost data and what they lost, and with
 //! `salvage` writes, for each, a new snapshot holding everything that is still restorable.
+//!
+//! **`repair catalog`** ([`Repository::repair_catalog`], in [`records`]) gives a record whose
+//! current revision does not read back a new revision saying what the damaged one said.
 
+pub mod records;
 pub mod snapshots;
+
+pub use records::{LeftRecord, RepairCatalogOptions, RepairCatalogReport, RewrittenRecord};
 
 pub use snapshots::{
     DamagedSnapshot, Loss, LostFile, LostObject, LostTree, RepairSnapshotsOptions,
@@ -85,9 +93,13 @@ pub struct RepairIndexReport {
     pub damaged_removed: Vec<String>,
     /// Intact old index files removed (their packs are in the new files).
     pub old_removed: usize,
-    /// Old index files that could not be removed (an append-only sink refuses deletes): run
-    /// `resilience repair index` again with maintenance credentials.
+    /// Old index files (and damaged prune plans) that could not be removed (an append-only
+    /// sink refuses deletes): run `resilience repair index` again with maintenance credentials.
     pub not_removed: Vec<String>,
+    /// Prune plans that do not read back: removed (in a dry run: would be) once the new index
+    /// files list their packs, which are indexed again (a later prune condemns them anew).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged_prune_plans: Vec<String>,
     /// The new index files written (empty in a dry run).
     pub index_files_written: Vec<String>,
     /// How many new index files were (or would be) written.
@@ -167,9 +179,11 @@ impl Repository {
         }
         drop(reads);
         report.damaged_index_files.sort();
-        let condemned: HashSet<PackId> = self
-            .prune_plans()
-            .await?
+        // A damaged plan's packs are unknown: they are indexed again (safe: the plan is
+        // removed below, so no prune deletes them on its word).
+        let (plans, damaged_plans) = self.readable_prune_plans().await?;
+        report.damaged_prune_plans = damaged_plans;
+        let condemned: HashSet<PackId> = plans
             .into_iter()
             .flat_map(|(_, _, packs)| packs.into_iter().map(|p| p.id))
             .collect();
@@ -268,6 +282,15 @@ impl Repository {
                 damaged_removed.push(key.clone());
             } else {
                 report.old_removed += 1;
+            }
+        }
+        // Only now that the new index files list the damaged plans' packs.
+        for key in &report.damaged_prune_plans {
+            match self.sink.delete(key).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(SinkError::Refused { .. }) => report.not_removed.push(key.clone()),
+                Err(e) => return Err(e.into()),
             }
         }
         damaged_removed.sort();

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::catalog::{BackupStatus, Catalog, CatalogRef};
+use crate::catalog::{BackupStatus, Catalog, CatalogRef, RepoCatalog};
 use crate::error::{Error, Result};
 use crate::format::blob::{self, BlobId};
 use crate::format::index::{Index, PackInfo};
@@ -259,7 +259,19 @@ impl Repository {
         // Packs that a prune condemned are still readable until a later prune deletes them:
         // they count only if a snapshot still uses them.
         let mut optional: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for (_, _, packs) in self.prune_plans().await? {
+        let (plans, damaged_plans) = self.readable_prune_plans().await?;
+        // A damaged prune plan is damage as a damaged index file is: its packs are found from
+        // their own tables, and `repair index` removes it (indexing its packs again).
+        for key in damaged_plans {
+            damage.object(
+                &key,
+                "the prune plan does not read back (damaged or truncated); readers find its \
+                 packs from their own tables, and prune refuses to run until it is removed"
+                    .into(),
+            );
+            damaged_index_files.push(key);
+        }
+        for (_, _, packs) in plans {
             for p in packs {
                 if !index.has_pack(&p.id) {
                     optional.insert(pack::pack_key(&p.id));
@@ -329,18 +341,16 @@ impl Repository {
             }
         }
 
-        // Snapshots: the current revision of every record that may say succeeded. A damaged
-        // current revision is damage of its own, though the record reads from its newest
-        // intact revision, as every reader reads it; if that one does not say succeeded (or
-        // none reads), the snapshot is lost to restores, which find snapshots by their
-        // records.
+        // Snapshots: the current revision of every record. A damaged current revision is
+        // damage of its own, whatever it says, though the record reads from its newest intact
+        // revision, as every reader reads it; if that one does not say succeeded (or none
+        // reads) while the damaged one may have, the snapshot is lost to restores, which find
+        // snapshots by their records. The snapshots checked are those of records whose current
+        // revision may say succeeded and reads as succeeded. A record none of whose revisions
+        // reads, and whose current one says running, is an attempt that never finished: not
+        // damage ([`RepoCatalog::unreadable_attempt`]).
         let catalog = self.catalog();
-        let refs: Vec<CatalogRef> = catalog
-            .refs(None)
-            .await?
-            .into_iter()
-            .filter(|r| r.status.is_none_or(|s| s == BackupStatus::Succeeded))
-            .collect();
+        let refs: Vec<CatalogRef> = catalog.refs(None).await?;
         let reads: Vec<_> = futures::stream::iter(refs)
             .map(|r| {
                 let catalog = catalog.clone();
@@ -355,6 +365,7 @@ impl Repository {
         let mut records = Vec::new();
         for (r, read) in reads {
             let said_succeeded = r.status == Some(BackupStatus::Succeeded);
+            let may_say_succeeded = r.status.is_none_or(|s| s == BackupStatus::Succeeded);
             match read {
                 Ok((record, fell_back)) => {
                     if let Some((e, used)) = fell_back {
@@ -362,7 +373,8 @@ impl Repository {
                             &r.key,
                             format!(
                                 "{}; the record reads from {used} ({}); its next revision \
-                                 supersedes the damaged one",
+                                 supersedes the damaged one (`resilience repair catalog` writes \
+                                 it)",
                                 problem_of(e),
                                 record.status
                             ),
@@ -371,12 +383,13 @@ impl Repository {
                             damage.affects(&r.key, &r.id);
                         }
                     }
-                    if record.status == BackupStatus::Succeeded {
+                    if may_say_succeeded && record.status == BackupStatus::Succeeded {
                         records.push(record);
                     }
                 }
                 // Forgotten since the listing.
                 Err(Error::Sink(e)) if e.is_not_found() => {}
+                Err(e) if RepoCatalog::unreadable_attempt(&r, &e) => {}
                 Err(e @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
                     damage.object(&r.key, problem_of(e));
                     if said_succeeded {

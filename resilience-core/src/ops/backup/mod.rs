@@ -240,8 +240,9 @@ impl Repository {
         // unindexed packs just below (adopted and indexed again by this backup), so `data/` is
         // listed once.
         let mut index = self.load_intact_index().await?.index;
-        // Packs a prune condemned are not adopted: the prune decides their fate.
-        let plans = self.prune_plans().await?;
+        // Packs a prune condemned are not adopted: the prune decides their fate. (A damaged
+        // plan's packs may be: no prune runs that plan, which `repair index` removes.)
+        let (plans, _) = self.readable_prune_plans().await?;
         let condemned: HashSet<crate::format::pack::PackId> = plans
             .iter()
             .flat_map(|(_, _, p)| p.iter().map(|r| r.id))

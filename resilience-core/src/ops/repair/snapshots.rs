@@ -231,7 +231,7 @@ impl<'r> Lookup<'r> {
         let mut index = loaded.index;
         // Condemned packs are readable until a later prune deletes them, and a manifest that
         // uses one of their blobs makes that prune index them again.
-        for (_, _, packs) in repo.prune_plans().await? {
+        for (_, _, packs) in repo.readable_prune_plans().await?.0 {
             for p in &packs {
                 if !index.has_pack(&p.id) {
                     index.add_pack(p);
