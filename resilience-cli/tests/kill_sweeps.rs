@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[allow(dead_code)]
 mod pg_support;
-#[allow(dead_code)]
 mod tls_support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_resilience");
