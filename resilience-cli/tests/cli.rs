@@ -370,8 +370,17 @@ fn a_backup_killed_part_way_claims_nothing_and_the_next_one_reuses_its_work() {
         ])
         .spawn()
         .unwrap();
+    // Killed once it has written two packs.
     let started = std::time::Instant::now();
-    while env.packs().len() < 2 && started.elapsed() < std::time::Duration::from_secs(60) {
+    while env.packs().len() < 2 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the backup ended ({status}) before it could be killed part way");
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the backup wrote {} packs in 60 s, waiting for 2",
+            env.packs().len()
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();

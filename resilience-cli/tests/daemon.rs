@@ -13,7 +13,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use daemon_support::{metric, wait_for, Daemon};
 use pg_support::{free_port, Lab, BIN};
@@ -310,7 +309,15 @@ max_rate = 1000000
         let (_, report) = daemon.health();
         (!report["jobs"]["docs"]["running_since"].is_null()).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // Under way: its record (written once it holds its lock) says running.
+    wait_for(30, "the backup's record to say running", || {
+        let list = lab.json(&["snapshots"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["source"] == "docs" && r["status"] == "running")
+            .then_some(())
+    });
     let (status, log) = daemon.terminate();
     assert!(status.success(), "daemon exit {status}: {log}");
 

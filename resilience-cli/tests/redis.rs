@@ -7,6 +7,8 @@ mod redis_support;
 mod tls_support;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
@@ -38,7 +40,16 @@ async fn every_type_round_trips_with_absolute_ttls_standalone_to_cluster_and_bac
         before.len() + 1,
         "{backup}"
     );
-    tokio::time::sleep(Duration::from_millis(900)).await; // gone:soon expires
+    // gone:soon expires: the server says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = src.exists("gone:soon").await.unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gone:soon did not expire");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Into a three-primary cluster: routed to the right primary.
     let cluster = lab.cluster();
@@ -131,8 +142,12 @@ async fn a_backup_beside_a_busy_writer_keeps_every_key_that_lived_through_it() {
         .collect();
     let _: () = c.mset(churn).await.unwrap();
 
+    // The writer counts its rounds, so the backup starts only once it is writing and the test
+    // can tell that it went on writing during the backup.
+    let rounds = Arc::new(AtomicU64::new(0));
     let writer = {
         let c = client(&url, false).await;
+        let rounds = rounds.clone();
         tokio::spawn(async move {
             let mut i = 0u64;
             loop {
@@ -149,14 +164,26 @@ async fn a_backup_beside_a_busy_writer_keeps_every_key_that_lived_through_it() {
                     )
                     .await;
                 i += 1;
+                rounds.store(i, Ordering::SeqCst);
                 tokio::task::yield_now().await;
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rounds.load(Ordering::SeqCst) < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the writer made {} rounds in 30 s",
+            rounds.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = rounds.load(Ordering::SeqCst);
     let backup = lab.json(&["redis", "backup", "--url", &url, "--scan-count", "200"]);
+    let during = rounds.load(Ordering::SeqCst) - before;
     writer.abort();
     assert_eq!(backup["status"], "succeeded");
+    assert!(during > 0, "the writer wrote nothing during the backup");
 
     let target = lab.standalone();
     lab.ok(&[

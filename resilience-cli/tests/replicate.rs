@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -177,7 +177,22 @@ fn a_replica_in_another_region_verifies_restores_catches_up_and_resumes() {
         ])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(4000));
+    // Killed once some objects are on the replica (the lag shrank), the snapshot still to come.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the throttled replication ended ({status}) before it could be killed part way");
+        }
+        let now = r.replicate(&["--dry-run"]);
+        if now["lag_bytes"].as_u64().unwrap() < dry["lag_bytes"].as_u64().unwrap() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the throttled replication copied nothing within 120 s: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     let partial = r.replicate(&["--dry-run"]);

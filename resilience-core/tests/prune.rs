@@ -19,6 +19,7 @@ use resilience_core::source::{
     AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };
 use resilience_core::testing::{pseudo_random as data, FaultySink, MemorySource, MemoryTarget};
+use resilience_core::BackupReport;
 
 fn now_prune() -> PruneOptions {
     PruneOptions {
@@ -152,15 +153,44 @@ async fn a_plan_younger_than_the_grace_period_waits() {
     assert!(again.waiting_plans[0].contains("grace"));
 }
 
-/// A source whose single entry blocks until released: holds a backup open mid-way.
+/// A source whose single entry blocks until released: holds a backup open mid-way. `reached`
+/// is notified when the backup asks for the entry (its lock taken, the index it deduplicates
+/// against loaded).
 struct GatedSource {
     content: Vec<u8>,
     gate: Arc<tokio::sync::Semaphore>,
+    reached: Arc<tokio::sync::Notify>,
 }
 
 struct GatedSession {
     content: Option<Vec<u8>>,
     gate: Arc<tokio::sync::Semaphore>,
+    reached: Arc<tokio::sync::Notify>,
+}
+
+impl GatedSource {
+    fn new(content: Vec<u8>, gate: &Arc<tokio::sync::Semaphore>) -> Self {
+        GatedSource {
+            content,
+            gate: gate.clone(),
+            reached: Arc::default(),
+        }
+    }
+}
+
+/// Waits (bounded) until the backup `task` runs from `src` has reached the gated entry; fails
+/// naming what it waited for if the backup ends first or never gets there.
+async fn until_reached(
+    src: &GatedSource,
+    task: &mut tokio::task::JoinHandle<resilience_core::Result<BackupReport>>,
+) {
+    tokio::select! {
+        _ = src.reached.notified() => {}
+        ended = task => panic!("the gated backup ended before reaching its entry: {ended:?}"),
+        _ = tokio::time::sleep(Duration::from_secs(60)) => {
+            panic!("the gated backup did not reach its entry within 60 s")
+        }
+    }
 }
 
 #[async_trait]
@@ -175,6 +205,7 @@ impl Source for GatedSource {
         Ok(Box::new(GatedSession {
             content: Some(self.content.clone()),
             gate: self.gate.clone(),
+            reached: self.reached.clone(),
         }))
     }
 }
@@ -185,6 +216,7 @@ impl SourceSession for GatedSession {
         let Some(content) = self.content.take() else {
             return Ok(None);
         };
+        self.reached.notify_one();
         let _permit = self.gate.acquire().await.unwrap();
         let meta = EntryMeta::file("f", content.len() as u64);
         Ok(Some(SourceEntry {
@@ -217,15 +249,12 @@ async fn a_backup_that_races_a_prune_keeps_what_it_deduplicated_against() {
 
     // The racing backup loads the index (with the soon-to-be garbage packs) and then waits.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let racing = {
-        let repo = repo.clone();
-        let src = GatedSource {
-            content: content.clone(),
-            gate: gate.clone(),
-        };
-        tokio::spawn(async move { repo.backup(&src, Default::default()).await })
+    let src = Arc::new(GatedSource::new(content.clone(), &gate));
+    let mut racing = {
+        let (repo, src) = (repo.clone(), src.clone());
+        tokio::spawn(async move { repo.backup(src.as_ref(), Default::default()).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_reached(&src, &mut racing).await;
 
     // Forget the only snapshot that used the content, and prune twice: the plan must wait for
     // the racing backup, whose lock is older than the plan.
@@ -555,10 +584,7 @@ async fn an_unfinished_upload_waits_while_a_backup_that_may_own_it_runs() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let running = {
         let repo = repo.clone();
-        let src = GatedSource {
-            content: data(1 << 20, 4),
-            gate: gate.clone(),
-        };
+        let src = GatedSource::new(data(1 << 20, 4), &gate);
         tokio::spawn(async move { repo.backup(&src, Default::default()).await })
     };
     until_locked(mem.as_ref()).await;

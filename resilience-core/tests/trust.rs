@@ -91,6 +91,27 @@ async fn restores_identical(repo: &Repository, id: &str, seed: u64) {
     }
 }
 
+/// Waits (bounded) until `sink` has paused itself at the operation it was set to pause at: the
+/// task working through it got there. Fails naming `what` otherwise.
+async fn until_paused(sink: &PausableSink, what: &str) {
+    tokio::time::timeout(Duration::from_secs(60), sink.paused())
+        .await
+        .unwrap_or_else(|_| panic!("waited 60 s for {what}"));
+}
+
+/// The purposes of the catalog locks in `store`, sorted.
+async fn catalog_lock_purposes(store: &dyn Sink) -> Vec<String> {
+    let listing = list_locks(store).await.unwrap();
+    let mut purposes: Vec<String> = listing
+        .locks
+        .iter()
+        .filter(|l| l.info.kind == LockKind::Catalog)
+        .map(|l| l.info.purpose.clone())
+        .collect();
+    purposes.sort();
+    purposes
+}
+
 /// Runs backup A through a sink that pauses after the first put under `pause_after`, keeps it
 /// paused past its lock's lifetime while B backs up (reaping A) and prunes twice with no grace,
 /// then lets A go on. Returns A's result and the repository as B sees it.
@@ -338,7 +359,8 @@ async fn a_legal_hold_racing_forget_is_never_lost() {
     init(store.clone()).await;
     let gate = Arc::new(PausableSink::new(store.clone()));
     let admin = open(gate.clone(), Duration::from_secs(60)).await;
-    let user = open(store.clone(), Duration::from_secs(60)).await;
+    let waiter = Arc::new(PausableSink::new(store.clone()));
+    let user = open(waiter.clone(), Duration::from_secs(60)).await;
     let old = admin
         .backup(&big_source("a", 1), Default::default())
         .await
@@ -358,12 +380,21 @@ async fn a_legal_hold_racing_forget_is_never_lost() {
     gate.pause_before_delete_of("snapshots/");
     let forget = tokio::spawn(async move { admin.forget(&plan).await });
     gate.paused().await;
+    // The hold then tries the catalog lock that forget holds: refused, it pauses just before it
+    // takes its attempt back (and would wait for forget).
+    waiter.pause_before_delete_of("locks/");
     let hold = tokio::spawn({
         let user = user.clone();
         let id = old.record.id.clone();
         async move { user.set_legal_hold(&id, true).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_paused(&waiter, "the legal hold to try the catalog lock").await;
+    assert_eq!(
+        catalog_lock_purposes(store.as_ref()).await,
+        ["forget", "legal hold"],
+        "the hold's attempt at the catalog lock beside forget's"
+    );
+    waiter.resume();
     gate.resume();
     let forgot = forget.await.unwrap();
     let held = hold.await.unwrap();
@@ -728,7 +759,9 @@ async fn a_verification_racing_forget_is_kept_and_never_revives_the_backup() {
     init(store.clone()).await;
     let gate = Arc::new(PausableSink::new(store.clone()));
     let admin = open(gate.clone(), Duration::from_secs(60)).await;
-    let verifier = open(store.clone(), Duration::from_secs(60)).await;
+    let waiter = Arc::new(PausableSink::new(store.clone()));
+    let verifier = open(waiter.clone(), Duration::from_secs(60)).await;
+    let onlooker = open(store.clone(), Duration::from_secs(60)).await;
     let old = admin
         .backup(&big_source("a", 1), Default::default())
         .await
@@ -749,12 +782,31 @@ async fn a_verification_racing_forget_is_kept_and_never_revives_the_backup() {
     gate.pause_before_delete_of("snapshots/");
     let forget = tokio::spawn(async move { admin.forget(&plan).await });
     gate.paused().await;
+    // Recording tries the catalog lock that forget holds: refused, it pauses just before it
+    // takes its attempt back (and would wait for forget), having recorded nothing.
+    waiter.pause_before_delete_of("locks/");
     let record = tokio::spawn({
         let verifier = verifier.clone();
         async move { verifier.record_verification(&report).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_paused(&waiter, "the verification to try the catalog lock").await;
+    assert_eq!(
+        catalog_lock_purposes(store.as_ref()).await,
+        ["forget", "verification"],
+        "the verification's attempt at the catalog lock beside forget's"
+    );
+    let meanwhile = onlooker
+        .catalog()
+        .get(&old.record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        meanwhile.verifications.is_empty() && meanwhile.status == BackupStatus::Succeeded,
+        "it must wait for the catalog lock: {meanwhile:?}"
+    );
     assert!(!record.is_finished(), "it must wait for the catalog lock");
+    waiter.resume();
     gate.resume();
     let forgot = forget.await.unwrap().unwrap();
     assert_eq!(forgot.expired, std::slice::from_ref(&old.record.id));

@@ -26,7 +26,7 @@ use resilience_core::keys::KeyFileProvider;
 use resilience_core::ops::prune::PruneOptions;
 use resilience_core::ops::repair::RepairIndexOptions;
 use resilience_core::ops::verify::VerifyOptions;
-use resilience_core::repo::lock::{LockKind, LockSettings, RepoLock};
+use resilience_core::repo::lock::{list_locks, LockKind, LockSettings, RepoLock};
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::retention::{self, StandardPolicy};
 use resilience_core::sink::{PutMode, Sink};
@@ -97,6 +97,27 @@ async fn restores_identical(repo: &Repository, id: &str, seed: u64) {
     restore(repo, id, seed)
         .await
         .unwrap_or_else(|e| panic!("restore of {id}: {e}"));
+}
+
+/// Waits (bounded) until `sink` has paused itself at the operation it was set to pause at: the
+/// task working through it got there. Fails naming `what` otherwise.
+async fn until_paused(sink: &PausableSink, what: &str) {
+    tokio::time::timeout(Duration::from_secs(60), sink.paused())
+        .await
+        .unwrap_or_else(|_| panic!("waited 60 s for {what}"));
+}
+
+/// The purposes of the catalog locks in `store`, sorted.
+async fn catalog_lock_purposes(store: &dyn Sink) -> Vec<String> {
+    let listing = list_locks(store).await.unwrap();
+    let mut purposes: Vec<String> = listing
+        .locks
+        .iter()
+        .filter(|l| l.info.kind == LockKind::Catalog)
+        .map(|l| l.info.purpose.clone())
+        .collect();
+    purposes.sort();
+    purposes
 }
 
 /// Backup A pauses after its first put under `pause_after`, stays paused past its lock's
@@ -232,7 +253,8 @@ async fn garage_a_legal_hold_racing_forget_is_never_lost() {
     init(store.clone()).await;
     let gate = Arc::new(PausableSink::new(store.clone()));
     let admin = open(gate.clone(), Duration::from_secs(60)).await;
-    let user = open(store.clone(), Duration::from_secs(60)).await;
+    let waiter = Arc::new(PausableSink::new(store.clone()));
+    let user = open(waiter.clone(), Duration::from_secs(60)).await;
     let old = admin
         .backup(&source("a", 1), Default::default())
         .await
@@ -257,12 +279,21 @@ async fn garage_a_legal_hold_racing_forget_is_never_lost() {
     gate.pause_before_delete_of("snapshots/");
     let forget = tokio::spawn(async move { admin.forget(&plan).await });
     gate.paused().await;
+    // The hold then tries the catalog lock that forget holds: refused, it pauses just before it
+    // takes its attempt back (and would wait for forget).
+    waiter.pause_before_delete_of("locks/");
     let hold = tokio::spawn({
         let user = user.clone();
         let id = old.record.id.clone();
         async move { user.set_legal_hold(&id, true).await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_paused(&waiter, "the legal hold to try the catalog lock").await;
+    assert_eq!(
+        catalog_lock_purposes(store.as_ref()).await,
+        ["forget", "legal hold"],
+        "the hold's attempt at the catalog lock beside forget's"
+    );
+    waiter.resume();
     gate.resume();
     let forgot = forget.await.unwrap();
     let held = hold.await.unwrap();
