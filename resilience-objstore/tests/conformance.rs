@@ -1,5 +1,6 @@
-//! The `Sink` conformance suite against every store this crate opens: memory, local disk, and
-//! a real S3 server (Garage, started by `scripts/test`).
+//! The `Sink` conformance suite against every store this crate opens: memory, local disk, a
+//! real S3 server (Garage), Azure Blob Storage (Azurite) and Google Cloud Storage
+//! (fake-gcs-server), all started by `scripts/test`.
 
 mod common;
 
@@ -50,6 +51,51 @@ async fn azure_blob_through_azurite_conforms() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn google_cloud_storage_through_fake_gcs_server_conforms() {
+    let sink = open_sink(&common::gcs_url("conformance")).unwrap();
+    // fake-gcs-server checks `ifGenerationMatch=0`: create-only is enforced.
+    conformance::run_all(
+        sink.as_ref(),
+        "",
+        Capabilities {
+            enforces_create: true,
+            listing_size: 1100,
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_gs_endpoint_is_reached_anonymously_on_loopback_and_a_dead_one_is_a_named_error() {
+    use resilience_core::sink::{PutMode, SinkError};
+    let (bucket, endpoint) = common::gcs();
+    let url = common::gcs_url("endpoint");
+    let sink = open_sink(&url).unwrap();
+    sink.put("x", "1".into(), PutMode::Create).await.unwrap();
+    assert!(matches!(
+        sink.put("x", "2".into(), PutMode::Create).await,
+        Err(SinkError::AlreadyExists { .. })
+    ));
+    assert_eq!(sink.get("x").await.unwrap(), "1");
+    // A bucket that is not there: an error naming the object and the bucket.
+    let missing = open_sink(&format!("gs://no-such-bucket/p?endpoint={endpoint}")).unwrap();
+    let err = missing
+        .put("y", "1".into(), PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no-such-bucket"), "{err}");
+    let dead = open_sink(&format!("gs://{bucket}/p?endpoint=http://127.0.0.1:9")).unwrap();
+    let started = std::time::Instant::now();
+    let err = dead.get("x").await.unwrap_err().to_string();
+    assert!(err.contains("x") && err.contains(&bucket), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(150));
+    let err = open_sink(&format!("gs://{bucket}/p?endpoint=http://192.0.2.1:4443"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("plain http"), "{err}");
 }
 
 #[tokio::test]
