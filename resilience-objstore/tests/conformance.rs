@@ -98,6 +98,45 @@ async fn a_gs_endpoint_is_reached_anonymously_on_loopback_and_a_dead_one_is_a_na
     assert!(err.contains("plain http"), "{err}");
 }
 
+/// Credentials from the environment are used with an endpoint too: a service account key file
+/// (here one with `disable_oauth`, as emulators take) is read, and the URL's endpoint wins over
+/// the key's own `gcs_base_url`; a credentials file that cannot be read is an error naming the
+/// URL, never a silent fall-back to anonymous access. (Each test runs in a process of its own
+/// under nextest, so the environment set here is this test's alone.)
+#[tokio::test]
+async fn a_gs_endpoint_takes_the_environments_credentials() {
+    use resilience_core::sink::PutMode;
+    let url = common::gcs_url("credentials");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.json");
+    std::fs::write(
+        &key,
+        r#"{"gcs_base_url": "http://127.0.0.1:9", "disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}"#,
+    )
+    .unwrap();
+    std::env::set_var("GOOGLE_SERVICE_ACCOUNT", &key);
+    let sink = open_sink(&url).unwrap();
+    sink.put("k", "v".into(), PutMode::Create).await.unwrap();
+    assert_eq!(sink.get("k").await.unwrap(), "v");
+    std::env::remove_var("GOOGLE_SERVICE_ACCOUNT");
+
+    let missing = dir.path().join("no-such-credentials.json");
+    std::env::set_var("GOOGLE_APPLICATION_CREDENTIALS", &missing);
+    let err = match open_sink(&url) {
+        Ok(_) => panic!("opened {url} with unreadable credentials"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("gs://")
+            && err.contains("GOOGLE_APPLICATION_CREDENTIALS")
+            && err.contains("no-such-credentials.json"),
+        "{err}"
+    );
+    // Without the variable, the same loopback endpoint is reached anonymously.
+    std::env::remove_var("GOOGLE_APPLICATION_CREDENTIALS");
+    assert_eq!(open_sink(&url).unwrap().get("k").await.unwrap(), "v");
+}
+
 #[tokio::test]
 async fn a_url_endpoint_overrides_the_environment_and_a_dead_endpoint_is_a_named_error() {
     let url = common::garage_url("override");

@@ -150,6 +150,26 @@ fn gcs_store(
         url: redact(text),
         source,
     };
+    // A credentials file that cannot be read is named with the variable that names it
+    // (object_store would call any of them a "service account file").
+    for var in [
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_SERVICE_ACCOUNT",
+        "GOOGLE_SERVICE_ACCOUNT_PATH",
+        "SERVICE_ACCOUNT",
+    ] {
+        if let Some(path) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            if let Err(e) = std::fs::metadata(&path) {
+                return Err(StoreConfigError::Invalid {
+                    url: redact(text),
+                    reason: format!(
+                        "cannot read the GCS credentials file {} named by {var}: {e}",
+                        std::path::Path::new(&path).display()
+                    ),
+                });
+            }
+        }
+    }
     let plain = match endpoint {
         Some(ep) => check_http(text, ep)?,
         None => false,
