@@ -40,7 +40,8 @@ pub struct Cli {
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// Repository: a local path, file:///path, s3://BUCKET/PREFIX[?endpoint=URL&region=R], gs://, az://.
+    /// Repository: a local path, file:///path, s3://BUCKET/PREFIX[?endpoint=URL&region=R],
+    /// gs://BUCKET/PREFIX[?endpoint=URL], az://CONTAINER/PREFIX.
     #[arg(
         long,
         global = true,

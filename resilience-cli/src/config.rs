@@ -202,7 +202,7 @@ pub struct SourceConfig {
     /// `postgres`: the connection string.
     #[serde(default)]
     pub dsn: Option<String>,
-    /// `redis`: `redis://…`; `bucket`: `s3://…`, `file://…`.
+    /// `redis`: `redis://…`; `bucket`: `s3://…`, `gs://…`, `az://…`, `file://…`.
     #[serde(default)]
     pub url: Option<String>,
     /// `redis`: the URL names a cluster node.

@@ -1,6 +1,7 @@
 //! Replication between two S3 endpoints (two Garage servers started by `scripts/test` as two
 //! regions): the replica verifies and restores with the same key, catches up after more
-//! backups, resumes after a kill part way, and reports a lag of zero once caught up.
+//! backups, resumes after a kill part way, and reports a lag of zero once caught up. And from a
+//! local repository into Google Cloud Storage (fake-gcs-server).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -220,6 +221,133 @@ fn a_replica_in_another_region_verifies_restores_catches_up_and_resumes() {
         ],
     );
     same_tree(&data, &out2);
+    let again = r.replicate(&[]);
+    assert_eq!(again["copied_objects"], 0, "nothing left to copy: {again}");
+}
+
+/// Replication into Google Cloud Storage (fake-gcs-server, started by `scripts/test`): a local
+/// repository holding a directory backup and a GCS bucket backup is replicated to a `gs://`
+/// replica, which verifies; the directory restores identical from it, and the bucket snapshot
+/// restores from it into GCS, every object with its bytes and attributes.
+#[test]
+fn a_replica_on_gcs_verifies_and_restores_a_directory_and_a_bucket() {
+    use object_store::path::Path as ObjectPath;
+    use object_store::{Attribute, GetOptions, ObjectStore, PutOptions};
+    let bucket = std::env::var("RESILIENCE_TEST_GCS_BUCKET").unwrap_or_else(|_| {
+        panic!("RESILIENCE_TEST_GCS_BUCKET is not set: run the tests with scripts/test, which starts fake-gcs-server")
+    });
+    let endpoint = std::env::var("RESILIENCE_TEST_GCS_ENDPOINT").unwrap_or_else(|_| {
+        panic!("RESILIENCE_TEST_GCS_ENDPOINT is not set: run the tests with scripts/test, which starts fake-gcs-server")
+    });
+    let run = format!("gcs-replication-{}-{}", std::process::id(), rand_suffix());
+    let gs = |p: &str| format!("gs://{bucket}/{run}/{p}?endpoint={endpoint}");
+    let dir = tempfile::tempdir().unwrap();
+    let r = Regions {
+        source: dir.path().join("repo").display().to_string(),
+        replica: gs("replica"),
+        dir,
+    };
+    let data = r.dir.path().join("data");
+    write_files(&data, 3, 3, 3 << 20);
+    r.ok(
+        &r.source,
+        &[
+            "init",
+            "--key-file",
+            r.dir.path().join("key").to_str().unwrap(),
+        ],
+    );
+    let tree = r.json(&r.source, &["backup", "dir", data.to_str().unwrap()]);
+
+    // A few objects in GCS with attributes, backed up into the local repository.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store =
+        resilience_objstore::open_store(&format!("gs://{bucket}?endpoint={endpoint}"), false)
+            .unwrap()
+            .store;
+    let objects = [
+        ("a.json", "application/json", b"{}".to_vec()),
+        (
+            "dir/b c%+#.bin",
+            "application/octet-stream",
+            vec![7u8; 9 << 20],
+        ),
+    ];
+    rt.block_on(async {
+        for (key, ctype, body) in &objects {
+            let mut attributes = object_store::Attributes::new();
+            attributes.insert(Attribute::ContentType, ctype.to_string().into());
+            attributes.insert(Attribute::Metadata("owner".into()), "billing".into());
+            store
+                .put_opts(
+                    &ObjectPath::from(format!("{run}/src/{key}")),
+                    body.clone().into(),
+                    PutOptions {
+                        attributes,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let buckets = r.json(&r.source, &["bucket", "backup", &gs("src")]);
+    assert_eq!(buckets["objects"], objects.len(), "{buckets}");
+
+    let rep = r.replicate(&[]);
+    assert!(rep["copied_objects"].as_u64().unwrap() >= 5, "{rep}");
+    assert_eq!(rep["lag_snapshots"], 0, "{rep}");
+    r.ok(&r.replica, &["verify", "--full"]);
+    let out = r.dir.path().join("restored");
+    r.ok(
+        &r.replica,
+        &[
+            "restore",
+            tree["id"].as_str().unwrap(),
+            "--target",
+            out.to_str().unwrap(),
+        ],
+    );
+    same_tree(&data, &out);
+    let restored = r.json(
+        &r.replica,
+        &[
+            "bucket",
+            "restore",
+            buckets["id"].as_str().unwrap(),
+            &gs("dst"),
+        ],
+    );
+    assert_eq!(restored["written"], objects.len(), "{restored}");
+    rt.block_on(async {
+        for (key, ctype, body) in &objects {
+            let got = store
+                .get_opts(
+                    &ObjectPath::from(format!("{run}/dst/{key}")),
+                    GetOptions::default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            let attributes = got.attributes.clone();
+            assert_eq!(
+                got.bytes().await.unwrap().as_ref(),
+                body.as_slice(),
+                "{key}"
+            );
+            assert_eq!(
+                attributes.get(&Attribute::ContentType).map(|v| v.as_ref()),
+                Some(*ctype),
+                "{key}"
+            );
+            assert_eq!(
+                attributes
+                    .get(&Attribute::Metadata("owner".into()))
+                    .map(|v| v.as_ref()),
+                Some("billing"),
+                "{key}"
+            );
+        }
+    });
     let again = r.replicate(&[]);
     assert_eq!(again["copied_objects"], 0, "nothing left to copy: {again}");
 }

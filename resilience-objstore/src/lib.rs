@@ -32,7 +32,8 @@ mod streaming_put;
 pub mod versions;
 
 pub use config::{
-    open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError, StoreUrl,
+    open_bucket_store, open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError,
+    StoreUrl,
 };
 pub use keys::kms::AwsCredentials;
 pub use repository::{no_key, KeyOptions, OpenError, RepositoryOptions, PASSWORD_VARIABLE};

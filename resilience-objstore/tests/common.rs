@@ -1,4 +1,5 @@
-//! Shared by the integration tests: the Garage server the test script started.
+//! Shared by the integration tests: the servers the test script started (Garage, Azurite,
+//! fake-gcs-server).
 
 /// The S3 URL of a fresh prefix in the test bucket of the Garage server that `scripts/test`
 /// started. Fails (never skips) when it is not running.
@@ -44,4 +45,29 @@ pub fn azurite_url(name: &str) -> String {
     }
     let container = std::env::var("RESILIENCE_TEST_AZURE_CONTAINER").unwrap();
     format!("az://{container}/{name}-{:016x}", rand_nonce())
+}
+
+/// The `gs://` URL (with its `?endpoint=`) of a fresh prefix in the test bucket of the
+/// fake-gcs-server that `scripts/test` started. Fails (never skips) when it is not running.
+#[allow(dead_code)]
+pub fn gcs_url(name: &str) -> String {
+    let (bucket, endpoint) = gcs();
+    format!(
+        "gs://{bucket}/{name}-{:016x}?endpoint={endpoint}",
+        rand_nonce()
+    )
+}
+
+/// The test bucket of the fake-gcs-server that `scripts/test` started, and its endpoint.
+#[allow(dead_code)]
+pub fn gcs() -> (String, String) {
+    let var = |v: &str| {
+        std::env::var(v).unwrap_or_else(|_| {
+            panic!("{v} is not set: these tests need the fake-gcs-server that `scripts/test` starts (run the tests with scripts/test)")
+        })
+    };
+    (
+        var("RESILIENCE_TEST_GCS_BUCKET"),
+        var("RESILIENCE_TEST_GCS_ENDPOINT"),
+    )
 }

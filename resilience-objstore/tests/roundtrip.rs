@@ -1,5 +1,6 @@
 //! Any tree of files — empty and large, sparse and random — restores byte-identical with modes
-//! and mtimes through the engine, on memory, local-disk and Garage repositories.
+//! and mtimes through the engine, on memory, local-disk, Garage, Azurite and fake-gcs-server
+//! repositories.
 
 mod common;
 
@@ -268,6 +269,12 @@ proptest! {
     #[test]
     fn any_tree_round_trips_through_azurite(tree in arb_node()) {
         let url = common::azurite_url("roundtrip");
+        runtime().block_on(async { round_trip(open_sink(&url).unwrap(), &tree).await });
+    }
+
+    #[test]
+    fn any_tree_round_trips_through_fake_gcs_server(tree in arb_node()) {
+        let url = common::gcs_url("roundtrip");
         runtime().block_on(async { round_trip(open_sink(&url).unwrap(), &tree).await });
     }
 

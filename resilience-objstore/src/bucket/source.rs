@@ -19,7 +19,7 @@ use resilience_core::source::{
 use super::attributes::entry_attrs;
 use super::listing::{object_listing, version_listing, Listed};
 use super::{key_under, path_for};
-use crate::config::{open_store, OpenedStore};
+use crate::config::{open_bucket_store, OpenedStore};
 use crate::versions::{version_entry_path, ObjectVersion, VersionLister};
 
 /// Backs up the objects under a bucket URL (`s3://bucket/prefix`, `gs://`, `az://`, a local
@@ -90,7 +90,7 @@ impl Source for BucketSource {
         } else {
             None
         };
-        let opened = open_store(&self.url, false)
+        let opened = open_bucket_store(&self.url, false)
             .map_err(|e| AdapterError::msg("open", self.url.clone(), e.to_string()))?;
         let OpenedStore {
             store,

@@ -15,7 +15,7 @@ use super::as_of::AsOfPlan;
 use super::attributes::object_attributes;
 use super::path_for;
 use super::upload::{ObjectWriter, Uploads};
-use crate::config::open_store;
+use crate::config::open_bucket_store;
 use crate::versions::parse_version_entry_path;
 
 /// How a bucket restore treats what is already there.
@@ -70,7 +70,7 @@ impl BucketTarget {
     /// A target writing under `url`. A local directory (a path or `file://`) keeps the objects
     /// only: content types and user metadata are not written there.
     pub fn new(url: &str, options: BucketRestoreOptions) -> Result<Self, crate::StoreConfigError> {
-        let opened = open_store(url, true)?;
+        let opened = open_bucket_store(url, true)?;
         let tally = BucketTally {
             deleted: options
                 .as_of

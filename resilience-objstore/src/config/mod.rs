@@ -108,8 +108,144 @@ pub(crate) fn s3_region_and_endpoint(
     (region, endpoint)
 }
 
+/// The environment variables that name GCS credentials, as `object_store` reads them: a
+/// service account's key file or key, or application default credentials.
+const GCS_CREDENTIAL_VARIABLES: [&str; 5] = [
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_SERVICE_ACCOUNT",
+    "GOOGLE_SERVICE_ACCOUNT_PATH",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "SERVICE_ACCOUNT",
+];
+
+/// Whether any of [`GCS_CREDENTIAL_VARIABLES`] is set.
+fn gcs_credentials_given() -> bool {
+    GCS_CREDENTIAL_VARIABLES
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+}
+
+/// The GCS client a `gs://` URL names.
+///
+/// Without `endpoint`, Google Cloud Storage itself, with the credentials `object_store` finds:
+/// `GOOGLE_SERVICE_ACCOUNT` (a key file) or `GOOGLE_SERVICE_ACCOUNT_KEY`, else application
+/// default credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's file), else the metadata
+/// server of a Google Cloud machine.
+///
+/// With `endpoint`, the same storage API at that base URL, with the same credentials; plain
+/// http only to loopback. An endpoint on loopback with none of [`GCS_CREDENTIAL_VARIABLES`] set
+/// is reached anonymously: requests carry no token, and no token is fetched (nor is a metadata
+/// server asked for one).
+///
+/// `as_stored`: every request asks for objects as stored ([`open_bucket_store`]).
+fn gcs_store(
+    text: &str,
+    bucket: &str,
+    endpoint: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+    as_stored: bool,
+) -> Result<object_store::gcp::GoogleCloudStorage, StoreConfigError> {
+    use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+    let client = |source| StoreConfigError::Client {
+        url: redact(text),
+        source,
+    };
+    // A credentials file that cannot be read is named with the variable that names it
+    // (object_store would call any of them a "service account file").
+    for var in [
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_SERVICE_ACCOUNT",
+        "GOOGLE_SERVICE_ACCOUNT_PATH",
+        "SERVICE_ACCOUNT",
+    ] {
+        if let Some(path) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            if let Err(e) = std::fs::metadata(&path) {
+                return Err(StoreConfigError::Invalid {
+                    url: redact(text),
+                    reason: format!(
+                        "cannot read the GCS credentials file {} named by {var}: {e}",
+                        std::path::Path::new(&path).display()
+                    ),
+                });
+            }
+        }
+    }
+    let plain = match endpoint {
+        Some(ep) => check_http(text, ep)?,
+        None => false,
+    };
+    let roots = if plain {
+        Vec::new()
+    } else {
+        extra_roots(text, ca_file, false)?
+    };
+    let mut options = client_options(roots, "GOOGLE_", |k| match k {
+        GoogleConfigKey::Client(c) => Some(c),
+        _ => None,
+    })
+    .with_allow_http(plain);
+    if as_stored {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("gzip"),
+        );
+        options = options.with_default_headers(headers);
+    }
+    let from_env = || {
+        GoogleCloudStorageBuilder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry())
+            .with_client_options(options.clone())
+    };
+    let Some(endpoint) = endpoint else {
+        return from_env().build().map_err(client);
+    };
+    // object_store takes a base URL only from a service account key (`gcs_base_url`), where
+    // `disable_oauth` also stops it fetching tokens: such a key names the endpoint, and the
+    // credentials, if any, are those the environment gives, as without an endpoint.
+    let key = serde_json::json!({
+        "gcs_base_url": endpoint,
+        "disable_oauth": true,
+        "client_email": "",
+        "private_key": "",
+        "private_key_id": "",
+    })
+    .to_string();
+    let at_endpoint = GoogleCloudStorageBuilder::new()
+        .with_bucket_name(bucket)
+        .with_retry(retry())
+        .with_client_options(options.clone())
+        .with_service_account_key(key);
+    if is_loopback(endpoint) && !gcs_credentials_given() {
+        return at_endpoint
+            .with_skip_signature(true)
+            .build()
+            .map_err(client);
+    }
+    let credentials = from_env().build().map_err(client)?.credentials().clone();
+    at_endpoint
+        .with_credentials(credentials)
+        .build()
+        .map_err(client)
+}
+
 /// Opens the store a URL names (creating a local directory if `create`).
 pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigError> {
+    open(text, create, false)
+}
+
+/// Opens the store a bucket URL names for a bucket backup or restore: as [`open_store`], except
+/// that a GCS client asks for every object as it is stored (`Accept-Encoding: gzip`). Without
+/// it, GCS serves an object stored gzip-compressed with `Content-Encoding: gzip` decompressed
+/// ("decompressive transcoding"), without its `Content-Encoding`, and ignores a `Range`: a
+/// backup would keep other bytes and lose the attribute. Nothing decompresses the answer here
+/// (the HTTP client has no gzip decoding), so the bytes read are the stored ones.
+pub fn open_bucket_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigError> {
+    open(text, create, true)
+}
+
+fn open(text: &str, create: bool, as_stored: bool) -> Result<OpenedStore, StoreConfigError> {
     let client = |source| StoreConfigError::Client {
         url: redact(text),
         source,
@@ -181,25 +317,21 @@ pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigEr
         StoreUrl::Gcs {
             bucket,
             prefix,
+            endpoint,
             ca_file,
-        } => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(&bucket)
-                .with_retry(retry());
-            let roots = extra_roots(text, ca_file.as_deref(), false)?;
-            b = b.with_client_options(client_options(roots, "GOOGLE_", |k| match k {
-                object_store::gcp::GoogleConfigKey::Client(c) => Some(c),
-                _ => None,
-            }));
-            let store = b.build().map_err(client)?;
-            OpenedStore {
-                store: Arc::new(store),
-                location: format!("gs://{bucket}/{prefix}"),
-                prefix,
-                local_root: None,
-                put_attributes: Default::default(),
-            }
-        }
+        } => OpenedStore {
+            store: Arc::new(gcs_store(
+                text,
+                &bucket,
+                endpoint.as_deref(),
+                ca_file.as_deref(),
+                as_stored,
+            )?),
+            location: format!("gs://{bucket}/{prefix}"),
+            prefix,
+            local_root: None,
+            put_attributes: Default::default(),
+        },
         StoreUrl::Azure {
             container,
             prefix,

@@ -75,6 +75,9 @@ pub enum StoreUrl {
         bucket: String,
         /// Key prefix.
         prefix: String,
+        /// The storage API's base URL (`?endpoint=`), instead of `https://storage.googleapis.com`:
+        /// a GCS-compatible server, or an emulator on loopback.
+        endpoint: Option<String>,
         /// PEM file of CA certificates to trust besides the system's (`?ca_file=`).
         ca_file: Option<PathBuf>,
     },
@@ -89,16 +92,68 @@ pub enum StoreUrl {
     },
 }
 
-/// `url` without the user name and password it may carry, for messages.
+/// `url` without the user name and password it may carry, for messages: its own, and those of
+/// a URL in one of its parameters (`?endpoint=https://user:password@host`).
 pub(super) fn redact(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+    fn strip(u: &mut Url) -> bool {
+        let had = !u.username().is_empty() || u.password().is_some();
+        if had {
             let _ = u.set_username("");
             let _ = u.set_password(None);
-            u.to_string()
         }
-        _ => url.to_owned(),
+        had
     }
+    let Ok(mut u) = Url::parse(url) else {
+        return url.to_owned();
+    };
+    let mut changed = strip(&mut u);
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = match Url::parse(&v) {
+                Ok(mut inner) => {
+                    if strip(&mut inner) {
+                        changed = true;
+                        inner.to_string()
+                    } else {
+                        v.into_owned()
+                    }
+                }
+                Err(_) => v.into_owned(),
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    if !changed {
+        return url.to_owned();
+    }
+    if !pairs.is_empty() {
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+/// A GCS `endpoint=` value as the storage API's base URL (no trailing `/`), or why it cannot be
+/// one: an `http://` or `https://` URL with a host, and no query or fragment.
+fn gcs_endpoint(value: &str) -> Result<String, String> {
+    let parsed = Url::parse(value).map_err(|e| format!("endpoint {value:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "endpoint {value:?}: not an http:// or https:// URL"
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("endpoint {value:?}: no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "endpoint {value:?}: a base URL has no query or fragment (percent-encode a `?` or `&` in a URL's parameter)"
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("endpoint: credentials do not go in the URL (use GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT)".into());
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }
 
 impl StoreUrl {
@@ -155,7 +210,28 @@ impl StoreUrl {
                     ca_file,
                 })
             }
-            "gs" | "az" | "azure" => {
+            "gs" => {
+                let mut endpoint = None;
+                let mut ca_file = None;
+                for (k, v) in url.query_pairs() {
+                    match k.as_ref() {
+                        "endpoint" => endpoint = Some(gcs_endpoint(&v).map_err(|r| invalid(&r))?),
+                        "ca_file" => ca_file = Some(PathBuf::from(v.into_owned())),
+                        other => {
+                            return Err(invalid(&format!(
+                                "unknown parameter {other:?} (endpoint, ca_file)"
+                            )))
+                        }
+                    }
+                }
+                Ok(StoreUrl::Gcs {
+                    bucket: bucket()?,
+                    prefix,
+                    endpoint,
+                    ca_file,
+                })
+            }
+            "az" | "azure" => {
                 let mut ca_file = None;
                 for (k, v) in url.query_pairs() {
                     match k.as_ref() {
@@ -165,18 +241,10 @@ impl StoreUrl {
                         }
                     }
                 }
-                Ok(if url.scheme() == "gs" {
-                    StoreUrl::Gcs {
-                        bucket: bucket()?,
-                        prefix,
-                        ca_file,
-                    }
-                } else {
-                    StoreUrl::Azure {
-                        container: bucket()?,
-                        prefix,
-                        ca_file,
-                    }
+                Ok(StoreUrl::Azure {
+                    container: bucket()?,
+                    prefix,
+                    ca_file,
                 })
             }
             other => Err(invalid(&format!(
@@ -231,9 +299,62 @@ mod tests {
                 ca_file: Some("/etc/ca.pem".into()),
             }
         );
+        assert_eq!(
+            StoreUrl::parse("gs://b/p/q").unwrap(),
+            StoreUrl::Gcs {
+                bucket: "b".into(),
+                prefix: "p/q".into(),
+                endpoint: None,
+                ca_file: None,
+            }
+        );
         assert!(StoreUrl::parse("gs://b/p?nope=1").is_err());
         assert!(StoreUrl::parse("s3://b/p?bogus=1").is_err());
         assert!(StoreUrl::parse("ftp://x/y").is_err());
         assert!(StoreUrl::parse("s3:///p").is_err());
+    }
+
+    #[test]
+    fn a_gs_url_may_name_an_endpoint() {
+        assert_eq!(
+            StoreUrl::parse("gs://b/backups/x?endpoint=http://127.0.0.1:4443/&ca_file=/ca.pem")
+                .unwrap(),
+            StoreUrl::Gcs {
+                bucket: "b".into(),
+                prefix: "backups/x".into(),
+                endpoint: Some("http://127.0.0.1:4443".into()),
+                ca_file: Some("/ca.pem".into()),
+            }
+        );
+        // A base URL with a path keeps it.
+        match StoreUrl::parse("gs://b?endpoint=https://gcs.example.com/storage").unwrap() {
+            StoreUrl::Gcs {
+                endpoint, prefix, ..
+            } => {
+                assert_eq!(endpoint.as_deref(), Some("https://gcs.example.com/storage"));
+                assert_eq!(prefix, "");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An endpoint that is not a base URL is refused, naming it; the URL shown has no
+        // credentials.
+        for (bad, says) in [
+            ("gs://b/p?endpoint=ftp://h", "not an http"),
+            ("gs://b/p?endpoint=nonsense", "nonsense"),
+            ("gs://b/p?endpoint=http://h%3Fx%3D1", "no query"),
+            (
+                "gs://b/p?endpoint=http://u:secret@h",
+                "credentials do not go",
+            ),
+        ] {
+            let err = StoreUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(!err.contains("secret@"), "{err}");
+        }
+        // Unknown parameters are named with the known ones.
+        let err = StoreUrl::parse("gs://b/p?region=x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("endpoint, ca_file"), "{err}");
     }
 }

@@ -119,9 +119,12 @@ impl ObjectStoreSink {
             .join("/")
     }
 
+    /// The sink's error for `operation` on `key` failing with `e`. A write that finds nothing
+    /// (`404`) did not miss the object it creates: the bucket or container is not there, which is
+    /// a failure of the store, named with its location, not a missing object.
     fn error(&self, operation: &'static str, key: &str, e: object_store::Error) -> SinkError {
         match e {
-            object_store::Error::NotFound { .. } => SinkError::NotFound {
+            object_store::Error::NotFound { .. } if operation != "put" => SinkError::NotFound {
                 key: key.to_owned(),
             },
             object_store::Error::AlreadyExists { .. }
