@@ -294,35 +294,6 @@ async fn a_bucket_comes_back_byte_identical_with_its_metadata() {
     assert_eq!(ok, 2, "{snaps}");
 }
 
-/// `data` as a gzip member (RFC 1952) of stored deflate blocks: valid gzip, no compressor needed.
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    let mut blocks = data.chunks(65535).peekable();
-    if blocks.peek().is_none() {
-        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
-    }
-    while let Some(block) = blocks.next() {
-        out.push(u8::from(blocks.peek().is_none()));
-        let len = block.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(block);
-    }
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    out.extend_from_slice(&(!crc).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
-}
 
 /// An object a test writes: its key, bytes, and attributes besides the user metadata.
 type TestObject = (&'static str, Bytes, Vec<(Attribute, &'static str)>);
@@ -368,7 +339,7 @@ async fn a_gcs_bucket_comes_back_exactly_through_the_cli() {
         ),
         (
             "logs/app.log.gz",
-            gzip(&text).into(),
+            resilience_core::testing::gzip_stored(&text).into(),
             vec![
                 (Attribute::ContentType, "text/plain; charset=utf-8"),
                 (Attribute::ContentEncoding, "gzip"),

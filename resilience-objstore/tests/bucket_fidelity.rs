@@ -89,7 +89,7 @@ fn object() -> impl Strategy<Value = Object> {
             // Bytes that really are gzip, with `Content-Encoding: gzip`: what GCS would serve
             // decompressed to a reader that does not ask for them as stored.
             let bytes = if gzipped && encoding == Some("gzip") {
-                gzip(&bytes)
+                resilience_core::testing::gzip_stored(&bytes)
             } else {
                 bytes
             };
@@ -111,35 +111,6 @@ fn object() -> impl Strategy<Value = Object> {
         })
 }
 
-/// `data` as a gzip member (RFC 1952) of stored deflate blocks: valid gzip, no compressor needed.
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    let mut blocks = data.chunks(65535).peekable();
-    if blocks.peek().is_none() {
-        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
-    }
-    while let Some(block) = blocks.next() {
-        out.push(u8::from(blocks.peek().is_none()));
-        let len = block.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(block);
-    }
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    out.extend_from_slice(&(!crc).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
-}
 
 fn to_attributes(a: &BTreeMap<String, String>) -> Attributes {
     let mut out = Attributes::new();
