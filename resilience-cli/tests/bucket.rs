@@ -294,7 +294,6 @@ async fn a_bucket_comes_back_byte_identical_with_its_metadata() {
     assert_eq!(ok, 2, "{snaps}");
 }
 
-
 /// An object a test writes: its key, bytes, and attributes besides the user metadata.
 type TestObject = (&'static str, Bytes, Vec<(Attribute, &'static str)>);
 

@@ -95,6 +95,25 @@ pub struct VersionPage {
     pub next: Option<(String, String)>,
 }
 
+/// The keys of a `ListObjectsV2` page (`encoding-type=url`: each key is percent-decoded).
+fn parse_keys(xml: &[u8]) -> Result<Vec<String>, String> {
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut keys = Vec::new();
+    loop {
+        match reader.read_event().map_err(|e| e.to_string())? {
+            Event::Start(e) if e.local_name().as_ref() == b"Key" => {
+                let encoded = text_of(&mut reader, b"Key")?;
+                let key = percent_encoding::percent_decode_str(&encoded)
+                    .decode_utf8()
+                    .map_err(|e| format!("key {encoded:?}: {e}"))?;
+                keys.push(key.into_owned());
+            }
+            Event::Eof => return Ok(keys),
+            _ => {}
+        }
+    }
+}
+
 pub(crate) fn text_of(reader: &mut quick_xml::Reader<&[u8]>, end: &[u8]) -> Result<String, String> {
     let mut out = String::new();
     loop {
@@ -327,6 +346,22 @@ impl VersionLister {
         Ok(body)
     }
 
+    /// Up to `max` keys of the bucket that start with `prefix`, in the listing's order, exactly
+    /// as the store holds them (`ListObjectsV2` with `encoding-type=url`, read here: the
+    /// object_store client drops a leading or trailing `/` from the keys it lists).
+    pub async fn raw_keys(&self, prefix: &str, max: usize) -> Result<Vec<String>, VersionsError> {
+        let query = format!(
+            "list-type=2&encoding-type=url&max-keys={max}&prefix={}",
+            utf8_percent_encode(prefix, QUERY)
+        );
+        let body = self.get("ListObjectsV2", &query).await?;
+        parse_keys(&body).map_err(|reason| VersionsError::Request {
+            operation: "ListObjectsV2",
+            location: self.location.clone(),
+            reason: format!("the listing does not parse: {reason}"),
+        })
+    }
+
     /// Fails unless versioning is enabled (or suspended, with versions kept) on the bucket.
     pub async fn check_enabled(&self) -> Result<(), VersionsError> {
         let body = self.get("GetBucketVersioning", "versioning=").await?;
@@ -484,6 +519,22 @@ mod tests {
             prop_assert_eq!(parse_version_entry_path(&path), Some((key.clone(), version.clone())));
             prop_assert_eq!(parse_version_entry_path(key.as_bytes()), None);
         }
+    }
+
+    #[test]
+    fn list_objects_v2_keys_are_read_as_stored() {
+        let page = br#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name>
+<EncodingType>url</EncodingType><KeyCount>3</KeyCount>
+<Contents><Key>%2Flead</Key><Size>1</Size></Contents>
+<Contents><Key>a%2F%2Fb%20%C3%BC%25</Key><Size>1</Size></Contents>
+<Contents><Key>trail%2F</Key><Size>1</Size></Contents>
+</ListBucketResult>"#;
+        assert_eq!(
+            parse_keys(page).unwrap(),
+            ["/lead", "a//b \u{fc}%", "trail/"]
+        );
+        assert!(parse_keys(b"<ListBucketResult><Contents><Key>%FF</Key>").is_err());
     }
 
     #[test]

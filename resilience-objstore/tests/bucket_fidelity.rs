@@ -111,7 +111,6 @@ fn object() -> impl Strategy<Value = Object> {
         })
 }
 
-
 fn to_attributes(a: &BTreeMap<String, String>) -> Attributes {
     let mut out = Attributes::new();
     for (k, v) in a {

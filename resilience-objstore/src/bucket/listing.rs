@@ -36,12 +36,19 @@ pub(super) enum Listed {
 /// The current objects under `prefix` of `store` (shown as `location` in errors), with their
 /// attributes, in `order`: the store's own listing in byte order, or a local directory walked
 /// ([`sorted_walk`]). An object deleted between its listing and its `HEAD` is left out.
+///
+/// object_store lists a key with a leading or trailing `/` under the name without it, which no
+/// `HEAD` finds. With `raw` (an S3 bucket), an object whose `HEAD` finds nothing is looked for
+/// in a listing of the store's own keys ([`unnameable_key`]): found there, it is an error
+/// naming it, never an object skipped as deleted.
 pub(super) fn object_listing(
     store: Arc<dyn ObjectStore>,
     prefix: &str,
     location: &str,
     order: EntryOrder,
+    raw: Option<VersionLister>,
 ) -> BoxStream<'static, Result<Listed, AdapterError>> {
+    let raw = raw.map(Arc::new);
     let list_prefix = (!prefix.is_empty()).then(|| Path::from(prefix));
     let listed = match order {
         EntryOrder::Walk => sorted_walk(store.clone(), prefix.to_owned(), list_prefix),
@@ -52,6 +59,7 @@ pub(super) fn object_listing(
         .map_err(move |e| AdapterError::msg("list", shown.clone(), e.to_string()))
         .map_ok(move |meta| {
             let store = store.clone();
+            let raw = raw.clone();
             async move {
                 let head = store
                     .get_opts(
@@ -68,8 +76,20 @@ pub(super) fn object_listing(
                         meta,
                         attributes: r.attributes,
                     })),
-                    // Deleted since it was listed: it was not there to back up.
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    // Deleted since it was listed: it was not there to back up (unless the
+                    // listing renamed it).
+                    Err(object_store::Error::NotFound { .. }) => match &raw {
+                        Some(raw) => match unnameable_key(raw, meta.location.as_ref()).await? {
+                            Some(key) => Err(AdapterError::msg(
+                                "back up",
+                                key,
+                                "a key with a leading or trailing `/` cannot be backed up yet: \
+                                 the object store client lists it under another name",
+                            )),
+                            None => Ok(None),
+                        },
+                        None => Ok(None),
+                    },
                     Err(e) => Err(AdapterError::msg(
                         "HEAD",
                         meta.location.to_string(),
@@ -81,6 +101,27 @@ pub(super) fn object_listing(
         .try_buffered(HEADS_IN_FLIGHT)
         .try_filter_map(|x| async move { Ok(x) })
         .boxed()
+}
+
+/// The key the store holds that object_store listed as `listed`, when it is not `listed`
+/// itself: `/listed`, `listed/` or `/listed/` (a `Path` drops one leading and one trailing
+/// `/`). A key is the smallest of those that start with it, so one single-key listing of the
+/// store's own keys per candidate tells.
+async fn unnameable_key(raw: &VersionLister, listed: &str) -> Result<Option<String>, AdapterError> {
+    for candidate in [
+        format!("/{listed}"),
+        format!("{listed}/"),
+        format!("/{listed}/"),
+    ] {
+        let keys = raw
+            .raw_keys(&candidate, 1)
+            .await
+            .map_err(|e| AdapterError::msg("list", raw.location().to_owned(), e.to_string()))?;
+        if keys.first() == Some(&candidate) {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 /// The objects under `root` in a store without an ordered listing (a local directory), in walk

@@ -16,11 +16,12 @@
 //!
 //! Keys are kept exactly as the store names them (any UTF-8, `%`, `+`, `#`, `?`, spaces). A key
 //! object_store cannot name — an empty segment from a leading, trailing or doubled `/`, a `.` or
-//! `..` segment, an ASCII control character — is an error naming it, never another name, with
-//! one known exception (issue 18, open): object_store's S3, GCS and Azure listings turn a key
-//! with one leading or trailing `/` into the key without it, whose `HEAD` then finds nothing, so
-//! the object is skipped as one deleted since the listing. Keys with a doubled `/`, a `.`/`..`
-//! segment or a control character fail the listing, naming the store.
+//! `..` segment, an ASCII control character — is an error naming it, never another name. Keys
+//! with a doubled `/`, a `.`/`..` segment or a control character fail the listing, naming the
+//! store. object_store lists a key with one leading or trailing `/` as the key without it, whose
+//! `HEAD` then finds nothing: on S3 the store's own listing is asked for the key with the `/`,
+//! and the backup fails naming it; on GCS and Azure (no such check yet: issue 18, open) the
+//! object is skipped as one deleted since the listing.
 //!
 //! The parts, one job each: [`BucketSource`] and its session turn a listing into entries
 //! (`source`), fed by the listing of objects and of their other versions (`listing`); the

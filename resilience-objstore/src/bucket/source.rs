@@ -106,7 +106,9 @@ impl Source for BucketSource {
         } else {
             EntryOrder::Bytes
         };
-        let current = object_listing(store.clone(), &prefix, &location, order);
+        // On S3, the store's own listing finds the keys object_store lists under another name.
+        let raw = VersionLister::new(&self.url).ok();
+        let current = object_listing(store.clone(), &prefix, &location, order, raw);
         let listing = match &lister {
             // Version entries sort after every object (see `versions`): listed after them.
             Some(lister) => current
