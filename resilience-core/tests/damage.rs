@@ -495,8 +495,13 @@ async fn run_case(kind: Kind, damage: Damage, seed: u64) -> String {
             let done = harm(mem, &current, None, damage, &mut rng).await;
             // A deleted newest revision leaves a record exactly as it was before that revision
             // was written: nothing can tell, and nothing is lost (asserted below).
-            let damaged =
-                (damage != Damage::Deleted).then(|| (current.clone(), BTreeSet::new(), None));
+            let damaged = (damage != Damage::Deleted).then(|| {
+                (
+                    current.clone(),
+                    BTreeSet::new(),
+                    Some(resilience_core::ops::verify::REPAIR_CATALOG.to_owned()),
+                )
+            });
             let expected = Expected {
                 damaged,
                 restore_names: vec![current],
@@ -666,8 +671,25 @@ async fn run_case(kind: Kind, damage: Damage, seed: u64) -> String {
             outcome.push_str("; repair index makes verify clean");
         }
         Kind::CatalogRevision => {
-            // A verification recorded (as the daemon does) writes a revision past the damaged
-            // one, after which the record reads without falling back.
+            // The repair verify names writes a revision past the damaged one, saying what it
+            // said; so does a verification recorded (as the daemon does). After either, the
+            // record reads without falling back.
+            let repaired = repo
+                .repair_catalog(Default::default())
+                .await
+                .unwrap_or_else(|e| panic!("{case}: repair catalog: {e}"));
+            // A deleted revision leaves nothing to supersede.
+            let superseded = usize::from(!report.is_ok());
+            assert!(
+                repaired.rewritten.len() == superseded && repaired.left.is_empty(),
+                "{case}: {repaired:?}"
+            );
+            let again = repo.verify(VerifyOptions::default()).await.unwrap();
+            assert!(
+                again.is_ok(),
+                "{case}: after repair catalog: {:?}",
+                show(&again)
+            );
             repo.record_verification(&report)
                 .await
                 .unwrap_or_else(|e| panic!("{case}: recording a verification: {e}"));
@@ -677,7 +699,7 @@ async fn run_case(kind: Kind, damage: Damage, seed: u64) -> String {
                 "{case}: after a new revision: {:?}",
                 show(&again)
             );
-            outcome.push_str("; a recorded verification supersedes it");
+            outcome.push_str("; repair catalog supersedes it, and so does a recorded verification");
         }
         Kind::KeyCopy => {
             // The repair verify suggests: a new copy for the lost one's provider.

@@ -871,6 +871,10 @@ async fn repair_catalog_rebuilds_a_damaged_succeeded_revision_from_the_manifest(
         "{}",
         report.damaged[0].problem
     );
+    assert_eq!(
+        report.damaged[0].repair.as_deref(),
+        Some(resilience_core::ops::verify::REPAIR_CATALOG)
+    );
     let listed = repo.catalog().get(&victim.id).await.unwrap().unwrap();
     assert_eq!(listed.status, BackupStatus::Running);
 

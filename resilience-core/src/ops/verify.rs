@@ -52,13 +52,18 @@ pub struct DamagedObject {
     /// What to run: [`REPAIR_INDEX`] for an index file (derived from the packs, so rebuilt
     /// whole); [`REPAIR_SNAPSHOTS`] for damage that loses data snapshots need (a pack, a blob,
     /// a part of a tree), which cannot bring the lost bytes back but writes, for each affected
-    /// snapshot, a new one holding everything still restorable; `None` when no command helps
-    /// (a manifest or catalog record: restore it from a replica).
+    /// snapshot, a new one holding everything still restorable; [`REPAIR_CATALOG`] for a
+    /// damaged current catalog revision of a record that reads from an older one; `None` when
+    /// no command helps (a manifest, or a record no revision of which reads: restore it from a
+    /// replica).
     pub repair: Option<String>,
 }
 
 /// The command that rebuilds a damaged index file.
 pub const REPAIR_INDEX: &str = "resilience repair index";
+
+/// The command that supersedes a damaged current catalog revision with one saying what it said.
+pub const REPAIR_CATALOG: &str = "resilience repair catalog";
 
 /// The command that keeps what is restorable of snapshots that lost data: a new snapshot per
 /// damaged one, leaving out (and naming) the files whose content is lost.
@@ -379,6 +384,9 @@ impl Repository {
                                 record.status
                             ),
                         );
+                        damage
+                            .repairs
+                            .insert(r.key.clone(), REPAIR_CATALOG.to_owned());
                         if said_succeeded && record.status != BackupStatus::Succeeded {
                             damage.affects(&r.key, &r.id);
                         }
