@@ -418,6 +418,14 @@ impl PausableSink {
         }
     }
 
+    /// Waits (60 s at most) until the sink has paused itself at the operation it was set to
+    /// pause at: the task working through it got there. Panics naming `what` otherwise.
+    pub async fn until_paused(&self, what: &str) {
+        tokio::time::timeout(std::time::Duration::from_secs(60), self.paused())
+            .await
+            .unwrap_or_else(|_| panic!("waited 60 s for {what}"));
+    }
+
     async fn gate(&self) {
         let mut rx = self.paused.subscribe();
         while *rx.borrow_and_update() {
@@ -520,4 +528,19 @@ crate::forward_sink! {
         self.gate().await;
         self.inner.delete(key).await
     }
+}
+
+/// The purposes of the catalog locks in `store`, sorted.
+pub async fn catalog_lock_purposes(store: &dyn Sink) -> Vec<String> {
+    let listing = crate::repo::lock::list_locks(store)
+        .await
+        .expect("the locks list");
+    let mut purposes: Vec<String> = listing
+        .locks
+        .iter()
+        .filter(|l| l.info.kind == crate::repo::lock::LockKind::Catalog)
+        .map(|l| l.info.purpose.clone())
+        .collect();
+    purposes.sort();
+    purposes
 }

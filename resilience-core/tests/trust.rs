@@ -91,27 +91,6 @@ async fn restores_identical(repo: &Repository, id: &str, seed: u64) {
     }
 }
 
-/// Waits (bounded) until `sink` has paused itself at the operation it was set to pause at: the
-/// task working through it got there. Fails naming `what` otherwise.
-async fn until_paused(sink: &PausableSink, what: &str) {
-    tokio::time::timeout(Duration::from_secs(60), sink.paused())
-        .await
-        .unwrap_or_else(|_| panic!("waited 60 s for {what}"));
-}
-
-/// The purposes of the catalog locks in `store`, sorted.
-async fn catalog_lock_purposes(store: &dyn Sink) -> Vec<String> {
-    let listing = list_locks(store).await.unwrap();
-    let mut purposes: Vec<String> = listing
-        .locks
-        .iter()
-        .filter(|l| l.info.kind == LockKind::Catalog)
-        .map(|l| l.info.purpose.clone())
-        .collect();
-    purposes.sort();
-    purposes
-}
-
 /// Runs backup A through a sink that pauses after the first put under `pause_after`, keeps it
 /// paused past its lock's lifetime while B backs up (reaping A) and prunes twice with no grace,
 /// then lets A go on. Returns A's result and the repository as B sees it.
@@ -388,9 +367,11 @@ async fn a_legal_hold_racing_forget_is_never_lost() {
         let id = old.record.id.clone();
         async move { user.set_legal_hold(&id, true).await }
     });
-    until_paused(&waiter, "the legal hold to try the catalog lock").await;
+    waiter
+        .until_paused("the legal hold to try the catalog lock")
+        .await;
     assert_eq!(
-        catalog_lock_purposes(store.as_ref()).await,
+        resilience_core::testing::catalog_lock_purposes(store.as_ref()).await,
         ["forget", "legal hold"],
         "the hold's attempt at the catalog lock beside forget's"
     );
@@ -789,9 +770,11 @@ async fn a_verification_racing_forget_is_kept_and_never_revives_the_backup() {
         let verifier = verifier.clone();
         async move { verifier.record_verification(&report).await }
     });
-    until_paused(&waiter, "the verification to try the catalog lock").await;
+    waiter
+        .until_paused("the verification to try the catalog lock")
+        .await;
     assert_eq!(
-        catalog_lock_purposes(store.as_ref()).await,
+        resilience_core::testing::catalog_lock_purposes(store.as_ref()).await,
         ["forget", "verification"],
         "the verification's attempt at the catalog lock beside forget's"
     );

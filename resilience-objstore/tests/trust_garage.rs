@@ -26,7 +26,7 @@ use resilience_core::keys::KeyFileProvider;
 use resilience_core::ops::prune::PruneOptions;
 use resilience_core::ops::repair::RepairIndexOptions;
 use resilience_core::ops::verify::VerifyOptions;
-use resilience_core::repo::lock::{list_locks, LockKind, LockSettings, RepoLock};
+use resilience_core::repo::lock::{LockKind, LockSettings, RepoLock};
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::retention::{self, StandardPolicy};
 use resilience_core::sink::{PutMode, Sink};
@@ -97,27 +97,6 @@ async fn restores_identical(repo: &Repository, id: &str, seed: u64) {
     restore(repo, id, seed)
         .await
         .unwrap_or_else(|e| panic!("restore of {id}: {e}"));
-}
-
-/// Waits (bounded) until `sink` has paused itself at the operation it was set to pause at: the
-/// task working through it got there. Fails naming `what` otherwise.
-async fn until_paused(sink: &PausableSink, what: &str) {
-    tokio::time::timeout(Duration::from_secs(60), sink.paused())
-        .await
-        .unwrap_or_else(|_| panic!("waited 60 s for {what}"));
-}
-
-/// The purposes of the catalog locks in `store`, sorted.
-async fn catalog_lock_purposes(store: &dyn Sink) -> Vec<String> {
-    let listing = list_locks(store).await.unwrap();
-    let mut purposes: Vec<String> = listing
-        .locks
-        .iter()
-        .filter(|l| l.info.kind == LockKind::Catalog)
-        .map(|l| l.info.purpose.clone())
-        .collect();
-    purposes.sort();
-    purposes
 }
 
 /// Backup A pauses after its first put under `pause_after`, stays paused past its lock's
@@ -287,9 +266,11 @@ async fn garage_a_legal_hold_racing_forget_is_never_lost() {
         let id = old.record.id.clone();
         async move { user.set_legal_hold(&id, true).await }
     });
-    until_paused(&waiter, "the legal hold to try the catalog lock").await;
+    waiter
+        .until_paused("the legal hold to try the catalog lock")
+        .await;
     assert_eq!(
-        catalog_lock_purposes(store.as_ref()).await,
+        resilience_core::testing::catalog_lock_purposes(store.as_ref()).await,
         ["forget", "legal hold"],
         "the hold's attempt at the catalog lock beside forget's"
     );
