@@ -57,6 +57,19 @@ struct Lab {
 }
 
 impl Lab {
+    /// A lab with a new repository and its key file.
+    fn initialized() -> Self {
+        let lab = Lab {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let key_file = lab.dir.path().join("key");
+        assert!(lab
+            .run(&["init", "--key-file", key_file.to_str().unwrap()])
+            .status
+            .success());
+        lab
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         let mut c = Command::new(BIN);
         // moto's credentials, not the shared ones that point at Garage.
@@ -150,14 +163,7 @@ async fn an_object_overwritten_twice_then_deleted_comes_back_as_of_each_time() {
     let times: Vec<String> = serde_json::from_slice(&setup.stdout).unwrap();
     assert_eq!(times.len(), 5);
 
-    let lab = Lab {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let key_file = lab.dir.path().join("key");
-    assert!(lab
-        .run(&["init", "--key-file", key_file.to_str().unwrap()])
-        .status
-        .success());
+    let lab = Lab::initialized();
     let src = url(&format!("{run}-src"), "p");
 
     // Without --versions: only the current objects, and --as-of is refused, clearly.
@@ -263,14 +269,7 @@ fn versions_from_a_store_that_keeps_none_is_a_clear_error() {
         "{}",
         String::from_utf8_lossy(&setup.stderr)
     );
-    let lab = Lab {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let key_file = lab.dir.path().join("key");
-    assert!(lab
-        .run(&["init", "--key-file", key_file.to_str().unwrap()])
-        .status
-        .success());
+    let lab = Lab::initialized();
     let unversioned = lab.fails(&["bucket", "backup", "--versions", &url(&run, "")]);
     assert!(
         unversioned.contains("versioning is not enabled") && unversioned.contains(&run),
@@ -328,14 +327,7 @@ fn a_key_with_a_leading_or_trailing_slash_fails_the_backup_naming_it() {
         "{}",
         String::from_utf8_lossy(&setup.stderr)
     );
-    let lab = Lab {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let key_file = lab.dir.path().join("key");
-    assert!(lab
-        .run(&["init", "--key-file", key_file.to_str().unwrap()])
-        .status
-        .success());
+    let lab = Lab::initialized();
     for (bucket, key) in [
         (format!("{run}-lead"), "/lead"),
         (format!("{run}-trail"), "trail/"),
