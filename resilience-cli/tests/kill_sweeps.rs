@@ -113,25 +113,7 @@ impl Lab {
     /// Runs `args` and kills it (SIGKILL, with its process group) after `after`; says whether
     /// it was killed before it finished.
     fn killed(&self, args: &[&str], after: Duration) -> bool {
-        let mut child = self
-            .cmd(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + after;
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if Instant::now() >= deadline {
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-                child.wait().unwrap();
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        kill_after(self.cmd(args), after)
     }
 
     /// How long `args` takes when it is not killed (it runs to completion).
@@ -251,6 +233,29 @@ fn sweep(
     }
     eprintln!("{name}: {killed} of {} rounds killed mid-way", rounds());
     assert!(killed > 0, "{name}: no round killed the command mid-way");
+}
+
+/// Runs `command` and kills it (SIGKILL, with its process group) after `after`; says whether
+/// it was killed before it finished.
+fn kill_after(mut command: Command, after: Duration) -> bool {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + after;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            child.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// `len` incompressible bytes drawn from `seed`.
@@ -598,25 +603,7 @@ async fn pg_restore_survives_kill_9_at_any_moment() {
         let pgdata = lab.path(&format!("restored-{round}"));
         let at = moments.within(span);
         let context = format!("pg restore, round {round}, killed after {at:?} of {span:?}");
-        let mut child = lab
-            .cmd(&args(&restore(&pgdata, false)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + at;
-        let finished = loop {
-            if child.try_wait().unwrap().is_some() {
-                break true;
-            }
-            if Instant::now() >= deadline {
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-                child.wait().unwrap();
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        };
+        let finished = !kill_after(lab.cmd(&args(&restore(&pgdata, false))), at);
         let control = pgdata.join("global/pg_control");
         let pending = pgdata.join(resilience_pg::pgdata_target::PENDING_CONTROL);
         if !finished {

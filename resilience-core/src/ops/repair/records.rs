@@ -108,9 +108,9 @@ impl Repository {
         };
         for r in catalog.refs(None).await? {
             report.records_checked += 1;
-            let (record, damage) = match catalog.read_current_reporting(&r).await {
+            let (record, used) = match catalog.read_current_reporting(&r).await {
                 Ok((_, None)) => continue,
-                Ok((record, Some((damage, used)))) => (record, (damage, used)),
+                Ok((record, Some((_, used)))) => (record, used),
                 Err(e) if RepoCatalog::unreadable_attempt(&r, &e) => continue,
                 Err(e @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
                     report.left.push(LeftRecord {
@@ -122,7 +122,6 @@ impl Repository {
                 Err(Error::Sink(e)) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
             };
-            let (_, used) = damage;
             match self.superseding(&r, record, &used).await? {
                 Ok((next, from)) => {
                     if let Some(lock) = lock {
