@@ -27,6 +27,8 @@ pub mod drill;
 mod hostile_bytes;
 pub mod keys;
 mod repository;
+pub mod s3_exact;
+mod sigv4;
 mod sink;
 mod streaming_put;
 pub mod versions;
@@ -36,5 +38,6 @@ pub use config::{
     StoreUrl,
 };
 pub use keys::kms::AwsCredentials;
+pub use s3_exact::{ExactS3, ExactS3Error};
 pub use repository::{no_key, KeyOptions, OpenError, RepositoryOptions, PASSWORD_VARIABLE};
 pub use sink::{Fsync, LocalSync, ObjectStoreSink};

@@ -55,16 +55,21 @@ pub(crate) struct StreamingPut {
     client: Arc<OnceLock<Result<Client, String>>>,
 }
 
-/// What a `PUT` needs: an HTTP client, credentials and where the bucket is.
-struct Client {
-    http: reqwest::Client,
-    credentials: Arc<dyn CredentialProvider<Credential = AwsCredential>>,
-    region: String,
+/// What a request needs: an HTTP client, credentials and where the bucket is.
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) credentials: Arc<dyn CredentialProvider<Credential = AwsCredential>>,
+    pub(crate) region: String,
     /// `{endpoint}/{bucket}`, path style, as `object_store` addresses it.
     bucket_url: String,
+    /// The endpoint, without a trailing `/`.
+    pub(crate) endpoint: String,
+    /// The `Host` header the HTTP client sends to it.
+    pub(crate) host: String,
+    pub(crate) bucket: String,
     storage_class: Option<String>,
-    /// How long a `PUT` may go without progress: the store client's request timeout.
-    idle: Duration,
+    /// How long a request may go without progress: the store client's request timeout.
+    pub(crate) idle: Duration,
 }
 
 impl std::fmt::Debug for StreamingPut {
@@ -115,11 +120,30 @@ impl Client {
             url: url.to_owned(),
             reason: format!("HTTP client: {e}"),
         })?;
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
+        let parsed_endpoint =
+            url::Url::parse(&endpoint).map_err(|e| StoreConfigError::Invalid {
+                url: url.to_owned(),
+                reason: format!("endpoint {endpoint}: {e}"),
+            })?;
+        let host = match (parsed_endpoint.host_str(), parsed_endpoint.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => {
+                return Err(StoreConfigError::Invalid {
+                    url: url.to_owned(),
+                    reason: format!("endpoint {endpoint} has no host"),
+                })
+            }
+        };
         Ok(Client {
             http,
             credentials: store.credentials().clone(),
             region,
-            bucket_url: format!("{}/{bucket}", endpoint.trim_end_matches('/')),
+            bucket_url: format!("{endpoint}/{bucket}"),
+            endpoint,
+            host,
+            bucket: bucket.clone(),
             storage_class: storage_class.clone(),
             idle,
         })
@@ -139,7 +163,7 @@ impl StreamingPut {
         }))
     }
 
-    fn client(&self) -> Result<&Client, String> {
+    pub(crate) fn client(&self) -> Result<&Client, String> {
         self.client
             .get_or_init(|| Client::new(&self.url).map_err(|e| e.to_string()))
             .as_ref()
@@ -155,33 +179,42 @@ impl StreamingPut {
         size: u64,
         body: ByteStream,
     ) -> Result<Option<String>, SinkError> {
+        let mut headers = http::HeaderMap::new();
+        if let Ok(Some(class)) = self.client().map(|c| c.storage_class.as_ref()) {
+            let class = http::HeaderValue::from_str(class).map_err(|e| SinkError::Backend {
+                operation: "put",
+                key: key.to_owned(),
+                location: self.location.clone(),
+                source: format!("storage class {class:?}: {e}").into(),
+            })?;
+            headers.insert("x-amz-storage-class", class);
+        }
+        // object_store sends a path's text as the key (escaping it once more on the wire).
+        self.put_exact(key, path.as_ref(), size, body, headers)
+            .await
+    }
+
+    /// Puts `body`, exactly `size` bytes, at the S3 key `s3_key` in one request, with
+    /// `headers`; returns the ETag the store gave it. `shown` names the object in errors.
+    pub(crate) async fn put_exact(
+        &self,
+        shown: &str,
+        s3_key: &str,
+        size: u64,
+        body: ByteStream,
+        headers: http::HeaderMap,
+    ) -> Result<Option<String>, SinkError> {
         let failed = |reason: String| SinkError::Backend {
             operation: "put",
-            key: key.to_owned(),
+            key: shown.to_owned(),
             location: self.location.clone(),
             source: reason.into(),
         };
         let client = self.client().map_err(failed)?;
-        let credential = client
-            .credentials
-            .get_credential()
+        let request = self
+            .prepare_exact(http::Method::PUT, Some(s3_key), &[], headers)
             .await
-            .map_err(|e| failed(e.to_string()))?;
-        let url = format!(
-            "{}/{}",
-            client.bucket_url,
-            utf8_percent_encode(path.as_ref(), PATH)
-        );
-        let mut signed = http::Request::builder().method("PUT").uri(&url);
-        if let Some(class) = &client.storage_class {
-            signed = signed.header("x-amz-storage-class", class);
-        }
-        let mut signed = signed
-            .body(HttpRequestBody::empty())
-            .map_err(|e| failed(e.to_string()))?;
-        AwsAuthorizer::new(&credential, "s3", &client.region)
-            .with_sign_payload(false)
-            .authorize(&mut signed, None);
+            .map_err(failed)?;
         // The body's own error (a failed read, a damaged object) is the one to report, not the
         // client's "error sending request".
         let stream_error: Arc<Mutex<Option<String>>> = Arc::default();
@@ -194,10 +227,7 @@ impl StreamingPut {
                 .get_or_insert_with(|| e.to_string());
             Box::new(e) as Box<dyn std::error::Error + Send + Sync>
         });
-        let send = client
-            .http
-            .put(&url)
-            .headers(signed.headers().clone())
+        let send = request
             .header(http::header::CONTENT_LENGTH, size)
             .body(reqwest::Body::wrap_stream(body))
             .send();
@@ -337,7 +367,7 @@ impl Progress {
 }
 
 /// An error and its sources, as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -1,6 +1,7 @@
 //! A bucket backed up and restored into another prefix comes back exactly: every object's name
 //! (any UTF-8, spaces, `%`, `+`, `#`, `?`, `=`, `&`, names up to the 1,024 bytes a store
-//! allows), bytes (among them real gzip stored with `Content-Encoding: gzip`, which GCS serves
+//! allows; on S3 also leading, trailing and doubled `/`, `.` and `..` segments and control
+//! characters, written and read back by exact key), bytes (among them real gzip stored with `Content-Encoding: gzip`, which GCS serves
 //! decompressed unless asked for it as stored), content type, content encoding, cache control
 //! and user metadata, with nothing added; on Garage, moto, Azurite and fake-gcs-server (started
 //! by `scripts/test`). A second restore into the same place finds everything already there and
@@ -20,7 +21,7 @@ use resilience_core::keys::KeyFileProvider;
 use resilience_core::repo::Repository;
 use resilience_core::sink::MemorySink;
 use resilience_objstore::bucket::{BucketRestoreOptions, BucketSource, BucketTarget};
-use resilience_objstore::{open_bucket_store, open_store};
+use resilience_objstore::{open_bucket_store, open_store, ExactS3};
 
 /// One object as a test writes it and expects it back.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,13 +52,34 @@ fn segment(excluded: &'static [char]) -> impl Strategy<Value = String> {
         .prop_filter("not . or ..", |s| s != "." && s != "..")
 }
 
+/// A segment of an S3 key: also empty (a leading, trailing or doubled `/`), `.`, `..`, or
+/// with an ASCII control character.
+fn any_segment(excluded: &'static [char]) -> BoxedStrategy<String> {
+    let controls: Vec<char> = (1u8..32)
+        .map(char::from)
+        .filter(|c| !excluded.contains(c))
+        .collect();
+    prop_oneof![
+        3 => segment(excluded),
+        1 => Just(String::new()),
+        1 => Just(".".to_owned()),
+        1 => Just("..".to_owned()),
+        1 => (segment(excluded), prop::sample::select(controls))
+            .prop_map(|(s, c)| format!("{s}{c}")),
+    ]
+    .boxed()
+}
+
 /// A key of one to four segments; sometimes stretched to `longest` bytes (with the prefix it
-/// lies under, the 1,024 bytes stores allow).
-fn key(excluded: &'static [char], longest: usize) -> impl Strategy<Value = String> {
-    (
-        prop::collection::vec(segment(excluded), 1..5),
-        any::<bool>(),
-    )
+/// lies under, the 1,024 bytes stores allow). With `exact` (S3), segments are any
+/// [`any_segment`].
+fn key(excluded: &'static [char], longest: usize, exact: bool) -> impl Strategy<Value = String> {
+    let part = if exact {
+        any_segment(excluded)
+    } else {
+        segment(excluded).boxed()
+    };
+    (prop::collection::vec(part, 1..5), any::<bool>())
         .prop_map(move |(parts, long)| {
             let mut k = parts.join("/");
             if long {
@@ -140,9 +162,36 @@ fn from_attributes(a: &Attributes) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Every object under an `s3://` URL, by exact key below its prefix, with bytes and
+/// attributes as the store keeps them.
+async fn read_all_exact(url: &str) -> BTreeMap<String, Object> {
+    let s3 = ExactS3::new(url).unwrap();
+    let prefix = format!("{}/", open_store(url, false).unwrap().prefix);
+    let listed: Vec<_> = s3.list(&prefix).try_collect().await.unwrap();
+    let mut out = BTreeMap::new();
+    for o in listed {
+        let head = s3.head(&o.key, None).await.unwrap().expect("listed");
+        let bytes = s3.get(&o.key, None).await.unwrap().expect("listed");
+        let key = o.key[prefix.len()..].to_owned();
+        let attributes = from_attributes(&head.attributes);
+        out.insert(
+            key,
+            Object {
+                bytes: bytes.to_vec(),
+                attributes,
+            },
+        );
+    }
+    out
+}
+
 /// Every object under `url`, by key below its prefix, with bytes and attributes as the store
-/// keeps them (read as a bucket backup reads them: on GCS, not decompressed).
+/// keeps them (read as a bucket backup reads them: on GCS, not decompressed; on S3, by exact
+/// key).
 async fn read_all(url: &str) -> BTreeMap<String, Object> {
+    if url.starts_with("s3://") {
+        return read_all_exact(url).await;
+    }
     let opened = open_bucket_store(url, false).unwrap();
     let prefix = Path::parse(&opened.prefix).unwrap();
     let metas: Vec<_> = opened
@@ -168,6 +217,19 @@ async fn read_all(url: &str) -> BTreeMap<String, Object> {
 
 async fn write_all(url: &str, objects: &BTreeMap<String, Object>) {
     let opened = open_store(url, true).unwrap();
+    if url.starts_with("s3://") {
+        let s3 = ExactS3::new(url).unwrap();
+        for (key, o) in objects {
+            s3.put(
+                &format!("{}/{key}", opened.prefix),
+                o.bytes.clone().into(),
+                &to_attributes(&o.attributes),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("writing {key:?}: {e}"));
+        }
+        return;
+    }
     for (key, o) in objects {
         let path = Path::parse(format!("{}/{key}", opened.prefix)).unwrap();
         assert_eq!(path.as_ref(), format!("{}/{key}", opened.prefix));
@@ -294,7 +356,11 @@ fn sweep(base: Base, cases: u32, excluded: &'static [char]) {
     let case = std::sync::atomic::AtomicUsize::new(0);
     runner
         .run(
-            &prop::collection::btree_map(key(excluded, longest), object(), 1..8),
+            &prop::collection::btree_map(
+                key(excluded, longest, base.prefix.starts_with("s3://")),
+                object(),
+                1..8,
+            ),
             |objects| {
                 let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 rt.block_on(round_trip(&base, n, objects));
@@ -347,5 +413,6 @@ fn names_and_attributes_round_trip_on_moto() {
         prefix: format!("s3://{bucket}/p"),
         query: format!("?endpoint={endpoint}&region=us-east-1"),
     };
-    sweep(base, 24, &[]);
+    // moto's HTTP router matches no path with a line feed in it (a 404 for any client).
+    sweep(base, 24, &['\n']);
 }

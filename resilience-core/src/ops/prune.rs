@@ -652,11 +652,16 @@ impl Repository {
             return Ok((report, false));
         }
         lock.check()?;
-        // New index files first, then the plan, then the old index files go.
+        // New index files first, then the plan, then the old index files go. When no indexed
+        // pack is condemned or repacked, the index files stay as they are: condemning only the
+        // packs of failed backups writes nothing but the plan (on a full disk, say).
+        let rewrite_index = !condemned.is_empty() || !new_packs.is_empty();
         keep.extend(new_packs);
         let mut new_index_names = HashSet::new();
-        for chunk in keep.chunks(256) {
-            new_index_names.insert(self.write_index_named(chunk).await?.0);
+        if rewrite_index {
+            for chunk in keep.chunks(256) {
+                new_index_names.insert(self.write_index_named(chunk).await?.0);
+            }
         }
         let mut written_plans = Vec::new();
         for (packs, unindexed_only) in [(&condemned, false), (&unindexed, true)] {
@@ -685,6 +690,9 @@ impl Repository {
                 .put(&key, sealed.clone(), crate::sink::PutMode::Create)
                 .await?;
             written_plans.push((key, sealed));
+        }
+        if !rewrite_index {
+            return Ok((report, !unindexed.is_empty()));
         }
         for key in index_files.iter().filter(|k| !new_index_names.contains(*k)) {
             match self.sink.delete(key).await {

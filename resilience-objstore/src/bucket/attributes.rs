@@ -3,15 +3,20 @@
 
 use std::collections::BTreeMap;
 
-use object_store::{Attribute, AttributeValue, Attributes, ObjectMeta};
+use chrono::{DateTime, Utc};
+use object_store::{Attribute, AttributeValue, Attributes};
 
 /// The attributes an object carries into its entry.
-pub(super) fn entry_attrs(meta: &ObjectMeta, attributes: &Attributes) -> BTreeMap<String, String> {
+pub(super) fn entry_attrs(
+    e_tag: Option<&String>,
+    last_modified: DateTime<Utc>,
+    attributes: &Attributes,
+) -> BTreeMap<String, String> {
     let mut attrs = BTreeMap::new();
-    if let Some(e) = &meta.e_tag {
+    if let Some(e) = e_tag {
         attrs.insert("etag".into(), e.clone());
     }
-    attrs.insert("last_modified".into(), meta.last_modified.to_rfc3339());
+    attrs.insert("last_modified".into(), last_modified.to_rfc3339());
     for (k, v) in attributes.iter() {
         let name = match k {
             Attribute::ContentType => "content_type".to_owned(),
@@ -50,8 +55,6 @@ pub(super) fn object_attributes(attrs: &BTreeMap<String, String>) -> Attributes 
 
 #[cfg(test)]
 mod tests {
-    use object_store::path::Path;
-
     use super::*;
 
     #[test]
@@ -61,14 +64,7 @@ mod tests {
         a.insert(Attribute::ContentEncoding, "gzip".into());
         a.insert(Attribute::CacheControl, "no-cache".into());
         a.insert(Attribute::Metadata("owner".into()), "billing".into());
-        let meta = ObjectMeta {
-            location: Path::from("k"),
-            last_modified: chrono::Utc::now(),
-            size: 3,
-            e_tag: Some("\"abc\"".into()),
-            version: None,
-        };
-        let attrs = entry_attrs(&meta, &a);
+        let attrs = entry_attrs(Some(&"\"abc\"".into()), Utc::now(), &a);
         assert_eq!(attrs["content_type"], "text/csv");
         assert_eq!(attrs["meta.owner"], "billing");
         let back = object_attributes(&attrs);

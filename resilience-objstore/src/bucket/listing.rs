@@ -8,23 +8,37 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
+use chrono::{DateTime, Utc};
 use object_store::{Attributes, GetOptions, ObjectMeta, ObjectStore};
 use resilience_core::source::{AdapterError, EntryOrder};
 
-use super::{key_under, path_for};
+use super::key_under;
+use crate::streaming_put::StreamingPut;
 use crate::versions::{version_entry_path, ObjectVersion, VersionLister, VersionsError};
 
 /// `HEAD` requests in flight while listing.
 const HEADS_IN_FLIGHT: usize = 16;
 
+/// A current object, as the listing hands it to the session.
+pub(super) struct CurrentObject {
+    /// Its full key in the bucket, exactly.
+    pub(super) key: String,
+    /// Its size in bytes.
+    pub(super) size: u64,
+    /// Its ETag.
+    pub(super) e_tag: Option<String>,
+    /// When it was written.
+    pub(super) last_modified: DateTime<Utc>,
+    /// Its version id, where the store keeps versions.
+    pub(super) version: Option<String>,
+    /// Its content type, encoding, cache control, user metadata…
+    pub(super) attributes: Attributes,
+}
+
 /// What the listing hands the session: an object, or another version of one.
 pub(super) enum Listed {
     /// A current object, with its attributes (and version id, where the store has versions).
-    Current {
-        meta: ObjectMeta,
-        attributes: Attributes,
-        version: Option<String>,
-    },
+    Current(CurrentObject),
     /// A non-current version or a delete marker; `seq` counts the newer versions of its key.
     Version {
         version: ObjectVersion,
@@ -33,22 +47,59 @@ pub(super) enum Listed {
     },
 }
 
+/// The current objects under `prefix` of an S3 bucket, listed and read by exact key
+/// ([`crate::s3_exact`]): every key the bucket holds, with its attributes, in byte order. An
+/// object deleted between its listing and its `HEAD` is left out.
+pub(super) fn exact_listing(
+    s3: StreamingPut,
+    prefix: &str,
+) -> BoxStream<'static, Result<Listed, AdapterError>> {
+    let under = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    let shown = s3.location().to_owned();
+    s3.list_exact(&under)
+        .map_err(move |e| AdapterError::msg("list", shown.clone(), e))
+        .map_ok(move |listed| {
+            let s3 = s3.clone();
+            async move {
+                let head = s3
+                    .head_exact(&listed.key, None)
+                    .await
+                    .map_err(|e| AdapterError::msg("HEAD", listed.key.clone(), e))?;
+                // Deleted since it was listed: it was not there to back up.
+                Ok(head.map(|head| {
+                    Listed::Current(CurrentObject {
+                        key: listed.key,
+                        size: head.size,
+                        e_tag: head.e_tag.or(listed.e_tag),
+                        last_modified: head.last_modified,
+                        version: head.version,
+                        attributes: head.attributes,
+                    })
+                }))
+            }
+        })
+        .try_buffered(HEADS_IN_FLIGHT)
+        .try_filter_map(|x| async move { Ok(x) })
+        .boxed()
+}
+
 /// The current objects under `prefix` of `store` (shown as `location` in errors), with their
 /// attributes, in `order`: the store's own listing in byte order, or a local directory walked
 /// ([`sorted_walk`]). An object deleted between its listing and its `HEAD` is left out.
 ///
 /// object_store lists a key with a leading or trailing `/` under the name without it, which no
-/// `HEAD` finds. With `raw` (an S3 bucket), an object whose `HEAD` finds nothing is looked for
-/// in a listing of the store's own keys ([`unnameable_key`]): found there, it is an error
-/// naming it, never an object skipped as deleted.
+/// `HEAD` finds: such an object is left out as deleted. (S3 buckets are listed by exact key
+/// instead, [`exact_listing`].)
 pub(super) fn object_listing(
     store: Arc<dyn ObjectStore>,
     prefix: &str,
     location: &str,
     order: EntryOrder,
-    raw: Option<VersionLister>,
 ) -> BoxStream<'static, Result<Listed, AdapterError>> {
-    let raw = raw.map(Arc::new);
     let list_prefix = (!prefix.is_empty()).then(|| Path::from(prefix));
     let listed = match order {
         EntryOrder::Walk => sorted_walk(store.clone(), prefix.to_owned(), list_prefix),
@@ -59,7 +110,6 @@ pub(super) fn object_listing(
         .map_err(move |e| AdapterError::msg("list", shown.clone(), e.to_string()))
         .map_ok(move |meta| {
             let store = store.clone();
-            let raw = raw.clone();
             async move {
                 let head = store
                     .get_opts(
@@ -71,25 +121,16 @@ pub(super) fn object_listing(
                     )
                     .await;
                 match head {
-                    Ok(r) => Ok(Some(Listed::Current {
+                    Ok(r) => Ok(Some(Listed::Current(CurrentObject {
+                        key: meta.location.as_ref().to_owned(),
+                        size: meta.size,
+                        e_tag: meta.e_tag,
+                        last_modified: meta.last_modified,
                         version: r.meta.version,
-                        meta,
                         attributes: r.attributes,
-                    })),
-                    // Deleted since it was listed: it was not there to back up (unless the
-                    // listing renamed it).
-                    Err(object_store::Error::NotFound { .. }) => match &raw {
-                        Some(raw) => match unnameable_key(raw, meta.location.as_ref()).await? {
-                            Some(key) => Err(AdapterError::msg(
-                                "back up",
-                                key,
-                                "a key with a leading or trailing `/` cannot be backed up yet: \
-                                 the object store client lists it under another name",
-                            )),
-                            None => Ok(None),
-                        },
-                        None => Ok(None),
-                    },
+                    }))),
+                    // Deleted since it was listed: it was not there to back up.
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
                     Err(e) => Err(AdapterError::msg(
                         "HEAD",
                         meta.location.to_string(),
@@ -101,27 +142,6 @@ pub(super) fn object_listing(
         .try_buffered(HEADS_IN_FLIGHT)
         .try_filter_map(|x| async move { Ok(x) })
         .boxed()
-}
-
-/// The key the store holds that object_store listed as `listed`, when it is not `listed`
-/// itself: `/listed`, `listed/` or `/listed/` (a `Path` drops one leading and one trailing
-/// `/`). A key is the smallest of those that start with it, so one single-key listing of the
-/// store's own keys per candidate tells.
-async fn unnameable_key(raw: &VersionLister, listed: &str) -> Result<Option<String>, AdapterError> {
-    for candidate in [
-        format!("/{listed}"),
-        format!("{listed}/"),
-        format!("/{listed}/"),
-    ] {
-        let keys = raw
-            .raw_keys(&candidate, 1)
-            .await
-            .map_err(|e| AdapterError::msg("list", raw.location().to_owned(), e.to_string()))?;
-        if keys.first() == Some(&candidate) {
-            return Ok(Some(candidate));
-        }
-    }
-    Ok(None)
 }
 
 /// The objects under `root` in a store without an ordered listing (a local directory), in walk
@@ -137,8 +157,8 @@ pub(super) fn sorted_walk(
         Dir(Path),
     }
     let key = move |child: &Child| match child {
-        Child::Object(meta) => key_under(&prefix, &meta.location),
-        Child::Dir(dir) => key_under(&prefix, dir),
+        Child::Object(meta) => key_under(&prefix, meta.location.as_ref()),
+        Child::Dir(dir) => key_under(&prefix, dir.as_ref()),
     };
     let first: Vec<Child> = vec![Child::Dir(root.unwrap_or_default())];
     let levels = vec![first.into_iter()];
@@ -196,10 +216,10 @@ fn group_by_key(
 }
 
 /// Every non-current version and delete marker under the prefix, with its attributes (from a
-/// `HEAD` of that version, prefetched), each key's versions in entry-path order.
+/// `HEAD` of that version by exact key, prefetched), each key's versions in entry-path order.
 pub(super) fn version_listing(
     lister: &VersionLister,
-    store: Arc<dyn ObjectStore>,
+    s3: StreamingPut,
 ) -> BoxStream<'static, Result<Listed, AdapterError>> {
     let shown = lister.location().to_owned();
     group_by_key(lister.list())
@@ -222,8 +242,7 @@ pub(super) fn version_listing(
         })
         .try_flatten()
         .map_ok(move |(version, seq)| {
-            let store = store.clone();
-            let path = path_for("", &version.key);
+            let s3 = s3.clone();
             async move {
                 if version.delete_marker {
                     return Ok(Some(Listed::Version {
@@ -232,31 +251,22 @@ pub(super) fn version_listing(
                         attributes: Attributes::new(),
                     }));
                 }
-                let path = path?;
-                let head = store
-                    .get_opts(
-                        &path,
-                        GetOptions {
-                            head: true,
-                            version: Some(version.version_id.clone()),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                match head {
-                    Ok(r) => Ok(Some(Listed::Version {
-                        version,
-                        seq,
-                        attributes: r.attributes,
-                    })),
-                    // Removed for good since it was listed.
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(AdapterError::msg(
-                        "HEAD",
-                        format!("{} (version {})", version.key, version.version_id),
-                        e.to_string(),
-                    )),
-                }
+                let head = s3
+                    .head_exact(&version.key, Some(&version.version_id))
+                    .await
+                    .map_err(|e| {
+                        AdapterError::msg(
+                            "HEAD",
+                            format!("{} (version {})", version.key, version.version_id),
+                            e,
+                        )
+                    })?;
+                // Removed for good since it was listed.
+                Ok(head.map(|head| Listed::Version {
+                    version,
+                    seq,
+                    attributes: head.attributes,
+                }))
             }
         })
         .try_buffered(HEADS_IN_FLIGHT)
@@ -294,7 +304,7 @@ pub(super) mod tests {
         let store: Arc<dyn ObjectStore> =
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
         let keys: Vec<String> = sorted_walk(store, String::new(), None)
-            .map_ok(|meta| key_under("", &meta.location))
+            .map_ok(|meta| key_under("", meta.location.as_ref()))
             .try_collect()
             .await
             .unwrap();

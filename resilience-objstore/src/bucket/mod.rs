@@ -14,17 +14,19 @@
 //! skipped. Without `overwrite` an existing different object is refused, named, and left as it
 //! is.
 //!
-//! Keys are kept exactly as the store names them (any UTF-8, `%`, `+`, `#`, `?`, spaces). A key
-//! object_store cannot name — an empty segment from a leading, trailing or doubled `/`, a `.` or
-//! `..` segment, an ASCII control character — is an error naming it, never another name. Keys
-//! with a doubled `/`, a `.`/`..` segment or a control character fail the listing, naming the
-//! store. object_store lists a key with one leading or trailing `/` as the key without it, whose
-//! `HEAD` then finds nothing: on S3 the store's own listing is asked for the key with the `/`,
-//! and the backup fails naming it; on GCS and Azure (no such check yet: issue 18, open) the
-//! object is skipped as one deleted since the listing.
+//! Keys are kept exactly as the store names them (any UTF-8, `%`, `+`, `#`, `?`, spaces). On
+//! S3, the bucket is listed, read and written by exact key ([`crate::s3_exact`]), so every key
+//! S3 can hold round-trips: a leading, trailing or doubled `/`, `.` and `..` segments, control
+//! characters. (A key that is only `.` or `..`, at the bucket's root, has no URL path and is an
+//! error naming it.) Elsewhere keys go through object_store, which cannot name those: a key with
+//! a doubled `/`, a `.`/`..` segment or a control character fails the listing, naming the
+//! store, and a restore refuses to write one, naming it; object_store lists a key with one
+//! leading or trailing `/` on GCS or Azure under the name without it, whose `HEAD` then finds
+//! nothing, so such an object is left out as one deleted since the listing (issue 18, open).
 //!
 //! The parts, one job each: [`BucketSource`] and its session turn a listing into entries
-//! (`source`), fed by the listing of objects and of their other versions (`listing`); the
+//! (`source`), fed by the listing of objects (by exact key on S3) and of their other versions
+//! (`listing`); the
 //! mapping between object attributes and entry attributes is `attributes`. A restore is
 //! planned (`as_of`, for a time) and written by [`BucketTarget`] (`target`), whose objects go up
 //! in the background (`upload`).
@@ -46,12 +48,12 @@ pub use target::{BucketRestoreOptions, BucketTally, BucketTarget};
 /// Objects above this size are written in parts of this size.
 pub const PART_SIZE: usize = 8 << 20;
 
-/// The key of the object at `location`, below `prefix`: the name exactly as the store gives it.
+/// The key of the object `full` (its whole key, or an object_store path's text), below
+/// `prefix`: the name exactly as the store gives it.
 ///
 /// object_store keeps a cloud object's key verbatim as its path (and a local file's name,
 /// decoded from its URL), so nothing is decoded here: a key holding `%41` stays `%41`.
-fn key_under(prefix: &str, location: &Path) -> String {
-    let full = location.as_ref();
+fn key_under(prefix: &str, full: &str) -> String {
     let rel = if prefix.is_empty() {
         full
     } else {
@@ -62,17 +64,22 @@ fn key_under(prefix: &str, location: &Path) -> String {
     rel.to_owned()
 }
 
+/// The whole key of the object `key` below `prefix`.
+fn full_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}/{key}")
+    }
+}
+
 /// The path of the object `key` below `prefix`, naming exactly that key.
 ///
 /// object_store cannot name every key a bucket can hold: a key with an empty segment (a
 /// leading, trailing or doubled `/`), a `.` or `..` segment, or an ASCII control character is
 /// refused here, naming it, rather than written under a different name.
 fn path_for(prefix: &str, key: &str) -> Result<Path, AdapterError> {
-    let full = if prefix.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{prefix}/{key}")
-    };
+    let full = full_key(prefix, key);
     match Path::parse(&full) {
         Ok(path) if path.as_ref() == full => Ok(path),
         Ok(_) => Err(AdapterError::msg(
@@ -93,8 +100,8 @@ mod tests {
         for key in ["a b/ünï/c.txt", "50%/%41+#?=&.txt", "k", ".a/..b/b."] {
             let p = path_for("backups/x", key).unwrap();
             assert_eq!(p.as_ref(), format!("backups/x/{key}"));
-            assert_eq!(key_under("backups/x", &p), key);
-            assert_eq!(key_under("", &path_for("", key).unwrap()), key);
+            assert_eq!(key_under("backups/x", p.as_ref()), key);
+            assert_eq!(key_under("", path_for("", key).unwrap().as_ref()), key);
         }
         for bad in ["/a", "a//b", "a/", "a/../b", "a\nb", "."] {
             let e = path_for("", bad).unwrap_err();

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{Attributes, GetOptions, ObjectMeta, ObjectStore};
+use object_store::{Attributes, GetOptions, ObjectStore};
 use resilience_core::source::entry::EntryMeta;
 use resilience_core::source::{
     AdapterError, EntryOrder, EntryReader, Source, SourceDescriptor, SourceEntry, SourceMetadata,
@@ -17,9 +17,10 @@ use resilience_core::source::{
 };
 
 use super::attributes::entry_attrs;
-use super::listing::{object_listing, version_listing, Listed};
-use super::{key_under, path_for};
+use super::key_under;
+use super::listing::{exact_listing, object_listing, version_listing, Listed};
 use crate::config::{open_bucket_store, OpenedStore};
+use crate::streaming_put::StreamingPut;
 use crate::versions::{version_entry_path, ObjectVersion, VersionLister};
 
 /// Backs up the objects under a bucket URL (`s3://bucket/prefix`, `gs://`, `az://`, a local
@@ -106,18 +107,21 @@ impl Source for BucketSource {
         } else {
             EntryOrder::Bytes
         };
-        // On S3, the store's own listing finds the keys object_store lists under another name.
-        let raw = VersionLister::new(&self.url).ok();
-        let current = object_listing(store.clone(), &prefix, &location, order, raw);
-        let listing = match &lister {
+        // An S3 bucket is listed and read by exact key: object_store cannot name every key.
+        let exact = StreamingPut::for_url(&self.url)
+            .map_err(|e| AdapterError::msg("open", self.url.clone(), e.to_string()))?;
+        let current = match &exact {
+            Some(s3) => exact_listing(s3.clone(), &prefix),
+            None => object_listing(store.clone(), &prefix, &location, order),
+        };
+        let listing = match (&lister, &exact) {
             // Version entries sort after every object (see `versions`): listed after them.
-            Some(lister) => current
-                .chain(version_listing(lister, store.clone()))
-                .boxed(),
-            None => current,
+            (Some(lister), Some(s3)) => current.chain(version_listing(lister, s3.clone())).boxed(),
+            _ => current,
         };
         Ok(Box::new(BucketSession {
             store,
+            exact,
             prefix,
             location,
             listing,
@@ -131,6 +135,8 @@ impl Source for BucketSource {
 /// One backup's pass over the bucket: the listing, and what it has counted.
 struct BucketSession {
     store: Arc<dyn ObjectStore>,
+    /// An S3 bucket's requests by exact key (then `store` is not read).
+    exact: Option<StreamingPut>,
     prefix: String,
     location: String,
     listing: BoxStream<'static, Result<Listed, AdapterError>>,
@@ -140,14 +146,25 @@ struct BucketSession {
 }
 
 impl BucketSession {
-    /// The body of an object (or of one version of it), read only when the engine asks.
-    fn reader(&self, location: Path, version: Option<String>) -> EntryReader {
+    /// The body of the object `key` (or of one version of it), read only when the engine asks.
+    fn reader(&self, key: String, version: Option<String>) -> EntryReader {
         let store = self.store.clone();
+        let exact = self.exact.clone();
         let shown = match &version {
-            Some(v) => format!("{location} (version {v})"),
-            None => location.to_string(),
+            Some(v) => format!("{key} (version {v})"),
+            None => key.clone(),
         };
         let body = futures::stream::once(async move {
+            let failed = |e: String| std::io::Error::other(format!("GET {shown}: {e}"));
+            if let Some(s3) = exact {
+                return match s3.get_exact(&key, version.as_deref()).await {
+                    Ok(Some(body)) => Ok(body),
+                    Ok(None) => Err(failed("not found (deleted since it was listed)".into())),
+                    Err(e) => Err(failed(e)),
+                };
+            }
+            // The key of an object object_store listed: its own path's text.
+            let location = Path::parse(&key).map_err(|e| failed(e.to_string()))?;
             let r = store
                 .get_opts(
                     &location,
@@ -157,8 +174,8 @@ impl BucketSession {
                     },
                 )
                 .await
-                .map_err(|e| std::io::Error::other(format!("GET {shown}: {e}")))?;
-            Ok::<_, std::io::Error>(r.into_stream().map_err(std::io::Error::other))
+                .map_err(|e| failed(e.to_string()))?;
+            Ok::<_, std::io::Error>(r.into_stream().map_err(std::io::Error::other).boxed())
         })
         .try_flatten();
         Box::pin(tokio_util::io::StreamReader::new(Box::pin(body)))
@@ -180,14 +197,7 @@ impl BucketSession {
                 .unwrap_or_else(|| version.key.clone()),
         };
         self.counts.versions.fetch_add(1, Ordering::Relaxed);
-        let meta = ObjectMeta {
-            location: path_for("", &version.key)?,
-            last_modified: version.last_modified,
-            size: version.size,
-            e_tag: version.etag.clone(),
-            version: Some(version.version_id.clone()),
-        };
-        let mut attrs = entry_attrs(&meta, &attributes);
+        let mut attrs = entry_attrs(version.etag.as_ref(), version.last_modified, &attributes);
         attrs.insert("key".into(), key.clone());
         attrs.insert("version_id".into(), version.version_id.clone());
         attrs.insert("is_latest".into(), version.is_latest.to_string());
@@ -218,7 +228,7 @@ impl BucketSession {
                 format!("version:{}:{}", version.version_id, version.size),
                 attrs,
             ),
-            content: Some(self.reader(meta.location, Some(version.version_id))),
+            content: Some(self.reader(version.key.clone(), Some(version.version_id.clone()))),
         })
     }
 }
@@ -233,37 +243,37 @@ impl SourceSession for BucketSession {
         let Some(listed) = self.listing.try_next().await? else {
             return Ok(None);
         };
-        let (meta, attributes, version) = match listed {
-            Listed::Current {
-                meta,
-                attributes,
-                version,
-            } => (meta, attributes, version),
+        let object = match listed {
+            Listed::Current(object) => object,
             Listed::Version {
                 version,
                 seq,
                 attributes,
             } => return self.version_entry(version, seq, attributes).map(Some),
         };
-        let key = key_under(&self.prefix, &meta.location);
+        let key = key_under(&self.prefix, &object.key);
         self.counts.objects.fetch_add(1, Ordering::Relaxed);
-        self.counts.bytes.fetch_add(meta.size, Ordering::Relaxed);
-        let mut attrs = entry_attrs(&meta, &attributes);
+        self.counts.bytes.fetch_add(object.size, Ordering::Relaxed);
+        let mut attrs = entry_attrs(
+            object.e_tag.as_ref(),
+            object.last_modified,
+            &object.attributes,
+        );
         if self.versions {
-            if let Some(v) = version {
-                attrs.insert("version_id".into(), v);
+            if let Some(v) = &object.version {
+                attrs.insert("version_id".into(), v.clone());
             }
             attrs.insert("is_latest".into(), "true".into());
         }
         let entry = EntryMeta {
             mode: 0o100644,
-            mtime_ns: meta.last_modified.timestamp_nanos_opt(),
+            mtime_ns: object.last_modified.timestamp_nanos_opt(),
             // Unchanged when its size and ETag are: then it is not read again.
-            fingerprint: meta.e_tag.as_ref().map(|e| format!("{}:{e}", meta.size)),
+            fingerprint: object.e_tag.as_ref().map(|e| format!("{}:{e}", object.size)),
             attrs,
-            ..EntryMeta::file(key.into_bytes(), meta.size)
+            ..EntryMeta::file(key.into_bytes(), object.size)
         };
-        let content = self.reader(meta.location.clone(), None);
+        let content = self.reader(object.key, None);
         Ok(Some(SourceEntry {
             meta: entry,
             content: Some(content),

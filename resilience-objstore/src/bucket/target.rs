@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{Attributes, GetOptions, ObjectStore};
 use resilience_core::source::entry::{EntryKind, EntryMeta};
 use resilience_core::source::{AdapterError, ContentCheck, ContentWriter, Target};
@@ -13,9 +13,10 @@ use serde::Serialize;
 
 use super::as_of::AsOfPlan;
 use super::attributes::object_attributes;
-use super::path_for;
-use super::upload::{ObjectWriter, Uploads};
+use super::upload::{ExactWriter, ObjectWriter, Uploads};
+use super::{full_key, path_for};
 use crate::config::open_bucket_store;
+use crate::streaming_put::StreamingPut;
 use crate::versions::parse_version_entry_path;
 
 /// How a bucket restore treats what is already there.
@@ -63,6 +64,9 @@ pub struct BucketTarget {
     /// A local directory: it stores no attributes (object_store's local file system refuses
     /// puts that carry any), so objects are written without them.
     local: bool,
+    /// An S3 bucket's requests by exact key: objects are looked at and read back through
+    /// them, and those object_store cannot name are written through them.
+    exact: Option<StreamingPut>,
     uploads: Uploads,
 }
 
@@ -81,6 +85,7 @@ impl BucketTarget {
             ..Default::default()
         };
         Ok(BucketTarget {
+            exact: StreamingPut::for_url(url)?,
             local: opened.local_root.is_some(),
             store: opened.store,
             prefix: opened.prefix,
@@ -124,21 +129,48 @@ impl BucketTarget {
     /// piece by piece, for an object already there whose ETag does not prove it (written in
     /// other parts, or by a store whose ETags are not content hashes). Nothing a restore
     /// writes marks the object as its own, so this is how a resumed restore knows its work.
-    async fn holds(
-        &self,
-        path: &object_store::path::Path,
-        content: &ContentCheck<'_>,
-    ) -> Result<bool, AdapterError> {
-        let shown = format!("{}/{path}", self.location.trim_end_matches('/'));
-        let body = match self.store.get(path).await {
-            Ok(body) => body.into_stream().map_err(std::io::Error::other),
-            // Deleted since its HEAD: not there, so not the same.
-            Err(object_store::Error::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(AdapterError::msg("GET", shown, e.to_string())),
+    async fn holds(&self, full: &str, content: &ContentCheck<'_>) -> Result<bool, AdapterError> {
+        let shown = format!("{}/{full}", self.location.trim_end_matches('/'));
+        let failed = |e: String| AdapterError::msg("GET", shown.clone(), e);
+        let body = match &self.exact {
+            Some(s3) => match s3.get_exact(full, None).await.map_err(failed)? {
+                Some(body) => body,
+                // Deleted since its HEAD: not there, so not the same.
+                None => return Ok(false),
+            },
+            None => match self.store.get(&path_for("", full)?).await {
+                Ok(body) => body.into_stream().map_err(std::io::Error::other).boxed(),
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(failed(e.to_string())),
+            },
         };
         content
             .matches(&shown, tokio_util::io::StreamReader::new(body))
             .await
+    }
+
+    /// The size and ETag of the object `full`, if there is one.
+    async fn existing(&self, full: &str) -> Result<Option<(u64, Option<String>)>, AdapterError> {
+        let failed = |e: String| AdapterError::msg("HEAD", full.to_owned(), e);
+        if let Some(s3) = &self.exact {
+            let head = s3.head_exact(full, None).await.map_err(failed)?;
+            return Ok(head.map(|h| (h.size, h.e_tag)));
+        }
+        let head = self
+            .store
+            .get_opts(
+                &path_for("", full)?,
+                GetOptions {
+                    head: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+        match head {
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(failed(e.to_string())),
+            Ok(found) => Ok(Some((found.meta.size, found.meta.e_tag))),
+        }
     }
 
     /// The key an entry restores to (whichever version it is).
@@ -166,25 +198,13 @@ impl Target for BucketTarget {
         let Some(key) = self.chosen_key(meta) else {
             return Ok(false);
         };
-        let path = path_for(&self.prefix, &key)?;
-        let existing = self
-            .store
-            .get_opts(
-                &path,
-                GetOptions {
-                    head: true,
-                    ..Default::default()
-                },
-            )
-            .await;
-        let found = match existing {
-            Err(object_store::Error::NotFound { .. }) => return Ok(true),
-            Err(e) => return Err(AdapterError::msg("HEAD", path.to_string(), e.to_string())),
-            Ok(found) => found,
+        let full = full_key(&self.prefix, &key);
+        let Some((size, e_tag)) = self.existing(&full).await? else {
+            return Ok(true);
         };
-        let same = found.meta.size == meta.size
-            && (found.meta.e_tag.is_some() && found.meta.e_tag.as_ref() == meta.attrs.get("etag")
-                || self.holds(&path, content).await?);
+        let same = size == meta.size
+            && (e_tag.is_some() && e_tag.as_ref() == meta.attrs.get("etag")
+                || self.holds(&full, content).await?);
         let mut tally = self.tally.lock().expect("tally lock");
         if same {
             tally.skipped += 1;
@@ -206,11 +226,28 @@ impl Target for BucketTarget {
         if meta.kind != EntryKind::File {
             return Ok(None);
         }
-        let path = path_for(&self.prefix, &Self::key_of(meta))?;
+        let full = full_key(&self.prefix, &Self::key_of(meta));
         let attributes = if self.local {
             Attributes::new()
         } else {
             object_attributes(&meta.attrs)
+        };
+        let path = match (path_for("", &full), &self.exact) {
+            (Ok(path), _) => path,
+            // A key object_store cannot name, written by exact key, streamed in one `PUT`.
+            (Err(_), Some(s3)) => {
+                return ExactWriter::start(
+                    s3.clone(),
+                    full,
+                    meta.size,
+                    &attributes,
+                    self.tally.clone(),
+                    &self.uploads,
+                )
+                .await
+                .map(|w| Some(Box::new(w) as Box<dyn ContentWriter>));
+            }
+            (Err(e), None) => return Err(e),
         };
         Ok(Some(Box::new(ObjectWriter::new(
             self.store.clone(),

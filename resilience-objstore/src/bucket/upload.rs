@@ -1,5 +1,6 @@
 //! Writing restored objects: each [`ObjectWriter`] sends one object (in one `PUT`, or in parts
-//! above [`PART_SIZE`]), and [`Uploads`] lets a bounded number of them finish in the
+//! above [`PART_SIZE`]), each [`ExactWriter`] one whose key only an exact-key request can name,
+//! and [`Uploads`] lets a bounded number of them finish in the
 //! background at once.
 
 use std::sync::{Arc, Mutex};
@@ -7,11 +8,15 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use object_store::path::Path;
+use futures::StreamExt;
 use object_store::{Attributes, ObjectStore, PutMultipartOptions, PutOptions, WriteMultipart};
+use resilience_core::sink::SinkError;
 use resilience_core::source::{AdapterError, ContentWriter};
 
 use super::target::BucketTally;
 use super::PART_SIZE;
+use crate::s3_exact::attribute_headers;
+use crate::streaming_put::{StreamingPut, SINGLE_PUT_LIMIT};
 
 /// Objects a restore writes at once (each large one also sends its parts concurrently).
 const WRITES_IN_FLIGHT: usize = 8;
@@ -164,5 +169,79 @@ impl ContentWriter for ObjectWriter {
     async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
         let uploads = self.uploads.clone();
         uploads.start(self.finish_upload()).await
+    }
+}
+
+/// Writes one object by exact key (an S3 key object_store cannot name): its body goes out as
+/// it is written, in one streamed `PUT` of the entry's size (at most [`SINGLE_PUT_LIMIT`]),
+/// started among the uploads when the object is created and counted in the tally once it
+/// finished. A body cut short (a restore that fails mid-object) fails the `PUT`, and S3 stores
+/// nothing for it.
+pub(super) struct ExactWriter {
+    key: String,
+    body: futures::channel::mpsc::Sender<Result<Bytes, SinkError>>,
+    /// The upload's error, once it failed: what a later write reports.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl ExactWriter {
+    /// Starts the `PUT` of `size` bytes at `key` with `attributes`.
+    pub(super) async fn start(
+        s3: StreamingPut,
+        key: String,
+        size: u64,
+        attributes: &Attributes,
+        tally: Arc<Mutex<BucketTally>>,
+        uploads: &Uploads,
+    ) -> Result<Self, AdapterError> {
+        let failed = |e: String| AdapterError::msg("write", key.clone(), e);
+        if size > SINGLE_PUT_LIMIT {
+            return Err(failed(format!(
+                "an object above {SINGLE_PUT_LIMIT} bytes whose key object_store cannot name \
+                 cannot be written yet (it takes a multipart upload by exact key)"
+            )));
+        }
+        let headers = attribute_headers(attributes).map_err(failed)?;
+        let (body, sent) = futures::channel::mpsc::channel(2);
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let (shown, noted) = (key.clone(), failure.clone());
+        uploads
+            .start(async move {
+                let put = s3.put_exact(&shown, &shown, size, sent.boxed(), headers);
+                if let Err(e) = put.await {
+                    let text = e.to_string();
+                    *noted.lock().expect("failure lock") = Some(text.clone());
+                    return Err(AdapterError::msg("write", shown, text));
+                }
+                let mut t = tally.lock().expect("tally lock");
+                t.written += 1;
+                t.written_bytes += size;
+                Ok(())
+            })
+            .await?;
+        Ok(ExactWriter { key, body, failure })
+    }
+}
+
+#[async_trait]
+impl ContentWriter for ExactWriter {
+    async fn write(&mut self, data: Bytes) -> Result<(), AdapterError> {
+        use futures::SinkExt;
+        if self.body.send(Ok(data)).await.is_ok() {
+            return Ok(());
+        }
+        let cause = self
+            .failure
+            .lock()
+            .expect("failure lock")
+            .clone()
+            .unwrap_or_else(|| "the upload ended before its body was sent".into());
+        Err(AdapterError::msg("write", self.key.clone(), cause))
+    }
+
+    async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
+        // The body ends here; the upload finishes among the others.
+        drop(self.body);
+        Ok(())
     }
 }

@@ -285,50 +285,64 @@ impl Repository {
         packer.unindexed = adopted;
         let mut pipeline = Pipeline::new(shared.clone(), options.chunk_concurrency);
         let mut chunker = Chunker::new(self.config.chunker, keys.chunker_seed());
-        let mut reused = 0u64;
 
-        let session = source.start().await?;
-        let (mut ahead, reader_task) = spawn_read_ahead(session, cursor, shared.clone());
-        let mut source_metadata = None;
-        while let Some(item) = ahead.recv().await {
-            match item? {
-                Ahead::Reused(meta, content) => {
-                    reused += 1;
-                    if let Some(p) = &options.progress {
-                        p.entry(&meta);
-                        p.bytes(meta.size);
+        // On failure, the uploads still in flight settle before the error is returned: a
+        // backup that returned writes nothing more (a full disk is freed of its staging files
+        // before the caller's next step, say a prune).
+        let packed: Result<_> = async {
+            let mut reused = 0u64;
+            let session = source.start().await?;
+            let (mut ahead, reader_task) = spawn_read_ahead(session, cursor, shared.clone());
+            let mut source_metadata = None;
+            while let Some(item) = ahead.recv().await {
+                match item? {
+                    Ahead::Reused(meta, content) => {
+                        reused += 1;
+                        if let Some(p) = &options.progress {
+                            p.entry(&meta);
+                            p.bytes(meta.size);
+                        }
+                        pipeline.add_entry(meta, content, &mut packer).await?;
                     }
-                    pipeline.add_entry(meta, content, &mut packer).await?;
-                }
-                Ahead::Content(meta, reader) => {
-                    if let Some(p) = &options.progress {
-                        p.entry(&meta);
+                    Ahead::Content(meta, reader) => {
+                        if let Some(p) = &options.progress {
+                            p.entry(&meta);
+                        }
+                        pipeline
+                            .store_content(
+                                reader,
+                                meta,
+                                &mut chunker,
+                                &mut packer,
+                                options.progress.as_ref(),
+                            )
+                            .await?;
                     }
-                    pipeline
-                        .store_content(
-                            reader,
-                            meta,
-                            &mut chunker,
-                            &mut packer,
-                            options.progress.as_ref(),
-                        )
-                        .await?;
-                }
-                Ahead::NoContent(meta) => {
-                    if let Some(p) = &options.progress {
-                        p.entry(&meta);
+                    Ahead::NoContent(meta) => {
+                        if let Some(p) = &options.progress {
+                            p.entry(&meta);
+                        }
+                        pipeline.add_entry(meta, Content::None, &mut packer).await?;
                     }
-                    pipeline.add_entry(meta, Content::None, &mut packer).await?;
+                    Ahead::Finished(metadata) => source_metadata = Some(metadata),
                 }
-                Ahead::Finished(metadata) => source_metadata = Some(metadata),
             }
+            let _ = reader_task.await;
+            let source_metadata = source_metadata.ok_or_else(|| Error::SourceUnfinished {
+                source_id: record.source.id.clone(),
+            })?;
+            pipeline.finish(&mut packer).await?;
+            packer.finish().await?;
+            Ok((source_metadata, reused))
         }
-        let _ = reader_task.await;
-        let source_metadata = source_metadata.ok_or_else(|| Error::SourceUnfinished {
-            source_id: record.source.id.clone(),
-        })?;
-        pipeline.finish(&mut packer).await?;
-        packer.finish().await?;
+        .await;
+        let (source_metadata, reused) = match packed {
+            Ok(packed) => packed,
+            Err(e) => {
+                packer.settle().await;
+                return Err(e);
+            }
+        };
         self.check_used_packs_exist(&shared).await?;
         lock.check()?;
 

@@ -123,6 +123,22 @@ impl Packer {
         Ok(())
     }
 
+    /// Waits for every upload still in flight, keeping what succeeded as unindexed packs (a
+    /// prune collects them): called when the backup fails, so that nothing it started still
+    /// writes once it has returned. Dropping the uploads instead would abandon their blocking
+    /// writes mid-way.
+    pub(super) async fn settle(&mut self) {
+        while let Some(done) = self.uploads.join_next().await {
+            match done {
+                Ok(Ok(record)) => self.unindexed.push(record),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "an upload of a failed backup failed too")
+                }
+                Err(e) => tracing::debug!(error = %e, "an upload task of a failed backup ended"),
+            }
+        }
+    }
+
     /// Seals the last pack, waits for every upload, writes the remaining index.
     pub(super) async fn finish(&mut self) -> Result<()> {
         self.seal_current().await?;

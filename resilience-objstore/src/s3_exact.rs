@@ -1,0 +1,636 @@
+//! S3 requests that name an exact key: `ListObjectsV2`, `HEAD`, `GET` and a streamed `PUT`.
+//!
+//! `object_store` names an object by a `Path`, which cannot hold every key a bucket can: a key
+//! with a leading, trailing or doubled `/`, a `.` or `..` segment or an ASCII control character
+//! is refused, or listed under another name. A bucket backup and restore must keep every key
+//! exactly, so on S3 they list, read and write through these requests instead, on the same
+//! HTTP client and credentials as [`StreamingPut`].
+//!
+//! Each key is sent so that no client or server on the way changes it: every byte but the
+//! unreserved ones and `/` is percent-encoded, and a `/` that a URL parser or the server would
+//! remove (a leading one, and those around a `.` or `..` segment) is sent as `%2F`, which S3
+//! decodes back. Requests are signed for the decoded key ([`crate::sigv4`]). Listings ask for
+//! URL-encoded keys (`encoding-type=url`), so a key with a control character lists intact.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{Attribute, AttributeValue, Attributes};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use quick_xml::events::Event;
+
+use crate::sigv4;
+use crate::streaming_put::StreamingPut;
+use crate::versions::{parse_time, text_of};
+
+/// What the wire leaves unencoded in a key segment: the unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Keys per listing page.
+const PAGE: usize = 1000;
+
+/// An object as a listing gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Its key, exactly.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its ETag, quoted as the store gives it.
+    pub e_tag: Option<String>,
+    /// When it was written.
+    pub last_modified: DateTime<Utc>,
+}
+
+/// One page of a `ListObjectsV2` listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ListPage {
+    /// The objects, in key order.
+    pub objects: Vec<ListedObject>,
+    /// The continuation token of the next page, when the listing is truncated.
+    pub next: Option<String>,
+}
+
+/// What a `HEAD` tells of an object.
+#[derive(Clone, Debug)]
+pub struct ObjectHead {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its ETag.
+    pub e_tag: Option<String>,
+    /// When it was written.
+    pub last_modified: DateTime<Utc>,
+    /// Its version id, where the bucket keeps versions.
+    pub version: Option<String>,
+    /// Its content type, encoding, disposition, language, cache control and user metadata.
+    pub attributes: Attributes,
+}
+
+/// The path a request sends for `key` in `bucket` (see the module's text). A key that is only
+/// `.` or `..` has no such path: [`StreamingPut::send_exact`] refuses it.
+pub(crate) fn wire_path(bucket: &str, key: &str) -> String {
+    let segments: Vec<&str> = key.split('/').collect();
+    let dot = |s: &str| s == "." || s == "..";
+    let mut path = format!("/{}/", utf8_percent_encode(bucket, SEGMENT));
+    for (i, segment) in segments.iter().enumerate() {
+        if i > 0 {
+            // The `/` between segments i-1 and i: kept, unless it is the key's first character
+            // or borders a dot segment.
+            let leading = i == 1 && segments[0].is_empty();
+            let encoded = leading || dot(segments[i - 1]) || dot(segment);
+            path.push_str(if encoded { "%2F" } else { "/" });
+        }
+        path.extend(utf8_percent_encode(segment, SEGMENT));
+    }
+    path
+}
+
+/// A `ListObjectsV2` page (`encoding-type=url`: keys are percent-decoded here).
+pub(crate) fn parse_list_page(xml: &[u8]) -> Result<ListPage, String> {
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut page = ListPage::default();
+    let mut truncated = false;
+    let mut token = None;
+    let mut current: Option<HashMap<&'static str, String>> = None;
+    loop {
+        match reader.read_event().map_err(|e| e.to_string())? {
+            Event::Start(e) => {
+                let name = e.local_name();
+                match name.as_ref() {
+                    b"Contents" => current = Some(HashMap::new()),
+                    b"IsTruncated" => truncated = text_of(&mut reader, b"IsTruncated")? == "true",
+                    b"NextContinuationToken" => {
+                        token = Some(text_of(&mut reader, b"NextContinuationToken")?)
+                    }
+                    field @ (b"Key" | b"Size" | b"ETag" | b"LastModified") => {
+                        let field: &'static str = match field {
+                            b"Key" => "Key",
+                            b"Size" => "Size",
+                            b"ETag" => "ETag",
+                            _ => "LastModified",
+                        };
+                        let text = text_of(&mut reader, field.as_bytes())?;
+                        if let Some(c) = current.as_mut() {
+                            c.insert(field, text);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Event::End(e) if e.local_name().as_ref() == b"Contents" => {
+                let c = current.take().ok_or("</Contents> without <Contents>")?;
+                let encoded = c.get("Key").ok_or("an object without a Key")?;
+                let key = percent_encoding::percent_decode_str(encoded)
+                    .decode_utf8()
+                    .map_err(|e| format!("key {encoded:?}: {e}"))?
+                    .into_owned();
+                let size = c
+                    .get("Size")
+                    .ok_or_else(|| format!("{key}: no Size"))?
+                    .parse()
+                    .map_err(|e| format!("{key}: Size: {e}"))?;
+                let last_modified = parse_time(
+                    c.get("LastModified")
+                        .ok_or_else(|| format!("{key}: no LastModified"))?,
+                )
+                .map_err(|e| format!("{key}: LastModified: {e}"))?;
+                page.objects.push(ListedObject {
+                    key,
+                    size,
+                    e_tag: c.get("ETag").cloned(),
+                    last_modified,
+                });
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if truncated {
+        page.next = Some(token.ok_or("a truncated listing without NextContinuationToken")?);
+    }
+    Ok(page)
+}
+
+/// The object attributes a response's headers carry.
+fn attributes_of(headers: &http::HeaderMap) -> Attributes {
+    let mut out = Attributes::new();
+    for (name, value) in headers {
+        let Ok(text) = value.to_str() else { continue };
+        let attribute = match name.as_str() {
+            "content-type" => Attribute::ContentType,
+            "content-encoding" => Attribute::ContentEncoding,
+            "content-disposition" => Attribute::ContentDisposition,
+            "content-language" => Attribute::ContentLanguage,
+            "cache-control" => Attribute::CacheControl,
+            other => match other.strip_prefix("x-amz-meta-") {
+                Some(m) => Attribute::Metadata(m.to_owned().into()),
+                None => continue,
+            },
+        };
+        out.insert(attribute, AttributeValue::from(text.to_owned()));
+    }
+    out
+}
+
+/// The headers that write `attributes` with an object.
+pub(crate) fn attribute_headers(attributes: &Attributes) -> Result<http::HeaderMap, String> {
+    let mut headers = http::HeaderMap::new();
+    for (attribute, value) in attributes {
+        let name = match attribute {
+            Attribute::ContentType => "content-type".to_owned(),
+            Attribute::ContentEncoding => "content-encoding".to_owned(),
+            Attribute::ContentDisposition => "content-disposition".to_owned(),
+            Attribute::ContentLanguage => "content-language".to_owned(),
+            Attribute::CacheControl => "cache-control".to_owned(),
+            Attribute::Metadata(m) => format!("x-amz-meta-{m}"),
+            other => return Err(format!("the attribute {other:?} cannot be written")),
+        };
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("attribute {name:?}: {e}"))?;
+        let value = http::HeaderValue::from_str(value.as_ref())
+            .map_err(|e| format!("attribute {name}: {e}"))?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
+impl StreamingPut {
+    /// A signed request for `key` (or the bucket) with `query` and `headers`, ready to send.
+    pub(crate) async fn prepare_exact(
+        &self,
+        method: http::Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        mut headers: http::HeaderMap,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let client = self.client()?;
+        if key.is_some_and(|k| k == "." || k == "..") {
+            // Every spelling of a lone dot segment is one to a URL parser, which removes it.
+            return Err("a key that is only `.` or `..` cannot be addressed by a URL path".into());
+        }
+        let credential = client
+            .credentials
+            .get_credential()
+            .await
+            .map_err(|e| e.to_string())?;
+        let query = sigv4::canonical_query(query);
+        let (wire, signed_path) = match key {
+            Some(key) => (
+                wire_path(&client.bucket, key),
+                sigv4::canonical_path(&client.bucket, key),
+            ),
+            None => {
+                let path = format!("/{}", utf8_percent_encode(&client.bucket, SEGMENT));
+                (path.clone(), path)
+            }
+        };
+        sigv4::sign(
+            &credential,
+            &client.region,
+            &sigv4::Request {
+                method: method.as_str(),
+                host: &client.host,
+                path: &signed_path,
+                query: &query,
+                payload: sigv4::UNSIGNED_PAYLOAD,
+            },
+            &mut headers,
+            Utc::now(),
+        );
+        let mut url = format!("{}{wire}", client.endpoint);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&query);
+        }
+        Ok(client.http.request(method, &url).headers(headers))
+    }
+
+    /// Sends a signed request without a body and returns the response once its headers
+    /// arrived (bounded by the request timeout).
+    async fn send_exact(
+        &self,
+        method: http::Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::Response, String> {
+        let request = self
+            .prepare_exact(method, key, query, http::HeaderMap::new())
+            .await?;
+        let idle = self.client()?.idle;
+        tokio::time::timeout(idle, request.send())
+            .await
+            .map_err(|_| format!("timed out after {idle:?} waiting for an answer"))?
+            .map_err(|e| crate::streaming_put::error_chain(&e))
+    }
+
+    /// Reads a failed response's body (bounded by the request timeout) into its error text.
+    pub(crate) async fn failure(&self, response: reqwest::Response) -> String {
+        let status = response.status();
+        let idle = self.client().map(|c| c.idle).unwrap_or_default();
+        let text = tokio::time::timeout(idle, response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        format!("HTTP {status}: {}", text.trim())
+    }
+
+    /// One page of the objects whose keys start with `prefix`, from `token` on.
+    pub(crate) async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+    ) -> Result<ListPage, String> {
+        let max = PAGE.to_string();
+        let mut query = vec![
+            ("list-type", "2"),
+            ("encoding-type", "url"),
+            ("max-keys", max.as_str()),
+            ("prefix", prefix),
+        ];
+        if let Some(token) = token {
+            query.push(("continuation-token", token));
+        }
+        let response = self
+            .send_exact(http::Method::GET, None, &query)
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
+        let idle = self.client()?.idle;
+        let body = tokio::time::timeout(idle, response.bytes())
+            .await
+            .map_err(|_| format!("timed out after {idle:?} reading the listing"))?
+            .map_err(|e| crate::streaming_put::error_chain(&e))?;
+        parse_list_page(&body).map_err(|e| format!("the listing does not parse: {e}"))
+    }
+
+    /// Every object whose key starts with `prefix`, in key order, page by page.
+    pub(crate) fn list_exact(&self, prefix: &str) -> BoxStream<'static, Result<ListedObject, String>> {
+        let this = self.clone();
+        let prefix = prefix.to_owned();
+        futures::stream::try_unfold(Some(None), move |state: Option<Option<String>>| {
+            let (this, prefix) = (this.clone(), prefix.clone());
+            async move {
+                let Some(token) = state else {
+                    return Ok::<_, String>(None);
+                };
+                let page = this.list_page(&prefix, token.as_deref()).await?;
+                let next = page.next.map(Some);
+                Ok(Some((
+                    futures::stream::iter(page.objects.into_iter().map(Ok)),
+                    next,
+                )))
+            }
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    /// The object `key` (or one version of it): `None` if there is none.
+    pub(crate) async fn head_exact(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<ObjectHead>, String> {
+        let query: Vec<(&str, &str)> = version.map(|v| ("versionId", v)).into_iter().collect();
+        let response = self
+            .send_exact(http::Method::HEAD, Some(key), &query)
+            .await?;
+        if response.status() == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let headers = response.headers();
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let size = text("content-length")
+            .and_then(|s| s.parse().ok())
+            .ok_or("no Content-Length")?;
+        let last_modified = text("last-modified")
+            .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or("no readable Last-Modified")?;
+        Ok(Some(ObjectHead {
+            size,
+            e_tag: text("etag").map(str::to_owned),
+            last_modified,
+            version: text("x-amz-version-id").map(str::to_owned),
+            attributes: attributes_of(headers),
+        }))
+    }
+
+    /// The body of `key` (or of one version of it), streamed; each piece is awaited at most
+    /// the request timeout. `None` if there is no such object.
+    pub(crate) async fn get_exact(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<BoxStream<'static, std::io::Result<Bytes>>>, String> {
+        let query: Vec<(&str, &str)> = version.map(|v| ("versionId", v)).into_iter().collect();
+        let response = self
+            .send_exact(http::Method::GET, Some(key), &query)
+            .await?;
+        if response.status() == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
+        let idle = self.client()?.idle;
+        let body = response.bytes_stream();
+        Ok(Some(
+            futures::stream::unfold(body, move |mut body| async move {
+                match tokio::time::timeout(idle, body.next()).await {
+                    Ok(None) => None,
+                    Ok(Some(piece)) => Some((piece.map_err(std::io::Error::other), body)),
+                    Err(_) => Some((
+                        Err(std::io::Error::other(format!(
+                            "timed out: no data for {idle:?}"
+                        ))),
+                        body,
+                    )),
+                }
+            })
+            .boxed(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn keys_go_out_so_that_nothing_on_the_way_changes_them() {
+        for (key, wire) in [
+            ("a/b c", "/bk/a/b%20c"),
+            ("/a", "/bk/%2Fa"),
+            ("a/", "/bk/a/"),
+            ("a//b", "/bk/a//b"),
+            ("//a", "/bk/%2F/a"),
+            ("a/./b", "/bk/a%2F.%2Fb"),
+            ("../a", "/bk/..%2Fa"),
+            ("a/..", "/bk/a%2F.."),
+            ("./..", "/bk/.%2F.."),
+            ("a\u{1}%2e", "/bk/a%01%252e"),
+        ] {
+            assert_eq!(wire_path("bk", key), wire, "{key:?}");
+            // A URL parser (as the HTTP client uses) leaves the path as it is.
+            let url = url::Url::parse(&format!("http://h{wire}")).unwrap();
+            assert_eq!(url.path(), wire, "{key:?}");
+            // And decoding it gives the key back.
+            let decoded = percent_encoding::percent_decode_str(&wire["/bk/".len()..])
+                .decode_utf8()
+                .unwrap();
+            assert_eq!(decoded, key);
+        }
+    }
+
+    fn render(page: &ListPage) -> String {
+        let mut xml = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>b</Name><EncodingType>url</EncodingType>",
+        );
+        xml.push_str(&format!(
+            "<IsTruncated>{}</IsTruncated>",
+            page.next.is_some()
+        ));
+        for o in &page.objects {
+            let key = utf8_percent_encode(&o.key, SEGMENT).to_string();
+            xml.push_str(&format!(
+                "<Contents><Key>{key}</Key><LastModified>{}</LastModified>{}<Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
+                o.last_modified.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                o.e_tag
+                    .as_ref()
+                    .map(|e| format!("<ETag>{}</ETag>", quick_xml::escape::escape(e)))
+                    .unwrap_or_default(),
+                o.size
+            ));
+        }
+        if let Some(next) = &page.next {
+            xml.push_str(&format!(
+                "<NextContinuationToken>{}</NextContinuationToken>",
+                quick_xml::escape::escape(next)
+            ));
+        }
+        xml.push_str("</ListBucketResult>");
+        xml
+    }
+
+    fn object() -> impl Strategy<Value = ListedObject> {
+        (
+            "(\\PC|[\u{1}-\u{1f}/. ]){1,40}",
+            any::<u64>(),
+            proptest::option::of("\"[0-9a-f]{32}(-[0-9]{1,3})?\""),
+            0i64..4_000_000_000_000,
+        )
+            .prop_map(|(key, size, e_tag, ms)| ListedObject {
+                key,
+                size,
+                e_tag,
+                last_modified: DateTime::from_timestamp_millis(ms).unwrap(),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn listing_pages_parse_back(
+            objects in proptest::collection::vec(object(), 0..6),
+            next in proptest::option::of("[ -~]{1,40}"),
+        ) {
+            let page = ListPage { objects, next };
+            prop_assert_eq!(parse_list_page(render(&page).as_bytes()).unwrap(), page);
+        }
+
+        #[test]
+        fn hostile_listings_are_errors_not_panics(xml in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_list_page(&xml);
+        }
+    }
+
+    #[test]
+    fn list_objects_v2_keys_are_read_as_stored() {
+        let page = br#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name>
+<EncodingType>url</EncodingType><KeyCount>3</KeyCount><IsTruncated>true</IsTruncated>
+<Contents><Key>%2Flead</Key><LastModified>2026-12-03T10:00:00.000Z</LastModified><Size>1</Size></Contents>
+<Contents><Key>a%2F%2Fb%20%C3%BC%25%01</Key><LastModified>2026-12-03T10:00:00Z</LastModified><ETag>&quot;x&quot;</ETag><Size>2</Size></Contents>
+<Contents><Key>trail%2F</Key><LastModified>2026-12-03T10:00:00Z</LastModified><Size>3</Size></Contents>
+<NextContinuationToken>t+/=</NextContinuationToken></ListBucketResult>"#;
+        let parsed = parse_list_page(page).unwrap();
+        let keys: Vec<&str> = parsed.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["/lead", "a//b \u{fc}%\u{1}", "trail/"]);
+        assert_eq!(parsed.objects[1].e_tag.as_deref(), Some("\"x\""));
+        assert_eq!(parsed.next.as_deref(), Some("t+/="));
+        for bad in [
+            &b"<ListBucketResult><Contents><Key>%FF</Key><Size>1</Size><LastModified>2026-12-03T10:00:00Z</LastModified></Contents>"[..],
+            b"<ListBucketResult><Contents><Key>k</Key><LastModified>2026-12-03T10:00:00Z</LastModified></Contents>",
+            b"<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>",
+        ] {
+            assert!(parse_list_page(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn attributes_go_out_and_come_back() {
+        let mut a = Attributes::new();
+        a.insert(Attribute::ContentType, "text/csv".into());
+        a.insert(Attribute::CacheControl, "no-cache".into());
+        a.insert(Attribute::Metadata("owner".into()), "billing".into());
+        let headers = attribute_headers(&a).unwrap();
+        assert_eq!(headers["x-amz-meta-owner"], "billing");
+        let back = attributes_of(&headers);
+        assert_eq!(back.len(), a.len());
+        for (k, v) in &a {
+            assert_eq!(back.get(k), Some(v), "{k:?}");
+        }
+    }
+}
+
+/// A failed request by exact key, naming the object (or the bucket, for a listing).
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} {key} in {location} failed: {reason}")]
+pub struct ExactS3Error {
+    /// `list`, `HEAD`, `GET` or `PUT`.
+    pub operation: &'static str,
+    /// The key (or the listing's prefix).
+    pub key: String,
+    /// The bucket and prefix of the URL.
+    pub location: String,
+    /// The client's or the server's message.
+    pub reason: String,
+}
+
+/// An S3 bucket addressed by exact key: every key a bucket can hold — a leading, trailing or
+/// doubled `/`, `.` and `..` segments, control characters — listed, read and written as it is
+/// (see the module's text), with the credentials and client settings
+/// [`crate::open_store`] takes from the same URL. Bucket backups and restores use it for S3;
+/// it is public for tools and tests that must write or check such keys themselves.
+#[derive(Clone, Debug)]
+pub struct ExactS3(StreamingPut);
+
+impl ExactS3 {
+    /// The bucket of an `s3://` URL (its prefix is not applied: keys are whole keys).
+    pub fn new(url: &str) -> Result<Self, crate::StoreConfigError> {
+        StreamingPut::for_url(url)?
+            .map(ExactS3)
+            .ok_or_else(|| crate::StoreConfigError::Invalid {
+                url: url.to_owned(),
+                reason: "not an s3:// URL".into(),
+            })
+    }
+
+    fn failed(&self, operation: &'static str, key: &str, reason: String) -> ExactS3Error {
+        ExactS3Error {
+            operation,
+            key: key.to_owned(),
+            location: self.0.location().to_owned(),
+            reason,
+        }
+    }
+
+    /// Every object whose key starts with `prefix`, in key order.
+    pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<ListedObject, ExactS3Error>> {
+        let this = self.clone();
+        let shown = prefix.to_owned();
+        self.0
+            .list_exact(prefix)
+            .map_err(move |e| this.failed("list", &shown, e))
+            .boxed()
+    }
+
+    /// The object `key` (or one version of it), if there is one.
+    pub async fn head(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<ObjectHead>, ExactS3Error> {
+        self.0
+            .head_exact(key, version)
+            .await
+            .map_err(|e| self.failed("HEAD", key, e))
+    }
+
+    /// The whole body of `key` (or of one version of it), if there is such an object.
+    pub async fn get(&self, key: &str, version: Option<&str>) -> Result<Option<Bytes>, ExactS3Error> {
+        let Some(body) = self
+            .0
+            .get_exact(key, version)
+            .await
+            .map_err(|e| self.failed("GET", key, e))?
+        else {
+            return Ok(None);
+        };
+        let pieces: Vec<Bytes> = body
+            .try_collect()
+            .await
+            .map_err(|e| self.failed("GET", key, e.to_string()))?;
+        Ok(Some(pieces.concat().into()))
+    }
+
+    /// Writes `bytes` at `key` with `attributes` in one `PUT`; returns the ETag the store gave.
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        attributes: &Attributes,
+    ) -> Result<Option<String>, ExactS3Error> {
+        let headers = attribute_headers(attributes).map_err(|e| self.failed("PUT", key, e))?;
+        let size = bytes.len() as u64;
+        let body = futures::stream::once(async move { Ok(bytes) }).boxed();
+        self.0
+            .put_exact(key, key, size, body, headers)
+            .await
+            .map_err(|e| self.failed("PUT", key, e.to_string()))
+    }
+}
