@@ -355,7 +355,12 @@ fn keys_object_store_cannot_name_round_trip_with_their_versions() {
     let run = format!("odd{}", std::process::id());
     let then = odd_keys(&run, "setup");
     let lab = Lab::initialized();
-    let backup = lab.json(&["bucket", "backup", "--versions", &url(&format!("{run}-src"), "")]);
+    let backup = lab.json(&[
+        "bucket",
+        "backup",
+        "--versions",
+        &url(&format!("{run}-src"), ""),
+    ]);
     assert_eq!(backup["status"], "succeeded", "{backup}");
     assert_eq!(backup["objects"], 10, "{backup}");
     let id = backup["id"].as_str().unwrap();
@@ -406,9 +411,17 @@ fn keys_object_store_cannot_name_round_trip_with_their_versions() {
             )
         })
         .collect();
-    assert_eq!(restored, Value::Object(expected), "the objects as they were");
+    assert_eq!(
+        restored,
+        Value::Object(expected),
+        "the objects as they were"
+    );
 
     // A resumed restore finds every object already there.
     let again = lab.json(&["bucket", "restore", id, &url(&format!("{run}-now"), "")]);
-    assert_eq!((again["written"].clone(), again["skipped"].clone()), (0.into(), 10.into()), "{again}");
+    assert_eq!(
+        (again["written"].clone(), again["skipped"].clone()),
+        (0.into(), 10.into()),
+        "{again}"
+    );
 }

@@ -656,6 +656,16 @@ async fn a_failed_backups_packs_are_freed_by_the_next_prune_without_a_grace_peri
         .expect_err("the store failed under the backup");
     let left = data_bytes(mem.as_ref()).await - before;
     assert!(left >= 1 << 20, "the failed backup left {left} bytes");
+    let index_files = || async {
+        let keys: Vec<String> = mem
+            .list("index/")
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await
+            .unwrap();
+        keys
+    };
+    let indexed_before = index_files().await;
 
     // Anyone holding a lock taken before the prune's plan (a backup about to adopt those
     // packs) makes them wait: here, a shared lock as a starting backup holds it.
@@ -685,6 +695,9 @@ async fn a_failed_backups_packs_are_freed_by_the_next_prune_without_a_grace_peri
     assert!(freed.deleted_packs >= 2, "{freed:?}");
     assert!(freed.freed_bytes >= left, "{freed:?}");
     assert!(repo.prune_plans().await.unwrap().is_empty());
+    // Condemning only unindexed packs rewrites no index file: on a full disk, the plan is all
+    // such a prune has to write.
+    assert_eq!(index_files().await, indexed_before);
     let report = repo.verify(VerifyOptions { full: true }).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
     let target = MemoryTarget::new();

@@ -38,6 +38,6 @@ pub use config::{
     StoreUrl,
 };
 pub use keys::kms::AwsCredentials;
-pub use s3_exact::{ExactS3, ExactS3Error};
 pub use repository::{no_key, KeyOptions, OpenError, RepositoryOptions, PASSWORD_VARIABLE};
+pub use s3_exact::{ExactS3, ExactS3Error};
 pub use sink::{Fsync, LocalSync, ObjectStoreSink};

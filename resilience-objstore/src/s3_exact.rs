@@ -298,9 +298,7 @@ impl StreamingPut {
         if let Some(token) = token {
             query.push(("continuation-token", token));
         }
-        let response = self
-            .send_exact(http::Method::GET, None, &query)
-            .await?;
+        let response = self.send_exact(http::Method::GET, None, &query).await?;
         if !response.status().is_success() {
             return Err(self.failure(response).await);
         }
@@ -313,7 +311,10 @@ impl StreamingPut {
     }
 
     /// Every object whose key starts with `prefix`, in key order, page by page.
-    pub(crate) fn list_exact(&self, prefix: &str) -> BoxStream<'static, Result<ListedObject, String>> {
+    pub(crate) fn list_exact(
+        &self,
+        prefix: &str,
+    ) -> BoxStream<'static, Result<ListedObject, String>> {
         let this = self.clone();
         let prefix = prefix.to_owned();
         futures::stream::try_unfold(Some(None), move |state: Option<Option<String>>| {
@@ -602,7 +603,11 @@ impl ExactS3 {
     }
 
     /// The whole body of `key` (or of one version of it), if there is such an object.
-    pub async fn get(&self, key: &str, version: Option<&str>) -> Result<Option<Bytes>, ExactS3Error> {
+    pub async fn get(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Bytes>, ExactS3Error> {
         let Some(body) = self
             .0
             .get_exact(key, version)

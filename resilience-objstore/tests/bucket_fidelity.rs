@@ -79,19 +79,18 @@ fn key(excluded: &'static [char], longest: usize, exact: bool) -> impl Strategy<
     } else {
         segment(excluded).boxed()
     };
-    (prop::collection::vec(part, 1..5), any::<bool>())
-        .prop_map(move |(parts, long)| {
-            let mut k = parts.join("/");
-            if long {
-                while k.len() < longest - 4 {
-                    k.push('x');
-                }
-                while k.len() < longest {
-                    k.push('y');
-                }
+    (prop::collection::vec(part, 1..5), any::<bool>()).prop_map(move |(parts, long)| {
+        let mut k = parts.join("/");
+        if long {
+            while k.len() < longest - 4 {
+                k.push('x');
             }
-            k
-        })
+            while k.len() < longest {
+                k.push('y');
+            }
+        }
+        k
+    })
 }
 
 fn object() -> impl Strategy<Value = Object> {

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use chrono::{DateTime, Utc};
 use object_store::{Attributes, GetOptions, ObjectMeta, ObjectStore};
 use resilience_core::source::{AdapterError, EntryOrder};
 

@@ -269,7 +269,10 @@ impl SourceSession for BucketSession {
             mode: 0o100644,
             mtime_ns: object.last_modified.timestamp_nanos_opt(),
             // Unchanged when its size and ETag are: then it is not read again.
-            fingerprint: object.e_tag.as_ref().map(|e| format!("{}:{e}", object.size)),
+            fingerprint: object
+                .e_tag
+                .as_ref()
+                .map(|e| format!("{}:{e}", object.size)),
             attrs,
             ..EntryMeta::file(key.into_bytes(), object.size)
         };

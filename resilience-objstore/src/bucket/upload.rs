@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use object_store::path::Path;
 use futures::StreamExt;
+use object_store::path::Path;
 use object_store::{Attributes, ObjectStore, PutMultipartOptions, PutOptions, WriteMultipart};
 use resilience_core::sink::SinkError;
 use resilience_core::source::{AdapterError, ContentWriter};
