@@ -23,11 +23,13 @@
 pub mod bucket;
 mod config;
 pub mod drill;
+mod exact;
+mod gcs_exact;
 #[cfg(test)]
 mod hostile_bytes;
 pub mod keys;
 mod repository;
-pub mod s3_exact;
+mod s3_exact;
 mod sigv4;
 mod sink;
 mod streaming_put;
@@ -37,7 +39,7 @@ pub use config::{
     open_bucket_store, open_sink, open_sink_or_create, open_store, OpenedStore, StoreConfigError,
     StoreUrl,
 };
+pub use exact::{ExactBucket, ExactBucketError, ListedObject, ObjectHead};
 pub use keys::kms::AwsCredentials;
 pub use repository::{no_key, KeyOptions, OpenError, RepositoryOptions, PASSWORD_VARIABLE};
-pub use s3_exact::{ExactS3, ExactS3Error};
 pub use sink::{Fsync, LocalSync, ObjectStoreSink};

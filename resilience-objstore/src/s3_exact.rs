@@ -22,6 +22,7 @@ use object_store::{Attribute, AttributeValue, Attributes};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use quick_xml::events::Event;
 
+use crate::exact::{ListedObject, ObjectHead};
 use crate::sigv4;
 use crate::streaming_put::StreamingPut;
 use crate::versions::{parse_time, text_of};
@@ -36,19 +37,6 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Keys per listing page.
 const PAGE: usize = 1000;
 
-/// An object as a listing gives it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListedObject {
-    /// Its key, exactly.
-    pub key: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its ETag, quoted as the store gives it.
-    pub e_tag: Option<String>,
-    /// When it was written.
-    pub last_modified: DateTime<Utc>,
-}
-
 /// One page of a `ListObjectsV2` listing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ListPage {
@@ -56,21 +44,6 @@ pub(crate) struct ListPage {
     pub objects: Vec<ListedObject>,
     /// The continuation token of the next page, when the listing is truncated.
     pub next: Option<String>,
-}
-
-/// What a `HEAD` tells of an object.
-#[derive(Clone, Debug)]
-pub struct ObjectHead {
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its ETag.
-    pub e_tag: Option<String>,
-    /// When it was written.
-    pub last_modified: DateTime<Utc>,
-    /// Its version id, where the bucket keeps versions.
-    pub version: Option<String>,
-    /// Its content type, encoding, disposition, language, cache control and user metadata.
-    pub attributes: Attributes,
 }
 
 /// The path a request sends for `key` in `bucket` (see the module's text). A key that is only
@@ -535,107 +508,5 @@ mod tests {
         for (k, v) in &a {
             assert_eq!(back.get(k), Some(v), "{k:?}");
         }
-    }
-}
-
-/// A failed request by exact key, naming the object (or the bucket, for a listing).
-#[derive(Debug, thiserror::Error)]
-#[error("{operation} {key} in {location} failed: {reason}")]
-pub struct ExactS3Error {
-    /// `list`, `HEAD`, `GET` or `PUT`.
-    pub operation: &'static str,
-    /// The key (or the listing's prefix).
-    pub key: String,
-    /// The bucket and prefix of the URL.
-    pub location: String,
-    /// The client's or the server's message.
-    pub reason: String,
-}
-
-/// An S3 bucket addressed by exact key: every key a bucket can hold — a leading, trailing or
-/// doubled `/`, `.` and `..` segments, control characters — listed, read and written as it is
-/// (see the module's text), with the credentials and client settings
-/// [`crate::open_store`] takes from the same URL. Bucket backups and restores use it for S3;
-/// it is public for tools and tests that must write or check such keys themselves.
-#[derive(Clone, Debug)]
-pub struct ExactS3(StreamingPut);
-
-impl ExactS3 {
-    /// The bucket of an `s3://` URL (its prefix is not applied: keys are whole keys).
-    pub fn new(url: &str) -> Result<Self, crate::StoreConfigError> {
-        StreamingPut::for_url(url)?
-            .map(ExactS3)
-            .ok_or_else(|| crate::StoreConfigError::Invalid {
-                url: url.to_owned(),
-                reason: "not an s3:// URL".into(),
-            })
-    }
-
-    fn failed(&self, operation: &'static str, key: &str, reason: String) -> ExactS3Error {
-        ExactS3Error {
-            operation,
-            key: key.to_owned(),
-            location: self.0.location().to_owned(),
-            reason,
-        }
-    }
-
-    /// Every object whose key starts with `prefix`, in key order.
-    pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<ListedObject, ExactS3Error>> {
-        let this = self.clone();
-        let shown = prefix.to_owned();
-        self.0
-            .list_exact(prefix)
-            .map_err(move |e| this.failed("list", &shown, e))
-            .boxed()
-    }
-
-    /// The object `key` (or one version of it), if there is one.
-    pub async fn head(
-        &self,
-        key: &str,
-        version: Option<&str>,
-    ) -> Result<Option<ObjectHead>, ExactS3Error> {
-        self.0
-            .head_exact(key, version)
-            .await
-            .map_err(|e| self.failed("HEAD", key, e))
-    }
-
-    /// The whole body of `key` (or of one version of it), if there is such an object.
-    pub async fn get(
-        &self,
-        key: &str,
-        version: Option<&str>,
-    ) -> Result<Option<Bytes>, ExactS3Error> {
-        let Some(body) = self
-            .0
-            .get_exact(key, version)
-            .await
-            .map_err(|e| self.failed("GET", key, e))?
-        else {
-            return Ok(None);
-        };
-        let pieces: Vec<Bytes> = body
-            .try_collect()
-            .await
-            .map_err(|e| self.failed("GET", key, e.to_string()))?;
-        Ok(Some(pieces.concat().into()))
-    }
-
-    /// Writes `bytes` at `key` with `attributes` in one `PUT`; returns the ETag the store gave.
-    pub async fn put(
-        &self,
-        key: &str,
-        bytes: Bytes,
-        attributes: &Attributes,
-    ) -> Result<Option<String>, ExactS3Error> {
-        let headers = attribute_headers(attributes).map_err(|e| self.failed("PUT", key, e))?;
-        let size = bytes.len() as u64;
-        let body = futures::stream::once(async move { Ok(bytes) }).boxed();
-        self.0
-            .put_exact(key, key, size, body, headers)
-            .await
-            .map_err(|e| self.failed("PUT", key, e.to_string()))
     }
 }

@@ -13,7 +13,7 @@ use object_store::{Attributes, GetOptions, ObjectMeta, ObjectStore};
 use resilience_core::source::{AdapterError, EntryOrder};
 
 use super::key_under;
-use crate::streaming_put::StreamingPut;
+use crate::exact::ExactStore;
 use crate::versions::{version_entry_path, ObjectVersion, VersionLister, VersionsError};
 
 /// `HEAD` requests in flight while listing.
@@ -47,11 +47,11 @@ pub(super) enum Listed {
     },
 }
 
-/// The current objects under `prefix` of an S3 bucket, listed and read by exact key
-/// ([`crate::s3_exact`]): every key the bucket holds, with its attributes, in byte order. An
-/// object deleted between its listing and its `HEAD` is left out.
+/// The current objects under `prefix` of an S3 or GCS bucket, listed and read by exact key
+/// ([`ExactStore`]): every key the bucket holds, with its attributes, in byte order. An object
+/// deleted between its listing and its `HEAD` is left out.
 pub(super) fn exact_listing(
-    s3: StreamingPut,
+    store: ExactStore,
     prefix: &str,
 ) -> BoxStream<'static, Result<Listed, AdapterError>> {
     let under = if prefix.is_empty() {
@@ -59,14 +59,15 @@ pub(super) fn exact_listing(
     } else {
         format!("{prefix}/")
     };
-    let shown = s3.location().to_owned();
-    s3.list_exact(&under)
+    let shown = store.location().to_owned();
+    store
+        .list(&under)
         .map_err(move |e| AdapterError::msg("list", shown.clone(), e))
         .map_ok(move |listed| {
-            let s3 = s3.clone();
+            let store = store.clone();
             async move {
-                let head = s3
-                    .head_exact(&listed.key, None)
+                let head = store
+                    .head(&listed.key, None)
                     .await
                     .map_err(|e| AdapterError::msg("HEAD", listed.key.clone(), e))?;
                 // Deleted since it was listed: it was not there to back up.
@@ -92,8 +93,8 @@ pub(super) fn exact_listing(
 /// ([`sorted_walk`]). An object deleted between its listing and its `HEAD` is left out.
 ///
 /// object_store lists a key with a leading or trailing `/` under the name without it, which no
-/// `HEAD` finds: such an object is left out as deleted. (S3 buckets are listed by exact key
-/// instead, [`exact_listing`].)
+/// `HEAD` finds: such an object is left out as deleted. (S3 and GCS buckets are listed by exact
+/// key instead, [`exact_listing`]; this is Azure's, a local directory's and memory's listing.)
 pub(super) fn object_listing(
     store: Arc<dyn ObjectStore>,
     prefix: &str,
@@ -219,7 +220,7 @@ fn group_by_key(
 /// `HEAD` of that version by exact key, prefetched), each key's versions in entry-path order.
 pub(super) fn version_listing(
     lister: &VersionLister,
-    s3: StreamingPut,
+    s3: ExactStore,
 ) -> BoxStream<'static, Result<Listed, AdapterError>> {
     let shown = lister.location().to_owned();
     group_by_key(lister.list())
@@ -252,7 +253,7 @@ pub(super) fn version_listing(
                     }));
                 }
                 let head = s3
-                    .head_exact(&version.key, Some(&version.version_id))
+                    .head(&version.key, Some(&version.version_id))
                     .await
                     .map_err(|e| {
                         AdapterError::msg(

@@ -20,7 +20,7 @@ use super::attributes::entry_attrs;
 use super::key_under;
 use super::listing::{exact_listing, object_listing, version_listing, Listed};
 use crate::config::{open_bucket_store, OpenedStore};
-use crate::streaming_put::StreamingPut;
+use crate::exact::ExactStore;
 use crate::versions::{version_entry_path, ObjectVersion, VersionLister};
 
 /// Backs up the objects under a bucket URL (`s3://bucket/prefix`, `gs://`, `az://`, a local
@@ -107,8 +107,9 @@ impl Source for BucketSource {
         } else {
             EntryOrder::Bytes
         };
-        // An S3 bucket is listed and read by exact key: object_store cannot name every key.
-        let exact = StreamingPut::for_url(&self.url)
+        // S3 and GCS buckets are listed and read by exact key: object_store cannot name every
+        // key.
+        let exact = ExactStore::for_url(&self.url)
             .map_err(|e| AdapterError::msg("open", self.url.clone(), e.to_string()))?;
         let current = match &exact {
             Some(s3) => exact_listing(s3.clone(), &prefix),
@@ -135,8 +136,8 @@ impl Source for BucketSource {
 /// One backup's pass over the bucket: the listing, and what it has counted.
 struct BucketSession {
     store: Arc<dyn ObjectStore>,
-    /// An S3 bucket's requests by exact key (then `store` is not read).
-    exact: Option<StreamingPut>,
+    /// An S3 or GCS bucket's requests by exact key (then `store` is not read).
+    exact: Option<ExactStore>,
     prefix: String,
     location: String,
     listing: BoxStream<'static, Result<Listed, AdapterError>>,
@@ -156,8 +157,8 @@ impl BucketSession {
         };
         let body = futures::stream::once(async move {
             let failed = |e: String| std::io::Error::other(format!("GET {shown}: {e}"));
-            if let Some(s3) = exact {
-                return match s3.get_exact(&key, version.as_deref()).await {
+            if let Some(exact) = exact {
+                return match exact.get(&key, version.as_deref()).await {
                     Ok(Some(body)) => Ok(body),
                     Ok(None) => Err(failed("not found (deleted since it was listed)".into())),
                     Err(e) => Err(failed(e)),

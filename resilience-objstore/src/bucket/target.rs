@@ -16,7 +16,7 @@ use super::attributes::object_attributes;
 use super::upload::{ExactWriter, ObjectWriter, Uploads};
 use super::{full_key, path_for};
 use crate::config::open_bucket_store;
-use crate::streaming_put::StreamingPut;
+use crate::exact::ExactStore;
 use crate::versions::parse_version_entry_path;
 
 /// How a bucket restore treats what is already there.
@@ -64,9 +64,9 @@ pub struct BucketTarget {
     /// A local directory: it stores no attributes (object_store's local file system refuses
     /// puts that carry any), so objects are written without them.
     local: bool,
-    /// An S3 bucket's requests by exact key: objects are looked at and read back through
-    /// them, and those object_store cannot name are written through them.
-    exact: Option<StreamingPut>,
+    /// An S3 or GCS bucket's requests by exact key: objects are looked at and read back
+    /// through them, and those object_store cannot name are written through them.
+    exact: Option<ExactStore>,
     uploads: Uploads,
 }
 
@@ -85,7 +85,7 @@ impl BucketTarget {
             ..Default::default()
         };
         Ok(BucketTarget {
-            exact: StreamingPut::for_url(url)?,
+            exact: ExactStore::for_url(url)?,
             local: opened.local_root.is_some(),
             store: opened.store,
             prefix: opened.prefix,
@@ -133,7 +133,7 @@ impl BucketTarget {
         let shown = format!("{}/{full}", self.location.trim_end_matches('/'));
         let failed = |e: String| AdapterError::msg("GET", shown.clone(), e);
         let body = match &self.exact {
-            Some(s3) => match s3.get_exact(full, None).await.map_err(failed)? {
+            Some(exact) => match exact.get(full, None).await.map_err(failed)? {
                 Some(body) => body,
                 // Deleted since its HEAD: not there, so not the same.
                 None => return Ok(false),
@@ -152,8 +152,8 @@ impl BucketTarget {
     /// The size and ETag of the object `full`, if there is one.
     async fn existing(&self, full: &str) -> Result<Option<(u64, Option<String>)>, AdapterError> {
         let failed = |e: String| AdapterError::msg("HEAD", full.to_owned(), e);
-        if let Some(s3) = &self.exact {
-            let head = s3.head_exact(full, None).await.map_err(failed)?;
+        if let Some(exact) = &self.exact {
+            let head = exact.head(full, None).await.map_err(failed)?;
             return Ok(head.map(|h| (h.size, h.e_tag)));
         }
         let head = self
@@ -235,9 +235,9 @@ impl Target for BucketTarget {
         let path = match (path_for("", &full), &self.exact) {
             (Ok(path), _) => path,
             // A key object_store cannot name, written by exact key, streamed in one `PUT`.
-            (Err(_), Some(s3)) => {
+            (Err(_), Some(exact)) => {
                 return ExactWriter::start(
-                    s3.clone(),
+                    exact.clone(),
                     full,
                     meta.size,
                     &attributes,

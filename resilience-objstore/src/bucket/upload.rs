@@ -15,8 +15,8 @@ use resilience_core::source::{AdapterError, ContentWriter};
 
 use super::target::BucketTally;
 use super::PART_SIZE;
-use crate::s3_exact::attribute_headers;
-use crate::streaming_put::{StreamingPut, SINGLE_PUT_LIMIT};
+use crate::exact::ExactStore;
+use crate::streaming_put::SINGLE_PUT_LIMIT;
 
 /// Objects a restore writes at once (each large one also sends its parts concurrently).
 const WRITES_IN_FLIGHT: usize = 8;
@@ -172,11 +172,11 @@ impl ContentWriter for ObjectWriter {
     }
 }
 
-/// Writes one object by exact key (an S3 key object_store cannot name): its body goes out as
-/// it is written, in one streamed `PUT` of the entry's size (at most [`SINGLE_PUT_LIMIT`]),
+/// Writes one object by exact key (an S3 or GCS key object_store cannot name): its body goes
+/// out as it is written, in one streamed request of the entry's size (at most [`SINGLE_PUT_LIMIT`]),
 /// started among the uploads when the object is created and counted in the tally once it
-/// finished. A body cut short (a restore that fails mid-object) fails the `PUT`, and S3 stores
-/// nothing for it.
+/// finished. A body cut short (a restore that fails mid-object) fails the request, and the
+/// store keeps nothing of it.
 pub(super) struct ExactWriter {
     key: String,
     body: futures::channel::mpsc::Sender<Result<Bytes, SinkError>>,
@@ -187,7 +187,7 @@ pub(super) struct ExactWriter {
 impl ExactWriter {
     /// Starts the `PUT` of `size` bytes at `key` with `attributes`.
     pub(super) async fn start(
-        s3: StreamingPut,
+        exact: ExactStore,
         key: String,
         size: u64,
         attributes: &Attributes,
@@ -201,15 +201,14 @@ impl ExactWriter {
                  cannot be written yet (it takes a multipart upload by exact key)"
             )));
         }
-        let headers = attribute_headers(attributes).map_err(failed)?;
+        let attributes = attributes.clone();
         let (body, sent) = futures::channel::mpsc::channel(2);
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
         let (shown, noted) = (key.clone(), failure.clone());
         uploads
             .start(async move {
-                let put = s3.put_exact(&shown, &shown, size, sent.boxed(), headers);
-                if let Err(e) = put.await {
-                    let text = e.to_string();
+                let put = exact.put(&shown, size, sent.boxed(), &attributes);
+                if let Err(text) = put.await {
                     *noted.lock().expect("failure lock") = Some(text.clone());
                     return Err(AdapterError::msg("write", shown, text));
                 }

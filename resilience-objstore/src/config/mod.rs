@@ -230,6 +230,52 @@ fn gcs_store(
         .map_err(client)
 }
 
+/// What a request to a GCS bucket by exact name needs ([`crate::gcs_exact`]), as
+/// [`gcs_store`] configures its client for the same URL.
+pub(crate) struct GcsExactSettings {
+    /// The storage API's base URL.
+    pub(crate) base: String,
+    /// Extra CA certificates to trust (`ca_file=`).
+    pub(crate) roots: Vec<reqwest::Certificate>,
+    /// `None`: anonymous (an endpoint on loopback without credentials).
+    pub(crate) credentials: Option<object_store::gcp::GcpCredentialProvider>,
+}
+
+/// The settings of requests by exact name to the GCS bucket `bucket` of the URL `text`.
+pub(crate) fn gcs_exact_settings(
+    text: &str,
+    bucket: &str,
+    endpoint: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<GcsExactSettings, StoreConfigError> {
+    let plain = match endpoint {
+        Some(ep) => check_http(text, ep)?,
+        None => false,
+    };
+    let roots = if plain {
+        Vec::new()
+    } else {
+        extra_reqwest_roots(text, ca_file)?
+    };
+    let anonymous = endpoint.is_some_and(is_loopback) && !gcs_credentials_given();
+    let credentials = if anonymous {
+        None
+    } else {
+        Some(
+            gcs_store(text, bucket, None, ca_file, true)?
+                .credentials()
+                .clone(),
+        )
+    };
+    Ok(GcsExactSettings {
+        base: endpoint
+            .unwrap_or("https://storage.googleapis.com")
+            .to_owned(),
+        roots,
+        credentials,
+    })
+}
+
 /// Opens the store a URL names (creating a local directory if `create`).
 pub fn open_store(text: &str, create: bool) -> Result<OpenedStore, StoreConfigError> {
     open(text, create, false)
