@@ -1,8 +1,9 @@
-//! Buckets addressed by exact key: S3 ([`crate::s3_exact`]) and GCS ([`crate::gcs_exact`]).
+//! Buckets addressed by exact key: S3 ([`crate::s3_exact`]), GCS ([`crate::gcs_exact`]) and
+//! Azure ([`crate::azure_exact`]).
 //!
 //! `object_store` names objects by `Path`, which cannot hold every key a bucket can: a leading,
 //! trailing or doubled `/`, a `.` or `..` segment, a control character. Bucket backups and
-//! restores on S3 and GCS list, read and write through [`ExactStore`] instead, so every key
+//! restores on S3, GCS and Azure list, read and write through [`ExactStore`] instead, so every key
 //! comes back exactly. [`ExactBucket`] is the same, public, for tools and tests that must write
 //! or check such keys themselves.
 
@@ -13,6 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::Attributes;
 use resilience_core::sink::ByteStream;
 
+use crate::azure_exact::ExactAzure;
 use crate::gcs_exact::ExactGcs;
 use crate::s3_exact::attribute_headers;
 use crate::streaming_put::StreamingPut;
@@ -52,15 +54,20 @@ pub(crate) enum ExactStore {
     S3(StreamingPut),
     /// A GCS bucket.
     Gcs(ExactGcs),
+    /// An Azure container.
+    Azure(ExactAzure),
 }
 
 impl ExactStore {
-    /// The bucket of an `s3://` or `gs://` URL; `None` for any other store.
+    /// The bucket of an `s3://`, `gs://` or `az://` URL; `None` for any other store.
     pub(crate) fn for_url(url: &str) -> Result<Option<Self>, crate::StoreConfigError> {
         if let Some(s3) = StreamingPut::for_url(url)? {
             return Ok(Some(ExactStore::S3(s3)));
         }
-        Ok(ExactGcs::for_url(url)?.map(ExactStore::Gcs))
+        if let Some(gcs) = ExactGcs::for_url(url)? {
+            return Ok(Some(ExactStore::Gcs(gcs)));
+        }
+        Ok(ExactAzure::for_url(url)?.map(ExactStore::Azure))
     }
 
     /// The bucket and prefix of the URL, for messages.
@@ -68,6 +75,7 @@ impl ExactStore {
         match self {
             ExactStore::S3(s3) => s3.location(),
             ExactStore::Gcs(gcs) => gcs.location(),
+            ExactStore::Azure(azure) => azure.location(),
         }
     }
 
@@ -76,6 +84,7 @@ impl ExactStore {
         match self {
             ExactStore::S3(s3) => s3.list_exact(prefix),
             ExactStore::Gcs(gcs) => gcs.list(prefix),
+            ExactStore::Azure(azure) => azure.list(prefix),
         }
     }
 
@@ -88,6 +97,7 @@ impl ExactStore {
         match self {
             ExactStore::S3(s3) => s3.head_exact(key, version).await,
             ExactStore::Gcs(gcs) => gcs.head(key, version).await,
+            ExactStore::Azure(azure) => azure.head(key, version).await,
         }
     }
 
@@ -101,6 +111,7 @@ impl ExactStore {
         match self {
             ExactStore::S3(s3) => s3.get_exact(key, version).await,
             ExactStore::Gcs(gcs) => gcs.get(key, version).await,
+            ExactStore::Azure(azure) => azure.get(key, version).await,
         }
     }
 
@@ -121,6 +132,7 @@ impl ExactStore {
                     .map_err(|e| e.to_string())
             }
             ExactStore::Gcs(gcs) => gcs.put(key, size, body, attributes).await,
+            ExactStore::Azure(azure) => azure.put(key, size, body, attributes).await,
         }
     }
 }
@@ -139,7 +151,7 @@ pub struct ExactBucketError {
     pub reason: String,
 }
 
-/// An S3 or GCS bucket addressed by exact key: every key the bucket can hold — a leading,
+/// An S3, GCS or Azure bucket addressed by exact key: every key the bucket can hold — a leading,
 /// trailing or doubled `/`, `.` and `..` segments, control characters — listed, read and
 /// written as it is, with the credentials and client settings [`crate::open_store`] takes from
 /// the same URL. Bucket backups and restores use it; it is public for tools and tests that must
@@ -148,13 +160,13 @@ pub struct ExactBucketError {
 pub struct ExactBucket(ExactStore);
 
 impl ExactBucket {
-    /// The bucket of an `s3://` or `gs://` URL.
+    /// The bucket of an `s3://`, `gs://` or `az://` URL.
     pub fn new(url: &str) -> Result<Self, crate::StoreConfigError> {
         ExactStore::for_url(url)?
             .map(ExactBucket)
             .ok_or_else(|| crate::StoreConfigError::Invalid {
                 url: url.to_owned(),
-                reason: "not an s3:// or gs:// URL".into(),
+                reason: "not an s3://, gs:// or az:// URL".into(),
             })
     }
 

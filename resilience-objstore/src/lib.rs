@@ -20,6 +20,7 @@
 //! backups. [`keys`] holds the HTTP key providers: [`keys::kms::KmsProvider`] (AWS KMS) and
 //! [`keys::vault::VaultTransitProvider`] (HashiCorp Vault's transit engine).
 
+mod azure_exact;
 pub mod bucket;
 mod config;
 pub mod drill;

@@ -47,15 +47,24 @@ pub(crate) struct ListPage {
 }
 
 /// The path a request sends for `key` in `bucket` (see the module's text). A key that is only
-/// `.` or `..` has no such path: [`StreamingPut::send_exact`] refuses it.
+/// `.` or `..` has no such path: [`StreamingPut::prepare_exact`] refuses it.
 pub(crate) fn wire_path(bucket: &str, key: &str) -> String {
+    format!(
+        "/{}/{}",
+        utf8_percent_encode(bucket, SEGMENT),
+        wire_key(key)
+    )
+}
+
+/// `key` as a URL path's tail: each segment percent-encoded, segments joined by `/`, except a
+/// leading `/` and those around a `.` or `..` segment, which go as `%2F` (a URL parser or the
+/// server would remove them).
+pub(crate) fn wire_key(key: &str) -> String {
     let segments: Vec<&str> = key.split('/').collect();
     let dot = |s: &str| s == "." || s == "..";
-    let mut path = format!("/{}/", utf8_percent_encode(bucket, SEGMENT));
+    let mut path = String::new();
     for (i, segment) in segments.iter().enumerate() {
         if i > 0 {
-            // The `/` between segments i-1 and i: kept, unless it is the key's first character
-            // or borders a dot segment.
             let leading = i == 1 && segments[0].is_empty();
             let encoded = leading || dot(segments[i - 1]) || dot(segment);
             path.push_str(if encoded { "%2F" } else { "/" });

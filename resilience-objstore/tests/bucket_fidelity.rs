@@ -59,11 +59,17 @@ fn any_segment(excluded: &'static [char]) -> BoxedStrategy<String> {
         .map(char::from)
         .filter(|c| !excluded.contains(c))
         .collect();
-    prop_oneof![
+    let plain = prop_oneof![
         3 => segment(excluded),
         1 => Just(String::new()),
         1 => Just(".".to_owned()),
         1 => Just("..".to_owned()),
+    ];
+    if controls.is_empty() {
+        return plain.boxed();
+    }
+    prop_oneof![
+        6 => plain,
         1 => (segment(excluded), prop::sample::select(controls))
             .prop_map(|(s, c)| format!("{s}{c}")),
     ]
@@ -161,12 +167,14 @@ fn from_attributes(a: &Attributes) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Whether bucket backups reach `url` by exact key (S3 and GCS), and so can hold any key.
+/// Whether bucket backups reach `url` by exact key (S3, GCS, Azure), and so can hold any key.
 fn exact(url: &str) -> bool {
-    url.starts_with("s3://") || url.starts_with("gs://")
+    ["s3://", "gs://", "az://"]
+        .iter()
+        .any(|s| url.starts_with(s))
 }
 
-/// Every object under an `s3://` or `gs://` URL, by exact key below its prefix, with bytes and
+/// Every object under an `s3://`, `gs://` or `az://` URL, by exact key below its prefix, with bytes and
 /// attributes as the store keeps them.
 async fn read_all_exact(url: &str) -> BTreeMap<String, Object> {
     let s3 = ExactBucket::new(url).unwrap();
@@ -396,8 +404,15 @@ fn names_and_attributes_round_trip_on_garage() {
 #[test]
 fn names_and_attributes_round_trip_on_azurite() {
     // Azure Blob Storage stores `\` as `/` (Azurite does the same): a name the store itself
-    // rewrites on write cannot round-trip, whoever backs it up.
-    sweep(Base::new(common::azurite_url("fidelity")), 24, &['\\']);
+    // rewrites on write cannot round-trip, whoever backs it up. Azurite answers a listing that
+    // holds a control character with a 500 (Azure itself lists such a name encoded).
+    const EXCLUDED: &[char] = &[
+        '\\', '\u{1}', '\u{2}', '\u{3}', '\u{4}', '\u{5}', '\u{6}', '\u{7}', '\u{8}', '\u{9}',
+        '\u{a}', '\u{b}', '\u{c}', '\u{d}', '\u{e}', '\u{f}', '\u{10}', '\u{11}', '\u{12}',
+        '\u{13}', '\u{14}', '\u{15}', '\u{16}', '\u{17}', '\u{18}', '\u{19}', '\u{1a}', '\u{1b}',
+        '\u{1c}', '\u{1d}', '\u{1e}', '\u{1f}',
+    ];
+    sweep(Base::new(common::azurite_url("fidelity")), 24, EXCLUDED);
 }
 
 #[test]

@@ -47,7 +47,7 @@ pub(super) enum Listed {
     },
 }
 
-/// The current objects under `prefix` of an S3 or GCS bucket, listed and read by exact key
+/// The current objects under `prefix` of an S3, GCS or Azure bucket, listed and read by exact key
 /// ([`ExactStore`]): every key the bucket holds, with its attributes, in byte order. An object
 /// deleted between its listing and its `HEAD` is left out.
 pub(super) fn exact_listing(
@@ -93,8 +93,8 @@ pub(super) fn exact_listing(
 /// ([`sorted_walk`]). An object deleted between its listing and its `HEAD` is left out.
 ///
 /// object_store lists a key with a leading or trailing `/` under the name without it, which no
-/// `HEAD` finds: such an object is left out as deleted. (S3 and GCS buckets are listed by exact
-/// key instead, [`exact_listing`]; this is Azure's, a local directory's and memory's listing.)
+/// `HEAD` finds: such an object is left out as deleted. (Cloud buckets are listed by exact key
+/// instead, [`exact_listing`]; this is a local directory's and memory's listing.)
 pub(super) fn object_listing(
     store: Arc<dyn ObjectStore>,
     prefix: &str,

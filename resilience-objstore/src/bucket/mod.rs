@@ -15,20 +15,16 @@
 //! is.
 //!
 //! Keys are kept exactly as the store names them (any UTF-8, `%`, `+`, `#`, `?`, spaces). On
-//! S3 and GCS, the bucket is listed, read and written by exact key ([`crate::exact`]), so every
-//! key the store can hold round-trips: a leading, trailing or doubled `/`, `.` and `..`
-//! segments, control characters. (A key that is only `.` or `..`, at an S3 bucket's root, has
-//! no URL path and is an error naming it.) Objects whose keys object_store can name are still
-//! written through it (in parts above [`PART_SIZE`]); the others in one streamed request.
-//! Elsewhere (Azure, a local directory) keys go through object_store, which cannot name those:
-//! a key with a doubled `/`, a `.`/`..` segment or a control character fails the listing,
-//! naming the store, and a restore refuses to write one, naming it; object_store lists a key
-//! with one leading or trailing `/` on Azure under the name without it, whose `HEAD` then
-//! finds nothing, so such an object is left out as one deleted since the listing (issue 18,
-//! open).
+//! S3, GCS and Azure, the bucket is listed, read and written by exact key ([`crate::exact`]),
+//! so every key the store can hold round-trips: a leading, trailing or doubled `/`, `.` and
+//! `..` segments, control characters. (A key that is only `.` or `..`, at the root of an S3
+//! bucket or an Azure container, has no URL path and is an error naming it.) Objects whose keys
+//! object_store can name are still written through it (in parts above [`PART_SIZE`]); the
+//! others in one streamed request. A local directory and memory go through object_store, whose
+//! paths are file names there.
 //!
 //! The parts, one job each: [`BucketSource`] and its session turn a listing into entries
-//! (`source`), fed by the listing of objects (by exact key on S3 and GCS) and of their other versions
+//! (`source`), fed by the listing of objects (by exact key on S3, GCS and Azure) and of their other versions
 //! (`listing`); the
 //! mapping between object attributes and entry attributes is `attributes`. A restore is
 //! planned (`as_of`, for a time) and written by [`BucketTarget`] (`target`), whose objects go up

@@ -107,7 +107,7 @@ impl Source for BucketSource {
         } else {
             EntryOrder::Bytes
         };
-        // S3 and GCS buckets are listed and read by exact key: object_store cannot name every
+        // S3, GCS and Azure buckets are listed and read by exact key: object_store cannot name every
         // key.
         let exact = ExactStore::for_url(&self.url)
             .map_err(|e| AdapterError::msg("open", self.url.clone(), e.to_string()))?;
@@ -136,7 +136,7 @@ impl Source for BucketSource {
 /// One backup's pass over the bucket: the listing, and what it has counted.
 struct BucketSession {
     store: Arc<dyn ObjectStore>,
-    /// An S3 or GCS bucket's requests by exact key (then `store` is not read).
+    /// A cloud bucket's requests by exact key (then `store` is not read).
     exact: Option<ExactStore>,
     prefix: String,
     location: String,

@@ -64,7 +64,7 @@ pub struct BucketTarget {
     /// A local directory: it stores no attributes (object_store's local file system refuses
     /// puts that carry any), so objects are written without them.
     local: bool,
-    /// An S3 or GCS bucket's requests by exact key: objects are looked at and read back
+    /// A cloud bucket's requests by exact key: objects are looked at and read back
     /// through them, and those object_store cannot name are written through them.
     exact: Option<ExactStore>,
     uploads: Uploads,

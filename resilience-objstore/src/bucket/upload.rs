@@ -172,7 +172,7 @@ impl ContentWriter for ObjectWriter {
     }
 }
 
-/// Writes one object by exact key (an S3 or GCS key object_store cannot name): its body goes
+/// Writes one object by exact key (a cloud key object_store cannot name): its body goes
 /// out as it is written, in one streamed request of the entry's size (at most [`SINGLE_PUT_LIMIT`]),
 /// started among the uploads when the object is created and counted in the tally once it
 /// finished. A body cut short (a restore that fails mid-object) fails the request, and the
