@@ -71,6 +71,11 @@ impl Lab {
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        self.run_at(&self.dir.path().join("repo"), args)
+    }
+
+    /// `args` on the repository at `repo`, opened with the lab's key.
+    fn run_at(&self, repo: &std::path::Path, args: &[&str]) -> Output {
         let mut c = Command::new(BIN);
         // moto's credentials, not the shared ones that point at Garage.
         for v in [
@@ -84,7 +89,7 @@ impl Lab {
         c.env("AWS_ACCESS_KEY_ID", "moto")
             .env("AWS_SECRET_ACCESS_KEY", "moto")
             .args(["--repo"])
-            .arg(self.dir.path().join("repo"))
+            .arg(repo)
             .arg("--key-file")
             .arg(self.dir.path().join("key"))
             .args(args)
@@ -92,9 +97,12 @@ impl Lab {
             .unwrap()
     }
     fn json(&self, args: &[&str]) -> Value {
+        self.json_at(&self.dir.path().join("repo"), args)
+    }
+    fn json_at(&self, repo: &std::path::Path, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        let out = self.run(&all);
+        let out = self.run_at(repo, &all);
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -302,7 +310,7 @@ fn versions_from_a_store_that_keeps_none_is_a_clear_error() {
 
 /// Keys that object_store cannot name — a leading, trailing or doubled `/`, `.` and `..`
 /// segments, control characters — round-trip through `bucket backup --versions`, `bucket
-/// restore` and `bucket restore --as-of`, on moto (which holds them as S3 does). The buckets
+/// restore`, `bucket restore --as-of` and a restore from a replica, on moto (which holds them as S3 does). The buckets
 /// are written and read back with boto3, a client independent of ours.
 const ODD_KEYS: &str = r#"
 import boto3, json, sys, time, datetime
@@ -315,7 +323,7 @@ if mode == "setup":
     src = f"{run}-src"
     s3.create_bucket(Bucket=src)
     s3.put_bucket_versioning(Bucket=src, VersioningConfiguration={"Status": "Enabled"})
-    for b in ["now", "then"]:
+    for b in ["now", "then", "replica"]:
         s3.create_bucket(Bucket=f"{run}-{b}")
     for k in keys:
         s3.put_object(Bucket=src, Key=k, Body=("old " + k).encode(), ContentType="text/old")
@@ -415,6 +423,21 @@ fn keys_object_store_cannot_name_round_trip_with_their_versions() {
         restored,
         Value::Object(expected),
         "the objects as they were"
+    );
+
+    // The replica (another region) restores the same keys: a replicated snapshot restored
+    // into a bucket emptied meanwhile brings every current object back under its name.
+    let replica = lab.dir.path().join("replica");
+    lab.json(&["replicate", "--to", replica.to_str().unwrap()]);
+    let from_replica = lab.json_at(
+        &replica,
+        &["bucket", "restore", id, &url(&format!("{run}-replica"), "")],
+    );
+    assert_eq!(from_replica["written"], 10, "{from_replica}");
+    assert_eq!(
+        odd_keys(&run, &format!("{run}-replica")),
+        odd_keys(&run, &format!("{run}-now")),
+        "restored from the replica"
     );
 
     // A resumed restore finds every object already there.
