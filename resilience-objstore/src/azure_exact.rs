@@ -16,15 +16,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::azure::{AzureAuthorizer, AzureConfigKey, AzureCredential};
 use object_store::client::{CredentialProvider, HttpRequestBody};
-use object_store::{Attribute, AttributeValue, Attributes};
+use object_store::Attributes;
 use quick_xml::events::Event;
 use resilience_core::sink::ByteStream;
 
 use crate::config::{StoreConfigError, StoreUrl};
-use crate::exact::{ListedObject, ObjectHead};
+use crate::exact::{
+    head_of, headers_from_attributes, idle_bounded_body, paged, ListedObject, ObjectHead,
+    PropertyHeaders, UNRESERVED,
+};
 use crate::s3_exact::wire_key;
 use crate::streaming_put::error_chain;
 use crate::versions::text_of;
@@ -140,61 +143,38 @@ fn quoted(e: &str) -> String {
     }
 }
 
-/// The object attributes a blob's response headers carry.
-fn attributes_of(headers: &http::HeaderMap) -> Attributes {
-    let mut out = Attributes::new();
-    for (name, value) in headers {
-        let Ok(text) = value.to_str() else { continue };
-        let attribute = match name.as_str() {
-            "content-type" => Attribute::ContentType,
-            "content-encoding" => Attribute::ContentEncoding,
-            "content-disposition" => Attribute::ContentDisposition,
-            "content-language" => Attribute::ContentLanguage,
-            "cache-control" => Attribute::CacheControl,
-            other => match other.strip_prefix("x-ms-meta-") {
-                Some(m) => Attribute::Metadata(m.to_owned().into()),
-                None => continue,
-            },
-        };
-        out.insert(attribute, AttributeValue::from(text.to_owned()));
-    }
-    out
-}
+/// How a blob's properties and metadata are named in answers.
+const READ_HEADERS: PropertyHeaders = PropertyHeaders {
+    properties: [
+        "content-type",
+        "content-encoding",
+        "content-disposition",
+        "content-language",
+        "cache-control",
+    ],
+    metadata: "x-ms-meta-",
+};
+
+/// How a Put Blob names the blob's properties (its own headers, never the request's
+/// `Content-Encoding`, which a server may act on) and metadata.
+const WRITE_HEADERS: PropertyHeaders = PropertyHeaders {
+    properties: [
+        "x-ms-blob-content-type",
+        "x-ms-blob-content-encoding",
+        "x-ms-blob-content-disposition",
+        "x-ms-blob-content-language",
+        "x-ms-blob-cache-control",
+    ],
+    metadata: "x-ms-meta-",
+};
 
 /// The headers of a Put Blob that writes `attributes` as the blob's properties and metadata.
-/// Values must be visible ASCII (what a signed header can carry).
 fn put_headers(attributes: &Attributes) -> Result<http::HeaderMap, String> {
-    let mut headers = http::HeaderMap::new();
+    let mut headers = headers_from_attributes(attributes, &WRITE_HEADERS)?;
     headers.insert(
         "x-ms-blob-type",
         http::HeaderValue::from_static("BlockBlob"),
     );
-    for (attribute, value) in attributes {
-        let name = match attribute {
-            Attribute::ContentType => "x-ms-blob-content-type".to_owned(),
-            Attribute::ContentEncoding => "x-ms-blob-content-encoding".to_owned(),
-            Attribute::ContentDisposition => "x-ms-blob-content-disposition".to_owned(),
-            Attribute::ContentLanguage => "x-ms-blob-content-language".to_owned(),
-            Attribute::CacheControl => "x-ms-blob-cache-control".to_owned(),
-            Attribute::Metadata(m) => format!("x-ms-meta-{m}"),
-            other => return Err(format!("the attribute {other:?} cannot be written")),
-        };
-        let text: &str = value.as_ref();
-        if !text
-            .bytes()
-            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-        {
-            return Err(format!(
-                "attribute {name}: {text:?} is not printable ASCII, which Azure's signed headers need"
-            ));
-        }
-        let header = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| format!("attribute {name:?}: {e}"))?;
-        headers.insert(
-            header,
-            http::HeaderValue::from_str(text).map_err(|e| format!("attribute {name}: {e}"))?,
-        );
-    }
     Ok(headers)
 }
 
@@ -323,9 +303,7 @@ impl ExactAzure {
     }
 
     async fn list_page(&self, prefix: &str, marker: Option<&str>) -> Result<BlobPage, String> {
-        let enc = |v: &str| {
-            percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
-        };
+        let enc = |v: &str| percent_encoding::utf8_percent_encode(v, UNRESERVED).to_string();
         let mut url = format!(
             "{}?restype=container&comp=list&maxresults={PAGE}&prefix={}",
             self.container_url,
@@ -354,21 +332,13 @@ impl ExactAzure {
     pub(crate) fn list(&self, prefix: &str) -> BoxStream<'static, Result<ListedObject, String>> {
         let this = self.clone();
         let prefix = prefix.to_owned();
-        futures::stream::try_unfold(Some(None), move |state: Option<Option<String>>| {
+        paged(move |marker| {
             let (this, prefix) = (this.clone(), prefix.clone());
             async move {
-                let Some(marker) = state else {
-                    return Ok::<_, String>(None);
-                };
                 let page = this.list_page(&prefix, marker.as_deref()).await?;
-                Ok(Some((
-                    futures::stream::iter(page.blobs.into_iter().map(Ok)),
-                    page.next.map(Some),
-                )))
+                Ok((page.blobs, page.next))
             }
         })
-        .try_flatten()
-        .boxed()
     }
 
     /// The blob `name`, if there is one (Azure keeps no versions here: `version` must be none).
@@ -387,26 +357,7 @@ impl ExactAzure {
                     .await?,
             )
             .await?;
-        if response.status() == http::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        let headers = response.headers();
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        Ok(Some(ObjectHead {
-            size: text("content-length")
-                .and_then(|s| s.parse().ok())
-                .ok_or("no Content-Length")?,
-            e_tag: text("etag").map(quoted),
-            last_modified: text("last-modified")
-                .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
-                .map(|t| t.with_timezone(&Utc))
-                .ok_or("no readable Last-Modified")?,
-            version: None,
-            attributes: attributes_of(headers),
-        }))
+        head_of(&response, &READ_HEADERS, None)
     }
 
     /// The bytes of `name`, streamed; each piece awaited at most the request timeout. `None`
@@ -432,23 +383,7 @@ impl ExactAzure {
         if !response.status().is_success() {
             return Err(self.failure(response).await);
         }
-        let idle = self.idle;
-        let body = response.bytes_stream();
-        Ok(Some(
-            futures::stream::unfold(body, move |mut body| async move {
-                match tokio::time::timeout(idle, body.next()).await {
-                    Ok(None) => None,
-                    Ok(Some(piece)) => Some((piece.map_err(std::io::Error::other), body)),
-                    Err(_) => Some((
-                        Err(std::io::Error::other(format!(
-                            "timed out: no data for {idle:?}"
-                        ))),
-                        body,
-                    )),
-                }
-            })
-            .boxed(),
-        ))
+        Ok(Some(idle_bounded_body(response, self.idle)))
     }
 
     /// Writes `size` bytes of `body` at `name` with `attributes` in one streamed Put Blob;
@@ -487,6 +422,8 @@ impl ExactAzure {
 
 #[cfg(test)]
 mod tests {
+    use object_store::Attribute;
+
     use super::*;
 
     #[test]

@@ -7,17 +7,174 @@
 //! comes back exactly. [`ExactBucket`] is the same, public, for tools and tests that must write
 //! or check such keys themselves.
 
+use std::future::Future;
+use std::time::Duration;
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use object_store::Attributes;
+use object_store::{Attribute, AttributeValue, Attributes};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use resilience_core::sink::ByteStream;
 
 use crate::azure_exact::ExactAzure;
 use crate::gcs_exact::ExactGcs;
 use crate::s3_exact::attribute_headers;
 use crate::streaming_put::StreamingPut;
+
+/// What a URL leaves unencoded in a key segment or a query value: the unreserved characters.
+pub(crate) const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The headers a store names an object's properties with, in its requests and answers.
+pub(crate) struct PropertyHeaders {
+    /// Content type, encoding, disposition, language and cache control, in that order.
+    pub(crate) properties: [&'static str; 5],
+    /// What precedes a user metadata name (`x-amz-meta-`, `x-ms-meta-`).
+    pub(crate) metadata: &'static str,
+}
+
+const PROPERTIES: [Attribute; 5] = [
+    Attribute::ContentType,
+    Attribute::ContentEncoding,
+    Attribute::ContentDisposition,
+    Attribute::ContentLanguage,
+    Attribute::CacheControl,
+];
+
+/// The object attributes that response `headers` carry, named as `names` says.
+pub(crate) fn attributes_from_headers(
+    headers: &http::HeaderMap,
+    names: &PropertyHeaders,
+) -> Attributes {
+    let mut out = Attributes::new();
+    for (name, value) in headers {
+        let Ok(text) = value.to_str() else { continue };
+        let attribute = match names.properties.iter().position(|p| *p == name.as_str()) {
+            Some(i) => PROPERTIES[i].clone(),
+            None => match name.as_str().strip_prefix(names.metadata) {
+                Some(m) => Attribute::Metadata(m.to_owned().into()),
+                None => continue,
+            },
+        };
+        out.insert(attribute, AttributeValue::from(text.to_owned()));
+    }
+    out
+}
+
+/// The request headers that write `attributes`, named as `names` says. Values must be
+/// printable ASCII, which a signed header can carry unchanged.
+pub(crate) fn headers_from_attributes(
+    attributes: &Attributes,
+    names: &PropertyHeaders,
+) -> Result<http::HeaderMap, String> {
+    let mut headers = http::HeaderMap::new();
+    for (attribute, value) in attributes {
+        let name = match PROPERTIES.iter().position(|p| p == attribute) {
+            Some(i) => names.properties[i].to_owned(),
+            None => match attribute {
+                Attribute::Metadata(m) => format!("{}{m}", names.metadata),
+                other => return Err(format!("the attribute {other:?} cannot be written")),
+            },
+        };
+        let text: &str = value.as_ref();
+        if !text
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return Err(format!(
+                "attribute {name}: {text:?} is not printable ASCII, which a signed header needs"
+            ));
+        }
+        let header = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("attribute {name:?}: {e}"))?;
+        headers.insert(
+            header,
+            http::HeaderValue::from_str(text).map_err(|e| format!("attribute {name}: {e}"))?,
+        );
+    }
+    Ok(headers)
+}
+
+/// What the answer to a `HEAD` of an object says: `None` for 404, the status for another
+/// failure, else its size, ETag, time, version (from the header `version`, if any) and
+/// attributes (named as `names` says).
+pub(crate) fn head_of(
+    response: &reqwest::Response,
+    names: &PropertyHeaders,
+    version: Option<&str>,
+) -> Result<Option<ObjectHead>, String> {
+    if response.status() == http::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let headers = response.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Ok(Some(ObjectHead {
+        size: text("content-length")
+            .and_then(|s| s.parse().ok())
+            .ok_or("no Content-Length")?,
+        e_tag: text("etag").map(str::to_owned),
+        last_modified: text("last-modified")
+            .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or("no readable Last-Modified")?,
+        version: version.and_then(text).map(str::to_owned),
+        attributes: attributes_from_headers(headers, names),
+    }))
+}
+
+/// The body of `response` as a stream whose every piece is awaited at most `idle`.
+pub(crate) fn idle_bounded_body(
+    response: reqwest::Response,
+    idle: Duration,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    futures::stream::unfold(response.bytes_stream(), move |mut body| async move {
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(None) => None,
+            Ok(Some(piece)) => Some((piece.map_err(std::io::Error::other), body)),
+            Err(_) => Some((
+                Err(std::io::Error::other(format!(
+                    "timed out: no data for {idle:?}"
+                ))),
+                body,
+            )),
+        }
+    })
+    .boxed()
+}
+
+/// A listing read page by page: `page(token)` gives a page's items and the next page's token
+/// (none after the last page).
+pub(crate) fn paged<T, F, Fut>(page: F) -> BoxStream<'static, Result<T, String>>
+where
+    T: Send + 'static,
+    F: Fn(Option<String>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(Vec<T>, Option<String>), String>> + Send + 'static,
+{
+    let page = std::sync::Arc::new(page);
+    futures::stream::try_unfold(Some(None), move |state: Option<Option<String>>| {
+        let page = page.clone();
+        async move {
+            let Some(token) = state else {
+                return Ok::<_, String>(None);
+            };
+            let (items, next) = page(token).await?;
+            Ok(Some((
+                futures::stream::iter(items.into_iter().map(Ok)),
+                next.map(Some),
+            )))
+        }
+    })
+    .try_flatten()
+    .boxed()
+}
 
 /// An object as a listing gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]

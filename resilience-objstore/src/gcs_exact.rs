@@ -25,20 +25,16 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::client::CredentialProvider;
 use object_store::gcp::GcpCredential;
 use object_store::{Attribute, AttributeValue, Attributes};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet};
 use resilience_core::sink::ByteStream;
 use serde::Deserialize;
 
 use crate::config::{StoreConfigError, StoreUrl};
-use crate::exact::{ListedObject, ObjectHead};
+use crate::exact::{idle_bounded_body, paged, ListedObject, ObjectHead, UNRESERVED};
 use crate::streaming_put::error_chain;
 
 /// What stays unencoded in an object name in a URL: the unreserved characters.
-const NAME: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const NAME: &AsciiSet = UNRESERVED;
 
 /// Objects per listing page.
 const PAGE: usize = 1000;
@@ -308,21 +304,10 @@ impl ExactGcs {
     pub(crate) fn list(&self, prefix: &str) -> BoxStream<'static, Result<ListedObject, String>> {
         let this = self.clone();
         let prefix = prefix.to_owned();
-        futures::stream::try_unfold(Some(None), move |state: Option<Option<String>>| {
+        paged(move |token| {
             let (this, prefix) = (this.clone(), prefix.clone());
-            async move {
-                let Some(token) = state else {
-                    return Ok::<_, String>(None);
-                };
-                let (objects, next) = this.list_page(&prefix, token.as_deref()).await?;
-                Ok(Some((
-                    futures::stream::iter(objects.into_iter().map(Ok)),
-                    next.map(Some),
-                )))
-            }
+            async move { this.list_page(&prefix, token.as_deref()).await }
         })
-        .try_flatten()
-        .boxed()
     }
 
     /// The object `name` (of one generation, if given), if there is one.
@@ -369,23 +354,7 @@ impl ExactGcs {
         if !response.status().is_success() {
             return Err(self.body(response).await.err().unwrap_or_default());
         }
-        let idle = self.idle;
-        let body = response.bytes_stream();
-        Ok(Some(
-            futures::stream::unfold(body, move |mut body| async move {
-                match tokio::time::timeout(idle, body.next()).await {
-                    Ok(None) => None,
-                    Ok(Some(piece)) => Some((piece.map_err(std::io::Error::other), body)),
-                    Err(_) => Some((
-                        Err(std::io::Error::other(format!(
-                            "timed out: no data for {idle:?}"
-                        ))),
-                        body,
-                    )),
-                }
-            })
-            .boxed(),
-        ))
+        Ok(Some(idle_bounded_body(response, self.idle)))
     }
 
     /// Writes `size` bytes of `body` at `name` with `attributes`, in one multipart upload whose

@@ -15,24 +15,34 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
-use object_store::{Attribute, AttributeValue, Attributes};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use object_store::Attributes;
+use percent_encoding::{utf8_percent_encode, AsciiSet};
 use quick_xml::events::Event;
 
-use crate::exact::{ListedObject, ObjectHead};
+use crate::exact::{
+    head_of, headers_from_attributes, idle_bounded_body, paged, ListedObject, ObjectHead,
+    PropertyHeaders, UNRESERVED,
+};
 use crate::sigv4;
 use crate::streaming_put::StreamingPut;
 use crate::versions::{parse_time, text_of};
 
 /// What the wire leaves unencoded in a key segment: the unreserved characters.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const SEGMENT: &AsciiSet = UNRESERVED;
+
+/// How S3 names an object's properties and user metadata in headers.
+const S3_HEADERS: PropertyHeaders = PropertyHeaders {
+    properties: [
+        "content-type",
+        "content-encoding",
+        "content-disposition",
+        "content-language",
+        "cache-control",
+    ],
+    metadata: "x-amz-meta-",
+};
 
 /// Keys per listing page.
 const PAGE: usize = 1000;
@@ -140,47 +150,9 @@ pub(crate) fn parse_list_page(xml: &[u8]) -> Result<ListPage, String> {
     Ok(page)
 }
 
-/// The object attributes a response's headers carry.
-fn attributes_of(headers: &http::HeaderMap) -> Attributes {
-    let mut out = Attributes::new();
-    for (name, value) in headers {
-        let Ok(text) = value.to_str() else { continue };
-        let attribute = match name.as_str() {
-            "content-type" => Attribute::ContentType,
-            "content-encoding" => Attribute::ContentEncoding,
-            "content-disposition" => Attribute::ContentDisposition,
-            "content-language" => Attribute::ContentLanguage,
-            "cache-control" => Attribute::CacheControl,
-            other => match other.strip_prefix("x-amz-meta-") {
-                Some(m) => Attribute::Metadata(m.to_owned().into()),
-                None => continue,
-            },
-        };
-        out.insert(attribute, AttributeValue::from(text.to_owned()));
-    }
-    out
-}
-
 /// The headers that write `attributes` with an object.
 pub(crate) fn attribute_headers(attributes: &Attributes) -> Result<http::HeaderMap, String> {
-    let mut headers = http::HeaderMap::new();
-    for (attribute, value) in attributes {
-        let name = match attribute {
-            Attribute::ContentType => "content-type".to_owned(),
-            Attribute::ContentEncoding => "content-encoding".to_owned(),
-            Attribute::ContentDisposition => "content-disposition".to_owned(),
-            Attribute::ContentLanguage => "content-language".to_owned(),
-            Attribute::CacheControl => "cache-control".to_owned(),
-            Attribute::Metadata(m) => format!("x-amz-meta-{m}"),
-            other => return Err(format!("the attribute {other:?} cannot be written")),
-        };
-        let name = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| format!("attribute {name:?}: {e}"))?;
-        let value = http::HeaderValue::from_str(value.as_ref())
-            .map_err(|e| format!("attribute {name}: {e}"))?;
-        headers.insert(name, value);
-    }
-    Ok(headers)
+    headers_from_attributes(attributes, &S3_HEADERS)
 }
 
 impl StreamingPut {
@@ -299,22 +271,13 @@ impl StreamingPut {
     ) -> BoxStream<'static, Result<ListedObject, String>> {
         let this = self.clone();
         let prefix = prefix.to_owned();
-        futures::stream::try_unfold(Some(None), move |state: Option<Option<String>>| {
+        paged(move |token| {
             let (this, prefix) = (this.clone(), prefix.clone());
             async move {
-                let Some(token) = state else {
-                    return Ok::<_, String>(None);
-                };
                 let page = this.list_page(&prefix, token.as_deref()).await?;
-                let next = page.next.map(Some);
-                Ok(Some((
-                    futures::stream::iter(page.objects.into_iter().map(Ok)),
-                    next,
-                )))
+                Ok((page.objects, page.next))
             }
         })
-        .try_flatten()
-        .boxed()
     }
 
     /// The object `key` (or one version of it): `None` if there is none.
@@ -327,28 +290,7 @@ impl StreamingPut {
         let response = self
             .send_exact(http::Method::HEAD, Some(key), &query)
             .await?;
-        if response.status() == http::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        let headers = response.headers();
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let size = text("content-length")
-            .and_then(|s| s.parse().ok())
-            .ok_or("no Content-Length")?;
-        let last_modified = text("last-modified")
-            .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .ok_or("no readable Last-Modified")?;
-        Ok(Some(ObjectHead {
-            size,
-            e_tag: text("etag").map(str::to_owned),
-            last_modified,
-            version: text("x-amz-version-id").map(str::to_owned),
-            attributes: attributes_of(headers),
-        }))
+        head_of(&response, &S3_HEADERS, Some("x-amz-version-id"))
     }
 
     /// The body of `key` (or of one version of it), streamed; each piece is awaited at most
@@ -368,29 +310,17 @@ impl StreamingPut {
         if !response.status().is_success() {
             return Err(self.failure(response).await);
         }
-        let idle = self.client()?.idle;
-        let body = response.bytes_stream();
-        Ok(Some(
-            futures::stream::unfold(body, move |mut body| async move {
-                match tokio::time::timeout(idle, body.next()).await {
-                    Ok(None) => None,
-                    Ok(Some(piece)) => Some((piece.map_err(std::io::Error::other), body)),
-                    Err(_) => Some((
-                        Err(std::io::Error::other(format!(
-                            "timed out: no data for {idle:?}"
-                        ))),
-                        body,
-                    )),
-                }
-            })
-            .boxed(),
-        ))
+        Ok(Some(idle_bounded_body(response, self.client()?.idle)))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::DateTime;
+    use object_store::Attribute;
+
     use super::*;
+    use crate::exact::attributes_from_headers;
     use proptest::prelude::*;
 
     #[test]
@@ -512,7 +442,7 @@ mod tests {
         a.insert(Attribute::Metadata("owner".into()), "billing".into());
         let headers = attribute_headers(&a).unwrap();
         assert_eq!(headers["x-amz-meta-owner"], "billing");
-        let back = attributes_of(&headers);
+        let back = attributes_from_headers(&headers, &S3_HEADERS);
         assert_eq!(back.len(), a.len());
         for (k, v) in &a {
             assert_eq!(back.get(k), Some(v), "{k:?}");

@@ -248,14 +248,10 @@ pub(crate) fn gcs_exact_settings(
     endpoint: Option<&str>,
     ca_file: Option<&std::path::Path>,
 ) -> Result<GcsExactSettings, StoreConfigError> {
-    let plain = match endpoint {
-        Some(ep) => check_http(text, ep)?,
-        None => false,
-    };
-    let roots = if plain {
-        Vec::new()
-    } else {
-        extra_reqwest_roots(text, ca_file)?
+    let plain = endpoint.map(|ep| check_http(text, ep)).transpose()? == Some(true);
+    let roots = match plain {
+        true => Vec::new(),
+        false => extra_reqwest_roots(text, ca_file)?,
     };
     let anonymous = endpoint.is_some_and(is_loopback) && !gcs_credentials_given();
     let credentials = if anonymous {

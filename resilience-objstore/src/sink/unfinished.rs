@@ -8,7 +8,7 @@ use std::path::{Component, Path as FsPath, PathBuf};
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet};
 use quick_xml::events::Event;
 use resilience_core::sink::{SinkError, UnfinishedUpload};
 
@@ -17,11 +17,7 @@ use crate::streaming_put::StreamingPut;
 use crate::versions::{parse_time, text_of};
 
 /// What a query value leaves unencoded: unreserved characters only.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const QUERY_VALUE: &AsciiSet = crate::exact::UNRESERVED;
 
 /// At most this many pages of `ListMultipartUploads` (1000 uploads each) are read.
 const MAX_PAGES: usize = 1000;
