@@ -25,8 +25,8 @@ use resilience_core::sink::ByteStream;
 
 use crate::config::{StoreConfigError, StoreUrl};
 use crate::exact::{
-    head_of, headers_from_attributes, idle_bounded_body, paged, ListedObject, ObjectHead,
-    PropertyHeaders, UNRESERVED,
+    head_of, headers_from_attributes, idle_bounded_body, paged, send_with_retries, ListedObject,
+    ObjectHead, PropertyHeaders, UNRESERVED,
 };
 use crate::s3_exact::wire_key;
 use crate::streaming_put::error_chain;
@@ -279,10 +279,7 @@ impl ExactAzure {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
-        tokio::time::timeout(self.idle, request.send())
-            .await
-            .map_err(|_| format!("timed out after {:?} waiting for an answer", self.idle))?
-            .map_err(|e| error_chain(&e))
+        send_with_retries(request, self.idle).await
     }
 
     async fn failure(&self, response: reqwest::Response) -> String {

@@ -130,6 +130,51 @@ pub(crate) fn head_of(
     }))
 }
 
+/// Attempts of a request without a body, the first included: a transport failure, a timeout or
+/// an answer 429 or 5xx is tried again, after 0.2 s, then 0.8 s, then 3.2 s.
+pub(crate) const ATTEMPTS: u32 = 4;
+
+/// Sends `request`, waiting at most `idle` for each answer's headers. A request without a body
+/// is tried [`ATTEMPTS`] times in all while it fails as a busy or broken server does (so at
+/// most `4 × idle + 4.2 s`); one with a body (a streamed upload, which cannot be sent twice)
+/// once. The last answer is returned, whatever its status; the last failure names its cause.
+pub(crate) async fn send_with_retries(
+    mut request: reqwest::RequestBuilder,
+    idle: Duration,
+) -> Result<reqwest::Response, String> {
+    let mut attempt = 1;
+    loop {
+        let retry = match attempt < ATTEMPTS {
+            true => request.try_clone(),
+            false => None,
+        };
+        let outcome = match tokio::time::timeout(idle, request.send()).await {
+            Err(_) => Err(format!("timed out after {idle:?} waiting for an answer")),
+            Ok(Err(e)) => Err(crate::streaming_put::error_chain(&e)),
+            Ok(Ok(response)) => Ok(response),
+        };
+        let busy = match &outcome {
+            Ok(r) => {
+                r.status() == http::StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error()
+            }
+            Err(_) => true,
+        };
+        match retry {
+            Some(next) if busy => {
+                tokio::time::sleep(Duration::from_millis(200) * 4u32.pow(attempt - 1)).await;
+                request = next;
+                attempt += 1;
+            }
+            _ => {
+                return outcome.map_err(|e| match attempt {
+                    1 => e,
+                    n => format!("{e} (after {n} attempts)"),
+                })
+            }
+        }
+    }
+}
+
 /// The body of `response` as a stream whose every piece is awaited at most `idle`.
 pub(crate) fn idle_bounded_body(
     response: reqwest::Response,
@@ -392,5 +437,97 @@ impl ExactBucket {
             .put(key, size, body, attributes)
             .await
             .map_err(|e| self.failed("PUT", key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A loopback HTTP server answering each request with the next status of `statuses` (the
+    /// last one again once they run out); returns its URL and the count of requests it took.
+    async fn server(statuses: &'static [u16]) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/o", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let status = statuses[n.min(statuses.len() - 1)];
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_busy_server_is_tried_again_and_a_missing_object_is_not() {
+        let http = reqwest::Client::new();
+        let idle = Duration::from_secs(5);
+        let (url, seen) = server(&[503, 500, 200]).await;
+        let answer = send_with_retries(http.get(&url), idle).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+
+        let (url, seen) = server(&[404]).await;
+        let answer = send_with_retries(http.head(&url), idle).await.unwrap();
+        assert_eq!(answer.status(), 404);
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "a 404 is an answer, not a fault"
+        );
+
+        // A streamed body cannot be sent twice: one attempt, its answer returned.
+        let (url, seen) = server(&[503, 200]).await;
+        let body = reqwest::Body::wrap_stream(futures::stream::once(async {
+            Ok::<_, std::io::Error>(Bytes::from_static(b"x"))
+        }));
+        let answer = send_with_retries(http.put(&url).body(body), idle)
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 503);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dead_server_fails_after_every_attempt_naming_the_count() {
+        // Nothing listens on the port once the listener is gone.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let started = std::time::Instant::now();
+        let err = send_with_retries(
+            reqwest::Client::new().get(format!("http://127.0.0.1:{port}/o")),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.contains(&format!("after {ATTEMPTS} attempts")), "{err}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(4200),
+            "backed off"
+        );
     }
 }

@@ -30,7 +30,9 @@ use resilience_core::sink::ByteStream;
 use serde::Deserialize;
 
 use crate::config::{StoreConfigError, StoreUrl};
-use crate::exact::{idle_bounded_body, paged, ListedObject, ObjectHead, UNRESERVED};
+use crate::exact::{
+    idle_bounded_body, paged, send_with_retries, ListedObject, ObjectHead, UNRESERVED,
+};
 use crate::streaming_put::error_chain;
 
 /// What stays unencoded in an object name in a URL: the unreserved characters.
@@ -247,10 +249,7 @@ impl ExactGcs {
 
     /// Sends `request` and waits (at most the request timeout) for its answer's headers.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
-        tokio::time::timeout(self.idle, request.send())
-            .await
-            .map_err(|_| format!("timed out after {:?} waiting for an answer", self.idle))?
-            .map_err(|e| error_chain(&e))
+        send_with_retries(request, self.idle).await
     }
 
     /// The body of a response, bounded by the request timeout; its status as an error when it

@@ -22,8 +22,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet};
 use quick_xml::events::Event;
 
 use crate::exact::{
-    head_of, headers_from_attributes, idle_bounded_body, paged, ListedObject, ObjectHead,
-    PropertyHeaders, UNRESERVED,
+    head_of, headers_from_attributes, idle_bounded_body, paged, send_with_retries, ListedObject,
+    ObjectHead, PropertyHeaders, UNRESERVED,
 };
 use crate::sigv4;
 use crate::streaming_put::StreamingPut;
@@ -207,7 +207,8 @@ impl StreamingPut {
     }
 
     /// Sends a signed request without a body and returns the response once its headers
-    /// arrived (bounded by the request timeout).
+    /// arrived (each attempt bounded by the request timeout; a busy or broken server is tried
+    /// again, [`crate::exact::send_with_retries`]).
     async fn send_exact(
         &self,
         method: http::Method,
@@ -217,11 +218,7 @@ impl StreamingPut {
         let request = self
             .prepare_exact(method, key, query, http::HeaderMap::new())
             .await?;
-        let idle = self.client()?.idle;
-        tokio::time::timeout(idle, request.send())
-            .await
-            .map_err(|_| format!("timed out after {idle:?} waiting for an answer"))?
-            .map_err(|e| crate::streaming_put::error_chain(&e))
+        send_with_retries(request, self.client()?.idle).await
     }
 
     /// Reads a failed response's body (bounded by the request timeout) into its error text.
