@@ -150,6 +150,20 @@ impl Resource {
     }
 }
 
+/// A listing page of the JSON API: its objects, and the token of the next page.
+pub(crate) fn parse_list_response(
+    body: &[u8],
+) -> Result<(Vec<ListedObject>, Option<String>), String> {
+    let page: ListResponse =
+        serde_json::from_slice(body).map_err(|e| format!("the listing does not parse: {e}"))?;
+    let objects = page
+        .items
+        .iter()
+        .map(Resource::listed)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((objects, page.next_page_token))
+}
+
 /// The metadata part of an upload of `name` with `attributes`.
 fn upload_metadata(name: &str, attributes: &Attributes) -> Result<serde_json::Value, String> {
     let mut resource = serde_json::Map::new();
@@ -288,15 +302,7 @@ impl ExactGcs {
         let response = self
             .send(self.request(http::Method::GET, &url).await?)
             .await?;
-        let body = self.body(response).await?;
-        let page: ListResponse = serde_json::from_slice(&body)
-            .map_err(|e| format!("the listing does not parse: {e}"))?;
-        let objects = page
-            .items
-            .iter()
-            .map(Resource::listed)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((objects, page.next_page_token))
+        parse_list_response(&self.body(response).await?)
     }
 
     /// Every object whose name starts with `prefix`, in name order, page by page.
