@@ -106,6 +106,21 @@ pub struct ServerConfig {
     /// URL that receives a JSON POST on a failure, an RPO breach and a recovery.
     #[serde(default)]
     pub webhook: Option<String>,
+    /// The shape of what is posted to `webhook`: the events themselves, or alerts as
+    /// Alertmanager's `POST /api/v2/alerts` takes them (point `webhook` there).
+    #[serde(default)]
+    pub webhook_format: WebhookFormat,
+}
+
+/// The shape of webhook posts.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// One event per post: `{event, source | job, at, detail}`.
+    #[default]
+    Events,
+    /// An array of one Alertmanager alert per post.
+    Alertmanager,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +129,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             allow_remote: false,
             webhook: None,
+            webhook_format: WebhookFormat::Events,
         }
     }
 }

@@ -125,52 +125,14 @@ fn start(program: &str, args: &[String], log: &std::path::Path) -> Server {
 /// A source backed up once, then failing (its directory is gone), with an RPO of 3 s: a real
 /// Prometheus scraping the daemon evaluates the shipped rules (with their `for` waits cut to
 /// nothing) and a real Alertmanager posts `ResilienceRpoBreached` for that source to a webhook.
+/// The daemon's own webhook, in Alertmanager's shape, posts to the same Alertmanager, whose
+/// `ResilienceSourceBreach` reaches the webhook too: either path works.
 #[test]
 fn a_breached_rpo_reaches_a_webhook_through_prometheus_and_alertmanager() {
     let lab = Lab::new();
     let docs = lab.path("docs");
     std::fs::create_dir_all(&docs).unwrap();
     std::fs::write(docs.join("a.txt"), b"alpha").unwrap();
-    let daemon_port = free_port();
-    let config = lab.path("daemon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[repository]
-url = "{repo}"
-key_file = "{key}"
-[server]
-listen = "127.0.0.1:{daemon_port}"
-[[source]]
-name = "docs"
-kind = "dir"
-path = "{docs}"
-schedule = "* * * * * *"
-rpo = "3s"
-"#,
-            repo = lab.repo().display(),
-            key = lab.key_file().display(),
-            docs = docs.display(),
-        ),
-    )
-    .unwrap();
-    let mut command = Command::new(BIN);
-    command
-        .args(["daemon", "--config"])
-        .arg(&config)
-        .env_remove("RESILIENCE_PASSWORD")
-        .env_remove("RESILIENCE_REPOSITORY");
-    let daemon = Daemon::start(command, daemon_port);
-    wait_for(60, "a first backup in /metrics", || {
-        daemon
-            .metrics()
-            .contains("resilience_backup_last_success_timestamp_seconds{source=\"docs\"}")
-            .then_some(())
-    });
-    // From now on every backup of the source fails: the RPO will pass.
-    std::fs::remove_dir_all(&docs).unwrap();
-
     let (hook_port, posted) = webhook();
     let am_port = free_port();
     let am_dir = lab.path("alertmanager");
@@ -203,6 +165,48 @@ receivers:
         ],
         &am_dir.join("log"),
     );
+
+    let daemon_port = free_port();
+    let config = lab.path("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[repository]
+url = "{repo}"
+key_file = "{key}"
+[server]
+listen = "127.0.0.1:{daemon_port}"
+webhook = "http://127.0.0.1:{am_port}/api/v2/alerts"
+webhook_format = "alertmanager"
+[[source]]
+name = "docs"
+kind = "dir"
+path = "{docs}"
+schedule = "* * * * * *"
+rpo = "3s"
+"#,
+            repo = lab.repo().display(),
+            key = lab.key_file().display(),
+            docs = docs.display(),
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .env_remove("RESILIENCE_PASSWORD")
+        .env_remove("RESILIENCE_REPOSITORY");
+    let daemon = Daemon::start(command, daemon_port);
+    wait_for(60, "a first backup in /metrics", || {
+        daemon
+            .metrics()
+            .contains("resilience_backup_last_success_timestamp_seconds{source=\"docs\"}")
+            .then_some(())
+    });
+    // From now on every backup of the source fails: the RPO will pass.
+    std::fs::remove_dir_all(&docs).unwrap();
 
     // The shipped rules, with every `for` wait cut to nothing.
     let prom_dir = lab.path("prometheus");
@@ -251,16 +255,23 @@ scrape_configs:
         &prom_dir.join("log"),
     );
 
-    let alert = wait_for(90, "ResilienceRpoBreached at the webhook", || {
-        posted
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|p| p["alerts"].as_array().cloned().unwrap_or_default())
-            .find(|a| {
-                a["labels"]["alertname"] == "ResilienceRpoBreached" && a["status"] == "firing"
-            })
-    });
+    let firing = |name: &str| {
+        let name = name.to_owned();
+        let posted = posted.clone();
+        move || {
+            posted
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|p| p["alerts"].as_array().cloned().unwrap_or_default())
+                .find(|a| a["labels"]["alertname"] == name.as_str() && a["status"] == "firing")
+        }
+    };
+    let alert = wait_for(
+        90,
+        "ResilienceRpoBreached at the webhook",
+        firing("ResilienceRpoBreached"),
+    );
     assert_eq!(alert["labels"]["source"], "docs", "{alert}");
     assert_eq!(alert["labels"]["severity"], "critical", "{alert}");
     assert!(
@@ -269,6 +280,20 @@ scrape_configs:
             .unwrap()
             .contains("docs: no successful backup within its RPO"),
         "{alert}"
+    );
+    // The daemon's own webhook, in Alertmanager's shape, reached the same receiver.
+    let direct = wait_for(
+        30,
+        "the daemon's ResilienceSourceBreach at the webhook",
+        firing("ResilienceSourceBreach"),
+    );
+    assert_eq!(direct["labels"]["source"], "docs", "{direct}");
+    assert!(
+        direct["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("RPO"),
+        "{direct}"
     );
     drop(daemon);
 }

@@ -101,6 +101,7 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
     let alerts = config.server.webhook.clone().map(|url| {
         tokio::spawn(webhook::watch(
             url,
+            config.server.webhook_format,
             monitor.clone(),
             tracker.clone(),
             shutdown.clone(),

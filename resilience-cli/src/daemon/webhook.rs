@@ -2,13 +2,17 @@
 //! RPO (or its verification or drill fails), and when it recovers.
 //!
 //! The events come from the library's [`AlertTracker`], which the [`Monitor`] passes every
-//! report it makes; this module posts them.
+//! report it makes; this module posts them, as they are or (`webhook_format = "alertmanager"`)
+//! as Alertmanager alerts.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use resilience_core::health::alerts::alertmanager_alerts;
 use resilience_core::health::{AlertTracker, Monitor};
 use resilience_core::time::stop::StopSignal;
+
+use crate::config::WebhookFormat;
 
 /// How often health is assessed for alerts, and undelivered alerts are retried.
 const PERIOD: Duration = Duration::from_secs(1);
@@ -19,6 +23,7 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// [`resilience_core::health::alerts::MAX_PENDING`]; older ones are dropped with a warning).
 pub async fn watch(
     url: String,
+    format: WebhookFormat,
     monitor: Arc<Monitor>,
     tracker: Arc<AlertTracker>,
     shutdown: StopSignal,
@@ -34,7 +39,11 @@ pub async fn watch(
         // The monitor passes this report to the tracker, as it does every report.
         monitor.report().await;
         while let Some(event) = tracker.front() {
-            match client.post(&url).json(&event).send().await {
+            let body = match format {
+                WebhookFormat::Events => event,
+                WebhookFormat::Alertmanager => alertmanager_alerts(&event),
+            };
+            match client.post(&url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => tracker.delivered(),
                 Ok(r) => {
                     tracing::warn!(status = %r.status(), "the alert webhook refused an alert; will retry");

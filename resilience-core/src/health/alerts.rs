@@ -89,6 +89,37 @@ impl AlertTracker {
     }
 }
 
+/// An event of an [`AlertTracker`] as Alertmanager takes alerts (`POST /api/v2/alerts`, a
+/// JSON array): `breach` and `recovered` become `ResilienceSourceBreach` for the source, firing
+/// from the breach and resolved (`endsAt`) at the recovery; `failure` becomes
+/// `ResilienceJobFailed` for the job, firing from the failure (Alertmanager resolves it after
+/// its `resolve_timeout`). The event's text is the `description` annotation.
+pub fn alertmanager_alerts(event: &Value) -> Value {
+    let at = event["at"].clone();
+    let detail = event["detail"].clone();
+    let (alertname, key, severity) = match event["event"].as_str() {
+        Some("failure") => ("ResilienceJobFailed", "job", "warning"),
+        _ => ("ResilienceSourceBreach", "source", "critical"),
+    };
+    let subject = event[key].as_str().unwrap_or_default();
+    let mut alert = json!({
+        "labels": {"alertname": alertname, key: subject, "severity": severity},
+        "annotations": {
+            "summary": match alertname {
+                "ResilienceJobFailed" => format!("{subject}: the job failed"),
+                _ => format!("{subject}: breaches its RPO, verification or drill"),
+            },
+            "description": detail,
+        },
+        "startsAt": at,
+    });
+    if event["event"] == "recovered" {
+        alert["endsAt"] = at;
+        alert["annotations"]["summary"] = json!(format!("{subject}: recovered"));
+    }
+    json!([alert])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +188,25 @@ mod tests {
         );
         t.delivered();
         assert_eq!(t.front().unwrap()["event"], "recovered");
+    }
+
+    #[test]
+    fn events_take_alertmanagers_shape() {
+        let at = "2026-12-03T10:00:00Z";
+        let breach =
+            json!({"event": "breach", "source": "cache", "at": at, "detail": "RPO 4s breached"});
+        let firing = alertmanager_alerts(&breach);
+        assert_eq!(firing[0]["labels"]["alertname"], "ResilienceSourceBreach");
+        assert_eq!(firing[0]["labels"]["source"], "cache");
+        assert_eq!(firing[0]["startsAt"], at);
+        assert_eq!(firing[0]["annotations"]["description"], "RPO 4s breached");
+        assert!(firing[0].get("endsAt").is_none());
+        let recovered =
+            json!({"event": "recovered", "source": "cache", "at": at, "detail": "within"});
+        assert_eq!(alertmanager_alerts(&recovered)[0]["endsAt"], at);
+        let failure = json!({"event": "failure", "job": "verify", "at": at, "detail": "x"});
+        let job = alertmanager_alerts(&failure);
+        assert_eq!(job[0]["labels"]["alertname"], "ResilienceJobFailed");
+        assert_eq!(job[0]["labels"]["job"], "verify");
     }
 }
