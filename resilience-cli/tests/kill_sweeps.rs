@@ -207,6 +207,10 @@ impl Lab {
 /// Runs a sweep: `rounds()` times, `prepare` (not killed), then the command `command` gives
 /// killed at a moment drawn over its measured duration, then `check`, then the command again to
 /// completion, then `check` again. Asserts that some rounds killed it mid-way.
+///
+/// A round whose command finished before its kill halves the span later moments are drawn
+/// from (the calibration run may have been slower than the rounds, on a busy machine); while no
+/// round has killed the command, up to [`EXTRA_ROUNDS`] more rounds run.
 fn sweep(
     name: &str,
     lab: &Lab,
@@ -216,24 +220,31 @@ fn sweep(
 ) {
     let mut moments = Moments::new(name);
     prepare(0);
-    let span = lab.timed(&args(&command())).mul_f64(1.2);
+    let mut span = lab.timed(&args(&command())).mul_f64(1.2);
     check(&format!("{name}, calibration run"));
     let mut killed = 0;
-    for round in 1..=rounds() {
+    let mut round = 0;
+    while round < rounds() || (killed == 0 && round < rounds() + EXTRA_ROUNDS) {
+        round += 1;
         prepare(round);
         let at = moments.within(span);
         let context = format!("{name}, round {round}, killed after {at:?} of {span:?}");
         let c = command();
         if lab.killed(&args(&c), at) {
             killed += 1;
+        } else {
+            span = (span / 2).max(Duration::from_millis(5));
         }
         check(&context);
         lab.ok(&args(&c));
         check(&format!("{context}, after the rerun"));
     }
-    eprintln!("{name}: {killed} of {} rounds killed mid-way", rounds());
+    eprintln!("{name}: {killed} of {round} rounds killed mid-way");
     assert!(killed > 0, "{name}: no round killed the command mid-way");
 }
+
+/// Rounds a sweep may add while none of its rounds has killed the command.
+const EXTRA_ROUNDS: u64 = 10;
 
 /// Runs `command` and kills it (SIGKILL, with its process group) after `after`; says whether
 /// it was killed before it finished.
@@ -594,16 +605,23 @@ async fn pg_restore_survives_kill_9_at_any_moment() {
     let calibration = lab.path("calibration");
     let started = Instant::now();
     lab.ok(&args(&restore(&calibration, false)));
-    let span = started.elapsed().mul_f64(1.2);
+    let mut span = started.elapsed().mul_f64(1.2);
     assert!(calibration.join("global/pg_control").is_file());
     let mut moments = Moments::new("pg restore");
     let mut killed = 0;
     let mut partial = 0;
-    for round in 1..=rounds() {
+    // As in `sweep`: a restore that finished before its kill halves the span, and rounds are
+    // added while none has killed it.
+    let mut round = 0;
+    while round < rounds() || (killed == 0 && round < rounds() + EXTRA_ROUNDS) {
+        round += 1;
         let pgdata = lab.path(&format!("restored-{round}"));
         let at = moments.within(span);
         let context = format!("pg restore, round {round}, killed after {at:?} of {span:?}");
         let finished = !kill_after(lab.cmd(&args(&restore(&pgdata, false))), at);
+        if finished {
+            span = (span / 2).max(Duration::from_millis(5));
+        }
         let control = pgdata.join("global/pg_control");
         let pending = pgdata.join(resilience_pg::pgdata_target::PENDING_CONTROL);
         if !finished {
@@ -653,8 +671,7 @@ async fn pg_restore_survives_kill_9_at_any_moment() {
         std::fs::remove_dir_all(&pgdata).unwrap();
     }
     eprintln!(
-        "pg restore: {killed} of {} rounds killed mid-way, {partial} leaving a partial data directory",
-        rounds()
+        "pg restore: {killed} of {round} rounds killed mid-way, {partial} leaving a partial data directory"
     );
     assert!(
         killed > 0,
