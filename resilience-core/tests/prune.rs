@@ -710,3 +710,41 @@ async fn a_failed_backups_packs_are_freed_by_the_next_prune_without_a_grace_peri
     .unwrap();
     assert!(target.content("k").unwrap() == keep);
 }
+
+/// A backup that fails returns only once every upload it started has settled: a pack still in
+/// flight when another one fails reaches the store before `backup` returns, rather than being
+/// abandoned mid-write (which, on a local disk, would go on filling it after the caller moved
+/// on). Pack puts are slowed so that the first is still in flight when the second fails.
+#[tokio::test]
+async fn a_failed_backup_returns_only_once_its_uploads_in_flight_have_settled() {
+    let mem = Arc::new(MemorySink::new());
+    repo_on(mem.clone()).await;
+    let slow = Arc::new(resilience_core::testing::PausableSink::new(mem.clone()));
+    slow.delay_puts_of("data/", Duration::from_secs(1));
+    // Its lock, its `running` record and the first pack are written; the second pack fails.
+    let faulty: Arc<dyn Sink> = Arc::new(FaultySink::new(slow, 3));
+    let failing = Repository::open(faulty, &KeyFileProvider::from_key([1; 32]))
+        .await
+        .unwrap();
+    failing
+        .backup(
+            &MemorySource::new("big").file("b", data(6 << 20, 2)),
+            resilience_core::ops::backup::BackupOptions {
+                upload_concurrency: 4,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("the store failed under the backup");
+    let packs: Vec<String> = mem
+        .list("data/")
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        packs.len(),
+        1,
+        "the pack in flight when the other failed was stored before backup returned: {packs:?}"
+    );
+}

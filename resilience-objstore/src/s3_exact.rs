@@ -209,7 +209,7 @@ impl StreamingPut {
     /// Sends a signed request without a body and returns the response once its headers
     /// arrived (each attempt bounded by the request timeout; a busy or broken server is tried
     /// again, [`crate::exact::send_with_retries`]).
-    async fn send_exact(
+    pub(crate) async fn send_exact(
         &self,
         method: http::Method,
         key: Option<&str>,
@@ -233,6 +233,26 @@ impl StreamingPut {
         format!("HTTP {status}: {}", text.trim())
     }
 
+    /// Sends a signed request without a body — to the object `key` if given, else to the bucket
+    /// — and returns the body of a successful answer (bounded by the request timeout), or the
+    /// failure as text.
+    pub(crate) async fn send_empty(
+        &self,
+        method: http::Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+    ) -> Result<Bytes, String> {
+        let response = self.send_exact(method, key, query).await?;
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
+        let idle = self.client()?.idle;
+        tokio::time::timeout(idle, response.bytes())
+            .await
+            .map_err(|_| format!("timed out after {idle:?} reading the answer"))?
+            .map_err(|e| crate::streaming_put::error_chain(&e))
+    }
+
     /// One page of the objects whose keys start with `prefix`, from `token` on.
     pub(crate) async fn list_page(
         &self,
@@ -249,15 +269,7 @@ impl StreamingPut {
         if let Some(token) = token {
             query.push(("continuation-token", token));
         }
-        let response = self.send_exact(http::Method::GET, None, &query).await?;
-        if !response.status().is_success() {
-            return Err(self.failure(response).await);
-        }
-        let idle = self.client()?.idle;
-        let body = tokio::time::timeout(idle, response.bytes())
-            .await
-            .map_err(|_| format!("timed out after {idle:?} reading the listing"))?
-            .map_err(|e| crate::streaming_put::error_chain(&e))?;
+        let body = self.send_empty(http::Method::GET, None, &query).await?;
         parse_list_page(&body).map_err(|e| format!("the listing does not parse: {e}"))
     }
 

@@ -5,8 +5,8 @@
 //! from another store has a known length, so it can go out as it arrives, in one `PUT` with a
 //! `Content-Length`: the read from the source and the write to the replica overlap, memory per
 //! copy stays at a few buffers, and the replica's ETag is the MD5 of the whole body, comparable
-//! with the source's. The request is signed with `object_store`'s own SigV4 signer
-//! ([`AwsAuthorizer`], `UNSIGNED-PAYLOAD`) with the credentials of the store
+//! with the source's. The request is signed as every request by exact key is
+//! ([`crate::s3_exact`], `UNSIGNED-PAYLOAD`), with the credentials of the store
 //! [`crate::open_store`] builds from the same URL and `AWS_*` variables; the HTTP client trusts
 //! the same extra CA certificates.
 //!
@@ -24,9 +24,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use object_store::aws::{AwsAuthorizer, AwsCredential};
-use object_store::client::{CredentialProvider, HttpRequestBody};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use object_store::aws::AwsCredential;
+use object_store::client::CredentialProvider;
 use resilience_core::sink::{ByteStream, SinkError};
 
 use crate::config::{
@@ -36,15 +35,6 @@ use crate::config::{
 
 /// The largest object S3 takes in a single `PUT`.
 pub(crate) const SINGLE_PUT_LIMIT: u64 = 5 << 30;
-
-/// What S3 leaves unencoded in a path (as `object_store` encodes keys): unreserved characters
-/// and `/`.
-const PATH: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
 
 /// Sends streamed single `PUT`s to one S3 bucket. Its client is built on first use, so that
 /// opening a store for anything else (a `wal-push`, a listing) costs nothing more.
@@ -60,8 +50,6 @@ pub(crate) struct Client {
     pub(crate) http: reqwest::Client,
     pub(crate) credentials: Arc<dyn CredentialProvider<Credential = AwsCredential>>,
     pub(crate) region: String,
-    /// `{endpoint}/{bucket}`, path style, as `object_store` addresses it.
-    bucket_url: String,
     /// The endpoint, without a trailing `/`.
     pub(crate) endpoint: String,
     /// The `Host` header the HTTP client sends to it.
@@ -140,7 +128,6 @@ impl Client {
             http,
             credentials: store.credentials().clone(),
             region,
-            bucket_url: format!("{endpoint}/{bucket}"),
             endpoint,
             host,
             bucket: bucket.clone(),
@@ -264,61 +251,6 @@ impl StreamingPut {
 }
 
 impl StreamingPut {
-    /// Sends a signed request without a body to the bucket — to the object at `path` if given,
-    /// with `query` (already encoded) — and returns the body of a successful answer, or the
-    /// failure as text. Bounded by the store client's request timeout.
-    pub(crate) async fn send_empty(
-        &self,
-        method: http::Method,
-        path: Option<&object_store::path::Path>,
-        query: &str,
-    ) -> Result<bytes::Bytes, String> {
-        let client = self.client()?;
-        let credential = client
-            .credentials
-            .get_credential()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut url = client.bucket_url.clone();
-        if let Some(path) = path {
-            url.push('/');
-            url.extend(utf8_percent_encode(path.as_ref(), PATH));
-        }
-        if !query.is_empty() {
-            url.push('?');
-            url.push_str(query);
-        }
-        let mut signed = http::Request::builder()
-            .method(method.clone())
-            .uri(&url)
-            .body(HttpRequestBody::empty())
-            .map_err(|e| e.to_string())?;
-        AwsAuthorizer::new(&credential, "s3", &client.region)
-            .with_sign_payload(false)
-            .authorize(&mut signed, None);
-        let exchange = async {
-            let response = client
-                .http
-                .request(method, &url)
-                .headers(signed.headers().clone())
-                .send()
-                .await
-                .map_err(|e| error_chain(&e))?;
-            let status = response.status();
-            let body = response.bytes().await.map_err(|e| error_chain(&e))?;
-            if !status.is_success() {
-                return Err(format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                ));
-            }
-            Ok(body)
-        };
-        tokio::time::timeout(client.idle, exchange)
-            .await
-            .map_err(|_| format!("timed out after {:?}", client.idle))?
-    }
-
     /// The bucket and prefix, for messages.
     pub(crate) fn location(&self) -> &str {
         &self.location
@@ -384,19 +316,14 @@ mod tests {
 
     #[test]
     fn keys_are_encoded_as_object_store_encodes_them() {
+        use crate::s3_exact::wire_key;
         let path = object_store::path::Path::from("repo/data/ab/ab12");
-        assert_eq!(
-            utf8_percent_encode(path.as_ref(), PATH).to_string(),
-            "repo/data/ab/ab12"
-        );
+        assert_eq!(wire_key(path.as_ref()), "repo/data/ab/ab12");
         // A path already carries object_store's own escapes; the request escapes it once more,
         // exactly as object_store's requests do, so both name the same S3 key.
         let odd = object_store::path::Path::from("my repo/naïve+1");
         assert_eq!(odd.as_ref(), "my repo/na%C3%AFve+1");
-        assert_eq!(
-            utf8_percent_encode(odd.as_ref(), PATH).to_string(),
-            "my%20repo/na%25C3%25AFve%2B1"
-        );
+        assert_eq!(wire_key(odd.as_ref()), "my%20repo/na%25C3%25AFve%2B1");
     }
 
     #[test]
@@ -408,7 +335,10 @@ mod tests {
         .unwrap()
         .unwrap();
         let client = put.client().unwrap();
-        assert_eq!(client.bucket_url, "http://127.0.0.1:3900/b");
+        assert_eq!(
+            (client.endpoint.as_str(), client.bucket.as_str()),
+            ("http://127.0.0.1:3900", "b")
+        );
         assert_eq!(client.region, "dc-b");
         assert_eq!(client.storage_class.as_deref(), Some("STANDARD_IA"));
     }

@@ -1,10 +1,10 @@
 //! S3 object versions: `ListObjectVersions` (which `object_store` does not offer), and where
 //! versions live in a snapshot.
 //!
-//! The request is signed with `object_store`'s own SigV4 signer ([`AwsAuthorizer`]) using the
-//! credentials of the store [`crate::open_store`] builds from the same URL and `AWS_*`
-//! variables, and sent with `object_store`'s HTTP client: no second S3 client, no second
-//! configuration. Pages are streamed (`key-marker` / `version-id-marker`), never gathered.
+//! The request goes through the bucket's requests by exact key ([`crate::s3_exact`]): signed
+//! with the credentials of the store [`crate::open_store`] builds from the same URL and `AWS_*`
+//! variables, trusting the same extra CA certificates, tried again on a busy server. Pages are
+//! streamed (`key-marker` / `version-id-marker`), never gathered.
 //!
 //! In a snapshot, current objects are entries at their key, exactly as without versions (with
 //! the attributes `version_id` and `is_latest`). Every other version and every delete marker is
@@ -15,20 +15,15 @@
 //! `is_latest`, `delete_marker` and `version_seq` (0 for the newest version of the key, 1 for
 //! the one before…), which orders versions written within the same second.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use object_store::aws::{AwsAuthorizer, AwsCredential};
-use object_store::client::{
-    ClientOptions, CredentialProvider, HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector,
-};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet};
 use quick_xml::events::Event;
 
-use crate::config::{s3_region_and_endpoint, s3_settings, StoreConfigError, StoreUrl};
+use crate::config::{StoreConfigError, StoreUrl};
+use crate::streaming_put::StreamingPut;
 
 /// The first component of every version entry's path: not UTF-8, so never an object's key.
 pub const VERSIONS_DIR: &[u8] = b"\xffversions";
@@ -217,13 +212,6 @@ fn parse_page(xml: &[u8]) -> Result<VersionPage, String> {
     Ok(page)
 }
 
-/// What S3 query strings must encode: everything but unreserved characters.
-const QUERY: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
 /// What a version id is encoded with in an entry path.
 const VERSION_ID: &AsciiSet = &percent_encoding::CONTROLS.add(b'/').add(b'%');
 
@@ -256,105 +244,71 @@ pub fn parse_version_entry_path(path: &[u8]) -> Option<(String, String)> {
 /// Lists the versions of the objects under an `s3://` URL.
 #[derive(Clone, Debug)]
 pub struct VersionLister {
-    http: HttpClient,
-    credentials: Arc<dyn CredentialProvider<Credential = AwsCredential>>,
-    region: String,
-    /// `{endpoint}/{bucket}`, path style.
-    bucket_url: String,
+    /// The bucket's requests, signed and sent as every request by exact key.
+    s3: StreamingPut,
     prefix: String,
-    location: String,
 }
 
 impl VersionLister {
     /// A lister for the bucket and prefix of `url`, configured as [`crate::open_store`] would.
     /// Anything but `s3://` is [`VersionsError::Unsupported`].
     pub fn new(url: &str) -> Result<Self, VersionsError> {
-        let parsed = StoreUrl::parse(url)?;
-        let StoreUrl::S3 { bucket, prefix, .. } = &parsed else {
+        let StoreUrl::S3 { prefix, .. } = StoreUrl::parse(url)? else {
             return Err(VersionsError::Unsupported {
                 location: url.to_owned(),
                 reason: "only S3 buckets keep versions (`s3://BUCKET/PREFIX`)".into(),
             });
         };
-        let (builder, allow_http) = s3_settings(url, &parsed)?;
-        let (region, endpoint) = s3_region_and_endpoint(&builder);
-        let store = builder.build().map_err(|e| StoreConfigError::Client {
-            url: url.to_owned(),
-            source: e,
+        let s3 = StreamingPut::for_url(url)?.expect("an s3:// URL has S3 requests");
+        s3.client().map_err(|reason| VersionsError::Request {
+            operation: "open the S3 client",
+            location: s3.location().to_owned(),
+            reason,
         })?;
-        let http = ReqwestConnector::default()
-            .connect(&ClientOptions::new().with_allow_http(allow_http))
-            .map_err(|e| StoreConfigError::Client {
-                url: url.to_owned(),
-                source: e,
-            })?;
-        let location = format!("s3://{bucket}/{prefix}");
-        Ok(VersionLister {
-            http,
-            credentials: store.credentials().clone(),
-            region,
-            bucket_url: format!("{}/{bucket}", endpoint.trim_end_matches('/')),
-            prefix: prefix.clone(),
-            location,
-        })
+        Ok(VersionLister { s3, prefix })
     }
 
     /// The bucket and prefix, for messages.
     pub fn location(&self) -> &str {
-        &self.location
+        self.s3.location()
     }
 
-    async fn get(&self, operation: &'static str, query: &str) -> Result<Bytes, VersionsError> {
-        let failed = |reason: String| VersionsError::Request {
-            operation,
-            location: self.location.clone(),
-            reason,
-        };
-        let credential = self
-            .credentials
-            .get_credential()
+    async fn get(
+        &self,
+        operation: &'static str,
+        query: &[(&str, &str)],
+    ) -> Result<Bytes, VersionsError> {
+        self.s3
+            .send_empty(http::Method::GET, None, query)
             .await
-            .map_err(|e| failed(e.to_string()))?;
-        let mut request = http::Request::builder()
-            .method("GET")
-            .uri(format!("{}?{query}", self.bucket_url))
-            .body(HttpRequestBody::empty())
-            .map_err(|e| failed(e.to_string()))?;
-        AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
-        let response = self
-            .http
-            .execute(request)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .bytes()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body);
-            if status.as_u16() == 501 || text.contains("NotImplemented") {
-                return Err(VersionsError::Unsupported {
-                    location: self.location.clone(),
-                    reason: format!("the server does not implement {operation}"),
-                });
-            }
-            return Err(failed(format!("HTTP {status}: {}", text.trim())));
-        }
-        Ok(body)
+            .map_err(|reason| {
+                if reason.starts_with("HTTP 501") || reason.contains("NotImplemented") {
+                    VersionsError::Unsupported {
+                        location: self.location().to_owned(),
+                        reason: format!("the server does not implement {operation}"),
+                    }
+                } else {
+                    VersionsError::Request {
+                        operation,
+                        location: self.location().to_owned(),
+                        reason,
+                    }
+                }
+            })
     }
 
     /// Fails unless versioning is enabled (or suspended, with versions kept) on the bucket.
     pub async fn check_enabled(&self) -> Result<(), VersionsError> {
-        let body = self.get("GetBucketVersioning", "versioning=").await?;
+        let body = self
+            .get("GetBucketVersioning", &[("versioning", "")])
+            .await?;
         let text = String::from_utf8_lossy(&body);
         if text.contains("<Status>Enabled</Status>") || text.contains("<Status>Suspended</Status>")
         {
             return Ok(());
         }
         Err(VersionsError::Unsupported {
-            location: self.location.clone(),
+            location: self.location().to_owned(),
             reason: "versioning is not enabled on the bucket (the store has only current objects)"
                 .into(),
         })
@@ -365,22 +319,22 @@ impl VersionLister {
         &self,
         marker: Option<&(String, String)>,
     ) -> Result<VersionPage, VersionsError> {
-        let mut query = String::from("versions=&encoding-type=url");
-        if !self.prefix.is_empty() {
-            let prefix = format!("{}/", self.prefix);
-            query.push_str(&format!("&prefix={}", utf8_percent_encode(&prefix, QUERY)));
+        let prefix = match self.prefix.as_str() {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        let mut query = vec![("versions", ""), ("encoding-type", "url")];
+        if !prefix.is_empty() {
+            query.push(("prefix", prefix.as_str()));
         }
         if let Some((key, version)) = marker {
-            query.push_str(&format!("&key-marker={}", utf8_percent_encode(key, QUERY)));
+            query.push(("key-marker", key.as_str()));
             if !version.is_empty() {
-                query.push_str(&format!(
-                    "&version-id-marker={}",
-                    utf8_percent_encode(version, QUERY)
-                ));
+                query.push(("version-id-marker", version.as_str()));
             }
         }
         let body = self.get("ListObjectVersions", &query).await?;
-        parse_version_page(&self.location, &body)
+        parse_version_page(self.location(), &body)
     }
 
     /// Every version and delete marker under the prefix, page by page, in key order.
@@ -425,7 +379,7 @@ mod tests {
         let esc = |s: &str| quick_xml::escape::escape(s).into_owned();
         let key = |k: &str| {
             if url_encoded {
-                utf8_percent_encode(k, QUERY).to_string()
+                utf8_percent_encode(k, crate::exact::UNRESERVED).to_string()
             } else {
                 esc(k)
             }

@@ -8,16 +8,12 @@ use std::path::{Component, Path as FsPath, PathBuf};
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
-use percent_encoding::{utf8_percent_encode, AsciiSet};
 use quick_xml::events::Event;
 use resilience_core::sink::{SinkError, UnfinishedUpload};
 
 use super::ObjectStoreSink;
 use crate::streaming_put::StreamingPut;
 use crate::versions::{parse_time, text_of};
-
-/// What a query value leaves unencoded: unreserved characters only.
-const QUERY_VALUE: &AsciiSet = crate::exact::UNRESERVED;
 
 /// At most this many pages of `ListMultipartUploads` (1000 uploads each) are read.
 const MAX_PAGES: usize = 1000;
@@ -124,18 +120,16 @@ impl ObjectStoreSink {
                 format!("ListMultipartUploads in {}: {reason}", s3.location()),
             )
         };
-        let encoded_prefix = utf8_percent_encode(&self.s3_prefix(prefix), QUERY_VALUE).to_string();
+        let s3_prefix = self.s3_prefix(prefix);
         let mut out = Vec::new();
         let mut marker: Option<(String, String)> = None;
         for _ in 0..MAX_PAGES {
-            // The signer puts the parameters in canonical order itself.
-            let mut query = format!("prefix={encoded_prefix}&uploads=");
+            let mut query = vec![("prefix", s3_prefix.as_str()), ("uploads", "")];
             if let Some((key, id)) = &marker {
-                query = format!(
-                    "key-marker={}&{query}&upload-id-marker={}",
-                    utf8_percent_encode(key, QUERY_VALUE),
-                    utf8_percent_encode(id, QUERY_VALUE)
-                );
+                query.extend([
+                    ("key-marker", key.as_str()),
+                    ("upload-id-marker", id.as_str()),
+                ]);
             }
             let body = s3
                 .send_empty(http::Method::GET, None, &query)
@@ -164,9 +158,13 @@ impl ObjectStoreSink {
         s3: &StreamingPut,
         upload: &UnfinishedUpload,
     ) -> Result<(), SinkError> {
-        let query = format!("uploadId={}", utf8_percent_encode(&upload.id, QUERY_VALUE));
+        let key = self.path(&upload.key);
         match s3
-            .send_empty(http::Method::DELETE, Some(&self.path(&upload.key)), &query)
+            .send_empty(
+                http::Method::DELETE,
+                Some(key.as_ref()),
+                &[("uploadId", upload.id.as_str())],
+            )
             .await
         {
             Ok(_) => Ok(()),
