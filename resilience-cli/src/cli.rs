@@ -200,6 +200,14 @@ pub enum Command {
         /// proven by the digest the replica's store computed of what it received).
         #[arg(long)]
         verify_read_back: bool,
+        /// Keep copying new objects as they appear (WAL first), a pass every --interval, until
+        /// SIGINT or SIGTERM; a failed pass is reported and retried. With --json, one line per
+        /// pass that copied something or failed, and a summary at the end.
+        #[arg(long, conflicts_with = "dry_run")]
+        follow: bool,
+        /// With --follow: from the start of one pass to the next (`2s`, `1m`).
+        #[arg(long, default_value = "2s", requires = "follow")]
+        interval: String,
     },
     /// Place (or release) a legal hold on a backup.
     Hold {
@@ -342,6 +350,27 @@ pub enum PgCommand {
     },
     /// Restore a base backup into a new data directory and recover to a target.
     Restore(Box<PgRestoreArgs>),
+    /// Make a warm standby from the repository (in another region: the replica that
+    /// `replicate --follow` feeds): restore the newest base backup, fetch WAL from the
+    /// repository as it arrives, start it, and return once it is replaying.
+    Standby(Box<PgStandbyArgs>),
+    /// Promote a standby made by `pg standby`: it replays what the repository still holds, then
+    /// accepts writes; reports the last commit replayed and the LSN. Promoting a promoted
+    /// cluster does nothing and says so.
+    Promote {
+        /// The standby's data directory.
+        #[arg(long)]
+        pgdata: PathBuf,
+        /// The user to connect as (default: the data directory's owner).
+        #[arg(long)]
+        user: Option<String>,
+        /// Directory of pg_ctl (default: PG_BIN, pg_config --bindir, or /usr/lib/postgresql/N/bin).
+        #[arg(long)]
+        pg_bin: Option<PathBuf>,
+        /// Seconds the promotion may take.
+        #[arg(long, default_value = "300")]
+        timeout: u64,
+    },
     /// Logical backup of selected tables (COPY in one repeatable-read snapshot).
     TableBackup {
         /// Connection to the database.
@@ -461,6 +490,42 @@ pub struct PgRestoreArgs {
     #[arg(long = "tablespace", value_name = "OID=DIR")]
     pub tablespaces: Vec<String>,
     /// Seconds recovery may take with --start.
+    #[arg(long, default_value = "3600")]
+    pub timeout: u64,
+}
+
+/// Arguments of `pg standby`.
+#[derive(Debug, Args)]
+pub struct PgStandbyArgs {
+    /// The standby's data directory (created; must be empty unless --resume).
+    #[arg(long)]
+    pub pgdata: PathBuf,
+    /// Complete an interrupted restore into --pgdata.
+    #[arg(long)]
+    pub resume: bool,
+    /// Source and WAL archive name.
+    #[arg(long, default_value = "postgres")]
+    pub source: String,
+    /// Port of the standby (written to its settings).
+    #[arg(long)]
+    pub port: u16,
+    /// The user to connect as while it starts (default: the data directory's owner).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Directory of pg_ctl (default: PG_BIN, pg_config --bindir, or /usr/lib/postgresql/N/bin).
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
+    /// Restore at most this many bytes per second.
+    #[arg(long)]
+    pub max_rate: Option<u64>,
+    /// Once promoted, do not archive. By default a promoted standby archives its WAL into this
+    /// repository (its own region's), not into the old primary's.
+    #[arg(long)]
+    pub no_archive: bool,
+    /// Restore tablespace OID into DIR (default: `<pgdata>.tablespaces/<oid>`).
+    #[arg(long = "tablespace", value_name = "OID=DIR")]
+    pub tablespaces: Vec<String>,
+    /// Seconds the restore and start may take until it is replaying.
     #[arg(long, default_value = "3600")]
     pub timeout: u64,
 }

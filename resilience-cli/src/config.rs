@@ -47,6 +47,24 @@ pub struct DaemonConfig {
     /// Other scheduled jobs (`[[job]]`).
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobConfig>,
+    /// Warm standbys whose replay lag `/metrics` shows (`[[standby]]`).
+    #[serde(default, rename = "standby")]
+    pub standbys: Vec<StandbyConfig>,
+}
+
+/// `[[standby]]`: a warm standby (made by `resilience pg standby`) watched for
+/// `resilience_standby_replay_lag_seconds`, `resilience_standby_in_recovery` and
+/// `resilience_standby_up`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyConfig {
+    /// Its name, the metrics' `standby` label.
+    pub name: String,
+    /// Connection to it (`host=… port=… user=…` or a `postgres://` URL).
+    pub dsn: String,
+    /// How often it is asked (default `5s`).
+    #[serde(default)]
+    pub every: Option<RetentionDuration>,
 }
 
 /// `[repository]`.
@@ -345,6 +363,14 @@ pub struct JobConfig {
     /// `replicate`: bytes per second.
     #[serde(default)]
     pub max_rate: Option<u64>,
+    /// `replicate`: follow the repository (a pass every `interval`, WAL first) instead of
+    /// copying once per scheduled run; the schedule then only restarts a follower that stopped
+    /// (a window's end, an error).
+    #[serde(default)]
+    pub follow: bool,
+    /// `replicate` with `follow`: from the start of one pass to the next (default `2s`).
+    #[serde(default)]
+    pub interval: Option<RetentionDuration>,
 }
 
 impl SourceConfig {
@@ -460,6 +486,15 @@ impl DaemonConfig {
                 ));
             }
         }
+        let mut standbys = HashSet::new();
+        for s in &self.standbys {
+            if s.name.is_empty() || !standbys.insert(&s.name) {
+                return Err(format!("standby name {:?} is empty or used twice", s.name));
+            }
+            if s.every.is_some_and(|e| e.as_secs() <= 0) {
+                return Err(format!("standby {}: every must be at least 1s", s.name));
+            }
+        }
         for j in &self.jobs {
             let name = j.job_name();
             if !names.insert(name.clone()) {
@@ -473,6 +508,17 @@ impl DaemonConfig {
             }
             if j.kind == JobKind::Replicate && j.to.is_none() {
                 return Err(format!("job {name}: kind replicate needs `to`"));
+            }
+            if (j.follow || j.interval.is_some()) && j.kind != JobKind::Replicate {
+                return Err(format!(
+                    "job {name}: `follow` and `interval` are for kind replicate"
+                ));
+            }
+            if j.interval.is_some_and(|i| i.as_secs() <= 0) {
+                return Err(format!("job {name}: interval must be at least 1s"));
+            }
+            if j.interval.is_some() && !j.follow {
+                return Err(format!("job {name}: `interval` needs `follow = true`"));
             }
             if j.kind == JobKind::Prune && self.repository.append_only {
                 return Err(format!(
@@ -524,6 +570,15 @@ mod tests {
         kind = "drill"
         source = "billing"
         schedule = "0 0 4 * * Sun"
+        [[job]]
+        kind = "replicate"
+        to = "s3://backups-b/billing"
+        schedule = "0 * * * * *"
+        follow = true
+        interval = "2s"
+        [[standby]]
+        name = "billing-b"
+        dsn = "host=10.1.0.7 port=5433 user=postgres"
     "#;
 
     #[test]
@@ -534,6 +589,9 @@ mod tests {
         assert_eq!(c.sources[1].missed, MissedRuns::Skip);
         assert_eq!(c.sources[1].drill.queries[0].compare, Compare::AtLeast);
         assert_eq!(c.jobs[1].job_name(), "drill:billing");
+        assert!(c.jobs[2].follow);
+        assert_eq!(c.standbys[0].name, "billing-b");
+        assert_eq!(c.jobs[2].interval.map(|i| i.as_secs()), Some(2));
         assert_eq!(c.server.listen.port(), 9187);
     }
 
@@ -551,5 +609,8 @@ mod tests {
         assert!(bad("source = \"billing\"", "source = \"nope\"").contains("no source named"));
         assert!(bad("keep_last = 7", "keep_lots = 7").contains("keep_lots"));
         assert!(bad("kind = \"dir\"", "kind = \"ftp\"").contains("ftp"));
+        assert!(bad("follow = true", "").contains("`interval` needs `follow = true`"));
+        assert!(bad("interval = \"2s\"", "interval = \"0s\"").contains("at least 1s"));
+        assert!(bad("full = true", "full = true\nfollow = true").contains("for kind replicate"));
     }
 }

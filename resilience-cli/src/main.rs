@@ -9,6 +9,7 @@ mod daemon;
 mod drill;
 mod output;
 mod progress;
+mod signals;
 mod wal_fetch;
 
 use std::process::ExitCode;

@@ -11,6 +11,14 @@ pub fn print_json(value: &Value) {
     );
 }
 
+/// Prints `value` as one JSON line on stdout (for a stream of documents, one per event).
+pub fn print_json_line(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("JSON values serialize")
+    );
+}
+
 /// A byte count for people: `512 B`, `1.5 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

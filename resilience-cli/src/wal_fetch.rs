@@ -14,6 +14,17 @@ fn sh_quote(s: &str) -> String {
 /// repository and credentials (a key file or password file: Postgres' environment has no
 /// passphrase).
 pub(crate) fn restore_command(g: &Global, source: &str) -> Result<String, CliError> {
+    repository_command(g, &format!("wal-fetch --source {} %f %p", sh_quote(source)))
+}
+
+/// The archive_command a cluster restored from this repository runs to archive into it: this
+/// binary's `wal-push`, with the same repository and credentials.
+pub(crate) fn archive_command(g: &Global, source: &str) -> Result<String, CliError> {
+    repository_command(g, &format!("wal-push --source {} %p", sh_quote(source)))
+}
+
+/// This binary with the repository and credentials of `g`, then `tail`.
+fn repository_command(g: &Global, tail: &str) -> Result<String, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Usage(format!("cannot locate this program: {e}")))?;
     let url = access::repo_url(g)?;
@@ -26,17 +37,16 @@ pub(crate) fn restore_command(g: &Global, source: &str) -> Result<String, CliErr
         (None, Some(p)) => format!("--password-file {}", sh_quote(&absolute(p)?)),
         (None, None) => {
             return Err(CliError::Usage(
-                "pg restore needs --key-file (or --password-file): the restored server runs \
-                 wal-fetch without this shell's environment"
+                "restoring a cluster needs --key-file (or --password-file): the restored server \
+                 runs wal-fetch and wal-push without this shell's environment"
                     .into(),
             ))
         }
     };
     Ok(format!(
-        "{} --repo {} {credential} wal-fetch --source {} %f %p",
+        "{} --repo {} {credential} {tail}",
         sh_quote(&exe.display().to_string()),
         sh_quote(&url),
-        sh_quote(source)
     ))
 }
 

@@ -2,7 +2,8 @@
 //! cluster and a throw-away redis-server backed up on second-level schedules; `/metrics` shows
 //! the backups; `/health` turns 503 naming Redis when its server is stopped past its RPO and
 //! back to 200 when it returns, with webhook alerts for both; SIGTERM during a backup leaves no
-//! snapshot marked succeeded.
+//! snapshot marked succeeded. A `replicate` job with `follow = true` keeps a replica within
+//! seconds and publishes its lag.
 
 mod daemon_support;
 mod pg_support;
@@ -61,6 +62,7 @@ async fn scheduled_backups_show_in_metrics_and_health_follows_a_failing_source()
     let mut redis = redis_server(redis_port, &redis_dir);
     let (hook_port, alerts) = webhook();
     let port = free_port();
+    let replica = lab.path("region-b");
     let config = lab.path("daemon.toml");
     std::fs::write(
         &config,
@@ -95,7 +97,14 @@ rpo = "4s"
 [[job]]
 kind = "verify"
 schedule = "*/2 * * * * *"
+[[job]]
+kind = "replicate"
+to = "{replica}"
+schedule = "* * * * * *"
+follow = true
+interval = "1s"
 "#,
+            replica = replica.display(),
             repo = lab.repo().display(),
             key = lab.key_file().display(),
             docs = docs.display(),
@@ -148,6 +157,28 @@ schedule = "*/2 * * * * *"
     let (status, report) = daemon.health();
     assert_eq!(status, 200, "{report:#}");
     assert_eq!(report["ok"], true);
+
+    // The follower keeps the replica within seconds, and /metrics says how far behind it is.
+    let target = "region-b";
+    let lag = wait_for(30, "the follower's lag in /metrics", || {
+        metric(&daemon.metrics(), "resilience_replication_lag_seconds", target)
+    });
+    assert!(lag < 10.0, "a follower one second apart lags {lag} s");
+    assert!(replica.join("config").exists(), "the replica is a repository");
+    let newest = lab.json(&["snapshots"]).as_array().unwrap().len();
+    assert!(newest > 0);
+    wait_for(30, "the newest backups on the replica", || {
+        let out = std::process::Command::new(BIN)
+            .arg("--repo")
+            .arg(&replica)
+            .arg("--key-file")
+            .arg(lab.key_file())
+            .args(["--json", "snapshots"])
+            .output()
+            .unwrap();
+        let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (list.as_array()?.len() >= newest).then_some(())
+    });
 
     // Redis stops: its backups fail, and past its 4 s RPO /health fails naming it.
     redis.kill().unwrap();

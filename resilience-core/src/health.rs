@@ -41,8 +41,26 @@ pub struct ReplicationHealth {
     pub lag_snapshots: u64,
     /// Bytes not yet on the replica.
     pub lag_bytes: u64,
-    /// Age of the oldest snapshot not yet on the replica (0 when caught up).
+    /// Age of the oldest snapshot not yet on the replica (0 when caught up); for a follower,
+    /// at least the time since [`caught_up_to`](Self::caught_up_to), as of the assessment.
     pub lag_seconds: f64,
+    /// A follower's ([`crate::ops::follow`]) measure: the replica holds every object the source
+    /// held at this moment. Lag is then counted from it whenever health is assessed, so a
+    /// follower that stalls shows a growing lag, not its last figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caught_up_to: Option<DateTime<Utc>>,
+}
+
+impl ReplicationHealth {
+    /// This measurement as of `now`: a follower's lag counted from its `caught_up_to`.
+    pub fn as_of(&self, now: DateTime<Utc>) -> ReplicationHealth {
+        let mut at_now = self.clone();
+        if let Some(t) = self.caught_up_to {
+            let behind = (now - t).num_milliseconds().max(0) as f64 / 1000.0;
+            at_now.lag_seconds = at_now.lag_seconds.max(behind);
+        }
+        at_now
+    }
 }
 
 /// The last drill of a source, in short.
@@ -144,7 +162,7 @@ pub fn assess(
         at: now,
         breaches,
         sources,
-        replication: context.replication.clone(),
+        replication: context.replication.iter().map(|r| r.as_of(now)).collect(),
     }
 }
 
@@ -355,6 +373,25 @@ mod tests {
     use super::*;
     use crate::drill::DrillCheck;
     use crate::testing::record_at;
+
+    #[test]
+    fn a_followers_lag_grows_from_the_moment_it_last_caught_up() {
+        let measured = ReplicationHealth {
+            target: "s3://b".into(),
+            at: utc("2026-12-03T10:00:00Z"),
+            lag_snapshots: 0,
+            lag_bytes: 0,
+            lag_seconds: 0.0,
+            caught_up_to: Some(utc("2026-12-03T09:59:58Z")),
+        };
+        assert_eq!(measured.as_of(utc("2026-12-03T10:00:30Z")).lag_seconds, 32.0);
+        let once = ReplicationHealth {
+            caught_up_to: None,
+            lag_seconds: 7.0,
+            ..measured
+        };
+        assert_eq!(once.as_of(utc("2026-12-03T11:00:00Z")).lag_seconds, 7.0);
+    }
 
     fn utc(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()

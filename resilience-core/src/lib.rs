@@ -21,7 +21,9 @@
 //!   (clock, stop signal, schedules, the scheduler).
 //! - What a service runs and watches: [`jobs`] (ready-made scheduled jobs: backup, verify,
 //!   prune, replicate, drill), [`health`] (the report behind `/health` and `/metrics`, and the
-//!   [`health::Monitor`] that serves it) and [`drill`] (restore drills and their records).
+//!   [`health::Monitor`] that serves it), [`drill`] (restore drills and their records) and
+//!   [`failover`] (a plan of steps that moves a service to another region, journaled and
+//!   resumable).
 //! - What adapters share to reach their stores: [`net`] (the loopback check and, with the
 //!   `tls` feature, rustls client configuration).
 //!
@@ -43,6 +45,7 @@
 pub mod catalog;
 pub mod drill;
 pub mod error;
+pub mod failover;
 pub(crate) mod format;
 pub mod health;
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! ([`base::PgBaseSource`]) that validate every page's checksum on the way
 //! ([`page_verify`], [`page_checksum`]), WAL archiving ([`archive::WalArchive`], what `resilience wal-push`
 //! and `wal-fetch` call), point-in-time recovery that picks its base backup and reports the
-//! point reached ([`recovery`]), a check of the archive against the backups with the PITR
+//! point reached ([`recovery`]), a warm standby fed from a repository and its promotion
+//! ([`standby`]) and its steps of a failover ([`failover`]), a check of the archive against the backups with the PITR
 //! window per timeline ([`check`]), and logical table-level backup and restore for bringing
 //! back one table or one tenant's rows ([`table`]); the backup catalog in a Postgres schema for
 //! compliance queries ([`catalog`]); the restore drill of a base backup ([`drill::PgDrill`])
@@ -32,6 +33,7 @@ pub mod cluster;
 pub mod connect;
 pub mod drill;
 mod error;
+pub mod failover;
 #[cfg(test)]
 mod hostile_bytes;
 pub mod lsn;
@@ -39,6 +41,7 @@ pub mod page_checksum;
 pub mod page_verify;
 pub mod pgdata_target;
 pub mod recovery;
+pub mod standby;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

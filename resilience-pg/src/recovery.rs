@@ -35,6 +35,9 @@ pub enum RecoveryTarget {
     Xid(u64),
     /// Stop at this named restore point.
     Name(String),
+    /// Never stop: a warm standby replays all archived WAL and waits for more, following new
+    /// timelines, until it is promoted ([`crate::standby`]). Written as `standby.signal`.
+    Standby,
 }
 
 /// What the server does when it reaches the target.
@@ -80,6 +83,10 @@ pub struct RecoveryOptions {
     /// Complete an interrupted restore into `pgdata` ([`crate::pgdata_target`]): files whose
     /// bytes already match are skipped. Without it, `pgdata` must be empty or missing.
     pub resume: bool,
+    /// Replaces the backup's `archive_command` (with [`archive`](Self::archive)): a standby in
+    /// another region archives into its own region's repository once promoted, not into the
+    /// old primary's.
+    pub archive_command: Option<String>,
 }
 
 /// A planned recovery: the backup and what it will replay.
@@ -112,7 +119,10 @@ pub async fn plan(
     let mut target_lsn = None;
     let fits = |b: &&BaseBackup| -> bool {
         match target {
-            RecoveryTarget::Latest | RecoveryTarget::Immediate | RecoveryTarget::Name(_) => true,
+            RecoveryTarget::Latest
+            | RecoveryTarget::Standby
+            | RecoveryTarget::Immediate
+            | RecoveryTarget::Name(_) => true,
             RecoveryTarget::Time(t) => b.info.stop_time <= *t,
             RecoveryTarget::Lsn(l) => b.info.stop_lsn <= *l,
             RecoveryTarget::Xid(x) => b.info.xid_ends_after(*x),
@@ -191,7 +201,7 @@ pub async fn plan(
         let last = last.expect("checked above");
         let past_gap = match target {
             RecoveryTarget::Immediate => false,
-            RecoveryTarget::Latest => true,
+            RecoveryTarget::Latest | RecoveryTarget::Standby => true,
             RecoveryTarget::Lsn(_) | RecoveryTarget::Name(_) => {
                 target_lsn.is_some_and(|l| l.0 / size >= gap.segno)
             }
@@ -225,7 +235,7 @@ pub async fn plan(
 /// backup belongs to (a later branch, say a restored copy promoted earlier, may never reach it).
 pub fn default_timeline(target: &RecoveryTarget) -> &'static str {
     match target {
-        RecoveryTarget::Latest => "latest",
+        RecoveryTarget::Latest | RecoveryTarget::Standby => "latest",
         _ => "current",
     }
 }
@@ -355,7 +365,7 @@ fn place_tablespaces(
     Ok(())
 }
 
-/// Writes `recovery.signal` and appends the recovery settings to `postgresql.auto.conf`;
+/// Writes `recovery.signal` (`standby.signal` for a standby) and appends the recovery settings to `postgresql.auto.conf`;
 /// creates the directories a base backup leaves empty.
 pub fn write_recovery_settings(pgdata: &Path, options: &RecoveryOptions) -> Result<(), PgError> {
     for dir in ["pg_wal", "pg_wal/archive_status"] {
@@ -385,7 +395,7 @@ pub fn write_recovery_settings(pgdata: &Path, options: &RecoveryOptions) -> Resu
         ),
     ];
     match &options.target {
-        RecoveryTarget::Latest => {}
+        RecoveryTarget::Latest | RecoveryTarget::Standby => {}
         RecoveryTarget::Immediate => lines.push("recovery_target = 'immediate'".into()),
         RecoveryTarget::Time(t) => lines.push(format!(
             "recovery_target_time = {}",
@@ -395,17 +405,27 @@ pub fn write_recovery_settings(pgdata: &Path, options: &RecoveryOptions) -> Resu
         RecoveryTarget::Xid(x) => lines.push(format!("recovery_target_xid = '{x}'")),
         RecoveryTarget::Name(n) => lines.push(format!("recovery_target_name = {}", quote(n))),
     }
-    if options.target != RecoveryTarget::Latest {
+    if !matches!(
+        options.target,
+        RecoveryTarget::Latest | RecoveryTarget::Standby
+    ) {
         lines.push(format!(
             "recovery_target_action = '{}'",
             options.action.setting()
         ));
+    }
+    if options.target == RecoveryTarget::Standby {
+        // A segment not yet in the repository is asked for again after this long (Postgres'
+        // default, 5 s, would add up to 5 s to the standby's lag; a miss costs one HEAD).
+        lines.push("wal_retrieve_retry_interval = '1s'".into());
     }
     if let Some(port) = options.port {
         lines.push(format!("port = {port}"));
     }
     if !options.archive {
         lines.push("archive_mode = 'off'".into());
+    } else if let Some(command) = &options.archive_command {
+        lines.push(format!("archive_command = {}", quote(command)));
     }
     let conf = pgdata.join("postgresql.auto.conf");
     let mut f = std::fs::OpenOptions::new()
@@ -416,7 +436,10 @@ pub fn write_recovery_settings(pgdata: &Path, options: &RecoveryOptions) -> Resu
     writeln!(f, "\n{}", lines.join("\n")).map_err(PgError::io("write", conf.display()))?;
     f.sync_all().map_err(PgError::io("sync", conf.display()))?;
     cluster::chown_like(&conf, pgdata)?;
-    let signal = pgdata.join("recovery.signal");
+    let signal = pgdata.join(match options.target {
+        RecoveryTarget::Standby => "standby.signal",
+        _ => "recovery.signal",
+    });
     std::fs::write(&signal, b"").map_err(PgError::io("write", signal.display()))?;
     set_mode(&signal, 0o600)?;
     cluster::chown_like(&signal, pgdata)?;
@@ -472,6 +495,24 @@ pub async fn start(
     options: &StartOptions,
     action: TargetAction,
 ) -> Result<RecoveryOutcome, PgError> {
+    start_until(pgdata, options, Until::Recovered(action)).await
+}
+
+/// What [`start_until`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// Recovery reached its target and took this action there.
+    Recovered(TargetAction),
+    /// A standby is consistent (it accepts read-only connections) and replaying.
+    Replaying,
+}
+
+/// Starts the restored cluster and waits for `until`.
+pub(crate) async fn start_until(
+    pgdata: &Path,
+    options: &StartOptions,
+    until: Until,
+) -> Result<RecoveryOutcome, PgError> {
     let began = std::time::Instant::now();
     let log = log_path(pgdata);
     std::fs::write(&log, b"").map_err(PgError::io("create", log.display()))?;
@@ -495,7 +536,11 @@ pub async fn start(
     loop {
         if std::time::Instant::now() > deadline {
             return Err(PgError::Recovery(format!(
-                "recovery did not finish within {:?}; the server is still running, see {}",
+                "{} within {:?}; the server is still running, see {}",
+                match until {
+                    Until::Recovered(_) => "recovery did not finish",
+                    Until::Replaying => "the standby did not reach a consistent state",
+                },
                 options.timeout,
                 log.display()
             )));
@@ -521,7 +566,19 @@ pub async fn start(
             if let Ok(row) = row {
                 let in_recovery: bool = row.get(0);
                 let pause: String = row.get(1);
-                let done = !in_recovery || (action == TargetAction::Pause && pause == "paused");
+                let done = match until {
+                    Until::Recovered(action) => {
+                        !in_recovery || (action == TargetAction::Pause && pause == "paused")
+                    }
+                    Until::Replaying if !in_recovery => {
+                        return Err(PgError::Recovery(format!(
+                            "the standby left recovery by itself (promoted, or a \
+                             recovery target in its settings): {}",
+                            fatal_lines(&log)
+                        )))
+                    }
+                    Until::Replaying => true,
+                };
                 if done {
                     let row = client
                         .query_one(

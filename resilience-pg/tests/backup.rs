@@ -125,6 +125,7 @@ async fn recover(
         restore: Default::default(),
         tablespaces: Default::default(),
         resume: false,
+        archive_command: None,
     };
     let restored = recovery::prepare(&lab.repo, &plan, &copy.pgdata, &options)
         .await

@@ -7,7 +7,7 @@
 //! of a snapshot with a server after a restore ([`verify::CompareTarget`]), and RDB files as a
 //! source where the service runs beside Redis ([`rdb::RdbFileSource`], its CRC64 checked on the way:
 //! [`rdb_checksum`]); the restore drill of a keyspace backup into a scratch server
-//! ([`drill::RedisDrill`]). The entry format is in [`record`].
+//! ([`drill::RedisDrill`]); the restore step of a failover ([`failover::RestoreNewest`]). The entry format is in [`record`].
 //!
 //! ```no_run
 //! use resilience_redis::{connect::RedisEndpoint, source::RedisSource, target::{RedisTarget, RestoreSettings}};
@@ -23,6 +23,7 @@
 pub mod connect;
 pub mod drill;
 mod error;
+pub mod failover;
 pub mod glob;
 #[cfg(test)]
 mod hostile_bytes;

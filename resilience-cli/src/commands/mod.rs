@@ -9,6 +9,7 @@ mod hold;
 mod init;
 mod key;
 mod pg;
+mod pg_standby;
 mod prune;
 mod redis;
 mod repair;
@@ -47,13 +48,19 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             concurrency,
             dry_run,
             verify_read_back,
+            follow,
+            interval,
         } => {
             let options = resilience_core::ops::replicate::ReplicateOptions {
                 concurrency: *concurrency,
                 dry_run: *dry_run,
                 verify_read_back: *verify_read_back,
             };
-            replicate::run(g, to, *max_rate, &options).await
+            if *follow {
+                replicate::follow(g, to, *max_rate, &options, interval).await
+            } else {
+                replicate::run(g, to, *max_rate, &options).await
+            }
         }
         Command::Daemon { config } => crate::daemon::run(config).await,
         Command::Drill {

@@ -1,4 +1,5 @@
-//! `pg backup`, `pg restore`, `pg check`.
+//! `pg backup`, `pg restore`, `pg check` (and `pg standby`, `pg promote` in
+//! [`super::pg_standby`]).
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -64,6 +65,13 @@ pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
             Ok(())
         }
         PgCommand::Restore(args) => restore(g, args).await,
+        PgCommand::Standby(args) => super::pg_standby::standby(g, args).await,
+        PgCommand::Promote {
+            pgdata,
+            user,
+            pg_bin,
+            timeout,
+        } => super::pg_standby::promote(g, pgdata, user.as_deref(), pg_bin.as_deref(), *timeout).await,
         PgCommand::ExpireWal { source, dry_run } => {
             let repo = access::open(g).await?;
             let wal = WalArchive::new(&repo, source)?;
@@ -225,16 +233,9 @@ async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
             progress: bar.clone().map(|b| b as Arc<dyn Progress>),
             ..Default::default()
         },
-        tablespaces: args
-            .tablespaces
-            .iter()
-            .map(|m| {
-                m.split_once('=')
-                    .map(|(oid, dir)| (oid.to_owned(), std::path::PathBuf::from(dir)))
-                    .ok_or_else(|| CliError::Usage(format!("--tablespace {m:?}: expected OID=DIR")))
-            })
-            .collect::<Result<_, _>>()?,
+        tablespaces: tablespace_map(&args.tablespaces)?,
         resume: args.resume,
+        archive_command: None,
     };
     let restored = recovery::prepare(&repo, &plan, &args.pgdata, &options).await;
     if let Some(b) = &bar {
@@ -308,8 +309,22 @@ async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `--tablespace OID=DIR` flags as a map.
+pub(crate) fn tablespace_map(
+    flags: &[String],
+) -> Result<std::collections::HashMap<String, std::path::PathBuf>, CliError> {
+    flags
+        .iter()
+        .map(|m| {
+            m.split_once('=')
+                .map(|(oid, dir)| (oid.to_owned(), std::path::PathBuf::from(dir)))
+                .ok_or_else(|| CliError::Usage(format!("--tablespace {m:?}: expected OID=DIR")))
+        })
+        .collect()
+}
+
 /// The user name owning a directory (the cluster's superuser by initdb's default).
-fn owner_name(dir: &std::path::Path) -> Result<String, CliError> {
+pub(crate) fn owner_name(dir: &std::path::Path) -> Result<String, CliError> {
     let uid = std::fs::metadata(dir)
         .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))?
         .uid();

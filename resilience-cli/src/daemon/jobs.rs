@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use resilience_core::drill::DrillOptions;
 use resilience_core::health::ReplicationBoard;
+use resilience_core::ops::follow::FollowOptions;
 use resilience_core::jobs::{BackupJob, DrillJob, PruneJob, ReplicateJob, VerifyJob};
 use resilience_core::repo::Repository;
 use resilience_core::retention::StandardPolicy;
@@ -88,6 +89,13 @@ pub fn configured_job(
                 ReplicateJob::new(repo.clone(), replica).with_board(replication.clone());
             if let Some(rate) = job.max_rate {
                 replicate = replicate.with_max_rate(rate);
+            }
+            if job.follow {
+                let interval = job.interval.map_or(2, |i| i.as_secs().max(1) as u64);
+                replicate = replicate.following(FollowOptions {
+                    interval: std::time::Duration::from_secs(interval),
+                    ..Default::default()
+                });
             }
             Arc::new(replicate)
         }

@@ -6,6 +6,7 @@
 
 mod jobs;
 mod server;
+mod standby;
 mod webhook;
 
 use std::collections::HashMap;
@@ -113,30 +114,25 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
         config.sources.len(),
         config.jobs.len()
     );
-    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    let watchers: Vec<_> = config
+        .standbys
+        .iter()
+        .map(|s| tokio::spawn(standby::watch(s.clone(), shutdown.clone())))
+        .collect();
+    let signals = tokio::spawn(crate::signals::stop_on_signal(shutdown.clone(), |name| {
+        tracing::info!(signal = name, "shutting down");
+        format!("daemon shutting down ({name})")
+    }));
     scheduler.run(shutdown.clone()).await;
     signals.abort();
     if let Some(a) = alerts {
         let _ = a.await;
+    }
+    for w in watchers {
+        let _ = w.await;
     }
     let _ = server.await;
     eprintln!("resilience daemon: stopped ({})", shutdown.reason());
     Ok(())
 }
 
-async fn wait_for_signal(shutdown: StopSignal) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutting down");
-    shutdown.stop(format!("daemon shutting down ({name})"));
-}

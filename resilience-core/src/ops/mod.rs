@@ -1,9 +1,10 @@
 //! The operations on a repository, each a method of [`crate::repo::Repository`] with its
 //! options and its report: [`backup`], [`restore`], [`verify`], [`prune`], [`replicate`] (to
-//! another store), [`lifecycle`] (retention decisions applied: expiry, tier moves, holds) and
+//! another store, once, or [`follow`]ing it), [`lifecycle`] (retention decisions applied: expiry, tier moves, holds) and
 //! [`repair`] (derived state rebuilt). [`progress`] is how they report while they run.
 
 pub mod backup;
+pub mod follow;
 pub mod lifecycle;
 pub mod progress;
 pub mod prune;

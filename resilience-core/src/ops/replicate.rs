@@ -2,9 +2,10 @@
 //! replica lacks, prove each copy, and say how far behind the replica is.
 //!
 //! Objects are immutable, so replication is a difference of listings. Copies go in the order
-//! that keeps the replica consistent at every moment, the same order a backup writes in: packs,
-//! then indexes, then keys and configuration, then snapshot manifests, then catalog records. A
-//! snapshot therefore never appears on the replica before every object it needs, and a copy
+//! that keeps the replica consistent at every moment. Side archives (Postgres' WAL) go first:
+//! they depend on nothing else, and a standby fed from the replica needs them soonest. Then the
+//! order a backup writes in: packs, then indexes, then keys and configuration, then snapshot
+//! manifests, then catalog records. A snapshot therefore never appears on the replica before every object it needs, and a copy
 //! interrupted at any point is resumed by running again. Copies are streamed (a pack is never
 //! whole in memory). Each object's own checksum is checked as it passes (damage is not
 //! replicated; it is an error naming the object), and the replica proves what it stored
@@ -18,7 +19,9 @@
 //! Locks are not copied, nor key-set generations that are not in force at the source.
 //!
 //! The replica is a complete repository: the same key opens it, and restore and verify work
-//! against it. [`replicate`] is the library call a service runs after each backup.
+//! against it. [`replicate`] is the library call a service runs after each backup;
+//! [`follow`](crate::ops::follow::follow) repeats it every few seconds, so the replica holds
+//! the WAL a standby in the other region replays within seconds of its archiving.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,8 +37,8 @@ use crate::sink::{ObjectMeta, Sink, SinkError};
 
 /// The order in which prefixes are copied.
 const PHASES: &[&str] = &[
-    "data/",
     crate::repo::side::SIDE_ARCHIVE_ROOT,
+    "data/",
     "index/",
     "keys/",
     "config",
@@ -101,7 +104,7 @@ pub struct ReplicationReport {
 }
 
 /// Every object under the repository by key (locks left out).
-async fn listing(sink: &dyn Sink) -> Result<HashMap<String, ObjectMeta>> {
+pub(crate) async fn listing(sink: &dyn Sink) -> Result<HashMap<String, ObjectMeta>> {
     let mut out = HashMap::new();
     let mut stream = sink.list("");
     while let Some(meta) = stream.try_next().await? {
@@ -340,6 +343,24 @@ pub async fn replicate(
     replica: &dyn Sink,
     options: &ReplicateOptions,
 ) -> Result<ReplicationReport> {
+    let mut have = listing(replica).await?;
+    let mut report = replicate_onto(source, replica, &mut have, options).await?;
+    if !options.dry_run {
+        let src_now = source_listing(source).await?;
+        report.lag_after = lag(&src_now, &listing(replica).await?, Utc::now());
+    }
+    Ok(report)
+}
+
+/// One replication pass against `have`, what the replica is known to hold (a listing, kept up
+/// to date with what the pass copies, so that a follower need not list the replica again).
+/// The report's `lag_after` is measured against `have`, not a new listing.
+pub(crate) async fn replicate_onto(
+    source: &dyn Sink,
+    replica: &dyn Sink,
+    have: &mut HashMap<String, ObjectMeta>,
+    options: &ReplicateOptions,
+) -> Result<ReplicationReport> {
     let started = Instant::now();
     let src = source_listing(source).await?;
     if !src.contains_key("config") {
@@ -347,10 +368,10 @@ pub async fn replicate(
             location: source.location(),
         });
     }
-    let have = listing(replica).await?;
-    let lag_before = lag(&src, &have, Utc::now());
-    let mut missing: Vec<&ObjectMeta> = src.values().filter(|m| lacks(&have, m)).collect();
+    let lag_before = lag(&src, have, Utc::now());
+    let mut missing: Vec<ObjectMeta> = src.values().filter(|m| lacks(have, m)).cloned().collect();
     missing.sort_by_key(|m| (phase_of(&m.key), m.key.clone()));
+    let present_objects = (src.len() - missing.len()) as u64;
     let mut copied_objects = 0;
     let mut copied_bytes = 0;
     let mut read_back_objects = 0;
@@ -361,42 +382,50 @@ pub async fn replicate(
             let objects: Vec<ObjectMeta> = missing
                 .iter()
                 .filter(|m| phase_of(&m.key) == phase)
-                .map(|m| (*m).clone())
+                .cloned()
                 .collect();
-            let copies: Vec<(u64, bool)> = futures::stream::iter(objects)
+            let copies: Vec<(ObjectMeta, u64, bool)> = futures::stream::iter(objects)
                 .map(|origin| async move {
-                    copy_retrying(source, replica, &origin, options.verify_read_back).await
+                    let (size, read) =
+                        copy_retrying(source, replica, &origin, options.verify_read_back).await?;
+                    Ok::<_, Error>((origin, size, read))
                 })
                 .buffer_unordered(options.concurrency.max(1))
                 .try_collect()
                 .await?;
             copied_objects += copies.len() as u64;
-            copied_bytes += copies.iter().map(|(size, _)| size).sum::<u64>();
-            read_back_objects += copies.iter().filter(|(_, read)| *read).count() as u64;
+            copied_bytes += copies.iter().map(|(_, size, _)| size).sum::<u64>();
+            read_back_objects += copies.iter().filter(|(_, _, read)| *read).count() as u64;
+            for (origin, _, _) in copies {
+                have.insert(origin.key.clone(), origin);
+            }
             if PHASES.get(phase) == Some(&"keys/") {
-                let retired =
-                    retire_superseded_generations(replica, generation_in_force(&src).as_ref())
-                        .await?;
-                if retired > 0 {
-                    tracing::info!(
-                        retired,
-                        "superseded key-set generations removed from the replica"
-                    );
+                let in_force = generation_in_force(&src);
+                let superseded = have
+                    .keys()
+                    .any(|k| k.starts_with(KEYSET_PREFIX) && Some(k) != in_force.as_ref());
+                if superseded {
+                    let retired =
+                        retire_superseded_generations(replica, in_force.as_ref()).await?;
+                    if retired > 0 {
+                        tracing::info!(
+                            retired,
+                            "superseded key-set generations removed from the replica"
+                        );
+                    }
+                    have.retain(|k, _| {
+                        !k.starts_with(KEYSET_PREFIX) || Some(k) == in_force.as_ref()
+                    });
                 }
             }
         }
     }
-    let lag_after = if options.dry_run {
-        lag_before.clone()
-    } else {
-        let src_now = source_listing(source).await?;
-        lag(&src_now, &listing(replica).await?, Utc::now())
-    };
+    let lag_after = lag(&src, have, Utc::now());
     Ok(ReplicationReport {
         copied_objects,
         copied_bytes,
         read_back_objects,
-        present_objects: (src.len() - missing.len()) as u64,
+        present_objects,
         lag_before,
         lag_after,
         duration: started.elapsed(),

@@ -379,6 +379,11 @@ impl Repository {
         RepoCatalog::with_keys(self.sink.clone(), self.keys.clone())
     }
 
+    /// The journal of failovers to this repository's region ([`crate::failover`]).
+    pub fn failovers(&self) -> crate::failover::RepoFailoverLog {
+        crate::failover::RepoFailoverLog::new(self.sink.clone(), self.keys.clone())
+    }
+
     /// Loads every index file into memory. A damaged index file does not fail it: see
     /// [`Repository::load_index_report`], of which this is the thin wrapper.
     pub async fn load_index(&self) -> Result<Index> {

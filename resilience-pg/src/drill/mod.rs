@@ -157,6 +157,7 @@ impl PgDrill {
             restore: RestoreOptions::default(),
             tablespaces: Default::default(),
             resume: false,
+            archive_command: None,
         };
         match recovery::prepare(repo, &plan, pgdata, &options).await {
             Ok(r) => checks.push(DrillCheck::pass(
