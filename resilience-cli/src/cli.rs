@@ -145,6 +145,24 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Move the service to another region of the config's [[region]]s: fence the old primary
+    /// where it answers, promote the standby (or recover the newest base backup), restore
+    /// Redis, switch Kubernetes traffic, check; each step timed, the failover journaled in the
+    /// region's repository with its RTO and RPO. Run again after a failed step, it resumes.
+    Failover {
+        /// The daemon's TOML configuration, with [[region]]s.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The region to move to.
+        #[arg(long, value_name = "REGION")]
+        to: String,
+        /// Print the plan (and what an unfinished earlier run did), do nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the failovers journaled in the repository (the region failed over to), newest
+    /// last, with their steps, RTO and RPO.
+    Failovers,
     /// Restore a source's newest backup into a scratch place, check it, measure RTO and RPO.
     Drill {
         /// The TOML configuration that names the repository and the source.

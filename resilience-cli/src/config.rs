@@ -50,6 +50,101 @@ pub struct DaemonConfig {
     /// Warm standbys whose replay lag `/metrics` shows (`[[standby]]`).
     #[serde(default, rename = "standby")]
     pub standbys: Vec<StandbyConfig>,
+    /// The regions `resilience failover --to NAME` can move the service to (`[[region]]`).
+    #[serde(default, rename = "region")]
+    pub regions: Vec<RegionConfig>,
+}
+
+/// `[[region]]`: what a failover to this region brings up, and how to fence it when it is the
+/// old one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Its name (`failover --to NAME`).
+    pub name: String,
+    /// Its repository (the replica `replicate --follow` keeps), opened with `[repository]`'s
+    /// key; failovers to it are journaled there.
+    pub repository: String,
+    /// Its Postgres.
+    #[serde(default)]
+    pub postgres: Option<RegionPostgres>,
+    /// Its Redis, restored from the newest backup of `source` in its repository.
+    #[serde(default)]
+    pub redis: Option<RegionRedis>,
+    /// Its cluster, for the traffic switch.
+    #[serde(default)]
+    pub kubernetes: Option<RegionKubernetes>,
+}
+
+/// `[region.postgres]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionPostgres {
+    /// The standby's data directory on this host (made by `pg standby`); without a cluster
+    /// there, the newest base backup is restored into it and recovered to the end of the WAL.
+    pub pgdata: PathBuf,
+    /// Its port.
+    pub port: u16,
+    /// The WAL archive and source name (default `postgres`).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The user to connect as (default: the data directory's owner).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// How to reach this region's Postgres from elsewhere, to fence it when a failover moves
+    /// away from this region (a superuser; give `connect_timeout`).
+    #[serde(default)]
+    pub dsn: Option<String>,
+    /// Directory of pg_ctl.
+    #[serde(default)]
+    pub pg_bin: Option<PathBuf>,
+    /// Queries run on the new primary after the failover; each must return a row.
+    #[serde(default)]
+    pub checks: Vec<RegionCheck>,
+    /// Seconds the promotion (or recovery) may take (default 600).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// A named check query.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionCheck {
+    /// Its name, in the report.
+    pub name: String,
+    /// The SQL.
+    pub sql: String,
+}
+
+/// `[region.redis]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionRedis {
+    /// This region's server (`redis://host:port`).
+    pub url: String,
+    /// The source whose newest backup is restored into it.
+    pub source: String,
+}
+
+/// `[region.kubernetes]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionKubernetes {
+    /// The kubeconfig context of this region's cluster.
+    pub context: String,
+    /// The service's namespace.
+    pub namespace: String,
+    /// The Service pointed at the region after a failover to it.
+    pub service: String,
+    /// The writer Deployment (default: the service's name).
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Its replicas after a failover to this region (default 1).
+    #[serde(default)]
+    pub replicas: Option<i32>,
+    /// The kubeconfig (default: `KUBECONFIG`, else `~/.kube/config`).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// `[[standby]]`: a warm standby (made by `resilience pg standby`) watched for
@@ -486,6 +581,12 @@ impl DaemonConfig {
                 ));
             }
         }
+        let mut regions = HashSet::new();
+        for r in &self.regions {
+            if r.name.is_empty() || !regions.insert(&r.name) {
+                return Err(format!("region name {:?} is empty or used twice", r.name));
+            }
+        }
         let mut standbys = HashSet::new();
         for s in &self.standbys {
             if s.name.is_empty() || !standbys.insert(&s.name) {
@@ -579,6 +680,19 @@ mod tests {
         [[standby]]
         name = "billing-b"
         dsn = "host=10.1.0.7 port=5433 user=postgres"
+        [[region]]
+        name = "b"
+        repository = "s3://backups-b/billing?endpoint=https://s3.eu-central-1.amazonaws.com&region=eu-central-1"
+        [region.postgres]
+        pgdata = "/srv/pg-standby"
+        port = 5433
+        [region.redis]
+        url = "redis://10.1.0.7:6379"
+        source = "cache"
+        [region.kubernetes]
+        context = "cluster-b"
+        namespace = "billing"
+        service = "billing-db"
     "#;
 
     #[test]
@@ -591,6 +705,11 @@ mod tests {
         assert_eq!(c.jobs[1].job_name(), "drill:billing");
         assert!(c.jobs[2].follow);
         assert_eq!(c.standbys[0].name, "billing-b");
+        assert_eq!(c.regions[0].postgres.as_ref().unwrap().port, 5433);
+        assert_eq!(
+            c.regions[0].kubernetes.as_ref().unwrap().context,
+            "cluster-b"
+        );
         assert_eq!(c.jobs[2].interval.map(|i| i.as_secs()), Some(2));
         assert_eq!(c.server.listen.port(), 9187);
     }

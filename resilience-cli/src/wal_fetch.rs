@@ -32,17 +32,16 @@ fn repository_command(g: &Global, tail: &str) -> Result<String, CliError> {
         Ok(p) if !url.contains("://") => p.display().to_string(),
         _ => url.to_owned(),
     };
-    let credential = match (&g.key_file, &g.password_file) {
-        (Some(k), _) => format!("--key-file {}", sh_quote(&absolute(k)?)),
-        (None, Some(p)) => format!("--password-file {}", sh_quote(&absolute(p)?)),
-        (None, None) => {
-            return Err(CliError::Usage(
+    let credential =
+        match (&g.key_file, &g.password_file) {
+            (Some(k), _) => format!("--key-file {}", sh_quote(&absolute(k)?)),
+            (None, Some(p)) => format!("--password-file {}", sh_quote(&absolute(p)?)),
+            (None, None) => return Err(CliError::Usage(
                 "restoring a cluster needs --key-file (or --password-file): the restored server \
                  runs wal-fetch and wal-push without this shell's environment"
                     .into(),
-            ))
-        }
-    };
+            )),
+        };
     Ok(format!(
         "{} --repo {} {credential} {tail}",
         sh_quote(&exe.display().to_string()),

@@ -161,10 +161,17 @@ interval = "1s"
     // The follower keeps the replica within seconds, and /metrics says how far behind it is.
     let target = "region-b";
     let lag = wait_for(30, "the follower's lag in /metrics", || {
-        metric(&daemon.metrics(), "resilience_replication_lag_seconds", target)
+        metric(
+            &daemon.metrics(),
+            "resilience_replication_lag_seconds",
+            target,
+        )
     });
     assert!(lag < 10.0, "a follower one second apart lags {lag} s");
-    assert!(replica.join("config").exists(), "the replica is a repository");
+    assert!(
+        replica.join("config").exists(),
+        "the replica is a repository"
+    );
     let newest = lab.json(&["snapshots"]).as_array().unwrap().len();
     assert!(newest > 0);
     wait_for(30, "the newest backups on the replica", || {

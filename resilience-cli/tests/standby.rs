@@ -84,7 +84,9 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
 /// Rows of `ticks` on `cluster` (its max id), or None while it does not answer.
 async fn max_tick(cluster: &Cluster) -> Option<i64> {
     let dsn = cluster.dsn();
-    let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.ok()?;
+    let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .ok()?;
     tokio::spawn(conn);
     let row = client
         .query_one("SELECT coalesce(max(id), 0) FROM ticks", &[])
@@ -234,7 +236,10 @@ async fn a_standby_fed_by_a_following_replica_replays_within_seconds_and_promote
     // SAFETY: kill sends a signal to a child we own.
     unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
     let status = follow.wait().unwrap();
-    assert!(status.success(), "the follower exits 0 on SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "the follower exits 0 on SIGTERM: {status}"
+    );
     let lines: Vec<Value> = passes
         .by_ref()
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
@@ -258,7 +263,9 @@ async fn a_standby_fed_by_a_following_replica_replays_within_seconds_and_promote
     assert_eq!(promoted["promoted"], true, "{promoted}");
     assert_eq!(promoted["already_promoted"], false, "{promoted}");
     assert_eq!(promoted["timeline"], 2, "{promoted}");
-    let held = max_tick(&standby).await.expect("the promoted standby answers");
+    let held = max_tick(&standby)
+        .await
+        .expect("the promoted standby answers");
     let must_hold = committed
         .iter()
         .filter(|(_, t, _)| t.duration_since(load_began) + BOUND < stopped_at - load_began)
@@ -301,14 +308,22 @@ async fn a_standby_fed_by_a_following_replica_replays_within_seconds_and_promote
         replica.join("wal/main").join(&segment).exists()
             || std::fs::read_dir(replica.join("wal/main"))
                 .unwrap()
-                .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(&segment)),
+                .any(|e| e
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&segment)),
         "segment {segment} of the new timeline is archived into region B's repository"
     );
 
     // The daemon sees the promotion.
     daemon_support::wait_for(10, "the daemon to see the promotion", || {
-        (metric(&daemon.metrics(), "resilience_standby_in_recovery", "billing-b") == Some(0.0))
-            .then_some(())
+        (metric(
+            &daemon.metrics(),
+            "resilience_standby_in_recovery",
+            "billing-b",
+        ) == Some(0.0))
+        .then_some(())
     });
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");

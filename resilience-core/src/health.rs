@@ -384,7 +384,10 @@ mod tests {
             lag_seconds: 0.0,
             caught_up_to: Some(utc("2026-12-03T09:59:58Z")),
         };
-        assert_eq!(measured.as_of(utc("2026-12-03T10:00:30Z")).lag_seconds, 32.0);
+        assert_eq!(
+            measured.as_of(utc("2026-12-03T10:00:30Z")).lag_seconds,
+            32.0
+        );
         let once = ReplicationHealth {
             caught_up_to: None,
             lag_seconds: 7.0,

@@ -76,6 +76,12 @@ impl K8sError {
 
     /// True for a 409: the object changed since it was read.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, K8sError::Api { code: Some(409), .. })
+        matches!(
+            self,
+            K8sError::Api {
+                code: Some(409),
+                ..
+            }
+        )
     }
 }

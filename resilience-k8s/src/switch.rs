@@ -219,7 +219,11 @@ async fn point_service(cluster: &Cluster, service: &str, region: &str) -> Result
             Err(e) => {
                 let e = named(e, cluster, "services", service, "update");
                 if e.is_conflict() && attempt < UPDATE_ATTEMPTS {
-                    tracing::info!(service, attempt, "the service changed meanwhile; reading it again");
+                    tracing::info!(
+                        service,
+                        attempt,
+                        "the service changed meanwhile; reading it again"
+                    );
                     attempt += 1;
                     continue;
                 }

@@ -229,9 +229,8 @@ async fn scale(
                     format!("the body of the request was in an unknown format: {content_type}"),
                 ));
             }
-            let patch: Value = serde_json::from_slice(&body).map_err(|e| {
-                status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string())
-            })?;
+            let patch: Value = serde_json::from_slice(&body)
+                .map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))?;
             let Some(r) = patch["spec"]["replicas"].as_i64() else {
                 return Err(status(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -286,7 +285,10 @@ async fn service(
         let mut new: Value = serde_json::from_slice(&body)
             .map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))?;
         let sent = new["metadata"]["resourceVersion"].as_str().unwrap_or("");
-        let stale = sent != current["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        let stale = sent
+            != current["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("");
         if s.conflicts > 0 || stale {
             if s.conflicts > 0 {
                 // Another writer got there first.
@@ -323,9 +325,7 @@ async fn service(
 pub fn kubeconfig(clusters: &[(&str, &str)], token: &str) -> String {
     let mut out = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
     for (name, url) in clusters {
-        out.push_str(&format!(
-            "- name: {name}\n  cluster:\n    server: {url}\n"
-        ));
+        out.push_str(&format!("- name: {name}\n  cluster:\n    server: {url}\n"));
     }
     out.push_str("users:\n- name: failover\n  user:\n");
     out.push_str(&format!("    token: {token}\n"));

@@ -27,7 +27,11 @@ async fn clusters(granted: &[Permission]) -> (ApiDouble, ApiDouble) {
     a.deployment("billing", "writer", 2);
     b.deployment("billing", "writer", 0);
     for c in [&a, &b] {
-        c.service("billing", "billing-db", &[("app", "billing-db"), (REGION_LABEL, "a")]);
+        c.service(
+            "billing",
+            "billing-db",
+            &[("app", "billing-db"), (REGION_LABEL, "a")],
+        );
     }
     (a, b)
 }
@@ -70,13 +74,26 @@ async fn the_writer_moves_to_the_new_cluster_and_the_service_follows_with_exactl
     assert_eq!(b.replicas("billing", "writer"), Some(2));
     let selector = b.selector("billing", "billing-db").unwrap();
     assert_eq!(selector[REGION_LABEL], "b");
-    assert_eq!(selector["app"], "billing-db", "the rest of the selector is kept");
-    assert!(done.detail.contains("cluster-a: writer scaled 2 -> 0"), "{}", done.detail);
+    assert_eq!(
+        selector["app"], "billing-db",
+        "the rest of the selector is kept"
+    );
+    assert!(
+        done.detail.contains("cluster-a: writer scaled 2 -> 0"),
+        "{}",
+        done.detail
+    );
     // The Role grants nothing the switch does not use.
     let mut used = a.used();
     used.extend(b.used());
     let granted: std::collections::BTreeSet<Permission> = granted.into_iter().collect();
-    assert_eq!(used, granted, "requests: {:?} {:?}", a.requests(), b.requests());
+    assert_eq!(
+        used,
+        granted,
+        "requests: {:?} {:?}",
+        a.requests(),
+        b.requests()
+    );
 
     // Again: nothing changes (the service already selects b), nothing fails.
     step.run().await.unwrap();
@@ -91,9 +108,16 @@ async fn a_service_changed_meanwhile_is_read_again_and_a_lost_old_cluster_is_nam
     a.stop();
     b.conflicts(2);
     let done = step.run().await.unwrap();
-    assert!(done.detail.contains("cluster-a: does not answer"), "{}", done.detail);
+    assert!(
+        done.detail.contains("cluster-a: does not answer"),
+        "{}",
+        done.detail
+    );
     assert!(done.detail.contains("3 attempts"), "{}", done.detail);
-    assert_eq!(b.selector("billing", "billing-db").unwrap()[REGION_LABEL], "b");
+    assert_eq!(
+        b.selector("billing", "billing-db").unwrap()[REGION_LABEL],
+        "b"
+    );
     let conflicts = b
         .requests()
         .iter()
@@ -111,10 +135,26 @@ async fn a_missing_permission_fails_the_step_naming_the_verb_and_the_resource() 
     let (a, b) = clusters(&without_update).await;
     let dir = tempfile::tempdir().unwrap();
     let err = switch(&dir, &a, &b).switch().await.unwrap_err();
-    assert!(matches!(err, K8sError::Forbidden { verb: "update", resource: "services", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            K8sError::Forbidden {
+                verb: "update",
+                resource: "services",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let text = err.to_string();
-    assert!(text.contains("cluster-b") && text.contains("billing-db"), "{text}");
-    assert!(text.contains("cannot update resource \"services\""), "{text}");
+    assert!(
+        text.contains("cluster-b") && text.contains("billing-db"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cannot update resource \"services\""),
+        "{text}"
+    );
 
     // A wrong token is refused too, and named.
     let (a, b) = clusters(&role()).await;
@@ -126,7 +166,10 @@ async fn a_missing_permission_fails_the_step_naming_the_verb_and_the_resource() 
     )
     .unwrap();
     let err = step.switch().await.unwrap_err().to_string();
-    assert!(err.contains("cluster-a") && err.contains("Unauthorized"), "{err}");
+    assert!(
+        err.contains("cluster-a") && err.contains("Unauthorized"),
+        "{err}"
+    );
 
     // A context the kubeconfig lacks is named.
     let mut step = switch(&dir, &a, &b);

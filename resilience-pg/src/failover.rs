@@ -19,6 +19,8 @@ use crate::standby;
 /// SYSTEM` so a restart keeps it) and every other session is ended. An old primary that does
 /// not answer (its region is down) is reported, not an error: there is nothing to fence.
 pub struct FenceOldPrimary {
+    /// The old region's name, for the step's name.
+    pub region: String,
     /// Connection to the old primary, as a superuser.
     pub dsn: String,
 }
@@ -26,16 +28,18 @@ pub struct FenceOldPrimary {
 #[async_trait]
 impl FailoverStep for FenceOldPrimary {
     fn name(&self) -> String {
-        "fence old postgres primary".into()
+        format!("fence postgres in region {}", self.region)
     }
 
     fn describe(&self) -> String {
-        "where the old primary answers, make it read-only and end its sessions".into()
+        format!(
+            "where region {}'s primary answers, make it read-only and end its sessions",
+            self.region
+        )
     }
 
     async fn run(&self) -> Result<StepOutcome, StepError> {
-        let client = match tokio::time::timeout(Duration::from_secs(10), connect(&self.dsn)).await
-        {
+        let client = match tokio::time::timeout(Duration::from_secs(10), connect(&self.dsn)).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
                 return Ok(StepOutcome::done(format!(

@@ -36,7 +36,10 @@ impl FailoverStep for RestoreNewest {
     }
 
     async fn run(&self) -> Result<StepOutcome, StepError> {
-        let record = self.repo.resolve_snapshot("latest", Some(&self.source)).await?;
+        let record = self
+            .repo
+            .resolve_snapshot("latest", Some(&self.source))
+            .await?;
         if record.source.kind != "redis" {
             return Err(format!(
                 "the newest backup of {} ({}) is a {} backup, not a Redis keyspace",

@@ -4,6 +4,7 @@
 mod backup;
 mod bucket;
 mod drill;
+mod failover;
 mod forget;
 mod hold;
 mod init;
@@ -63,6 +64,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Daemon { config } => crate::daemon::run(config).await,
+        Command::Failover {
+            config,
+            to,
+            dry_run,
+        } => failover::run(g, config, to, *dry_run).await,
+        Command::Failovers => failover::list(g).await,
         Command::Drill {
             config,
             source,

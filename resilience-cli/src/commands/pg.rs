@@ -71,7 +71,10 @@ pub async fn run(g: &Global, command: &PgCommand) -> Result<(), CliError> {
             user,
             pg_bin,
             timeout,
-        } => super::pg_standby::promote(g, pgdata, user.as_deref(), pg_bin.as_deref(), *timeout).await,
+        } => {
+            super::pg_standby::promote(g, pgdata, user.as_deref(), pg_bin.as_deref(), *timeout)
+                .await
+        }
         PgCommand::ExpireWal { source, dry_run } => {
             let repo = access::open(g).await?;
             let wal = WalArchive::new(&repo, source)?;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use resilience_core::drill::DrillOptions;
 use resilience_core::health::ReplicationBoard;
-use resilience_core::ops::follow::FollowOptions;
 use resilience_core::jobs::{BackupJob, DrillJob, PruneJob, ReplicateJob, VerifyJob};
+use resilience_core::ops::follow::FollowOptions;
 use resilience_core::repo::Repository;
 use resilience_core::retention::StandardPolicy;
 use resilience_core::source::fs::DirSource;

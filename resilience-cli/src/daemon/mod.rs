@@ -135,4 +135,3 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
     eprintln!("resilience daemon: stopped ({})", shutdown.reason());
     Ok(())
 }
-

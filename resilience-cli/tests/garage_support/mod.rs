@@ -40,13 +40,24 @@ fn repo_root() -> PathBuf {
 impl Garage {
     /// Starts one in `dir` (which must not exist yet: Garage refuses a stale layout).
     pub fn start(dir: &Path, region: &str) -> Garage {
+        Self::start_with(dir, region, None)
+    }
+
+    /// Starts one whose admin key is `key` (another server's: two "regions" one client
+    /// reaches with the same credentials).
+    pub fn start_with_key(dir: &Path, region: &str, key: &S3Key) -> Garage {
+        Self::start_with(dir, region, Some(key))
+    }
+
+    fn start_with(dir: &Path, region: &str, key: Option<&S3Key>) -> Garage {
         assert!(!dir.exists(), "{} must be fresh", dir.display());
-        let out = Command::new(repo_root().join("scripts/garage.sh"))
-            .arg("start")
-            .arg(dir)
-            .arg(region)
-            .output()
-            .expect("scripts/garage.sh runs");
+        let mut cmd = Command::new(repo_root().join("scripts/garage.sh"));
+        cmd.arg("start").arg(dir).arg(region);
+        if let Some(k) = key {
+            cmd.env("GARAGE_KEY_ID", &k.id)
+                .env("GARAGE_KEY_SECRET", &k.secret);
+        }
+        let out = cmd.output().expect("scripts/garage.sh runs");
         assert!(
             out.status.success(),
             "cannot start Garage (is `garage` installed? scripts/test installs it): {}{}",
@@ -133,6 +144,16 @@ impl Garage {
             .env("AWS_ENDPOINT_URL", &self.endpoint)
             .env_remove("AWS_SESSION_TOKEN")
             .env_remove("AWS_PROFILE")
+    }
+}
+
+impl Garage {
+    /// Stops it (as a lost region's store).
+    pub fn stop(&self) {
+        let _ = Command::new(repo_root().join("scripts/garage.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
     }
 }
 

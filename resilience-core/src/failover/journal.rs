@@ -114,7 +114,9 @@ impl FailoverJournal for RepoFailoverLog {
             if revision.len() != 10 || !revision.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
             }
-            let e = newest.entry(id.to_owned()).or_insert_with(|| meta.key.clone());
+            let e = newest
+                .entry(id.to_owned())
+                .or_insert_with(|| meta.key.clone());
             if meta.key > *e {
                 *e = meta.key.clone();
             }

@@ -162,7 +162,10 @@ impl Plan {
 
     /// Each step's name and what it will do, in order.
     pub fn describe(&self) -> Vec<(String, String)> {
-        self.steps.iter().map(|s| (s.name(), s.describe())).collect()
+        self.steps
+            .iter()
+            .map(|s| (s.name(), s.describe()))
+            .collect()
     }
 
     /// Runs the plan: resumes the newest unfinished failover to this region in `journal`, or

@@ -48,7 +48,10 @@ async fn a_failed_step_stops_the_plan_and_a_second_run_resumes_without_doing_any
     let journal = MemoryJournal::default();
     let plan = plan(&runs, [0, 0, 1], last_commit);
     assert_eq!(
-        plan.describe().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        plan.describe()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
         ["fence", "promote", "restore cache"]
     );
 
@@ -116,7 +119,9 @@ async fn failovers_are_journaled_in_the_repository_sealed_and_in_revisions() {
     assert!(!String::from_utf8_lossy(&bytes).contains("\"region\""));
     let mut damaged = bytes.to_vec();
     damaged[40] ^= 1;
-    sink.put(key, damaged.into(), PutMode::Overwrite).await.unwrap();
+    sink.put(key, damaged.into(), PutMode::Overwrite)
+        .await
+        .unwrap();
     let err = log.list().await.unwrap_err().to_string();
     assert!(err.contains(key.as_str()), "{err}");
 }

@@ -77,7 +77,11 @@ impl ReplicateJob {
         }
     }
 
-    fn post(&self, report: &ReplicationReport, caught_up_to: Option<chrono::DateTime<chrono::Utc>>) {
+    fn post(
+        &self,
+        report: &ReplicationReport,
+        caught_up_to: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
         if let Some(board) = &self.board {
             let lag = &report.lag_after;
             board.post(ReplicationHealth {
@@ -100,7 +104,11 @@ impl ReplicateJob {
     }
 
     /// Follows the repository until `stop` fires, posting each pass's lag.
-    pub async fn follow(&self, follow_options: &FollowOptions, stop: &StopSignal) -> Result<FollowSummary> {
+    pub async fn follow(
+        &self,
+        follow_options: &FollowOptions,
+        stop: &StopSignal,
+    ) -> Result<FollowSummary> {
         let (source, replica) = self.sinks();
         let mut on_pass = |pass: &FollowPass<'_>| {
             if let Ok(report) = pass.outcome {

@@ -170,8 +170,12 @@ mod tests {
         let stop = StopSignal::new();
         let passes: Arc<Mutex<Vec<(u64, u64, bool)>>> = Arc::default();
         let run = {
-            let (source, replica, stop, passes) =
-                (source.clone(), replica.clone(), stop.clone(), passes.clone());
+            let (source, replica, stop, passes) = (
+                source.clone(),
+                replica.clone(),
+                stop.clone(),
+                passes.clone(),
+            );
             tokio::spawn(async move {
                 let follow_options = FollowOptions {
                     interval: Duration::from_millis(20),

@@ -405,8 +405,7 @@ pub(crate) async fn replicate_onto(
                     .keys()
                     .any(|k| k.starts_with(KEYSET_PREFIX) && Some(k) != in_force.as_ref());
                 if superseded {
-                    let retired =
-                        retire_superseded_generations(replica, in_force.as_ref()).await?;
+                    let retired = retire_superseded_generations(replica, in_force.as_ref()).await?;
                     if retired > 0 {
                         tracing::info!(
                             retired,

@@ -1,0 +1,317 @@
+//! `failover --config FILE --to REGION [--dry-run]`: the plan of a failover to a region of the
+//! config, read first or run (journaled in the region's repository, resumed when run again).
+
+use std::path::Path;
+use std::time::Duration;
+
+use resilience_core::failover::{FailoverJournal, FailoverRecord, Plan};
+use resilience_core::ops::restore::RestoreOptions;
+use resilience_k8s::{ClusterRef, TrafficSwitch};
+use resilience_pg::cluster;
+use resilience_pg::failover::{
+    CheckPrimary, FenceOldPrimary, PromoteStandby, RecoverFromRepository,
+};
+use resilience_pg::recovery::{RecoveryOptions, RecoveryTarget, StartOptions};
+use resilience_redis::connect::RedisEndpoint;
+use resilience_redis::failover::RestoreNewest;
+use serde_json::json;
+
+use crate::access;
+use crate::cli::Global;
+use crate::commands::pg::owner_name;
+use crate::config::{DaemonConfig, RegionConfig};
+use crate::output::print_json;
+use crate::{wal_fetch, CliError};
+
+/// Runs (or, with `dry_run`, prints) the failover to `to`.
+pub async fn run(g: &Global, config_path: &Path, to: &str, dry_run: bool) -> Result<(), CliError> {
+    let config = DaemonConfig::load(config_path).map_err(CliError::Usage)?;
+    let region = config
+        .regions
+        .iter()
+        .find(|r| r.name == to)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.regions.iter().map(|r| r.name.as_str()).collect();
+            CliError::Usage(format!(
+                "no [[region]] named {to:?} in {} (regions: {})",
+                config_path.display(),
+                names.join(", ")
+            ))
+        })?;
+    let mut region_global = crate::daemon::repository_options(&config, g.json);
+    region_global.repo = Some(region.repository.clone());
+    region_global.cold_repo = None;
+    region_global.append_only = false;
+    let repo = access::open(&region_global).await?;
+    let plan = plan(&config, region, &region_global, &repo)?;
+    let journal = repo.failovers();
+    if dry_run {
+        let earlier = journal.unfinished(&region.name).await?;
+        let done = |name: &str| {
+            earlier
+                .as_ref()
+                .is_some_and(|r| r.steps.iter().any(|s| s.name == name && s.ok))
+        };
+        let steps: Vec<_> = plan
+            .describe()
+            .into_iter()
+            .map(|(name, does)| json!({"name": name, "does": does, "done_earlier": done(&name)}))
+            .collect();
+        if g.json {
+            print_json(&json!({
+                "region": region.name,
+                "dry_run": true,
+                "resumes": earlier.as_ref().map(|r| r.id.clone()),
+                "steps": steps,
+            }));
+        } else {
+            println!("failover to region {}:", region.name);
+            if let Some(r) = &earlier {
+                println!(
+                    "  (resumes failover {}, started {})",
+                    r.id,
+                    r.started_at.to_rfc3339()
+                );
+            }
+            for (i, s) in steps.iter().enumerate() {
+                println!(
+                    "  {}. {}{}: {}",
+                    i + 1,
+                    s["name"].as_str().unwrap_or_default(),
+                    if s["done_earlier"] == true {
+                        " (done earlier)"
+                    } else {
+                        ""
+                    },
+                    s["does"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        return Ok(());
+    }
+    if let Some(newest) = journal.list().await?.pop() {
+        if newest.region == region.name && newest.ok {
+            // Done: running the plan again would restore Redis over the writes since.
+            if !g.json {
+                eprintln!(
+                    "region {} is already the one failed over to (failover {}, finished {}): nothing to do",
+                    region.name,
+                    newest.id,
+                    newest
+                        .finished_at
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default()
+                );
+            }
+            report(g, &newest, true);
+            return Ok(());
+        }
+    }
+    let record = plan.run(&journal).await?;
+    report(g, &record, false);
+    if record.ok {
+        Ok(())
+    } else {
+        Err(CliError::WithStatus {
+            message: format!(
+                "failover to region {} stopped at a failed step; left to do: {}. Fix it and run \
+                 the same command again: it resumes (failover {})",
+                record.region,
+                record.left.join(", "),
+                record.id
+            ),
+            status: 1,
+        })
+    }
+}
+
+/// Lists the failovers journaled in the repository.
+pub async fn list(g: &Global) -> Result<(), CliError> {
+    let repo = access::open(g).await?;
+    let records = repo.failovers().list().await?;
+    if g.json {
+        print_json(&serde_json::to_value(&records).expect("records serialize"));
+    } else {
+        for r in &records {
+            println!(
+                "{}  to {}  {}  RTO {}  RPO {}  ({} step(s){})",
+                r.id,
+                r.region,
+                if r.ok { "done" } else { "UNFINISHED" },
+                r.rto_seconds
+                    .map(|s| format!("{s:.1} s"))
+                    .unwrap_or_else(|| "-".into()),
+                r.rpo_seconds
+                    .map(|s| format!("{s:.1} s"))
+                    .unwrap_or_else(|| "-".into()),
+                r.steps.len(),
+                if r.left.is_empty() {
+                    String::new()
+                } else {
+                    format!("; left: {}", r.left.join(", "))
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn report(g: &Global, record: &FailoverRecord, already: bool) {
+    if g.json {
+        print_json(&json!({
+            "already_done": already,
+            "id": record.id,
+            "region": record.region,
+            "ok": record.ok,
+            "rto_seconds": record.rto_seconds,
+            "rpo_seconds": record.rpo_seconds,
+            "steps": record.steps.iter().map(|s| json!({
+                "name": s.name,
+                "ok": s.ok,
+                "seconds": s.seconds,
+                "detail": s.detail,
+                "earlier": s.earlier,
+            })).collect::<Vec<_>>(),
+            "left": record.left,
+        }));
+        return;
+    }
+    for s in &record.steps {
+        eprintln!(
+            "{} {} ({:.1} s{}): {}",
+            if s.ok { "ok  " } else { "FAIL" },
+            s.name,
+            s.seconds,
+            if s.earlier { ", by an earlier run" } else { "" },
+            s.detail
+        );
+    }
+    if record.ok {
+        eprintln!(
+            "failover to region {} done: RTO {:.1} s, RPO {}",
+            record.region,
+            record.rto_seconds.unwrap_or_default(),
+            record
+                .rpo_seconds
+                .map(|s| format!("{s:.1} s"))
+                .unwrap_or_else(|| "unknown".into())
+        );
+    }
+}
+
+/// The steps of a failover to `region`, in order.
+fn plan(
+    config: &DaemonConfig,
+    region: &RegionConfig,
+    region_global: &Global,
+    repo: &resilience_core::repo::Repository,
+) -> Result<Plan, CliError> {
+    let mut plan = Plan::new(region.name.clone());
+    let others: Vec<&RegionConfig> = config
+        .regions
+        .iter()
+        .filter(|r| r.name != region.name)
+        .collect();
+    for old in &others {
+        if let Some(dsn) = old.postgres.as_ref().and_then(|p| p.dsn.clone()) {
+            plan = plan.step(FenceOldPrimary {
+                region: old.name.clone(),
+                dsn,
+            });
+        }
+    }
+    if let Some(pg) = &region.postgres {
+        let user = match &pg.user {
+            Some(u) => u.clone(),
+            None if pg.pgdata.exists() => owner_name(&pg.pgdata)?,
+            None => "postgres".to_owned(),
+        };
+        let start = StartOptions {
+            bindir: cluster::find_bindir(pg.pg_bin.as_deref()),
+            port: pg.port,
+            user: user.clone(),
+            timeout: Duration::from_secs(pg.timeout.unwrap_or(600)),
+        };
+        let source = pg.source.clone().unwrap_or_else(|| "postgres".into());
+        if pg.pgdata.join("PG_VERSION").exists() {
+            plan = plan.step(PromoteStandby {
+                pgdata: pg.pgdata.clone(),
+                start,
+            });
+        } else {
+            let options = RecoveryOptions {
+                target: RecoveryTarget::Latest,
+                action: Default::default(),
+                restore_command: wal_fetch::restore_command(region_global, &source)?,
+                target_timeline: "latest".into(),
+                port: Some(pg.port),
+                archive: true,
+                restore: RestoreOptions::default(),
+                tablespaces: Default::default(),
+                resume: false,
+                archive_command: Some(wal_fetch::archive_command(region_global, &source)?),
+            };
+            plan = plan.step(RecoverFromRepository {
+                repo: repo.clone(),
+                source,
+                pgdata: pg.pgdata.clone(),
+                options,
+                start,
+            });
+        }
+    }
+    if let Some(redis) = &region.redis {
+        plan = plan.step(RestoreNewest {
+            repo: repo.clone(),
+            source: redis.source.clone(),
+            endpoint: RedisEndpoint {
+                url: redis.url.clone(),
+                cluster: false,
+            },
+        });
+    }
+    if let Some(k8s) = &region.kubernetes {
+        let from = others
+            .iter()
+            .filter_map(|r| r.kubernetes.as_ref())
+            .map(|k| ClusterRef {
+                context: k.context.clone(),
+                namespace: k.namespace.clone(),
+            })
+            .collect();
+        plan = plan.step(TrafficSwitch {
+            kubeconfig: k8s.kubeconfig.clone(),
+            from,
+            to: ClusterRef {
+                context: k8s.context.clone(),
+                namespace: k8s.namespace.clone(),
+            },
+            deployment: k8s
+                .deployment
+                .clone()
+                .unwrap_or_else(|| k8s.service.clone()),
+            replicas: k8s.replicas.unwrap_or(1),
+            service: k8s.service.clone(),
+            region: region.name.clone(),
+            timeout: Duration::from_secs(10),
+        });
+    }
+    if let Some(pg) = &region.postgres {
+        let user = pg
+            .user
+            .clone()
+            .unwrap_or_else(|| owner_name(&pg.pgdata).unwrap_or_else(|_| "postgres".to_owned()));
+        plan = plan.step(CheckPrimary {
+            dsn: format!(
+                "host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10",
+                pg.port
+            ),
+            queries: pg
+                .checks
+                .iter()
+                .map(|c| (c.name.clone(), c.sql.clone()))
+                .collect(),
+        });
+    }
+    Ok(plan)
+}

@@ -1,0 +1,463 @@
+//! An automated failover between two "regions" on loopback: each with its own Garage (S3), a
+//! Kubernetes API server double (a contract test: no API server installs here), Postgres and
+//! Redis. Region A's primary archives into A's repository, `replicate --follow` keeps B's
+//! replica, a warm standby in B replays from it. Rows are committed for a while, then region A
+//! is lost (Postgres killed with `-m immediate`, Redis, Garage and its API server stopped) and
+//! `resilience failover --to b` runs: the first time with B's Redis not yet up (the plan stops
+//! there and names what is left), then again (it resumes, doing nothing twice).
+
+mod garage_support;
+mod pg_support;
+#[allow(dead_code)]
+mod tls_support;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use garage_support::Garage;
+use pg_support::{chown_tree, free_port, must, Cluster, ClusterOptions, Lab, BIN};
+use resilience_k8s::testing::{kubeconfig, role_permissions, ApiDouble};
+use resilience_k8s::REGION_LABEL;
+use serde_json::Value;
+
+const TOKEN: &str = "failover-token";
+
+/// The CLI with the lab's key and the two Garages' shared credentials.
+fn cli(lab: &Lab, garage: &Garage) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--key-file")
+        .arg(lab.key_file())
+        .env("AWS_ACCESS_KEY_ID", &garage.admin.id)
+        .env("AWS_SECRET_ACCESS_KEY", &garage.admin.secret)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_REGION")
+        .env_remove("RESILIENCE_REPOSITORY")
+        .env_remove("RESILIENCE_PASSWORD");
+    c
+}
+
+fn json_of(mut cmd: Command, what: &str) -> Value {
+    let out = must(cmd.output().unwrap(), what);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn redis_server(port: u16, dir: &std::path::Path) -> Child {
+    std::fs::create_dir_all(dir).unwrap();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on {port} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_to_region_b_promotes_its_standby_restores_redis_switches_traffic_and_records_rto_and_rpo(
+) {
+    let lab = Lab::new();
+    let garage_a = Garage::start(&lab.path("garage-a"), "region-a");
+    let garage_b = Garage::start_with_key(&lab.path("garage-b"), "region-b", &garage_a.admin);
+    let url_a = garage_a.url(&garage_a.bucket, "billing");
+    let url_b = garage_b.url(&garage_b.bucket, "billing");
+    let on = |url: &str, args: &[&str]| {
+        let mut c = cli(&lab, &garage_a);
+        c.arg("--repo").arg(url).arg("--json").args(args);
+        c
+    };
+    // The primary's archive_command and the standby's restore_command run with these.
+    std::env::set_var("AWS_ACCESS_KEY_ID", &garage_a.admin.id);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", &garage_a.admin.secret);
+    std::env::remove_var("AWS_ENDPOINT_URL");
+    std::env::remove_var("AWS_REGION");
+    must(on(&url_a, &["init"]).output().unwrap(), "init region A");
+
+    // Region A: a Postgres primary archiving into A's repository, and Redis backed up there.
+    let archive = format!(
+        "{BIN} --repo \"{url_a}\" --key-file {} wal-push --source main %p",
+        lab.key_file().display()
+    );
+    let primary = Cluster::init(
+        &lab.path("primary"),
+        &ClusterOptions {
+            archive_command: Some(archive),
+            data_checksums: false,
+            socket_dir: Some(lab.dir.path().to_owned()),
+        },
+    );
+    primary.configure("archive_timeout = '5s'");
+    primary.start();
+    let c = primary.client().await;
+    c.batch_execute("CREATE TABLE ticks (id bigint PRIMARY KEY, at timestamptz NOT NULL)")
+        .await
+        .unwrap();
+    let backup = json_of(
+        on(
+            &url_a,
+            &[
+                "pg",
+                "backup",
+                "--source",
+                "main",
+                "--pgdata",
+                primary.pgdata.to_str().unwrap(),
+                "--dsn",
+                &primary.dsn(),
+            ],
+        ),
+        "pg backup in region A",
+    );
+    assert_eq!(backup["status"], "succeeded", "{backup}");
+    let redis_a_port = free_port();
+    let mut redis_a = redis_server(redis_a_port, &lab.path("redis-a"));
+    for i in 0..200 {
+        redis_cli(
+            redis_a_port,
+            &["SET", &format!("token:{i}"), &format!("value-{i}")],
+        );
+    }
+    let cached = json_of(
+        on(
+            &url_a,
+            &[
+                "redis",
+                "backup",
+                "--url",
+                &format!("redis://127.0.0.1:{redis_a_port}"),
+                "--source",
+                "cache",
+            ],
+        ),
+        "redis backup in region A",
+    );
+    assert_eq!(cached["status"], "succeeded", "{cached}");
+    let cached_at = Instant::now();
+
+    // Region B: the replica a follower keeps, a standby fed from it, Redis not started yet.
+    let mut follower = on(
+        &url_a,
+        &["replicate", "--to", &url_b, "--follow", "--interval", "1s"],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = on(&url_b, &["snapshots"]).output().unwrap();
+        let n = serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(|a| a.len()))
+            .unwrap_or(0);
+        if n >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backups never reached region B"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let standby_port = free_port();
+    let standby_dir = lab.path("standby");
+    let made = json_of(
+        on(
+            &url_b,
+            &[
+                "pg",
+                "standby",
+                "--source",
+                "main",
+                "--pgdata",
+                standby_dir.to_str().unwrap(),
+                "--port",
+                &standby_port.to_string(),
+                "--timeout",
+                "120",
+            ],
+        ),
+        "pg standby in region B",
+    );
+    assert!(made["replaying"]["lsn"].is_string(), "{made}");
+    let standby = Cluster {
+        pgdata: standby_dir.clone(),
+        port: standby_port,
+        dsn_params: String::new(),
+        host: "127.0.0.1".into(),
+    };
+    let redis_b_port = free_port();
+
+    // Both clusters' API servers, and the configuration of both regions.
+    let role = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/k8s/failover-role.yaml"),
+    )
+    .unwrap();
+    let granted = role_permissions(&role);
+    let k8s_a = ApiDouble::start(TOKEN, &granted).await;
+    let k8s_b = ApiDouble::start(TOKEN, &granted).await;
+    k8s_a.deployment("billing", "writer", 2);
+    k8s_b.deployment("billing", "writer", 0);
+    for k in [&k8s_a, &k8s_b] {
+        k.service(
+            "billing",
+            "billing-db",
+            &[("app", "billing-db"), (REGION_LABEL, "a")],
+        );
+    }
+    let kube = lab.path("kubeconfig");
+    std::fs::write(
+        &kube,
+        kubeconfig(
+            &[("cluster-a", &k8s_a.url), ("cluster-b", &k8s_b.url)],
+            TOKEN,
+        ),
+    )
+    .unwrap();
+    let config = lab.path("regions.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[repository]
+url = "{url_a}"
+key_file = "{key}"
+
+[[region]]
+name = "a"
+repository = "{url_a}"
+[region.postgres]
+pgdata = "{primary_dir}"
+port = {primary_port}
+dsn = "{primary_dsn} connect_timeout=3"
+[region.kubernetes]
+context = "cluster-a"
+namespace = "billing"
+service = "billing-db"
+deployment = "writer"
+kubeconfig = "{kube}"
+
+[[region]]
+name = "b"
+repository = "{url_b}"
+[region.postgres]
+pgdata = "{standby_dir}"
+port = {standby_port}
+source = "main"
+checks = [{{ name = "ticks", sql = "SELECT count(*) FROM ticks" }}]
+[region.redis]
+url = "redis://127.0.0.1:{redis_b_port}"
+source = "cache"
+[region.kubernetes]
+context = "cluster-b"
+namespace = "billing"
+service = "billing-db"
+deployment = "writer"
+replicas = 2
+kubeconfig = "{kube}"
+"#,
+            key = lab.key_file().display(),
+            primary_dir = primary.pgdata.display(),
+            primary_port = primary.port,
+            primary_dsn = primary.dsn(),
+            standby_dir = standby_dir.display(),
+            kube = kube.display(),
+        ),
+    )
+    .unwrap();
+    chown_tree(&config);
+    let failover = |args: &[&str]| {
+        let mut c = cli(&lab, &garage_a);
+        c.arg("--json")
+            .arg("failover")
+            .arg("--config")
+            .arg(&config)
+            .args(["--to", "b"])
+            .args(args);
+        c
+    };
+    let plan = json_of(failover(&["--dry-run"]), "failover --dry-run");
+    let names: Vec<&str> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "fence postgres in region a",
+            "promote postgres standby",
+            "restore redis cache",
+            "switch kubernetes traffic",
+            "check postgres"
+        ],
+        "{plan}"
+    );
+    assert_eq!(
+        k8s_b.replicas("billing", "writer"),
+        Some(0),
+        "a dry run changes nothing"
+    );
+
+    // A write load, then region A is lost.
+    let began = Instant::now();
+    let mut committed: Vec<(i64, Instant)> = Vec::new();
+    let mut id = 0;
+    while began.elapsed() < Duration::from_secs(20) {
+        id += 1;
+        c.execute("INSERT INTO ticks VALUES ($1, clock_timestamp())", &[&id])
+            .await
+            .unwrap();
+        committed.push((id, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lost_at = Instant::now();
+    primary.stop(); // -m immediate
+    redis_a.kill().unwrap();
+    let _ = redis_a.wait();
+    garage_a.stop();
+    k8s_a.stop();
+
+    // The first run stops at Redis (not up in B yet) and names what is left.
+    let out = failover(&[]).output().unwrap();
+    assert!(!out.status.success(), "the plan stops at a failed step");
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["ok"], false, "{first}");
+    assert_eq!(
+        first["left"],
+        serde_json::json!([
+            "restore redis cache",
+            "switch kubernetes traffic",
+            "check postgres"
+        ]),
+        "{first}"
+    );
+    let steps = first["steps"].as_array().unwrap();
+    assert!(
+        steps[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not answer"),
+        "{first}"
+    );
+    assert_eq!(steps[1]["ok"], true, "{first}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run the same command again"));
+
+    // Redis comes up; the second run resumes.
+    let _redis_b = redis_server(redis_b_port, &lab.path("redis-b"));
+    let done = json_of(failover(&[]), "failover, resumed");
+    assert_eq!(done["ok"], true, "{done}");
+    assert_eq!(
+        done["id"], first["id"],
+        "the same failover, resumed: {done}"
+    );
+    let steps = done["steps"].as_array().unwrap();
+    assert!(
+        steps[0]["earlier"] == true && steps[1]["earlier"] == true,
+        "{done}"
+    );
+    assert!(
+        steps[2..]
+            .iter()
+            .all(|s| s["ok"] == true && s["earlier"] == false),
+        "{done}"
+    );
+    let rto = done["rto_seconds"].as_f64().unwrap();
+    let rpo = done["rpo_seconds"].as_f64().unwrap();
+    eprintln!("failover: RTO {rto:.1} s (two runs), RPO {rpo:.1} s");
+
+    // B's Postgres is the primary and holds every row committed well before the loss (the
+    // archive_timeout of 5 s, the follower's second and the standby's retry).
+    let bound = Duration::from_secs(12);
+    let b = standby.client().await;
+    let held: i64 = b
+        .query_one("SELECT coalesce(max(id), 0) FROM ticks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let due = committed
+        .iter()
+        .filter(|(_, t)| lost_at.duration_since(*t) > bound)
+        .map(|(i, _)| *i)
+        .max()
+        .unwrap();
+    assert!(
+        held >= due,
+        "B holds rows up to {held}; {due} was committed {bound:?} before the loss"
+    );
+    b.execute("INSERT INTO ticks VALUES (-1, now())", &[])
+        .await
+        .unwrap();
+    // The oldest data brought back is Redis' backup, taken before the 20 s of load.
+    assert!(
+        rpo >= 20.0 && rpo <= cached_at.elapsed().as_secs_f64() + 1.0,
+        "RPO {rpo}: the age of the Redis backup restored"
+    );
+
+    // B's Redis holds the backup's keys.
+    assert_eq!(redis_cli(redis_b_port, &["DBSIZE"]), "200");
+    assert_eq!(redis_cli(redis_b_port, &["GET", "token:42"]), "value-42");
+
+    // Traffic: the writer runs in B, the Service selects region b.
+    assert_eq!(k8s_b.replicas("billing", "writer"), Some(2));
+    assert_eq!(
+        k8s_b.selector("billing", "billing-db").unwrap()[REGION_LABEL],
+        "b"
+    );
+    assert_eq!(
+        k8s_a.replicas("billing", "writer"),
+        Some(2),
+        "A was unreachable, untouched"
+    );
+    assert!(done["steps"][3]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("cluster-a: does not answer"));
+
+    // Recorded in region B's repository with its RTO and RPO.
+    let journal = json_of(on(&url_b, &["failovers"]), "failovers");
+    let record = journal.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(record["id"], done["id"]);
+    assert_eq!(record["ok"], true);
+    assert_eq!(record["rto_seconds"], done["rto_seconds"]);
+    assert_eq!(record["rpo_seconds"], done["rpo_seconds"]);
+
+    // Run again: nothing is done twice (Redis is not restored over the writes since).
+    redis_cli(
+        redis_b_port,
+        &["SET", "token:42", "written-after-the-failover"],
+    );
+    let again = json_of(failover(&[]), "failover, again");
+    assert_eq!(again["already_done"], true, "{again}");
+    assert_eq!(
+        redis_cli(redis_b_port, &["GET", "token:42"]),
+        "written-after-the-failover"
+    );
+
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
