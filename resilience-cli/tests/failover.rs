@@ -8,7 +8,6 @@
 
 mod garage_support;
 mod pg_support;
-#[allow(dead_code)]
 mod tls_support;
 
 use std::net::TcpStream;
@@ -47,7 +46,17 @@ fn json_of(mut cmd: Command, what: &str) -> Value {
     })
 }
 
-fn redis_server(port: u16, dir: &std::path::Path) -> Child {
+/// A child process, killed when dropped (a failed test leaves no server behind).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server(port: u16, dir: &std::path::Path) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -65,7 +74,7 @@ fn redis_server(port: u16, dir: &std::path::Path) -> Child {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    Proc(child)
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
@@ -134,7 +143,7 @@ async fn failover_to_region_b_promotes_its_standby_restores_redis_switches_traff
     );
     assert_eq!(backup["status"], "succeeded", "{backup}");
     let redis_a_port = free_port();
-    let mut redis_a = redis_server(redis_a_port, &lab.path("redis-a"));
+    let redis_a = redis_server(redis_a_port, &lab.path("redis-a"));
     for i in 0..200 {
         redis_cli(
             redis_a_port,
@@ -159,13 +168,15 @@ async fn failover_to_region_b_promotes_its_standby_restores_redis_switches_traff
     let cached_at = Instant::now();
 
     // Region B: the replica a follower keeps, a standby fed from it, Redis not started yet.
-    let mut follower = on(
-        &url_a,
-        &["replicate", "--to", &url_b, "--follow", "--interval", "1s"],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap();
+    let follower = Proc(
+        on(
+            &url_a,
+            &["replicate", "--to", &url_b, "--follow", "--interval", "1s"],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = on(&url_b, &["snapshots"]).output().unwrap();
@@ -337,8 +348,7 @@ kubeconfig = "{kube}"
     }
     let lost_at = Instant::now();
     primary.stop(); // -m immediate
-    redis_a.kill().unwrap();
-    let _ = redis_a.wait();
+    drop(redis_a);
     garage_a.stop();
     k8s_a.stop();
 
@@ -458,6 +468,5 @@ kubeconfig = "{kube}"
         "written-after-the-failover"
     );
 
-    let _ = follower.kill();
-    let _ = follower.wait();
+    drop(follower);
 }

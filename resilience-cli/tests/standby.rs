@@ -5,7 +5,6 @@
 
 mod daemon_support;
 mod pg_support;
-#[allow(dead_code)]
 mod tls_support;
 
 use std::io::{BufRead, BufReader};

@@ -216,7 +216,7 @@ fn swept(at: u64) -> bool {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (at + seed) % 3 == 0
+    (at + seed).is_multiple_of(3)
 }
 
 /// Lock settings for a fast sweep (a dead process's locks are cleared by the sweep itself: their

@@ -15,49 +15,38 @@ pub enum K8sError {
     },
     /// The cluster refused the request for want of a permission.
     #[error(
-        "{verb} {resource} {name:?} in namespace {namespace} of {context}: forbidden, the \
-         orchestrator's Role needs verb {verb:?} on {resource:?} (examples/k8s/failover-role.yaml): \
-         {message}"
+        "{verb} {resource} {target}: forbidden, the orchestrator's Role needs verb {verb:?} on \
+         {resource:?} (examples/k8s/failover-role.yaml): {message}"
     )]
     Forbidden {
-        /// The kubeconfig context.
-        context: String,
-        /// The namespace.
-        namespace: String,
+        /// The object: `"name" in namespace NS of CONTEXT`.
+        target: String,
         /// The resource (`deployments/scale`, `services`).
         resource: &'static str,
-        /// The object's name.
-        name: String,
         /// The verb refused (`get`, `patch`, `update`).
         verb: &'static str,
         /// The API server's words.
         message: String,
     },
     /// The cluster's API server could not be reached (connection refused, timed out).
-    #[error("{context} does not answer ({verb} {resource} {name:?}): {message}")]
+    #[error("{verb} {resource} {target}: the cluster does not answer: {message}")]
     Unreachable {
-        /// The kubeconfig context.
-        context: String,
+        /// The object: `"name" in namespace NS of CONTEXT`.
+        target: String,
         /// The resource.
         resource: &'static str,
-        /// The object's name.
-        name: String,
         /// The verb.
         verb: &'static str,
         /// The client's words.
         message: String,
     },
     /// The cluster answered with another error.
-    #[error("{verb} {resource} {name:?} in namespace {namespace} of {context}: {message}")]
+    #[error("{verb} {resource} {target}: {message}")]
     Api {
-        /// The kubeconfig context.
-        context: String,
-        /// The namespace.
-        namespace: String,
+        /// The object: `"name" in namespace NS of CONTEXT`.
+        target: String,
         /// The resource.
         resource: &'static str,
-        /// The object's name.
-        name: String,
         /// The verb.
         verb: &'static str,
         /// The API server's words, or the client's.

@@ -146,36 +146,33 @@ fn named(
     name: &str,
     verb: &'static str,
 ) -> K8sError {
+    let target = format!(
+        "{name:?} in namespace {} of {}",
+        cluster.namespace, cluster.context
+    );
     match e {
         kube::Error::Api(status) if status.code == 403 => K8sError::Forbidden {
-            context: cluster.context.clone(),
-            namespace: cluster.namespace.clone(),
+            target,
             resource,
-            name: name.to_owned(),
             verb,
             message: status.message,
         },
         kube::Error::Api(status) => K8sError::Api {
-            context: cluster.context.clone(),
-            namespace: cluster.namespace.clone(),
+            target,
             resource,
-            name: name.to_owned(),
             verb,
             message: status.message,
             code: Some(status.code),
         },
         e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => K8sError::Unreachable {
-            context: cluster.context.clone(),
+            target,
             resource,
-            name: name.to_owned(),
             verb,
             message: e.to_string(),
         },
         other => K8sError::Api {
-            context: cluster.context.clone(),
-            namespace: cluster.namespace.clone(),
+            target,
             resource,
-            name: name.to_owned(),
             verb,
             message: other.to_string(),
             code: None,

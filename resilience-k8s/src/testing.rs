@@ -5,6 +5,9 @@
 //! granted (as RBAC would), and a log of every request. It is not Kubernetes: it checks that
 //! the client keeps the API's contract, not that a cluster behaves.
 
+// A refusal is an HTTP response, built once and returned as is.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 

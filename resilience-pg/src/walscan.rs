@@ -278,7 +278,7 @@ impl Reader<'_> {
     }
 
     fn next_record(&mut self) -> Option<(Lsn, Vec<u8>)> {
-        if self.pos % self.page_size == 0 && !self.enter_page(self.pos, 0) {
+        if self.pos.is_multiple_of(self.page_size) && !self.enter_page(self.pos, 0) {
             return None;
         }
         let start = self.pos;
@@ -406,7 +406,7 @@ pub(crate) mod tests {
             rec.extend_from_slice(body);
             let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[RECORD_HEADER..]), &rec[..20]);
             rec[20..24].copy_from_slice(&crc.to_le_bytes());
-            if self.pos % self.page_size == 0 {
+            if self.pos.is_multiple_of(self.page_size) {
                 if self.pos >= self.seg.len() {
                     return None;
                 }

@@ -205,7 +205,7 @@ impl Checker {
                     continue;
                 }
                 r.snapshot_keys += 1;
-                if r.snapshot_keys % self.sample_every == 0 {
+                if r.snapshot_keys.is_multiple_of(self.sample_every) {
                     sampled.push(rec);
                 }
             }

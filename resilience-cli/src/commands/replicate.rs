@@ -17,12 +17,11 @@ use crate::cli::Global;
 use crate::output::{bytes, print_json, print_json_line};
 use crate::CliError;
 
+/// The repository and its replica.
+type SourceAndReplica = (Arc<dyn Sink>, Arc<dyn Sink>);
+
 /// The repository and the replica, sharing one rate budget when `max_rate` is given.
-fn sinks(
-    g: &Global,
-    to: &str,
-    max_rate: Option<u64>,
-) -> Result<(Arc<dyn Sink>, Arc<dyn Sink>), CliError> {
+fn sinks(g: &Global, to: &str, max_rate: Option<u64>) -> Result<SourceAndReplica, CliError> {
     let source = access::sink(g, access::repo_url(g)?, false)?;
     let replica = resilience_objstore::open_sink_or_create(to)?;
     Ok(match max_rate {

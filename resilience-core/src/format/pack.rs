@@ -187,7 +187,7 @@ pub fn parse_table(
         .ok_or_else(|| Error::corrupt(name, format!("sealed with unknown data key {key_id}")))?;
     let table = crypto::open(&key, TABLE_AAD, sealed)
         .ok_or_else(|| Error::corrupt(name, "blob table fails authentication"))?;
-    if table.len() % RECORD_LEN != 0 {
+    if !table.len().is_multiple_of(RECORD_LEN) {
         return Err(Error::corrupt(name, "blob table has a partial record"));
     }
     table

@@ -100,7 +100,7 @@ pub async fn follow(
         }
         let began = Instant::now();
         let number = summary.passes + 1;
-        if number % relist_every == 0 {
+        if number.is_multiple_of(relist_every) {
             known = None;
         }
         let listed_at = Utc::now();
