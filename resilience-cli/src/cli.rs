@@ -157,8 +157,13 @@ pub enum Command {
         #[arg(long, value_name = "REGION")]
         to: String,
         /// Print the plan (and what an unfinished earlier run did), do nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "drill")]
         dry_run: bool,
+        /// A drill instead: every Postgres and Redis source restored from the region's
+        /// repository into scratch copies and checked, the Kubernetes objects read; production
+        /// untouched. Journaled as a drill.
+        #[arg(long)]
+        drill: bool,
     },
     /// List the failovers journaled in the repository (the region failed over to), newest
     /// last, with their steps, RTO and RPO.

@@ -420,6 +420,9 @@ pub enum JobKind {
     Replicate,
     /// Drill `source` (or every source).
     Drill,
+    /// A failover drill to `region`: its sources restored from its repository into scratch
+    /// copies and checked, its Kubernetes objects read; production untouched.
+    Failover,
 }
 
 /// `[[job]]`.
@@ -452,6 +455,9 @@ pub struct JobConfig {
     /// `replicate`: the replica's URL.
     #[serde(default)]
     pub to: Option<String>,
+    /// `failover`: the `[[region]]` drilled.
+    #[serde(default)]
+    pub region: Option<String>,
     /// `verify`: decrypt and re-hash every blob.
     #[serde(default)]
     pub full: bool,
@@ -503,7 +509,11 @@ impl JobConfig {
             JobKind::Prune => "prune",
             JobKind::Replicate => "replicate",
             JobKind::Drill => "drill",
+            JobKind::Failover => "failover-drill",
         };
+        if let Some(r) = &self.region {
+            return format!("{kind}:{r}");
+        }
         match (&self.source, &self.to) {
             (Some(s), _) => format!("{kind}:{s}"),
             (None, Some(t)) => format!("{kind}:{t}"),
@@ -609,6 +619,18 @@ impl DaemonConfig {
             }
             if j.kind == JobKind::Replicate && j.to.is_none() {
                 return Err(format!("job {name}: kind replicate needs `to`"));
+            }
+            match (&j.region, j.kind) {
+                (None, JobKind::Failover) => {
+                    return Err(format!("job {name}: kind failover needs `region`"))
+                }
+                (Some(r), JobKind::Failover) => {
+                    if !self.regions.iter().any(|x| &x.name == r) {
+                        return Err(format!("job {name}: no [[region]] named {r:?}"));
+                    }
+                }
+                (Some(_), _) => return Err(format!("job {name}: `region` is for kind failover")),
+                (None, _) => {}
             }
             if (j.follow || j.interval.is_some()) && j.kind != JobKind::Replicate {
                 return Err(format!(

@@ -4,7 +4,8 @@
 //! replica, a warm standby in B replays from it. Rows are committed for a while, then region A
 //! is lost (Postgres killed with `-m immediate`, Redis, Garage and its API server stopped) and
 //! `resilience failover --to b` runs: the first time with B's Redis not yet up (the plan stops
-//! there and names what is left), then again (it resumes, doing nothing twice).
+//! there and names what is left), then again (it resumes, doing nothing twice). Before the loss,
+//! a failover drill (`failover --drill`) restores scratch copies from B and changes nothing.
 
 mod garage_support;
 mod pg_support;
@@ -257,6 +258,25 @@ async fn failover_to_region_b_promotes_its_standby_restores_redis_switches_traff
 url = "{url_a}"
 key_file = "{key}"
 
+[[source]]
+name = "main"
+kind = "postgres"
+pgdata = "{primary_dir}"
+dsn = "{primary_dsn}"
+schedule = "0 0 3 * * *"
+rpo = "1d"
+[source.drill]
+scratch_dir = "{scratch}"
+
+[[source]]
+name = "cache"
+kind = "redis"
+url = "redis://127.0.0.1:{redis_a_port}"
+schedule = "0 0 3 * * *"
+rpo = "1d"
+[source.drill]
+scratch_dir = "{scratch}"
+
 [[region]]
 name = "a"
 repository = "{url_a}"
@@ -296,6 +316,7 @@ kubeconfig = "{kube}"
             primary_dsn = primary.dsn(),
             standby_dir = standby_dir.display(),
             kube = kube.display(),
+            scratch = lab.dir.path().display(),
         ),
     )
     .unwrap();
@@ -334,6 +355,48 @@ kubeconfig = "{kube}"
         "a dry run changes nothing"
     );
 
+    // A failover drill: scratch copies from B's repository, production untouched.
+    let drill = json_of(failover(&["--drill"]), "failover --drill");
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert_eq!(drill["drill"], true, "{drill}");
+    let drilled: Vec<&str> = drill["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        drilled,
+        [
+            "drill postgres main",
+            "drill redis cache",
+            "check kubernetes traffic switch"
+        ],
+        "{drill}"
+    );
+    assert!(drill["rto_seconds"].as_f64().unwrap() > 0.0, "{drill}");
+    let journal = json_of(on(&url_b, &["failovers"]), "failovers");
+    assert_eq!(
+        journal[0]["id"], drill["id"],
+        "the drill is journaled in B: {journal}"
+    );
+    let in_recovery: bool = standby
+        .client()
+        .await
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_recovery, "the drill did not promote the standby");
+    assert_eq!(
+        k8s_b.replicas("billing", "writer"),
+        Some(0),
+        "nor scaled anything"
+    );
+    assert_eq!(
+        k8s_b.selector("billing", "billing-db").unwrap()[REGION_LABEL],
+        "a"
+    );
     // A write load, then region A is lost.
     let began = Instant::now();
     let mut committed: Vec<(i64, Instant)> = Vec::new();
@@ -450,7 +513,10 @@ kubeconfig = "{kube}"
 
     // Recorded in region B's repository with its RTO and RPO.
     let journal = json_of(on(&url_b, &["failovers"]), "failovers");
-    let record = journal.as_array().unwrap().last().unwrap().clone();
+    let records = journal.as_array().unwrap();
+    assert_eq!(records.len(), 2, "the drill and the failover: {journal}");
+    assert_eq!(records[0]["drill"], true);
+    let record = records[1].clone();
     assert_eq!(record["id"], done["id"]);
     assert_eq!(record["ok"], true);
     assert_eq!(record["rto_seconds"], done["rto_seconds"]);

@@ -99,6 +99,48 @@ impl TrafficSwitch {
         })
     }
 
+    /// Reads, and changes nothing: the writer's replicas in every cluster that answers (the old
+    /// ones may not) and the Service in the new one; fails as the switch would on a missing
+    /// permission to read, a missing object or an unreachable new cluster. A failover drill's
+    /// check that the switch could run.
+    pub async fn check(&self) -> Result<Vec<String>, K8sError> {
+        let mut seen = Vec::new();
+        for old in &self.from {
+            let cluster = self.cluster(old).await?;
+            match replicas_of(&cluster, &self.deployment).await {
+                Ok(n) => seen.push(format!(
+                    "{}: {} has {n} replica(s)",
+                    cluster.context, self.deployment
+                )),
+                Err(e) if e.is_unreachable() => {
+                    seen.push(format!("{}: does not answer", cluster.context))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let new = self.cluster(&self.to).await?;
+        let n = replicas_of(&new, &self.deployment).await?;
+        seen.push(format!(
+            "{}: {} has {n} replica(s)",
+            new.context, self.deployment
+        ));
+        let api: Api<Service> = Api::namespaced(new.client.clone(), &new.namespace);
+        let svc = api
+            .get(&self.service)
+            .await
+            .map_err(|e| named(e, &new, "services", &self.service, "get"))?;
+        let region = svc
+            .spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.get(REGION_LABEL).cloned())
+            .unwrap_or_else(|| "no region".into());
+        seen.push(format!(
+            "{}: service {} selects {REGION_LABEL}={region}",
+            new.context, self.service
+        ));
+        Ok(seen)
+    }
+
     /// Does the switch; returns what it did, a line per cluster.
     pub async fn switch(&self) -> Result<Vec<String>, K8sError> {
         let mut done = Vec::new();
@@ -180,14 +222,20 @@ fn named(
     }
 }
 
-/// Scales the Deployment through its `scale` subresource; returns the replicas it had.
-async fn scale(cluster: &Cluster, deployment: &str, replicas: i32) -> Result<i32, K8sError> {
+/// The Deployment's replicas, from its `scale` subresource.
+async fn replicas_of(cluster: &Cluster, deployment: &str) -> Result<i32, K8sError> {
     let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let current = api
         .get_scale(deployment)
         .await
         .map_err(|e| named(e, cluster, "deployments/scale", deployment, "get"))?;
-    let before = current.spec.and_then(|s| s.replicas).unwrap_or(0);
+    Ok(current.spec.and_then(|s| s.replicas).unwrap_or(0))
+}
+
+/// Scales the Deployment through its `scale` subresource; returns the replicas it had.
+async fn scale(cluster: &Cluster, deployment: &str, replicas: i32) -> Result<i32, K8sError> {
+    let before = replicas_of(cluster, deployment).await?;
+    let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let patch = serde_json::json!({ "spec": { "replicas": replicas } });
     api.patch_scale(deployment, &PatchParams::default(), &Patch::Merge(&patch))
         .await

@@ -4,7 +4,7 @@
 mod backup;
 mod bucket;
 mod drill;
-mod failover;
+pub(crate) mod failover;
 mod forget;
 mod hold;
 mod init;
@@ -68,7 +68,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             config,
             to,
             dry_run,
-        } => failover::run(g, config, to, *dry_run).await,
+            drill,
+        } => failover::run(g, config, to, *dry_run, *drill).await,
         Command::Failovers => failover::list(g).await,
         Command::Drill {
             config,

@@ -99,6 +99,13 @@ pub fn configured_job(
             }
             Arc::new(replicate)
         }
+        JobKind::Failover => Arc::new(FailoverDrillJob {
+            config: config.clone(),
+            region: job
+                .region
+                .clone()
+                .expect("validated: failover has `region`"),
+        }),
         JobKind::Drill => {
             let sources: Vec<&SourceConfig> = match &job.source {
                 Some(name) => vec![config.source(name).map_err(CliError::Usage)?],
@@ -115,4 +122,48 @@ pub fn configured_job(
             Arc::new(drills)
         }
     })
+}
+
+/// A `[[job]] kind = "failover"`: the failover drill of a region
+/// ([`crate::commands::failover::drill`]).
+struct FailoverDrillJob {
+    config: DaemonConfig,
+    region: String,
+}
+
+#[async_trait::async_trait]
+impl ScheduledJob for FailoverDrillJob {
+    async fn run(
+        &self,
+        stop: resilience_core::time::stop::StopSignal,
+    ) -> resilience_core::time::scheduler::JobOutcome {
+        let region = self
+            .config
+            .regions
+            .iter()
+            .find(|r| r.name == self.region)
+            .expect("validated: the region exists");
+        let record = tokio::select! {
+            r = crate::commands::failover::drill(&self.config, region, false) => r.map_err(|e| resilience_core::jobs::JobError::DrillFailed(e.to_string()))?,
+            _ = stop.stopped() => return Err(resilience_core::jobs::JobError::Interrupted { job: "failover drill".into(), reason: stop.reason() }.into()),
+        };
+        let line = format!(
+            "failover drill to {}: RTO {:.1} s, RPO {}",
+            record.region,
+            record.rto_seconds.unwrap_or_default(),
+            record
+                .rpo_seconds
+                .map(|s| format!("{s:.1} s"))
+                .unwrap_or_else(|| "-".into())
+        );
+        if record.ok {
+            Ok(line)
+        } else {
+            Err(resilience_core::jobs::JobError::DrillFailed(format!(
+                "{line}; failed: {}",
+                record.left.join(", ")
+            ))
+            .into())
+        }
+    }
 }

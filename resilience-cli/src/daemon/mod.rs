@@ -85,6 +85,7 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
         scheduler.board(),
     )
     .with_replication(replication)
+    .with_failovers(Arc::new(repo.failovers()))
     .since(started_at);
     if config.server.webhook.is_some() {
         monitor = monitor.with_observer(tracker.clone());

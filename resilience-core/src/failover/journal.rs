@@ -22,14 +22,14 @@ pub trait FailoverJournal: Send + Sync {
     async fn save(&self, record: &FailoverRecord) -> Result<()>;
     /// The newest revision of every failover, oldest failover first.
     async fn list(&self) -> Result<Vec<FailoverRecord>>;
-    /// The newest failover to `region` that did not finish, to resume.
+    /// The newest failover (not a drill) to `region` that did not finish, to resume.
     async fn unfinished(&self, region: &str) -> Result<Option<FailoverRecord>> {
         Ok(self
             .list()
             .await?
             .into_iter()
             .rev()
-            .find(|r| r.region == region && !r.ok))
+            .find(|r| r.region == region && !r.ok && !r.drill))
     }
 }
 

@@ -125,6 +125,10 @@ pub struct FailoverRecord {
     pub steps: Vec<StepReport>,
     /// The steps not done yet.
     pub left: Vec<String>,
+    /// A drill: the same steps against scratch copies, production untouched (never resumed,
+    /// never taken for the region's failover).
+    #[serde(default)]
+    pub drill: bool,
 }
 
 /// A failover plan: the region and its steps, in order.
@@ -207,6 +211,7 @@ impl Plan {
                 rpo_seconds: None,
                 steps: Vec::new(),
                 left: names.clone(),
+                drill: false,
             },
         };
         for step in &self.steps {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::catalog::{BackupRecord, Catalog, CatalogQuery};
+use crate::failover::{FailoverJournal, FailoverRecord};
 use crate::health::{assess, HealthContext, HealthReport, ReplicationHealth, SourcePolicy};
 use crate::time::clock::Clock;
 use crate::time::scheduler::{JobBoard, JobStatus};
@@ -61,7 +62,12 @@ pub struct Monitor {
     since: Option<DateTime<Utc>>,
     cache: tokio::sync::Mutex<Option<(Instant, Vec<BackupRecord>)>>,
     observers: Vec<Arc<dyn HealthObserver>>,
+    failovers: Option<Arc<dyn FailoverJournal>>,
+    failover_cache: tokio::sync::Mutex<Option<(Instant, Vec<FailoverRecord>)>>,
 }
+
+/// How long a listing of the failover journal is reused.
+const FAILOVER_TTL: Duration = Duration::from_secs(30);
 
 impl Monitor {
     /// A monitor of `policies`' sources, reading `catalog` and the scheduler's `board`.
@@ -80,6 +86,75 @@ impl Monitor {
             since: None,
             cache: Default::default(),
             observers: Vec::new(),
+            failovers: None,
+            failover_cache: Default::default(),
+        }
+    }
+
+    /// Publishes the failovers (and failover drills) journaled in `journal` (the region's
+    /// repository): per region, `resilience_failover_last_timestamp_seconds`,
+    /// `resilience_failover_rto_seconds`, `resilience_failover_rpo_seconds` and
+    /// `resilience_failovers_total`; `resilience_failover_drill_last_timestamp_seconds`,
+    /// `resilience_failover_drill_ok`, `…_rto_seconds` and `…_rpo_seconds` for drills.
+    pub fn with_failovers(mut self, journal: Arc<dyn FailoverJournal>) -> Self {
+        self.failovers = Some(journal);
+        self
+    }
+
+    async fn publish_failovers(&self) {
+        let Some(journal) = &self.failovers else {
+            return;
+        };
+        let mut cache = self.failover_cache.lock().await;
+        if !cache
+            .as_ref()
+            .is_some_and(|(t, _)| t.elapsed() < FAILOVER_TTL)
+        {
+            match journal.list().await {
+                Ok(records) => *cache = Some((Instant::now(), records)),
+                Err(e) => tracing::warn!(error = %e, "the failover journal cannot be read"),
+            }
+        }
+        let Some((_, records)) = cache.as_ref() else {
+            return;
+        };
+        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in records.iter().filter(|r| !r.drill) {
+            *totals.entry(r.region.as_str()).or_default() += 1;
+        }
+        for (region, n) in totals {
+            metrics::gauge!("resilience_failovers_total", "region" => region.to_owned())
+                .set(n as f64);
+        }
+        // Oldest first: the newest of each region is set last. A drill counts whether it
+        // passed or not; a failover once it finished.
+        for r in records.iter().filter(|r| r.ok || r.drill) {
+            let region = r.region.clone();
+            let at = r.finished_at.unwrap_or(r.started_at).timestamp() as f64;
+            let (last, rto, rpo) = if r.drill {
+                (
+                    "resilience_failover_drill_last_timestamp_seconds",
+                    "resilience_failover_drill_rto_seconds",
+                    "resilience_failover_drill_rpo_seconds",
+                )
+            } else {
+                (
+                    "resilience_failover_last_timestamp_seconds",
+                    "resilience_failover_rto_seconds",
+                    "resilience_failover_rpo_seconds",
+                )
+            };
+            metrics::gauge!(last, "region" => region.clone()).set(at);
+            if let Some(v) = r.rto_seconds {
+                metrics::gauge!(rto, "region" => region.clone()).set(v);
+            }
+            if let Some(v) = r.rpo_seconds {
+                metrics::gauge!(rpo, "region" => region.clone()).set(v);
+            }
+            if r.drill {
+                metrics::gauge!("resilience_failover_drill_ok", "region" => region)
+                    .set(f64::from(u8::from(r.ok)));
+            }
         }
     }
 
@@ -151,6 +226,7 @@ impl Monitor {
     pub async fn publish_metrics(&self) -> HealthReport {
         let report = self.report().await;
         report.publish_metrics();
+        self.publish_failovers().await;
         for (job, status) in self.board.snapshot() {
             metrics::gauge!("resilience_job_running", "job" => job.clone())
                 .set(f64::from(u8::from(status.running_since.is_some())));
