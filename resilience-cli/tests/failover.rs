@@ -6,9 +6,11 @@
 //! `resilience failover --to b` runs: the first time with B's Redis not yet up (the plan stops
 //! there and names what is left), then again (it resumes, doing nothing twice). Before the loss,
 //! a failover drill (`failover --drill`) restores scratch copies from B and changes nothing.
+//! After it, region A comes back empty and `docs/runbooks/failback.md` runs as written.
 
 mod garage_support;
 mod pg_support;
+mod runbook_support;
 mod tls_support;
 
 use std::net::TcpStream;
@@ -250,10 +252,13 @@ async fn failover_to_region_b_promotes_its_standby_restores_redis_switches_traff
     )
     .unwrap();
     let config = lab.path("regions.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    // Region a as it is now (and, for the failback, as it comes back).
+    let write_config = |url_a: &str, a_pgdata: &std::path::Path, a_port: u16, a_redis: u16| {
+        let a_dsn = format!("host=127.0.0.1 port={a_port} user=postgres dbname=postgres");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 [repository]
 url = "{url_a}"
 key_file = "{key}"
@@ -281,9 +286,13 @@ scratch_dir = "{scratch}"
 name = "a"
 repository = "{url_a}"
 [region.postgres]
-pgdata = "{primary_dir}"
-port = {primary_port}
-dsn = "{primary_dsn} connect_timeout=3"
+pgdata = "{a_pgdata}"
+port = {a_port}
+source = "main"
+dsn = "{a_dsn} connect_timeout=3"
+[region.redis]
+url = "redis://127.0.0.1:{a_redis}"
+source = "cache"
 [region.kubernetes]
 context = "cluster-a"
 namespace = "billing"
@@ -298,6 +307,7 @@ repository = "{url_b}"
 pgdata = "{standby_dir}"
 port = {standby_port}
 source = "main"
+dsn = "{b_dsn} connect_timeout=3"
 checks = [{{ name = "ticks", sql = "SELECT count(*) FROM ticks" }}]
 [region.redis]
 url = "redis://127.0.0.1:{redis_b_port}"
@@ -310,17 +320,20 @@ deployment = "writer"
 replicas = 2
 kubeconfig = "{kube}"
 "#,
-            key = lab.key_file().display(),
-            primary_dir = primary.pgdata.display(),
-            primary_port = primary.port,
-            primary_dsn = primary.dsn(),
-            standby_dir = standby_dir.display(),
-            kube = kube.display(),
-            scratch = lab.dir.path().display(),
-        ),
-    )
-    .unwrap();
-    chown_tree(&config);
+                key = lab.key_file().display(),
+                a_pgdata = a_pgdata.display(),
+                primary_dir = primary.pgdata.display(),
+                primary_dsn = primary.dsn(),
+                standby_dir = standby_dir.display(),
+                b_dsn = standby.dsn(),
+                kube = kube.display(),
+                scratch = lab.dir.path().display(),
+            ),
+        )
+        .unwrap();
+        chown_tree(&config);
+    };
+    write_config(&url_a, &primary.pgdata, primary.port, redis_a_port);
     let failover = |args: &[&str]| {
         let mut c = cli(&lab, &garage_a);
         c.arg("--json")
@@ -535,4 +548,116 @@ kubeconfig = "{kube}"
     );
 
     drop(follower);
+
+    // Region A comes back with an empty store, an empty Redis and its cluster's writer still
+    // up: fail back with docs/runbooks/failback.md, as written.
+    b.execute(
+        "INSERT INTO ticks SELECT g, now() FROM generate_series(500000, 500099) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    let garage_a2 = Garage::start_with_key(&lab.path("garage-a2"), "region-a", &garage_a.admin);
+    let url_a2 = garage_a2.url(&garage_a2.bucket, "billing");
+    let redis_a2_port = free_port();
+    let _redis_a2 = redis_server(redis_a2_port, &lab.path("redis-a2"));
+    let k8s_a2 = ApiDouble::start(TOKEN, &granted).await;
+    k8s_a2.deployment("billing", "writer", 2);
+    k8s_a2.service(
+        "billing",
+        "billing-db",
+        &[("app", "billing-db"), (REGION_LABEL, "a")],
+    );
+    std::fs::write(
+        &kube,
+        kubeconfig(
+            &[("cluster-a", &k8s_a2.url), ("cluster-b", &k8s_b.url)],
+            TOKEN,
+        ),
+    )
+    .unwrap();
+    let a_pgdata = lab.path("primary-again");
+    let a_port = free_port();
+    write_config(&url_a2, &a_pgdata, a_port, redis_a2_port);
+    let s = |p: &std::path::Path| p.display().to_string();
+    runbook_support::run_runbook(
+        "failback.md",
+        lab.dir.path(),
+        &[
+            ("CONFIG", s(&config)),
+            ("KEY", s(&lab.key_file())),
+            ("REPO_A", url_a2.clone()),
+            ("REPO_B", url_b.clone()),
+            ("PG_SOURCE", "main".into()),
+            ("B_PGDATA", s(&standby_dir)),
+            ("B_DSN", standby.dsn()),
+            ("B_REDIS", format!("redis://127.0.0.1:{redis_b_port}")),
+            ("REDIS_SOURCE", "cache".into()),
+            ("A_PGDATA", s(&a_pgdata)),
+            ("A_PORT", a_port.to_string()),
+            ("AWS_ACCESS_KEY_ID", garage_a.admin.id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", garage_a.admin.secret.clone()),
+        ],
+    );
+    let back: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path("failback.json")).unwrap()).unwrap();
+    assert_eq!(back["ok"], true, "{back}");
+    assert_eq!(back["region"], "a", "{back}");
+    let names: Vec<&str> = back["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "fence postgres in region b",
+            "promote postgres standby",
+            "restore redis cache",
+            "switch kubernetes traffic",
+            "check postgres"
+        ],
+        "{back}"
+    );
+    // Every commit of B is in A; B is read-only.
+    let a = Cluster {
+        pgdata: a_pgdata.clone(),
+        port: a_port,
+        dsn_params: String::new(),
+        host: "127.0.0.1".into(),
+    };
+    let a_client = a.client().await;
+    // The fence ended every session of B's: connect again.
+    let b = standby.client().await;
+    let count = "SELECT count(*)::bigint, max(id) FROM ticks";
+    let in_a = a_client.query_one(count, &[]).await.unwrap();
+    let in_b = b.query_one(count, &[]).await.unwrap();
+    assert_eq!(in_a.get::<_, i64>(0), in_b.get::<_, i64>(0));
+    assert_eq!(in_a.get::<_, i64>(1), 500099);
+    a_client
+        .execute("INSERT INTO ticks VALUES (-2, now())", &[])
+        .await
+        .unwrap();
+    assert!(
+        b.execute("INSERT INTO ticks VALUES (-3, now())", &[])
+            .await
+            .is_err(),
+        "B is fenced"
+    );
+    // A's Redis holds B's cache as of its backup; traffic is back in A.
+    assert_eq!(
+        redis_cli(redis_a2_port, &["GET", "token:42"]),
+        "written-after-the-failover"
+    );
+    assert_eq!(k8s_a2.replicas("billing", "writer"), Some(1));
+    assert_eq!(k8s_b.replicas("billing", "writer"), Some(0));
+    assert_eq!(
+        k8s_a2.selector("billing", "billing-db").unwrap()[REGION_LABEL],
+        "a"
+    );
+    let journal = json_of(on(&url_a2, &["failovers"]), "failovers in A");
+    let last = journal.as_array().unwrap().last().unwrap();
+    assert_eq!(last["region"], "a", "{journal}");
+    assert_eq!(last["ok"], true, "{journal}");
 }

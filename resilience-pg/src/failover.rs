@@ -52,12 +52,18 @@ impl FailoverStep for FenceOldPrimary {
                 ))
             }
         };
-        client
-            .batch_execute(
-                "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf();",
-            )
-            .await
-            .map_err(|e| format!("fencing the old primary: {e}"))?;
+        // One statement at a time (ALTER SYSTEM cannot run in the implicit transaction of a
+        // multi-statement query); this session writes even on a primary fenced already.
+        for sql in [
+            "SET default_transaction_read_only = off",
+            "ALTER SYSTEM SET default_transaction_read_only = on",
+            "SELECT pg_reload_conf()",
+        ] {
+            client
+                .batch_execute(sql)
+                .await
+                .map_err(|e| format!("fencing the old primary ({sql}): {}", pg_words(&e)))?;
+        }
         let ended: i64 = client
             .query_one(
                 "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -65,7 +71,7 @@ impl FailoverStep for FenceOldPrimary {
                 &[],
             )
             .await
-            .map_err(|e| format!("ending the old primary's sessions: {e}"))?
+            .map_err(|e| format!("ending the old primary's sessions: {}", pg_words(&e)))?
             .get(0);
         Ok(StepOutcome::done(format!(
             "the old primary answers: made read-only, {ended} session(s) ended"
@@ -206,7 +212,7 @@ impl FailoverStep for CheckPrimary {
         let read_only: String = client
             .query_one("SHOW transaction_read_only", &[])
             .await
-            .map_err(|e| format!("asking the new primary: {e}"))?
+            .map_err(|e| format!("asking the new primary: {}", pg_words(&e)))?
             .get(0);
         if read_only != "off" {
             return Err("the new primary is read-only (still a standby?)".into());
@@ -216,7 +222,7 @@ impl FailoverStep for CheckPrimary {
             let rows = client
                 .simple_query(sql)
                 .await
-                .map_err(|e| format!("check {name}: {e}"))?;
+                .map_err(|e| format!("check {name}: {}", pg_words(&e)))?;
             let first = rows.iter().find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => {
                     Some(r.get(0).unwrap_or("NULL").to_owned())
@@ -233,5 +239,13 @@ impl FailoverStep for CheckPrimary {
         } else {
             format!("accepts writes; {}", answers.join(", "))
         }))
+    }
+}
+
+/// The server's own message, where it sent one (tokio-postgres' `Display` says only "db error").
+fn pg_words(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
     }
 }
