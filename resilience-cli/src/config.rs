@@ -699,6 +699,10 @@ mod tests {
         schedule = "0 * * * * *"
         follow = true
         interval = "2s"
+        [[job]]
+        kind = "failover"
+        region = "b"
+        schedule = "0 0 5 * * Sun"
         [[standby]]
         name = "billing-b"
         dsn = "host=10.1.0.7 port=5433 user=postgres"
@@ -727,6 +731,7 @@ mod tests {
         assert_eq!(c.jobs[1].job_name(), "drill:billing");
         assert!(c.jobs[2].follow);
         assert_eq!(c.standbys[0].name, "billing-b");
+        assert_eq!(c.jobs[3].job_name(), "failover-drill:b");
         assert_eq!(c.regions[0].postgres.as_ref().unwrap().port, 5433);
         assert_eq!(
             c.regions[0].kubernetes.as_ref().unwrap().context,
@@ -753,5 +758,8 @@ mod tests {
         assert!(bad("follow = true", "").contains("`interval` needs `follow = true`"));
         assert!(bad("interval = \"2s\"", "interval = \"0s\"").contains("at least 1s"));
         assert!(bad("full = true", "full = true\nfollow = true").contains("for kind replicate"));
+        assert!(bad("region = \"b\"", "region = \"z\"").contains("no [[region]] named \"z\""));
+        assert!(bad("region = \"b\"", "").contains("kind failover needs `region`"));
+        assert!(bad("full = true", "full = true\nregion = \"b\"").contains("for kind failover"));
     }
 }
