@@ -19,6 +19,26 @@ pub fn print_json_line(value: &Value) {
     );
 }
 
+/// Where a Postgres cluster stands, for people: `LSN 0/3000148, last commit 2026-…` (with
+/// `none` when no commit was replayed), and `, now on timeline N` where known.
+pub fn replay_point(
+    lsn: Option<impl std::fmt::Display>,
+    commit: Option<chrono::DateTime<chrono::Utc>>,
+    timeline: Option<u32>,
+    none: &str,
+) -> String {
+    format!(
+        "LSN {}, last commit {}{}",
+        lsn.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+        commit
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| none.into()),
+        timeline
+            .map(|t| format!(", now on timeline {t}"))
+            .unwrap_or_default()
+    )
+}
+
 /// A byte count for people: `512 B`, `1.5 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use daemon_support::{metric, Daemon};
 use pg_support::{free_port, must, Cluster, Lab, BIN};
-use resilience_pg::testing::pg_user;
+use resilience_pg::testing::as_pg_user;
 use serde_json::Value;
 
 /// `resilience replicate --follow` from the lab's repository into `replica`, as the Postgres
@@ -34,18 +34,7 @@ fn follower(lab: &Lab, replica: &std::path::Path) -> Child {
         "--interval",
         "1s",
     ];
-    let mut cmd = match pg_user() {
-        Some((uid, gid)) => {
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={gid}"))
-                .arg("--clear-groups")
-                .arg("--")
-                .arg(BIN);
-            c
-        }
-        None => Command::new(BIN),
-    };
+    let mut cmd = as_pg_user(BIN);
     cmd.args(args)
         .env_remove("RESILIENCE_REPOSITORY")
         .env_remove("RESILIENCE_PASSWORD")

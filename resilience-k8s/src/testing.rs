@@ -202,6 +202,20 @@ fn admit(
     Ok(())
 }
 
+/// Answers one request with `answer` (its refusal as a response too), and logs it.
+fn handle(
+    state: &Mutex<DoubleState>,
+    method: &Method,
+    what: String,
+    answer: impl FnOnce(&mut DoubleState) -> Result<Response, Response>,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    let response = answer(&mut s).unwrap_or_else(|e| e);
+    s.requests
+        .push(format!("{method} {what} -> {}", response.status().as_u16()));
+    response
+}
+
 async fn scale(
     State(state): State<Arc<Mutex<DoubleState>>>,
     Path((ns, name)): Path<(String, String)>,
@@ -209,9 +223,9 @@ async fn scale(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut s = state.lock().unwrap();
-    let response = (|| {
-        admit(&mut s, &headers, &method, "deployments/scale", &ns, &name)?;
+    let what = format!("deployments/scale {ns}/{name}");
+    handle(&state, &method, what, |s| {
+        admit(s, &headers, &method, "deployments/scale", &ns, &name)?;
         let key = (ns.clone(), name.clone());
         let Some(current) = s.scales.get(&key).copied() else {
             return Err(status(
@@ -255,13 +269,7 @@ async fn scale(
             "status": { "replicas": current },
         }))
         .into_response())
-    })()
-    .unwrap_or_else(|e| e);
-    s.requests.push(format!(
-        "{method} deployments/scale {ns}/{name} -> {}",
-        response.status().as_u16()
-    ));
-    response
+    })
 }
 
 async fn service(
@@ -271,9 +279,9 @@ async fn service(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut s = state.lock().unwrap();
-    let response = (|| {
-        admit(&mut s, &headers, &method, "services", &ns, &name)?;
+    let what = format!("services {ns}/{name}");
+    handle(&state, &method, what, |s| {
+        admit(s, &headers, &method, "services", &ns, &name)?;
         let key = (ns.clone(), name.clone());
         let Some(current) = s.services.get(&key).cloned() else {
             return Err(status(
@@ -315,13 +323,7 @@ async fn service(
         new["metadata"]["resourceVersion"] = json!(s.version.to_string());
         s.services.insert(key, new.clone());
         Ok(Json(new).into_response())
-    })()
-    .unwrap_or_else(|e| e);
-    s.requests.push(format!(
-        "{method} services {ns}/{name} -> {}",
-        response.status().as_u16()
-    ));
-    response
+    })
 }
 
 /// A kubeconfig naming each `(context, double)` as a cluster of its own, reached with `token`.

@@ -62,7 +62,12 @@ pub fn bindir() -> PathBuf {
 
 /// A command running the server program `program` as the Postgres user.
 pub fn pg_command(program: &str) -> Command {
-    let path = bindir().join(program);
+    as_pg_user(bindir().join(program))
+}
+
+/// A command running `program` as the Postgres user (through `setpriv` when running as root),
+/// so that what it creates belongs to that user.
+pub fn as_pg_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
     match pg_user() {
         Some((uid, gid)) => {
             let mut c = Command::new("setpriv");
@@ -70,10 +75,10 @@ pub fn pg_command(program: &str) -> Command {
                 .arg(format!("--regid={gid}"))
                 .arg("--clear-groups")
                 .arg("--")
-                .arg(path);
+                .arg(program);
             c
         }
-        None => Command::new(path),
+        None => Command::new(program),
     }
 }
 

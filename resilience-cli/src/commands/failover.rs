@@ -60,10 +60,7 @@ pub async fn run(
             })
         };
     }
-    let mut region_global = crate::daemon::repository_options(&config, g.json);
-    region_global.repo = Some(region.repository.clone());
-    region_global.cold_repo = None;
-    region_global.append_only = false;
+    let region_global = region_global(&config, region, g.json);
     let repo = access::open(&region_global).await?;
     let plan = plan(&config, region, &region_global, &repo)?;
     let journal = repo.failovers();
@@ -222,6 +219,48 @@ fn report(g: &Global, record: &FailoverRecord, already: bool) {
     }
 }
 
+/// The Kubernetes step of a failover to `region`: the other regions' clusters are the old ones.
+fn traffic_switch(
+    config: &DaemonConfig,
+    region: &RegionConfig,
+    k8s: &crate::config::RegionKubernetes,
+) -> TrafficSwitch {
+    TrafficSwitch {
+        kubeconfig: k8s.kubeconfig.clone(),
+        from: config
+            .regions
+            .iter()
+            .filter(|r| r.name != region.name)
+            .filter_map(|r| r.kubernetes.as_ref())
+            .map(|k| ClusterRef {
+                context: k.context.clone(),
+                namespace: k.namespace.clone(),
+            })
+            .collect(),
+        to: ClusterRef {
+            context: k8s.context.clone(),
+            namespace: k8s.namespace.clone(),
+        },
+        deployment: k8s
+            .deployment
+            .clone()
+            .unwrap_or_else(|| k8s.service.clone()),
+        replicas: k8s.replicas.unwrap_or(1),
+        service: k8s.service.clone(),
+        region: region.name.clone(),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// The global options that open `region`'s repository with the config's key.
+fn region_global(config: &DaemonConfig, region: &RegionConfig, json: bool) -> Global {
+    let mut g = crate::daemon::repository_options(config, json);
+    g.repo = Some(region.repository.clone());
+    g.cold_repo = None;
+    g.append_only = false;
+    g
+}
+
 /// The steps of a failover to `region`, in order.
 fn plan(
     config: &DaemonConfig,
@@ -294,30 +333,7 @@ fn plan(
         });
     }
     if let Some(k8s) = &region.kubernetes {
-        let from = others
-            .iter()
-            .filter_map(|r| r.kubernetes.as_ref())
-            .map(|k| ClusterRef {
-                context: k.context.clone(),
-                namespace: k.namespace.clone(),
-            })
-            .collect();
-        plan = plan.step(TrafficSwitch {
-            kubeconfig: k8s.kubeconfig.clone(),
-            from,
-            to: ClusterRef {
-                context: k8s.context.clone(),
-                namespace: k8s.namespace.clone(),
-            },
-            deployment: k8s
-                .deployment
-                .clone()
-                .unwrap_or_else(|| k8s.service.clone()),
-            replicas: k8s.replicas.unwrap_or(1),
-            service: k8s.service.clone(),
-            region: region.name.clone(),
-            timeout: Duration::from_secs(10),
-        });
+        plan = plan.step(traffic_switch(config, region, k8s));
     }
     if let Some(pg) = &region.postgres {
         let user = pg
@@ -353,10 +369,7 @@ pub async fn drill(
     use resilience_core::drill::DrillOptions;
     use resilience_core::failover::StepReport;
     let started_at = chrono::Utc::now();
-    let mut region_global = crate::daemon::repository_options(config, json);
-    region_global.repo = Some(region.repository.clone());
-    region_global.cold_repo = None;
-    region_global.append_only = false;
+    let region_global = region_global(config, region, json);
     let repo = access::open(&region_global).await?;
     let mut steps = Vec::new();
     let mut rpo: Option<f64> = None;
@@ -405,31 +418,7 @@ pub async fn drill(
     }
     if let Some(k8s) = &region.kubernetes {
         let began = std::time::Instant::now();
-        let switch = TrafficSwitch {
-            kubeconfig: k8s.kubeconfig.clone(),
-            from: config
-                .regions
-                .iter()
-                .filter(|r| r.name != region.name)
-                .filter_map(|r| r.kubernetes.as_ref())
-                .map(|k| ClusterRef {
-                    context: k.context.clone(),
-                    namespace: k.namespace.clone(),
-                })
-                .collect(),
-            to: ClusterRef {
-                context: k8s.context.clone(),
-                namespace: k8s.namespace.clone(),
-            },
-            deployment: k8s
-                .deployment
-                .clone()
-                .unwrap_or_else(|| k8s.service.clone()),
-            replicas: k8s.replicas.unwrap_or(1),
-            service: k8s.service.clone(),
-            region: region.name.clone(),
-            timeout: Duration::from_secs(10),
-        };
+        let switch = traffic_switch(config, region, k8s);
         let (ok, detail) = match switch.check().await {
             Ok(seen) => (true, format!("read only: {}", seen.join("; "))),
             Err(e) => (false, e.to_string()),

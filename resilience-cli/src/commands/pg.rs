@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::cli::{Global, PgCommand, PgRestoreArgs};
 use crate::commands::backup::{back_up, parse_labels, print_report};
-use crate::output::{bytes, print_json, restore_json};
+use crate::output::{bytes, print_json, replay_point, restore_json};
 use crate::progress::Bar;
 use crate::CliError;
 use crate::{access, wal_fetch};
@@ -288,19 +288,13 @@ async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
         });
         if !g.json {
             eprintln!(
-                "recovery reached LSN {} (last commit {}){}{}",
-                outcome
-                    .lsn
-                    .map(|l| l.to_string())
-                    .unwrap_or_else(|| "?".into()),
-                outcome
-                    .commit_time
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_else(|| "none replayed".into()),
-                outcome
-                    .timeline
-                    .map(|t| format!(", now on timeline {t}"))
-                    .unwrap_or_default(),
+                "recovery reached {}{}",
+                replay_point(
+                    outcome.lsn,
+                    outcome.commit_time,
+                    outcome.timeline,
+                    "none replayed"
+                ),
                 if outcome.promoted { "" } else { ", paused" }
             );
         }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::cli::{Global, PgStandbyArgs};
 use crate::commands::pg::{owner_name, tablespace_map};
-use crate::output::{bytes, print_json};
+use crate::output::{bytes, print_json, replay_point};
 use crate::progress::Bar;
 use crate::CliError;
 use crate::{access, wal_fetch};
@@ -76,19 +76,17 @@ pub async fn standby(g: &Global, args: &PgStandbyArgs) -> Result<(), CliError> {
         }));
     } else {
         eprintln!(
-            "standby of base backup {} ({}) in {} on port {}: replaying, at LSN {} (last commit {})",
+            "standby of base backup {} ({}) in {} on port {}: replaying, at {}",
             plan.backup.record.id,
             bytes(restored.bytes),
             args.pgdata.display(),
             args.port,
-            replaying
-                .lsn
-                .map(|l| l.to_string())
-                .unwrap_or_else(|| "?".into()),
-            replaying
-                .commit_time
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_else(|| "none replayed yet".into()),
+            replay_point(
+                replaying.lsn,
+                replaying.commit_time,
+                None,
+                "none replayed yet"
+            ),
         );
     }
     Ok(())
@@ -140,25 +138,19 @@ pub async fn promote(
         }));
     } else {
         eprintln!(
-            "{} {}: last replayed LSN {}, last commit {}{}",
+            "{} {}: last replayed {}",
             if promoted.already_promoted {
                 "already promoted:"
             } else {
                 "promoted"
             },
             pgdata.display(),
-            promoted
-                .lsn
-                .map(|l| l.to_string())
-                .unwrap_or_else(|| "?".into()),
-            promoted
-                .commit_time
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_else(|| "none".into()),
-            promoted
-                .timeline
-                .map(|t| format!(", now on timeline {t}"))
-                .unwrap_or_default()
+            replay_point(
+                promoted.lsn,
+                promoted.commit_time,
+                promoted.timeline,
+                "none"
+            )
         );
     }
     Ok(())
