@@ -478,7 +478,7 @@ kubeconfig = "{kube}"
 
     // B's Postgres is the primary and holds every row committed well before the loss (the
     // archive_timeout of 5 s, the follower's second and the standby's retry).
-    let bound = Duration::from_secs(12);
+    let bound = Duration::from_secs(15);
     let b = standby.client().await;
     let held: i64 = b
         .query_one("SELECT coalesce(max(id), 0) FROM ticks", &[])

@@ -106,9 +106,9 @@ impl Monitor {
             return;
         };
         let mut cache = self.failover_cache.lock().await;
-        if !cache
+        if cache
             .as_ref()
-            .is_some_and(|(t, _)| t.elapsed() < FAILOVER_TTL)
+            .is_none_or(|(t, _)| t.elapsed() >= FAILOVER_TTL)
         {
             match journal.list().await {
                 Ok(records) => *cache = Some((Instant::now(), records)),
