@@ -129,7 +129,7 @@ repository = "$WORK/repo-b"
 pgdata = "$WORK/standby"
 port = $STANDBY_PORT
 source = "main"
-checks = [{ name = "accounts", sql = "select count(*) from pgbench_accounts" }]
+checks = [{ name = "branches", sql = "select count(*) from pgbench_branches" }]
 EOF
 chown postgres:postgres "$WORK/regions.toml"
 echo "failover --to b" >&2

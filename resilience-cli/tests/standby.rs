@@ -1,7 +1,8 @@
 //! A warm standby in "region B", fed by `replicate --follow` from region A's repository:
 //! commits reach the replica within seconds of their archiving, the standby replays them, and
 //! when region A is lost its promotion holds every row committed more than the follower's lag
-//! before, then archives into its own region's repository.
+//! before, then archives into its own region's repository. Without a standby, the failover
+//! recovers the newest base backup from the replica instead.
 
 mod daemon_support;
 mod pg_support;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use daemon_support::{metric, Daemon};
-use pg_support::{free_port, must, Cluster, Lab, BIN};
+use pg_support::{chown_tree, free_port, must, Cluster, Lab, BIN};
 use resilience_pg::testing::as_pg_user;
 use serde_json::Value;
 
@@ -323,4 +324,91 @@ async fn a_standby_fed_by_a_following_replica_replays_within_seconds_and_promote
         &["pg", "promote", "--pgdata", standby_dir.to_str().unwrap()],
     );
     assert_eq!(again["already_promoted"], true, "{again}");
+}
+
+/// Without a standby in region B, `failover --to b` restores the newest base backup from B's
+/// repository and recovers it to the end of the WAL there; the plan says so before it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_standby_the_failover_recovers_the_newest_base_backup_to_the_end_of_the_replicas_wal(
+) {
+    let lab = Lab::new();
+    let primary = lab.cluster("primary").await;
+    let c = primary.client().await;
+    c.batch_execute(
+        "CREATE TABLE ticks (id bigint PRIMARY KEY);
+         INSERT INTO ticks SELECT generate_series(1, 1000);",
+    )
+    .await
+    .unwrap();
+    let backup = lab.base_backup(&primary);
+    assert_eq!(backup["status"], "succeeded", "{backup}");
+    c.batch_execute("INSERT INTO ticks SELECT generate_series(1001, 1500)")
+        .await
+        .unwrap();
+    primary.archive_now().await;
+    let replica = lab.path("region-b");
+    lab.ok(&["replicate", "--to", replica.to_str().unwrap()]);
+    chown_tree(&replica);
+    primary.stop(); // region A is lost
+
+    let pgdata = lab.path("recovered");
+    let port = free_port();
+    let config = lab.path("regions.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nurl = \"{repo}\"\nkey_file = \"{key}\"\n\
+             [[region]]\nname = \"b\"\nrepository = \"{replica}\"\n\
+             [region.postgres]\npgdata = \"{pgdata}\"\nport = {port}\nsource = \"main\"\n\
+             checks = [{{ name = \"ticks\", sql = \"SELECT count(*) FROM ticks\" }}]\n",
+            repo = lab.repo().display(),
+            key = lab.key_file().display(),
+            replica = replica.display(),
+            pgdata = pgdata.display(),
+        ),
+    )
+    .unwrap();
+    let failover = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["--json", "failover", "--config"])
+            .arg(&config)
+            .args(["--to", "b"])
+            .args(args)
+            .env_remove("RESILIENCE_REPOSITORY")
+            .env_remove("RESILIENCE_PASSWORD");
+        c
+    };
+    let out = must(
+        failover(&["--dry-run"]).output().unwrap(),
+        "failover --dry-run",
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan["steps"][0]["name"], "recover postgres from the repository",
+        "{plan}"
+    );
+    let out = must(failover(&[]).output().unwrap(), "failover");
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["ok"], true, "{done}");
+    assert!(
+        done["steps"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ticks = 1500"),
+        "the check sees every archived row: {done}"
+    );
+    let recovered = Cluster {
+        pgdata,
+        port,
+        dsn_params: String::new(),
+        host: "127.0.0.1".into(),
+    };
+    let n: i64 = recovered
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM ticks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1500);
 }

@@ -76,7 +76,7 @@ async fn repository(sink: Arc<MemorySink>, pass: &str) -> Repository {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
     fn any_record_lists_back_equal_and_the_newest_revision_wins(mut r in record()) {
