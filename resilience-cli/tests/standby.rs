@@ -220,6 +220,17 @@ async fn a_standby_fed_by_a_following_replica_replays_within_seconds_and_promote
         "the standby replayed rows of the load"
     );
 
+    // A burst of writes fills segments (their last record runs into the next segment, not
+    // archived when region A is lost): the standby stops mid-segment, and its promotion
+    // branches the new timeline there.
+    c.batch_execute(
+        "CREATE TABLE bulk (pad text);
+         INSERT INTO bulk SELECT md5(random()::text) FROM generate_series(1, 40000)",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
     // Region A is lost: the follower stops (its source is gone), the primary dies.
     let stopped_at = Instant::now();
     // SAFETY: kill sends a signal to a child we own.
@@ -285,6 +296,50 @@ async fn a_standby_fed_by_a_following_replica_replays_within_seconds_and_promote
         "promoted with {held} of {id} rows: RPO {} ms",
         rpo.num_milliseconds()
     );
+
+    // Right after the promotion the new timeline's history is archived but not its first
+    // segment: a restore from the replica reaches the end of the WAL there (the switch
+    // point), it does not report a gap.
+    let history = replica.join("wal/main/00000002.history");
+    wait_for(
+        "the new timeline's history in region B",
+        Duration::from_secs(30),
+        || history.exists(),
+    )
+    .await;
+    let restored_dir = lab.path("restored-after-promotion");
+    let restored_port = free_port();
+    let restored = on_replica(
+        &lab,
+        &replica,
+        &[
+            "pg",
+            "restore",
+            "--source",
+            "main",
+            "--pgdata",
+            restored_dir.to_str().unwrap(),
+            "--port",
+            &restored_port.to_string(),
+            "--start",
+            "--no-archive",
+            "--timeout",
+            "120",
+        ],
+    );
+    assert_eq!(restored["reached"]["promoted"], true, "{restored}");
+    let copy = Cluster {
+        pgdata: restored_dir,
+        port: restored_port,
+        dsn_params: String::new(),
+        host: "127.0.0.1".into(),
+    };
+    assert_eq!(
+        max_tick(&copy).await,
+        Some(held),
+        "the restore holds what the promoted standby held"
+    );
+    drop(copy);
 
     // The promoted standby accepts writes and archives into its own region's repository.
     let b = standby.client().await;

@@ -179,8 +179,13 @@ pub async fn plan(
     }
     let start = SegmentName::containing(backup.info.timeline, backup.info.start_lsn, size);
     let stop = backup.info.stop_lsn.0 / size;
+    // The newest segment recovery along `timeline` would use: a segment of another timeline at
+    // the same position (the old timeline's copy of the segment a promotion branched in, or an
+    // abandoned timeline that went on) is not on the way, and is no reason to report the
+    // segment it stands for as a gap when it is simply not archived yet (the end of the WAL).
     let newest = present
         .iter()
+        .filter(|s| timelines.owner(timeline, s.segno, size) == s.timeline)
         .map(|s| s.segno)
         .max()
         .unwrap_or(stop)
