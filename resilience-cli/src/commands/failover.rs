@@ -207,15 +207,7 @@ fn report(g: &Global, record: &FailoverRecord, already: bool) {
         );
     }
     if record.ok {
-        eprintln!(
-            "failover to region {} done: RTO {:.1} s, RPO {}",
-            record.region,
-            record.rto_seconds.unwrap_or_default(),
-            record
-                .rpo_seconds
-                .map(|s| format!("{s:.1} s"))
-                .unwrap_or_else(|| "unknown".into())
-        );
+        eprintln!("{}: done", record.summary());
     }
 }
 
@@ -282,16 +274,29 @@ fn plan(
             });
         }
     }
+    // The check of the new primary runs last, after the traffic switch.
+    let mut check = None;
     if let Some(pg) = &region.postgres {
         let user = match &pg.user {
             Some(u) => u.clone(),
             None if pg.pgdata.exists() => owner_name(&pg.pgdata)?,
             None => "postgres".to_owned(),
         };
+        check = Some(CheckPrimary {
+            dsn: format!(
+                "host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10",
+                pg.port
+            ),
+            queries: pg
+                .checks
+                .iter()
+                .map(|c| (c.name.clone(), c.sql.clone()))
+                .collect(),
+        });
         let start = StartOptions {
             bindir: cluster::find_bindir(pg.pg_bin.as_deref()),
             port: pg.port,
-            user: user.clone(),
+            user,
             timeout: Duration::from_secs(pg.timeout.unwrap_or(600)),
         };
         let source = pg.source.clone().unwrap_or_else(|| "postgres".into());
@@ -335,22 +340,8 @@ fn plan(
     if let Some(k8s) = &region.kubernetes {
         plan = plan.step(traffic_switch(config, region, k8s));
     }
-    if let Some(pg) = &region.postgres {
-        let user = pg
-            .user
-            .clone()
-            .unwrap_or_else(|| owner_name(&pg.pgdata).unwrap_or_else(|_| "postgres".to_owned()));
-        plan = plan.step(CheckPrimary {
-            dsn: format!(
-                "host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10",
-                pg.port
-            ),
-            queries: pg
-                .checks
-                .iter()
-                .map(|c| (c.name.clone(), c.sql.clone()))
-                .collect(),
-        });
+    if let Some(check) = check {
+        plan = plan.step(check);
     }
     Ok(plan)
 }

@@ -147,15 +147,7 @@ impl ScheduledJob for FailoverDrillJob {
             r = crate::commands::failover::drill(&self.config, region, false) => r.map_err(|e| resilience_core::jobs::JobError::DrillFailed(e.to_string()))?,
             _ = stop.stopped() => return Err(resilience_core::jobs::JobError::Interrupted { job: "failover drill".into(), reason: stop.reason() }.into()),
         };
-        let line = format!(
-            "failover drill to {}: RTO {:.1} s, RPO {}",
-            record.region,
-            record.rto_seconds.unwrap_or_default(),
-            record
-                .rpo_seconds
-                .map(|s| format!("{s:.1} s"))
-                .unwrap_or_else(|| "-".into())
-        );
+        let line = record.summary();
         if record.ok {
             Ok(line)
         } else {

@@ -131,6 +131,24 @@ pub struct FailoverRecord {
     pub drill: bool,
 }
 
+impl FailoverRecord {
+    /// In a line, for people: `failover to b: RTO 2.6 s, RPO 1.1 s` (`failover drill to b: …`).
+    pub fn summary(&self) -> String {
+        format!(
+            "failover{} to {}: RTO {}, RPO {}",
+            if self.drill { " drill" } else { "" },
+            self.region,
+            seconds(self.rto_seconds),
+            seconds(self.rpo_seconds)
+        )
+    }
+}
+
+fn seconds(s: Option<f64>) -> String {
+    s.map(|s| format!("{s:.1} s"))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// A failover plan: the region and its steps, in order.
 #[derive(Clone)]
 pub struct Plan {

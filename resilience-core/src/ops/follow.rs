@@ -232,6 +232,82 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replica_that_refuses_writes_fails_passes_and_the_follower_goes_on_until_it_recovers()
+    {
+        use crate::testing::FaultySink;
+        let source = Arc::new(MemorySink::new());
+        object(&source, "config", b"config").await;
+        object(&source, "wal/pg/000000010000000000000001", b"one").await;
+        // Every write refused, as by a store that is down.
+        let replica = Arc::new(FaultySink::new(MemorySink::new(), 0));
+        let stop = StopSignal::new();
+        let outcomes: Arc<Mutex<Vec<bool>>> = Arc::default();
+        let run = {
+            let (source, replica, stop, outcomes) = (
+                source.clone(),
+                replica.clone(),
+                stop.clone(),
+                outcomes.clone(),
+            );
+            tokio::spawn(async move {
+                let follow_options = FollowOptions {
+                    interval: Duration::from_millis(20),
+                    relist_every: 1000,
+                };
+                let mut on_pass = move |p: &FollowPass<'_>| {
+                    outcomes.lock().unwrap().push(p.outcome.is_ok());
+                };
+                follow(
+                    source.as_ref(),
+                    replica.as_ref(),
+                    &ReplicateOptions::default(),
+                    &follow_options,
+                    &stop,
+                    &mut on_pass,
+                )
+                .await
+            })
+        };
+        let failed = || outcomes.lock().unwrap().iter().filter(|ok| !**ok).count();
+        for _ in 0..1000 {
+            if failed() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            failed() >= 2,
+            "passes fail while the replica refuses writes"
+        );
+        assert!(
+            !run.is_finished(),
+            "a failed pass does not end the follower"
+        );
+        replica.set_budget(-1); // the store is back
+        for _ in 0..1000 {
+            if replica
+                .inner()
+                .head("wal/pg/000000010000000000000001")
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.stop("test over");
+        let summary = run.await.unwrap().unwrap();
+        assert!(summary.failed_passes >= 2, "{summary:?}");
+        assert!(summary.caught_up_to.is_some(), "{summary:?}");
+        assert!(replica
+            .inner()
+            .head("wal/pg/000000010000000000000001")
+            .await
+            .is_ok());
+        assert!(outcomes.lock().unwrap().last() == Some(&true));
+    }
+
+    #[tokio::test]
     async fn a_source_without_a_repository_is_an_error_not_an_endless_wait() {
         let source = MemorySink::new();
         let replica = MemorySink::new();
