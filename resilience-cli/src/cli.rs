@@ -72,11 +72,26 @@ pub struct Global {
     pub cold_repo: Option<String>,
 }
 
+/// `init`'s options.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Write every object the repository cannot lose (packs, manifests, keys, config, WAL)
+    /// under S3 Object Lock for this long after it is written, extended by prune while live
+    /// snapshots need it: days (`30`) or a duration (`30d`, `12h`). The bucket must have been
+    /// created with Object Lock enabled, and no default retention rule.
+    #[arg(long, value_name = "DAYS")]
+    pub object_lock: Option<String>,
+    /// Governance (a break-glass credential allowed to bypass governance retention can still
+    /// delete) or compliance (nobody can, the root user included).
+    #[arg(long, value_parser = ["governance", "compliance"], default_value = "governance", requires = "object_lock")]
+    pub object_lock_mode: String,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a repository.
-    Init,
+    Init(InitArgs),
     /// Back up a source.
     Backup {
         /// What to back up.

@@ -1214,6 +1214,7 @@ async fn init_refuses_settings_that_config_would_refuse() {
         inline_limit,
         pack_size,
         compression_level,
+        object_lock: None,
     };
     for bad in [
         options(65, 1 << 20, 3),

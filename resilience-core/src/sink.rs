@@ -14,10 +14,12 @@ mod append_only;
 pub mod conformance;
 mod forward;
 mod memory;
+pub mod retaining;
 pub mod throttle;
 
 pub use append_only::AppendOnlySink;
 pub use memory::MemorySink;
+pub use retaining::{ObjectLock, RetainingSink};
 
 use std::fmt;
 use std::ops::Range;
@@ -78,6 +80,36 @@ pub struct UnfinishedUpload {
     pub started: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// How a store's object lock holds an object (the two modes of S3 Object Lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    /// Nobody deletes the object before its date, except a credential granted the right to
+    /// bypass governance retention (a break-glass administrator).
+    Governance,
+    /// Nobody deletes the object before its date, the account's root user included, and the
+    /// date can only move later.
+    Compliance,
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockMode::Governance => "governance",
+            LockMode::Compliance => "compliance",
+        })
+    }
+}
+
+/// An object's retention under a store's object lock: it cannot be deleted before `until`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// How the lock holds it.
+    pub mode: LockMode,
+    /// The object's retain-until date.
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
 /// How a put treats an object that already exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutMode {
@@ -114,6 +146,16 @@ pub enum SinkError {
         key: String,
         /// Why it was refused.
         reason: String,
+    },
+    /// The object is under a store's object lock: it cannot be deleted before its date.
+    #[error("object {key} is under object lock ({mode}) until {until}: it cannot be deleted before then")]
+    Locked {
+        /// The object concerned.
+        key: String,
+        /// How the lock holds it.
+        mode: LockMode,
+        /// Its retain-until date.
+        until: chrono::DateTime<chrono::Utc>,
     },
     /// A requested byte range lies outside the object.
     #[error("range {start}..{end} is outside object {key} of {size} bytes")]
@@ -157,6 +199,14 @@ impl SinkError {
     /// True when the error says the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, SinkError::NotFound { .. })
+    }
+
+    /// The retain-until date, when the error says the object is under an object lock.
+    pub fn locked_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            SinkError::Locked { until, .. } => Some(*until),
+            _ => None,
+        }
     }
 }
 
@@ -297,11 +347,30 @@ pub trait Sink: Send + Sync + fmt::Debug {
         let _ = upload;
         Ok(())
     }
+
+    /// The object's retention under the store's object lock, `None` when it has none (or
+    /// the store has no object lock: the default). A missing object is
+    /// [`SinkError::NotFound`] where the store can tell.
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, SinkError> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Sets (or moves later) the object's retention under the store's object lock. The default,
+    /// for stores without one, refuses, naming the object.
+    async fn set_retention(&self, key: &str, retention: Retention) -> Result<(), SinkError> {
+        let _ = retention;
+        Err(SinkError::Refused {
+            operation: "set retention",
+            key: key.to_owned(),
+            reason: format!("{} has no object lock", self.location()),
+        })
+    }
 }
 
 crate::forward_sink! {
     /// A shared sink is a sink, so wrappers compose over `Arc<dyn Sink>`.
     (impl<S: Sink + ?Sized> Sink for std::sync::Arc<S>)
     to **self: location, put_stream, get_stream, head, list, delete, put, put_copy, get, get_range,
-        unfinished_uploads, discard_upload;
+        unfinished_uploads, discard_upload, retention, set_retention;
 }

@@ -282,7 +282,7 @@ impl<S: Sink> FaultySink<S> {
 crate::forward_sink! {
     (impl<S: Sink> Sink for FaultySink<S>)
     to self.inner: location, get, get_stream, head, list, delete, unfinished_uploads,
-        discard_upload;
+        discard_upload, retention, set_retention;
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         self.spend(key)?;
@@ -467,7 +467,7 @@ impl PausableSink {
 
 crate::forward_sink! {
     (impl Sink for PausableSink)
-    to self.inner: location, unfinished_uploads, discard_upload;
+    to self.inner: location, unfinished_uploads, discard_upload, retention, set_retention;
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         self.before_put(key).await;

@@ -390,6 +390,10 @@ pub struct WalExpiry {
     pub kept_from: Option<String>,
     /// WAL files deleted (or, in a dry run, to delete), oldest first.
     pub deleted: Vec<String>,
+    /// WAL files no kept base backup needs that the store's object lock still holds, with
+    /// their retain-until dates: an expiry after the date deletes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<(String, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// Deletes archived WAL that no kept base backup needs: segments (and partial and
@@ -424,11 +428,13 @@ pub async fn expire_wal(
         return Ok(WalExpiry {
             kept_from: None,
             deleted: Vec::new(),
+            deferred: Vec::new(),
         });
     };
     let size = oldest.info.wal_segment_size;
     let first_needed = oldest.info.start_lsn.0 / size;
     let mut deleted = Vec::new();
+    let mut deferred = Vec::new();
     for file in wal.list().await? {
         let segment = match file.kind {
             WalFileKind::History { .. } => continue,
@@ -436,7 +442,14 @@ pub async fn expire_wal(
         };
         if segment.is_some_and(|s| s.segno < first_needed) {
             if !dry_run {
-                wal.delete(&file.name).await?;
+                match wal.delete(&file.name).await {
+                    Ok(()) => {}
+                    Err(PgError::Sink(e)) if e.locked_until().is_some() => {
+                        deferred.push((file.name, e.locked_until().expect("checked")));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             deleted.push(file.name);
         }
@@ -444,5 +457,6 @@ pub async fn expire_wal(
     Ok(WalExpiry {
         kept_from: Some(oldest.info.start_wal.clone()),
         deleted,
+        deferred,
     })
 }

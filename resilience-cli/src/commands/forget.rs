@@ -78,6 +78,13 @@ pub async fn run(g: &Global, args: &ForgetArgs) -> Result<(), CliError> {
              was backed up or when (a forged or damaged revision); see the log, and verify"
         );
     }
+    for kept in &report.kept_locked {
+        eprintln!(
+            "backup {} stays until {}: its manifest is under object lock; it stays restorable, \
+             with its data, and a forget after that date expires it",
+            kept.id, kept.until
+        );
+    }
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use crate::CliError;
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.global;
     match &cli.command {
-        Command::Init => init::run(g).await,
+        Command::Init(args) => init::run(g, args).await,
         Command::Backup { source } => backup::run(g, source).await,
         Command::Snapshots => snapshots::run(g).await,
         Command::Restore {

@@ -41,6 +41,15 @@ pub async fn run(g: &Global, dry_run: bool, grace: &str) -> Result<(), CliError>
         for w in &report.waiting_plans {
             println!("waiting: {w}");
         }
+        if let Some(r) = &report.retention {
+            println!(
+                "object lock: {} object(s) live snapshots need, {} extended a full period, {} locked again",
+                r.needed, r.extended, r.relocked
+            );
+        }
+        for d in &report.deferred {
+            println!("deferred: {} is under object lock until {}", d.key, d.until);
+        }
         if report.discarded_uploads > 0 {
             println!(
                 "{} {} unfinished upload(s) left by interrupted writers",

@@ -557,6 +557,7 @@ pub(crate) async fn write_generation(
     recipients: &[&WrappedKey],
     now: DateTime<Utc>,
 ) -> Result<u64> {
+    refuse_if_generations_locked(sink, &ring.generation_names).await?;
     let generation = ring.latest_generation() + 1;
     let obj = seal_generation(keys, generation, recipients, now)?;
     sink.put(
@@ -582,6 +583,28 @@ pub(crate) async fn write_generation(
         delete_generation(sink, other).await?;
     }
     Ok(generation)
+}
+
+/// Refuses a change of keys while the store's object lock holds one of the generations
+/// `names` (a change must delete them, and the generation in force is the oldest present),
+/// naming it and its date.
+async fn refuse_if_generations_locked(sink: &dyn Sink, names: &[String]) -> Result<()> {
+    for name in names {
+        match sink.retention(name).await {
+            Ok(Some(r)) if r.until > Utc::now() => {
+                return Err(crate::sink::SinkError::Locked {
+                    key: name.clone(),
+                    mode: r.mode,
+                    until: r.until,
+                }
+                .into())
+            }
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 async fn delete_generation(sink: &dyn Sink, name: &str) -> Result<()> {
@@ -626,8 +649,9 @@ impl Repository {
     /// Takes the maintenance lock that serializes changes of keys (two concurrent changes
     /// would write the same generation; on a store that ignores create-only puts one would be
     /// lost). Backups go on beside it.
+    /// Under an object lock, a change of keys is refused here, before it writes anything.
     async fn key_lock(&self, purpose: &str) -> Result<RepoLock> {
-        RepoLock::acquire(
+        let lock = RepoLock::acquire(
             self.sink.clone(),
             self.clock.clone(),
             LockKind::Maintenance,
@@ -635,7 +659,27 @@ impl Repository {
             None,
             self.lock_settings,
         )
-        .await
+        .await?;
+        if self.config.object_lock.is_some() {
+            let names: Vec<String> = match self
+                .sink
+                .list(KEYSET_PREFIX)
+                .map_ok(|m| m.key)
+                .try_collect()
+                .await
+            {
+                Ok(names) => names,
+                Err(e) => {
+                    crate::ops::lifecycle::release_quietly(lock, purpose).await;
+                    return Err(e.into());
+                }
+            };
+            if let Err(e) = refuse_if_generations_locked(self.sink.as_ref(), &names).await {
+                crate::ops::lifecycle::release_quietly(lock, purpose).await;
+                return Err(e);
+            }
+        }
+        Ok(lock)
     }
 
     async fn add_key_locked(&self, provider: &dyn KeyProvider) -> Result<WrappedKey> {

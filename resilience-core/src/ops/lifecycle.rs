@@ -48,6 +48,20 @@ pub struct ForgetReport {
     /// manifest on what was backed up or when (a forged or damaged revision: the retention
     /// decision was made on facts the snapshot does not bear out).
     pub kept_disagreeing: Vec<String>,
+    /// Backups the plan expires whose manifest the store's object lock still holds: they stay
+    /// `succeeded` and restorable, with all their data, until the date; a forget after it
+    /// expires them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_locked: Vec<LockedBackup>,
+}
+
+/// A backup that retention expires and the store's object lock keeps until a date.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LockedBackup {
+    /// The backup.
+    pub id: String,
+    /// Its manifest's retain-until date.
+    pub until: chrono::DateTime<chrono::Utc>,
 }
 
 impl Repository {
@@ -181,7 +195,22 @@ impl Repository {
                             )
                             .await?;
                         // Already gone after a forget interrupted past this point.
-                        store.delete_quietly(&manifest).await?;
+                        match store.delete_quietly(&manifest).await {
+                            Ok(()) => {}
+                            // Under the store's object lock: planned, its data stays until
+                            // then. The journal stays too, so maintenance no longer extends
+                            // the manifest's retention, and a forget after the date finishes.
+                            Err(Error::Sink(e)) if e.locked_until().is_some() => {
+                                let until = e.locked_until().expect("checked");
+                                tracing::info!(backup = %d.id, %until, "not expiring a backup under object lock yet");
+                                report.kept_locked.push(LockedBackup {
+                                    id: d.id.clone(),
+                                    until,
+                                });
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     } else {
                         match store.sink.head(&manifest).await {
                             Ok(_) => {

@@ -34,6 +34,7 @@
 //! Each run also discards the unfinished uploads (multipart uploads, staging files) that killed
 //! writers left, once older than the grace period ([`uploads`]).
 
+pub mod retention;
 mod uploads;
 
 use std::collections::{HashMap, HashSet};
@@ -53,6 +54,7 @@ use crate::format::pack::{self, PackBuilder, PackId};
 use crate::format::snapshot::Content;
 use crate::repo::lock::{self, LockKind, RepoLock};
 use crate::repo::{self, Repository};
+use retention::{DeferredDelete, RetentionReport};
 
 /// How to prune.
 #[derive(Clone, Copy, Debug)]
@@ -111,6 +113,14 @@ pub struct PruneReport {
     /// run): no snapshot was ever acknowledged under them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub abandoned_manifests: Vec<String>,
+    /// Objects this run would have deleted that the store's object lock still holds: left in
+    /// place (their plan too) for a prune after their date.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<DeferredDelete>,
+    /// What this run did to the retention of what live snapshots need, in a repository under
+    /// an object lock ([`Repository::extend_retention`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionReport>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -194,6 +204,16 @@ impl Referenced {
             .sum::<usize>()
             + self.outside.len()
     }
+}
+
+/// What became of an object prune deleted.
+enum Deleted {
+    /// Deleted by this run.
+    Now,
+    /// Gone already (an earlier run deleted it).
+    Earlier,
+    /// The store's object lock holds it.
+    Deferred(DeferredDelete),
 }
 
 /// A prune plan as readers see it: its key, when it was made, the packs it condemns.
@@ -308,13 +328,30 @@ impl Repository {
     /// ever acknowledged under it, and it is skipped (and named in the report).
     async fn referenced_blobs(&self, index: &Index) -> Result<Referenced> {
         let mut referenced = Referenced::new(index.blob_count());
+        let abandoned = self
+            .visit_referenced(index, &HashSet::new(), |id| referenced.mark(index, id))
+            .await?;
+        referenced.abandoned = abandoned;
+        Ok(referenced)
+    }
+
+    /// Calls `visit` with every blob that a snapshot manifest in this store references (tree
+    /// blobs and content blobs), leaving out the manifests named in `skip`; returns the
+    /// manifests skipped as abandoned (see [`Repository::referenced_blobs`]).
+    async fn visit_referenced(
+        &self,
+        index: &Index,
+        skip: &HashSet<String>,
+        mut visit: impl FnMut(&BlobId),
+    ) -> Result<Vec<String>> {
+        let mut abandoned = Vec::new();
         let keys: Vec<String> = self
             .sink
             .list("snapshots/")
             .map_ok(|m| m.key)
             .try_collect()
             .await?;
-        for key in keys {
+        for key in keys.into_iter().filter(|k| !skip.contains(k)) {
             let bytes = match self.sink.get(&key).await {
                 Ok(b) => b,
                 // Expired (or moved to the other tier) since the listing.
@@ -325,7 +362,7 @@ impl Repository {
                 Ok(m) => m,
                 Err(e @ Error::Corrupt { .. }) if self.never_committed(&key).await? => {
                     tracing::warn!(manifest = %key, error = %e, "skipping the unreadable manifest of a backup that never committed");
-                    referenced.abandoned.push(key);
+                    abandoned.push(key);
                     continue;
                 }
                 Err(e) => {
@@ -336,19 +373,19 @@ impl Repository {
                 }
             };
             for r in &manifest.tree {
-                referenced.mark(index, &r.id);
+                visit(&r.id);
             }
             let mut tree =
                 crate::ops::restore::TreeReader::new(self.clone(), index, &manifest.tree);
             while let Some(rec) = tree.next().await? {
                 if let Content::Blobs(blobs) = &rec.content {
                     for b in blobs {
-                        referenced.mark(index, &b.id);
+                        visit(&b.id);
                     }
                 }
             }
         }
-        Ok(referenced)
+        Ok(abandoned)
     }
 
     /// Whether the backup of manifest `key` never committed, so that its manifest, should it
@@ -379,6 +416,29 @@ impl Repository {
         Ok(!live)
     }
 
+    /// Deletes `key`, unless the store's object lock still holds it. In a repository without
+    /// an object lock, a plain delete.
+    async fn delete_unless_locked(&self, key: &str) -> Result<Deleted> {
+        if self.config.object_lock.is_some() {
+            // Asked first, so that a pack an earlier run deleted is not counted again.
+            match self.sink.retention(key).await {
+                Err(e) if e.is_not_found() => return Ok(Deleted::Earlier),
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
+        }
+        match self.sink.delete(key).await {
+            Ok(()) => Ok(Deleted::Now),
+            Err(e) => match e.locked_until() {
+                Some(until) => Ok(Deleted::Deferred(DeferredDelete {
+                    key: key.to_owned(),
+                    until,
+                })),
+                None => Err(e.into()),
+            },
+        }
+    }
+
     /// Runs phase 2 for ripe plans, then phase 1.
     pub async fn prune(&self, options: PruneOptions) -> Result<PruneReport> {
         let lock = self
@@ -392,7 +452,12 @@ impl Repository {
     }
 
     async fn prune_locked(&self, options: PruneOptions, lock: &RepoLock) -> Result<PruneReport> {
+        let retention = match (self.config.object_lock, options.dry_run) {
+            (Some(_), false) => Some(self.extend_retention().await?),
+            _ => None,
+        };
         let (mut report, wrote_unindexed_plan) = self.prune_pass(options, lock, Pass::Full).await?;
+        report.retention = retention;
         if wrote_unindexed_plan {
             // The packs of failed backups, condemned just now: phase 2 of their plan (which
             // needs no grace period), unless a backup that began before it still runs.
@@ -401,6 +466,7 @@ impl Repository {
             report.freed_bytes += second.freed_bytes;
             report.resurrected_packs += second.resurrected_packs;
             report.waiting_plans.extend(second.waiting_plans);
+            report.deferred.extend(second.deferred);
         }
         Ok(report)
     }
@@ -482,16 +548,29 @@ impl Repository {
                         resurrect.push(p.clone());
                         continue;
                     }
+                    if !options.dry_run {
+                        match self.delete_unless_locked(&pack::pack_key(&p.id)).await? {
+                            Deleted::Now => {}
+                            Deleted::Earlier => continue,
+                            Deleted::Deferred(d) => {
+                                report.deferred.push(d);
+                                continue;
+                            }
+                        }
+                    }
                     report.deleted_packs += 1;
                     report.freed_bytes += p.size;
-                    if !options.dry_run {
-                        self.sink.delete(&pack::pack_key(&p.id)).await?;
-                    }
                 }
                 report.resurrected_packs += resurrect.len();
                 if !options.dry_run {
                     self.write_index(&resurrect).await?;
-                    self.sink.delete(key).await?;
+                    // A plan with packs the lock still holds stays, for a later run.
+                    if !report.deferred.iter().any(|d| {
+                        pack::pack_id_from_key(&d.key)
+                            .is_some_and(|id| packs.iter().any(|p| p.id == id))
+                    }) {
+                        self.sink.delete(key).await?;
+                    }
                 }
             }
         }
@@ -530,7 +609,9 @@ impl Repository {
         if !options.dry_run {
             for key in &referenced.abandoned {
                 lock.check()?;
-                self.sink.delete(key).await?;
+                if let Deleted::Deferred(d) = self.delete_unless_locked(key).await? {
+                    report.deferred.push(d);
+                }
             }
         }
         let mut keep: Vec<PackRecord> = Vec::new();

@@ -471,7 +471,7 @@ mod tests {
     crate::forward_sink! {
         (impl Sink for Tampering)
         to self.inner: put, get, get_range, head, list, delete, unfinished_uploads,
-            discard_upload;
+            discard_upload, retention, set_retention;
 
         fn location(&self) -> String {
             "tampering://".into()

@@ -35,12 +35,17 @@ use crate::keys::cell::KeyCell;
 use crate::keys::ring as keyring;
 use crate::keys::{KeyProvider, WrappedKey};
 use crate::repo::lock::LockSettings;
-use crate::sink::{PutMode, Sink};
+use crate::sink::{ObjectLock, PutMode, RetainingSink, Sink};
 use crate::time::clock::{Clock, SystemClock};
 
 /// Format version written by this build; it reads every version up to this one.
 /// Version 2 changed only `keys/` (identities and key-set generations, see [`crate::keys::ring`]).
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3 is written only by repositories under an object lock ([`RepoConfig::object_lock`]),
+/// so that a build that does not know the lock (and would delete what it holds) refuses them.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The format version of a repository without an object lock.
+const FORMAT_UNLOCKED: u32 = 2;
 
 /// A repository's public configuration (`config`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +64,10 @@ pub struct RepoConfig {
     pub compression_level: i32,
     /// Contents up to this many bytes are stored inside the tree.
     pub inline_limit: u32,
+    /// The store's object lock that every retained object is written under
+    /// ([`crate::sink::retaining`]); `None` for a repository without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
 }
 
 /// Settings for a new repository.
@@ -72,6 +81,9 @@ pub struct InitOptions {
     pub compression_level: i32,
     /// Inline limit.
     pub inline_limit: u32,
+    /// Write every retained object under the store's object lock for this long (the store
+    /// must have one: an S3 bucket created with Object Lock).
+    pub object_lock: Option<ObjectLock>,
 }
 
 impl Default for InitOptions {
@@ -81,6 +93,7 @@ impl Default for InitOptions {
             pack_size: 16 * 1024 * 1024,
             compression_level: 3,
             inline_limit: 4096,
+            object_lock: None,
         }
     }
 }
@@ -176,6 +189,14 @@ impl Repository {
                 location: sink.location(),
             });
         }
+        if let Some(lock) = &options.object_lock {
+            if lock.period_secs == 0 {
+                return Err(Error::Usage(
+                    "cannot create a repository: an object lock needs a retention period".into(),
+                ));
+            }
+        }
+        let sink = Self::locked_sink(sink, options.object_lock);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let now = clock.now();
         let keys = KeySet::generate();
@@ -191,13 +212,17 @@ impl Repository {
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let config = RepoConfig {
-            format: FORMAT_VERSION,
+            format: match options.object_lock {
+                Some(_) => FORMAT_VERSION,
+                None => FORMAT_UNLOCKED,
+            },
             id: hex::encode(id),
             created_at: now,
             chunker: options.chunker,
             pack_size: options.pack_size,
             compression_level: options.compression_level,
             inline_limit: options.inline_limit,
+            object_lock: options.object_lock,
         };
         sink.put("config", encode_plain(&config), PutMode::Create)
             .await?;
@@ -216,6 +241,7 @@ impl Repository {
     /// Opens an existing repository with `provider`'s credentials.
     pub async fn open(sink: Arc<dyn Sink>, provider: &dyn KeyProvider) -> Result<Repository> {
         let config = Self::read_config(sink.as_ref()).await?;
+        let sink = Self::locked_sink(sink, config.object_lock);
         let ring = keyring::KeyRing::load(sink.as_ref()).await?;
         let (keys, opener) = ring.unlock_opener(provider, &sink.location()).await?;
         for damaged in &ring.damaged {
@@ -230,6 +256,19 @@ impl Repository {
             tier: Default::default(),
             cold: None,
         })
+    }
+
+    /// `sink` as a repository under `lock` writes and deletes through it.
+    fn locked_sink(sink: Arc<dyn Sink>, lock: Option<ObjectLock>) -> Arc<dyn Sink> {
+        match lock {
+            Some(lock) => Arc::new(RetainingSink::new(sink, lock)),
+            None => sink,
+        }
+    }
+
+    /// The object lock the repository writes under, if any.
+    pub fn object_lock(&self) -> Option<ObjectLock> {
+        self.config.object_lock
     }
 
     /// Whether a repository exists in `sink` (its `config` is written last by `init`).

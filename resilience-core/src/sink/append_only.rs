@@ -58,7 +58,8 @@ impl<S: Sink> AppendOnlySink<S> {
 
 crate::forward_sink! {
     (impl<S: Sink> Sink for AppendOnlySink<S>)
-    to self.inner: location, get_stream, head, list, get, get_range, unfinished_uploads;
+    to self.inner: location, get_stream, head, list, get, get_range, unfinished_uploads,
+        retention, set_retention;
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         let mode = self.guard_put(key, mode).await?;

@@ -31,7 +31,7 @@ pub mod __private {
 /// resilience_core::forward_sink! {
 ///     (impl<S: Sink> Sink for Counted<S>)
 ///     to self.inner: location, get_stream, head, list, delete, put, put_copy, get, get_range,
-///         unfinished_uploads, discard_upload;
+///         unfinished_uploads, discard_upload, retention, set_retention;
 ///
 ///     async fn put_stream(
 ///         &self,
@@ -189,6 +189,30 @@ macro_rules! forward_sink {
                 upload: &$crate::sink::UnfinishedUpload,
             ) -> ::std::result::Result<(), $crate::sink::SinkError> {
                 $crate::sink::Sink::discard_upload($inner, upload).await
+            }
+        ] [$($rest)*] $items);
+    };
+    (@munch $attr:tt $header:tt [$s:tt] [$inner:tt] [$($done:tt)*] [retention $($rest:ident)*] $items:tt) => {
+        $crate::forward_sink!(@munch $attr $header [$s] [$inner] [$($done)*
+            async fn retention(
+                &$s,
+                key: &str,
+            ) -> ::std::result::Result<
+                ::std::option::Option<$crate::sink::Retention>,
+                $crate::sink::SinkError,
+            > {
+                $crate::sink::Sink::retention($inner, key).await
+            }
+        ] [$($rest)*] $items);
+    };
+    (@munch $attr:tt $header:tt [$s:tt] [$inner:tt] [$($done:tt)*] [set_retention $($rest:ident)*] $items:tt) => {
+        $crate::forward_sink!(@munch $attr $header [$s] [$inner] [$($done)*
+            async fn set_retention(
+                &$s,
+                key: &str,
+                retention: $crate::sink::Retention,
+            ) -> ::std::result::Result<(), $crate::sink::SinkError> {
+                $crate::sink::Sink::set_retention($inner, key, retention).await
             }
         ] [$($rest)*] $items);
     };

@@ -10,7 +10,9 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use chrono::{DateTime, Utc};
 
-use super::{ByteStream, ObjectMeta, PutMode, Sink, SinkError, UnfinishedUpload};
+use super::{
+    ByteStream, LockMode, ObjectMeta, PutMode, Retention, Sink, SinkError, UnfinishedUpload,
+};
 use crate::time::clock::{Clock, SystemClock};
 
 /// A [`Sink`] that keeps objects in a map. Cheap to create; shares nothing between instances.
@@ -35,6 +37,8 @@ pub struct MemorySink {
     /// Uploads a test planted as left behind by a killed writer.
     unfinished: Mutex<Vec<UnfinishedUpload>>,
     clock: Arc<dyn Clock>,
+    /// Retentions under the object lock, when the sink has one ([`MemorySink::with_object_lock`]).
+    retentions: Option<Mutex<BTreeMap<String, Retention>>>,
 }
 
 impl Default for MemorySink {
@@ -55,6 +59,36 @@ impl MemorySink {
             objects: Mutex::new(BTreeMap::new()),
             unfinished: Mutex::new(Vec::new()),
             clock,
+            retentions: None,
+        }
+    }
+
+    /// The same sink with an object lock, as an S3 bucket created with Object Lock has: an
+    /// object whose retention has not passed (by the sink's clock) cannot be deleted or
+    /// replaced, and a compliance retention can only move later.
+    pub fn with_object_lock(mut self) -> Self {
+        self.retentions = Some(Mutex::new(BTreeMap::new()));
+        self
+    }
+
+    /// The object's retention if it holds the object now (by the sink's clock).
+    fn holding(&self, key: &str) -> Option<Retention> {
+        let retentions = self
+            .retentions
+            .as_ref()?
+            .lock()
+            .expect("memory sink lock poisoned");
+        retentions
+            .get(key)
+            .copied()
+            .filter(|r| r.until > self.clock.now())
+    }
+
+    fn locked(key: &str, r: Retention) -> SinkError {
+        SinkError::Locked {
+            key: key.to_owned(),
+            mode: r.mode,
+            until: r.until,
         }
     }
 
@@ -99,6 +133,9 @@ impl Sink for MemorySink {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
+        if let Some(r) = self.holding(key) {
+            return Err(Self::locked(key, r));
+        }
         let mut objects = self.objects.lock().expect("memory sink lock poisoned");
         if mode == PutMode::Create && objects.contains_key(key) {
             return Err(SinkError::AlreadyExists {
@@ -183,6 +220,9 @@ impl Sink for MemorySink {
     }
 
     async fn delete(&self, key: &str) -> Result<(), SinkError> {
+        if let Some(r) = self.holding(key) {
+            return Err(Self::locked(key, r));
+        }
         self.objects
             .lock()
             .expect("memory sink lock poisoned")
@@ -206,6 +246,45 @@ impl Sink for MemorySink {
             .lock()
             .expect("memory sink lock poisoned")
             .retain(|u| u.id != upload.id);
+        Ok(())
+    }
+
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, SinkError> {
+        let Some(retentions) = &self.retentions else {
+            return Ok(None);
+        };
+        self.lookup(key)?;
+        Ok(retentions
+            .lock()
+            .expect("memory sink lock poisoned")
+            .get(key)
+            .copied())
+    }
+
+    async fn set_retention(&self, key: &str, retention: Retention) -> Result<(), SinkError> {
+        let Some(retentions) = &self.retentions else {
+            return Err(SinkError::Refused {
+                operation: "set retention",
+                key: key.to_owned(),
+                reason: "memory:// has no object lock".into(),
+            });
+        };
+        self.lookup(key)?;
+        let mut retentions = retentions.lock().expect("memory sink lock poisoned");
+        if let Some(old) = retentions.get(key) {
+            let shortens = retention.until < old.until || retention.mode != old.mode;
+            if old.mode == LockMode::Compliance && shortens && old.until > self.clock.now() {
+                return Err(SinkError::Refused {
+                    operation: "set retention",
+                    key: key.to_owned(),
+                    reason: format!(
+                        "a compliance retention until {} can only move later",
+                        old.until
+                    ),
+                });
+            }
+        }
+        retentions.insert(key.to_owned(), retention);
         Ok(())
     }
 }

@@ -97,7 +97,8 @@ impl<S: Sink> ThrottledSink<S> {
 
 crate::forward_sink! {
     (impl<S: Sink> Sink for ThrottledSink<S>)
-    to self.inner: location, head, list, delete, unfinished_uploads, discard_upload;
+    to self.inner: location, head, list, delete, unfinished_uploads, discard_upload, retention,
+        set_retention;
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), SinkError> {
         self.limiter.acquire(data.len() as u64).await;

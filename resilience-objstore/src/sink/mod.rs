@@ -4,6 +4,7 @@
 
 mod durable;
 mod etag;
+mod lock;
 mod space;
 mod unfinished;
 mod upload;
@@ -18,7 +19,7 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use resilience_core::sink::{
-    ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError, UnfinishedUpload,
+    ByteStream, Copied, ObjectMeta, PutMode, Retention, Sink, SinkError, UnfinishedUpload,
 };
 
 pub use self::durable::{Fsync, LocalSync};
@@ -47,6 +48,9 @@ pub struct ObjectStoreSink {
     put_attributes: object_store::Attributes,
     /// Streamed single `PUT`s for copies, where the store is S3.
     streaming_put: Option<StreamingPut>,
+    /// Whether the bucket can hold retentions, checked before the first one is set
+    /// ([`lock`]).
+    lock_checked: Arc<tokio::sync::OnceCell<Result<(), String>>>,
 }
 
 impl ObjectStoreSink {
@@ -73,6 +77,7 @@ impl ObjectStoreSink {
             local_sync: Arc::new(Fsync),
             put_attributes: Default::default(),
             streaming_put: None,
+            lock_checked: Default::default(),
         }
     }
 
@@ -455,6 +460,25 @@ impl Sink for ObjectStoreSink {
         match &self.streaming_put {
             Some(s3) => self.s3_discard(s3, upload).await,
             None => Ok(()),
+        }
+    }
+    /// S3 Object Lock's retention, from the object's `HEAD`; other stores have none.
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, SinkError> {
+        match &self.streaming_put {
+            Some(s3) => self.s3_retention(s3, key).await,
+            None => Ok(None),
+        }
+    }
+
+    /// S3 Object Lock's `PutObjectRetention`; other stores refuse.
+    async fn set_retention(&self, key: &str, retention: Retention) -> Result<(), SinkError> {
+        match &self.streaming_put {
+            Some(s3) => self.s3_set_retention(s3, key, retention).await,
+            None => Err(SinkError::Refused {
+                operation: "set retention",
+                key: key.to_owned(),
+                reason: format!("{} has no object lock (only S3 buckets do)", self.location),
+            }),
         }
     }
 }
