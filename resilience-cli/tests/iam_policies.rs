@@ -14,11 +14,14 @@
 //! drifts (one more `s3:DeleteObject`) lets the writer delete, which the same check reports.
 //!
 //! What moto does not enforce: IAM `Condition`s (the `s3:prefix` condition on `ListBucket`
-//! is ignored, so a listing outside `billing/` is not refused here, as it is on AWS), bucket
-//! policies' conditions, and `If-None-Match` under IAM. moto's signature check decodes
-//! percent-escapes before it recomputes a signature (so `prefix=billing%2F` was refused with
-//! `SignatureDoesNotMatch`, for boto3 too); `scripts/moto_iam.py` encodes them again as SigV4
-//! does before moto checks, without which no listing of a prefix would pass.
+//! is ignored, so a listing outside `billing/` is not refused here, as it is on AWS); a bulk
+//! delete is checked against the bucket, not each key (resilience deletes one object at a
+//! time). moto's signature check decodes percent-escapes before it recomputes a signature (so
+//! `prefix=billing%2F` was refused with `SignatureDoesNotMatch`, for boto3 too);
+//! `scripts/moto_iam.py` encodes them again as SigV4 does before moto checks, without which no
+//! listing of a prefix would pass.
+//!
+//! The buckets and users are made anew on every run, so the test can run again on one server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -274,18 +277,22 @@ impl Role<'_> {
     }
 }
 
-/// Creates the buckets and `users` (name, policies) as the administrator; their keys.
-fn create_users(moto: &Moto, users: &[(&str, Vec<Value>)]) -> Vec<(String, String)> {
+/// As the administrator, makes the buckets `backups` and `backups-eu` and `users` (each with
+/// its inline policies) anew; the users' access keys (id, secret), in order.
+fn create_users(moto: &Moto, roles: &[(&str, Vec<Value>)]) -> Vec<(String, String)> {
+    let users: serde_json::Map<_, _> = roles
+        .iter()
+        .map(|(user, policies)| (user.to_string(), json!(policies)))
+        .collect();
     let spec = json!({
         "endpoint": moto.endpoint, "id": moto.admin_id, "secret": moto.admin_secret,
-        "buckets": if users.iter().any(|(u, _)| *u == "writer") { json!(["backups", "backups-eu"]) } else { json!([]) },
-        "users": users.iter().map(|(u, p)| (u.to_string(), json!(p))).collect::<serde_json::Map<_, _>>(),
+        "buckets": ["backups", "backups-eu"], "users": users,
     });
     let keys: Value = serde_json::from_str(&python(SETUP, &spec)).unwrap();
-    users
+    roles
         .iter()
-        .map(|(u, _)| {
-            let k = &keys[*u];
+        .map(|(user, _)| {
+            let k = &keys[*user];
             (
                 k[0].as_str().unwrap().to_owned(),
                 k[1].as_str().unwrap().to_owned(),
@@ -300,10 +307,17 @@ fn write_tree(dir: &Path) {
     std::fs::write(dir.join("sub/b.bin"), vec![7u8; 300_000]).unwrap();
 }
 
-/// A Postgres WAL segment's size, and one of it (not compressible to nothing).
+/// A WAL segment of Postgres' default size, 16 MiB.
 fn segment() -> Vec<u8> {
-    (0..16 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+    // xorshift64: bytes that do not compress, so the sealed object stays that large.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..2 * 1024 * 1024)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
         .collect()
 }
 
@@ -339,7 +353,7 @@ fn each_role_can_do_what_security_md_gives_it_and_nothing_else_on_moto_with_iam(
     let moto = moto_iam();
     let policies = security_md_policies();
     let mut drifted_writer = policies.writer.clone();
-    // Drift: the writer's own-locks delete widened to the whole prefix.
+    // Drift: one more statement, deleting anything under the prefix.
     drifted_writer["Statement"]
         .as_array_mut()
         .unwrap()
@@ -375,7 +389,7 @@ fn each_role_can_do_what_security_md_gives_it_and_nothing_else_on_moto_with_iam(
     // objects is what a writer does).
     maintenance.ok(&["init", "--key-file", key_file.to_str().unwrap()]);
 
-    // The writer: append-only backups, a WAL segment (a multipart upload), and reading.
+    // The writer: append-only backups, a 16 MiB WAL segment, and reading.
     let data = tmp.path().join("data");
     write_tree(&data);
     let backup = |role: &Role, extra: &[&str]| -> Value {
