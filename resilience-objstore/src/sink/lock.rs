@@ -247,7 +247,8 @@ mod tests {
             prop_assert!(back >= until);
             prop_assert!(back - until < chrono::Duration::seconds(1));
             let xml = retention_xml(&Retention { mode, until });
-            prop_assert!(xml.contains(&format!("<RetainUntilDate>{text}</RetainUntilDate>")));
+            let wanted = format!("<RetainUntilDate>{text}</RetainUntilDate>");
+            prop_assert!(xml.contains(&wanted));
             prop_assert_eq!(parse_mode(s3_mode(mode)), Some(mode));
         }
     }
