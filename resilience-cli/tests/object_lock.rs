@@ -309,6 +309,19 @@ fn locked_backups_outlive_every_delete_until_their_date_and_maintenance_keeps_li
     );
     assert!(retained >= 5, "{objects:?}");
 
+    // A replica in another bucket with Object Lock is locked as the source is.
+    let replica = format!("{run}-replica");
+    bucket(&replica, true, false);
+    let replica_url = format!("s3://{replica}/repo?endpoint={}&region=us-east-1", moto());
+    lab.json(&["replicate", "--to", &replica_url]);
+    let copied = locks(&replica, "repo/");
+    for (key, lock) in &copied {
+        if key.starts_with("data/") || key.starts_with("snapshots/") || key == "config" {
+            assert_eq!(lock["mode"], "COMPLIANCE", "replica {key}: {lock}");
+        }
+    }
+    assert!(copied.keys().any(|k| k.starts_with("data/")), "{copied:?}");
+
     // A raw delete of a locked version, with the credentials maintenance has, is refused.
     let (pack, pack_lock) = objects
         .iter()

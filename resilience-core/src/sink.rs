@@ -369,6 +369,13 @@ pub trait Sink: Send + Sync + fmt::Debug {
 }
 
 crate::forward_sink! {
+    /// A borrowed sink is a sink, so a wrapper can be put around one for one operation.
+    (impl<S: Sink + ?Sized> Sink for &S)
+    to **self: location, put_stream, get_stream, head, list, delete, put, put_copy, get, get_range,
+        unfinished_uploads, discard_upload, retention, set_retention;
+}
+
+crate::forward_sink! {
     /// A shared sink is a sink, so wrappers compose over `Arc<dyn Sink>`.
     (impl<S: Sink + ?Sized> Sink for std::sync::Arc<S>)
     to **self: location, put_stream, get_stream, head, list, delete, put, put_copy, get, get_range,

@@ -368,6 +368,22 @@ pub(crate) async fn replicate_onto(
             location: source.location(),
         });
     }
+    // A repository under an object lock is locked in the replica too: what is copied is
+    // written through the lock, as the source's own writes are.
+    let object_lock = match crate::repo::Repository::read_config(source).await {
+        Ok(config) => config.object_lock,
+        Err(Error::Sink(e)) => return Err(e.into()),
+        // A `config` this build cannot read is copied as it is.
+        Err(_) => None,
+    };
+    let locked;
+    let replica: &dyn Sink = match object_lock {
+        Some(lock) => {
+            locked = crate::sink::RetainingSink::new(replica, lock);
+            &locked
+        }
+        None => replica,
+    };
     let lag_before = lag(&src, have, Utc::now());
     let mut missing: Vec<ObjectMeta> = src.values().filter(|m| lacks(have, m)).cloned().collect();
     missing.sort_by_key(|m| (phase_of(&m.key), m.key.clone()));
