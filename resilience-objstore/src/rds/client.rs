@@ -308,11 +308,12 @@ impl RdsClient {
     }
 
     /// Copies `source` (a snapshot in another region, by ARN) into this client's region as
-    /// `target_id`, encrypted with `kms_key_id` of this region when given.
+    /// `target_id`, encrypted with `kms_key_id` of this region when given. No `PreSignedUrl`
+    /// is sent: AWS needs one only between AWS GovCloud (US) regions (the SDKs' `SourceRegion`
+    /// is how they make it; it is not an API parameter).
     pub async fn copy_snapshot(
         &self,
         source: &DbSnapshot,
-        source_region: &str,
         target_id: &str,
         kms_key_id: Option<&str>,
     ) -> Result<DbSnapshot, RdsError> {
@@ -339,7 +340,6 @@ impl RdsClient {
         let mut params = vec![
             (from, source.arn.as_str()),
             (to, target_id),
-            ("SourceRegion", source_region),
             ("CopyTags", "true"),
         ];
         if let Some(k) = kms_key_id {

@@ -147,12 +147,7 @@ impl RdsSource {
                 .map_err(|e| AdapterError::new("copy", what.clone(), e))?;
             let target = copy_id(&snapshot.identifier);
             let copy = there
-                .copy_snapshot(
-                    &snapshot,
-                    &region,
-                    &target,
-                    self.options.kms_key_id.as_deref(),
-                )
+                .copy_snapshot(&snapshot, &target, self.options.kms_key_id.as_deref())
                 .await
                 .map_err(|e| AdapterError::new("copy", what.clone(), e))?;
             record.copy = Some(copy_of(&copy, to));
