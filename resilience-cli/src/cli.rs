@@ -715,9 +715,10 @@ pub struct RdsSnapshotArgs {
     /// Copy the snapshot to this region and wait for the copy.
     #[arg(long, value_name = "REGION")]
     pub copy_to_region: Option<String>,
-    /// The KMS key of the copy's region that encrypts the copy.
+    /// The KMS key of the copy's region that encrypts the copy (`--kms-key-id` is the
+    /// repository's own key, a global option).
     #[arg(long, value_name = "KEY", requires = "copy_to_region")]
-    pub kms_key_id: Option<String>,
+    pub copy_kms_key_id: Option<String>,
     /// Source id in the catalog (default: rds:<instance or cluster id>).
     #[arg(long)]
     pub source: Option<String>,

@@ -156,7 +156,7 @@ fn snapshot_copy_restore_and_forget_from_the_command_line() {
         &db,
         "--copy-to-region",
         AWAY,
-        "--kms-key-id",
+        "--copy-kms-key-id",
         &key,
         "--poll",
         "1",
@@ -332,8 +332,24 @@ poll_seconds = 1
         report
     };
     assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["source"], "orders-db", "{report}");
+    let checks: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        ["restore", "engine", "storage", "snapshot"],
+        "{report}"
+    );
     let after = instances(HOME);
-    let left: Vec<&String> = after.iter().filter(|i| !before.contains(i)).collect();
+    // Other tests make instances meanwhile: only drill copies count.
+    let left: Vec<&String> = after
+        .iter()
+        .filter(|i| !before.contains(i) && i.starts_with("resilience-drill-"))
+        .collect();
     assert!(left.is_empty(), "the drill left {left:?}");
 }
 

@@ -45,7 +45,7 @@ async fn snapshot(g: &Global, args: &RdsSnapshotArgs) -> Result<(), CliError> {
         SnapshotOptions {
             automated: args.automated,
             copy_to_region: args.copy_to_region.clone(),
-            kms_key_id: args.kms_key_id.clone(),
+            kms_key_id: args.copy_kms_key_id.clone(),
             wait: wait_policy(args.poll, args.timeout),
         },
     );
