@@ -818,4 +818,67 @@ mod tests {
         assert!(bad("region = \"b\"", "").contains("kind failover needs `region`"));
         assert!(bad("full = true", "full = true\nregion = \"b\"").contains("for kind failover"));
     }
+
+    const RDS: &str = r#"
+        [repository]
+        url = "/var/backups/repo"
+        [[source]]
+        name = "orders"
+        kind = "rds"
+        instance = "orders-db"
+        region = "eu-west-1"
+        copy_to_region = "eu-central-1"
+        kms_key_id = "alias/backups"
+        schedule = "0 0 3 * * *"
+        rpo = "26h"
+        retention = { keep_daily = 7 }
+        [source.drill]
+        region = "eu-central-1"
+        poll_seconds = 30
+        [[source]]
+        name = "ledger"
+        kind = "rds"
+        db_cluster = "ledger-aurora"
+        automated = true
+        schedule = "0 0 4 * * *"
+        rpo = "26h"
+    "#;
+
+    #[test]
+    fn rds_sources_parse() {
+        let c = DaemonConfig::parse(RDS).unwrap();
+        let orders = c.source("orders").unwrap();
+        assert_eq!(orders.kind, SourceKind::Rds);
+        assert_eq!(orders.instance.as_deref(), Some("orders-db"));
+        assert_eq!(orders.copy_to_region.as_deref(), Some("eu-central-1"));
+        assert_eq!(orders.kms_key_id.as_deref(), Some("alias/backups"));
+        assert_eq!(orders.drill.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(orders.drill.poll_seconds, Some(30));
+        let ledger = c.source("ledger").unwrap();
+        assert_eq!(ledger.db_cluster.as_deref(), Some("ledger-aurora"));
+        assert!(ledger.automated);
+    }
+
+    #[test]
+    fn rds_sources_are_validated() {
+        let both = RDS.replace(
+            "instance = \"orders-db\"",
+            "instance = \"orders-db\"\n        db_cluster = \"x\"",
+        );
+        assert_eq!(
+            DaemonConfig::parse(&both).unwrap_err(),
+            "source orders: kind rds needs `instance` or `db_cluster` (one of them)"
+        );
+        let key_alone = RDS.replace("copy_to_region = \"eu-central-1\"", "");
+        assert_eq!(
+            DaemonConfig::parse(&key_alone).unwrap_err(),
+            "source orders: `kms_key_id` encrypts the copy: it needs `copy_to_region`"
+        );
+        let on_dir = RDS.replace(
+            "kind = \"rds\"\n        instance = \"orders-db\"",
+            "kind = \"dir\"\n        path = \"/srv\"\n        instance = \"orders-db\"",
+        );
+        let err = DaemonConfig::parse(&on_dir).unwrap_err();
+        assert!(err.contains("are for kind rds, not dir"), "{err}");
+    }
 }
