@@ -1,6 +1,7 @@
 //! The RDS Query API over HTTP: form-encoded `Action=…` requests, signed with SigV4 as the KMS
 //! provider signs its own ([`object_store`]'s [`AwsAuthorizer`], service `rds`, the body's
-//! SHA-256 included), and XML answers read into [`super::model`]'s views.
+//! SHA-256 included), and XML answers read into typed views ([`super::DbSnapshot`],
+//! [`super::DbServer`]).
 //!
 //! Configuration, first match wins: endpoint `RESILIENCE_RDS_ENDPOINT`, `AWS_ENDPOINT_URL_RDS`,
 //! `AWS_ENDPOINT_URL`, else `https://rds.<region>.amazonaws.com`; region
