@@ -259,7 +259,7 @@ fn an_unknown_instance_fails_naming_it_and_the_aws_error_code() {
 }
 
 #[test]
-fn the_rds_drill_and_the_daemon_s_scheduled_snapshots() {
+fn the_daemon_snapshots_on_schedule_its_prune_deletes_expired_snapshots_and_the_drill_passes() {
     let lab = Lab::new();
     let db = unique("daemon-db");
     create_instance(&db);
@@ -284,8 +284,12 @@ kind = "rds"
 instance = "{db}"
 schedule = "* * * * * *"
 rpo = "1h"
+retention = {{ keep_last = 1 }}
 [source.drill]
 poll_seconds = 1
+[[job]]
+kind = "prune"
+schedule = "*/2 * * * * *"
 "#,
             repo = lab.repo().display(),
             key = lab.key().display(),
@@ -306,13 +310,33 @@ poll_seconds = 1
             .find(|r| r["source"] == "orders-db" && r["status"] == "succeeded")
             .cloned()
     });
+    // The prune job expires all but the newest, and deletes their snapshots in AWS.
+    let gone = wait_for(
+        60,
+        "an expired RDS backup whose snapshot was deleted",
+        || {
+            let out = lab.cli(&["--json", "snapshots"]);
+            let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+            list.as_array()?
+                .iter()
+                .find(|r| {
+                    r["source"] == "orders-db"
+                        && r["status"] == "expired"
+                        && !r["source_metadata"]["rds"]["aws_deleted_at"].is_null()
+                })
+                .cloned()
+        },
+    );
     drop(daemon);
+    let gone_id = gone["source_metadata"]["rds"]["snapshot"]["id"]
+        .as_str()
+        .unwrap();
+    assert!(!snapshot_exists(HOME, gone_id));
     assert_eq!(taken["source_kind"], "rds");
-    let snap = taken["source_metadata"]["rds"]["snapshot"]["id"]
+    assert!(taken["source_metadata"]["rds"]["snapshot"]["id"]
         .as_str()
         .unwrap()
-        .to_owned();
-    assert!(snapshot_exists(HOME, &snap));
+        .starts_with("resilience-daemon-db-"));
 
     // The drill of that source restores, checks and deletes its scratch instance.
     let before = instances(HOME);
