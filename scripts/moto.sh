@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts a throw-away moto server (S3 with versioning, KMS) on a free loopback port.
+# Starts a throw-away moto server (S3 with versioning, KMS, RDS) on a free loopback port.
 #
 #   scripts/moto.sh start DIR      writes DIR/env (RESILIENCE_TEST_MOTO_ENDPOINT) and DIR/moto.pid
 #   scripts/moto.sh start-iam DIR  a second moto that enforces IAM policies; writes DIR/env

@@ -154,6 +154,12 @@ pub enum Command {
         #[command(subcommand)]
         command: BucketCommand,
     },
+    /// AWS RDS and Aurora: snapshots recorded in the catalog, restores into new instances.
+    Rds {
+        /// What to do.
+        #[command(subcommand)]
+        command: RdsCommand,
+    },
     /// Run the backups and jobs of a config file on their schedules; serve /metrics and /health.
     Daemon {
         /// The TOML configuration (see the README's "Running it as a service").
@@ -687,6 +693,90 @@ pub enum BucketCommand {
         #[arg(long, value_name = "TIME")]
         as_of: Option<String>,
     },
+}
+
+/// `resilience rds …`.
+#[derive(Debug, Subcommand)]
+pub enum RdsCommand {
+    /// Take a manual snapshot of an instance or cluster (or pick its newest automated one),
+    /// wait until it is available, optionally copy it to another region, and record it in the
+    /// catalog (source `rds:<id>`, kind `rds`), where `forget` expires it like any backup.
+    Snapshot(RdsSnapshotArgs),
+    /// Restore an RDS backup into a new instance (or cluster, for a cluster snapshot).
+    Restore(RdsRestoreArgs),
+}
+
+/// `resilience rds snapshot`.
+#[derive(Debug, clap::Args)]
+pub struct RdsSnapshotArgs {
+    /// The DB instance.
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
+    pub instance: Option<String>,
+    /// The Aurora (or Multi-AZ) DB cluster.
+    #[arg(long, value_name = "ID")]
+    pub cluster: Option<String>,
+    /// Record the newest available automated snapshot instead of taking a manual one (AWS
+    /// expires automated snapshots itself; a copy made with --copy-to-region is resilience's).
+    #[arg(long)]
+    pub automated: bool,
+    /// The region of the instance or cluster (default: RESILIENCE_RDS_REGION, AWS_REGION).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Copy the snapshot to this region and wait for the copy.
+    #[arg(long, value_name = "REGION")]
+    pub copy_to_region: Option<String>,
+    /// The KMS key of the copy's region that encrypts the copy (`--kms-key-id` is the
+    /// repository's own key, a global option).
+    #[arg(long, value_name = "KEY", requires = "copy_to_region")]
+    pub copy_kms_key_id: Option<String>,
+    /// Source id in the catalog (default: rds:<instance or cluster id>).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Labels recorded with the backup.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Seconds between two status polls while waiting.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub poll: u64,
+    /// Give up waiting after this many seconds (the backup is then recorded failed, naming
+    /// the snapshot).
+    #[arg(long, value_name = "SECONDS", default_value_t = 4 * 3600)]
+    pub timeout: u64,
+}
+
+/// `resilience rds restore`.
+#[derive(Debug, clap::Args)]
+pub struct RdsRestoreArgs {
+    /// Snapshot (backup) id, unique prefix, or `latest`.
+    pub snapshot: String,
+    /// The new instance's identifier (for an instance snapshot).
+    #[arg(
+        long,
+        value_name = "NEW",
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
+    pub instance: Option<String>,
+    /// The new cluster's identifier (for a cluster snapshot).
+    #[arg(long, value_name = "NEW")]
+    pub cluster: Option<String>,
+    /// Restore the copy in this region (default: the snapshot in its own region).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Return once RDS accepted the restore, without waiting until it is available.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds between two status polls while waiting.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub poll: u64,
+    /// Give up waiting after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 4 * 3600)]
+    pub timeout: u64,
 }
 
 /// `resilience key …`.

@@ -9,7 +9,7 @@
 //! listen = "127.0.0.1:9187"
 //! [[source]]
 //! name = "docs"
-//! kind = "dir"                       # dir | postgres | redis | bucket
+//! kind = "dir"                       # dir | postgres | redis | bucket | rds
 //! path = "/srv/docs"
 //! schedule = "*/5 * * * * *"         # cron with seconds
 //! timezone = "UTC"
@@ -263,6 +263,8 @@ pub enum SourceKind {
     Redis,
     /// A bucket or prefix (`url`).
     Bucket,
+    /// An AWS RDS instance (`instance`) or Aurora cluster (`db_cluster`): snapshots.
+    Rds,
 }
 
 impl SourceKind {
@@ -273,6 +275,7 @@ impl SourceKind {
             SourceKind::Postgres => "postgres",
             SourceKind::Redis => "redis",
             SourceKind::Bucket => "bucket",
+            SourceKind::Rds => "rds",
         }
     }
 }
@@ -337,6 +340,24 @@ pub struct SourceConfig {
     /// `redis`: the URL names a cluster node.
     #[serde(default)]
     pub cluster: bool,
+    /// `rds`: the DB instance snapshotted.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// `rds`: the Aurora (or Multi-AZ) DB cluster snapshotted, instead of an instance.
+    #[serde(default)]
+    pub db_cluster: Option<String>,
+    /// `rds`: its region (default: `RESILIENCE_RDS_REGION`, `AWS_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `rds`: record the newest automated snapshot instead of taking a manual one.
+    #[serde(default)]
+    pub automated: bool,
+    /// `rds`: copy each snapshot to this region.
+    #[serde(default)]
+    pub copy_to_region: Option<String>,
+    /// `rds`: the KMS key of `copy_to_region` that encrypts the copies.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
     /// Cron expression with a seconds field (`sec min hour day month weekday`).
     pub schedule: String,
     /// IANA time zone of the schedule and window.
@@ -406,6 +427,13 @@ pub struct DrillConfig {
     /// Where scratch copies go (default: the system's temporary directory).
     #[serde(default)]
     pub scratch_dir: Option<PathBuf>,
+    /// `rds`: restore the copy in this region (default: the snapshot in its own region).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `rds`: seconds between two status polls while the scratch instance comes up
+    /// (default 15).
+    #[serde(default)]
+    pub poll_seconds: Option<u64>,
 }
 
 /// The kind of a `[[job]]`.
@@ -579,6 +607,34 @@ impl DaemonConfig {
                     need("dsn", s.dsn.is_some())?;
                 }
                 SourceKind::Redis | SourceKind::Bucket => need("url", s.url.is_some())?,
+                SourceKind::Rds => {
+                    if s.instance.is_some() == s.db_cluster.is_some() {
+                        return Err(format!(
+                            "source {}: kind rds needs `instance` or `db_cluster` (one of them)",
+                            s.name
+                        ));
+                    }
+                    if s.kms_key_id.is_some() && s.copy_to_region.is_none() {
+                        return Err(format!(
+                            "source {}: `kms_key_id` encrypts the copy: it needs `copy_to_region`",
+                            s.name
+                        ));
+                    }
+                }
+            }
+            if s.kind != SourceKind::Rds
+                && (s.instance.is_some()
+                    || s.db_cluster.is_some()
+                    || s.copy_to_region.is_some()
+                    || s.kms_key_id.is_some()
+                    || s.automated)
+            {
+                return Err(format!(
+                    "source {}: `instance`, `db_cluster`, `automated`, `copy_to_region` and \
+                     `kms_key_id` are for kind rds, not {}",
+                    s.name,
+                    s.kind.as_str()
+                ));
             }
             if s.rpo.as_secs() <= 0 {
                 return Err(format!("source {}: rpo must be above zero", s.name));
@@ -761,5 +817,68 @@ mod tests {
         assert!(bad("region = \"b\"", "region = \"z\"").contains("no [[region]] named \"z\""));
         assert!(bad("region = \"b\"", "").contains("kind failover needs `region`"));
         assert!(bad("full = true", "full = true\nregion = \"b\"").contains("for kind failover"));
+    }
+
+    const RDS: &str = r#"
+        [repository]
+        url = "/var/backups/repo"
+        [[source]]
+        name = "orders"
+        kind = "rds"
+        instance = "orders-db"
+        region = "eu-west-1"
+        copy_to_region = "eu-central-1"
+        kms_key_id = "alias/backups"
+        schedule = "0 0 3 * * *"
+        rpo = "26h"
+        retention = { keep_daily = 7 }
+        [source.drill]
+        region = "eu-central-1"
+        poll_seconds = 30
+        [[source]]
+        name = "ledger"
+        kind = "rds"
+        db_cluster = "ledger-aurora"
+        automated = true
+        schedule = "0 0 4 * * *"
+        rpo = "26h"
+    "#;
+
+    #[test]
+    fn rds_sources_parse() {
+        let c = DaemonConfig::parse(RDS).unwrap();
+        let orders = c.source("orders").unwrap();
+        assert_eq!(orders.kind, SourceKind::Rds);
+        assert_eq!(orders.instance.as_deref(), Some("orders-db"));
+        assert_eq!(orders.copy_to_region.as_deref(), Some("eu-central-1"));
+        assert_eq!(orders.kms_key_id.as_deref(), Some("alias/backups"));
+        assert_eq!(orders.drill.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(orders.drill.poll_seconds, Some(30));
+        let ledger = c.source("ledger").unwrap();
+        assert_eq!(ledger.db_cluster.as_deref(), Some("ledger-aurora"));
+        assert!(ledger.automated);
+    }
+
+    #[test]
+    fn rds_sources_are_validated() {
+        let both = RDS.replace(
+            "instance = \"orders-db\"",
+            "instance = \"orders-db\"\n        db_cluster = \"x\"",
+        );
+        assert_eq!(
+            DaemonConfig::parse(&both).unwrap_err(),
+            "source orders: kind rds needs `instance` or `db_cluster` (one of them)"
+        );
+        let key_alone = RDS.replace("copy_to_region = \"eu-central-1\"", "");
+        assert_eq!(
+            DaemonConfig::parse(&key_alone).unwrap_err(),
+            "source orders: `kms_key_id` encrypts the copy: it needs `copy_to_region`"
+        );
+        let on_dir = RDS.replace(
+            "kind = \"rds\"\n        instance = \"orders-db\"",
+            "kind = \"dir\"\n        path = \"/srv\"\n        instance = \"orders-db\"",
+        );
+        let err = DaemonConfig::parse(&on_dir).unwrap_err();
+        assert!(err.contains("are for kind rds, not dir"), "{err}");
     }
 }

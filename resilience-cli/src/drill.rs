@@ -9,6 +9,7 @@ use resilience_core::drill::{self, DirDrill, Drill, DrillError, DrillOptions, Dr
 use resilience_core::jobs::BackupFigures;
 use resilience_core::repo::Repository;
 use resilience_objstore::drill::BucketDrill;
+use resilience_objstore::rds::{RdsClient, RdsDrill, WaitPolicy};
 use resilience_pg::drill::{Compare as PgCompare, DrillQuery, PgDrill, QueryFigures, WalFetch};
 use resilience_pg::PgError;
 use resilience_redis::drill::RedisDrill;
@@ -47,15 +48,15 @@ pub async fn run(
     let options = DrillOptions {
         scratch_dir: source.drill.scratch_dir.clone(),
     };
-    let kind = library_drill(g, source);
+    let kind = library_drill(g, source)?;
     drill::run(repo, kind.as_ref(), snapshot, &options)
         .await
         .map_err(|e| usage(e, source))
 }
 
 /// The library's drill of a `[[source]]`.
-pub fn library_drill(g: &Global, source: &SourceConfig) -> Box<dyn Drill> {
-    match source.kind {
+pub fn library_drill(g: &Global, source: &SourceConfig) -> Result<Box<dyn Drill>, CliError> {
+    Ok(match source.kind {
         SourceKind::Dir => Box::new(DirDrill::new(&source.name)),
         SourceKind::Postgres => {
             let g = g.clone();
@@ -72,7 +73,19 @@ pub fn library_drill(g: &Global, source: &SourceConfig) -> Box<dyn Drill> {
             RedisDrill::new(&source.name).with_sample_every(source.drill.sample_every.unwrap_or(1)),
         ),
         SourceKind::Bucket => Box::new(BucketDrill::new(&source.name)),
-    }
+        SourceKind::Rds => {
+            let client = RdsClient::from_env(source.region.as_deref())?;
+            let mut wait = WaitPolicy::default();
+            if let Some(poll) = source.drill.poll_seconds {
+                wait.poll = std::time::Duration::from_secs(poll.max(1));
+            }
+            Box::new(
+                RdsDrill::new(&source.name, client)
+                    .in_region(source.drill.region.clone())
+                    .with_wait(wait),
+            )
+        }
+    })
 }
 
 /// The `[source.drill]` queries.

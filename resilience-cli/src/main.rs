@@ -28,6 +28,9 @@ pub enum CliError {
     /// The Postgres adapter failed.
     #[error(transparent)]
     Pg(#[from] resilience_pg::PgError),
+    /// An RDS call or snapshot failed.
+    #[error(transparent)]
+    Rds(#[from] resilience_objstore::rds::RdsError),
     /// `pg check` found gaps (exit status 3).
     #[error("the WAL archive cannot recover every backup: {0} problem(s)")]
     WalGaps(usize),

@@ -18,8 +18,10 @@
 //!
 //! [`bucket`] backs up and restores a bucket (or prefix), and [`drill::BucketDrill`] drills its
 //! backups. [`keys`] holds the HTTP key providers: [`keys::kms::KmsProvider`] (AWS KMS) and
-//! [`keys::vault::VaultTransitProvider`] (HashiCorp Vault's transit engine).
+//! [`keys::vault::VaultTransitProvider`] (HashiCorp Vault's transit engine). [`rds`] takes AWS RDS
+//! and Aurora snapshots as backups, expires, restores and drills them.
 
+mod aws;
 mod azure_exact;
 pub mod bucket;
 mod config;
@@ -29,6 +31,7 @@ mod gcs_exact;
 #[cfg(test)]
 mod hostile_bytes;
 pub mod keys;
+pub mod rds;
 mod repository;
 mod s3_exact;
 mod sigv4;

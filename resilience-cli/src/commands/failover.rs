@@ -370,7 +370,7 @@ pub async fn drill(
             crate::config::SourceKind::Postgres | crate::config::SourceKind::Redis
         )
     }) {
-        let drill = crate::drill::library_drill(&region_global, source);
+        let drill = crate::drill::library_drill(&region_global, source)?;
         let options = DrillOptions {
             scratch_dir: source.drill.scratch_dir.clone(),
         };

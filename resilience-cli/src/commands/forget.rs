@@ -45,6 +45,9 @@ pub async fn run(g: &Global, args: &ForgetArgs) -> Result<(), CliError> {
         return Ok(());
     }
     let report = repo.forget(&plan).await?;
+    // The AWS side of expired RDS backups (their snapshots), after the catalog's: a run
+    // stopped in between is finished by the next forget.
+    let aws = super::rds::expire_aws(g, &repo).await;
     if !g.json {
         eprintln!(
             "expired {}, moved to cold {}",
@@ -85,7 +88,7 @@ pub async fn run(g: &Global, args: &ForgetArgs) -> Result<(), CliError> {
             kept.id, kept.until
         );
     }
-    Ok(())
+    aws
 }
 
 /// A duration flag (`90d`, `24h`, `0s`).

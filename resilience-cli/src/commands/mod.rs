@@ -12,6 +12,7 @@ mod key;
 mod pg;
 mod pg_standby;
 mod prune;
+pub(crate) mod rds;
 mod redis;
 mod repair;
 mod replicate;
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Pg { command } => pg::run(g, command).await,
         Command::Redis { command } => redis::run(g, command).await,
         Command::Bucket { command } => bucket::run(g, command).await,
+        Command::Rds { command } => rds::run(g, command).await,
         Command::Replicate {
             to,
             max_rate,

@@ -48,7 +48,7 @@ pub async fn run(config_path: &Path) -> Result<(), CliError> {
     let mut scheduler = Scheduler::new(clock.clone());
     for s in &config.sources {
         let schedule = s.timing().job_schedule(&s.name).map_err(CliError::Usage)?;
-        scheduler = scheduler.job(schedule, Arc::new(jobs::backup_job(&repo, s)?));
+        scheduler = scheduler.job(schedule, jobs::backup_job(&repo, s)?);
     }
     for j in &config.jobs {
         let schedule = j

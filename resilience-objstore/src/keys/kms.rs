@@ -23,65 +23,21 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use object_store::aws::{AwsAuthorizer, AwsCredential};
+use object_store::aws::AwsAuthorizer;
 use object_store::client::HttpRequestBody;
 use resilience_core::keys::SecretKey;
 use resilience_core::keys::{KeyProvider, WrappedKey};
 use resilience_core::{Error, Result};
 use serde_json::json;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
+
+use crate::aws;
+pub use crate::aws::AwsCredentials;
 
 use super::name_copy;
 
 /// The provider name stored in copies.
 pub const PROVIDER: &str = "aws-kms";
-
-/// AWS credentials. `Debug` shows the access key id only.
-#[derive(Clone)]
-pub struct AwsCredentials {
-    /// Access key id (not secret).
-    pub access_key_id: String,
-    /// Secret access key.
-    pub secret_access_key: Zeroizing<String>,
-    /// Session token of temporary credentials.
-    pub session_token: Option<Zeroizing<String>>,
-}
-
-impl std::fmt::Debug for AwsCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-impl AwsCredentials {
-    /// These credentials in the form `object_store`'s signer takes, for one request.
-    fn for_signing(&self) -> SigningCredential {
-        SigningCredential(AwsCredential {
-            key_id: self.access_key_id.clone(),
-            secret_key: self.secret_access_key.as_str().to_owned(),
-            token: self.session_token.as_ref().map(|t| t.as_str().to_owned()),
-        })
-    }
-}
-
-/// An [`AwsCredential`] whose secrets are wiped when it is dropped.
-struct SigningCredential(AwsCredential);
-
-impl Drop for SigningCredential {
-    fn drop(&mut self) {
-        self.0.secret_key.zeroize();
-        if let Some(token) = &mut self.0.token {
-            token.zeroize();
-        }
-    }
-}
 
 /// Where and how to reach KMS.
 #[derive(Clone, Debug)]
@@ -96,12 +52,6 @@ pub struct KmsConfig {
     pub credentials: AwsCredentials,
 }
 
-fn var(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
-}
-
 fn config_error(message: impl Into<String>) -> Error {
     Error::KeyProvider {
         provider: PROVIDER.into(),
@@ -112,34 +62,14 @@ fn config_error(message: impl Into<String>) -> Error {
 impl KmsConfig {
     /// Configuration for `key_id` from the environment (see the module documentation).
     pub fn from_env(key_id: &str) -> Result<Self> {
-        let region = var(&["RESILIENCE_KMS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"])
-            .ok_or_else(|| config_error("no region: set AWS_REGION or RESILIENCE_KMS_REGION"))?;
-        let endpoint = var(&[
-            "RESILIENCE_KMS_ENDPOINT",
-            "AWS_ENDPOINT_URL_KMS",
-            "AWS_ENDPOINT_URL",
-        ])
-        .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
-        let access_key_id = var(&["RESILIENCE_KMS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"])
-            .ok_or_else(|| {
-                config_error("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-            })?;
-        let secret = var(&["RESILIENCE_KMS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"])
-            .ok_or_else(|| config_error("no secret: set AWS_SECRET_ACCESS_KEY"))?;
-        let token = if std::env::var_os("RESILIENCE_KMS_ACCESS_KEY_ID").is_some() {
-            var(&["RESILIENCE_KMS_SESSION_TOKEN"])
-        } else {
-            var(&["AWS_SESSION_TOKEN"])
-        };
+        let region = aws::region("KMS").map_err(config_error)?;
+        let endpoint = aws::endpoint("KMS", &region);
+        let credentials = aws::credentials("KMS").map_err(config_error)?;
         Ok(KmsConfig {
             key_id: key_id.to_owned(),
             endpoint,
             region,
-            credentials: AwsCredentials {
-                access_key_id,
-                secret_access_key: Zeroizing::new(secret),
-                session_token: token.map(Zeroizing::new),
-            },
+            credentials,
         })
     }
 }
@@ -156,21 +86,7 @@ pub struct KmsProvider {
 impl KmsProvider {
     /// A provider for `config`. Plain `http://` endpoints are accepted only on loopback.
     pub fn new(config: KmsConfig) -> Result<Self> {
-        let url = url::Url::parse(&config.endpoint)
-            .map_err(|e| config_error(format!("endpoint {:?}: {e}", config.endpoint)))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if crate::config::is_loopback(&config.endpoint) => {}
-            _ => {
-                return Err(config_error(format!(
-                    "endpoint {}: use https (plain http only to a loopback address)",
-                    config.endpoint
-                )))
-            }
-        }
-        if url.host_str().is_none() {
-            return Err(config_error(format!("endpoint {} has no host", url)));
-        }
+        let url = aws::checked_endpoint(&config.endpoint).map_err(config_error)?;
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
