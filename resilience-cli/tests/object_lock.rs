@@ -19,6 +19,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use resilience_core::testing::pseudo_random as noise;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_resilience");
@@ -209,19 +210,6 @@ impl Lab {
         }
         self.json(&["verify"]);
     }
-}
-
-/// Bytes that do not compress, so that packs are as large as the files.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn wait_until(t: f64) {
