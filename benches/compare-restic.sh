@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# resilience and restic side by side, in one run, on the same reproducible data set:
-# first backup, second (unchanged) backup, restore; throughput, stored size, peak memory.
+# resilience and restic side by side, in one run, on the same reproducible data set: first
+# backup, second (unchanged) backup, restore; median time and spread over rounds, peak memory,
+# stored size, and the machine's load before each step.
 #
-#   benches/compare-restic.sh            # 1 GiB data set (DATASET_GIB=2 for 2 GiB)
+#   benches/compare-restic.sh                 # 1 GiB data set, 3 rounds
+#   DATASET_GIB=2 ROUNDS=5 benches/compare-restic.sh
+#   SMALL_MAX_KIB=4 benches/compare-restic.sh # many more small files (see gen-dataset)
 #
-# Both tools back up into local repositories under the same temporary directory, with their
-# default compression (restic: auto; resilience: zstd 3), on a warm page cache.
+# Honest on a shared VM: guest memory is touched first (its first touch is slow, and would bill
+# whichever tool ran first); the page cache is written back (`sync`) before every timed step, so
+# no tool pays for the other's writeback; the tools alternate which goes first, round by round;
+# each round starts from empty repositories. Both back up into local repositories with their
+# default compression (restic: auto; resilience: zstd 3), on a warm page cache. The results go
+# to benches/results/compare-restic-<time>.md with the command that produced them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GIB="${DATASET_GIB:-1}"
+ROUNDS="${ROUNDS:-3}"
+SMALL="${SMALL_MAX_KIB:-64}"
 WORK="${WORK_DIR:-$(mktemp -d)}"
 trap 'rm -rf "$WORK"' EXIT
 
@@ -22,46 +31,92 @@ cargo build --release --locked -p resilience-benches --bin gen-dataset --manifes
 RES="$ROOT/target/release/resilience"
 GEN="$ROOT/target/release/gen-dataset"
 
-echo "generating ${GIB} GiB in $WORK/data" >&2
-"$GEN" "$WORK/data" "$GIB" 42
+echo "generating ${GIB} GiB (small files up to ${SMALL} KiB) in $WORK/data" >&2
+"$GEN" "$WORK/data" "$GIB" 42 "$SMALL"
 BYTES=$(du -sb --apparent-size "$WORK/data" | cut -f1)
+FILES=$(find "$WORK/data" -type f | wc -l)
 
-# run LABEL CMD...: wall seconds and peak RSS (KiB) into $LABEL.secs / $LABEL.rss
-run() {
-  local label="$1"; shift
-  /usr/bin/time -f "%e %M" -o "$WORK/$label.time" "$@" >"$WORK/$label.out" 2>"$WORK/$label.err" || {
-    cat "$WORK/$label.err" >&2; echo "$label failed" >&2; exit 1; }
-  read -r secs rss < "$WORK/$label.time"
-  echo "$secs" > "$WORK/$label.secs"; echo "$rss" > "$WORK/$label.rss"
-}
+# Touch guest memory once (half of it, at most 8 GiB) so that no timed step pays its first touch.
+python3 - <<'PY'
+import os
+total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+n = min(total // 2, 8 << 30)
+b = bytearray(n)
+for i in range(0, n, 4096):
+    b[i] = 1
+PY
 
 export RESTIC_PASSWORD=bench RESILIENCE_PASSWORD=bench
-restic init --repo "$WORK/restic" >/dev/null
-run restic-1 restic --repo "$WORK/restic" backup "$WORK/data"
-run restic-2 restic --repo "$WORK/restic" backup "$WORK/data"
-run restic-r restic --repo "$WORK/restic" restore latest --target "$WORK/restic-out"
+TSV="$WORK/times.tsv"
+: > "$TSV"
 
-"$RES" init --repo "$WORK/res" --key-file "$WORK/res.key" >/dev/null
-run res-1 "$RES" backup --repo "$WORK/res" --key-file "$WORK/res.key" dir "$WORK/data"
-run res-2 "$RES" backup --repo "$WORK/res" --key-file "$WORK/res.key" dir "$WORK/data"
-run res-r "$RES" restore --repo "$WORK/res" --key-file "$WORK/res.key" latest --target "$WORK/res-out"
+# step TOOL STEP ROUND CMD...: one timed step, after writing the page cache back; appends
+# tool, step, round, wall seconds, peak RSS KiB and the 1-minute load before it to $TSV.
+step() {
+  local tool="$1" name="$2" round="$3"; shift 3
+  sync
+  local load
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  /usr/bin/time -f "%e %M" -o "$WORK/step.time" "$@" >"$WORK/step.out" 2>"$WORK/step.err" || {
+    cat "$WORK/step.err" >&2; echo "$tool $name (round $round) failed" >&2; exit 1; }
+  read -r secs rss < "$WORK/step.time"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$name" "$round" "$secs" "$rss" "$load" >> "$TSV"
+}
 
-diff -r "$WORK/data" "$WORK/res-out" >/dev/null || { echo "resilience restore differs" >&2; exit 1; }
-diff -r "$WORK/data" "$WORK/restic-out$WORK/data" >/dev/null || { echo "restic restore differs" >&2; exit 1; }
+restic_round() {
+  local r="$1"
+  rm -rf "$WORK/restic" "$WORK/restic-out"
+  restic init --repo "$WORK/restic" >/dev/null
+  step restic backup "$r" restic --repo "$WORK/restic" backup "$WORK/data"
+  step restic second "$r" restic --repo "$WORK/restic" backup "$WORK/data"
+  step restic restore "$r" restic --repo "$WORK/restic" restore latest --target "$WORK/restic-out"
+  diff -r "$WORK/data" "$WORK/restic-out$WORK/data" >/dev/null || { echo "restic restore differs" >&2; exit 1; }
+  du -sb "$WORK/restic" | cut -f1 > "$WORK/restic.size"
+}
 
-mbps() { python3 -c "print(f'{$BYTES/1e6/$1:.0f}')"; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
-s() { cat "$WORK/$1.secs"; }
-m() { python3 -c "print(f'{$(cat "$WORK/$1.rss")/1024:.0f}')"; }
-RS=$(du -sb "$WORK/restic" | cut -f1); ZS=$(du -sb "$WORK/res" | cut -f1)
+res_round() {
+  local r="$1"
+  rm -rf "$WORK/res" "$WORK/res-out" "$WORK/res.key"
+  "$RES" init --repo "$WORK/res" --key-file "$WORK/res.key" >/dev/null
+  step resilience backup "$r" "$RES" backup --repo "$WORK/res" --key-file "$WORK/res.key" dir "$WORK/data"
+  step resilience second "$r" "$RES" backup --repo "$WORK/res" --key-file "$WORK/res.key" dir "$WORK/data"
+  step resilience restore "$r" "$RES" restore --repo "$WORK/res" --key-file "$WORK/res.key" latest --target "$WORK/res-out"
+  diff -r "$WORK/data" "$WORK/res-out" >/dev/null || { echo "resilience restore differs" >&2; exit 1; }
+  du -sb "$WORK/res" | cut -f1 > "$WORK/res.size"
+}
 
-OUT="$ROOT/benches/results/compare-restic-$(date -u +%Y%m%d-%H%M).txt"
+for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r of $ROUNDS" >&2
+  if [ $((r % 2)) -eq 1 ]; then restic_round "$r"; res_round "$r"; else res_round "$r"; restic_round "$r"; fi
+done
+
+OUT="$ROOT/benches/results/compare-restic-$(date -u +%Y%m%d-%H%M).md"
 mkdir -p "$(dirname "$OUT")"
-{
-  echo "data set: $BYTES bytes (${GIB} GiB, seed 42), $(nproc) cores, restic $(restic version | cut -d' ' -f2)"
-  printf "%-11s %12s %12s %12s %14s %12s %12s\n" tool "backup MB/s" "2nd backup s" "restore MB/s" "stored bytes" "RSS bk MiB" "RSS rs MiB"
-  printf "%-11s %12s %12s %12s %14s %12s %12s\n" restic "$(mbps "$(s restic-1)")" "$(s restic-2)" "$(mbps "$(s restic-r)")" "$RS" "$(m restic-1)" "$(m restic-r)"
-  printf "%-11s %12s %12s %12s %14s %12s %12s\n" resilience "$(mbps "$(s res-1)")" "$(s res-2)" "$(mbps "$(s res-r)")" "$ZS" "$(m res-1)" "$(m res-r)"
-  echo "ratios resilience/restic: backup speed $(ratio "$(s restic-1)" "$(s res-1)")x, restore speed $(ratio "$(s restic-r)" "$(s res-r)")x, stored size $(ratio "$ZS" "$RS")x"
-  echo "resilience second backup: $(ratio "$(s res-1)" "$(s res-2)")x faster than its first"
-} | tee "$OUT"
+python3 - "$TSV" "$BYTES" "$FILES" "$GIB" "$SMALL" "$ROUNDS" "$(cat "$WORK/restic.size")" "$(cat "$WORK/res.size")" \
+  "$(restic version | cut -d' ' -f2)" "$(nproc)" "$(free -g | awk '/Mem:/{print $2}')" > "$OUT" <<'PY'
+import statistics, sys
+tsv, nbytes, files, gib, small, rounds, rsize, zsize, rver, cores, mem = sys.argv[1:]
+nbytes = int(nbytes)
+rows = [l.rstrip("\n").split("\t") for l in open(tsv) if l.strip()]
+def of(tool, step):
+    return [(float(s), int(k), float(l)) for t, st, _, s, k, l in rows if t == tool and st == step]
+print(f"# resilience and restic {rver}: {gib} GiB, {files} files (small files up to {small} KiB)\n")
+print(f"`DATASET_GIB={gib} ROUNDS={rounds} SMALL_MAX_KIB={small} benches/compare-restic.sh`; "
+      f"{cores} cores, {mem} GiB; {nbytes} bytes; memory touched first, `sync` before each step, "
+      f"the tools alternating which goes first; medians over {rounds} rounds, [min–max].\n")
+print("| step | restic s | resilience s | restic / resilience | peak RSS MiB restic / resilience | load before (median) |")
+print("| --- | --- | --- | --- | --- | --- |")
+for step, label in [("backup", "first backup"), ("second", "unchanged second backup"), ("restore", "restore")]:
+    r, z = of("restic", step), of("resilience", step)
+    rt, zt = [x[0] for x in r], [x[0] for x in z]
+    rm, zm = max(x[1] for x in r) / 1024, max(x[1] for x in z) / 1024
+    load = statistics.median([x[2] for x in r + z])
+    print(f"| {label} | {statistics.median(rt):.2f} [{min(rt):.2f}–{max(rt):.2f}] "
+          f"| {statistics.median(zt):.2f} [{min(zt):.2f}–{max(zt):.2f}] "
+          f"| {statistics.median(rt) / statistics.median(zt):.2f}× "
+          f"| {rm:.0f} / {zm:.0f} | {load:.2f} |")
+print(f"\nstored bytes: restic {rsize}, resilience {zsize} ({int(zsize) / int(rsize):.2f}×). "
+      f"Throughput (median): resilience backup {nbytes / 1e6 / statistics.median([x[0] for x in of('resilience', 'backup')]):.0f} MB/s, "
+      f"restore {nbytes / 1e6 / statistics.median([x[0] for x in of('resilience', 'restore')]):.0f} MB/s.")
+PY
+cat "$OUT"
