@@ -70,6 +70,31 @@ pub struct Global {
     /// The cold tier of the repository (another bucket or storage class).
     #[arg(long, global = true, value_name = "URL")]
     pub cold_repo: Option<String>,
+    /// Memory a backup or restore may hold in its buffers (read-ahead, chunks, packs in
+    /// flight), whatever the size of the data: bytes, or with a unit (KiB, MiB, GiB).
+    #[arg(long, global = true, value_name = "SIZE", default_value = "64MiB", value_parser = parse_memory)]
+    pub memory: usize,
+}
+
+/// A size in bytes: `N`, or `N` with `K`/`KB`/`KiB`, `M`/`MB`/`MiB` or `G`/`GB`/`GiB` (all
+/// powers of 1024).
+pub fn parse_memory(s: &str) -> Result<usize, String> {
+    let text = s.trim();
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: usize = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: expected N, or N with KiB, MiB or GiB"))?;
+    let scale: usize = match text[digits.len()..].to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        unit => return Err(format!("{s:?}: unknown unit {unit:?} (KiB, MiB or GiB)")),
+    };
+    n.checked_mul(scale)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable size"))
 }
 
 /// `init`'s options.
@@ -824,4 +849,21 @@ pub struct KeyAddArgs {
     /// A Vault transit key.
     #[arg(long, value_name = "NAME")]
     pub new_vault_transit_key: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_memory;
+
+    #[test]
+    fn memory_sizes_parse_with_and_without_units() {
+        assert_eq!(parse_memory("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_memory("64m"), Ok(64 << 20));
+        assert_eq!(parse_memory("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_memory("512KB"), Ok(512 << 10));
+        assert_eq!(parse_memory("1000"), Ok(1000));
+        for bad in ["", "MiB", "12 parsecs", "0", "-5M", "99999999999999999999G"] {
+            assert!(parse_memory(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -707,3 +707,42 @@ async fn closing_entries_are_asked_for_only_after_every_file_was_read() {
         assert_eq!(&target.content(name).unwrap(), content, "{name}");
     }
 }
+
+/// Any memory budget gives the same snapshot back: the smallest (a byte: every stage at its
+/// minimum, a blob larger than the restore's budget read alone) and a large one.
+#[tokio::test]
+async fn the_memory_budget_changes_how_much_is_in_flight_never_the_result() {
+    let big = pseudo_random(40 << 20, 9);
+    let source = MemorySource::new("mem:budget")
+        .file("big", big.clone())
+        .file("small", b"x".repeat(10_000))
+        .file("zeros", vec![0u8; 9 << 20]);
+    for memory in [1, resilience_core::ops::memory::DEFAULT_MEMORY, 1 << 30] {
+        let repo = new_repo(Arc::new(MemorySink::new())).await;
+        let report = repo
+            .backup(
+                &source,
+                BackupOptions {
+                    memory,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.record.entries, 3);
+        let target = MemoryTarget::new();
+        repo.restore(
+            "latest",
+            &target,
+            resilience_core::ops::restore::RestoreOptions {
+                memory,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(target.content("big").unwrap(), big, "memory {memory}");
+        assert_eq!(target.content("small").unwrap(), b"x".repeat(10_000));
+        assert_eq!(target.content("zeros").unwrap(), vec![0u8; 9 << 20]);
+    }
+}

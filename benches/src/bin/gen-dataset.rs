@@ -5,6 +5,10 @@
 //! (1 KiB to SMALL_MAX_KIB, default 64), medium ones (1–16 MiB) and a few large ones (over
 //! 100 MiB) in nested directories. The small files take a tenth of the bytes, so a lower
 //! SMALL_MAX_KIB gives more of them (40 gives about 10,000 files for 2 GiB).
+//!
+//! `gen-dataset --small DIR FILES [MIN_BYTES] [MAX_BYTES] [SEED]`: FILES small JSON-like text
+//! files (default 100 to 4096 bytes each, sizes uniform), 1,000 to a directory in two levels,
+//! as uploaded documents and exports are: the many-small-files case.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,6 +17,9 @@ use resilience_benches::{generate, Kind, Xorshift};
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--small") {
+        return small_files(&args[2..]);
+    }
     let dir = PathBuf::from(
         args.get(1)
             .expect("usage: gen-dataset DIR [GIB] [SEED] [SMALL_MAX_KIB]"),
@@ -67,5 +74,46 @@ fn main() -> std::io::Result<()> {
         }
     }
     eprintln!("{n} files, {written} bytes in {}", dir.display());
+    Ok(())
+}
+
+/// `--small DIR FILES [MIN_BYTES] [MAX_BYTES] [SEED]`: many small JSON-like files.
+fn small_files(args: &[String]) -> std::io::Result<()> {
+    let usage = "usage: gen-dataset --small DIR FILES [MIN_BYTES] [MAX_BYTES] [SEED]";
+    let dir = PathBuf::from(args.first().expect(usage));
+    let number = |i: usize, default: u64| -> u64 {
+        args.get(i)
+            .map(|s| s.parse().expect(usage))
+            .unwrap_or(default)
+    };
+    let files = number(1, 200_000);
+    let (min, max, seed) = (number(2, 100), number(3, 4096), number(4, 42));
+    assert!(min >= 1 && min <= max, "{usage}: 1 <= MIN_BYTES <= MAX_BYTES");
+    let mut rng = Xorshift::new(seed);
+    let mut written = 0u64;
+    for n in 0..files {
+        let sub = dir.join(format!("t{:03}/u{:03}", n / 100_000, (n / 1000) % 100));
+        if n % 1000 == 0 {
+            std::fs::create_dir_all(&sub)?;
+        }
+        let size = (min + rng.next_u64() % (max - min + 1)) as usize;
+        let id = rng.next_u64();
+        let mut doc = format!(
+            "{{\"id\":\"{id:016x}\",\"seq\":{n},\"status\":\"{}\",\"body\":\"",
+            ["paid", "pending", "queued", "done"][(id % 4) as usize]
+        )
+        .into_bytes();
+        let body = size.saturating_sub(doc.len() + 2);
+        doc.extend(
+            generate(Kind::Text, body, &mut rng)
+                .into_iter()
+                .map(|b| if b == b'\n' { b' ' } else { b }),
+        );
+        doc.extend_from_slice(b"\"}");
+        doc.truncate(size);
+        std::fs::write(sub.join(format!("doc{n:07}.json")), &doc)?;
+        written += doc.len() as u64;
+    }
+    eprintln!("{files} files, {written} bytes in {}", dir.display());
     Ok(())
 }

@@ -61,6 +61,7 @@ pub(crate) async fn back_up(
     let options = BackupOptions {
         labels,
         progress: bar.clone().map(|b| b as Arc<dyn Progress>),
+        memory: g.memory,
         ..Default::default()
     };
     let report = repo.backup(source, options).await;

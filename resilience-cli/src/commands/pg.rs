@@ -234,6 +234,7 @@ async fn restore(g: &Global, args: &PgRestoreArgs) -> Result<(), CliError> {
         archive: !args.no_archive,
         restore: RestoreOptions {
             progress: bar.clone().map(|b| b as Arc<dyn Progress>),
+            memory: g.memory,
             ..Default::default()
         },
         tablespaces: tablespace_map(&args.tablespaces)?,

@@ -38,6 +38,7 @@ pub async fn standby(g: &Global, args: &PgStandbyArgs) -> Result<(), CliError> {
         archive: !args.no_archive,
         restore: RestoreOptions {
             progress: bar.clone().map(|b| b as Arc<dyn Progress>),
+            memory: g.memory,
             ..Default::default()
         },
         tablespaces: tablespace_map(&args.tablespaces)?,

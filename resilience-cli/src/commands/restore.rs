@@ -21,6 +21,7 @@ pub async fn run(g: &Global, snapshot: &str, target: &Path, resume: bool) -> Res
     let bar = Bar::new(g.json, "restore", Some(record.logical_bytes));
     let options = RestoreOptions {
         progress: bar.clone().map(|b| b as Arc<dyn Progress>),
+        memory: g.memory,
         ..Default::default()
     };
     let report = repo

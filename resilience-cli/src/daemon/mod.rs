@@ -34,6 +34,7 @@ pub fn repository_options(config: &DaemonConfig, json: bool) -> Global {
         vault_transit_key: r.vault_transit_key.clone(),
         append_only: r.append_only,
         cold_repo: r.cold_url.clone(),
+        memory: resilience_core::ops::memory::DEFAULT_MEMORY,
     }
 }
 

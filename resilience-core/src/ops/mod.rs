@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod follow;
 pub mod lifecycle;
+pub mod memory;
 pub mod progress;
 pub mod prune;
 pub mod repair;

@@ -16,6 +16,7 @@ use crate::format::blob::{self, BlobId};
 use crate::format::index::{BlobLocation, Index};
 use crate::format::pack;
 use crate::format::snapshot::{BlobRef, Content, TreeDecoder, TreeRecord};
+use crate::ops::memory::RestoreShares;
 use crate::ops::progress::Progress;
 use crate::repo::Repository;
 use crate::source::{ContentCheck, ContentWriter, Target};
@@ -26,8 +27,12 @@ const WANTS_AHEAD: usize = 16;
 /// How to restore.
 #[derive(Clone)]
 pub struct RestoreOptions {
-    /// Blob reads in flight.
+    /// Blob reads in flight, at most (the memory budget may allow fewer).
     pub concurrency: usize,
+    /// Bytes the blobs read ahead of the target may hold at once, whatever the size of the
+    /// data ([`crate::ops::memory::RestoreShares`]). Default
+    /// [`crate::ops::memory::DEFAULT_MEMORY`] (64 MiB).
+    pub memory: usize,
     /// Progress reports.
     pub progress: Option<Arc<dyn Progress>>,
 }
@@ -36,6 +41,7 @@ impl Default for RestoreOptions {
     fn default() -> Self {
         RestoreOptions {
             concurrency: 16,
+            memory: crate::ops::memory::DEFAULT_MEMORY,
             progress: None,
         }
     }
@@ -208,8 +214,18 @@ impl RestoreIndex {
 
 enum Step {
     Begin(TreeRecord),
-    Piece(Bytes),
+    /// A blob's content, and its share of the read budget (given back when dropped).
+    Piece(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
     End,
+}
+
+/// The read budget is counted in units of this many bytes.
+const PERMIT_BYTES: usize = 64 << 10;
+
+/// The units of the read budget a blob of `len` raw bytes takes (sealed and opened: twice),
+/// at most all of them: a blob larger than the budget is read alone.
+fn permits_for(len: u32, total: u32) -> u32 {
+    ((2 * len as usize).div_ceil(PERMIT_BYTES) as u32).clamp(1, total)
 }
 
 impl Repository {
@@ -249,6 +265,10 @@ impl Repository {
         let mut tree = index.tree_reader(&record).await?;
         let keys = self.keys();
 
+        let read_bytes = RestoreShares::of(options.memory).read_bytes;
+        let permits_total = (read_bytes / PERMIT_BYTES).max(1) as u32;
+        let budget = Arc::new(tokio::sync::Semaphore::new(permits_total as usize));
+
         // Pass 1: content. A stream of steps, each blob read running ahead in a bounded window;
         // the target says which entries it wants first, so the others are never read.
         let steps = stream::unfold(Some(tree), |state| async move {
@@ -283,15 +303,40 @@ impl Repository {
             };
             stream::iter(steps)
         })
-        .map(|plan| {
+        // Each blob's bytes are reserved in order, before its read starts, and given back once
+        // the target took it: reads ahead stay within the budget, and a blob waiting for bytes
+        // never holds back one before it.
+        .then(|plan| {
+            let budget = budget.clone();
+            async move {
+                let plan = plan?;
+                let permit = match &plan {
+                    StepPlan::Blob(r) => Some(
+                        budget
+                            .clone()
+                            .acquire_many_owned(permits_for(r.len, permits_total))
+                            .await
+                            .map_err(|_| Error::Internal {
+                                operation: "restore",
+                                detail: "the read budget was closed",
+                            })?,
+                    ),
+                    _ => None,
+                };
+                Ok::<_, Error>((plan, permit))
+            }
+        })
+        .map(|planned| {
             let index = index.clone();
             let repo = self.clone();
             async move {
-                match plan? {
+                let (plan, permit) = planned?;
+                match plan {
                     StepPlan::Begin(rec) => Ok::<Step, Error>(Step::Begin(rec)),
                     StepPlan::End => Ok(Step::End),
                     StepPlan::Blob(r) => Ok(Step::Piece(
                         read_blob_from(&repo, r.id, index.copies(&r.id).await?).await?,
+                        permit,
                     )),
                 }
             }
@@ -315,7 +360,7 @@ impl Repository {
                     }
                     writer = w;
                 }
-                Step::Piece(data) => {
+                Step::Piece(data, _permit) => {
                     let w = writer.as_mut().ok_or(Error::Internal {
                         operation: "restore",
                         detail: "content without an open entry",

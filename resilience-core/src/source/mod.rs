@@ -25,6 +25,29 @@ pub use self::drop_guard::DropGuardReader;
 /// An entry's content, read once, front to back.
 pub type EntryReader = Pin<Box<dyn AsyncRead + Send>>;
 
+/// The cause inside the `NotFound` error of a content reader whose entry disappeared after
+/// the walk saw it and before its content was first read (a file deleted meanwhile, a dropped
+/// table's file): the engine then leaves the entry out, as if the walk had not seen it, instead
+/// of failing the backup. A reader returns it only before its first byte.
+///
+/// ```
+/// use resilience_core::source::Vanished;
+/// let e = std::io::Error::new(std::io::ErrorKind::NotFound, Vanished);
+/// assert!(Vanished::is(&e));
+/// assert!(!Vanished::is(&std::io::Error::from(std::io::ErrorKind::NotFound)));
+/// ```
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("vanished before it was read")]
+pub struct Vanished;
+
+impl Vanished {
+    /// Whether `e` says that an entry vanished before it was read.
+    pub fn is(e: &std::io::Error) -> bool {
+        e.kind() == std::io::ErrorKind::NotFound
+            && e.get_ref().is_some_and(|inner| inner.is::<Vanished>())
+    }
+}
+
 /// A source's identity: the catalog groups backups by it, retention applies per source, and a
 /// backup reuses the previous snapshot of the same source id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

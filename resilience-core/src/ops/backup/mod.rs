@@ -27,6 +27,7 @@ use crate::format::index::{Index, PackRecord};
 use crate::format::object::{self, ObjectKind};
 use crate::format::pack;
 use crate::format::snapshot::{self, Content, Manifest};
+use crate::ops::memory::BackupShares;
 use crate::ops::progress::Progress;
 use crate::repo::lock::{self, LockKind, RepoLock};
 use crate::repo::{self, Repository};
@@ -42,8 +43,12 @@ pub struct BackupOptions {
     pub use_parent: bool,
     /// Chunks hashed, compressed and sealed at once.
     pub chunk_concurrency: usize,
-    /// Packs uploaded at once.
+    /// Packs uploaded at once, at most (the memory budget may allow fewer).
     pub upload_concurrency: usize,
+    /// Bytes the backup's buffers may hold at once (read-ahead, chunks, packs being filled
+    /// and uploaded), whatever the size of the data: [`crate::ops::memory`] says how it is
+    /// shared. Default [`crate::ops::memory::DEFAULT_MEMORY`] (64 MiB).
+    pub memory: usize,
     /// Progress reports.
     pub progress: Option<Arc<dyn Progress>>,
     /// When given, the backup stops at this signal and is recorded failed ("interrupted").
@@ -60,6 +65,7 @@ impl Default for BackupOptions {
             use_parent: true,
             chunk_concurrency: cores * 2,
             upload_concurrency: 2,
+            memory: crate::ops::memory::DEFAULT_MEMORY,
             progress: None,
             stop: None,
         }
@@ -281,9 +287,21 @@ impl Repository {
             }),
             lock: lock.checker(),
         });
-        let mut packer = Packer::new(shared.clone(), options.upload_concurrency);
+        let shares = BackupShares::of(
+            options.memory,
+            self.config.pack_size as usize,
+            self.config.chunker.max_size as usize,
+        );
+        let mut packer = Packer::new(
+            shared.clone(),
+            options.upload_concurrency.min(shares.uploads),
+        );
         packer.unindexed = adopted;
-        let mut pipeline = Pipeline::new(shared.clone(), options.chunk_concurrency);
+        let mut pipeline = Pipeline::new(
+            shared.clone(),
+            options.chunk_concurrency,
+            shares.chunk_bytes,
+        );
         let mut chunker = Chunker::new(self.config.chunker, keys.chunker_seed());
 
         // On failure, the uploads still in flight settle before the error is returned: a
@@ -292,7 +310,7 @@ impl Repository {
         let packed: Result<_> = async {
             let mut reused = 0u64;
             let session = source.start().await?;
-            let (mut ahead, reader_task) = spawn_read_ahead(session, cursor, shared.clone());
+            let (mut ahead, reader_task) = spawn_read_ahead(session, cursor, shared.clone(), &shares);
             let mut source_metadata = None;
             while let Some(item) = ahead.recv().await {
                 match item? {
@@ -323,6 +341,9 @@ impl Repository {
                             p.entry(&meta);
                         }
                         pipeline.add_entry(meta, Content::None, &mut packer).await?;
+                    }
+                    Ahead::Vanished(meta) => {
+                        tracing::debug!(entry = %meta.path, "left out: it vanished before it was read");
                     }
                     Ahead::Finished(metadata) => source_metadata = Some(metadata),
                 }

@@ -87,6 +87,9 @@ pub(super) struct Pipeline {
     shared: Arc<Shared>,
     inflight: FuturesOrdered<tokio::task::JoinHandle<(ChunkOwner, BlobRef, Option<Encoded>)>>,
     window: usize,
+    /// Raw bytes of the chunks in flight, and the most there may be (one chunk at least).
+    inflight_bytes: usize,
+    byte_window: usize,
     pending: VecDeque<PendingEntry>,
     tree_chunker: Chunker,
     /// The tree's chunks, in order: the snapshot's manifest lists them.
@@ -104,14 +107,17 @@ pub(super) struct Pipeline {
 const MAX_PENDING_ENTRIES: usize = 4096;
 
 impl Pipeline {
-    /// A pipeline with at most `window` chunks in flight.
-    pub(super) fn new(shared: Arc<Shared>, window: usize) -> Self {
+    /// A pipeline with at most `window` chunks and `byte_window` raw bytes in flight (a
+    /// larger chunk goes alone).
+    pub(super) fn new(shared: Arc<Shared>, window: usize, byte_window: usize) -> Self {
         let repo = &shared.repo;
         let tree_chunker = Chunker::new(repo.config.chunker, shared.keys.chunker_seed());
         Pipeline {
             shared,
             inflight: FuturesOrdered::new(),
             window: window.max(1),
+            inflight_bytes: 0,
+            byte_window,
             pending: VecDeque::new(),
             tree_chunker,
             tree_refs: Vec::new(),
@@ -128,9 +134,12 @@ impl Pipeline {
         chunk: Bytes,
         packer: &mut Packer,
     ) -> Result<()> {
-        while self.inflight.len() >= self.window {
+        while self.inflight.len() >= self.window
+            || (!self.inflight.is_empty() && self.inflight_bytes + chunk.len() > self.byte_window)
+        {
             self.pop(packer).await?;
         }
+        self.inflight_bytes += chunk.len();
         if owner == ChunkOwner::Content {
             self.pending
                 .back_mut()
@@ -156,6 +165,7 @@ impl Pipeline {
             return Ok(());
         };
         let (owner, r, encoded) = done.map_err(Error::task("chunk"))?;
+        self.inflight_bytes -= r.len as usize;
         if let Some(enc) = encoded {
             if enc.kind == BlobKind::Data {
                 self.new_bytes += enc.raw_len as u64;
@@ -239,10 +249,15 @@ impl Pipeline {
         let path = meta.path.to_string();
         let mut meta = Some(meta);
         loop {
-            let n = reader
-                .read_buf(chunker.buffer_mut())
-                .await
-                .map_err(|e| crate::source::AdapterError::new("read", path.clone(), e))?;
+            let n = match reader.read_buf(chunker.buffer_mut()).await {
+                Ok(n) => n,
+                // Gone before its first byte was read: left out, as if never seen.
+                Err(e) if read == 0 && meta.is_some() && crate::source::Vanished::is(&e) => {
+                    tracing::debug!(entry = %path, "left out: it vanished before it was read");
+                    return Ok(());
+                }
+                Err(e) => return Err(crate::source::AdapterError::new("read", path.clone(), e).into()),
+            };
             read += n as u64;
             if let Some(p) = progress {
                 p.bytes(n as u64);

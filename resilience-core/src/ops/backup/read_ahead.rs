@@ -14,7 +14,7 @@ use super::Shared;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Content;
 use crate::source::entry::{EntryKind, EntryMeta};
-use crate::source::{DropGuardReader, EntryReader};
+use crate::source::{DropGuardReader, EntryReader, Vanished};
 
 /// What the read-ahead stage hands the backup loop, in source order.
 pub(super) enum Ahead {
@@ -24,38 +24,47 @@ pub(super) enum Ahead {
     Content(EntryMeta, EntryReader),
     /// An entry without content.
     NoContent(EntryMeta),
+    /// A file that disappeared before it was read ([`Vanished`]): left out.
+    Vanished(EntryMeta),
     /// The source's metadata, after its last entry.
     Finished(crate::source::SourceMetadata),
 }
 
-/// Files up to this size are read ahead whole, several at once.
-const READ_AHEAD_MAX_FILE: u64 = 1 << 20;
-/// Entries in flight in the read-ahead stage.
+/// Entries in flight in the read-ahead stage, at most.
 const READ_AHEAD_ENTRIES: usize = 8;
+/// Entries handed on and not yet taken by the backup loop, at most.
+const HANDED_ON: usize = 4;
 
 /// Pulls entries from the source ahead of the backup loop: decides reuse from the parent
 /// snapshot (so unchanged files are never read) and reads small files concurrently, so a tree
-/// of many small files is not read one blocking call at a time. Memory: at most
-/// [`READ_AHEAD_ENTRIES`] files of at most [`READ_AHEAD_MAX_FILE`] bytes.
+/// of many small files is not read one blocking call at a time. Memory: files of at most
+/// `read_ahead_max_file` bytes, half the share being read and at most [`HANDED_ON`] (also
+/// at most half the share: a file is at most an eighth of it) handed on.
 pub(super) fn spawn_read_ahead(
     mut session: Box<dyn crate::source::SourceSession>,
     mut cursor: ParentCursor,
     shared: Arc<Shared>,
+    shares: &crate::ops::memory::BackupShares,
 ) -> (
     tokio::sync::mpsc::Receiver<Result<Ahead>>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_ENTRIES);
+    let (tx, rx) = tokio::sync::mpsc::channel(HANDED_ON);
+    let max_file = shares.read_ahead_max_file.min(shares.read_ahead_bytes as u64 / 8);
+    let reading_budget = (shares.read_ahead_bytes / 2) as u64;
     cursor.order = session.entry_order();
     let task = tokio::spawn(async move {
         let mut inflight: FuturesOrdered<futures::future::BoxFuture<'static, Result<Ahead>>> =
             FuturesOrdered::new();
+        // Bytes of the small files being read: in all, and each entry's, in order.
+        let mut reading = 0u64;
+        let mut sizes = std::collections::VecDeque::new();
         let mut done = false;
         // Every content reader handed on holds a clone of `open_readers`; when the last one is
         // read or dropped, `all_read` ends.
         let (open_readers, mut all_read) = tokio::sync::mpsc::channel::<()>(1);
         loop {
-            while !done && inflight.len() < READ_AHEAD_ENTRIES {
+            while !done && inflight.len() < READ_AHEAD_ENTRIES && reading < reading_budget {
                 let entry = match session.next_entry().await {
                     Ok(Some(entry)) => entry,
                     Ok(None) => {
@@ -69,6 +78,7 @@ pub(super) fn spawn_read_ahead(
                     }
                 };
                 let meta = entry.meta;
+                let mut read_size = 0u64;
                 let item: futures::future::BoxFuture<'static, Result<Ahead>> =
                     match (meta.kind, entry.content) {
                         (EntryKind::File, Some(reader)) => {
@@ -86,18 +96,28 @@ pub(super) fn spawn_read_ahead(
                                 Some(refs) => {
                                     Box::pin(futures::future::ready(Ok(Ahead::Reused(meta, refs))))
                                 }
-                                None if meta.size <= READ_AHEAD_MAX_FILE => Box::pin(async move {
+                                None if meta.size <= max_file => {
+                                    read_size = meta.size;
+                                    Box::pin(async move {
                                     let mut buf = Vec::with_capacity(meta.size as usize + 1);
-                                    reader.read_to_end(&mut buf).await.map_err(|e| {
-                                        crate::source::AdapterError::new(
-                                            "read",
-                                            meta.path.to_string(),
-                                            e,
-                                        )
-                                    })?;
+                                    match reader.read_to_end(&mut buf).await {
+                                        Ok(_) => {}
+                                        Err(e) if Vanished::is(&e) => {
+                                            return Ok(Ahead::Vanished(meta))
+                                        }
+                                        Err(e) => {
+                                            return Err(crate::source::AdapterError::new(
+                                                "read",
+                                                meta.path.to_string(),
+                                                e,
+                                            )
+                                            .into())
+                                        }
+                                    }
                                     let reader: EntryReader = Box::pin(std::io::Cursor::new(buf));
                                     Ok(Ahead::Content(meta, reader))
-                                }),
+                                    })
+                                }
                                 None => Box::pin(futures::future::ready(Ok(Ahead::Content(
                                     meta, reader,
                                 )))),
@@ -105,10 +125,13 @@ pub(super) fn spawn_read_ahead(
                         }
                         _ => Box::pin(futures::future::ready(Ok(Ahead::NoContent(meta)))),
                     };
+                reading += read_size;
+                sizes.push_back(read_size);
                 inflight.push_back(item);
             }
             match inflight.next().await {
                 Some(item) => {
+                    reading -= sizes.pop_front().unwrap_or(0);
                     let failed = item.is_err();
                     if tx.send(item).await.is_err() || failed {
                         return;

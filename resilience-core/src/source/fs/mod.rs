@@ -3,8 +3,10 @@
 //! nanosecond mtimes; sparse files stay sparse; FIFOs, sockets and devices are recorded and
 //! skipped on restore.
 
+mod lazy_file;
 mod source;
 mod target;
 
+pub use lazy_file::LazyFile;
 pub use source::DirSource;
 pub use target::DirTarget;

@@ -3,6 +3,7 @@
 //! previous snapshot without reading them. Memory is bounded by the depth times the largest
 //! directory listing.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -10,9 +11,11 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+use super::LazyFile;
 use crate::source::entry::{EntryKind, EntryMeta, EntryPath};
 use crate::source::{
-    AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
+    AdapterError, EntryReader, Source, SourceDescriptor, SourceEntry, SourceMetadata,
+    SourceSession,
 };
 
 /// Backs up a directory tree.
@@ -72,33 +75,45 @@ impl Source for DirSource {
         let root = tokio::fs::canonicalize(&self.root)
             .await
             .map_err(|e| AdapterError::new("open", shown.clone(), e))?;
-        let listing = list_dir(&root).await?;
+        let listing = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || list_dir(&root))
+                .await
+                .map_err(|e| AdapterError::new("list", shown, e))??
+        };
         Ok(Box::new(DirSession {
-            root,
-            stack: vec![(Vec::new(), listing)],
-            files: 0,
-            dirs: 0,
-            bytes: 0,
+            walk: Some(Walk {
+                root,
+                stack: vec![(Vec::new(), listing)],
+                files: 0,
+                dirs: 0,
+                bytes: 0,
+            }),
+            ready: VecDeque::new(),
+            done: false,
         }))
     }
 }
 
-async fn list_dir(dir: &Path) -> Result<std::vec::IntoIter<OsString>, AdapterError> {
-    let d = dir.to_path_buf();
-    let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<OsString>> {
-        let mut names: Vec<OsString> = std::fs::read_dir(&d)?
+fn list_dir(dir: &Path) -> Result<std::vec::IntoIter<OsString>, AdapterError> {
+    let list = || -> std::io::Result<Vec<OsString>> {
+        let mut names: Vec<OsString> = std::fs::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()?;
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         Ok(names)
-    })
-    .await
-    .map_err(|e| AdapterError::new("list", dir.display().to_string(), e))?
-    .map_err(|e| AdapterError::new("list", dir.display().to_string(), e))?;
-    Ok(names.into_iter())
+    };
+    list()
+        .map(Vec::into_iter)
+        .map_err(|e| AdapterError::new("list", dir.display().to_string(), e))
 }
 
-struct DirSession {
+/// Entries made per trip to the blocking pool: a tree of many small files is walked in a few
+/// large steps, not one `lstat` at a time.
+const WALK_BATCH: usize = 256;
+
+/// A depth-first walk, moved to the blocking pool for each batch of entries.
+struct Walk {
     root: PathBuf,
     /// Relative path of each open directory and its remaining children.
     stack: Vec<(Vec<u8>, std::vec::IntoIter<OsString>)>,
@@ -107,9 +122,24 @@ struct DirSession {
     bytes: u64,
 }
 
-#[async_trait]
-impl SourceSession for DirSession {
-    async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
+impl Walk {
+    /// Up to `max` next entries; an error ends the batch, as its last item.
+    fn batch(&mut self, max: usize) -> VecDeque<Result<SourceEntry, AdapterError>> {
+        let mut out = VecDeque::with_capacity(max);
+        while out.len() < max {
+            match self.next_entry() {
+                Ok(Some(entry)) => out.push_back(Ok(entry)),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push_back(Err(e));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
         loop {
             let Some((dir, names)) = self.stack.last_mut() else {
                 return Ok(None);
@@ -124,12 +154,11 @@ impl SourceSession for DirSession {
             }
             rel.extend_from_slice(name.as_bytes());
             let abs = self.root.join(std::ffi::OsStr::from_bytes(&rel));
-            let shown = abs.display().to_string();
-            let md = match tokio::fs::symlink_metadata(&abs).await {
+            let md = match std::fs::symlink_metadata(&abs) {
                 Ok(md) => md,
                 // Vanished between listing and reading: it was not there to back up.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(AdapterError::new("stat", shown, e)),
+                Err(e) => return Err(AdapterError::new("stat", abs.display().to_string(), e)),
             };
             let ft = md.file_type();
             let kind = if ft.is_file() {
@@ -167,25 +196,21 @@ impl SourceSession for DirSession {
                         md.ctime() * 1_000_000_000 + md.ctime_nsec(),
                         md.ino()
                     ));
-                    let file = match tokio::fs::File::open(&abs).await {
-                        Ok(file) => file,
-                        // Removed since it was listed (a dropped table's file): not there.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(AdapterError::new("open", shown, e)),
-                    };
-                    content = Some(Box::pin(file) as crate::source::EntryReader);
+                    // Opened when first read: an unchanged file is never opened. One removed
+                    // meanwhile (a dropped table's file) reads as `Vanished`, and is left out.
+                    content = Some(Box::pin(LazyFile::new(abs, md.len())) as EntryReader);
                     self.files += 1;
                     self.bytes += md.len();
                 }
                 EntryKind::Dir => {
-                    let listing = list_dir(&abs).await?;
+                    let listing = list_dir(&abs)?;
                     self.stack.push((rel, listing));
                     self.dirs += 1;
                 }
                 EntryKind::Symlink => {
-                    let target = tokio::fs::read_link(&abs)
-                        .await
-                        .map_err(|e| AdapterError::new("readlink", shown, e))?;
+                    let target = std::fs::read_link(&abs).map_err(|e| {
+                        AdapterError::new("readlink", abs.display().to_string(), e)
+                    })?;
                     meta.link_target = Some(target.as_os_str().as_bytes().to_vec());
                 }
                 EntryKind::Other => {}
@@ -193,13 +218,55 @@ impl SourceSession for DirSession {
             return Ok(Some(SourceEntry { meta, content }));
         }
     }
+}
+
+struct DirSession {
+    /// The walk; `None` while a batch is being made on the blocking pool (or after a panic).
+    walk: Option<Walk>,
+    /// Entries of the last batch not yet handed on.
+    ready: VecDeque<Result<SourceEntry, AdapterError>>,
+    /// The walk is complete.
+    done: bool,
+}
+
+#[async_trait]
+impl SourceSession for DirSession {
+    async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
+        if self.ready.is_empty() && !self.done {
+            let mut walk = self.walk.take().ok_or_else(|| {
+                AdapterError::msg("walk", "directory tree", "an earlier step of the walk failed")
+            })?;
+            let (walk, batch) = tokio::task::spawn_blocking(move || {
+                let batch = walk.batch(WALK_BATCH);
+                (walk, batch)
+            })
+            .await
+            .map_err(|e| AdapterError::new("walk", "directory tree", e))?;
+            self.done = batch.len() < WALK_BATCH
+                || batch.back().is_some_and(|r| r.is_err());
+            self.walk = Some(walk);
+            self.ready = batch;
+        }
+        match self.ready.pop_front() {
+            Some(Ok(entry)) => Ok(Some(entry)),
+            Some(Err(e)) => {
+                self.done = true;
+                self.ready.clear();
+                Err(e)
+            }
+            None => Ok(None),
+        }
+    }
 
     async fn finish(&mut self) -> Result<SourceMetadata, AdapterError> {
         let mut m = SourceMetadata::new();
-        m.insert("root".into(), self.root.display().to_string().into());
-        m.insert("files".into(), self.files.into());
-        m.insert("dirs".into(), self.dirs.into());
-        m.insert("bytes".into(), self.bytes.into());
+        let walk = self.walk.as_ref().ok_or_else(|| {
+            AdapterError::msg("walk", "directory tree", "the walk did not complete")
+        })?;
+        m.insert("root".into(), walk.root.display().to_string().into());
+        m.insert("files".into(), walk.files.into());
+        m.insert("dirs".into(), walk.dirs.into());
+        m.insert("bytes".into(), walk.bytes.into());
         Ok(m)
     }
 }

@@ -1,0 +1,107 @@
+//! The memory budget of a backup or a restore: the bytes its buffers may hold at once, and how
+//! the budget is shared between the stages, whatever the size of the data.
+//!
+//! A backup holds, at most:
+//! - the chunker's buffer: one maximum-size chunk being cut and the room to read the next
+//!   (2 × the largest chunk, 16 MiB with the default 8 MiB);
+//! - the pack being filled (`pack_size`, 16 MiB by default);
+//! - the packs being sealed and uploaded (`uploads` × `pack_size`);
+//! - the chunks being hashed, compressed and sealed (`chunk_bytes`, raw, and their sealed form);
+//! - the small files read ahead (`read_ahead_bytes`).
+//!
+//! The index of the blobs the repository holds comes on top: 52 bytes per blob, about
+//! 52 MiB per TiB of unique data with the default 1 MiB chunks (docs/FORMAT.md).
+//!
+//! A restore holds the blobs it reads ahead of the target: `read_bytes` of them, each in its
+//! sealed and its opened form, with at least one blob in flight whatever its size.
+
+/// The default budget: 64 MiB.
+pub const DEFAULT_MEMORY: usize = 64 << 20;
+
+/// How a backup shares its memory budget between its stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupShares {
+    /// Packs sealed and uploaded at once, besides the one being filled (at least one).
+    pub uploads: usize,
+    /// Raw bytes of chunks hashed, compressed and sealed at once (at least one largest chunk).
+    pub chunk_bytes: usize,
+    /// Bytes of small files read ahead of the chunker (at least 1 MiB).
+    pub read_ahead_bytes: usize,
+    /// Files up to this size are read ahead whole (at most 1 MiB).
+    pub read_ahead_max_file: u64,
+}
+
+impl BackupShares {
+    /// The shares of `budget` bytes for a repository of `pack_size`-byte packs and chunks of
+    /// at most `max_chunk` bytes. A budget below what one pack, one upload and the chunker
+    /// need gets those minimums (so the backup still runs, over budget by what it must hold):
+    /// any budget of at least 4 × `max_chunk` + 2 × `pack_size` + 2 MiB is kept.
+    pub fn of(budget: usize, pack_size: usize, max_chunk: usize) -> Self {
+        let fixed = 2 * max_chunk + pack_size;
+        let rest = budget.saturating_sub(fixed);
+        let uploads = (rest / 2 / pack_size.max(1)).clamp(1, 4);
+        let left = rest.saturating_sub(uploads * pack_size);
+        let chunk_bytes = (left / 2).max(max_chunk);
+        let read_ahead_bytes = left.saturating_sub(chunk_bytes).max(1 << 20);
+        BackupShares {
+            uploads,
+            chunk_bytes,
+            read_ahead_bytes,
+            read_ahead_max_file: (read_ahead_bytes as u64 / 4).clamp(64 << 10, 1 << 20),
+        }
+    }
+}
+
+/// How a restore uses its memory budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoreShares {
+    /// Raw bytes of blobs read ahead of the target at once (a blob counts twice: sealed and
+    /// opened).
+    pub read_bytes: usize,
+}
+
+impl RestoreShares {
+    /// The shares of `budget` bytes: a quarter is kept for the target's writes and the tree
+    /// being read.
+    pub fn of(budget: usize) -> Self {
+        RestoreShares {
+            read_bytes: (budget / 4 * 3 / 2).max(1 << 20),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_default_budget_holds_one_pack_filling_and_one_uploading() {
+        let s = BackupShares::of(DEFAULT_MEMORY, 16 << 20, 8 << 20);
+        assert_eq!(s.uploads, 1);
+        assert_eq!(s.chunk_bytes, 8 << 20);
+        assert_eq!(s.read_ahead_bytes, 8 << 20);
+        assert_eq!(s.read_ahead_max_file, 1 << 20);
+        let total = 2 * (8 << 20) + (16 << 20) * (1 + s.uploads) + s.chunk_bytes + s.read_ahead_bytes;
+        assert!(total <= DEFAULT_MEMORY, "{total}");
+    }
+
+    proptest! {
+        #[test]
+        fn shares_fit_the_budget_above_the_minimum(
+            budget in 1usize..(4 << 30),
+            pack in (1usize << 20)..(128 << 20),
+            chunk in (64usize << 10)..(16 << 20),
+        ) {
+            let s = BackupShares::of(budget, pack, chunk);
+            prop_assert!(s.uploads >= 1 && s.uploads <= 4);
+            prop_assert!(s.chunk_bytes >= chunk);
+            prop_assert!(s.read_ahead_max_file <= 1 << 20);
+            let total = 2 * chunk + pack * (1 + s.uploads) + s.chunk_bytes + s.read_ahead_bytes;
+            let minimum = 4 * chunk + 2 * pack + (2 << 20);
+            prop_assert!(total <= budget.max(minimum), "{total} over {budget}");
+            let r = RestoreShares::of(budget);
+            prop_assert!(r.read_bytes * 2 <= budget.max(2 << 20));
+        }
+    }
+}
