@@ -6,6 +6,13 @@
 #   benches/compare-restic.sh                 # 1 GiB data set, 3 rounds
 #   DATASET_GIB=2 ROUNDS=5 benches/compare-restic.sh
 #   SMALL_MAX_KIB=4 benches/compare-restic.sh # many more small files (see gen-dataset)
+#   SMALL_FILES=200000 benches/compare-restic.sh  # only small JSON-like files, 100 B to 4 KiB
+#   MEMORY=128MiB benches/compare-restic.sh   # resilience's --memory (default 64MiB)
+#
+# Restores go to a freshly made ext4 file system for each step (a loop device, when run as
+# root): ext4's inode allocator otherwise slows every file created after many were deleted
+# (`recently_deleted` took 40% of a 200,000-file restore's time after the previous round's
+# files were removed), which bills whichever tool restores second.
 #
 # Honest on a shared VM: guest memory is touched first (its first touch is slow, and would bill
 # whichever tool ran first); the page cache is written back (`sync`) before every timed step, so
@@ -19,8 +26,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GIB="${DATASET_GIB:-1}"
 ROUNDS="${ROUNDS:-3}"
 SMALL="${SMALL_MAX_KIB:-64}"
+SMALL_FILES="${SMALL_FILES:-}"
+MEMORY="${MEMORY:-64MiB}"
 WORK="${WORK_DIR:-$(mktemp -d)}"
-trap 'rm -rf "$WORK"' EXIT
+FS_IMG="$WORK.fs.img"
+MNT="$WORK.mnt"
+cleanup() { umount "$MNT" 2>/dev/null || true; rm -rf "$WORK" "$FS_IMG" "$MNT"; }
+trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need restic restic
@@ -31,8 +43,15 @@ cargo build --release --locked -p resilience-benches --bin gen-dataset --manifes
 RES="$ROOT/target/release/resilience"
 GEN="$ROOT/target/release/gen-dataset"
 
-echo "generating ${GIB} GiB (small files up to ${SMALL} KiB) in $WORK/data" >&2
-"$GEN" "$WORK/data" "$GIB" 42 "$SMALL"
+if [ -n "$SMALL_FILES" ]; then
+  echo "generating $SMALL_FILES small files in $WORK/data" >&2
+  "$GEN" --small "$WORK/data" "$SMALL_FILES" 100 4096 42
+  SHAPE="$SMALL_FILES small JSON-like files of 100 B to 4 KiB"
+else
+  echo "generating ${GIB} GiB (small files up to ${SMALL} KiB) in $WORK/data" >&2
+  "$GEN" "$WORK/data" "$GIB" 42 "$SMALL"
+  SHAPE="${GIB} GiB of mixed files (small files up to ${SMALL} KiB)"
+fi
 BYTES=$(du -sb --apparent-size "$WORK/data" | cut -f1)
 FILES=$(find "$WORK/data" -type f | wc -l)
 
@@ -45,6 +64,22 @@ b = bytearray(n)
 for i in range(0, n, 4096):
     b[i] = 1
 PY
+
+# fresh_target: an empty file system (or, without root, an empty directory) to restore into.
+FRESH="directory"
+if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then
+  FRESH="ext4"
+  mkdir -p "$MNT"
+  truncate -s "$(( $(du -sb "$WORK/data" | cut -f1) * 3 + (1 << 30) ))" "$FS_IMG"
+fi
+fresh_target() {
+  if [ "$FRESH" = ext4 ]; then
+    umount "$MNT" 2>/dev/null || true
+    mkfs.ext4 -q -F "$FS_IMG" && mount -o loop "$FS_IMG" "$MNT"
+  else
+    rm -rf "$MNT"; mkdir -p "$MNT"
+  fi
+}
 
 export RESTIC_PASSWORD=bench RESILIENCE_PASSWORD=bench
 TSV="$WORK/times.tsv"
@@ -65,23 +100,26 @@ step() {
 
 restic_round() {
   local r="$1"
-  rm -rf "$WORK/restic" "$WORK/restic-out"
+  rm -rf "$WORK/restic"
   restic init --repo "$WORK/restic" >/dev/null
   step restic backup "$r" restic --repo "$WORK/restic" backup "$WORK/data"
   step restic second "$r" restic --repo "$WORK/restic" backup "$WORK/data"
-  step restic restore "$r" restic --repo "$WORK/restic" restore latest --target "$WORK/restic-out"
-  diff -r "$WORK/data" "$WORK/restic-out$WORK/data" >/dev/null || { echo "restic restore differs" >&2; exit 1; }
+  fresh_target
+  step restic restore "$r" restic --repo "$WORK/restic" restore latest --target "$MNT/out"
+  diff -r "$WORK/data" "$MNT/out$WORK/data" >/dev/null || { echo "restic restore differs" >&2; exit 1; }
   du -sb "$WORK/restic" | cut -f1 > "$WORK/restic.size"
 }
 
 res_round() {
   local r="$1"
-  rm -rf "$WORK/res" "$WORK/res-out" "$WORK/res.key"
+  rm -rf "$WORK/res" "$WORK/res.key"
   "$RES" init --repo "$WORK/res" --key-file "$WORK/res.key" >/dev/null
-  step resilience backup "$r" "$RES" backup --repo "$WORK/res" --key-file "$WORK/res.key" dir "$WORK/data"
-  step resilience second "$r" "$RES" backup --repo "$WORK/res" --key-file "$WORK/res.key" dir "$WORK/data"
-  step resilience restore "$r" "$RES" restore --repo "$WORK/res" --key-file "$WORK/res.key" latest --target "$WORK/res-out"
-  diff -r "$WORK/data" "$WORK/res-out" >/dev/null || { echo "resilience restore differs" >&2; exit 1; }
+  local g=(--repo "$WORK/res" --key-file "$WORK/res.key" --memory "$MEMORY")
+  step resilience backup "$r" "$RES" "${g[@]}" backup dir "$WORK/data"
+  step resilience second "$r" "$RES" "${g[@]}" backup dir "$WORK/data"
+  fresh_target
+  step resilience restore "$r" "$RES" "${g[@]}" restore latest --target "$MNT/out"
+  diff -r "$WORK/data" "$MNT/out" >/dev/null || { echo "resilience restore differs" >&2; exit 1; }
   du -sb "$WORK/res" | cut -f1 > "$WORK/res.size"
 }
 
@@ -92,17 +130,19 @@ done
 
 OUT="$ROOT/benches/results/compare-restic-$(date -u +%Y%m%d-%H%M).md"
 mkdir -p "$(dirname "$OUT")"
-python3 - "$TSV" "$BYTES" "$FILES" "$GIB" "$SMALL" "$ROUNDS" "$(cat "$WORK/restic.size")" "$(cat "$WORK/res.size")" \
-  "$(restic version | cut -d' ' -f2)" "$(nproc)" "$(free -g | awk '/Mem:/{print $2}')" > "$OUT" <<'PY'
+python3 - "$TSV" "$BYTES" "$FILES" "$SHAPE" "$ROUNDS" "$(cat "$WORK/restic.size")" "$(cat "$WORK/res.size")" \
+  "$(restic version | cut -d' ' -f2)" "$(nproc)" "$(free -g | awk '/Mem:/{print $2}')" \
+  "DATASET_GIB=$GIB SMALL_MAX_KIB=$SMALL SMALL_FILES=$SMALL_FILES MEMORY=$MEMORY ROUNDS=$ROUNDS" "$FRESH" > "$OUT" <<'PY'
 import statistics, sys
-tsv, nbytes, files, gib, small, rounds, rsize, zsize, rver, cores, mem = sys.argv[1:]
+tsv, nbytes, files, shape, rounds, rsize, zsize, rver, cores, mem, command, fresh = sys.argv[1:]
 nbytes = int(nbytes)
 rows = [l.rstrip("\n").split("\t") for l in open(tsv) if l.strip()]
 def of(tool, step):
     return [(float(s), int(k), float(l)) for t, st, _, s, k, l in rows if t == tool and st == step]
-print(f"# resilience and restic {rver}: {gib} GiB, {files} files (small files up to {small} KiB)\n")
-print(f"`DATASET_GIB={gib} ROUNDS={rounds} SMALL_MAX_KIB={small} benches/compare-restic.sh`; "
+print(f"# resilience and restic {rver}: {shape}, {files} files\n")
+print(f"`{command} benches/compare-restic.sh`; "
       f"{cores} cores, {mem} GiB; {nbytes} bytes; memory touched first, `sync` before each step, "
+      f"restores into a fresh {fresh} each time, "
       f"the tools alternating which goes first; medians over {rounds} rounds, [min–max].\n")
 print("| step | restic s | resilience s | restic / resilience | peak RSS MiB restic / resilience | load before (median) |")
 print("| --- | --- | --- | --- | --- | --- |")
