@@ -72,6 +72,8 @@ mapfile -t NAMES < <(segs)
 [ "${#NAMES[@]}" -eq "$NSEG" ] || { echo "got ${#NAMES[@]} segments, wanted $NSEG" >&2; exit 1; }
 pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m fast -w stop >/dev/null
 trap - EXIT
+# the backlog lives in the (stopped) cluster's own pg_wal: pgBackRest wants it under pg1-path
+mv "$WORK/pgdata/pg_wal" "$WORK/pgdata/pg_wal.orig"
 SYSID=$(pg "$PGBIN/pg_controldata" "$WORK/pgdata" | awk -F': *' '/Database system identifier/{print $2}')
 
 # Touch guest memory once (half of it, at most 8 GiB) so that no timed step pays its first touch.
@@ -95,7 +97,6 @@ compress-type=zst
 compress-level=3
 process-max=4
 archive-async=$1
-archive-push-queue-max=0
 log-level-console=warn
 log-level-file=off
 lock-path=$WORK/pgbr-lock
@@ -116,11 +117,19 @@ fresh_repos() {
   pg "${PGBR[@]}" stanza-create --no-online >/dev/null
 }
 
-# a pg_wal-like directory holding every segment, each marked ready (a primary's backlog)
+# pg_wal holding every segment, each marked ready (a primary's backlog)
+WALDIR="$WORK/pgdata/pg_wal"
 backlog() {
-  rm -rf "$WORK/pg_wal"; mkdir -p "$WORK/pg_wal/archive_status"
-  for n in "${NAMES[@]}"; do cp "$WORK/walsrc/$n" "$WORK/pg_wal/$n"; : > "$WORK/pg_wal/archive_status/$n.ready"; done
-  chown -R postgres:postgres "$WORK/pg_wal"
+  rm -rf "$WALDIR"; mkdir -p "$WALDIR/archive_status"
+  for n in "${NAMES[@]}"; do cp "$WORK/walsrc/$n" "$WALDIR/$n"; : > "$WALDIR/archive_status/$n.ready"; done
+  chown -R postgres:postgres "$WALDIR"
+}
+
+# an empty data directory to recover into (pgBackRest reads its pg_control)
+restore_dir() {
+  rm -rf "$WORK/restore" "$WORK/pgbr-spool"/*; mkdir -p "$WORK/restore/pg_wal" "$WORK/restore/global"
+  cp "$WORK/pgdata/global/pg_control" "$WORK/restore/global/"
+  chown -R postgres:postgres "$WORK/restore" "$WORK/pgbr-spool"
 }
 
 # one process per file, as Postgres runs them:
@@ -129,8 +138,8 @@ backlog() {
 EACH='mode=$1; n=$2; shift 2; cmd=("${@:1:n}"); shift "$n"
 for f; do
   if [ "$mode" = push ]; then
-    "${cmd[@]}" "'"$WORK"'/pg_wal/$f" >/dev/null || exit 1
-    mv "'"$WORK"'/pg_wal/archive_status/$f.ready" "'"$WORK"'/pg_wal/archive_status/$f.done"
+    "${cmd[@]}" "'"$WORK"'/pgdata/pg_wal/$f" >/dev/null || exit 1
+    mv "'"$WORK"'/pgdata/pg_wal/archive_status/$f.ready" "'"$WORK"'/pgdata/pg_wal/archive_status/$f.done"
   else
     "${cmd[@]}" "$f" "'"$WORK"'/restore/pg_wal/RECOVERYXLOG" >/dev/null || exit 1
     cmp -s "'"$WORK"'/restore/pg_wal/RECOVERYXLOG" "'"$WORK"'/walsrc/$f" || { echo "$f fetched wrong" >&2; exit 1; }
@@ -175,7 +184,7 @@ res_round() {
   rm -rf "$WORK/res-repo" "$WORK/res.key"; pg "$RES" init "${RESG[@]}" >/dev/null; backlog
   step resilience push-async "$r" "--async-worker" push "$RES" "${RESG[@]}" wal-push --async --parallel 4 --spool "$WORK/res-spool" --source main
   settle --async-worker
-  rm -rf "$WORK/restore"; mkdir -p "$WORK/restore/pg_wal"; chown -R postgres:postgres "$WORK/restore"
+  restore_dir
   step resilience fetch "$r" "--prefetch-worker" fetch "$RES" "${RESG[@]}" wal-fetch --prefetch 8 --source main
   settle --prefetch-worker
 }
@@ -187,9 +196,9 @@ pgbr_round() {
   rm -rf "$WORK/pgbr-repo"/* "$WORK/pgbr-spool"/*; pg "${PGBR[@]}" stanza-create --no-online >/dev/null; backlog
   step pgbackrest push-async "$r" "archive-push:async" push "${PGBR[@]}" --archive-async archive-push
   settle "archive-push:async"
-  rm -rf "$WORK/restore" "$WORK/pgbr-spool"/*; mkdir -p "$WORK/restore/pg_wal"; chown -R postgres:postgres "$WORK/restore" "$WORK/pgbr-spool"
+  restore_dir
   step pgbackrest fetch "$r" "archive-get:async" fetch "${PGBR[@]}" --pg1-path="$WORK/restore" archive-get
-  rm -rf "$WORK/restore" "$WORK/pgbr-spool"/*; mkdir -p "$WORK/restore/pg_wal"; chown -R postgres:postgres "$WORK/restore" "$WORK/pgbr-spool"
+  restore_dir
   step pgbackrest fetch-async "$r" "archive-get:async" fetch "${PGBR[@]}" --pg1-path="$WORK/restore" --archive-async archive-get
   settle "archive-get:async"
 }
