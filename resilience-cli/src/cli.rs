@@ -232,24 +232,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
-    /// Archive one WAL file (Postgres' archive_command: `wal-push %p`).
-    WalPush {
-        /// The file, as Postgres gives it (%p, relative to the data directory).
-        path: PathBuf,
-        /// The WAL archive (one per cluster).
-        #[arg(long, default_value = "postgres")]
-        source: String,
-    },
-    /// Fetch one archived WAL file (Postgres' restore_command: `wal-fetch %f %p`).
-    WalFetch {
-        /// The WAL file's name (%f).
-        name: String,
-        /// Where to write it (%p).
-        dest: PathBuf,
-        /// The WAL archive (one per cluster).
-        #[arg(long, default_value = "postgres")]
-        source: String,
-    },
+    /// Archive one WAL file (Postgres' archive_command: `wal-push %p`, or `wal-push --async %p`).
+    WalPush(WalPushArgs),
+    /// Fetch one archived WAL file (Postgres' restore_command: `wal-fetch %f %p`, or
+    /// `wal-fetch --prefetch 8 %f %p`).
+    WalFetch(WalFetchArgs),
     /// Copy every object the replica lacks (another bucket, another region), proving each copy;
     /// report the lag. Needs no key: objects are copied sealed.
     Replicate {
@@ -849,6 +836,58 @@ pub struct KeyAddArgs {
     /// A Vault transit key.
     #[arg(long, value_name = "NAME")]
     pub new_vault_transit_key: Option<String>,
+}
+
+/// `wal-push`'s options.
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// The file, as Postgres gives it (%p, relative to the data directory).
+    pub path: PathBuf,
+    /// The WAL archive (one per cluster).
+    #[arg(long, default_value = "postgres")]
+    pub source: String,
+    /// Push through a background pusher that archives every WAL file Postgres has marked
+    /// ready (archive_status/*.ready), --parallel at a time, oldest first; this call exits 0
+    /// only once its own file is durable in the repository (never before), and non-zero with
+    /// the pusher's error or after --timeout, so Postgres retries. A file Postgres has not
+    /// marked ready is pushed synchronously.
+    #[arg(long = "async")]
+    pub async_push: bool,
+    /// The spool of --async: the pusher's lock, log and markers (default: .resilience-push
+    /// beside the WAL file, in pg_wal).
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Pushes the background pusher runs at once (--async).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// Seconds a --async call waits for its file before failing (Postgres then retries).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub timeout: u64,
+    /// Run as the background pusher (started by a --async call; not for direct use).
+    #[arg(long, hide = true)]
+    pub async_worker: bool,
+}
+
+/// `wal-fetch`'s options.
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// The WAL file's name (%f).
+    pub name: String,
+    /// Where to write it (%p).
+    pub dest: PathBuf,
+    /// The WAL archive (one per cluster).
+    #[arg(long, default_value = "postgres")]
+    pub source: String,
+    /// Fetch the N segments after this one in the background into the spool, verified as
+    /// any fetch is, so the next calls are served from there at once (0: no prefetch).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub prefetch: u16,
+    /// The spool of --prefetch (default: .resilience-prefetch beside %p, in pg_wal).
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Run as the background prefetcher (started by a --prefetch call; not for direct use).
+    #[arg(long, hide = true)]
+    pub prefetch_worker: bool,
 }
 
 #[cfg(test)]

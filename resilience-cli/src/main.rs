@@ -97,10 +97,20 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Postgres starts wal-push and wal-fetch once per file: one thread does for them (their
+    // CPU work runs on the blocking pool); the background pusher and prefetcher, and every
+    // other command, get the multi-threaded runtime.
+    let one_shot = match &cli.command {
+        cli::Command::WalPush(a) => !a.async_worker,
+        cli::Command::WalFetch(a) => !a.prefetch_worker,
+        _ => false,
+    };
+    let mut builder = if one_shot {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -10,11 +10,20 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The restore_command the restored cluster runs: this binary's `wal-fetch`, with the same
-/// repository and credentials (a key file or password file: Postgres' environment has no
-/// passphrase).
+/// Segments the restore_command fetches ahead of the one Postgres asks for.
+const PREFETCH: u16 = 8;
+
+/// The restore_command the restored cluster runs: this binary's `wal-fetch`, prefetching the
+/// next segments, with the same repository and credentials (a key file or password file:
+/// Postgres' environment has no passphrase).
 pub(crate) fn restore_command(g: &Global, source: &str) -> Result<String, CliError> {
-    repository_command(g, &format!("wal-fetch --source {} %f %p", sh_quote(source)))
+    repository_command(
+        g,
+        &format!(
+            "wal-fetch --source {} --prefetch {PREFETCH} %f %p",
+            sh_quote(source)
+        ),
+    )
 }
 
 /// The archive_command a cluster restored from this repository runs to archive into it: this

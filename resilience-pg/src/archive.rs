@@ -16,7 +16,10 @@
 //! claims which may write it ([`claim`]): of different bytes, at most one is acknowledged, also
 //! on stores that ignore create-only puts.
 
+pub mod async_push;
 mod claim;
+pub mod prefetch;
+pub mod spool;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -116,8 +119,18 @@ impl WalArchive {
     /// Archives a WAL file's bytes under `name`. Segments are summarized (and must belong to
     /// a Postgres cluster); restore points in them are noted.
     pub async fn push(&self, name: &str, content: Bytes) -> Result<PushOutcome, PgError> {
-        let kind = Self::check_name(name)?;
         let digest = blake3::hash(&content).to_hex().to_string();
+        self.push_digested(name, content, digest).await
+    }
+
+    /// [`WalArchive::push`] of `content` whose BLAKE3 (hex) the caller computed already.
+    pub(crate) async fn push_digested(
+        &self,
+        name: &str,
+        content: Bytes,
+        digest: String,
+    ) -> Result<PushOutcome, PgError> {
+        let kind = Self::check_name(name)?;
         let key = self.key(name);
         if let Some(existing) = self.header(name).await? {
             return self.compare(name, &existing, &digest);
@@ -148,13 +161,14 @@ impl WalArchive {
             .unwrap_or_default();
         let side = self.side.clone();
         let object_name = key.clone();
+        // The header and the content are sealed as one payload without being copied into one
+        // buffer: a 16 MiB segment costs the segment and its sealed object, nothing more.
         let sealed = tokio::task::spawn_blocking(move || {
-            let mut payload = serde_json::to_vec(&header).expect("serializes");
-            let mut framed = Vec::with_capacity(4 + payload.len() + content.len());
-            framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            framed.append(&mut payload);
-            framed.extend_from_slice(&content);
-            side.seal(SideObject::Item, &object_name, &framed)
+            let payload = serde_json::to_vec(&header).expect("serializes");
+            let mut framing = Vec::with_capacity(4 + payload.len());
+            framing.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            framing.extend_from_slice(&payload);
+            side.seal_parts(SideObject::Item, &object_name, &[&framing, &content])
         })
         .await
         .map_err(|e| PgError::Invalid(format!("sealing {name}: {e}")))?;

@@ -51,6 +51,24 @@ pub enum PgError {
         /// The other push's claim.
         claim: String,
     },
+    /// The background pusher of `wal-push --async` could not archive a WAL file (its error
+    /// marker, reported to the caller: Postgres retries, and the pusher tries again).
+    #[error("WAL file {name} was not archived: {message}")]
+    WalAsyncPush {
+        /// The WAL file's name.
+        name: String,
+        /// The pusher's error.
+        message: String,
+    },
+    /// A spool file is damaged (a marker that does not decode, a prefetched segment whose
+    /// bytes do not match their recorded BLAKE3).
+    #[error("spool file {path} is damaged: {reason}")]
+    SpoolDamaged {
+        /// The file.
+        path: String,
+        /// What check failed.
+        reason: String,
+    },
     /// An archived object is damaged.
     #[error("object {object} is damaged: {reason}")]
     Corrupt {
@@ -115,7 +133,8 @@ impl PgError {
         move |source| PgError::Postgres { context, source }
     }
 
-    pub(crate) fn io(
+    /// A mapper of an I/O error into [`PgError::Io`] naming the operation and the file.
+    pub fn io(
         operation: &'static str,
         path: impl std::fmt::Display,
     ) -> impl FnOnce(std::io::Error) -> Self {

@@ -79,7 +79,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             snapshot,
         } => drill::run(g, config, source, snapshot.as_deref()).await,
         Command::Key { command } => key::run(g, command).await,
-        Command::WalPush { path, source } => wal::push(g, path, source).await,
-        Command::WalFetch { name, dest, source } => wal::fetch(g, name, dest, source).await,
+        Command::WalPush(args) => wal::push(g, args).await,
+        Command::WalFetch(args) => wal::fetch(g, args).await,
     }
 }

@@ -81,8 +81,13 @@ impl Lab {
 
     /// The archive_command for clusters of this lab.
     pub fn archive_command(&self) -> String {
+        self.archive_command_with("")
+    }
+
+    /// The archive_command for clusters of this lab, with `flags` after `wal-push`.
+    pub fn archive_command_with(&self, flags: &str) -> String {
         format!(
-            "{BIN} --repo {} --key-file {} wal-push --source {} %p",
+            "{BIN} --repo {} --key-file {} wal-push {flags} --source {} %p",
             self.repo().display(),
             self.key_file().display(),
             self.source
@@ -92,6 +97,13 @@ impl Lab {
     /// A new cluster (1 MiB WAL segments, archiving into the lab), started.
     pub async fn cluster(&self, name: &str) -> Cluster {
         self.cluster_with(name, None, false).await
+    }
+
+    /// A new cluster like [`Lab::cluster`], whose archive_command is `archive_command`.
+    pub async fn cluster_archiving(&self, name: &str, archive_command: String) -> Cluster {
+        let cluster = Cluster::init(&self.path(name), &self.options(archive_command, false));
+        cluster.start();
+        cluster
     }
 
     /// A new cluster like [`Lab::cluster`], made by `initdb --data-checksums`.
@@ -107,17 +119,21 @@ impl Lab {
         self.cluster_with(name, Some(pki), false).await
     }
 
+    fn options(&self, archive_command: String, data_checksums: bool) -> ClusterOptions {
+        ClusterOptions {
+            archive_command: Some(archive_command),
+            data_checksums,
+            socket_dir: Some(self.dir.path().to_owned()),
+        }
+    }
+
     async fn cluster_with(
         &self,
         name: &str,
         pki: Option<&crate::tls_support::Pki>,
         data_checksums: bool,
     ) -> Cluster {
-        let options = ClusterOptions {
-            archive_command: Some(self.archive_command()),
-            data_checksums,
-            socket_dir: Some(self.dir.path().to_owned()),
-        };
+        let options = self.options(self.archive_command(), data_checksums);
         let mut cluster = Cluster::init(&self.path(name), &options);
         let pgdata = cluster.pgdata.clone();
         if let Some(pki) = pki {

@@ -51,11 +51,23 @@ pub fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
 
 /// Seals `plaintext` and appends `nonce || ciphertext || tag` to `out`.
 pub fn seal_into(key: &SecretKey, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+    seal_appended(key, aad, out, |out| out.extend_from_slice(plaintext));
+}
+
+/// Appends `nonce || ciphertext || tag` to `out`, where the plaintext is what `write` appends
+/// to `out` (then encrypted in place): a plaintext produced straight into the output, without
+/// a buffer of its own.
+pub fn seal_appended(
+    key: &SecretKey,
+    aad: &[u8],
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     out.extend_from_slice(&nonce);
     let start = out.len();
-    out.extend_from_slice(plaintext);
+    write(out);
     let cipher = XChaCha20Poly1305::new(Key::from_slice(&key.0));
     let tag = cipher
         .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[start..])

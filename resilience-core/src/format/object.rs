@@ -138,15 +138,45 @@ pub fn stored_checksum(bytes: &[u8]) -> Option<String> {
 
 /// Seals `payload` as an object of `kind` named `name`.
 pub fn seal_object(keys: &KeySet, kind: ObjectKind, name: &str, payload: &[u8]) -> Vec<u8> {
-    let compressed = zstd::bulk::compress(payload, 3).expect("zstd compresses in memory");
-    let mut out = Vec::with_capacity(compressed.len() + HEADER_LEN + crypto::SEAL_OVERHEAD + 32);
+    seal_object_parts(keys, kind, name, &[payload])
+}
+
+/// Seals the concatenation of `parts` as an object of `kind` named `name`, the same object
+/// [`seal_object`] makes of it, without concatenating them: the parts are compressed straight
+/// into the object's buffer and encrypted there, so sealing a payload of n bytes holds the
+/// parts and the sealed object, nothing else of size n.
+pub fn seal_object_parts(keys: &KeySet, kind: ObjectKind, name: &str, parts: &[&[u8]]) -> Vec<u8> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    // Reserved, not touched: the pages zstd does not fill are never made resident.
+    let bound = zstd::zstd_safe::compress_bound(total);
+    let mut out = Vec::with_capacity(bound + HEADER_LEN + crypto::SEAL_OVERHEAD + CHECKSUM_LEN);
     out.extend_from_slice(MAGIC);
     out.push(kind as u8);
     out.extend_from_slice(&keys.current_key_id().to_le_bytes());
     let aad = [&out[..HEADER_LEN], name.as_bytes()].concat();
-    crypto::seal_into(&keys.current_key(), &aad, &compressed, &mut out);
+    crypto::seal_appended(&keys.current_key(), &aad, &mut out, |out| {
+        compress_parts(parts, total, out);
+    });
     append_checksum(&mut out);
     out
+}
+
+/// Appends one zstd frame (level 3, its content size recorded) of the concatenated `parts`.
+fn compress_parts(parts: &[&[u8]], total: usize, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let mut encoder = zstd::stream::write::Encoder::new(out, 3).expect("zstd level 3");
+    encoder
+        .set_pledged_src_size(Some(total as u64))
+        .expect("a size pledged before any byte");
+    encoder
+        .include_contentsize(true)
+        .expect("a frame parameter");
+    for part in parts {
+        encoder
+            .write_all(part)
+            .expect("zstd compresses into memory");
+    }
+    encoder.finish().expect("zstd compresses into memory");
 }
 
 /// The data key a sealed object says it is sealed with (unchecked: [`open_object`] checks).
@@ -222,6 +252,24 @@ mod tests {
             let ks = KeySet::generate();
             let obj = seal_object(&ks, ObjectKind::Snapshot, "snapshots/x", &payload);
             prop_assert_eq!(open_object(&ks, ObjectKind::Snapshot, "snapshots/x", &obj).unwrap(), payload);
+        }
+
+        #[test]
+        fn an_object_sealed_from_parts_opens_to_their_concatenation(
+            payload in proptest::collection::vec(any::<u8>(), 0..5000),
+            cuts in proptest::collection::vec(0usize..5000, 0..4),
+        ) {
+            let ks = KeySet::generate();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(payload.len())).collect();
+            cuts.sort();
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([payload.len()]) {
+                parts.push(&payload[at..c]);
+                at = c;
+            }
+            let obj = seal_object_parts(&ks, ObjectKind::SideItem, "wal/x/1", &parts);
+            prop_assert_eq!(open_object(&ks, ObjectKind::SideItem, "wal/x/1", &obj).unwrap(), payload);
         }
 
         #[test]

@@ -73,6 +73,12 @@ impl SideArchive {
         object::seal_object(&self.keys, kind.kind(), key, payload)
     }
 
+    /// Seals the concatenation of `parts` as the object named `key`, without concatenating
+    /// them (a WAL item's header and its 16 MiB segment: no copy of the segment is made).
+    pub fn seal_parts(&self, kind: SideObject, key: &str, parts: &[&[u8]]) -> Vec<u8> {
+        object::seal_object_parts(&self.keys, kind.kind(), key, parts)
+    }
+
     /// Checks and opens the object named `key`; a damaged, forged or wrongly keyed object is an
     /// error naming it.
     pub fn open(&self, kind: SideObject, key: &str, bytes: &[u8]) -> Result<Vec<u8>> {

@@ -1,0 +1,409 @@
+//! Prefetching for `wal-fetch`: while Postgres replays one segment, the next ones are fetched
+//! in the background into a spool, so that the next restore_command call finds its segment
+//! there and returns at once.
+//!
+//! The caller that fetched (or was served) segment X writes a [`PrefetchRequest`] for X into
+//! the spool and starts a prefetcher if none holds the spool's lock. The prefetcher fetches the
+//! `count` segments after X on X's timeline, `parallel` at a time, each verified exactly as a
+//! normal fetch verifies it ([`WalArchive::fetch`]: authenticated, its length and BLAKE3
+//! checked against its header), and writes it whole and synced as `<name>.<blake3>`. A later
+//! call serves such a file only after hashing it again ([`Spool::take_prefetched`]): a file
+//! damaged in the spool is removed, named, and fetched from the repository instead. Files of
+//! other timelines, or before the segment asked for, are stale and removed.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::spool::{hash_file, Spool};
+use super::WalArchive;
+use crate::error::PgError;
+use crate::lsn::SegmentName;
+
+/// The name of the lock the prefetcher holds on its spool.
+pub const PREFETCHER_LOCK: &str = "prefetcher";
+/// The spool file holding the latest request.
+const REQUEST_FILE: &str = "request";
+
+/// The segment Postgres asked for last, with the cluster's segment size: the prefetcher fetches
+/// the segments after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefetchRequest {
+    /// The segment's name.
+    pub name: String,
+    /// The cluster's segment size (a power of two from 1 MiB to 1 GiB).
+    pub segment_size: u64,
+}
+
+impl PrefetchRequest {
+    /// The request's bytes: `<name> <segment size>\n`.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{} {}\n", self.name, self.segment_size).into_bytes()
+    }
+
+    /// Reads a request; anything but a segment name and a valid segment size is refused.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() > 64 {
+            return Err(format!("{} bytes, more than a request holds", bytes.len()));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_owned())?;
+        let line = text
+            .strip_suffix('\n')
+            .ok_or_else(|| "no line end (torn)".to_owned())?;
+        let (name, size) = line
+            .split_once(' ')
+            .ok_or_else(|| "no segment size".to_owned())?;
+        let segment_size: u64 = size.parse().map_err(|_| format!("segment size {size:?}"))?;
+        if !segment_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&segment_size) {
+            return Err(format!("segment size {segment_size}"));
+        }
+        if size.starts_with('+') || size.starts_with('0') {
+            return Err(format!("segment size {size:?}"));
+        }
+        SegmentName::parse(name, segment_size).ok_or_else(|| format!("segment name {name:?}"))?;
+        if name.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(format!("segment name {name:?}"));
+        }
+        Ok(PrefetchRequest {
+            name: name.to_owned(),
+            segment_size,
+        })
+    }
+
+    /// The `count` segments after the requested one, on its timeline.
+    pub fn window(&self, count: usize) -> Vec<String> {
+        let Some(seg) = SegmentName::parse(&self.name, self.segment_size) else {
+            return Vec::new();
+        };
+        (1..=count as u64)
+            .map(|i| {
+                SegmentName {
+                    timeline: seg.timeline,
+                    segno: seg.segno + i,
+                }
+                .file_name(self.segment_size)
+            })
+            .collect()
+    }
+}
+
+/// A prefetched file's name: `<segment>.<blake3 hex>`; `None` for other files.
+fn parse_prefetched(file: &str) -> Option<(&str, &str)> {
+    let (name, digest) = file.split_once('.')?;
+    (name.len() == 24
+        && name.bytes().all(|b| b.is_ascii_hexdigit())
+        && digest.len() == 64
+        && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+    .then_some((name, digest))
+}
+
+impl Spool {
+    /// The prefetched segments present: (name, spool file), by name.
+    fn prefetched(&self) -> Result<Vec<(String, String)>, PgError> {
+        Ok(self
+            .files()?
+            .into_iter()
+            .filter_map(|f| parse_prefetched(&f).map(|(n, _)| (n.to_owned(), f.clone())))
+            .collect())
+    }
+
+    /// Moves the prefetched segment `name` to `dest` after checking its bytes against the
+    /// BLAKE3 it was fetched with: `Some(its length)` if served, `None` if it was not
+    /// prefetched. A damaged one is removed and reported ([`PgError::SpoolDamaged`], naming
+    /// it), so the caller fetches it from the repository.
+    pub fn take_prefetched(&self, name: &str, dest: &Path) -> Result<Option<u64>, PgError> {
+        let Some((_, file)) = self.prefetched()?.into_iter().find(|(n, _)| n == name) else {
+            return Ok(None);
+        };
+        let path = self.path(&file);
+        let (_, digest) = parse_prefetched(&file).expect("listed as prefetched");
+        let (actual, len) = hash_file(&path).map_err(PgError::io("read", path.display()))?;
+        if actual != digest.to_ascii_lowercase() {
+            self.remove(&file)?;
+            return Err(PgError::SpoolDamaged {
+                path: path.display().to_string(),
+                reason: "its bytes do not match the BLAKE3 they were fetched with".into(),
+            });
+        }
+        match std::fs::rename(&path, dest) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                // Another file system: a copy, whole or not at all.
+                let tmp = dest.with_extension("resilience-partial");
+                std::fs::copy(&path, &tmp)
+                    .and_then(|_| std::fs::rename(&tmp, dest))
+                    .map_err(PgError::io("write", dest.display()))?;
+                self.remove(&file)?;
+            }
+            Err(e) => return Err(PgError::io("move into place", dest.display())(e)),
+        }
+        Ok(Some(len))
+    }
+
+    /// Removes prefetched segments that can no longer be asked for after `asked`: of other
+    /// timelines, or not after it.
+    pub fn remove_stale_prefetched(&self, asked: &PrefetchRequest) -> Result<(), PgError> {
+        let Some(asked_seg) = SegmentName::parse(&asked.name, asked.segment_size) else {
+            return Ok(());
+        };
+        for (name, file) in self.prefetched()? {
+            let keep = SegmentName::parse(&name, asked.segment_size)
+                .is_some_and(|s| s.timeline == asked_seg.timeline && s.segno > asked_seg.segno);
+            if !keep {
+                self.remove(&file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the latest request for the prefetcher.
+    pub fn request_prefetch(&self, request: &PrefetchRequest) -> Result<(), PgError> {
+        self.write_whole(REQUEST_FILE, &request.encode(), false)
+    }
+
+    fn read_request(&self) -> Result<Option<PrefetchRequest>, PgError> {
+        let path = self.path(REQUEST_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                PrefetchRequest::decode(&bytes)
+                    .map(Some)
+                    .map_err(|reason| PgError::SpoolDamaged {
+                        path: path.display().to_string(),
+                        reason,
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(PgError::io("read", path.display())(e)),
+        }
+    }
+}
+
+/// How the prefetcher works.
+#[derive(Clone, Debug)]
+pub struct PrefetchOptions {
+    /// Segments fetched ahead of the one asked for.
+    pub count: usize,
+    /// Fetches at once.
+    pub parallel: usize,
+    /// The prefetcher exits once it had nothing to do for this long.
+    pub idle: Duration,
+    /// How often it reads the request again.
+    pub poll: Duration,
+}
+
+impl Default for PrefetchOptions {
+    fn default() -> Self {
+        PrefetchOptions {
+            count: 8,
+            parallel: 4,
+            idle: Duration::from_secs(5),
+            poll: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Runs the prefetcher of `spool` until it has been idle for `options.idle`; returns how many
+/// segments it fetched. The caller holds the spool's [`PREFETCHER_LOCK`].
+pub async fn run_prefetcher(
+    wal: &WalArchive,
+    spool: &Spool,
+    options: &PrefetchOptions,
+) -> Result<u64, PgError> {
+    spool.remove_leftovers()?;
+    let mut fetched = 0;
+    let mut in_flight: HashSet<String> = HashSet::new();
+    // Segments found not archived for the current request: not asked again until it changes.
+    let mut absent: HashSet<String> = HashSet::new();
+    let mut last_request: Option<PrefetchRequest> = None;
+    let mut tasks: JoinSet<(String, Result<bool, PgError>)> = JoinSet::new();
+    let mut idle_since = Instant::now();
+    loop {
+        let request = spool.read_request()?;
+        if request != last_request {
+            absent.clear();
+            last_request = request.clone();
+            idle_since = Instant::now();
+        }
+        if let Some(request) = &request {
+            let present: HashSet<String> =
+                spool.prefetched()?.into_iter().map(|(n, _)| n).collect();
+            // Past the first segment known not archived, nothing is fetched.
+            let window: Vec<String> = request
+                .window(options.count)
+                .into_iter()
+                .take_while(|n| !absent.contains(n))
+                .collect();
+            for name in window {
+                if in_flight.len() >= options.parallel.max(1) {
+                    break;
+                }
+                if present.contains(&name) || in_flight.contains(&name) {
+                    continue;
+                }
+                in_flight.insert(name.clone());
+                let (wal, spool, asked) = (wal.clone(), spool.clone(), request.clone());
+                tasks.spawn(async move {
+                    let got = prefetch_one(&wal, &spool, &name, &asked).await;
+                    (name, got)
+                });
+            }
+        }
+        if in_flight.is_empty() {
+            if idle_since.elapsed() >= options.idle {
+                return Ok(fetched);
+            }
+            tokio::time::sleep(options.poll).await;
+            continue;
+        }
+        idle_since = Instant::now();
+        tokio::select! {
+            done = tasks.join_next() => {
+                if let Some(done) = done {
+                    let (name, got) = done
+                        .map_err(|e| PgError::Invalid(format!("a prefetch task failed: {e}")))?;
+                    in_flight.remove(&name);
+                    match got {
+                        Ok(true) => fetched += 1,
+                        Ok(false) => { absent.insert(name); }
+                        Err(e) => {
+                            // The caller fetches it itself, and reports what fails.
+                            tracing::warn!(name, error = %e, "prefetch failed");
+                            absent.insert(name);
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep(options.poll) => {}
+        }
+    }
+}
+
+/// Fetches `name` into the spool; `false` if it is not archived.
+async fn prefetch_one(
+    wal: &WalArchive,
+    spool: &Spool,
+    name: &str,
+    asked: &PrefetchRequest,
+) -> Result<bool, PgError> {
+    let Some((header, content)) = wal.fetch(name).await? else {
+        return Ok(false);
+    };
+    if content.len() as u64 != asked.segment_size {
+        return Err(PgError::Invalid(format!(
+            "archived segment {name} holds {} bytes, the cluster's segments {}",
+            content.len(),
+            asked.segment_size
+        )));
+    }
+    let file = format!("{name}.{}", header.blake3);
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || spool.write_durably(&file, &content))
+        .await
+        .map_err(|e| PgError::Invalid(format!("writing {name}: {e}")))??;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn requests_decode_to_what_was_encoded(
+            tl in 1u32.., segno in 0u64..(1 << 32), shift in 20u32..=30,
+        ) {
+            let segment_size = 1u64 << shift;
+            let name = SegmentName { timeline: tl, segno }.file_name(segment_size);
+            let r = PrefetchRequest { name, segment_size };
+            prop_assert_eq!(PrefetchRequest::decode(&r.encode()), Ok(r.clone()));
+            let bytes = r.encode();
+            for cut in 0..bytes.len() {
+                prop_assert!(PrefetchRequest::decode(&bytes[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn any_bytes_decode_or_fail_without_panicking(
+            bytes in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let _ = PrefetchRequest::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn the_window_follows_the_timeline_across_log_boundaries() {
+        let r = PrefetchRequest {
+            name: "0000000200000001000000FE".into(),
+            segment_size: 16 << 20,
+        };
+        assert_eq!(
+            r.window(3),
+            vec![
+                "0000000200000001000000FF",
+                "000000020000000200000000",
+                "000000020000000200000001"
+            ]
+        );
+        assert!(PrefetchRequest::decode(b"0000000200000001000000FE 1000\n").is_err());
+    }
+
+    #[test]
+    fn a_damaged_prefetched_segment_is_removed_and_named_and_stale_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        let good = vec![7u8; 1000];
+        let digest = blake3::hash(&good).to_hex().to_string();
+        spool
+            .write_durably(&format!("000000010000000000000002.{digest}"), &good)
+            .unwrap();
+        spool
+            .write_durably(&format!("000000010000000000000003.{digest}"), b"damaged")
+            .unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert_eq!(
+            spool
+                .take_prefetched("000000010000000000000002", &dest)
+                .unwrap(),
+            Some(1000)
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), good);
+        let err = spool
+            .take_prefetched("000000010000000000000003", &dest)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("000000010000000000000003"),
+            "{err}"
+        );
+        assert_eq!(
+            spool
+                .take_prefetched("000000010000000000000003", &dest)
+                .unwrap(),
+            None
+        );
+        for n in [
+            "000000010000000000000004",
+            "000000010000000000000009",
+            "000000020000000000000009",
+        ] {
+            spool
+                .write_durably(&format!("{n}.{digest}"), &good)
+                .unwrap();
+        }
+        spool
+            .remove_stale_prefetched(&PrefetchRequest {
+                name: "000000010000000000000004".into(),
+                segment_size: 1 << 20,
+            })
+            .unwrap();
+        let left: Vec<String> = spool
+            .prefetched()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(left, vec!["000000010000000000000009"]);
+    }
+}

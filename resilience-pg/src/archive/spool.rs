@@ -1,0 +1,191 @@
+//! A local spool directory beside a cluster's WAL: where the asynchronous push
+//! ([`super::async_push`]) leaves its markers and the prefetching fetch
+//! ([`super::prefetch`]) the segments it fetched ahead. Everything in it is written whole or
+//! not at all (a temporary file, synced, renamed, the directory synced), and one process at a
+//! time works on it, holding its lock.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+
+use crate::error::PgError;
+
+/// Prefix of the temporary files a write goes through (never a WAL file name, never served).
+pub(super) const TEMP_PREFIX: &str = ".tmp.";
+
+/// A spool directory.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+/// The lock of a spool, held by the one process working on it; released when dropped (or
+/// when the process dies, however it dies).
+#[derive(Debug)]
+pub struct SpoolLock {
+    _file: File,
+}
+
+impl Spool {
+    /// The spool in `dir`, created (mode 0700) if missing.
+    pub fn open(dir: &Path) -> Result<Spool, PgError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(PgError::io("create the spool directory", dir.display()))?;
+        Ok(Spool {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of `file` in the spool.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// Writes `bytes` as `file`, whole or not at all, and durably: a temporary file is written
+    /// and synced, renamed to `file`, and the directory synced.
+    pub fn write_durably(&self, file: &str, bytes: &[u8]) -> Result<(), PgError> {
+        self.write_whole(file, bytes, true)
+    }
+
+    /// Writes `bytes` as `file`, whole or not at all (a temporary file renamed), synced first
+    /// if `durable` (a hint that may be lost to a crash need not be).
+    pub fn write_whole(&self, file: &str, bytes: &[u8], durable: bool) -> Result<(), PgError> {
+        let mut id = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let tmp = self.path(&format!("{TEMP_PREFIX}{file}.{}", hex::encode(id)));
+        let dest = self.path(file);
+        let written = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(bytes)?;
+            if durable {
+                f.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(PgError::io("write", tmp.display())(e));
+        }
+        if let Err(e) = std::fs::rename(&tmp, &dest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(PgError::io("rename into place", dest.display())(e));
+        }
+        if !durable {
+            return Ok(());
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(PgError::io("sync", self.dir.display()))
+    }
+
+    /// Removes `file`; one already gone is fine.
+    pub fn remove(&self, file: &str) -> Result<(), PgError> {
+        match std::fs::remove_file(self.path(file)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PgError::io("remove", self.path(file).display())(e)),
+        }
+    }
+
+    /// The names of the spool's files (temporary files left out).
+    pub fn files(&self) -> Result<Vec<String>, PgError> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(PgError::io("list", self.dir.display()))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(PgError::io("list", self.dir.display()))?;
+            if let Some(name) = entry.file_name().to_str() {
+                if !name.starts_with(TEMP_PREFIX) && !name.starts_with(".lock") {
+                    out.push(name.to_owned());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes the temporary files a killed writer left.
+    pub fn remove_leftovers(&self) -> Result<(), PgError> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(PgError::io("list", self.dir.display()))?;
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the spool's lock `name` without waiting: `None` when another process holds it.
+    pub fn try_lock(&self, name: &str) -> Result<Option<SpoolLock>, PgError> {
+        let path = self.path(&format!(".lock.{name}"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(PgError::io("open the lock", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(SpoolLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(PgError::io("lock", path.display())(e)),
+        }
+    }
+
+    /// Whether a process holds the lock `name` (it is taken and released at once otherwise).
+    pub fn locked(&self, name: &str) -> Result<bool, PgError> {
+        Ok(self.try_lock(name)?.is_none())
+    }
+}
+
+/// BLAKE3 and length of the file at `path`, read in pieces (a segment is never held whole).
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let len = std::io::copy(&mut file, &mut hasher)?;
+    Ok((hasher.finalize().to_hex().to_string(), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_writes_replace_whole_files_and_leave_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        spool.write_durably("a", b"one").unwrap();
+        spool.write_durably("a", b"two").unwrap();
+        assert_eq!(std::fs::read(spool.path("a")).unwrap(), b"two");
+        std::fs::write(spool.path(".tmp.b.1234"), b"torn").unwrap();
+        assert_eq!(spool.files().unwrap(), vec!["a".to_owned()]);
+        spool.remove_leftovers().unwrap();
+        assert!(!spool.path(".tmp.b.1234").exists());
+        spool.remove("a").unwrap();
+        spool.remove("a").unwrap();
+        assert!(spool.files().unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_holder_of_a_lock_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let held = spool.try_lock("pusher").unwrap().expect("free");
+        assert!(spool.try_lock("pusher").unwrap().is_none());
+        assert!(spool.locked("pusher").unwrap());
+        assert!(!spool.locked("other").unwrap());
+        drop(held);
+        assert!(!spool.locked("pusher").unwrap());
+    }
+}
