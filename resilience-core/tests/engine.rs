@@ -746,3 +746,36 @@ async fn the_memory_budget_changes_how_much_is_in_flight_never_the_result() {
         assert_eq!(target.content("zeros").unwrap(), vec![0u8; 9 << 20]);
     }
 }
+
+/// A pack is sealed before a blob would take it past the repository's pack size: packs of
+/// incompressible chunks stay within `pack_size` plus their table (the buffer a pack is built
+/// in never grows past what it was allocated at).
+#[tokio::test]
+async fn packs_stay_within_the_pack_size() {
+    use futures::TryStreamExt;
+    let mem = Arc::new(MemorySink::new());
+    // Above the largest chunk (8 MiB), so that no single blob is larger than a pack.
+    let pack_size = 10 << 20;
+    let repo = Repository::init(
+        mem.clone(),
+        &key(),
+        InitOptions {
+            pack_size,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let source = MemorySource::new("mem:packs").file("random", pseudo_random(40 << 20, 3));
+    repo.backup(&source, BackupOptions::default()).await.unwrap();
+    let packs: Vec<_> = mem.list("data/").try_collect().await.unwrap();
+    assert!(packs.len() >= 4, "{} packs", packs.len());
+    for p in &packs {
+        assert!(
+            p.size <= pack_size as u64 + 4096,
+            "{} is {} bytes, over {pack_size}",
+            p.key,
+            p.size
+        );
+    }
+}

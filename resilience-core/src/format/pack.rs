@@ -134,6 +134,9 @@ impl PackBuilder {
         let key = keys
             .data_key(self.key_id)
             .expect("pack key id comes from the key set");
+        // Exactly the room the table and the tail take: no doubling of a full pack's buffer.
+        self.buf
+            .reserve_exact(table.len() + crypto::SEAL_OVERHEAD + TAIL_LEN);
         let before = self.buf.len();
         crypto::seal_into(&key, TABLE_AAD, &table, &mut self.buf);
         let table_len = (self.buf.len() - before) as u32;

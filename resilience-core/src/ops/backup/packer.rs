@@ -49,9 +49,15 @@ impl Packer {
     }
 
     pub(super) async fn add(&mut self, blob: Encoded) -> Result<()> {
+        let pack_size = self.shared.repo.config.pack_size as usize;
+        // Sealed before a blob would take it past its size: the pack's buffer, allocated at
+        // that size, never grows (growing doubled it, so every pack held twice its size).
+        if !self.current.is_empty() && self.current.len() + blob.stored.len() > pack_size {
+            self.seal_current().await?;
+        }
         self.current
             .add(blob.id, blob.kind, blob.raw_len, &blob.stored);
-        if self.current.len() >= self.shared.repo.config.pack_size as usize {
+        if self.current.len() >= pack_size {
             self.seal_current().await?;
         }
         Ok(())
