@@ -767,7 +767,9 @@ async fn packs_stay_within_the_pack_size() {
     .await
     .unwrap();
     let source = MemorySource::new("mem:packs").file("random", pseudo_random(40 << 20, 3));
-    repo.backup(&source, BackupOptions::default()).await.unwrap();
+    repo.backup(&source, BackupOptions::default())
+        .await
+        .unwrap();
     let packs: Vec<_> = mem.list("data/").try_collect().await.unwrap();
     assert!(packs.len() >= 4, "{} packs", packs.len());
     for p in &packs {

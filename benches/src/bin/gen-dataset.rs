@@ -88,7 +88,10 @@ fn small_files(args: &[String]) -> std::io::Result<()> {
     };
     let files = number(1, 200_000);
     let (min, max, seed) = (number(2, 100), number(3, 4096), number(4, 42));
-    assert!(min >= 1 && min <= max, "{usage}: 1 <= MIN_BYTES <= MAX_BYTES");
+    assert!(
+        min >= 1 && min <= max,
+        "{usage}: 1 <= MIN_BYTES <= MAX_BYTES"
+    );
     let mut rng = Xorshift::new(seed);
     let mut written = 0u64;
     for n in 0..files {
@@ -104,11 +107,13 @@ fn small_files(args: &[String]) -> std::io::Result<()> {
         )
         .into_bytes();
         let body = size.saturating_sub(doc.len() + 2);
-        doc.extend(
-            generate(Kind::Text, body, &mut rng)
-                .into_iter()
-                .map(|b| if b == b'\n' { b' ' } else { b }),
-        );
+        doc.extend(generate(Kind::Text, body, &mut rng).into_iter().map(|b| {
+            if b == b'\n' {
+                b' '
+            } else {
+                b
+            }
+        }));
         doc.extend_from_slice(b"\"}");
         doc.truncate(size);
         std::fs::write(sub.join(format!("doc{n:07}.json")), &doc)?;

@@ -82,7 +82,8 @@ mod tests {
         assert_eq!(s.chunk_bytes, 8 << 20);
         assert_eq!(s.read_ahead_bytes, 8 << 20);
         assert_eq!(s.read_ahead_max_file, 1 << 20);
-        let total = 2 * (8 << 20) + (16 << 20) * (1 + s.uploads) + s.chunk_bytes + s.read_ahead_bytes;
+        let total =
+            2 * (8 << 20) + (16 << 20) * (1 + s.uploads) + s.chunk_bytes + s.read_ahead_bytes;
         assert!(total <= DEFAULT_MEMORY, "{total}");
     }
 

@@ -256,7 +256,9 @@ impl Pipeline {
                     tracing::debug!(entry = %path, "left out: it vanished before it was read");
                     return Ok(());
                 }
-                Err(e) => return Err(crate::source::AdapterError::new("read", path.clone(), e).into()),
+                Err(e) => {
+                    return Err(crate::source::AdapterError::new("read", path.clone(), e).into())
+                }
             };
             read += n as u64;
             if let Some(p) = progress {

@@ -50,7 +50,9 @@ pub(super) fn spawn_read_ahead(
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(HANDED_ON);
-    let max_file = shares.read_ahead_max_file.min(shares.read_ahead_bytes as u64 / 8);
+    let max_file = shares
+        .read_ahead_max_file
+        .min(shares.read_ahead_bytes as u64 / 8);
     let reading_budget = (shares.read_ahead_bytes / 2) as u64;
     cursor.order = session.entry_order();
     let task = tokio::spawn(async move {
@@ -99,23 +101,24 @@ pub(super) fn spawn_read_ahead(
                                 None if meta.size <= max_file => {
                                     read_size = meta.size;
                                     Box::pin(async move {
-                                    let mut buf = Vec::with_capacity(meta.size as usize + 1);
-                                    match reader.read_to_end(&mut buf).await {
-                                        Ok(_) => {}
-                                        Err(e) if Vanished::is(&e) => {
-                                            return Ok(Ahead::Vanished(meta))
+                                        let mut buf = Vec::with_capacity(meta.size as usize + 1);
+                                        match reader.read_to_end(&mut buf).await {
+                                            Ok(_) => {}
+                                            Err(e) if Vanished::is(&e) => {
+                                                return Ok(Ahead::Vanished(meta))
+                                            }
+                                            Err(e) => {
+                                                return Err(crate::source::AdapterError::new(
+                                                    "read",
+                                                    meta.path.to_string(),
+                                                    e,
+                                                )
+                                                .into())
+                                            }
                                         }
-                                        Err(e) => {
-                                            return Err(crate::source::AdapterError::new(
-                                                "read",
-                                                meta.path.to_string(),
-                                                e,
-                                            )
-                                            .into())
-                                        }
-                                    }
-                                    let reader: EntryReader = Box::pin(std::io::Cursor::new(buf));
-                                    Ok(Ahead::Content(meta, reader))
+                                        let reader: EntryReader =
+                                            Box::pin(std::io::Cursor::new(buf));
+                                        Ok(Ahead::Content(meta, reader))
                                     })
                                 }
                                 None => Box::pin(futures::future::ready(Ok(Ahead::Content(

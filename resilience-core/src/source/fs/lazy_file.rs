@@ -157,7 +157,12 @@ impl AsyncRead for LazyFile {
         let this = &mut *self;
         loop {
             match &mut this.state {
-                State::Open { buf, pos, eof, file } => {
+                State::Open {
+                    buf,
+                    pos,
+                    eof,
+                    file,
+                } => {
                     if *pos < buf.len() {
                         let n = out.remaining().min(buf.len() - *pos);
                         out.put_slice(&buf[*pos..*pos + n]);
@@ -183,7 +188,9 @@ impl AsyncRead for LazyFile {
                         Poll::Ready(done) => done,
                     };
                     let done = done.unwrap_or_else(|_| {
-                        Err(std::io::Error::other("the read was abandoned by its thread"))
+                        Err(std::io::Error::other(
+                            "the read was abandoned by its thread",
+                        ))
                     });
                     match done {
                         Ok((file, buf, eof)) => {

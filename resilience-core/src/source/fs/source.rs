@@ -14,8 +14,7 @@ use async_trait::async_trait;
 use super::LazyFile;
 use crate::source::entry::{EntryKind, EntryMeta, EntryPath};
 use crate::source::{
-    AdapterError, EntryReader, Source, SourceDescriptor, SourceEntry, SourceMetadata,
-    SourceSession,
+    AdapterError, EntryReader, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };
 
 /// Backs up a directory tree.
@@ -208,9 +207,8 @@ impl Walk {
                     self.dirs += 1;
                 }
                 EntryKind::Symlink => {
-                    let target = std::fs::read_link(&abs).map_err(|e| {
-                        AdapterError::new("readlink", abs.display().to_string(), e)
-                    })?;
+                    let target = std::fs::read_link(&abs)
+                        .map_err(|e| AdapterError::new("readlink", abs.display().to_string(), e))?;
                     meta.link_target = Some(target.as_os_str().as_bytes().to_vec());
                 }
                 EntryKind::Other => {}
@@ -234,7 +232,11 @@ impl SourceSession for DirSession {
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
         if self.ready.is_empty() && !self.done {
             let mut walk = self.walk.take().ok_or_else(|| {
-                AdapterError::msg("walk", "directory tree", "an earlier step of the walk failed")
+                AdapterError::msg(
+                    "walk",
+                    "directory tree",
+                    "an earlier step of the walk failed",
+                )
             })?;
             let (walk, batch) = tokio::task::spawn_blocking(move || {
                 let batch = walk.batch(WALK_BATCH);
@@ -242,8 +244,7 @@ impl SourceSession for DirSession {
             })
             .await
             .map_err(|e| AdapterError::new("walk", "directory tree", e))?;
-            self.done = batch.len() < WALK_BATCH
-                || batch.back().is_some_and(|r| r.is_err());
+            self.done = batch.len() < WALK_BATCH || batch.back().is_some_and(|r| r.is_err());
             self.walk = Some(walk);
             self.ready = batch;
         }
