@@ -12,8 +12,8 @@
 //! The index of the blobs the repository holds comes on top: 52 bytes per blob, about
 //! 52 MiB per TiB of unique data with the default 1 MiB chunks (docs/FORMAT.md).
 //!
-//! A restore holds the blobs it reads ahead of the target: `read_bytes` of them, each in its
-//! sealed and its opened form, with at least one blob in flight whatever its size.
+//! A restore holds the blobs it reads ahead of the target: `read_bytes`, each blob counted in
+//! its sealed and its opened form, with at least one blob in flight whatever its size.
 
 /// The default budget: 64 MiB.
 pub const DEFAULT_MEMORY: usize = 64 << 20;
@@ -27,7 +27,8 @@ pub struct BackupShares {
     pub chunk_bytes: usize,
     /// Bytes of small files read ahead of the chunker (at least 1 MiB).
     pub read_ahead_bytes: usize,
-    /// Files up to this size are read ahead whole (at most 1 MiB).
+    /// Files up to this size are read ahead whole: an eighth of the read-ahead share, at
+    /// most 1 MiB.
     pub read_ahead_max_file: u64,
 }
 
@@ -47,7 +48,7 @@ impl BackupShares {
             uploads,
             chunk_bytes,
             read_ahead_bytes,
-            read_ahead_max_file: (read_ahead_bytes as u64 / 4).clamp(64 << 10, 1 << 20),
+            read_ahead_max_file: (read_ahead_bytes as u64 / 8).min(1 << 20),
         }
     }
 }
@@ -55,14 +56,14 @@ impl BackupShares {
 /// How a restore uses its memory budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RestoreShares {
-    /// Raw bytes of blobs read ahead of the target at once (a blob counts twice: sealed and
-    /// opened).
+    /// Bytes the blobs read ahead of the target may hold at once, each blob counted twice
+    /// (sealed and opened).
     pub read_bytes: usize,
 }
 
 impl RestoreShares {
-    /// The shares of `budget` bytes: a quarter is kept for the target's writes and the tree
-    /// being read.
+    /// The shares of `budget` bytes: three eighths for the blobs read ahead; the rest is for
+    /// the target's writes, the tree being read and what the allocator keeps.
     pub fn of(budget: usize) -> Self {
         RestoreShares {
             read_bytes: (budget / 4 * 3 / 2).max(1 << 20),

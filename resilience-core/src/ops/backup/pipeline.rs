@@ -252,7 +252,7 @@ impl Pipeline {
             let n = match reader.read_buf(chunker.buffer_mut()).await {
                 Ok(n) => n,
                 // Gone before its first byte was read: left out, as if never seen.
-                Err(e) if read == 0 && meta.is_some() && crate::source::Vanished::is(&e) => {
+                Err(e) if read == 0 && crate::source::Vanished::is(&e) => {
                     tracing::debug!(entry = %path, "left out: it vanished before it was read");
                     return Ok(());
                 }

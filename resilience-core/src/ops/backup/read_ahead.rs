@@ -50,9 +50,7 @@ pub(super) fn spawn_read_ahead(
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(HANDED_ON);
-    let max_file = shares
-        .read_ahead_max_file
-        .min(shares.read_ahead_bytes as u64 / 8);
+    let max_file = shares.read_ahead_max_file;
     let reading_budget = (shares.read_ahead_bytes / 2) as u64;
     cursor.order = session.entry_order();
     let task = tokio::spawn(async move {
