@@ -4,7 +4,7 @@
 //! a blob is `nonce || seal(flag || body) || tag` where `flag` says whether `body` is zstd or raw,
 //! and the associated data is `kind || id`, so a blob cannot be swapped for another.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use std::fmt;
@@ -101,8 +101,30 @@ pub const MAX_BLOB_LEN: u32 = fastcdc::v2020::MAXIMUM_MAX;
 const FLAG_RAW: u8 = 0;
 const FLAG_ZSTD: u8 = 1;
 
-thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+/// Compression contexts shared by the threads that seal blobs, each with its level: as many as
+/// compressions ran at once (a level-3 context holds about 1 MiB), not one for every thread that
+/// ever compressed (the blocking pool runs dozens).
+static COMPRESSORS: Mutex<Vec<(i32, zstd::bulk::Compressor<'static>)>> = Mutex::new(Vec::new());
+
+/// Contexts kept for reuse, at most.
+const KEPT_COMPRESSORS: usize = 8;
+
+/// Runs `f` with a compression context of `level` from the shared pool.
+fn with_compressor<R>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> R) -> R {
+    let pooled = {
+        let mut pool = COMPRESSORS.lock().unwrap_or_else(|p| p.into_inner());
+        pool.iter()
+            .rposition(|(l, _)| *l == level)
+            .map(|i| pool.swap_remove(i).1)
+    };
+    let mut compressor = pooled
+        .unwrap_or_else(|| zstd::bulk::Compressor::new(level).expect("zstd level is valid"));
+    let result = f(&mut compressor);
+    let mut pool = COMPRESSORS.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < KEPT_COMPRESSORS {
+        pool.push((level, compressor));
+    }
+    result
 }
 
 fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
@@ -112,7 +134,8 @@ fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
     aad
 }
 
-/// Compresses (when it pays) and seals a blob's plaintext, appending to `out`.
+/// Compresses (when it pays) and seals a blob's plaintext, appending to `out`: compressed
+/// straight into `out` and encrypted there, with no buffer of its own.
 pub fn encode_blob(
     key: &SecretKey,
     kind: BlobKind,
@@ -121,36 +144,27 @@ pub fn encode_blob(
     level: i32,
     out: &mut Vec<u8>,
 ) {
-    let mut body = Vec::with_capacity(plaintext.len() / 2 + 64);
-    body.push(FLAG_ZSTD);
-    let compressed = looks_compressible(plaintext, level)
-        && COMPRESSOR.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            if cell.as_ref().map(|(l, _)| *l) != Some(level) {
-                *cell = Some((
-                    level,
-                    zstd::bulk::Compressor::new(level).expect("zstd level is valid"),
-                ));
-            }
-            let (_, c) = cell.as_mut().expect("compressor just set");
-            let bound = zstd::zstd_safe::compress_bound(plaintext.len());
-            body.reserve(bound);
-            let start = body.len();
-            body.resize(start + bound, 0);
-            match c.compress_to_buffer(plaintext, &mut body[start..]) {
-                Ok(n) => {
-                    body.truncate(start + n);
-                    n < plaintext.len()
+    // Room for the worst case, reserved once (pages compression does not reach stay untouched).
+    let bound = zstd::zstd_safe::compress_bound(plaintext.len()).max(plaintext.len());
+    out.reserve(crypto::SEAL_OVERHEAD + 1 + bound);
+    crypto::seal_appended(key, &blob_aad(kind, id), out, |out| {
+        let start = out.len();
+        out.push(FLAG_ZSTD);
+        let compressed = looks_compressible(plaintext, level)
+            && with_compressor(level, |c| {
+                let mut tail = std::io::Cursor::new(&mut *out);
+                tail.set_position(start as u64 + 1);
+                match c.compress_to_buffer(plaintext, &mut tail) {
+                    Ok(n) => n < plaintext.len(),
+                    Err(_) => false,
                 }
-                Err(_) => false,
-            }
-        });
-    if !compressed {
-        body.clear();
-        body.push(FLAG_RAW);
-        body.extend_from_slice(plaintext);
-    }
-    crypto::seal_into(key, &blob_aad(kind, id), &body, out);
+            });
+        if !compressed {
+            out.truncate(start);
+            out.push(FLAG_RAW);
+            out.extend_from_slice(plaintext);
+        }
+    });
 }
 
 /// Whether compressing is worth trying: large blobs are probed with a 64 KiB sample first, so
@@ -162,7 +176,7 @@ fn looks_compressible(plaintext: &[u8], level: i32) -> bool {
     }
     let mid = plaintext.len() / 2;
     let sample = &plaintext[mid - SAMPLE / 2..mid + SAMPLE / 2];
-    match zstd::bulk::compress(sample, level.min(1)) {
+    match with_compressor(level.min(1), |c| c.compress(sample)) {
         Ok(c) => c.len() * 100 < sample.len() * 97,
         Err(_) => true,
     }
@@ -237,6 +251,18 @@ mod tests {
             encode_blob(&ks.current_key(), BlobKind::Data, &id, &plain, level, &mut out);
             let back = decode_blob(&ks, ks.current_key_id(), BlobKind::Data, &id, plain.len() as u32, &out, "obj").unwrap();
             prop_assert_eq!(back.as_ref(), plain.as_slice());
+        }
+
+        /// A blob is appended after what `out` holds (a pack's earlier blobs), which stays.
+        #[test]
+        fn blob_is_appended_after_earlier_bytes(prefix in proptest::collection::vec(any::<u8>(), 0..300), text in "[a-c]{0,3000}", level in 1i32..4) {
+            let ks = KeySet::generate();
+            let id = ks.blob_id(text.as_bytes());
+            let mut out = prefix.clone();
+            encode_blob(&ks.current_key(), BlobKind::Tree, &id, text.as_bytes(), level, &mut out);
+            prop_assert_eq!(&out[..prefix.len()], prefix.as_slice());
+            let back = decode_blob(&ks, ks.current_key_id(), BlobKind::Tree, &id, text.len() as u32, &out[prefix.len()..], "obj").unwrap();
+            prop_assert_eq!(back.as_ref(), text.as_bytes());
         }
     }
 

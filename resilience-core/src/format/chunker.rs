@@ -5,7 +5,12 @@
 //! on content: an insertion shifts the chunks around it, not every later one.
 //!
 //! The chunker owns its buffer: readers fill [`Chunker::buffer_mut`] directly and chunks come
-//! out as [`Bytes`] slices of it, without copying.
+//! out as [`Bytes`] slices of it, without copying. A buffer whose chunks are still in use when
+//! the chunker needs room is retired, and taken back once they are all dropped: the chunker
+//! cycles through a few buffers of one size rather than allocating one every few chunks (which
+//! left the allocator holding freed 16 MiB buffers it never gave back to the system).
+
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use fastcdc::v2020;
@@ -63,7 +68,17 @@ pub struct Chunker {
     mask_s: u64,
     mask_l: u64,
     buf: BytesMut,
+    /// Whether `buf` holds an allocation (it starts empty, without one).
+    allocated: bool,
+    /// Earlier buffers, oldest first, held until the chunks cut from them are dropped.
+    retired: VecDeque<Bytes>,
+    /// Buffers allocated so far.
+    #[cfg(test)]
+    allocations: usize,
 }
+
+/// Earlier buffers kept for reuse: chunks in flight rarely span more than two.
+const MAX_RETIRED: usize = 2;
 
 impl Chunker {
     /// A chunker with these bounds and gear seed.
@@ -77,20 +92,80 @@ impl Chunker {
             mask_s: v2020::MASKS[(bits + 1) as usize],
             mask_l: v2020::MASKS[(bits - 1) as usize],
             buf: BytesMut::new(),
+            allocated: false,
+            retired: VecDeque::new(),
+            #[cfg(test)]
+            allocations: 0,
         }
     }
 
     /// The buffer to read into. Keep reading until [`Chunker::next_chunk`] returns `None`.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
-        if self.buf.capacity() - self.buf.len() < self.params.max_size as usize / 4 {
-            self.buf.reserve(self.params.max_size as usize);
+        let max = self.params.max_size as usize;
+        if self.spare() < max / 4 {
+            self.make_room(max, 2 * max);
         }
         &mut self.buf
     }
 
     /// Appends bytes (for producers that do not read into the buffer).
     pub fn push(&mut self, data: &[u8]) {
+        if self.spare() < data.len() {
+            let grown = (2 * self.buf.capacity()).min(2 * self.params.max_size as usize);
+            self.make_room(data.len(), grown);
+        }
         self.buf.extend_from_slice(data);
+    }
+
+    fn spare(&self) -> usize {
+        self.buf.capacity() - self.buf.len()
+    }
+
+    /// Room for `additional` more bytes: in place when no chunk of the buffer is in use any
+    /// more, else in a retired buffer that is free again, else in a new one of `capacity`
+    /// bytes (at least what the buffered bytes and `additional` need).
+    fn make_room(&mut self, additional: usize, capacity: usize) {
+        if self.buf.try_reclaim(additional) {
+            return;
+        }
+        let capacity = capacity.max(self.buf.len() + additional);
+        let mut next = match self.reuse_retired(capacity) {
+            Some(free) => free,
+            None => {
+                #[cfg(test)]
+                {
+                    self.allocations += 1;
+                }
+                BytesMut::with_capacity(capacity)
+            }
+        };
+        next.extend_from_slice(&self.buf);
+        let mut old = std::mem::replace(&mut self.buf, next);
+        if std::mem::replace(&mut self.allocated, true) {
+            old.clear();
+            self.retired.push_back(old.freeze());
+            if self.retired.len() > MAX_RETIRED {
+                self.retired.pop_front();
+            }
+        }
+    }
+
+    /// A retired buffer of at least `capacity` bytes whose chunks are all dropped, emptied.
+    fn reuse_retired(&mut self, capacity: usize) -> Option<BytesMut> {
+        for _ in 0..self.retired.len() {
+            let old = self.retired.pop_front().expect("counted");
+            match old.try_into_mut() {
+                Ok(mut free) => {
+                    free.clear();
+                    if free.try_reclaim(capacity) {
+                        return Some(free);
+                    }
+                    // Too small to serve (the buffer grew since): let it go.
+                }
+                Err(in_use) => self.retired.push_back(in_use),
+            }
+        }
+        None
     }
 
     /// Bytes buffered and not yet cut.
@@ -174,6 +249,57 @@ mod tests {
                 prop_assert!(ch.len() <= 4096);
                 if i + 1 < a.len() { prop_assert!(ch.len() >= 256); }
             }
+        }
+    }
+
+    /// Reads `data` as a reader does (into `buffer_mut`), holding the last `held` chunks.
+    fn read_through(c: &mut Chunker, data: &[u8], held: usize) -> Vec<u8> {
+        let mut kept = VecDeque::new();
+        let mut out = Vec::new();
+        let mut take = |ch: Bytes, out: &mut Vec<u8>| {
+            out.extend_from_slice(&ch);
+            kept.push_back(ch);
+            if kept.len() > held {
+                kept.pop_front();
+            }
+        };
+        for piece in data.chunks(500) {
+            c.buffer_mut().extend_from_slice(piece);
+            while let Some(ch) = c.next_chunk(false) {
+                take(ch, &mut out);
+            }
+        }
+        while let Some(ch) = c.next_chunk(true) {
+            take(ch, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn buffers_are_reused_once_their_chunks_are_dropped() {
+        let data = pseudo_random(2_000_000, 5);
+        let mut c = Chunker::new(small(), 1);
+        assert_eq!(read_through(&mut c, &data, 2), data);
+        // Without reuse, a new buffer every few chunks: hundreds for 2 MB of 1 KiB chunks.
+        assert!(c.allocations <= 1 + MAX_RETIRED, "{} buffers", c.allocations);
+        assert!(chunk_all(&data, 100_000, 1).len() > 500);
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_held_across_buffers_stay_intact(len in 0usize..100_000, held in 0usize..40, seed in any::<u64>()) {
+            let data = pseudo_random(len, seed);
+            let mut c = Chunker::new(small(), 7);
+            prop_assert_eq!(read_through(&mut c, &data, held), data.clone());
+            let a = chunk_all(&data, 100_000, 7);
+            let mut c = Chunker::new(small(), 7);
+            let mut cuts = Vec::new();
+            for piece in data.chunks(700) {
+                c.buffer_mut().extend_from_slice(piece);
+                while let Some(ch) = c.next_chunk(false) { cuts.push(ch); }
+            }
+            while let Some(ch) = c.next_chunk(true) { cuts.push(ch); }
+            prop_assert_eq!(cuts, a);
         }
     }
 

@@ -88,7 +88,13 @@ pub struct PackBuilder {
 impl PackBuilder {
     /// An empty pack sealed with data key `key_id`, with room for `capacity` bytes.
     pub fn new(key_id: DataKeyId, capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity);
+        Self::in_buffer(key_id, Vec::with_capacity(capacity))
+    }
+
+    /// An empty pack built in `buf` (emptied first): a writer of many packs hands the buffer
+    /// of an uploaded pack on to the next instead of allocating one per pack.
+    pub fn in_buffer(key_id: DataKeyId, mut buf: Vec<u8>) -> Self {
+        buf.clear();
         buf.extend_from_slice(MAGIC);
         buf.push(VERSION);
         buf.extend_from_slice(&key_id.to_le_bytes());

@@ -1,8 +1,9 @@
 //! Pack assembly and upload: sealed blobs are gathered into packs, full packs are sealed and
 //! uploaded with bounded concurrency, and the uploaded packs are indexed every few packs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::Shared;
@@ -27,6 +28,8 @@ pub(super) struct Packer {
     current: PackBuilder,
     uploads: JoinSet<Result<PackRecord>>,
     max_uploads: usize,
+    /// Buffers of uploaded packs, for the next packs to be built in.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Uploaded packs not yet named by an index file (at the start: the packs adopted).
     pub(super) unindexed: Vec<PackRecord>,
     /// Bytes written to the store: packs and index files.
@@ -35,14 +38,32 @@ pub(super) struct Packer {
 
 const PACKS_PER_INDEX: usize = 16;
 
+/// Room for a full pack, its blob table and tail: a pack of small blobs has a larger table
+/// (45 bytes a blob), which grows the buffer once.
+fn pack_capacity(shared: &Shared) -> usize {
+    let pack_size = shared.repo.config.pack_size as usize;
+    pack_size + pack_size / 64 + 1024
+}
+
+/// Keeps an uploaded pack's buffer for a later pack, unless the store still holds it (an
+/// in-memory store keeps the bytes it is given) or `keep` buffers are kept already.
+fn give_back(spare: &Mutex<Vec<Vec<u8>>>, bytes: Bytes, keep: usize) {
+    if let Ok(buf) = bytes.try_into_mut() {
+        let mut spare = spare.lock().expect("pack buffers poisoned");
+        if spare.len() < keep {
+            spare.push(buf.into());
+        }
+    }
+}
+
 impl Packer {
     pub(super) fn new(shared: Arc<Shared>, max_uploads: usize) -> Self {
-        let cap = shared.repo.config.pack_size as usize + 1024;
         Packer {
-            current: PackBuilder::new(shared.keys.current_key_id(), cap),
+            current: PackBuilder::new(shared.keys.current_key_id(), pack_capacity(&shared)),
             shared,
             uploads: JoinSet::new(),
             max_uploads: max_uploads.max(1),
+            spare: Arc::default(),
             unindexed: Vec::new(),
             stored_bytes: 0,
         }
@@ -70,12 +91,15 @@ impl Packer {
         while self.uploads.len() >= self.max_uploads {
             self.reap_one().await?;
         }
-        let cap = self.shared.repo.config.pack_size as usize + 1024;
-        let full = std::mem::replace(
-            &mut self.current,
-            PackBuilder::new(self.shared.keys.current_key_id(), cap),
-        );
+        let key_id = self.shared.keys.current_key_id();
+        let next = match self.spare.lock().expect("pack buffers poisoned").pop() {
+            Some(buf) => PackBuilder::in_buffer(key_id, buf),
+            None => PackBuilder::new(key_id, pack_capacity(&self.shared)),
+        };
+        let full = std::mem::replace(&mut self.current, next);
         let shared = self.shared.clone();
+        let spare = self.spare.clone();
+        let keep = self.max_uploads;
         self.uploads.spawn(async move {
             let keys = shared.keys.clone();
             let key_id = keys.current_key_id();
@@ -83,7 +107,9 @@ impl Packer {
                 .await
                 .map_err(Error::task("pack sealing"))?;
             let size = bytes.len() as u64;
-            repo::put_idempotent(shared.repo.sink.as_ref(), &pack::pack_key(&id), bytes).await?;
+            let sent = bytes.clone();
+            repo::put_idempotent(shared.repo.sink.as_ref(), &pack::pack_key(&id), sent).await?;
+            give_back(&spare, bytes, keep);
             Ok(PackRecord {
                 id,
                 size,
@@ -152,5 +178,28 @@ impl Packer {
             self.reap_one().await?;
         }
         self.flush_index().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_comes_back_only_when_nobody_else_holds_it() {
+        let spare = Mutex::new(Vec::new());
+        let mut v = Vec::with_capacity(4096);
+        v.extend_from_slice(b"pack bytes");
+        let bytes = Bytes::from(v);
+        let held = bytes.clone();
+        give_back(&spare, bytes, 2);
+        assert!(spare.lock().unwrap().is_empty(), "a store still holds the pack");
+        give_back(&spare, held, 2);
+        let back = spare.lock().unwrap().pop().expect("the buffer is free again");
+        assert!(back.capacity() >= 4096, "the allocation itself comes back");
+        for _ in 0..3 {
+            give_back(&spare, Bytes::from(vec![1u8; 100]), 2);
+        }
+        assert_eq!(spare.lock().unwrap().len(), 2, "no more kept than asked");
     }
 }

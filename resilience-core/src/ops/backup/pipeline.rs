@@ -39,7 +39,7 @@ fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Opt
             return (r, None);
         }
     }
-    let mut stored = Vec::with_capacity(chunk.len() / 2 + 64);
+    let mut stored = Vec::new();
     blob::encode_blob(
         &shared.keys.current_key(),
         kind,
@@ -48,6 +48,11 @@ fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Opt
         repo.config.compression_level,
         &mut stored,
     );
+    // Room was made for the worst case; what compression saved is given back (in place) while
+    // the blob waits for its pack.
+    if stored.capacity() - stored.len() > stored.len() / 8 + 4096 {
+        stored.shrink_to_fit();
+    }
     (
         r,
         Some(Encoded {
