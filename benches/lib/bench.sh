@@ -108,14 +108,17 @@ record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$BENCH_TSV"; }
 report_table() { python3 "$BENCH_LIB/bench_report.py" table "$BENCH_TSV" "$@"; }
 report_ratio() { python3 "$BENCH_LIB/bench_report.py" ratio "$BENCH_TSV" "$@"; }
 
-# bench_command VAR...: the command line that produced the results, with those variables.
+# bench_command VAR|VAR=VALUE...: the command line that produced the results, with those
+# variables (VAR: its value in the script).
 bench_command() {
   local v s=""
-  for v; do s+="$v=${!v-} "; done
+  for v; do
+    case "$v" in *=*) s+="$v " ;; *) s+="$v=${!v-} " ;; esac
+  done
   printf '%sbenches/%s' "$s" "$(basename "$0")"
 }
 
-# report_footer VAR...: the command (with those variables), the machine and the method.
+# report_footer VAR|VAR=VALUE...: the command (with those variables), the machine and the method.
 report_footer() {
   python3 "$BENCH_LIB/bench_report.py" footer "$BENCH_TSV" "$(bench_command "$@")" "$(nproc)" \
     "$(free -g | awk '/Mem:/{print $2}')"

@@ -70,7 +70,11 @@ def table(rows, peer, ours, steps, rate=None, unit="s"):
 
 
 def footer(rows, command, cores, mem):
-    rounds = len({r for _, _, r, *_ in rows})
+    per_step = {}
+    for t, st, r, *_ in rows:
+        per_step.setdefault((t, st), set()).add(r)
+    counts = sorted({len(v) for v in per_step.values()})
+    rounds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     loads = [x[5] for x in rows]
     return (f"`{command}`; {cores} cores, {mem} GiB; memory touched first, `sync` before each step, "
             f"the tools alternating which goes first; medians over {rounds} rounds, [min–max]; "
