@@ -30,6 +30,7 @@
 
 BENCH_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STEP_AS=()
+export PYTHONDONTWRITEBYTECODE=1   # no __pycache__ next to bench_report.py
 STEP_OUT=""
 
 need() {
