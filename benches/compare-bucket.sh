@@ -2,19 +2,31 @@
 # Buckets and replication side by side with rclone, in one run, between two Garage servers on
 # loopback (two "regions", same credentials):
 #   - bucket backup (Garage A -> local repository) and restore (-> Garage B), next to
-#     `rclone copy` of the same objects from A to B;
-#   - replication of the repository (kept on A) to B, next to `rclone sync` of it.
+#     `rclone copy` of the same objects from A to B, over ROUNDS rounds;
+#   - replication of a repository (kept on A) to B, next to `rclone sync --checksum` of it,
+#     over REPL_ROUNDS rounds (default 5: a few seconds each).
 #
-#   benches/compare-bucket.sh             # about 2 GiB (DATASET_GIB=0.5 for a quick run)
+#   benches/compare-bucket.sh                       # about 2 GiB, 3 rounds
+#   DATASET_GIB=0.5 ROUNDS=3 REPL_ROUNDS=5 MEMORY=64MiB benches/compare-bucket.sh
+#   RESILIENCE_BIN=/path/to/resilience BENCH_BIN_DIR=/dir/with/gen-dataset benches/compare-bucket.sh
 #
 # The data set is gen-dataset's mix (small, medium and large files; random, text and pages),
 # with small files of 1-40 KiB so that 2 GiB comes to about 10,000 objects (SMALL_MAX_KIB).
+# Needs `garage` on the PATH (scripts/garage.sh starts it). Honest on a shared VM: memory touched
+# first, `sync` before every timed step, every round backs up into a fresh repository and copies
+# into fresh prefixes of B (removed after the round), the tools alternating which goes first;
+# every restore is checked object by object (`rclone check`, untimed). Medians and [min–max],
+# peak RSS and the load go to benches/results/bucket-compare-<time>.md with the command.
 set -euo pipefail
 # rclone refuses a custom CA bundle for plain-http loopback endpoints.
 unset AWS_CA_BUNDLE
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GIB="${DATASET_GIB:-2}"
+SMALL="${SMALL_MAX_KIB:-40}"
+ROUNDS="${ROUNDS:-3}"
+REPL_ROUNDS="${REPL_ROUNDS:-5}"
+MEMORY="${MEMORY:-64MiB}"
 WORK="$(mktemp -d)"
 cleanup() {
   "$ROOT/scripts/garage.sh" stop "$WORK/ga" || true
@@ -22,15 +34,16 @@ cleanup() {
   rm -rf "$WORK" || true
 }
 trap cleanup EXIT
+# shellcheck source=lib/bench.sh
+. "$ROOT/benches/lib/bench.sh"
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need rclone rclone
 need /usr/bin/time time
+command -v garage >/dev/null || { echo "needs garage (cargo install garage --locked)" >&2; exit 1; }
 
-cargo build --release --locked -p resilience-cli -p resilience-benches --manifest-path "$ROOT/Cargo.toml" >&2
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-RES="$TARGET/release/resilience"
-"$TARGET/release/gen-dataset" "$WORK/data" "$GIB" 7 "${SMALL_MAX_KIB:-40}" >&2
+RES=$(resilience_bin)
+GEN=$(bench_bin gen-dataset)
+"$GEN" "$WORK/data" "$GIB" 7 "$SMALL" >&2
 OBJECTS=$(find "$WORK/data" -type f | wc -l)
 BYTES=$(du -sb --apparent-size "$WORK/data" | cut -f1)
 
@@ -40,12 +53,15 @@ BYTES=$(du -sb --apparent-size "$WORK/data" | cut -f1)
 GARAGE_KEY_ID="$AWS_ACCESS_KEY_ID" GARAGE_KEY_SECRET="$AWS_SECRET_ACCESS_KEY" \
   "$ROOT/scripts/garage.sh" start "$WORK/gb" dc-b >&2
 A="$AWS_ENDPOINT_URL"
+# shellcheck disable=SC1091
 B="$(. "$WORK/gb/env" && echo "$AWS_ENDPOINT_URL")"
 BUCKET="$RESILIENCE_TEST_S3_BUCKET"
+: > "$WORK/rclone.conf"   # the remotes come from the environment
+export RCLONE_CONFIG="$WORK/rclone.conf"
 for r in ga gb; do
   ep="$A"; region=garage
   [ "$r" = gb ] && { ep="$B"; region=dc-b; }
-  upper=$(echo "$r" | tr a-z A-Z)
+  upper=$(echo "$r" | tr '[:lower:]' '[:upper:]')
   export "RCLONE_CONFIG_${upper}_TYPE=s3" "RCLONE_CONFIG_${upper}_PROVIDER=Other" \
     "RCLONE_CONFIG_${upper}_ENDPOINT=$ep" "RCLONE_CONFIG_${upper}_REGION=$region" \
     "RCLONE_CONFIG_${upper}_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID" \
@@ -55,65 +71,78 @@ done
 echo "uploading $OBJECTS objects ($BYTES bytes) to Garage A" >&2
 rclone copy --transfers 8 "$WORK/data" "ga:$BUCKET/src"
 
-run() {
-  local label="$1"; shift
-  /usr/bin/time -f "%e %M %U %S" -o "$WORK/$label.time" "$@" >"$WORK/$label.out" 2>"$WORK/$label.err" || {
-    cat "$WORK/$label.err" >&2; echo "$label failed" >&2; exit 1; }
-}
-secs() { cut -d' ' -f1 "$WORK/$1.time"; }
-rss() { echo $(( $(cut -d' ' -f2 "$WORK/$1.time") / 1024 )); }
-mbps() { python3 -c "print(f'{$BYTES/1e6/$(secs "$1"):.0f}')"; }
-
-"$RES" init --repo "$WORK/repo" --key-file "$WORK/key" >/dev/null 2>&1
-L=(--repo "$WORK/repo" --key-file "$WORK/key")
-run res-backup "$RES" "${L[@]}" --json bucket backup "s3://$BUCKET/src"
-run res-backup2 "$RES" "${L[@]}" --json bucket backup "s3://$BUCKET/src"
-run res-restore "$RES" "${L[@]}" --json bucket restore latest "s3://$BUCKET/res-dst?endpoint=$B&region=dc-b"
-run rclone-copy rclone copy --transfers 8 "ga:$BUCKET/src" "gb:$BUCKET/rclone-dst"
-run rclone-check rclone check "ga:$BUCKET/src" "gb:$BUCKET/res-dst"
-
-# Replication: a repository on A, replicated to B; rclone sync of the same repository.
+# The repository to replicate: on A, a backup of the data set.
 "$RES" init --repo "s3://$BUCKET/repo" --key-file "$WORK/key2" >/dev/null 2>&1
-"$RES" --repo "s3://$BUCKET/repo" --key-file "$WORK/key2" backup dir "$WORK/data" >/dev/null 2>&1
+"$RES" --repo "s3://$BUCKET/repo" --key-file "$WORK/key2" --memory "$MEMORY" backup dir "$WORK/data" >/dev/null 2>&1
 REPO_BYTES=$(rclone size --json "ga:$BUCKET/repo" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes"])')
-# Five rounds, alternating, each into a fresh prefix of B; the medians are reported (a few
-# seconds each, so one run is at the mercy of the machine's noise), and every round's time.
-ROUNDS="1 2 3 4 5"
-for i in $ROUNDS; do
-  run "res-replicate-$i" "$RES" --repo "s3://$BUCKET/repo" --json replicate --to "s3://$BUCKET/repo-$i?endpoint=$B&region=dc-b"
-  run "rclone-sync-$i" rclone sync --transfers 8 --checksum "ga:$BUCKET/repo" "gb:$BUCKET/repo-rclone-$i"
-done
-median() { # median LABEL FIELD: the middle of the rounds' FIELD (1 seconds, 2 RSS KiB, cpu: user + system)
-  for i in $ROUNDS; do
-    case "$2" in
-      cpu) awk '{print $3 + $4}' "$WORK/$1-$i.time" ;;
-      *) cut -d' ' -f"$2" "$WORK/$1-$i.time" ;;
-    esac
-  done | sort -g | sed -n 3p
-}
-rounds() { for i in $ROUNDS; do cut -d' ' -f1 "$WORK/$1-$i.time"; done | paste -sd' '; }
-for label in res-replicate rclone-sync; do
-  echo "$(median $label 1) $(median $label 2) $(median $label cpu)" > "$WORK/$label.time"
-  rounds "$label" > "$WORK/$label.rounds"
-done
-READ_BACK=$(python3 -c "import json; print(json.load(open('$WORK/res-replicate-1.out'))['read_back_objects'])")
-rmbps() { python3 -c "print(f'{$REPO_BYTES/1e6/$(secs "$1"):.0f}')"; }
 
-OUT="$ROOT/benches/results/bucket-compare-$(date +%Y%m%d-%H%M).md"
+touch_memory
+bench_init "$WORK"
+L=(--repo "$WORK/repo" --key-file "$WORK/key" --memory "$MEMORY")
+
+res_round() {
+  local r="$1"
+  rm -rf "$WORK/repo" "$WORK/key"
+  "$RES" init "${L[@]}" >/dev/null 2>&1
+  step resilience backup "$r" "$RES" "${L[@]}" --json bucket backup "s3://$BUCKET/src"
+  step resilience unchanged "$r" "$RES" "${L[@]}" --json bucket backup "s3://$BUCKET/src"
+  step resilience restore "$r" "$RES" "${L[@]}" --json bucket restore latest "s3://$BUCKET/res-dst-$r?endpoint=$B&region=dc-b"
+  rclone check -q "ga:$BUCKET/src" "gb:$BUCKET/res-dst-$r" || { echo "resilience's restore differs" >&2; exit 1; }
+  rclone purge "gb:$BUCKET/res-dst-$r"
+}
+
+rclone_round() {
+  local r="$1"
+  step rclone copy "$r" rclone copy --transfers 8 "ga:$BUCKET/src" "gb:$BUCKET/rclone-dst-$r"
+  rclone check -q "ga:$BUCKET/src" "gb:$BUCKET/rclone-dst-$r" || { echo "rclone's copy differs" >&2; exit 1; }
+  rclone purge "gb:$BUCKET/rclone-dst-$r"
+}
+
+res_replicate() {
+  step resilience replicate "$1" "$RES" --repo "s3://$BUCKET/repo" --json replicate --to "s3://$BUCKET/repo-$1?endpoint=$B&region=dc-b"
+  rclone purge "gb:$BUCKET/repo-$1"
+}
+
+rclone_sync() {
+  step rclone sync "$1" rclone sync --transfers 8 --checksum "ga:$BUCKET/repo" "gb:$BUCKET/repo-rclone-$1"
+  rclone purge "gb:$BUCKET/repo-rclone-$1"
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+  echo "bucket round $r of $ROUNDS" >&2
+  if [ $((r % 2)) -eq 1 ]; then res_round "$r"; rclone_round "$r"; else rclone_round "$r"; res_round "$r"; fi
+done
+for r in $(seq 1 "$REPL_ROUNDS"); do
+  echo "replication round $r of $REPL_ROUNDS" >&2
+  if [ $((r % 2)) -eq 1 ]; then res_replicate "$r"; rclone_sync "$r"; else rclone_sync "$r"; res_replicate "$r"; fi
+done
+
+mbps() {  # mbps BYTES TOOL STEP: median MB/s
+  python3 - "$BENCH_LIB" "$BENCH_TSV" "$@" <<'PY'
+import statistics, sys
+sys.path.insert(0, sys.argv[1])
+import bench_report as br
+n = int(sys.argv[3])
+print(f"{statistics.median([n / 1e6 / x[0] for x in br.of(br.load(sys.argv[2]), sys.argv[4], sys.argv[5])]):.0f}")
+PY
+}
+OUT=$(results_file bucket-compare)
 {
-  echo "# Buckets and replication vs rclone ($OBJECTS objects, $((BYTES / 1000000)) MB; repository $((REPO_BYTES / 1000000)) MB; $(nproc) cores; $(rclone version | head -1))"
+  echo "# Buckets and replication vs rclone ($OBJECTS objects, $((BYTES / 1000000)) MB; repository $((REPO_BYTES / 1000000)) MB; $("$RES" --version); $(rclone version | head -1))"
   echo
-  echo "| step | seconds | MB/s | peak RSS MiB |"
-  echo "| --- | ---: | ---: | ---: |"
-  echo "| resilience bucket backup (A -> repository) | $(secs res-backup) | $(mbps res-backup) | $(rss res-backup) |"
-  echo "| resilience bucket backup, unchanged | $(secs res-backup2) | $(mbps res-backup2) | $(rss res-backup2) |"
-  echo "| resilience bucket restore (repository -> B) | $(secs res-restore) | $(mbps res-restore) | $(rss res-restore) |"
-  echo "| rclone copy A -> B | $(secs rclone-copy) | $(mbps rclone-copy) | $(rss rclone-copy) |"
-  echo "| resilience replicate (repository A -> B, median of 5; streamed, checksums checked, copies proven by ETag) | $(secs res-replicate) | $(rmbps res-replicate) | $(rss res-replicate) |"
-  echo "| rclone sync --checksum (repository A -> B, median of 5) | $(secs rclone-sync) | $(rmbps rclone-sync) | $(rss rclone-sync) |"
+  echo "Bucket backup (Garage A -> local repository) and restore (repository -> Garage B), each next to"
+  echo "\`rclone copy --transfers 8\` A -> B; replication of a repository on A to B (streamed, checksums"
+  echo "checked, copies proven by ETag) next to \`rclone sync --transfers 8 --checksum\`. Every restore and"
+  echo "copy was checked object by object with \`rclone check\` (untimed)."
   echo
-  echo "Ratios (rclone time / resilience time): backup $(python3 -c "print(f'{$(secs rclone-copy)/$(secs res-backup):.2f}')"), restore $(python3 -c "print(f'{$(secs rclone-copy)/$(secs res-restore):.2f}')"), replication $(python3 -c "print(f'{$(secs rclone-sync)/$(secs res-replicate):.2f}')")."
-  echo "The restored bucket was checked object by object against the source with \`rclone check\`."
-  echo "Replication CPU (user + system, median): resilience $(cut -d' ' -f3 "$WORK/res-replicate.time") s, rclone $(cut -d' ' -f3 "$WORK/rclone-sync.time") s; copies read back to prove them: $READ_BACK."
-  echo "Replication rounds (seconds, in order, alternating): resilience $(cat "$WORK/res-replicate.rounds"); rclone $(cat "$WORK/rclone-sync.rounds")."
+  report_table rclone resilience "bucket backup (A -> repository) vs rclone copy=copy:backup" \
+    "bucket backup, unchanged=-:unchanged" "bucket restore (repository -> B) vs rclone copy=copy:restore" \
+    "replicate (repository A -> B) vs rclone sync=sync:replicate"
+  echo
+  echo "Throughput (median MB/s): resilience backup $(mbps "$BYTES" resilience backup), restore" \
+       "$(mbps "$BYTES" resilience restore), rclone copy $(mbps "$BYTES" rclone copy); replication of the" \
+       "repository: resilience $(mbps "$REPO_BYTES" resilience replicate), rclone sync $(mbps "$REPO_BYTES" rclone sync)."
+  echo "Replication over $REPL_ROUNDS rounds, the bucket steps over $ROUNDS."
+  echo
+  report_footer "DATASET_GIB=$GIB" "SMALL_MAX_KIB=$SMALL" ROUNDS REPL_ROUNDS MEMORY
 } | tee "$OUT"

@@ -1,33 +1,40 @@
 #!/usr/bin/env bash
 # Drill RTO: `resilience drill` of a pgbench cluster next to the same restore done by hand with
 # pgBackRest (restore, start on a new port, recover to the end of the archived WAL, promote,
-# run the check query), on one cluster that archives into both tools at once.
+# run the check query), on one cluster that archives into both tools at once, over ROUNDS rounds
+# (the drills of one backup each: a drill leaves its source untouched).
 #
-#   benches/compare-drill.sh                  # pgbench scale 50 (~750 MB); SCALE=5 for a quick run
-#   SCALE=50 PORT=55433 WORK=/tmp/drill-work benches/compare-drill.sh
+#   benches/compare-drill.sh                  # pgbench scale 50 (~750 MB), 3 rounds
+#   SCALE=5 ROUNDS=3 PORT=55433 WORK=/tmp/drill-work benches/compare-drill.sh
+#   RESILIENCE_BIN=/path/to/resilience benches/compare-drill.sh   # no cargo build
 #
 # Runs as root; every Postgres-side command, pgBackRest and resilience run as the postgres OS
 # user. Everything lives under $WORK (removed at the start, kept at the end); the bench cluster
 # listens on 127.0.0.1:$PORT and is stopped on exit. Both tools encrypt and compress with zstd
 # level 3; pgBackRest uses process-max=2. After the backups, pgbench writes $TXNS transactions
-# so that both restores replay WAL past their backup.
+# so that both restores replay WAL past their backup. Honest on a shared VM: memory touched
+# first, `sync` before every timed step, the tools alternating which goes first, each restore
+# into a new directory and checked (the check query); medians and [min–max] of the drill's
+# reported RTO and of both whole commands, peak RSS and the load go to
+# benches/results/drill-compare-<time>.md with the command.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCALE="${SCALE:-50}"
 TXNS="${TXNS:-2000}"
+ROUNDS="${ROUNDS:-3}"
 PORT="${PORT:-55433}"
 WORK="${WORK:-/tmp/drill-work}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 PGDATA="$WORK/pgdata"
 LOG="$WORK/log"
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 CHECK_SQL="select count(*) from pgbench_accounts"
+# shellcheck source=lib/bench.sh
+. "$ROOT/benches/lib/bench.sh"
 
 [ "$(id -u)" = 0 ] || { echo "run as root (commands switch to the postgres user)" >&2; exit 1; }
 case "$WORK" in /|/tmp|/tmp/|"") echo "refusing WORK=$WORK" >&2; exit 1;; esac
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need /usr/bin/time time
 need pgbackrest pgbackrest
 need python3 python3
@@ -37,37 +44,27 @@ pg() { "${PGU[@]}" "$@"; }
 q() { local port="${2:-$PORT}"; pg "$PGBIN/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
 
 cd "$ROOT"
-if [ -z "${RES_BIN:-}" ]; then   # RES_BIN=path: use that binary (a script check with a debug build)
-  cargo build --release -p resilience-cli >&2
-  RES_BIN="$TARGET/release/resilience"
-fi
+RESILIENCE_BIN="${RESILIENCE_BIN:-${RES_BIN:-}}"   # RES_BIN: the old name
+RES_BIN=$(resilience_bin)
 
-[ -f "$PGDATA/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
-[ -f "$WORK/pgbr-restore/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$WORK/pgbr-restore" -m immediate stop >/dev/null 2>&1 || true
+for d in "$PGDATA" "$WORK/pgbr-restore"; do
+  if [ -f "$d/postmaster.pid" ]; then pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; fi
+done
 rm -rf "$WORK"
 mkdir -p "$WORK/bin" "$LOG" "$WORK/scratch" "$WORK/pgbr-log" "$WORK/pgbr-lock" "$WORK/pgbr-spool"
 install -m 0755 "$RES_BIN" "$WORK/bin/resilience"
 RES="$WORK/bin/resilience"
 RESG=(--repo "$WORK/res-repo" --key-file "$WORK/res.key")
+bench_init "$WORK"
 chown -R postgres:postgres "$WORK"
 cd "$WORK"
 
 cleanup() {
   for d in "$PGDATA" "$WORK/pgbr-restore"; do
-    [ -f "$d/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$d" -m immediate -w stop >/dev/null 2>&1 || true
+    if [ -f "$d/postmaster.pid" ]; then pg "$PGBIN/pg_ctl" -D "$d" -m immediate -w stop >/dev/null 2>&1 || true; fi
   done
 }
 trap cleanup EXIT
-
-# run LABEL CMD...: wall seconds into $LOG/LABEL.secs (the command runs as given)
-run() {
-  local label="$1"; shift
-  /usr/bin/time -f "%e %M" -o "$LOG/$label.time" "$@" >"$LOG/$label.out" 2>"$LOG/$label.err" || {
-    tail -n 30 "$LOG/$label.err" >&2; echo "$label failed (logs in $LOG)" >&2; exit 1; }
-  read -r secs rss < "$LOG/$label.time"
-  echo "$secs" > "$LOG/$label.secs"; echo "$rss" > "$LOG/$label.rss"
-  echo "  $label: ${secs}s, peak RSS $((rss / 1024)) MiB" >&2
-}
 
 wait_archived() {
   for _ in $(seq 600); do
@@ -128,14 +125,17 @@ DB_BYTES=$(q "SELECT pg_database_size('postgres')")
 # --- backups (the figure the drill checks is recorded as the daemon records it) ---------------
 echo "backups" >&2
 FIGURE=$(q "$CHECK_SQL")
-run res-backup "${PGU[@]}" "$RES" "${RESG[@]}" pg backup --source main --pgdata "$PGDATA" \
+STEP_AS=("${PGU[@]}")
+touch_memory
+timed resilience backup 0 "$RES" "${RESG[@]}" pg backup --source main --pgdata "$PGDATA" \
   --dsn "host=127.0.0.1 port=$PORT user=postgres dbname=postgres" --label "drill.query.accounts=$FIGURE" --json
-run pgbr-backup "${PGU[@]}" "${PGBR[@]}" backup --type=full
+RES_BACKUP="$STEP_SECS"
+timed pgBackRest backup 0 "${PGBR[@]}" backup --type=full
+PGBR_BACKUP="$STEP_SECS"
 # WAL past both backups, archived, for both restores to replay
 pg "$PGBIN/pgbench" -n -t "$TXNS" -c 2 -h 127.0.0.1 -p "$PORT" -U postgres postgres >"$LOG/pgbench-run.out" 2>&1
 q "SELECT pg_switch_wal()" >/dev/null
 wait_archived
-sync
 
 # --- resilience drill ---------------------------------------------------------------------------
 cat >"$WORK/resilience.toml" <<EOF
@@ -154,12 +154,19 @@ scratch_dir = "$WORK/scratch"
 queries = [{ name = "accounts", sql = "$CHECK_SQL", compare = "at_least" }]
 EOF
 chown postgres:postgres "$WORK/resilience.toml"
-echo "resilience drill" >&2
-run res-drill "${PGU[@]}" "$RES" --json drill --config "$WORK/resilience.toml" --source main
-RES_RTO=$(python3 -c "import json; print(json.load(open('$LOG/res-drill.out'))['rto_seconds'])")
-RES_RPO=$(python3 -c "import json; print(json.load(open('$LOG/res-drill.out'))['rpo_seconds'])")
-python3 -c "import json,sys; r=json.load(open('$LOG/res-drill.out')); sys.exit(0 if r['ok'] else 1)" \
-  || { cat "$LOG/res-drill.out" >&2; echo "the drill failed" >&2; exit 1; }
+res_drill() {
+  local r="$1" rto rpo
+  step resilience drill "$r" "$RES" --json drill --config "$WORK/resilience.toml" --source main
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r['ok'] else 1)" "$STEP_OUT" \
+    || { cat "$STEP_OUT" >&2; echo "the drill failed" >&2; exit 1; }
+  rto=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['rto_seconds'])" "$STEP_OUT")
+  rpo=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['rpo_seconds'])" "$STEP_OUT")
+  RES_RPO+="${RES_RPO:+, }$rpo"
+  record resilience rto "$r" "$rto" "$STEP_RSS" "$STEP_LOAD"
+  echo "  round $r resilience: RTO ${rto}s, RPO ${rpo}s" >&2
+}
+
+RES_RPO=""
 
 # --- the same by hand with pgBackRest --------------------------------------------------------------
 # restore (recovering to the end of the archive), start on a free port without archiving,
@@ -180,32 +187,36 @@ until [ "\$($PGBIN/psql -X -qAt -h 127.0.0.1 -p $PGBR_PORT -U postgres -d postgr
 $PGBIN/psql -X -qAt -h 127.0.0.1 -p $PGBR_PORT -U postgres -d postgres -c "$CHECK_SQL"
 EOF
 chown postgres:postgres "$WORK/pgbr-drill.sh"
-echo "pgBackRest by hand" >&2
-run pgbr-drill "${PGU[@]}" bash "$WORK/pgbr-drill.sh"
-PGBR_COUNT=$(tail -n1 "$LOG/pgbr-drill.out")
-[ "$PGBR_COUNT" -ge "$FIGURE" ] || { echo "pgBackRest copy holds $PGBR_COUNT rows, expected $FIGURE" >&2; exit 1; }
-pg "$PGBIN/pg_ctl" -D "$WORK/pgbr-restore" -m immediate -w stop >/dev/null
+pgbr_drill() {
+  local r="$1" count
+  rm -rf "$WORK/pgbr-restore" "$WORK/pgbr-restore.log"
+  step pgBackRest drill "$r" bash "$WORK/pgbr-drill.sh"
+  count=$(tail -n1 "$STEP_OUT")
+  [ "$count" -ge "$FIGURE" ] || { echo "pgBackRest copy holds $count rows, expected $FIGURE" >&2; exit 1; }
+  pg "$PGBIN/pg_ctl" -D "$WORK/pgbr-restore" -m immediate -w stop >/dev/null
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r of $ROUNDS" >&2
+  if [ $((r % 2)) -eq 1 ]; then res_drill "$r"; pgbr_drill "$r"; else pgbr_drill "$r"; res_drill "$r"; fi
+done
 
 # --- report --------------------------------------------------------------------------------------
-s() { cat "$LOG/$1.secs"; }
-OUT="$ROOT/benches/results/drill-compare-$(date +%Y%m%d-%H%M).md"
-mkdir -p "$(dirname "$OUT")"
+OUT=$(results_file drill-compare)
 {
   echo "# Drill RTO: resilience drill vs the same restore by hand with pgBackRest ($(date -u '+%Y-%m-%d %H:%M UTC'))"
   echo
   echo "pgbench scale $SCALE (database $(python3 -c "print(f'{$DB_BYTES/1e6:.1f}')") MB), then $TXNS pgbench transactions"
-  echo "archived after both backups; $(nproc) cores, warm page cache; $("$PGBIN/postgres" --version), $(pgbackrest version), $("$RES" --version)."
+  echo "archived after both backups; warm page cache; $("$PGBIN/postgres" --version), $(pgbackrest version), $("$RES" --version)."
   echo "Both: restore into a new directory, start on a new loopback port without archiving, recover to the"
   echo "end of the archived WAL, promote, run \`$CHECK_SQL\`, then stop."
   echo
-  echo "| | seconds |"
-  echo "| --- | ---: |"
-  echo "| resilience drill, RTO it reports (start to checked copy) | $RES_RTO |"
-  echo "| resilience drill, whole command (incl. catalog record and tear-down) | $(s res-drill) |"
-  echo "| pgBackRest by hand (restore + start + recover + query) | $(s pgbr-drill) |"
+  report_table pgBackRest resilience \
+    "restore + recover + check: pgBackRest by hand vs the RTO the drill reports (start to checked copy)=drill:rto" \
+    "whole command (the drill's incl. catalog record and tear-down)=drill:drill"
   echo
-  echo "Ratio pgBackRest by hand / resilience RTO: $(python3 -c "print(f'{$(s pgbr-drill)/$RES_RTO:.2f}')")x."
-  echo "resilience drill RPO: $RES_RPO s. Backups: resilience $(s res-backup) s, pgBackRest $(s pgbr-backup) s."
+  echo "resilience drill RPO by round (it grows with the time since the last archived WAL): $RES_RPO s. Backups (one each, before the rounds):" \
+       "resilience $RES_BACKUP s, pgBackRest $PGBR_BACKUP s."
   echo
-  echo "Exact command: \`SCALE=$SCALE TXNS=$TXNS benches/compare-drill.sh\`"
+  report_footer SCALE TXNS ROUNDS
 } | tee "$OUT"

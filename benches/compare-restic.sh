@@ -33,15 +33,14 @@ FS_IMG="$WORK.fs.img"
 MNT="$WORK.mnt"
 cleanup() { umount "$MNT" 2>/dev/null || true; rm -rf "$WORK" "$FS_IMG" "$MNT"; }
 trap cleanup EXIT
+# shellcheck source=lib/bench.sh
+. "$ROOT/benches/lib/bench.sh"
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need restic restic
 need /usr/bin/time time
 
-cargo build --release --locked -p resilience-cli --manifest-path "$ROOT/Cargo.toml" >&2
-cargo build --release --locked -p resilience-benches --bin gen-dataset --manifest-path "$ROOT/Cargo.toml" >&2
-RES="$ROOT/target/release/resilience"
-GEN="$ROOT/target/release/gen-dataset"
+RES=$(resilience_bin)
+GEN=$(bench_bin gen-dataset)
 
 if [ -n "$SMALL_FILES" ]; then
   echo "generating $SMALL_FILES small files in $WORK/data" >&2
@@ -55,15 +54,7 @@ fi
 BYTES=$(du -sb --apparent-size "$WORK/data" | cut -f1)
 FILES=$(find "$WORK/data" -type f | wc -l)
 
-# Touch guest memory once (half of it, at most 8 GiB) so that no timed step pays its first touch.
-python3 - <<'PY'
-import os
-total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-n = min(total // 2, 8 << 30)
-b = bytearray(n)
-for i in range(0, n, 4096):
-    b[i] = 1
-PY
+touch_memory
 
 # fresh_target: an empty file system (or, without root, an empty directory) to restore into.
 FRESH="directory"
@@ -83,21 +74,7 @@ fresh_target() {
 }
 
 export RESTIC_PASSWORD=bench RESILIENCE_PASSWORD=bench
-TSV="$WORK/times.tsv"
-: > "$TSV"
-
-# step TOOL STEP ROUND CMD...: one timed step, after writing the page cache back; appends
-# tool, step, round, wall seconds, peak RSS KiB and the 1-minute load before it to $TSV.
-step() {
-  local tool="$1" name="$2" round="$3"; shift 3
-  sync
-  local load
-  load=$(cut -d' ' -f1 /proc/loadavg)
-  /usr/bin/time -f "%e %M" -o "$WORK/step.time" "$@" >"$WORK/step.out" 2>"$WORK/step.err" || {
-    cat "$WORK/step.err" >&2; echo "$tool $name (round $round) failed" >&2; exit 1; }
-  read -r secs rss < "$WORK/step.time"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$name" "$round" "$secs" "$rss" "$load" >> "$TSV"
-}
+bench_init "$WORK"
 
 restic_round() {
   local r="$1"
@@ -129,33 +106,25 @@ for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then restic_round "$r"; res_round "$r"; else res_round "$r"; restic_round "$r"; fi
 done
 
-OUT="$ROOT/benches/results/compare-restic-$(date -u +%Y%m%d-%H%M).md"
-mkdir -p "$(dirname "$OUT")"
-python3 - "$TSV" "$BYTES" "$FILES" "$SHAPE" "$ROUNDS" "$(cat "$WORK/restic.size")" "$(cat "$WORK/res.size")" \
+OUT=$(results_file compare-restic)
+python3 - "$BENCH_LIB" "$BENCH_TSV" "$BYTES" "$FILES" "$SHAPE" "$ROUNDS" "$(cat "$WORK/restic.size")" "$(cat "$WORK/res.size")" \
   "$(restic version | cut -d' ' -f2)" "$(nproc)" "$(free -g | awk '/Mem:/{print $2}')" \
   "DATASET_GIB=$GIB SMALL_MAX_KIB=$SMALL SMALL_FILES=$SMALL_FILES MEMORY=$MEMORY ROUNDS=$ROUNDS" "$FRESH" > "$OUT" <<'PY'
 import statistics, sys
-tsv, nbytes, files, shape, rounds, rsize, zsize, rver, cores, mem, command, fresh = sys.argv[1:]
+sys.path.insert(0, sys.argv[1])
+import bench_report as br
+tsv, nbytes, files, shape, rounds, rsize, zsize, rver, cores, mem, command, fresh = sys.argv[2:]
 nbytes = int(nbytes)
-rows = [l.rstrip("\n").split("\t") for l in open(tsv) if l.strip()]
+rows = br.load(tsv)
 def of(tool, step):
-    return [(float(s), int(k), float(l)) for t, st, _, s, k, l in rows if t == tool and st == step]
+    return br.of(rows, tool, step)
 print(f"# resilience and restic {rver}: {shape}, {files} files\n")
 print(f"`{command} benches/compare-restic.sh`; "
       f"{cores} cores, {mem} GiB; {nbytes} bytes; memory touched first, `sync` before each step, "
       f"restores into a fresh {fresh} each time, "
       f"the tools alternating which goes first; medians over {rounds} rounds, [min–max].\n")
-print("| step | restic s | resilience s | restic / resilience | peak RSS MiB restic / resilience | load before (median) |")
-print("| --- | --- | --- | --- | --- | --- |")
-for step, label in [("backup", "first backup"), ("second", "unchanged second backup"), ("restore", "restore")]:
-    r, z = of("restic", step), of("resilience", step)
-    rt, zt = [x[0] for x in r], [x[0] for x in z]
-    rm, zm = max(x[1] for x in r) / 1024, max(x[1] for x in z) / 1024
-    load = statistics.median([x[2] for x in r + z])
-    print(f"| {label} | {statistics.median(rt):.2f} [{min(rt):.2f}–{max(rt):.2f}] "
-          f"| {statistics.median(zt):.2f} [{min(zt):.2f}–{max(zt):.2f}] "
-          f"| {statistics.median(rt) / statistics.median(zt):.2f}× "
-          f"| {rm:.0f} / {zm:.0f} | {load:.2f} |")
+print(br.table(rows, "restic", "resilience", [("first backup", "backup", "backup"),
+      ("unchanged second backup", "second", "second"), ("restore", "restore", "restore")]))
 print(f"\nstored bytes: restic {rsize}, resilience {zsize} ({int(zsize) / int(rsize):.2f}×). "
       f"Throughput (median): resilience backup {nbytes / 1e6 / statistics.median([x[0] for x in of('resilience', 'backup')]):.0f} MB/s, "
       f"restore {nbytes / 1e6 / statistics.median([x[0] for x in of('resilience', 'restore')]):.0f} MB/s.")

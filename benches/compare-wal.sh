@@ -26,20 +26,22 @@ ROUNDS="${ROUNDS:-3}"
 PORT="${PORT:-55433}"
 WORK="${WORK:-/tmp/wal-bench}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
+# shellcheck source=lib/bench.sh
+. "$ROOT/benches/lib/bench.sh"
 
 [ "$(id -u)" = 0 ] || { echo "run as root (commands switch to the postgres user)" >&2; exit 1; }
 case "$WORK" in /|/tmp|/tmp/|"") echo "refusing WORK=$WORK" >&2; exit 1;; esac
-command -v pgbackrest >/dev/null && [ -x /usr/bin/time ] || { echo "needs pgbackrest and /usr/bin/time" >&2; exit 1; }
+if ! command -v pgbackrest >/dev/null || [ ! -x /usr/bin/time ]; then echo "needs pgbackrest and /usr/bin/time" >&2; exit 1; fi
 
 PGU=(setpriv --reuid=postgres --regid=postgres --init-groups -- env HOME="$WORK")
 pg() { "${PGU[@]}" "$@"; }
 
 cd "$ROOT"
-cargo build --release -p resilience-cli >&2
-[ -f "$WORK/pgdata/postmaster.pid" ] && pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate stop >/dev/null 2>&1 || true
+RES_SRC=$(resilience_bin)
+if [ -f "$WORK/pgdata/postmaster.pid" ]; then pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate stop >/dev/null 2>&1 || true; fi
 rm -rf "$WORK"
 mkdir -p "$WORK/bin" "$WORK/walsrc" "$WORK/log"
-install -m 0755 "$ROOT/target/release/resilience" "$WORK/bin/resilience"
+install -m 0755 "$RES_SRC" "$WORK/bin/resilience"
 RES="$WORK/bin/resilience"
 chown -R postgres:postgres "$WORK"
 cd "$WORK"
@@ -76,14 +78,7 @@ trap - EXIT
 mv "$WORK/pgdata/pg_wal" "$WORK/pgdata/pg_wal.orig"
 SYSID=$(pg "$PGBIN/pg_controldata" "$WORK/pgdata" | awk -F': *' '/Database system identifier/{print $2}')
 
-# Touch guest memory once (half of it, at most 8 GiB) so that no timed step pays its first touch.
-python3 - <<'PY'
-import os
-n = min(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2, 8 << 30)
-b = bytearray(n)
-for i in range(0, n, 4096):
-    b[i] = 1
-PY
+touch_memory
 
 # --- the tools ---------------------------------------------------------------------------------
 RESG=(--repo "$WORK/res-repo" --key-file "$WORK/res.key")
@@ -135,6 +130,7 @@ restore_dir() {
 # one process per file, as Postgres runs them:
 #   bash -c "$EACH" _ MODE N CMD(N words)... NAME...
 # MODE push: CMD pg_wal/NAME, then NAME.ready -> NAME.done; MODE fetch: CMD NAME pg_wal/RECOVERYXLOG
+# shellcheck disable=SC2016  # expanded by the inner bash, $WORK spliced in
 EACH='mode=$1; n=$2; shift 2; cmd=("${@:1:n}"); shift "$n"
 for f; do
   if [ "$mode" = push ]; then
@@ -159,19 +155,18 @@ sample_workers() {
   echo "$max" > "$out"
 }
 
-TSV="$WORK/times.tsv"; : > "$TSV"
-step() {  # step TOOL STEP ROUND WORKER_PATTERN MODE CMD...
+bench_init "$WORK"
+STEP_AS=("${PGU[@]}")
+# step TOOL STEP ROUND WORKER_PATTERN MODE CMD...: the library's timed step over every segment,
+# with the background workers' peak RSS as a column of its own (before the load)
+step() {
   local tool="$1" name="$2" round="$3" pattern="$4" mode="$5"; shift 5
-  sync
-  local load; load=$(cut -d' ' -f1 /proc/loadavg)
   rm -f "$WORK/worker.rss" "$WORK/worker.rss.stop"
   sample_workers "$pattern" "$WORK/worker.rss" & local sampler=$!
-  /usr/bin/time -f "%e %M" -o "$WORK/step.time" "${PGU[@]}" bash -c "$EACH" _ "$mode" "$#" "$@" "${NAMES[@]}" \
-    >"$WORK/log/step.out" 2>"$WORK/log/step.err" || { cat "$WORK/log/step.err" >&2; echo "$tool $name failed" >&2; exit 1; }
+  timed "$tool" "$name" "$round" bash -c "$EACH" _ "$mode" "$#" "$@" "${NAMES[@]}"
   touch "$WORK/worker.rss.stop"; wait "$sampler"
-  read -r secs rss < "$WORK/step.time"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$name" "$round" "$secs" "$rss" "$(cat "$WORK/worker.rss")" "$load" >> "$TSV"
-  echo "  round $round $tool $name: ${secs}s" >&2
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$name" "$round" "$STEP_SECS" "$STEP_RSS" "$(cat "$WORK/worker.rss")" "$STEP_LOAD" >> "$BENCH_TSV"
+  echo "  round $round $tool $name: ${STEP_SECS}s" >&2
 }
 
 # wait until no background worker of PATTERN runs (so the next step starts on an idle machine)
@@ -208,9 +203,8 @@ for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then res_round "$r"; pgbr_round "$r"; else pgbr_round "$r"; res_round "$r"; fi
 done
 
-OUT="$ROOT/benches/results/compare-wal-$(date -u +%Y%m%d-%H%M).md"
-mkdir -p "$(dirname "$OUT")"
-python3 - "$TSV" "$NSEG" "$ROUNDS" "$(pgbackrest version)" "$("$RES" --version)" "$(nproc)" "$SYSID" > "$OUT" <<'PY'
+OUT=$(results_file compare-wal)
+python3 - "$BENCH_TSV" "$NSEG" "$ROUNDS" "$(pgbackrest version)" "$("$RES" --version)" "$(nproc)" "$SYSID" > "$OUT" <<'PY'
 import statistics, sys
 tsv, nseg, rounds, pgbr, res, cores, sysid = sys.argv[1:]
 nseg = int(nseg)
