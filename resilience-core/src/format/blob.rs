@@ -117,8 +117,8 @@ fn with_compressor<R>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'st
             .rposition(|(l, _)| *l == level)
             .map(|i| pool.swap_remove(i).1)
     };
-    let mut compressor = pooled
-        .unwrap_or_else(|| zstd::bulk::Compressor::new(level).expect("zstd level is valid"));
+    let mut compressor =
+        pooled.unwrap_or_else(|| zstd::bulk::Compressor::new(level).expect("zstd level is valid"));
     let result = f(&mut compressor);
     let mut pool = COMPRESSORS.lock().unwrap_or_else(|p| p.into_inner());
     if pool.len() < KEPT_COMPRESSORS {

@@ -70,6 +70,9 @@ pub struct Chunker {
     buf: BytesMut,
     /// Whether `buf` holds an allocation (it starts empty, without one).
     allocated: bool,
+    /// The buffered length below which no boundary can be found (the last search found none
+    /// in half of it); 0 after a cut.
+    search_from: usize,
     /// Earlier buffers, oldest first, held until the chunks cut from them are dropped.
     retired: VecDeque<Bytes>,
     /// Buffers allocated so far.
@@ -93,6 +96,7 @@ impl Chunker {
             mask_l: v2020::MASKS[(bits - 1) as usize],
             buf: BytesMut::new(),
             allocated: false,
+            search_from: 0,
             retired: VecDeque::new(),
             #[cfg(test)]
             allocations: 0,
@@ -100,10 +104,14 @@ impl Chunker {
     }
 
     /// The buffer to read into. Keep reading until [`Chunker::next_chunk`] returns `None`.
+    ///
+    /// Its buffer holds a largest chunk and a quarter more (10 MiB with the default 8 MiB
+    /// chunks): chunks come out as soon as their boundary is read, so what waits in it is
+    /// usually less than an average chunk.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         let max = self.params.max_size as usize;
         if self.spare() < max / 4 {
-            self.make_room(max, 2 * max);
+            self.make_room(max / 4, max + max / 4);
         }
         &mut self.buf
     }
@@ -173,19 +181,26 @@ impl Chunker {
         self.buf.len()
     }
 
-    /// The next complete chunk. Without `eof`, a chunk is only cut once a whole maximum-size
-    /// window is buffered, so the cut is the same as on the whole input. With `eof`, the rest is
-    /// cut as well.
+    /// The next complete chunk. Without `eof`, a chunk is cut only where the cut is the same as
+    /// on the whole input: at a boundary found before the end of what is buffered (more bytes
+    /// cannot move it), or at the largest chunk. With `eof`, the rest is cut as well.
+    ///
+    /// A chunk comes out as soon as its boundary is buffered, so the chunker holds about one
+    /// average chunk, not a largest one. After a search that found no boundary, the next waits
+    /// for twice the bytes, so no byte is searched more than about twice.
     pub fn next_chunk(&mut self, eof: bool) -> Option<Bytes> {
         let len = self.buf.len();
-        if len == 0 || (!eof && len < self.params.max_size as usize) {
+        let max = self.params.max_size as usize;
+        if len == 0
+            || (!eof && (len <= self.params.min_size as usize || len < self.search_from.min(max)))
+        {
             return None;
         }
         let (_, cut) = v2020::cut_gear(
             &self.buf,
             self.params.min_size as usize,
             self.params.avg_size as usize,
-            self.params.max_size as usize,
+            max,
             self.mask_s,
             self.mask_l,
             self.mask_s << 1,
@@ -193,6 +208,12 @@ impl Chunker {
             &self.gear,
             &self.gear_ls,
         );
+        if !eof && cut >= len && len < max {
+            // No boundary in what is buffered: the chunk's end is still to come.
+            self.search_from = 2 * len;
+            return None;
+        }
+        self.search_from = 0;
         Some(self.buf.split_to(cut.max(1).min(len)).freeze())
     }
 }
@@ -281,7 +302,11 @@ mod tests {
         let mut c = Chunker::new(small(), 1);
         assert_eq!(read_through(&mut c, &data, 2), data);
         // Without reuse, a new buffer every few chunks: hundreds for 2 MB of 1 KiB chunks.
-        assert!(c.allocations <= 1 + MAX_RETIRED, "{} buffers", c.allocations);
+        assert!(
+            c.allocations <= 1 + MAX_RETIRED,
+            "{} buffers",
+            c.allocations
+        );
         assert!(chunk_all(&data, 100_000, 1).len() > 500);
     }
 
@@ -301,6 +326,26 @@ mod tests {
             while let Some(ch) = c.next_chunk(true) { cuts.push(ch); }
             prop_assert_eq!(cuts, a);
         }
+    }
+
+    #[test]
+    fn a_chunk_comes_out_once_its_boundary_is_buffered() {
+        let data = pseudo_random(400_000, 11);
+        let mut c = Chunker::new(small(), 3);
+        let (mut total, mut steps) = (0, 0);
+        for piece in data.chunks(100) {
+            c.push(piece);
+            while c.next_chunk(false).is_some() {}
+            assert!(c.buffered() < 4096, "never a whole largest chunk left");
+            total += c.buffered();
+            steps += 1;
+        }
+        // Waiting for a largest chunk's window (4096 bytes) before each cut kept 3–4 KiB.
+        assert!(
+            total / steps < 2048,
+            "{} bytes held on average",
+            total / steps
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! the budget is shared between the stages, whatever the size of the data.
 //!
 //! A backup holds, at most:
-//! - the chunker's buffer: one maximum-size chunk being cut and the room to read the next
-//!   (2 × the largest chunk, 16 MiB with the default 8 MiB);
+//! - the chunker's buffers: the one being read into and an earlier one whose chunks are still
+//!   in flight, each a largest chunk and a quarter (2.5 × the largest chunk, 20 MiB with the
+//!   default 8 MiB);
 //! - the pack being filled (`pack_size`, 16 MiB by default);
 //! - the packs being sealed and uploaded (`uploads` × `pack_size`);
 //! - the chunks being hashed, compressed and sealed (`chunk_bytes`, raw, and their sealed form);
@@ -36,9 +37,9 @@ impl BackupShares {
     /// The shares of `budget` bytes for a repository of `pack_size`-byte packs and chunks of
     /// at most `max_chunk` bytes. A budget below what one pack, one upload and the chunker
     /// need gets those minimums (so the backup still runs, over budget by what it must hold):
-    /// any budget of at least 4 × `max_chunk` + 2 × `pack_size` + 2 MiB is kept.
+    /// any budget of at least 4.5 × `max_chunk` + 2 × `pack_size` + 2 MiB is kept.
     pub fn of(budget: usize, pack_size: usize, max_chunk: usize) -> Self {
-        let fixed = 2 * max_chunk + pack_size;
+        let fixed = chunker_bytes(max_chunk) + pack_size;
         let rest = budget.saturating_sub(fixed);
         let uploads = (rest / 2 / pack_size.max(1)).clamp(1, 4);
         let left = rest.saturating_sub(uploads * pack_size);
@@ -51,6 +52,11 @@ impl BackupShares {
             read_ahead_max_file: (read_ahead_bytes as u64 / 8).min(1 << 20),
         }
     }
+}
+
+/// What the chunker's buffers hold at most: two, each a largest chunk and a quarter.
+fn chunker_bytes(max_chunk: usize) -> usize {
+    2 * (max_chunk + max_chunk / 4)
 }
 
 /// How a restore uses its memory budget.
@@ -81,10 +87,12 @@ mod tests {
         let s = BackupShares::of(DEFAULT_MEMORY, 16 << 20, 8 << 20);
         assert_eq!(s.uploads, 1);
         assert_eq!(s.chunk_bytes, 8 << 20);
-        assert_eq!(s.read_ahead_bytes, 8 << 20);
-        assert_eq!(s.read_ahead_max_file, 1 << 20);
-        let total =
-            2 * (8 << 20) + (16 << 20) * (1 + s.uploads) + s.chunk_bytes + s.read_ahead_bytes;
+        assert_eq!(s.read_ahead_bytes, 4 << 20);
+        assert_eq!(s.read_ahead_max_file, 512 << 10);
+        let total = chunker_bytes(8 << 20)
+            + (16 << 20) * (1 + s.uploads)
+            + s.chunk_bytes
+            + s.read_ahead_bytes;
         assert!(total <= DEFAULT_MEMORY, "{total}");
     }
 
@@ -99,8 +107,8 @@ mod tests {
             prop_assert!(s.uploads >= 1 && s.uploads <= 4);
             prop_assert!(s.chunk_bytes >= chunk);
             prop_assert!(s.read_ahead_max_file <= 1 << 20);
-            let total = 2 * chunk + pack * (1 + s.uploads) + s.chunk_bytes + s.read_ahead_bytes;
-            let minimum = 4 * chunk + 2 * pack + (2 << 20);
+            let total = chunker_bytes(chunk) + pack * (1 + s.uploads) + s.chunk_bytes + s.read_ahead_bytes;
+            let minimum = chunker_bytes(chunk) + 2 * chunk + 2 * pack + (2 << 20);
             prop_assert!(total <= budget.max(minimum), "{total} over {budget}");
             let r = RestoreShares::of(budget);
             prop_assert!(r.read_bytes * 2 <= budget.max(2 << 20));

@@ -193,9 +193,16 @@ mod tests {
         let bytes = Bytes::from(v);
         let held = bytes.clone();
         give_back(&spare, bytes, 2);
-        assert!(spare.lock().unwrap().is_empty(), "a store still holds the pack");
+        assert!(
+            spare.lock().unwrap().is_empty(),
+            "a store still holds the pack"
+        );
         give_back(&spare, held, 2);
-        let back = spare.lock().unwrap().pop().expect("the buffer is free again");
+        let back = spare
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the buffer is free again");
         assert!(back.capacity() >= 4096, "the allocation itself comes back");
         for _ in 0..3 {
             give_back(&spare, Bytes::from(vec![1u8; 100]), 2);
