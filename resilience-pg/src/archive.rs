@@ -22,6 +22,7 @@ pub mod prefetch;
 pub mod spool;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -119,65 +120,95 @@ impl WalArchive {
     /// Archives a WAL file's bytes under `name`. Segments are summarized (and must belong to
     /// a Postgres cluster); restore points in them are noted.
     pub async fn push(&self, name: &str, content: Bytes) -> Result<PushOutcome, PgError> {
-        let digest = blake3::hash(&content).to_hex().to_string();
-        self.push_digested(name, content, digest).await
-    }
-
-    /// [`WalArchive::push`] of `content` whose BLAKE3 (hex) the caller computed already.
-    pub(crate) async fn push_digested(
-        &self,
-        name: &str,
-        content: Bytes,
-        digest: String,
-    ) -> Result<PushOutcome, PgError> {
         let kind = Self::check_name(name)?;
-        let key = self.key(name);
+        let digest = blake3::hash(&content).to_hex().to_string();
         if let Some(existing) = self.header(name).await? {
             return self.compare(name, &existing, &digest);
         }
-        // A segment this build cannot read is archived all the same (Postgres knows its WAL;
-        // refusing would stop archiving and fill the primary's disk), without a summary.
         let summary = match kind {
-            WalFileKind::Segment => match walscan::summarize(name, &content) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(name, error = %e, "archiving a segment that cannot be summarized");
-                    None
-                }
-            },
+            WalFileKind::Segment => summary_or_warn(name, walscan::summarize(name, &content)),
             _ => None,
         };
-        let header = WalHeader {
-            name: name.to_owned(),
-            size: content.len() as u64,
-            blake3: digest.clone(),
-            archived_at: self.clock.now(),
-            summary,
-        };
-        let restore_points = header
-            .summary
-            .as_ref()
-            .map(|s| s.restore_points.clone())
-            .unwrap_or_default();
+        let header = self.header_for(name, content.len() as u64, &digest, summary);
+        let restore_points = restore_points_of(&header);
         let side = self.side.clone();
-        let object_name = key.clone();
+        let key = self.key(name);
         // The header and the content are sealed as one payload without being copied into one
         // buffer: a 16 MiB segment costs the segment and its sealed object, nothing more.
         let sealed = tokio::task::spawn_blocking(move || {
-            let payload = serde_json::to_vec(&header).expect("serializes");
-            let mut framing = Vec::with_capacity(4 + payload.len());
-            framing.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            framing.extend_from_slice(&payload);
-            side.seal_parts(SideObject::Item, &object_name, &[&framing, &content])
+            side.seal_parts(SideObject::Item, &key, &[&framing(&header), &content])
         })
         .await
         .map_err(|e| PgError::Invalid(format!("sealing {name}: {e}")))?;
-        let claim = match self.claim(name, &digest).await {
+        self.store(name, &digest, sealed, restore_points).await
+    }
+
+    /// Archives the WAL file at `path` under `name`, as [`WalArchive::push`] does, without
+    /// holding it in memory: it is read twice, in pieces — once to hash and summarize it, once
+    /// to seal it — so a 16 MiB segment costs its compressed size. Bytes that change between
+    /// the two reads are refused ([`PgError::WalChanged`]), never archived under a digest that
+    /// is not theirs.
+    pub async fn push_file(&self, name: &str, path: &Path) -> Result<Pushed, PgError> {
+        let kind = Self::check_name(name)?;
+        let (n, p) = (name.to_owned(), path.to_owned());
+        let scanned = tokio::task::spawn_blocking(move || scan_file(&n, kind, &p))
+            .await
+            .map_err(|e| PgError::Invalid(format!("reading {name}: {e}")))??;
+        let pushed = |outcome| Pushed {
+            outcome,
+            size: scanned.size,
+            blake3: scanned.digest.clone(),
+        };
+        if let Some(existing) = self.header(name).await? {
+            return self.compare(name, &existing, &scanned.digest).map(pushed);
+        }
+        let header = self.header_for(name, scanned.size, &scanned.digest, scanned.summary.clone());
+        let restore_points = restore_points_of(&header);
+        let (side, key, p) = (self.side.clone(), self.key(name), path.to_owned());
+        let (n, digest) = (name.to_owned(), scanned.digest.clone());
+        let sealed =
+            tokio::task::spawn_blocking(move || seal_file(&side, &key, &header, &n, &p, &digest))
+                .await
+                .map_err(|e| PgError::Invalid(format!("sealing {name}: {e}")))??;
+        let outcome = self
+            .store(name, &scanned.digest, sealed, restore_points)
+            .await?;
+        Ok(pushed(outcome))
+    }
+
+    /// The header recorded for a file archived now.
+    fn header_for(
+        &self,
+        name: &str,
+        size: u64,
+        digest: &str,
+        summary: Option<SegmentSummary>,
+    ) -> WalHeader {
+        WalHeader {
+            name: name.to_owned(),
+            size,
+            blake3: digest.to_owned(),
+            archived_at: self.clock.now(),
+            summary,
+        }
+    }
+
+    /// Writes the sealed object of `name` (whose content has BLAKE3 `digest`) under a claim,
+    /// unless a rival got there first, and notes its restore points.
+    async fn store(
+        &self,
+        name: &str,
+        digest: &str,
+        sealed: Vec<u8>,
+        restore_points: Vec<RestorePoint>,
+    ) -> Result<PushOutcome, PgError> {
+        let key = self.key(name);
+        let claim = match self.claim(name, digest).await {
             Ok(claim) => claim,
             Err(PgError::WalPushContended { name: n, claim }) => {
                 // The rival may have finished meanwhile: then its copy decides.
                 if let Some(existing) = self.header(name).await? {
-                    return self.compare(name, &existing, &digest);
+                    return self.compare(name, &existing, digest);
                 }
                 return Err(PgError::WalPushContended { name: n, claim });
             }
@@ -188,7 +219,7 @@ impl WalArchive {
         let written = match self.header(name).await {
             Ok(Some(existing)) => {
                 self.release(claim).await;
-                return self.compare(name, &existing, &digest);
+                return self.compare(name, &existing, digest);
             }
             Ok(None) => match self.check_claim(name, &claim) {
                 Ok(()) => self.sink.put(&key, sealed.into(), PutMode::Create).await,
@@ -211,7 +242,7 @@ impl WalArchive {
                     .header(name)
                     .await?
                     .ok_or_else(|| PgError::Invalid(format!("{key} exists and vanished again")))?;
-                return self.compare(name, &existing, &digest);
+                return self.compare(name, &existing, digest);
             }
             Err(e) => return Err(e.into()),
         }
@@ -343,6 +374,166 @@ impl WalArchive {
     }
 }
 
+/// What a push of a file reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// How it ended.
+    pub outcome: PushOutcome,
+    /// The file's length.
+    pub size: u64,
+    /// BLAKE3 of its content, hex.
+    pub blake3: String,
+}
+
+/// A file's length, digest and (for a segment) summary, from one read.
+struct Scanned {
+    size: u64,
+    digest: String,
+    summary: Option<SegmentSummary>,
+}
+
+/// Reads the file at `path` once, in pieces: its length, BLAKE3 and, for a segment, summary.
+fn scan_file(name: &str, kind: WalFileKind, path: &Path) -> Result<Scanned, PgError> {
+    let file = std::fs::File::open(path).map_err(PgError::io("open", path.display()))?;
+    let size = file
+        .metadata()
+        .map_err(PgError::io("stat", path.display()))?
+        .len();
+    let mut read = Hashing::new(std::io::BufReader::with_capacity(1 << 16, file));
+    let summary = match kind {
+        WalFileKind::Segment => {
+            summary_or_warn(name, walscan::summarize_read(name, size, &mut read))
+        }
+        _ => None,
+    };
+    // The summary may stop early (where the valid records end); the digest covers every byte.
+    std::io::copy(&mut read, &mut std::io::sink()).map_err(PgError::io("read", path.display()))?;
+    if let Some(e) = read.failed.take() {
+        return Err(PgError::io("read", path.display())(e));
+    }
+    if read.len != size {
+        return Err(PgError::WalChanged {
+            name: name.to_owned(),
+            path: path.display().to_string(),
+        });
+    }
+    Ok(Scanned {
+        size,
+        digest: read.digest(),
+        summary,
+    })
+}
+
+/// Reads the file at `path` again and seals it under `header` as the object `key`; refused if
+/// its bytes are no longer those whose BLAKE3 is `digest`.
+fn seal_file(
+    side: &SideArchive,
+    key: &str,
+    header: &WalHeader,
+    name: &str,
+    path: &Path,
+    digest: &str,
+) -> Result<Vec<u8>, PgError> {
+    let file = std::fs::File::open(path).map_err(PgError::io("open", path.display()))?;
+    let mut read = Hashing::new(file);
+    let sealed = side
+        .seal_read(
+            SideObject::Item,
+            key,
+            &framing(header),
+            &mut read,
+            header.size,
+        )
+        .map_err(PgError::io("read", path.display()))?;
+    // The file was read as far as its first length: one byte more means it grew.
+    let grew = std::io::Read::read(&mut read, &mut [0u8; 1])
+        .map_err(PgError::io("read", path.display()))?
+        > 0;
+    if grew || read.digest() != digest {
+        return Err(PgError::WalChanged {
+            name: name.to_owned(),
+            path: path.display().to_string(),
+        });
+    }
+    Ok(sealed)
+}
+
+/// A reader that hashes and counts what passes through it, and keeps the first error it
+/// passed on (for readers, such as the segment scanner, that take an error for an end).
+struct Hashing<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    len: u64,
+    failed: Option<std::io::Error>,
+}
+
+impl<R> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            failed: None,
+        }
+    }
+
+    /// BLAKE3 (hex) of what was read.
+    fn digest(&self) -> String {
+        self.hasher.finalize().to_hex().to_string()
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.len += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::Interrupted && self.failed.is_none() {
+                    self.failed = Some(std::io::Error::new(e.kind(), e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A segment's summary, or `None` (with a warning) for a segment this build cannot read: it
+/// is archived all the same (Postgres knows its WAL; refusing would stop archiving and fill
+/// the primary's disk).
+fn summary_or_warn(
+    name: &str,
+    summary: Result<SegmentSummary, walscan::NotASegment>,
+) -> Option<SegmentSummary> {
+    summary
+        .map_err(
+            |e| tracing::warn!(name, error = %e, "archiving a segment that cannot be summarized"),
+        )
+        .ok()
+}
+
+/// The restore points a header's summary lists.
+fn restore_points_of(header: &WalHeader) -> Vec<RestorePoint> {
+    header
+        .summary
+        .as_ref()
+        .map(|s| s.restore_points.clone())
+        .unwrap_or_default()
+}
+
+/// The framing that precedes a file's content in its sealed object: the header's length and
+/// the header, as JSON.
+fn framing(header: &WalHeader) -> Vec<u8> {
+    let payload = serde_json::to_vec(header).expect("serializes");
+    let mut framing = Vec::with_capacity(4 + payload.len());
+    framing.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    framing.extend_from_slice(&payload);
+    framing
+}
+
 /// Checks and opens a sealed WAL object: its header and its content, whose length and BLAKE3
 /// are checked against the header.
 fn open(side: &SideArchive, key: &str, bytes: &[u8]) -> Result<(WalHeader, Bytes), PgError> {
@@ -423,6 +614,62 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_file_pushed_from_disk_is_archived_as_its_bytes_are() {
+        let (_, wal) = archive().await;
+        let dir = tempfile::tempdir().unwrap();
+        let name = "000000010000000000000000";
+        let path = dir.path().join(name);
+        std::fs::write(&path, segment(1)).unwrap();
+        let pushed = wal.push_file(name, &path).await.unwrap();
+        assert_eq!(pushed.outcome, PushOutcome::Stored);
+        assert_eq!(pushed.size, segment(1).len() as u64);
+        assert_eq!(pushed.blake3, blake3::hash(&segment(1)).to_hex().as_str());
+        let (header, content) = wal.fetch(name).await.unwrap().unwrap();
+        assert_eq!(content, segment(1));
+        assert_eq!(header.summary.unwrap().system_id, 99);
+        assert_eq!(wal.restore_points().await.unwrap()[0].name, "rp1");
+        // The same bytes from memory agree; other bytes from disk are refused.
+        assert_eq!(
+            wal.push(name, segment(1)).await.unwrap(),
+            PushOutcome::AlreadyArchived
+        );
+        std::fs::write(&path, segment(2)).unwrap();
+        let err = wal.push_file(name, &path).await.unwrap_err();
+        assert!(matches!(err, PgError::WalConflict { .. }), "{err}");
+        let missing = wal
+            .push_file(name, &dir.path().join("gone"))
+            .await
+            .unwrap_err();
+        assert!(missing.to_string().contains("gone"), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_changes_between_its_reads_is_not_archived() {
+        let (_, wal) = archive().await;
+        let dir = tempfile::tempdir().unwrap();
+        let name = "000000010000000000000000";
+        let path = dir.path().join(name);
+        std::fs::write(&path, segment(1)).unwrap();
+        let scanned = scan_file(name, WalFileKind::Segment, &path).unwrap();
+        let header = wal.header_for(name, scanned.size, &scanned.digest, scanned.summary);
+        let key = wal.key(name);
+        for changed in [segment(2).to_vec(), [&segment(1)[..], b"more"].concat()] {
+            std::fs::write(&path, &changed).unwrap();
+            let err =
+                seal_file(&wal.side, &key, &header, name, &path, &scanned.digest).unwrap_err();
+            assert!(matches!(err, PgError::WalChanged { .. }), "{err}");
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        std::fs::write(&path, &segment(1)[..1000]).unwrap();
+        let err = seal_file(&wal.side, &key, &header, name, &path, &scanned.digest).unwrap_err();
+        assert!(err.to_string().contains(name), "{err}");
+        assert!(
+            wal.fetch(name).await.unwrap().is_none(),
+            "nothing was written"
+        );
     }
 
     #[tokio::test]

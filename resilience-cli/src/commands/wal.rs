@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::Bytes;
 use resilience_pg::archive::async_push::{
     self, PushMarker, PusherOptions, WaitOptions, PUSHER_LOCK,
 };
@@ -91,12 +90,9 @@ pub async fn push(g: &Global, args: &WalPushArgs) -> Result<(), CliError> {
         }
         tracing::info!(name, "not marked ready by Postgres: pushed synchronously");
     }
-    let content = tokio::fs::read(&args.path).await.map_err(|e| {
-        CliError::Usage(format!("cannot read WAL file {}: {e}", args.path.display()))
-    })?;
     let repo = access::open(g).await?;
     let wal = WalArchive::new(&repo, &args.source)?;
-    match wal.push(&name, Bytes::from(content)).await? {
+    match wal.push_file(&name, &args.path).await?.outcome {
         PushOutcome::Stored => tracing::info!(name, "archived"),
         PushOutcome::AlreadyArchived => {
             tracing::info!(name, "already archived with the same content")
