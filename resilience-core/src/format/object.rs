@@ -196,6 +196,22 @@ pub fn seal_object_read(
     Ok(out)
 }
 
+/// Objects read from a source at least this long are compressed by several threads.
+const MT_MIN_LEN: u64 = 2 << 20;
+/// What each compression thread takes at a time: small, so the threads' input buffers stay a
+/// few MiB (zstd's default for level 3 is 8 MiB a job).
+const MT_JOB_SIZE: u32 = 1 << 20;
+
+/// Threads to compress `len` bytes with: one per core, up to 4, for long objects. A WAL
+/// segment is pushed by one process while the others wait (Postgres archives one file at a
+/// time), so the cores it leaves idle are what makes the push keep up.
+fn compression_workers(len: u64) -> u32 {
+    if len < MT_MIN_LEN {
+        return 0;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32
+}
+
 /// Appends one zstd frame of `prefix` and `len` bytes of `source`.
 fn compress_read(
     prefix: &[u8],
@@ -206,6 +222,11 @@ fn compress_read(
 ) -> std::io::Result<()> {
     use std::io::Write;
     let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
+    let workers = compression_workers(total);
+    if workers > 1 {
+        encoder.multithread(workers)?;
+        encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(MT_JOB_SIZE))?;
+    }
     encoder.set_pledged_src_size(Some(total))?;
     encoder.include_contentsize(true)?;
     encoder.write_all(prefix)?;
@@ -246,6 +267,39 @@ pub fn sealed_key_id(bytes: &[u8]) -> Option<crate::format::crypto::DataKeyId> {
 
 /// Checks and opens a sealed object; every failure names `name`.
 pub fn open_object(keys: &KeySet, kind: ObjectKind, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let (body, key, aad) = check_sealed(keys, kind, name, bytes)?;
+    let compressed =
+        crypto::open(&key, &aad, &body[HEADER_LEN..]).ok_or_else(|| auth_failed(name))?;
+    zstd::stream::decode_all(compressed.as_slice())
+        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))
+}
+
+/// [`open_object`] as a stream: checks and decrypts the object where it lies in `bytes` and
+/// returns a reader of its payload, decompressed as it is read, so a large payload is never
+/// whole in memory. Damage the checks find is an error naming `name`; a payload that does not
+/// decompress is an error of the reader's (the caller names the object).
+pub fn open_object_reader<'a>(
+    keys: &KeySet,
+    kind: ObjectKind,
+    name: &str,
+    bytes: &'a mut [u8],
+) -> Result<impl std::io::Read + 'a> {
+    let (_, key, aad) = check_sealed(keys, kind, name, bytes)?;
+    let body_len = bytes.len() - CHECKSUM_LEN;
+    let compressed = crypto::open_in_place(&key, &aad, &mut bytes[HEADER_LEN..body_len])
+        .ok_or_else(|| auth_failed(name))?;
+    zstd::stream::read::Decoder::with_buffer(compressed)
+        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))
+}
+
+/// Checks a sealed object's checksum, magic and kind: its body (without the checksum), the
+/// data key it names and its associated data.
+fn check_sealed<'a>(
+    keys: &KeySet,
+    kind: ObjectKind,
+    name: &str,
+    bytes: &'a [u8],
+) -> Result<(&'a [u8], crypto::SecretKey, Vec<u8>)> {
     let body = check_checksum(name, bytes)?;
     if body.len() < HEADER_LEN || &body[..4] != MAGIC {
         return Err(Error::corrupt(name, "not a resilience object (bad magic)"));
@@ -264,14 +318,14 @@ pub fn open_object(keys: &KeySet, kind: ObjectKind, name: &str, bytes: &[u8]) ->
         )
     })?;
     let aad = [&body[..HEADER_LEN], name.as_bytes()].concat();
-    let compressed = crypto::open(&key, &aad, &body[HEADER_LEN..]).ok_or_else(|| {
-        Error::corrupt(
-            name,
-            "authentication failed (tampered, or not sealed for this name)",
-        )
-    })?;
-    zstd::stream::decode_all(compressed.as_slice())
-        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))
+    Ok((body, key, aad))
+}
+
+fn auth_failed(name: &str) -> Error {
+    Error::corrupt(
+        name,
+        "authentication failed (tampered, or not sealed for this name)",
+    )
 }
 
 #[cfg(test)]
@@ -339,6 +393,32 @@ mod tests {
             let ks = KeySet::generate();
             let obj = seal_object_read(&ks, ObjectKind::SideItem, "wal/x/1", &prefix, &content[..], content.len() as u64).unwrap();
             prop_assert_eq!(open_object(&ks, ObjectKind::SideItem, "wal/x/1", &obj).unwrap(), [prefix, content].concat());
+        }
+
+        #[test]
+        fn an_object_read_as_a_stream_opens_to_its_payload(
+            payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+            damage in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            use std::io::Read;
+            let ks = KeySet::generate();
+            let mut obj = seal_object(&ks, ObjectKind::SideItem, "wal/x/1", &payload);
+            if let Some(i) = damage {
+                let i = i.index(obj.len());
+                obj[i] ^= 0x10;
+            }
+            let whole = open_object(&ks, ObjectKind::SideItem, "wal/x/1", &obj);
+            let streamed = open_object_reader(&ks, ObjectKind::SideItem, "wal/x/1", &mut obj)
+                .and_then(|mut r| {
+                    let mut out = Vec::new();
+                    r.read_to_end(&mut out).map_err(|e| Error::corrupt("wal/x/1", e.to_string()))?;
+                    Ok(out)
+                });
+            match (whole, streamed) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => prop_assert!(false, "whole {:?} streamed {:?}", a.is_ok(), b.is_ok()),
+            }
         }
 
         #[test]
