@@ -140,7 +140,8 @@ pub fn summarize_read(
     if header.info & XLP_FIRST_IS_CONTRECORD != 0 && !reader.skip(header.rem_len as usize) {
         return Ok(summary);
     }
-    while let Some((lsn, record)) = reader.next_record() {
+    let mut record = Vec::new();
+    while let Some(lsn) = reader.next_record(&mut record) {
         summary.records += 1;
         inspect(lsn, &record, &mut summary);
     }
@@ -353,7 +354,9 @@ impl<R: Read> Reader<R> {
         }
     }
 
-    fn next_record(&mut self) -> Option<(Lsn, Vec<u8>)> {
+    /// Reads the next record into `record` (its earlier content replaced; one buffer serves
+    /// every record) and returns its position.
+    fn next_record(&mut self, record: &mut Vec<u8>) -> Option<Lsn> {
         if self.pos.is_multiple_of(self.page_size) && !self.enter_page(self.pos, 0) {
             return None;
         }
@@ -364,7 +367,8 @@ impl<R: Read> Reader<R> {
         if !(RECORD_HEADER..=1 << 30).contains(&total) || total > self.len - start {
             return None;
         }
-        let mut record = Vec::with_capacity(total);
+        record.clear();
+        record.reserve(total);
         loop {
             let end = self.page_end();
             let take = (total - record.len()).min(end - self.pos);
@@ -379,10 +383,10 @@ impl<R: Read> Reader<R> {
             }
         }
         self.pos = align8(self.pos);
-        if !crc_matches(&record) {
+        if !crc_matches(record) {
             return None;
         }
-        Some((Lsn(self.start_lsn.0 + start as u64), record))
+        Some(Lsn(self.start_lsn.0 + start as u64))
     }
 }
 

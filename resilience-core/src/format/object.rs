@@ -163,7 +163,8 @@ pub fn seal_object_parts(keys: &KeySet, kind: ObjectKind, name: &str, parts: &[&
 
 /// [`seal_object_parts`] of `prefix` followed by exactly `len` bytes read from `source`, which
 /// is never held whole: memory is the sealed object and zstd's window, so a 16 MiB file costs
-/// its compressed size. A read that fails, or a source that ends before `len` bytes, is an
+/// its compressed size. Compressed at level 1, by several threads when it is long (the caller
+/// waits for it: a WAL push). A read that fails, or a source that ends before `len` bytes, is an
 /// error (and nothing is sealed).
 pub fn seal_object_read(
     keys: &KeySet,
@@ -196,6 +197,10 @@ pub fn seal_object_read(
     Ok(out)
 }
 
+/// The zstd level of objects sealed from a reader: WAL segments, pushed while Postgres waits
+/// for each. Level 1 compresses twice as fast as 3; on WAL its output is within a few percent
+/// of level 3's (smaller on pgbench-like segments: 2.98 against 3.38 MB of 16 MiB).
+const STREAM_LEVEL: i32 = 1;
 /// Objects read from a source at least this long are compressed by several threads.
 const MT_MIN_LEN: u64 = 2 << 20;
 /// What each compression thread takes at a time: small, so the threads' input buffers stay a
@@ -221,7 +226,7 @@ fn compress_read(
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
     use std::io::Write;
-    let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
+    let mut encoder = zstd::stream::write::Encoder::new(out, STREAM_LEVEL)?;
     let workers = compression_workers(total);
     if workers > 1 {
         encoder.multithread(workers)?;

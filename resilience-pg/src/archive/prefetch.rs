@@ -303,7 +303,10 @@ async fn prefetch_one(
         Ok(FetchTarget {
             dest: spool.path(&file),
             tmp: spool.path(&format!("{TEMP_PREFIX}{file}.{}", hex::encode(id))),
-            durable: true,
+            // Not synced: a prefetched file is hashed again before it is served, so one torn
+            // by a crash is found and fetched anew; a sync would write 16 MiB back per segment
+            // while recovery waits.
+            durable: false,
         })
     };
     Ok(wal.fetch_to_file(name, place).await?.is_some())
