@@ -51,6 +51,15 @@ pub enum PgError {
         /// The other push's claim.
         claim: String,
     },
+    /// A WAL file's bytes changed between the two reads of a push (its summary and digest, then
+    /// its sealing): nothing was written, and Postgres retries.
+    #[error("WAL file {name} ({path}) changed while it was being archived; nothing was written")]
+    WalChanged {
+        /// The WAL file's name.
+        name: String,
+        /// Where it was read.
+        path: String,
+    },
     /// The background pusher of `wal-push --async` could not archive a WAL file (its error
     /// marker, reported to the caller: Postgres retries, and the pusher tries again).
     #[error("WAL file {name} was not archived: {message}")]

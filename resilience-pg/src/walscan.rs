@@ -12,6 +12,8 @@
 //! `xl_xid`, `xl_prev`, `xl_info`, `xl_rmid`, 2 padding, `xl_crc`), block headers, block data
 //! and main data last; a record that does not fit continues on the next page after its header.
 
+use std::io::Read;
+
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -73,28 +75,44 @@ pub struct NotASegment {
 
 /// Reads a whole segment, the WAL file `name`, and summarizes it.
 pub fn summarize(name: &str, segment: &[u8]) -> Result<SegmentSummary, NotASegment> {
+    summarize_read(name, segment.len() as u64, segment)
+}
+
+/// Summarizes the WAL file `name`, `len` bytes long, read from `source` one page at a time:
+/// memory stays at one page and one record whatever the segment size. Reading stops where
+/// the valid records end, so `source` may not be read to its end; a read that fails ends the
+/// scan as a damaged record does (a caller that must know wraps `source` to see the error).
+pub fn summarize_read(
+    name: &str,
+    len: u64,
+    mut source: impl Read,
+) -> Result<SegmentSummary, NotASegment> {
     let not = |reason: String| NotASegment {
         name: name.to_owned(),
         reason,
     };
-    let header = PageHeader::parse(segment, 0)
-        .ok_or_else(|| not(format!("{} bytes, too short", segment.len())))?;
-    if header.info & XLP_LONG_HEADER == 0 || segment.len() < LONG_HEADER {
+    let mut head = [0u8; LONG_HEADER];
+    let read = read_full(&mut source, &mut head);
+    let header =
+        PageHeader::parse(&head[..read]).ok_or_else(|| not(format!("{len} bytes, too short")))?;
+    if header.info & XLP_LONG_HEADER == 0 || read < LONG_HEADER {
         return Err(not("the first page has no long header".into()));
     }
-    let field_u32 = |at: usize| u32::from_le_bytes(segment[at..at + 4].try_into().expect("4"));
-    let system_id = u64::from_le_bytes(segment[24..32].try_into().expect("8"));
+    let field_u32 = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4"));
+    let system_id = u64::from_le_bytes(head[24..32].try_into().expect("8"));
     let segment_size = u64::from(field_u32(32));
     let page_size = field_u32(36) as usize;
     if !(1024..=65536).contains(&page_size) || !page_size.is_power_of_two() {
         return Err(not(format!("page size {page_size}")));
     }
-    if segment_size != segment.len() as u64 {
+    if segment_size != len {
         return Err(not(format!(
-            "header says {segment_size} bytes, the file has {}",
-            segment.len()
+            "header says {segment_size} bytes, the file has {len}"
         )));
     }
+    let Ok(len) = usize::try_from(len) else {
+        return Err(not(format!("{len} bytes, too long")));
+    };
     // Every position read is the first page's address plus an offset in the segment.
     if header.page_addr.0.checked_add(segment_size).is_none() {
         return Err(not(format!(
@@ -103,12 +121,16 @@ pub fn summarize(name: &str, segment: &[u8]) -> Result<SegmentSummary, NotASegme
         )));
     }
     let mut reader = Reader {
-        seg: segment,
+        source,
+        len,
+        page: head.to_vec(),
+        page_at: 0,
         page_size,
         start_lsn: header.page_addr,
         magic: header.magic,
         pos: LONG_HEADER,
     };
+    reader.top_up_page();
     let mut summary = SegmentSummary {
         system_id,
         timeline: header.timeline,
@@ -118,11 +140,26 @@ pub fn summarize(name: &str, segment: &[u8]) -> Result<SegmentSummary, NotASegme
     if header.info & XLP_FIRST_IS_CONTRECORD != 0 && !reader.skip(header.rem_len as usize) {
         return Ok(summary);
     }
-    while let Some((lsn, record)) = reader.next_record() {
+    let mut record = Vec::new();
+    while let Some(lsn) = reader.next_record(&mut record) {
         summary.records += 1;
         inspect(lsn, &record, &mut summary);
     }
     Ok(summary)
+}
+
+/// Reads into `buf` until it is full, the source ends or a read fails; the bytes read.
+fn read_full(source: &mut impl Read, buf: &mut [u8]) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    filled
 }
 
 fn inspect(lsn: Lsn, record: &[u8], summary: &mut SegmentSummary) {
@@ -217,8 +254,9 @@ struct PageHeader {
 }
 
 impl PageHeader {
-    fn parse(seg: &[u8], at: usize) -> Option<Self> {
-        let b = seg.get(at..at + SHORT_HEADER)?;
+    /// The header at the start of `b` (a page's first bytes).
+    fn parse(b: &[u8]) -> Option<Self> {
+        let b = b.get(..SHORT_HEADER)?;
         Some(PageHeader {
             magic: u16::from_le_bytes([b[0], b[1]]),
             info: u16::from_le_bytes([b[2], b[3]]),
@@ -229,8 +267,14 @@ impl PageHeader {
     }
 }
 
-struct Reader<'a> {
-    seg: &'a [u8],
+/// Reads a segment's records in order, holding one page of it.
+struct Reader<R> {
+    source: R,
+    /// The segment's length.
+    len: usize,
+    /// The bytes of the page at `page_at` that the source held (fewer at its end).
+    page: Vec<u8>,
+    page_at: usize,
     page_size: usize,
     start_lsn: Lsn,
     magic: u16,
@@ -238,16 +282,49 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
+impl<R: Read> Reader<R> {
     /// The offset where the current page ends (`pos` must be inside a page, not at its start).
     fn page_end(&self) -> usize {
         (self.pos / self.page_size + 1) * self.page_size
     }
 
+    /// Reads the rest of the current page (as far as the segment goes).
+    fn top_up_page(&mut self) {
+        let want = self.page_size.min(self.len.saturating_sub(self.page_at));
+        let have = self.page.len();
+        if have < want {
+            self.page.resize(want, 0);
+            let read = read_full(&mut self.source, &mut self.page[have..]);
+            self.page.truncate(have + read);
+        }
+    }
+
+    /// The bytes `from..to`, which lie in one page at or after the current one: pages are read
+    /// in order, never again.
+    fn bytes(&mut self, from: usize, to: usize) -> Option<&[u8]> {
+        let page_at = from / self.page_size * self.page_size;
+        if page_at < self.page_at {
+            return None;
+        }
+        while self.page_at < page_at {
+            // The current page is whole (or the source ended), so the next is next in it.
+            if self.page.len() < self.page_size {
+                return None;
+            }
+            self.page_at += self.page_size;
+            self.page.clear();
+            self.top_up_page();
+        }
+        self.page.get(from - page_at..to.checked_sub(page_at)?)
+    }
+
     /// Steps over the header of the page starting at `at`, checking it; `continuation` is the
     /// number of bytes of a record still expected there (0 when a new record starts).
     fn enter_page(&mut self, at: usize, continuation: usize) -> bool {
-        let Some(h) = PageHeader::parse(self.seg, at) else {
+        let Some(h) = self
+            .bytes(at, at + SHORT_HEADER)
+            .and_then(PageHeader::parse)
+        else {
             return false;
         };
         let expected_addr = Lsn(self.start_lsn.0 + at as u64);
@@ -277,22 +354,26 @@ impl Reader<'_> {
         }
     }
 
-    fn next_record(&mut self) -> Option<(Lsn, Vec<u8>)> {
+    /// Reads the next record into `record` (its earlier content replaced; one buffer serves
+    /// every record) and returns its position.
+    fn next_record(&mut self, record: &mut Vec<u8>) -> Option<Lsn> {
         if self.pos.is_multiple_of(self.page_size) && !self.enter_page(self.pos, 0) {
             return None;
         }
         let start = self.pos;
-        let total = u32::from_le_bytes(self.seg.get(start..start + 4)?.try_into().ok()?) as usize;
+        let total = u32::from_le_bytes(self.bytes(start, start + 4)?.try_into().ok()?) as usize;
         // A record longer than what is left of the segment cannot complete in it (its
         // continuation would need another segment): refused before anything is allocated.
-        if !(RECORD_HEADER..=1 << 30).contains(&total) || total > self.seg.len() - start {
+        if !(RECORD_HEADER..=1 << 30).contains(&total) || total > self.len - start {
             return None;
         }
-        let mut record = Vec::with_capacity(total);
+        record.clear();
+        record.reserve(total);
         loop {
             let end = self.page_end();
             let take = (total - record.len()).min(end - self.pos);
-            record.extend_from_slice(self.seg.get(self.pos..self.pos + take)?);
+            let pos = self.pos;
+            record.extend_from_slice(self.bytes(pos, pos + take)?);
             self.pos += take;
             if record.len() == total {
                 break;
@@ -302,10 +383,10 @@ impl Reader<'_> {
             }
         }
         self.pos = align8(self.pos);
-        if !crc_matches(&record) {
+        if !crc_matches(record) {
             return None;
         }
-        Some((Lsn(self.start_lsn.0 + start as u64), record))
+        Some(Lsn(self.start_lsn.0 + start as u64))
     }
 }
 
@@ -436,6 +517,52 @@ pub(crate) mod tests {
         }
     }
 
+    /// Hands out `data` in reads of the given sizes, in turn: pages split across reads.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        sizes: Vec<usize>,
+        next: usize,
+    }
+
+    impl std::io::Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let size = self.sizes[self.next % self.sizes.len()];
+            self.next += 1;
+            let n = size.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_failed_read_ends_the_scan_without_a_panic() {
+        struct Failing<'a>(&'a [u8]);
+        impl std::io::Read for Failing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::other("disk gone"));
+                }
+                let n = buf.len().min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut w = SegmentWriter::new(1, 1, 1 << 16, 8192, 0);
+        while w
+            .record(RM_XACT_ID, XLOG_XACT_COMMIT, 100, &pg_time(1))
+            .is_some()
+        {}
+        let whole = summarize("seg", &w.seg).unwrap().records;
+        let cut = summarize_read("seg", 1 << 16, Failing(&w.seg[..20_000])).unwrap();
+        assert!(
+            cut.records > 0 && cut.records < whole,
+            "{} of {whole}",
+            cut.records
+        );
+    }
+
     fn pg_time(micros: i64) -> Vec<u8> {
         micros.to_le_bytes().to_vec()
     }
@@ -506,6 +633,28 @@ pub(crate) mod tests {
             let t = |m: i64| Utc.timestamp_opt(PG_EPOCH_UNIX + m.div_euclid(1_000_000), (m.rem_euclid(1_000_000) * 1000) as u32).unwrap();
             prop_assert_eq!(s.first_commit, expected.first().map(|&m| t(m)));
             prop_assert_eq!(s.last_commit, expected.last().map(|&m| t(m)));
+        }
+
+        #[test]
+        fn reading_in_pieces_finds_what_the_whole_segment_holds(
+            records in proptest::collection::vec((0u8..3, 0usize..20_000, 0i64..1 << 40), 1..40),
+            pieces in proptest::collection::vec(1usize..10_000, 1..20),
+        ) {
+            let mut w = SegmentWriter::new(7, 3, 1 << 18, 8192, 5 << 24);
+            for (kind, block, time) in records {
+                let (rmid, info, main) = match kind {
+                    0 => (RM_XACT_ID, XLOG_XACT_COMMIT, pg_time(time)),
+                    1 => (RM_XLOG_ID, XLOG_RESTORE_POINT, [pg_time(time), b"point\0".to_vec()].concat()),
+                    _ => (RM_XACT_ID, 0x50, vec![1u8; 300]),
+                };
+                if w.record(rmid, info, block, &main).is_none() {
+                    break;
+                }
+            }
+            let whole = summarize("seg", &w.seg).unwrap();
+            let reader = Pieces { data: &w.seg, sizes: pieces, next: 0 };
+            let read = summarize_read("seg", w.seg.len() as u64, reader).unwrap();
+            prop_assert_eq!(read, whole);
         }
 
         #[test]

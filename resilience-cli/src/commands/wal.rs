@@ -11,13 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::Bytes;
 use resilience_pg::archive::async_push::{
     self, PushMarker, PusherOptions, WaitOptions, PUSHER_LOCK,
 };
 use resilience_pg::archive::prefetch::{self, PrefetchOptions, PrefetchRequest, PREFETCHER_LOCK};
 use resilience_pg::archive::spool::Spool;
-use resilience_pg::archive::{PushOutcome, WalArchive};
+use resilience_pg::archive::{FetchTarget, PushOutcome, WalArchive};
 use resilience_pg::lsn::{self, WalFileKind};
 use resilience_pg::PgError;
 
@@ -91,12 +90,9 @@ pub async fn push(g: &Global, args: &WalPushArgs) -> Result<(), CliError> {
         }
         tracing::info!(name, "not marked ready by Postgres: pushed synchronously");
     }
-    let content = tokio::fs::read(&args.path).await.map_err(|e| {
-        CliError::Usage(format!("cannot read WAL file {}: {e}", args.path.display()))
-    })?;
     let repo = access::open(g).await?;
     let wal = WalArchive::new(&repo, &args.source)?;
-    match wal.push(&name, Bytes::from(content)).await? {
+    match wal.push_file(&name, &args.path).await?.outcome {
         PushOutcome::Stored => tracing::info!(name, "archived"),
         PushOutcome::AlreadyArchived => {
             tracing::info!(name, "already archived with the same content")
@@ -187,21 +183,17 @@ pub async fn fetch(g: &Global, args: &WalFetchArgs) -> Result<(), CliError> {
     }
     let repo = access::open(g).await.map_err(failed)?;
     let wal = WalArchive::new(&repo, &args.source).map_err(|e| failed(e.into()))?;
-    let Some((_, content)) = wal.fetch(name).await.map_err(|e| failed(e.into()))? else {
+    let target = FetchTarget {
+        dest: args.dest.clone(),
+        tmp: args.dest.with_extension("resilience-partial"),
+        durable: false,
+    };
+    let fetched = wal.fetch_to_file(name, move |_| Ok(target)).await;
+    let Some(header) = fetched.map_err(|e| failed(e.into()))? else {
         return Err(CliError::Quiet(1));
     };
-    let dest = &args.dest;
-    let tmp = dest.with_extension("resilience-partial");
-    let write = async {
-        tokio::fs::write(&tmp, &content).await?;
-        tokio::fs::rename(&tmp, dest).await
-    };
-    write.await.map_err(|e| CliError::WithStatus {
-        message: format!("wal-fetch {name}: cannot write {}: {e}", dest.display()),
-        status: FETCH_FAILED,
-    })?;
     if let Some(spool) = &spool {
-        prefetch_after(spool, name, content.len() as u64);
+        prefetch_after(spool, name, header.size);
     }
     Ok(())
 }

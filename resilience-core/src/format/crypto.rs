@@ -96,6 +96,26 @@ pub fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// [`open`] without a copy: decrypts `nonce || ciphertext || tag` where it lies and returns the
+/// plaintext, a part of `sealed`; `None` as [`open`] (the bytes are then left undefined).
+pub fn open_in_place<'a>(key: &SecretKey, aad: &[u8], sealed: &'a mut [u8]) -> Option<&'a [u8]> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return None;
+    }
+    let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+    let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+    let cipher = XChaCha20Poly1305::new(Key::from_slice(&key.0));
+    cipher
+        .decrypt_in_place_detached(
+            XNonce::from_slice(nonce),
+            aad,
+            ciphertext,
+            Tag::from_slice(tag),
+        )
+        .ok()?;
+    Some(ciphertext)
+}
+
 /// Length of an X25519 public key (a key copy's *recipient*).
 pub const RECIPIENT_LEN: usize = 32;
 

@@ -161,6 +161,91 @@ pub fn seal_object_parts(keys: &KeySet, kind: ObjectKind, name: &str, parts: &[&
     out
 }
 
+/// [`seal_object_parts`] of `prefix` followed by exactly `len` bytes read from `source`, which
+/// is never held whole: memory is the sealed object and zstd's window, so a 16 MiB file costs
+/// its compressed size. Compressed at level 1, by several threads when it is long (the caller
+/// waits for it: a WAL push). A read that fails, or a source that ends before `len` bytes, is an
+/// error (and nothing is sealed).
+pub fn seal_object_read(
+    keys: &KeySet,
+    kind: ObjectKind,
+    name: &str,
+    prefix: &[u8],
+    source: impl std::io::Read,
+    len: u64,
+) -> std::io::Result<Vec<u8>> {
+    let total = prefix.len() as u64 + len;
+    let bound = usize::try_from(total)
+        .ok()
+        .map(zstd::zstd_safe::compress_bound)
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(bound + HEADER_LEN + crypto::SEAL_OVERHEAD + CHECKSUM_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(kind as u8);
+    out.extend_from_slice(&keys.current_key_id().to_le_bytes());
+    let aad = [&out[..HEADER_LEN], name.as_bytes()].concat();
+    let mut failed = None;
+    crypto::seal_appended(&keys.current_key(), &aad, &mut out, |out| {
+        if let Err(e) = compress_read(prefix, source, len, total, out) {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    append_checksum(&mut out);
+    Ok(out)
+}
+
+/// The zstd level of objects sealed from a reader: WAL segments, pushed while Postgres waits
+/// for each. Level 1 compresses twice as fast as 3; on WAL its output is within a few percent
+/// of level 3's (smaller on pgbench-like segments: 2.98 against 3.38 MB of 16 MiB).
+const STREAM_LEVEL: i32 = 1;
+/// Objects read from a source at least this long are compressed by several threads.
+const MT_MIN_LEN: u64 = 2 << 20;
+/// What each compression thread takes at a time: small, so the threads' input buffers stay a
+/// few MiB (zstd's default for level 3 is 8 MiB a job).
+const MT_JOB_SIZE: u32 = 1 << 20;
+
+/// Threads to compress `len` bytes with: one per core, up to 4, for long objects. A WAL
+/// segment is pushed by one process while the others wait (Postgres archives one file at a
+/// time), so the cores it leaves idle are what makes the push keep up.
+fn compression_workers(len: u64) -> u32 {
+    if len < MT_MIN_LEN {
+        return 0;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32
+}
+
+/// Appends one zstd frame of `prefix` and `len` bytes of `source`.
+fn compress_read(
+    prefix: &[u8],
+    source: impl std::io::Read,
+    len: u64,
+    total: u64,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut encoder = zstd::stream::write::Encoder::new(out, STREAM_LEVEL)?;
+    let workers = compression_workers(total);
+    if workers > 1 {
+        encoder.multithread(workers)?;
+        encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(MT_JOB_SIZE))?;
+    }
+    encoder.set_pledged_src_size(Some(total))?;
+    encoder.include_contentsize(true)?;
+    encoder.write_all(prefix)?;
+    let copied = std::io::copy(&mut source.take(len), &mut encoder)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{copied} bytes where {len} were expected"),
+        ));
+    }
+    encoder.finish()?;
+    Ok(())
+}
+
 /// Appends one zstd frame (level 3, its content size recorded) of the concatenated `parts`.
 fn compress_parts(parts: &[&[u8]], total: usize, out: &mut Vec<u8>) {
     use std::io::Write;
@@ -187,6 +272,39 @@ pub fn sealed_key_id(bytes: &[u8]) -> Option<crate::format::crypto::DataKeyId> {
 
 /// Checks and opens a sealed object; every failure names `name`.
 pub fn open_object(keys: &KeySet, kind: ObjectKind, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let (body, key, aad) = check_sealed(keys, kind, name, bytes)?;
+    let compressed =
+        crypto::open(&key, &aad, &body[HEADER_LEN..]).ok_or_else(|| auth_failed(name))?;
+    zstd::stream::decode_all(compressed.as_slice())
+        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))
+}
+
+/// [`open_object`] as a stream: checks and decrypts the object where it lies in `bytes` and
+/// returns a reader of its payload, decompressed as it is read, so a large payload is never
+/// whole in memory. Damage the checks find is an error naming `name`; a payload that does not
+/// decompress is an error of the reader's (the caller names the object).
+pub fn open_object_reader<'a>(
+    keys: &KeySet,
+    kind: ObjectKind,
+    name: &str,
+    bytes: &'a mut [u8],
+) -> Result<impl std::io::Read + 'a> {
+    let (_, key, aad) = check_sealed(keys, kind, name, bytes)?;
+    let body_len = bytes.len() - CHECKSUM_LEN;
+    let compressed = crypto::open_in_place(&key, &aad, &mut bytes[HEADER_LEN..body_len])
+        .ok_or_else(|| auth_failed(name))?;
+    zstd::stream::read::Decoder::with_buffer(compressed)
+        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))
+}
+
+/// Checks a sealed object's checksum, magic and kind: its body (without the checksum), the
+/// data key it names and its associated data.
+fn check_sealed<'a>(
+    keys: &KeySet,
+    kind: ObjectKind,
+    name: &str,
+    bytes: &'a [u8],
+) -> Result<(&'a [u8], crypto::SecretKey, Vec<u8>)> {
     let body = check_checksum(name, bytes)?;
     if body.len() < HEADER_LEN || &body[..4] != MAGIC {
         return Err(Error::corrupt(name, "not a resilience object (bad magic)"));
@@ -205,14 +323,14 @@ pub fn open_object(keys: &KeySet, kind: ObjectKind, name: &str, bytes: &[u8]) ->
         )
     })?;
     let aad = [&body[..HEADER_LEN], name.as_bytes()].concat();
-    let compressed = crypto::open(&key, &aad, &body[HEADER_LEN..]).ok_or_else(|| {
-        Error::corrupt(
-            name,
-            "authentication failed (tampered, or not sealed for this name)",
-        )
-    })?;
-    zstd::stream::decode_all(compressed.as_slice())
-        .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))
+    Ok((body, key, aad))
+}
+
+fn auth_failed(name: &str) -> Error {
+    Error::corrupt(
+        name,
+        "authentication failed (tampered, or not sealed for this name)",
+    )
 }
 
 #[cfg(test)]
@@ -273,6 +391,42 @@ mod tests {
         }
 
         #[test]
+        fn an_object_sealed_from_a_reader_opens_to_prefix_and_content(
+            prefix in proptest::collection::vec(any::<u8>(), 0..100),
+            content in proptest::collection::vec(any::<u8>(), 0..20_000),
+        ) {
+            let ks = KeySet::generate();
+            let obj = seal_object_read(&ks, ObjectKind::SideItem, "wal/x/1", &prefix, &content[..], content.len() as u64).unwrap();
+            prop_assert_eq!(open_object(&ks, ObjectKind::SideItem, "wal/x/1", &obj).unwrap(), [prefix, content].concat());
+        }
+
+        #[test]
+        fn an_object_read_as_a_stream_opens_to_its_payload(
+            payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+            damage in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            use std::io::Read;
+            let ks = KeySet::generate();
+            let mut obj = seal_object(&ks, ObjectKind::SideItem, "wal/x/1", &payload);
+            if let Some(i) = damage {
+                let i = i.index(obj.len());
+                obj[i] ^= 0x10;
+            }
+            let whole = open_object(&ks, ObjectKind::SideItem, "wal/x/1", &obj);
+            let streamed = open_object_reader(&ks, ObjectKind::SideItem, "wal/x/1", &mut obj)
+                .and_then(|mut r| {
+                    let mut out = Vec::new();
+                    r.read_to_end(&mut out).map_err(|e| Error::corrupt("wal/x/1", e.to_string()))?;
+                    Ok(out)
+                });
+            match (whole, streamed) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => prop_assert!(false, "whole {:?} streamed {:?}", a.is_ok(), b.is_ok()),
+            }
+        }
+
+        #[test]
         fn any_damage_is_caught_without_key(payload in proptest::collection::vec(any::<u8>(), 0..500), pos in any::<prop::sample::Index>()) {
             let ks = KeySet::generate();
             let mut obj = seal_object(&ks, ObjectKind::Index, "index", &payload);
@@ -282,6 +436,32 @@ mod tests {
             obj[i] ^= 0x40;
             prop_assert!(check_checksum("index", &obj[..obj.len() - 1]).is_err());
         }
+    }
+
+    #[test]
+    fn a_reader_that_ends_early_or_fails_seals_nothing() {
+        let ks = KeySet::generate();
+        let short = seal_object_read(&ks, ObjectKind::SideItem, "wal/x/1", b"h", &b"abc"[..], 4);
+        assert_eq!(short.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+        struct Failing;
+        impl std::io::Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk gone"))
+            }
+        }
+        let failed = seal_object_read(&ks, ObjectKind::SideItem, "wal/x/1", b"h", Failing, 4);
+        assert!(failed.unwrap_err().to_string().contains("disk gone"));
+        // A longer source is read only as far as `len`.
+        let obj = seal_object_read(
+            &ks,
+            ObjectKind::SideItem,
+            "wal/x/1",
+            b"h",
+            &b"abcdef"[..],
+            3,
+        );
+        let opened = open_object(&ks, ObjectKind::SideItem, "wal/x/1", &obj.unwrap()).unwrap();
+        assert_eq!(opened, b"habc");
     }
 
     #[test]

@@ -79,6 +79,31 @@ impl SideArchive {
         object::seal_object_parts(&self.keys, kind.kind(), key, parts)
     }
 
+    /// [`SideArchive::seal_parts`] of `prefix` followed by `len` bytes read from `source`,
+    /// never held whole ([`object::seal_object_read`]).
+    pub fn seal_read(
+        &self,
+        kind: SideObject,
+        key: &str,
+        prefix: &[u8],
+        source: impl std::io::Read,
+        len: u64,
+    ) -> std::io::Result<Vec<u8>> {
+        object::seal_object_read(&self.keys, kind.kind(), key, prefix, source, len)
+    }
+
+    /// [`SideArchive::open`] as a stream: checks and decrypts the object where it lies in
+    /// `bytes` and returns a reader of its payload, decompressed as it is read
+    /// ([`object::open_object_reader`]).
+    pub fn open_reader<'a>(
+        &self,
+        kind: SideObject,
+        key: &str,
+        bytes: &'a mut [u8],
+    ) -> Result<impl std::io::Read + 'a> {
+        object::open_object_reader(&self.keys, kind.kind(), key, bytes)
+    }
+
     /// Checks and opens the object named `key`; a damaged, forged or wrongly keyed object is an
     /// error naming it.
     pub fn open(&self, kind: SideObject, key: &str, bytes: &[u8]) -> Result<Vec<u8>> {

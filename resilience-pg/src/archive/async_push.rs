@@ -23,7 +23,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
@@ -294,20 +293,10 @@ pub async fn run_pusher(
 /// Pushes one ready file and writes its marker; whether it is archived.
 async fn push_one(wal: &WalArchive, spool: &Spool, path: &Path, name: &str) -> bool {
     let outcome = async {
-        let content = tokio::fs::read(path)
-            .await
-            .map_err(PgError::io("read", path.display()))?;
-        let content = Bytes::from(content);
-        let hashed = content.clone();
-        let digest =
-            tokio::task::spawn_blocking(move || blake3::hash(&hashed).to_hex().to_string())
-                .await
-                .map_err(|e| PgError::Invalid(format!("hashing {name}: {e}")))?;
-        let size = content.len() as u64;
-        wal.push_digested(name, content, digest.clone()).await?;
+        let pushed = wal.push_file(name, path).await?;
         Ok::<_, PgError>(PushMarker::Archived {
-            size,
-            blake3: digest,
+            size: pushed.size,
+            blake3: pushed.blake3,
         })
     }
     .await;

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use super::spool::{hash_file, Spool};
-use super::WalArchive;
+use rand::RngCore;
+
+use super::spool::{hash_file, Spool, TEMP_PREFIX};
+use super::{FetchTarget, WalArchive, WalHeader};
 use crate::error::PgError;
 use crate::lsn::SegmentName;
 
@@ -287,22 +289,27 @@ async fn prefetch_one(
     name: &str,
     asked: &PrefetchRequest,
 ) -> Result<bool, PgError> {
-    let Some((header, content)) = wal.fetch(name).await? else {
-        return Ok(false);
+    let (owned, segment_size, spool) = (name.to_owned(), asked.segment_size, spool.clone());
+    let place = move |header: &WalHeader| {
+        if header.size != segment_size {
+            return Err(PgError::Invalid(format!(
+                "archived segment {owned} holds {} bytes, the cluster's segments {segment_size}",
+                header.size
+            )));
+        }
+        let file = format!("{owned}.{}", header.blake3);
+        let mut id = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        Ok(FetchTarget {
+            dest: spool.path(&file),
+            tmp: spool.path(&format!("{TEMP_PREFIX}{file}.{}", hex::encode(id))),
+            // Not synced: a prefetched file is hashed again before it is served, so one torn
+            // by a crash is found and fetched anew; a sync would write 16 MiB back per segment
+            // while recovery waits.
+            durable: false,
+        })
     };
-    if content.len() as u64 != asked.segment_size {
-        return Err(PgError::Invalid(format!(
-            "archived segment {name} holds {} bytes, the cluster's segments {}",
-            content.len(),
-            asked.segment_size
-        )));
-    }
-    let file = format!("{name}.{}", header.blake3);
-    let spool = spool.clone();
-    tokio::task::spawn_blocking(move || spool.write_durably(&file, &content))
-        .await
-        .map_err(|e| PgError::Invalid(format!("writing {name}: {e}")))??;
-    Ok(true)
+    Ok(wal.fetch_to_file(name, place).await?.is_some())
 }
 
 #[cfg(test)]
