@@ -147,18 +147,9 @@ pub fn seal_object(keys: &KeySet, kind: ObjectKind, name: &str, payload: &[u8]) 
 /// parts and the sealed object, nothing else of size n.
 pub fn seal_object_parts(keys: &KeySet, kind: ObjectKind, name: &str, parts: &[&[u8]]) -> Vec<u8> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    // Reserved, not touched: the pages zstd does not fill are never made resident.
-    let bound = zstd::zstd_safe::compress_bound(total);
-    let mut out = Vec::with_capacity(bound + HEADER_LEN + crypto::SEAL_OVERHEAD + CHECKSUM_LEN);
-    out.extend_from_slice(MAGIC);
-    out.push(kind as u8);
-    out.extend_from_slice(&keys.current_key_id().to_le_bytes());
-    let aad = [&out[..HEADER_LEN], name.as_bytes()].concat();
-    crypto::seal_appended(&keys.current_key(), &aad, &mut out, |out| {
+    seal_written(keys, kind, name, total as u64, |out| {
         compress_parts(parts, total, out);
-    });
-    append_checksum(&mut out);
-    out
+    })
 }
 
 /// [`seal_object_parts`] of `prefix` followed by exactly `len` bytes read from `source`, which
@@ -175,6 +166,27 @@ pub fn seal_object_read(
     len: u64,
 ) -> std::io::Result<Vec<u8>> {
     let total = prefix.len() as u64 + len;
+    let mut failed = None;
+    let sealed = seal_written(keys, kind, name, total, |out| {
+        failed = compress_read(prefix, source, len, total, out).err();
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(sealed),
+    }
+}
+
+/// A sealed object of `kind` named `name` whose payload, `total` bytes before compression, is
+/// what `compress` appends (one zstd frame): header, compressed straight into the object's
+/// buffer and encrypted there, checksum.
+fn seal_written(
+    keys: &KeySet,
+    kind: ObjectKind,
+    name: &str,
+    total: u64,
+    compress: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    // Reserved, not touched: the pages zstd does not fill are never made resident.
     let bound = usize::try_from(total)
         .ok()
         .map(zstd::zstd_safe::compress_bound)
@@ -184,17 +196,9 @@ pub fn seal_object_read(
     out.push(kind as u8);
     out.extend_from_slice(&keys.current_key_id().to_le_bytes());
     let aad = [&out[..HEADER_LEN], name.as_bytes()].concat();
-    let mut failed = None;
-    crypto::seal_appended(&keys.current_key(), &aad, &mut out, |out| {
-        if let Err(e) = compress_read(prefix, source, len, total, out) {
-            failed = Some(e);
-        }
-    });
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    crypto::seal_appended(&keys.current_key(), &aad, &mut out, compress);
     append_checksum(&mut out);
-    Ok(out)
+    out
 }
 
 /// The zstd level of objects sealed from a reader: WAL segments, pushed while Postgres waits
@@ -212,7 +216,7 @@ const MT_JOB_SIZE: u32 = 1 << 20;
 /// time), so the cores it leaves idle are what makes the push keep up.
 fn compression_workers(len: u64) -> u32 {
     if len < MT_MIN_LEN {
-        return 0;
+        return 1;
     }
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32
 }

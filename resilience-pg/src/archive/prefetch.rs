@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use rand::RngCore;
-
-use super::spool::{hash_file, Spool, TEMP_PREFIX};
+use super::spool::{hash_file, Spool};
 use super::{FetchTarget, WalArchive, WalHeader};
 use crate::error::PgError;
 use crate::lsn::SegmentName;
@@ -298,11 +296,9 @@ async fn prefetch_one(
             )));
         }
         let file = format!("{owned}.{}", header.blake3);
-        let mut id = [0u8; 8];
-        rand::rngs::OsRng.fill_bytes(&mut id);
         Ok(FetchTarget {
             dest: spool.path(&file),
-            tmp: spool.path(&format!("{TEMP_PREFIX}{file}.{}", hex::encode(id))),
+            tmp: spool.temp_path(&file),
             // Not synced: a prefetched file is hashed again before it is served, so one torn
             // by a crash is found and fetched anew; a sync would write 16 MiB back per segment
             // while recovery waits.

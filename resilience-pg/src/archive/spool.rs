@@ -52,6 +52,14 @@ impl Spool {
         self.dir.join(file)
     }
 
+    /// A fresh temporary path for writing `file` before it is renamed into place: removed by
+    /// [`Spool::remove_leftovers`] if a crash leaves it, never listed as a file.
+    pub fn temp_path(&self, file: &str) -> PathBuf {
+        let mut id = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        self.path(&format!("{TEMP_PREFIX}{file}.{}", hex::encode(id)))
+    }
+
     /// Writes `bytes` as `file`, whole or not at all, and durably: a temporary file is written
     /// and synced, renamed to `file`, and the directory synced.
     pub fn write_durably(&self, file: &str, bytes: &[u8]) -> Result<(), PgError> {
@@ -61,9 +69,7 @@ impl Spool {
     /// Writes `bytes` as `file`, whole or not at all (a temporary file renamed), synced first
     /// if `durable` (a hint that may be lost to a crash need not be).
     pub fn write_whole(&self, file: &str, bytes: &[u8], durable: bool) -> Result<(), PgError> {
-        let mut id = [0u8; 8];
-        rand::rngs::OsRng.fill_bytes(&mut id);
-        let tmp = self.path(&format!("{TEMP_PREFIX}{file}.{}", hex::encode(id)));
+        let tmp = self.temp_path(file);
         let dest = self.path(file);
         let written = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
