@@ -1,10 +1,12 @@
 //! Physical base backups of a co-located cluster.
 //!
-//! A session is held open from `pg_backup_start(label, fast)` to `pg_backup_stop(true)`; in
+//! A session is held open from `pg_backup_start(label, fast)` to `pg_backup_stop`; in
 //! between, the data directory (and each tablespace, under `pg_tblspc/<oid>/`) is walked in
 //! order and streamed through the engine, skipping what Postgres' documentation says a base
 //! backup must not contain. `backup_label` and `tablespace_map`, returned by `pg_backup_stop`,
-//! become entries after the walk; LSNs, timeline and versions go to the catalog.
+//! become entries after the walk; LSNs, timeline and versions go to the catalog. On a primary
+//! the backup then waits, as `pg_backup_stop(true)` would but without its one-second naps,
+//! until Postgres has archived the WAL the backup needs ([`crate::archive_wait`]).
 //!
 //! When the cluster has data checksums on, every page of every relation file read is validated
 //! on its way through ([`crate::page_verify`]); corrupt pages are logged and recorded in the
@@ -150,6 +152,7 @@ pub struct PgBaseSource {
     wal_source: String,
     fast_checkpoint: bool,
     fail_on_corrupt_page: bool,
+    archive_timeout: Duration,
 }
 
 impl PgBaseSource {
@@ -163,6 +166,7 @@ impl PgBaseSource {
             wal_source: DEFAULT_SOURCE.to_owned(),
             fast_checkpoint: true,
             fail_on_corrupt_page: false,
+            archive_timeout: crate::archive_wait::DEFAULT_ARCHIVE_TIMEOUT,
         }
     }
 
@@ -193,6 +197,14 @@ impl PgBaseSource {
     /// the snapshot is recorded failed.
     pub fn fail_on_corrupt_page(mut self, fail: bool) -> Self {
         self.fail_on_corrupt_page = fail;
+        self
+    }
+
+    /// How long the backup waits, once stopped, for Postgres to archive the WAL it needs
+    /// (default [`crate::archive_wait::DEFAULT_ARCHIVE_TIMEOUT`], 60 s) before it fails
+    /// naming the file: a backup whose WAL is not archived cannot be restored.
+    pub fn archive_timeout(mut self, timeout: Duration) -> Self {
+        self.archive_timeout = timeout;
         self
     }
 }
@@ -312,6 +324,7 @@ impl Source for PgBaseSource {
             hot_since_ns: hot_since.timestamp_nanos_opt().unwrap_or(i64::MAX),
             init_forks: None,
             fail_on_corrupt_page: self.fail_on_corrupt_page,
+            archive_timeout: self.archive_timeout,
             info: BaseBackupInfo {
                 system_identifier,
                 pg_version,
@@ -351,6 +364,7 @@ struct PgSession {
     /// The directory last looked at for unlogged relations, and their relfilenodes.
     init_forks: Option<(PathBuf, HashSet<String>)>,
     fail_on_corrupt_page: bool,
+    archive_timeout: Duration,
     info: BaseBackupInfo,
     /// Validates relation files' pages, when the cluster has data checksums on.
     pages: Option<PageChecker>,
@@ -460,11 +474,19 @@ impl PgSession {
     }
 
     async fn stop(&mut self) -> Result<(), AdapterError> {
+        // A standby's backup leaves the wait to Postgres (it waits only with archive_mode =
+        // always); a primary's waits below, looking more often than Postgres does.
+        let standby: bool = self
+            .client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(query_err("pg_is_in_recovery"))?
+            .get(0);
         let row = self
             .client
             .query_one(
-                "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)",
-                &[],
+                "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop($1)",
+                &[&standby],
             )
             .await
             .map_err(query_err("pg_backup_stop"))?;
@@ -488,6 +510,20 @@ impl PgSession {
             self.info.wal_segment_size,
         )
         .file_name(self.info.wal_segment_size);
+        if !standby {
+            let needed = crate::archive_wait::backup_wal_files(
+                self.info.timeline,
+                self.info.start_lsn,
+                self.info.stop_lsn,
+                self.info.wal_segment_size,
+            );
+            crate::archive_wait::wait_archived(
+                self.pgdata.join("pg_wal"),
+                &needed,
+                self.archive_timeout,
+            )
+            .await?;
+        }
         let owner = std::fs::metadata(&self.pgdata).ok();
         for (name, content) in [("backup_label", Some(label)), ("tablespace_map", spcmap)] {
             let Some(content) = content.filter(|c| !c.is_empty()) else {

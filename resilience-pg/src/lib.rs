@@ -26,6 +26,7 @@
 //! ```
 
 pub mod archive;
+pub mod archive_wait;
 pub mod base;
 pub mod catalog;
 pub mod check;

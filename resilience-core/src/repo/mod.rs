@@ -91,7 +91,7 @@ impl Default for InitOptions {
         InitOptions {
             chunker: ChunkerParams::default(),
             pack_size: 16 * 1024 * 1024,
-            compression_level: 3,
+            compression_level: 1,
             inline_limit: 4096,
             object_lock: None,
         }

@@ -5,6 +5,9 @@
 //! files that changed: an unchanged file costs its `lstat` and nothing more. A small file is
 //! opened, read whole and closed in one step.
 //!
+//! A file larger than one block is read one block ahead: while the engine chunks a block, the
+//! next one is being read, so a large file's reads overlap its chunking (1 MiB more held).
+//!
 //! The reads of all lazy files go through one queue, drained by a few threads of the blocking
 //! pool that take job after job while there are any: many small reads in flight (the engine
 //! reads ahead several files at once) cost a few thread wake-ups, not one per file.
@@ -95,12 +98,14 @@ pub struct LazyFile {
 enum State {
     /// Not opened yet.
     Unopened,
-    /// Open; `buf[pos..]` is read and not yet handed on; `eof` once a read returned nothing.
+    /// Open; `buf[pos..]` is read and not yet handed on; `eof` once a read returned nothing;
+    /// `ahead` is the next block's read, under way (it holds the file meanwhile).
     Open {
         file: Option<std::fs::File>,
         buf: Vec<u8>,
         pos: usize,
         eof: bool,
+        ahead: Option<tokio::sync::oneshot::Receiver<BlockRead>>,
     },
     /// A read queued or under way.
     Reading(tokio::sync::oneshot::Receiver<BlockRead>),
@@ -162,6 +167,7 @@ impl AsyncRead for LazyFile {
                     pos,
                     eof,
                     file,
+                    ahead,
                 } => {
                     if *pos < buf.len() {
                         let n = out.remaining().min(buf.len() - *pos);
@@ -169,7 +175,14 @@ impl AsyncRead for LazyFile {
                         *pos += n;
                         return Poll::Ready(Ok(()));
                     }
-                    if *eof || out.remaining() == 0 {
+                    if out.remaining() == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if let Some(next) = ahead.take() {
+                        this.state = State::Reading(next);
+                        continue;
+                    }
+                    if *eof {
                         return Poll::Ready(Ok(()));
                     }
                     let (file, buf) = (file.take(), std::mem::take(buf));
@@ -194,11 +207,20 @@ impl AsyncRead for LazyFile {
                     });
                     match done {
                         Ok((file, buf, eof)) => {
+                            // More to read: the next block is read while this one is used.
+                            let (file, ahead) = match file {
+                                Some(f) if !eof => (
+                                    None,
+                                    Some(queue_read(this.path.clone(), Some(f), Vec::new(), BLOCK)),
+                                ),
+                                file => (file, None),
+                            };
                             this.state = State::Open {
                                 file,
                                 buf,
                                 pos: 0,
                                 eof,
+                                ahead,
                             }
                         }
                         Err(e) => {
@@ -215,5 +237,100 @@ impl AsyncRead for LazyFile {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn read_all(path: PathBuf, hint: u64, piece: usize) -> std::io::Result<Vec<u8>> {
+        let mut reader = LazyFile::new(path, hint);
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; piece];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Whatever the file's size (around the block size and its multiples), the size the
+        /// walk saw and the reader's piece size, the bytes read are the file's.
+        #[test]
+        fn a_file_reads_back_as_its_bytes(
+            blocks in 0usize..4,
+            extra in prop_oneof![Just(0usize), Just(1), 0usize..BLOCK],
+            hint_off in -2i64..2,
+            piece in prop_oneof![Just(4096usize), Just(BLOCK), Just(3 * BLOCK), 1usize..100_000],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            let len = blocks * BLOCK + extra;
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            std::fs::write(&path, &data).unwrap();
+            let hint = (len as i64 + hint_off).max(0) as u64;
+            let got = runtime().block_on(read_all(path, hint, piece)).unwrap();
+            prop_assert_eq!(got.len(), data.len());
+            prop_assert!(got == data);
+        }
+    }
+
+    #[test]
+    fn a_file_that_grows_or_shrinks_while_read_ahead_reads_what_it_then_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 3 * BLOCK]).unwrap();
+        runtime().block_on(async {
+            let mut reader = LazyFile::new(path.clone(), 3 * BLOCK as u64);
+            let mut first = vec![0u8; BLOCK];
+            reader.read_exact(&mut first).await.unwrap();
+            // The second block may be read already; the third is read after this cut.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(2 * BLOCK as u64 + 10)
+                .unwrap();
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(
+                rest.len(),
+                BLOCK + 10,
+                "read what the file holds after the cut"
+            );
+            assert!(rest.iter().all(|b| *b == 7));
+        });
+    }
+
+    #[test]
+    fn a_reader_dropped_with_a_read_ahead_in_flight_leaves_the_queue_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..5 * BLOCK).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        runtime().block_on(async {
+            for _ in 0..8 {
+                let mut reader = LazyFile::new(path.clone(), data.len() as u64);
+                let mut first = vec![0u8; 10];
+                reader.read_exact(&mut first).await.unwrap();
+                drop(reader);
+            }
+            let got = read_all(path, data.len() as u64, BLOCK).await.unwrap();
+            assert!(got == data);
+        });
     }
 }
