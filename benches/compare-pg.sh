@@ -11,8 +11,8 @@
 # Runs as root; every Postgres-side command and both backup tools run as the postgres OS user
 # (setpriv execs, so /usr/bin/time sees the tool's own peak RSS). Everything lives under $WORK
 # (removed at the start, kept at the end for inspection); the bench cluster listens on
-# 127.0.0.1:$PORT and is stopped on exit. Both backup tools encrypt and compress with zstd
-# level 3; pgBackRest uses process-max=2, resilience --memory $MEMORY. pg_basebackup (plain
+# 127.0.0.1:$PORT and is stopped on exit. Both backup tools encrypt and compress with zstd:
+# pgBackRest at level 3 with process-max=2, resilience at its repository's default level (1), resilience --memory $MEMORY. pg_basebackup (plain
 # files, no compression, -X none; its "restore" is cp -a) is the reference.
 #
 # Honest on a shared VM: memory touched first, the page cache warm for everybody (the data
@@ -213,8 +213,8 @@ OUT=$(results_file pg-compare)
   echo
   echo "pgbench scale $SCALE (database $(python3 -c "print(f'{$DB_BYTES/1e6:.1f}')") MB);" \
        "$("$PGBIN/postgres" --version), $(pgbackrest version), $("$RES" --version)."
-  echo "Both backup tools: zstd level 3 and encryption (pgBackRest aes-256-cbc, process-max=2;"
-  echo "resilience --memory $MEMORY); a fresh repository every round; restores with recovery to the"
+  echo "Both backup tools: zstd and encryption (pgBackRest level 3, aes-256-cbc, process-max=2;"
+  echo "resilience its default level 1, --memory $MEMORY); a fresh repository every round; restores with recovery to the"
   echo "end of the backup (--target immediate, --type=immediate) into a new directory, checked."
   echo
   report_table pgBackRest resilience "base backup=backup" "restore=restore"
