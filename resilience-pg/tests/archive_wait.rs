@@ -41,14 +41,7 @@ async fn a_backup_waits_for_a_slow_archiver_to_archive_its_wal() {
         .batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
         .await
         .unwrap();
-    let report = lab
-        .repo
-        .backup(
-            &PgBaseSource::new(&primary.pgdata, primary.dsn()).with_id("main"),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let report = lab.base_backup(&primary).await;
     let info = BaseBackupInfo::from_metadata(&report.record.source_metadata).unwrap();
     let needed = backup_wal_files(
         info.timeline,

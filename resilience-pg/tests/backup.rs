@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use resilience_core::catalog::{BackupStatus, Catalog};
 use resilience_pg::archive::WalArchive;
-use resilience_pg::base::{BaseBackupInfo, PgBaseSource};
+use resilience_pg::base::BaseBackupInfo;
 use resilience_pg::lsn::{Lsn, SegmentName, WalFileKind};
 use resilience_pg::recovery::{
     self, RecoveryOptions, RecoveryOutcome, RecoveryPlan, RecoveryTarget, StartOptions,
@@ -165,14 +165,7 @@ async fn a_base_backup_recovers_to_a_point_between_two_batches_and_to_the_end_of
     )
     .await;
 
-    let report = lab
-        .repo
-        .backup(
-            &PgBaseSource::new(&primary.pgdata, primary.dsn()).with_id("main"),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let report = lab.base_backup(&primary).await;
     let id = report.record.id.clone();
     assert_eq!(report.record.status, BackupStatus::Succeeded);
     assert_eq!(
@@ -363,14 +356,7 @@ async fn a_segment_missing_from_the_archive_is_named_and_never_recovered_past() 
     let primary = lab.cluster("primary").await;
     let c = primary.client().await;
     exec(&c, "CREATE TABLE jobs (id int PRIMARY KEY, body text)").await;
-    let report = lab
-        .repo
-        .backup(
-            &PgBaseSource::new(&primary.pgdata, primary.dsn()).with_id("main"),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let report = lab.base_backup(&primary).await;
     let id = report.record.id;
     let info = BaseBackupInfo::from_metadata(&report.record.source_metadata).unwrap();
 

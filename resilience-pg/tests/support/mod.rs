@@ -11,9 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use resilience_core::keys::KeyFileProvider;
+use resilience_core::ops::backup::BackupReport;
 use resilience_core::repo::{InitOptions, Repository};
 use resilience_core::sink::MemorySink;
 use resilience_pg::archive::WalArchive;
+use resilience_pg::base::PgBaseSource;
 
 pub use resilience_pg::testing::{chown, ClusterOptions, TestCluster as Cluster};
 
@@ -83,6 +85,17 @@ impl Lab {
             n += 1;
         }
         n
+    }
+
+    /// A base backup of `cluster` as source `main`, which must succeed.
+    pub async fn base_backup(&self, cluster: &Cluster) -> BackupReport {
+        self.repo
+            .backup(
+                &PgBaseSource::new(&cluster.pgdata, cluster.dsn()).with_id("main"),
+                Default::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("base backup of {}: {e}", cluster.pgdata.display()))
     }
 
     /// A new cluster (1 MiB WAL segments, archiving into the spool), started.
