@@ -38,17 +38,18 @@ pub fn backup_wal_files(timeline: u32, start: Lsn, stop: Lsn, segment_size: u64)
     ]
 }
 
-/// Whether Postgres still has to archive `name` from the WAL directory `pg_wal`.
-pub fn is_busy(pg_wal: &Path, name: &str) -> bool {
+/// Whether Postgres still has to archive `name` from the WAL directory `pg_wal`. A look that
+/// fails (other than "no such file") is an error, never taken for "archived".
+pub fn is_busy(pg_wal: &Path, name: &str) -> std::io::Result<bool> {
     let status = pg_wal.join("archive_status");
-    if status.join(format!("{name}.done")).exists() {
-        return false;
+    if status.join(format!("{name}.done")).try_exists()? {
+        return Ok(false);
     }
-    if status.join(format!("{name}.ready")).exists() {
-        return true;
+    if status.join(format!("{name}.ready")).try_exists()? {
+        return Ok(true);
     }
     // Neither mark: archived and recycled if the file is gone, else not yet marked ready.
-    pg_wal.join(name).exists()
+    pg_wal.join(name).try_exists()
 }
 
 /// Waits until Postgres has archived every one of `names` from `pg_wal`, or fails after
@@ -63,10 +64,18 @@ pub async fn wait_archived(
     loop {
         let dir = pg_wal.clone();
         let list = names.to_vec();
-        let waiting =
-            tokio::task::spawn_blocking(move || list.into_iter().find(|name| is_busy(&dir, name)))
-                .await
-                .map_err(|e| AdapterError::new("wait for archiving", "pg_wal", e))?;
+        let waiting = tokio::task::spawn_blocking(move || {
+            for name in list {
+                match is_busy(&dir, &name) {
+                    Ok(false) => {}
+                    Ok(true) => return Ok(Some(name)),
+                    Err(e) => return Err(AdapterError::new("wait for archiving", name, e)),
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| AdapterError::new("wait for archiving", "pg_wal", e))??;
         let Some(name) = waiting else {
             return Ok(());
         };
@@ -111,22 +120,37 @@ mod tests {
         std::fs::create_dir(wal.join("archive_status")).unwrap();
         let name = "000000010000000000000002";
         std::fs::write(wal.join(name), b"wal").unwrap();
-        assert!(is_busy(wal, name), "written, not yet marked ready");
+        assert!(is_busy(wal, name).unwrap(), "written, not yet marked ready");
         std::fs::write(
             wal.join("archive_status").join(format!("{name}.ready")),
             b"",
         )
         .unwrap();
-        assert!(is_busy(wal, name), "ready");
+        assert!(is_busy(wal, name).unwrap(), "ready");
         std::fs::rename(
             wal.join("archive_status").join(format!("{name}.ready")),
             wal.join("archive_status").join(format!("{name}.done")),
         )
         .unwrap();
-        assert!(!is_busy(wal, name), "done");
+        assert!(!is_busy(wal, name).unwrap(), "done");
         std::fs::remove_file(wal.join("archive_status").join(format!("{name}.done"))).unwrap();
         std::fs::remove_file(wal.join(name)).unwrap();
-        assert!(!is_busy(wal, name), "archived and recycled");
+        assert!(!is_busy(wal, name).unwrap(), "archived and recycled");
+    }
+
+    #[tokio::test]
+    async fn a_status_directory_that_cannot_be_read_fails_the_wait_never_passes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().to_path_buf();
+        // `archive_status` a file, not a directory: every look into it fails (ENOTDIR), as an
+        // unreadable one would; the segment itself is gone, which alone would read "archived".
+        std::fs::write(wal.join("archive_status"), b"").unwrap();
+        let names = vec!["000000010000000000000002".to_owned()];
+        assert!(is_busy(&wal, &names[0]).is_err());
+        let err = wait_archived(wal, &names, Duration::from_secs(30))
+            .await
+            .expect_err("a wait that could not look passed");
+        assert!(err.to_string().contains(&names[0]), "{err}");
     }
 
     #[tokio::test]

@@ -290,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_grows_or_shrinks_while_read_ahead_reads_what_it_then_holds() {
+    fn a_file_cut_short_while_read_ahead_reads_what_it_then_holds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, vec![7u8; 3 * BLOCK]).unwrap();
