@@ -70,9 +70,9 @@ pub struct Chunker {
     buf: BytesMut,
     /// Whether `buf` holds an allocation (it starts empty, without one).
     allocated: bool,
-    /// The buffered length below which no boundary can be found (the last search found none
-    /// in half of it); 0 after a cut.
-    search_from: usize,
+    /// How far the search for the next boundary has come: it resumes there when more bytes
+    /// are buffered, so each byte is hashed once.
+    scan: Scan,
     /// Earlier buffers, oldest first, held until the chunks cut from them are dropped.
     retired: VecDeque<Bytes>,
     /// Buffers allocated so far.
@@ -96,7 +96,7 @@ impl Chunker {
             mask_l: v2020::MASKS[(bits - 1) as usize],
             buf: BytesMut::new(),
             allocated: false,
-            search_from: 0,
+            scan: Scan::default(),
             retired: VecDeque::new(),
             #[cfg(test)]
             allocations: 0,
@@ -186,36 +186,79 @@ impl Chunker {
     /// cannot move it), or at the largest chunk. With `eof`, the rest is cut as well.
     ///
     /// A chunk comes out as soon as its boundary is buffered, so the chunker holds about one
-    /// average chunk, not a largest one. After a search that found no boundary, the next waits
-    /// for twice the bytes, so no byte is searched more than about twice.
+    /// average chunk, not a largest one. A search that finds no boundary resumes where it
+    /// stopped once more bytes are buffered: no byte is hashed twice.
     pub fn next_chunk(&mut self, eof: bool) -> Option<Bytes> {
         let len = self.buf.len();
+        let min = self.params.min_size as usize;
         let max = self.params.max_size as usize;
-        if len == 0
-            || (!eof && (len <= self.params.min_size as usize || len < self.search_from.min(max)))
-        {
+        if len == 0 || (!eof && len <= min) {
             return None;
         }
-        let (_, cut) = v2020::cut_gear(
-            &self.buf,
-            self.params.min_size as usize,
-            self.params.avg_size as usize,
-            max,
-            self.mask_s,
-            self.mask_l,
-            self.mask_s << 1,
-            self.mask_l << 1,
-            &self.gear,
-            &self.gear_ls,
-        );
-        if !eof && cut >= len && len < max {
-            // No boundary in what is buffered: the chunk's end is still to come.
-            self.search_from = 2 * len;
-            return None;
-        }
-        self.search_from = 0;
-        Some(self.buf.split_to(cut.max(1).min(len)).freeze())
+        let end = len.min(max);
+        let cut = if len <= min {
+            Some(len)
+        } else {
+            match self.search(end) {
+                Some(cut) => Some(cut),
+                None if eof || end == max => Some(end),
+                None => None,
+            }
+        }?;
+        self.scan = Scan::default();
+        Some(self.buf.split_to(cut.max(1)).freeze())
     }
+
+    /// Searches the buffered bytes up to `end` for the first boundary, from where the last
+    /// search stopped: FastCDC 2020's gear hash, two bytes a step, exactly as
+    /// [`v2020::cut_gear`] does on the whole input (the hash holds only the last 64 bytes, so
+    /// stopping and resuming at a step changes nothing). The boundary is the offset
+    /// `cut_gear` returns; `None` when there is none before `end`.
+    fn search(&mut self, end: usize) -> Option<usize> {
+        let src = &self.buf[..end];
+        let (gear, gear_ls) = (&*self.gear, &*self.gear_ls);
+        let (mask_s, mask_l) = (self.mask_s, self.mask_l);
+        let (mask_s_ls, mask_l_ls) = (mask_s << 1, mask_l << 1);
+        let center = self.params.avg_size as usize / 2;
+        let Scan {
+            mut index,
+            mut hash,
+        } = self.scan;
+        if index == 0 {
+            index = self.params.min_size as usize / 2;
+            hash = 0;
+        }
+        let steps = end / 2;
+        // Below the average, the harder mask (fewer small chunks); above it, the easier one.
+        let (small_end, masks) = (
+            center.min(steps),
+            [(mask_s_ls, mask_s), (mask_l_ls, mask_l)],
+        );
+        for (until, (mask_a, mask_b)) in [(small_end, masks[0]), (steps, masks[1])] {
+            while index < until {
+                let a = index * 2;
+                hash = (hash << 2).wrapping_add(gear_ls[src[a] as usize]);
+                if hash & mask_a == 0 {
+                    return Some(a);
+                }
+                hash = hash.wrapping_add(gear[src[a + 1] as usize]);
+                if hash & mask_b == 0 {
+                    return Some(a + 1);
+                }
+                index += 1;
+            }
+        }
+        self.scan = Scan { index, hash };
+        None
+    }
+}
+
+/// Where a search for a boundary stopped: the next two-byte step and the hash so far
+/// (`index` 0: not started).
+#[derive(Clone, Copy, Debug, Default)]
+struct Scan {
+    index: usize,
+    hash: u64,
 }
 
 #[cfg(test)]
@@ -270,6 +313,64 @@ mod tests {
                 prop_assert!(ch.len() <= 4096);
                 if i + 1 < a.len() { prop_assert!(ch.len() >= 256); }
             }
+        }
+    }
+
+    /// FastCDC's own cuts of the whole input, with the chunker's tables and masks.
+    fn reference_cuts(data: &[u8], seed: u64) -> Vec<usize> {
+        let p = small();
+        let c = Chunker::new(p, seed);
+        let (mut at, mut lens) = (0, Vec::new());
+        while at < data.len() {
+            let (_, cut) = v2020::cut_gear(
+                &data[at..],
+                p.min_size as usize,
+                p.avg_size as usize,
+                p.max_size as usize,
+                c.mask_s,
+                c.mask_l,
+                c.mask_s << 1,
+                c.mask_l << 1,
+                &c.gear,
+                &c.gear_ls,
+            );
+            let cut = cut.max(1);
+            lens.push(cut);
+            at += cut;
+        }
+        lens
+    }
+
+    /// Bytes of random runs and repeated runs (a run that repeats is where no boundary is).
+    fn mixed(len: usize, seed: u64) -> Vec<u8> {
+        let mut out = pseudo_random(len, seed);
+        let mut x = seed | 1;
+        let mut at = 0;
+        while at < len {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let run = (x >> 33) as usize % 9000;
+            if x & 1 == 0 {
+                out[at..(at + run).min(len)].fill((x >> 8) as u8);
+            }
+            at += run + 1;
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn cuts_are_fastcdcs_whatever_the_reads(len in 0usize..80_000, feed in 1usize..6000, seed in any::<u64>(), gear in any::<u64>()) {
+            let data = mixed(len, seed);
+            let mut c = Chunker::new(small(), gear);
+            let mut lens = Vec::new();
+            for piece in data.chunks(feed) {
+                c.buffer_mut().extend_from_slice(piece);
+                while let Some(ch) = c.next_chunk(false) { lens.push(ch.len()); }
+            }
+            while let Some(ch) = c.next_chunk(true) { lens.push(ch.len()); }
+            prop_assert_eq!(lens, reference_cuts(&data, gear));
         }
     }
 
