@@ -34,7 +34,7 @@ impl PgDataTarget {
     pub fn new(pgdata: &Path, resume: bool) -> Self {
         PgDataTarget {
             pgdata: pgdata.to_owned(),
-            inner: DirTarget::new(pgdata).resume(resume),
+            inner: DirTarget::new(pgdata).resume(resume).write_back(true),
         }
     }
 
