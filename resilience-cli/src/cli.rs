@@ -70,8 +70,9 @@ pub struct Global {
     /// The cold tier of the repository (another bucket or storage class).
     #[arg(long, global = true, value_name = "URL")]
     pub cold_repo: Option<String>,
-    /// Memory a backup or restore may hold in its buffers (read-ahead, chunks, packs in
-    /// flight), whatever the size of the data: bytes, or with a unit (KiB, MiB, GiB).
+    /// Memory a backup or restore may hold at its peak (its buffers — read-ahead, chunks,
+    /// packs in flight — and a reserve for the binary, runtime and allocator), whatever the
+    /// size of the data: bytes, or with a unit (KiB, MiB, GiB).
     #[arg(long, global = true, value_name = "SIZE", default_value = "64MiB", value_parser = parse_memory)]
     pub memory: usize,
 }

@@ -1,11 +1,14 @@
-//! The memory budget of a backup or a restore: the bytes its buffers may hold at once, and how
-//! the budget is shared between the stages, whatever the size of the data.
+//! The memory budget of a backup or a restore: the bytes it may hold at once, and how the
+//! budget is shared between the stages, whatever the size of the data.
 //!
-//! A backup holds, at most:
+//! The budget is what the operation's process may hold at its peak: a part of it
+//! ([`reserve`], a quarter of it and at most 16 MiB) is left for what no stage counts — the
+//! binary's pages, the runtime, and what the allocator keeps of freed buffers — and the
+//! stages share the rest. A backup holds, at most:
 //! - the chunker's buffers: the one being read into and an earlier one whose chunks are still
-//!   in flight, each a largest chunk and a quarter (2.5 × the largest chunk, 20 MiB with the
-//!   default 8 MiB);
-//! - the pack being filled (`pack_size`, 16 MiB by default);
+//!   in flight, each a largest chunk and a quarter (2.5 × the largest chunk, 10 MiB with the
+//!   default 4 MiB);
+//! - the pack being filled (`pack_size`, 8 MiB by default);
 //! - the packs being sealed and uploaded (`uploads` × `pack_size`);
 //! - the chunks being hashed, compressed and sealed (`chunk_bytes`, raw, and their sealed form);
 //! - the small files read ahead (`read_ahead_bytes`).
@@ -18,6 +21,12 @@
 
 /// The default budget: 64 MiB.
 pub const DEFAULT_MEMORY: usize = 64 << 20;
+
+/// The part of a `budget` left for what no stage counts (the binary, the runtime, the
+/// allocator's keeping): a quarter of it, at most 16 MiB.
+pub fn reserve(budget: usize) -> usize {
+    (budget / 4).min(16 << 20)
+}
 
 /// How a backup shares its memory budget between its stages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,16 +43,18 @@ pub struct BackupShares {
 }
 
 impl BackupShares {
-    /// The shares of `budget` bytes for a repository of `pack_size`-byte packs and chunks of
-    /// at most `max_chunk` bytes. A budget below what one pack, one upload and the chunker
-    /// need gets those minimums (so the backup still runs, over budget by what it must hold):
-    /// any budget of at least 4.5 × `max_chunk` + 2 × `pack_size` + 2 MiB is kept.
+    /// The shares of `budget` bytes (less its [`reserve`]) for a repository of
+    /// `pack_size`-byte packs and chunks of at most `max_chunk` bytes. A budget below what one
+    /// pack, one upload and the chunker need gets those minimums (so the backup still runs,
+    /// over budget by what it must hold): any budget whose stages' part is at least
+    /// 4.5 × `max_chunk` + 2 × `pack_size` + 2 MiB is kept.
     pub fn of(budget: usize, pack_size: usize, max_chunk: usize) -> Self {
         let fixed = chunker_bytes(max_chunk) + pack_size;
-        let rest = budget.saturating_sub(fixed);
+        let rest = (budget - reserve(budget)).saturating_sub(fixed);
         let uploads = (rest / 2 / pack_size.max(1)).clamp(1, 4);
         let left = rest.saturating_sub(uploads * pack_size);
-        let chunk_bytes = (left / 2).max(max_chunk);
+        // Two largest chunks keep every core sealing; more would only hold more buffers.
+        let chunk_bytes = (left / 2).clamp(max_chunk, 2 * max_chunk);
         let read_ahead_bytes = left.saturating_sub(chunk_bytes).max(1 << 20);
         BackupShares {
             uploads,
@@ -68,11 +79,11 @@ pub struct RestoreShares {
 }
 
 impl RestoreShares {
-    /// The shares of `budget` bytes: three eighths for the blobs read ahead; the rest is for
-    /// the target's writes, the tree being read and what the allocator keeps.
+    /// The shares of `budget` bytes: a quarter for the blobs read ahead; the rest is for the
+    /// target's writes, the tree being read and the [`reserve`].
     pub fn of(budget: usize) -> Self {
         RestoreShares {
-            read_bytes: (budget / 4 * 3 / 2).max(1 << 20),
+            read_bytes: (budget / 4).max(1 << 20),
         }
     }
 }
@@ -84,16 +95,20 @@ mod tests {
 
     #[test]
     fn the_default_budget_holds_one_pack_filling_and_one_uploading() {
-        let s = BackupShares::of(DEFAULT_MEMORY, 16 << 20, 8 << 20);
+        let s = BackupShares::of(DEFAULT_MEMORY, 8 << 20, 4 << 20);
         assert_eq!(s.uploads, 1);
         assert_eq!(s.chunk_bytes, 8 << 20);
-        assert_eq!(s.read_ahead_bytes, 4 << 20);
-        assert_eq!(s.read_ahead_max_file, 512 << 10);
-        let total = chunker_bytes(8 << 20)
-            + (16 << 20) * (1 + s.uploads)
+        assert_eq!(s.read_ahead_bytes, 14 << 20);
+        assert_eq!(s.read_ahead_max_file, 1 << 20);
+        let total = chunker_bytes(4 << 20)
+            + (8 << 20) * (1 + s.uploads)
             + s.chunk_bytes
             + s.read_ahead_bytes;
-        assert!(total <= DEFAULT_MEMORY, "{total}");
+        assert_eq!(total, DEFAULT_MEMORY - reserve(DEFAULT_MEMORY));
+        // A repository made before the defaults changed (16 MiB packs, 8 MiB chunks) runs at
+        // its minimums within the same budget.
+        let old = BackupShares::of(DEFAULT_MEMORY, 16 << 20, 8 << 20);
+        assert_eq!((old.uploads, old.chunk_bytes), (1, 8 << 20));
     }
 
     proptest! {
@@ -109,7 +124,9 @@ mod tests {
             prop_assert!(s.read_ahead_max_file <= 1 << 20);
             let total = chunker_bytes(chunk) + pack * (1 + s.uploads) + s.chunk_bytes + s.read_ahead_bytes;
             let minimum = chunker_bytes(chunk) + 2 * chunk + 2 * pack + (2 << 20);
-            prop_assert!(total <= budget.max(minimum), "{total} over {budget}");
+            let stages = budget - reserve(budget);
+            prop_assert!(total <= stages.max(minimum), "{total} over {stages} of {budget}");
+            prop_assert!(reserve(budget) <= 16 << 20 && reserve(budget) <= budget / 4);
             let r = RestoreShares::of(budget);
             prop_assert!(r.read_bytes * 2 <= budget.max(2 << 20));
         }

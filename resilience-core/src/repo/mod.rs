@@ -90,7 +90,7 @@ impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             chunker: ChunkerParams::default(),
-            pack_size: 16 * 1024 * 1024,
+            pack_size: 8 * 1024 * 1024,
             compression_level: 1,
             inline_limit: 4096,
             object_lock: None,

@@ -45,9 +45,10 @@ pub struct BackupOptions {
     pub chunk_concurrency: usize,
     /// Packs uploaded at once, at most (the memory budget may allow fewer).
     pub upload_concurrency: usize,
-    /// Bytes the backup's buffers may hold at once (read-ahead, chunks, packs being filled
-    /// and uploaded), whatever the size of the data: [`crate::ops::memory`] says how it is
-    /// shared. Default [`crate::ops::memory::DEFAULT_MEMORY`] (64 MiB).
+    /// Bytes the backup may hold at once: its buffers (read-ahead, chunks, packs being filled
+    /// and uploaded) and a reserve for what they do not count, whatever the size of the data:
+    /// [`crate::ops::memory`] says how it is shared. Default
+    /// [`crate::ops::memory::DEFAULT_MEMORY`] (64 MiB).
     pub memory: usize,
     /// Progress reports.
     pub progress: Option<Arc<dyn Progress>>,

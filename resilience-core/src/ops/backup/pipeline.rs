@@ -254,6 +254,10 @@ impl Pipeline {
         let path = meta.path.to_string();
         let mut meta = Some(meta);
         loop {
+            // The chunker's two buffers both hold chunks in flight: the oldest finish first.
+            while !self.inflight.is_empty() && chunker.is_full() {
+                self.pop(packer).await?;
+            }
             let n = match reader.read_buf(chunker.buffer_mut()).await {
                 Ok(n) => n,
                 // Gone before its first byte was read: left out, as if never seen.
