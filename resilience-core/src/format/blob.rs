@@ -127,6 +127,29 @@ fn with_compressor<R>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'st
     result
 }
 
+/// Decompression contexts shared by the threads that open blobs: a restore opens one blob
+/// after another on the blocking pool, and a new context for each cost its allocation and
+/// set-up every time.
+static DECOMPRESSORS: Mutex<Vec<zstd::bulk::Decompressor<'static>>> = Mutex::new(Vec::new());
+
+/// Runs `f` with a decompression context from the shared pool.
+fn with_decompressor<R>(f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> R) -> R {
+    let pooled = DECOMPRESSORS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop();
+    let mut decompressor = match pooled {
+        Some(d) => d,
+        None => zstd::bulk::Decompressor::new().expect("a zstd decompression context"),
+    };
+    let result = f(&mut decompressor);
+    let mut pool = DECOMPRESSORS.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < KEPT_COMPRESSORS {
+        pool.push(decompressor);
+    }
+    result
+}
+
 fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
     let mut aad = [0u8; 33];
     aad[0] = kind as u8;
@@ -214,7 +237,7 @@ pub fn decode_blob(
         // Raw: the plaintext is the body after its flag, without a copy.
         Some(&FLAG_RAW) => Bytes::from(body).slice(1..),
         Some(&FLAG_ZSTD) => Bytes::from(
-            zstd::bulk::decompress(&body[1..], raw_len as usize).map_err(|e| {
+            with_decompressor(|d| d.decompress(&body[1..], raw_len as usize)).map_err(|e| {
                 Error::corrupt(format!("{object} (blob {id})"), format!("zstd: {e}"))
             })?,
         ),
