@@ -169,7 +169,9 @@ pub trait SourceSession: Send {
     }
 
     /// The next entry, or `None` when the walk is complete (then [`Self::closing_entries`]
-    /// follows).
+    /// follows). The engine asks for entries ahead of reading the contents of earlier ones
+    /// (several are in flight at once): a session must not wait for a reader it handed out to
+    /// be read before it gives the next entry.
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError>;
 
     /// Entries that can only be made once every entry before them has been read in full:

@@ -313,7 +313,8 @@ impl Repository {
             let session = source.start().await?;
             let (mut ahead, reader_task) = spawn_read_ahead(session, cursor, shared.clone(), &shares);
             let mut source_metadata = None;
-            while let Some(item) = ahead.recv().await {
+            while let Some(batch) = ahead.recv().await {
+              for item in batch {
                 match item? {
                     Ahead::Reused(meta, content) => {
                         reused += 1;
@@ -348,6 +349,7 @@ impl Repository {
                     }
                     Ahead::Finished(metadata) => source_metadata = Some(metadata),
                 }
+              }
             }
             let _ = reader_task.await;
             let source_metadata = source_metadata.ok_or_else(|| Error::SourceUnfinished {

@@ -32,33 +32,46 @@ pub(super) enum Ahead {
 
 /// Entries in flight in the read-ahead stage, at most.
 const READ_AHEAD_ENTRIES: usize = 8;
-/// Entries handed on and not yet taken by the backup loop, at most.
-const HANDED_ON: usize = 4;
+/// Batches handed on and not yet taken by the backup loop, at most.
+const HANDED_ON: usize = 2;
+/// Entries in a batch, at most: the backup loop is woken once a batch, not once an entry (a
+/// tree of small files spent a quarter of its CPU time switching threads).
+const BATCH_ENTRIES: usize = 128;
+
+/// Entries handed on together, in source order.
+pub(super) type Batch = Vec<Result<Ahead>>;
 
 /// Pulls entries from the source ahead of the backup loop: decides reuse from the parent
 /// snapshot (so unchanged files are never read) and reads small files concurrently, so a tree
-/// of many small files is not read one blocking call at a time. Memory: files of at most
-/// `read_ahead_max_file` bytes, half the share being read and at most [`HANDED_ON`] (also
-/// at most half the share: a file is at most an eighth of it) handed on.
+/// of many small files is not read one blocking call at a time. Entries go on in batches: a
+/// batch goes as soon as it is full, holds an eighth of the share in small files, holds an
+/// entry whose reader streams from the source (a large file: the backup loop starts on it at
+/// once), or nothing more is ready. Memory: files of at most
+/// `read_ahead_max_file` bytes, half the share being read, and at most half the share handed
+/// on ([`HANDED_ON`] batches, the one being built and the one the backup loop works through,
+/// an eighth each).
 pub(super) fn spawn_read_ahead(
     mut session: Box<dyn crate::source::SourceSession>,
     mut cursor: ParentCursor,
     shared: Arc<Shared>,
     shares: &crate::ops::memory::BackupShares,
 ) -> (
-    tokio::sync::mpsc::Receiver<Result<Ahead>>,
+    tokio::sync::mpsc::Receiver<Batch>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::channel(HANDED_ON);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(HANDED_ON);
     let max_file = shares.read_ahead_max_file;
     let reading_budget = (shares.read_ahead_bytes / 2) as u64;
+    let batch_budget = (shares.read_ahead_bytes / 8) as u64;
     cursor.order = session.entry_order();
     let task = tokio::spawn(async move {
         let mut inflight: FuturesOrdered<futures::future::BoxFuture<'static, Result<Ahead>>> =
             FuturesOrdered::new();
-        // Bytes of the small files being read: in all, and each entry's, in order.
+        // Bytes of the small files being read: in all, and each entry's (with whether its
+        // reader streams from the source), in order.
         let mut reading = 0u64;
         let mut sizes = std::collections::VecDeque::new();
+        let (mut batch, mut batch_bytes): (Batch, u64) = (Vec::new(), 0);
         let mut done = false;
         // Every content reader handed on holds a clone of `open_readers`; when the last one is
         // read or dropped, `all_read` ends.
@@ -79,6 +92,7 @@ pub(super) fn spawn_read_ahead(
                 };
                 let meta = entry.meta;
                 let mut read_size = 0u64;
+                let mut streams = false;
                 let item: futures::future::BoxFuture<'static, Result<Ahead>> =
                     match (meta.kind, entry.content) {
                         (EntryKind::File, Some(reader)) => {
@@ -119,27 +133,51 @@ pub(super) fn spawn_read_ahead(
                                         Ok(Ahead::Content(meta, reader))
                                     })
                                 }
-                                None => Box::pin(futures::future::ready(Ok(Ahead::Content(
-                                    meta, reader,
-                                )))),
+                                None => {
+                                    streams = true;
+                                    Box::pin(futures::future::ready(Ok(Ahead::Content(
+                                        meta, reader,
+                                    ))))
+                                }
                             }
                         }
                         _ => Box::pin(futures::future::ready(Ok(Ahead::NoContent(meta)))),
                     };
                 reading += read_size;
-                sizes.push_back(read_size);
+                sizes.push_back((read_size, streams));
                 inflight.push_back(item);
             }
-            match inflight.next().await {
+            // What is ready goes into the batch; the batch goes before waiting for more.
+            let next = match futures::FutureExt::now_or_never(inflight.next()) {
+                Some(next) => next,
+                None => {
+                    if !send(&tx, &mut batch, &mut batch_bytes).await {
+                        return;
+                    }
+                    inflight.next().await
+                }
+            };
+            match next {
                 Some(item) => {
-                    reading -= sizes.pop_front().unwrap_or(0);
+                    let (size, streams) = sizes.pop_front().unwrap_or((0, false));
+                    reading -= size;
                     let failed = item.is_err();
-                    if tx.send(item).await.is_err() || failed {
+                    batch.push(item);
+                    batch_bytes += size;
+                    if (failed
+                        || streams
+                        || batch.len() >= BATCH_ENTRIES
+                        || batch_bytes >= batch_budget)
+                        && (!send(&tx, &mut batch, &mut batch_bytes).await || failed)
+                    {
                         return;
                     }
                 }
                 None => break,
             }
+        }
+        if !send(&tx, &mut batch, &mut batch_bytes).await {
+            return;
         }
         // The walk is over and every entry is on its way: its closing entries come once all
         // content was read, so a source's stop (Postgres' `pg_backup_stop`) follows its last read.
@@ -154,13 +192,13 @@ pub(super) fn spawn_read_ahead(
                         }
                         _ => Ahead::NoContent(entry.meta),
                     };
-                    if tx.send(Ok(item)).await.is_err() {
+                    if tx.send(vec![Ok(item)]).await.is_err() {
                         return;
                     }
                 }
             }
             Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
+                let _ = tx.send(vec![Err(e.into())]).await;
                 return;
             }
         }
@@ -169,7 +207,16 @@ pub(super) fn spawn_read_ahead(
             .await
             .map(Ahead::Finished)
             .map_err(Error::from);
-        let _ = tx.send(finished).await;
+        let _ = tx.send(vec![finished]).await;
     });
     (rx, task)
+}
+
+/// Hands the batch on, if it holds anything; `false` when the backup loop is gone.
+async fn send(tx: &tokio::sync::mpsc::Sender<Batch>, batch: &mut Batch, bytes: &mut u64) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    *bytes = 0;
+    tx.send(std::mem::take(batch)).await.is_ok()
 }
