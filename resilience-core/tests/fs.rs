@@ -49,6 +49,24 @@ fn file(path: &[u8]) -> EntryMeta {
     }
 }
 
+/// A repository in `sink` holding one backup of the directory `src`.
+async fn backed_up(
+    sink: std::sync::Arc<dyn resilience_core::sink::Sink>,
+    src: &std::path::Path,
+) -> resilience_core::repo::Repository {
+    let repo = resilience_core::repo::Repository::init(
+        sink,
+        &resilience_core::keys::KeyFileProvider::from_key([4; 32]),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    repo.backup(&DirSource::new(src), Default::default())
+        .await
+        .unwrap();
+    repo
+}
+
 #[tokio::test]
 async fn unsafe_paths_are_refused_and_nothing_escapes_the_target() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,8 +202,6 @@ async fn the_metadata_pass_never_follows_a_symlink() {
 async fn a_resumed_restore_completes_reading_only_what_is_missing() {
     use std::sync::Arc;
 
-    use resilience_core::keys::KeyFileProvider;
-    use resilience_core::repo::Repository;
     use resilience_core::sink::MemorySink;
     use resilience_core::testing::{pseudo_random, FaultySink};
 
@@ -197,16 +213,7 @@ async fn a_resumed_restore_completes_reading_only_what_is_missing() {
     }
     std::fs::write(src.join("small"), b"small file").unwrap();
     let counting = Arc::new(FaultySink::new(MemorySink::new(), -1));
-    let repo = Repository::init(
-        counting.clone(),
-        &KeyFileProvider::from_key([4; 32]),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    repo.backup(&DirSource::new(&src), Default::default())
-        .await
-        .unwrap();
+    let repo = backed_up(counting.clone(), &src).await;
     let out = dir.path().join("out");
     repo.restore("latest", &DirTarget::new(&out), Default::default())
         .await
@@ -352,8 +359,6 @@ async fn a_file_removed_between_the_walk_and_its_read_is_left_out() {
 /// (holes), and small files.
 #[tokio::test]
 async fn a_restore_writing_back_early_writes_the_same_bytes() {
-    use resilience_core::keys::KeyFileProvider;
-    use resilience_core::repo::Repository;
     use resilience_core::sink::MemorySink;
     use resilience_core::testing::pseudo_random;
 
@@ -367,16 +372,7 @@ async fn a_restore_writing_back_early_writes_the_same_bytes() {
     std::fs::write(src.join("d/holes"), &holes).unwrap();
     std::fs::write(src.join("small"), b"small file").unwrap();
     std::fs::write(src.join("d/mid"), pseudo_random(100_000, 3)).unwrap();
-    let repo = Repository::init(
-        std::sync::Arc::new(MemorySink::new()),
-        &KeyFileProvider::from_key([5; 32]),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    repo.backup(&DirSource::new(&src), Default::default())
-        .await
-        .unwrap();
+    let repo = backed_up(std::sync::Arc::new(MemorySink::new()), &src).await;
     let out = dir.path().join("out");
     repo.restore(
         "latest",
