@@ -31,8 +31,8 @@ impl Default for ChunkerParams {
     /// 512 KiB / 1 MiB / 4 MiB: restic's and rustic's smallest and average chunk, a good
     /// balance of deduplication and index memory (about 1 million index records per TiB). The
     /// largest is half theirs (8 MiB): the chunker's buffers hold two and a half largest
-    /// chunks, and fewer than 1 chunk in 400 reaches 4 MiB (normalized chunking cuts most
-    /// within twice the average).
+    /// chunks; past the average a boundary comes every 512 KiB on average, so about 1 chunk
+    /// in 400 (e⁻⁶) runs on to 4 MiB.
     fn default() -> Self {
         ChunkerParams {
             min_size: 512 * 1024,

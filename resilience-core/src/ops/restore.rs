@@ -29,8 +29,9 @@ const WANTS_AHEAD: usize = 16;
 pub struct RestoreOptions {
     /// Blob reads in flight, at most (the memory budget may allow fewer).
     pub concurrency: usize,
-    /// Bytes the blobs read ahead of the target may hold at once, whatever the size of the
-    /// data ([`crate::ops::memory::RestoreShares`]). Default
+    /// Bytes the restore may hold at once, whatever the size of the data: a quarter of it for
+    /// the blobs read ahead of the target ([`crate::ops::memory::RestoreShares`]), the rest for
+    /// the target's writes, the tree and the reserve. Default
     /// [`crate::ops::memory::DEFAULT_MEMORY`] (64 MiB).
     pub memory: usize,
     /// Progress reports.
