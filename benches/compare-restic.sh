@@ -7,6 +7,7 @@
 #   DATASET_GIB=2 ROUNDS=5 benches/compare-restic.sh
 #   SMALL_MAX_KIB=4 benches/compare-restic.sh # many more small files (see gen-dataset)
 #   SMALL_FILES=200000 benches/compare-restic.sh  # only small JSON-like files, 100 B to 4 KiB
+#   SMALL_FILES=1000000 SMALL_MIN_BYTES=1024 SMALL_MAX_BYTES=8192 benches/compare-restic.sh  # 1–8 KiB
 #   MEMORY=128MiB benches/compare-restic.sh   # resilience's --memory (default 64MiB)
 #
 # Restores go to a freshly made ext4 file system for each step (a loop device, when run as
@@ -27,6 +28,8 @@ GIB="${DATASET_GIB:-1}"
 ROUNDS="${ROUNDS:-3}"
 SMALL="${SMALL_MAX_KIB:-64}"
 SMALL_FILES="${SMALL_FILES:-}"
+SMALL_MIN_BYTES="${SMALL_MIN_BYTES:-100}"
+SMALL_MAX_BYTES="${SMALL_MAX_BYTES:-4096}"
 MEMORY="${MEMORY:-64MiB}"
 WORK="${WORK_DIR:-$(mktemp -d)}"
 FS_IMG="$WORK.fs.img"
@@ -44,8 +47,8 @@ GEN=$(bench_bin gen-dataset)
 
 if [ -n "$SMALL_FILES" ]; then
   echo "generating $SMALL_FILES small files in $WORK/data" >&2
-  "$GEN" --small "$WORK/data" "$SMALL_FILES" 100 4096 42
-  SHAPE="$SMALL_FILES small JSON-like files of 100 B to 4 KiB"
+  "$GEN" --small "$WORK/data" "$SMALL_FILES" "$SMALL_MIN_BYTES" "$SMALL_MAX_BYTES" 42
+  SHAPE="$SMALL_FILES small JSON-like files of $SMALL_MIN_BYTES to $SMALL_MAX_BYTES bytes"
 else
   echo "generating ${GIB} GiB (small files up to ${SMALL} KiB) in $WORK/data" >&2
   "$GEN" "$WORK/data" "$GIB" 42 "$SMALL"
@@ -109,7 +112,7 @@ done
 OUT=$(results_file compare-restic)
 python3 - "$BENCH_LIB" "$BENCH_TSV" "$BYTES" "$FILES" "$SHAPE" "$ROUNDS" "$(cat "$WORK/restic.size")" "$(cat "$WORK/res.size")" \
   "$(restic version | cut -d' ' -f2)" "$(nproc)" "$(free -g | awk '/Mem:/{print $2}')" \
-  "DATASET_GIB=$GIB SMALL_MAX_KIB=$SMALL SMALL_FILES=$SMALL_FILES MEMORY=$MEMORY ROUNDS=$ROUNDS" "$FRESH" > "$OUT" <<'PY'
+  "DATASET_GIB=$GIB SMALL_MAX_KIB=$SMALL SMALL_FILES=$SMALL_FILES SMALL_MIN_BYTES=$SMALL_MIN_BYTES SMALL_MAX_BYTES=$SMALL_MAX_BYTES MEMORY=$MEMORY ROUNDS=$ROUNDS" "$FRESH" > "$OUT" <<'PY'
 import statistics, sys
 sys.path.insert(0, sys.argv[1])
 import bench_report as br

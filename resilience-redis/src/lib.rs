@@ -27,6 +27,7 @@ pub mod failover;
 pub mod glob;
 #[cfg(test)]
 mod hostile_bytes;
+mod pipe;
 pub mod rdb;
 pub mod rdb_checksum;
 pub mod record;

@@ -1,12 +1,13 @@
 //! Backing up a keyspace with `SCAN` + `DUMP` + `PEXPIRETIME`, pipelined, on every primary.
 //!
 //! Works where managed services forbid `SYNC`, `BGSAVE` and `CONFIG`. Each primary is scanned
-//! with a cursor; for each page, `DUMP` and the expiry of every key are sent at once (the client
-//! pipelines them). Keys are packed into entries of about [`RedisSource::batch_bytes`] (records
-//! as in [`crate::record`]), so a million keys make a few hundred entries, and memory stays at a
-//! few batches plus the largest single value (a `DUMP` reply is one piece). Keys that vanish or
-//! expire during the scan are skipped; the scan guarantees every key that exists for its whole
-//! duration is seen.
+//! with a cursor on a connection of the backup's own ([`crate::pipe`]): each round sends the
+//! next `SCAN` with the `DUMP` and expiry of every key of the page before, so the server always
+//! has a page to work on while the last one's replies are read. Keys are packed into entries of
+//! about [`RedisSource::batch_bytes`] (records as in [`crate::record`]), so a million keys make
+//! about a hundred entries, and memory stays at a few batches plus the largest single value (a
+//! `DUMP` reply is one piece). Keys that vanish or expire during the scan are skipped; the scan
+//! guarantees every key that exists for its whole duration is seen.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,17 +16,14 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use fred::prelude::*;
 use fred::types::Value;
-use futures::TryStreamExt;
 use resilience_core::source::entry::EntryMeta;
 use resilience_core::source::{
     AdapterError, Source, SourceDescriptor, SourceEntry, SourceMetadata, SourceSession,
 };
 use tokio::sync::mpsc;
 
-/// SCAN pages whose DUMPs are in flight at once.
-const PAGES_IN_FLIGHT: usize = 4;
-
 use crate::connect::{Connection, RedisEndpoint};
+use crate::pipe::{Pipe, PipeError, Reply};
 use crate::record::KeyRecord;
 
 /// A keyspace backup.
@@ -36,7 +34,8 @@ pub struct RedisSource {
     id: String,
     /// Keys asked for per `SCAN` call (and pipelined per round).
     pub scan_count: u32,
-    /// Target size of one entry.
+    /// Target size of one entry (1 MiB by default). The backup holds a few entries ahead of
+    /// the one it chunks, each in memory, so this bounds the source's share of the memory.
     pub batch_bytes: usize,
 }
 
@@ -51,7 +50,7 @@ impl RedisSource {
             endpoint,
             pattern: None,
             scan_count: 1000,
-            batch_bytes: 4 << 20,
+            batch_bytes: 1 << 20,
         }
     }
 
@@ -128,6 +127,7 @@ impl Source for RedisSource {
             batch_bytes: self.batch_bytes.max(1),
             absolute_expiry: major >= 7,
             db: conn.db,
+            cluster: conn.cluster,
             tally: tally.clone(),
             tx,
         };
@@ -150,12 +150,13 @@ struct Producer {
     batch_bytes: usize,
     absolute_expiry: bool,
     db: u8,
+    cluster: bool,
     tally: Arc<Tally>,
     tx: mpsc::Sender<Result<SourceEntry, AdapterError>>,
 }
 
-fn redis_err(what: &str) -> impl Fn(fred::error::Error) -> AdapterError + '_ {
-    move |e| AdapterError::msg("read", what, e.to_string())
+fn pipe_err(e: PipeError) -> AdapterError {
+    AdapterError::msg("read", e.node, e.what)
 }
 
 impl Producer {
@@ -168,44 +169,63 @@ impl Producer {
         }
     }
 
+    /// Scans one primary on a connection of its own ([`Pipe`]): each round sends the next
+    /// `SCAN` and the `DUMP`s and expiries of the page before, then reads the replies of the
+    /// round before it, so the server always has a page of commands waiting.
     async fn scan_node(
         &self,
         n: usize,
         node: fred::types::config::Server,
     ) -> Result<(), AdapterError> {
-        let shown = node.to_string();
-        let on_node = self.client.with_cluster_node(node);
-        // SCAN runs ahead while earlier pages' DUMPs are in flight.
-        let (pattern, count) = (self.pattern.clone(), self.count);
-        let pages =
-            futures::stream::try_unfold(Some("0".to_owned()), move |cursor: Option<String>| {
-                let (on_node, shown, pattern) = (on_node.clone(), shown.clone(), pattern.clone());
-                async move {
-                    let Some(cursor) = cursor else {
-                        return Ok(None);
-                    };
-                    let page: Value = on_node
-                        .scan_page(cursor, pattern, Some(count), None)
-                        .await
-                        .map_err(redis_err(&shown))?;
-                    let (next, keys) = parse_scan(page).ok_or_else(|| {
-                        AdapterError::msg("scan", shown.clone(), "unexpected SCAN reply")
-                    })?;
-                    Ok(Some((keys, (next != "0").then_some(next))))
-                }
-            });
-        let mut dumped = std::pin::pin!(pages
-            .map_ok(|keys| self.dump_all(keys))
-            .try_buffered(PAGES_IN_FLIGHT));
-        let mut batch = BytesMut::new();
+        let select = (!self.cluster).then_some(self.db);
+        let mut pipe = Pipe::open(&self.client, &node, select)
+            .await
+            .map_err(|e| AdapterError::msg("connect", e.node.clone(), e.what))?;
+        let count = self.count.to_string();
+        let scan = |pipe: &mut Pipe, cursor: &[u8]| {
+            pipe.push(&[
+                &b"SCAN"[..],
+                cursor,
+                b"MATCH",
+                self.pattern.as_bytes(),
+                b"COUNT",
+                count.as_bytes(),
+            ])
+        };
+        scan(&mut pipe, b"0");
+        pipe.send().await.map_err(pipe_err)?;
+        let (mut cursor, mut keys) = self.scan_reply(&mut pipe).await?;
+        let mut outstanding: Option<Vec<Bytes>> = None;
+        let mut batch = BytesMut::with_capacity(self.batch_capacity());
         let mut seq = 0u32;
-        while let Some(records) = dumped.try_next().await? {
-            for record in records {
-                record.encode(&mut batch);
-                if batch.len() >= self.batch_bytes {
-                    self.emit(n, &mut seq, &mut batch).await?;
-                }
+        loop {
+            let scanning = cursor != b"0"[..];
+            if scanning {
+                scan(&mut pipe, &cursor);
             }
+            for key in &keys {
+                pipe.push(&[b"DUMP", &key[..]]);
+                let expiry: &[u8] = if self.absolute_expiry {
+                    b"PEXPIRETIME"
+                } else {
+                    b"PTTL"
+                };
+                pipe.push(&[expiry, &key[..]]);
+            }
+            pipe.send().await.map_err(pipe_err)?;
+            if let Some(previous) = outstanding.take() {
+                let records = self.dump_replies(&mut pipe, previous).await?;
+                self.add(n, &mut seq, &mut batch, records).await?;
+            }
+            outstanding = Some(std::mem::take(&mut keys));
+            if !scanning {
+                break;
+            }
+            (cursor, keys) = self.scan_reply(&mut pipe).await?;
+        }
+        if let Some(last) = outstanding.take() {
+            let records = self.dump_replies(&mut pipe, last).await?;
+            self.add(n, &mut seq, &mut batch, records).await?;
         }
         if !batch.is_empty() {
             self.emit(n, &mut seq, &mut batch).await?;
@@ -213,11 +233,144 @@ impl Producer {
         Ok(())
     }
 
-    /// `DUMP` and expiry of every key, in one pipeline; vanished keys are left out.
-    async fn dump_all(&self, keys: Vec<Bytes>) -> Result<Vec<KeyRecord>, AdapterError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+    /// Encodes `records` into the batch, handing each batch on once it holds
+    /// [`RedisSource::batch_bytes`].
+    async fn add(
+        &self,
+        n: usize,
+        seq: &mut u32,
+        batch: &mut BytesMut,
+        records: Vec<KeyRecord>,
+    ) -> Result<(), AdapterError> {
+        for record in records {
+            record.encode(batch);
+            if batch.len() >= self.batch_bytes {
+                self.emit(n, seq, batch).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// The reply of a `SCAN`: the next cursor and the page of keys.
+    async fn scan_reply(&self, pipe: &mut Pipe) -> Result<(Bytes, Vec<Bytes>), AdapterError> {
+        let reply = pipe.reply().await.map_err(pipe_err)?;
+        let unexpected = |what: String| AdapterError::msg("SCAN", pipe.node().to_owned(), what);
+        match reply {
+            Reply::Array(mut parts) if parts.len() == 2 => {
+                let (Reply::Array(keys), Reply::Bulk(Some(cursor))) = (
+                    parts.pop().expect("two parts"),
+                    parts.pop().expect("two parts"),
+                ) else {
+                    return Err(unexpected("unexpected SCAN reply".into()));
+                };
+                let keys = keys
+                    .into_iter()
+                    .filter_map(|k| match k {
+                        Reply::Bulk(Some(k)) => Some(k),
+                        _ => None,
+                    })
+                    .collect();
+                Ok((cursor, keys))
+            }
+            Reply::Error(e) => Err(unexpected(e)),
+            other => Err(unexpected(format!("unexpected SCAN reply {other:?}"))),
+        }
+    }
+
+    /// The records of `keys` from their `DUMP` and expiry replies; keys another node answers
+    /// for (a cluster resharding) are dumped again through the general client.
+    async fn dump_replies(
+        &self,
+        pipe: &mut Pipe,
+        keys: Vec<Bytes>,
+    ) -> Result<Vec<KeyRecord>, AdapterError> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut redirected = Vec::new();
+        for key in keys {
+            let dump = pipe.reply().await.map_err(pipe_err)?;
+            let expiry = pipe.reply().await.map_err(pipe_err)?;
+            if dump.is_redirect() || expiry.is_redirect() {
+                redirected.push(key);
+                continue;
+            }
+            let shown = || String::from_utf8_lossy(&key).into_owned();
+            let dump = match dump {
+                Reply::Bulk(b) => b,
+                Reply::Error(e) => return Err(AdapterError::msg("DUMP", shown(), e)),
+                other => {
+                    return Err(AdapterError::msg(
+                        "DUMP",
+                        shown(),
+                        format!("unexpected reply {other:?}"),
+                    ))
+                }
+            };
+            let expiry = match expiry {
+                Reply::Int(i) => i,
+                Reply::Error(e) => {
+                    return Err(AdapterError::msg(self.expiry_command(), shown(), e))
+                }
+                other => {
+                    return Err(AdapterError::msg(
+                        self.expiry_command(),
+                        shown(),
+                        format!("unexpected reply {other:?}"),
+                    ))
+                }
+            };
+            out.extend(self.record(key, dump, expiry, now_ms));
+        }
+        if !redirected.is_empty() {
+            out.extend(self.dump_all(redirected).await?);
+        }
+        Ok(out)
+    }
+
+    fn expiry_command(&self) -> &'static str {
+        if self.absolute_expiry {
+            "PEXPIRETIME"
+        } else {
+            "PTTL"
+        }
+    }
+
+    /// The record of `key` from its `DUMP` payload (`None`: the key is gone) and its expiry
+    /// reply; `None` for a key that vanished or expired between `SCAN` and `DUMP`.
+    fn record(
+        &self,
+        key: Bytes,
+        dump: Option<Bytes>,
+        expiry: i64,
+        now_ms: i64,
+    ) -> Option<KeyRecord> {
+        let expiry = if !self.absolute_expiry && expiry >= 0 {
+            now_ms + expiry
+        } else {
+            expiry
+        };
+        match (dump, expiry) {
+            (Some(payload), e) if e == -1 || e >= 0 => {
+                self.tally.keys.fetch_add(1, Ordering::Relaxed);
+                self.tally
+                    .bytes
+                    .fetch_add((key.len() + payload.len()) as u64, Ordering::Relaxed);
+                Some(KeyRecord {
+                    key,
+                    expires_at_ms: (e >= 0).then_some(e),
+                    payload,
+                })
+            }
+            _ => {
+                self.tally.vanished.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// `DUMP` and expiry of every key through the general client, which follows a cluster's
+    /// redirections; vanished keys are left out.
+    async fn dump_all(&self, keys: Vec<Bytes>) -> Result<Vec<KeyRecord>, AdapterError> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let pipeline = self.client.pipeline();
         let queue_err =
@@ -258,32 +411,23 @@ impl Producer {
             };
             let expiry = match &pair[1] {
                 Ok(v) => v.as_i64().unwrap_or(-2),
-                Err(e) => return Err(AdapterError::msg("PEXPIRETIME", shown(), e.to_string())),
-            };
-            let expiry = if !self.absolute_expiry && expiry >= 0 {
-                now_ms + expiry
-            } else {
-                expiry
-            };
-            match (dump, expiry) {
-                (Some(payload), e) if e == -1 || e >= 0 => {
-                    self.tally.keys.fetch_add(1, Ordering::Relaxed);
-                    self.tally
-                        .bytes
-                        .fetch_add((key.len() + payload.len()) as u64, Ordering::Relaxed);
-                    out.push(KeyRecord {
-                        key,
-                        expires_at_ms: (e >= 0).then_some(e),
-                        payload,
-                    });
+                Err(e) => {
+                    return Err(AdapterError::msg(
+                        self.expiry_command(),
+                        shown(),
+                        e.to_string(),
+                    ))
                 }
-                // Gone or expired between SCAN and DUMP.
-                _ => {
-                    self.tally.vanished.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            };
+            out.extend(self.record(key, dump, expiry, now_ms));
         }
         Ok(out)
+    }
+
+    /// What a batch's buffer is made with: a batch ends once a record takes it past
+    /// `batch_bytes`, so the last record of most batches fits in the margin.
+    fn batch_capacity(&self) -> usize {
+        self.batch_bytes.saturating_add(64 << 10)
     }
 
     async fn emit(
@@ -292,7 +436,10 @@ impl Producer {
         seq: &mut u32,
         batch: &mut BytesMut,
     ) -> Result<(), AdapterError> {
-        let content = batch.split().freeze();
+        // The next batch gets a buffer of its own, of a batch's size: one grown by doubling
+        // would hold up to twice what it carries while its entry waits in the backup.
+        let next = BytesMut::with_capacity(self.batch_capacity());
+        let content = std::mem::replace(batch, next).freeze();
         let path = format!("db{}/{node:03}/{:08}", self.db, *seq);
         *seq += 1;
         let entry = SourceEntry {
@@ -307,26 +454,6 @@ impl Producer {
             .await
             .map_err(|_| AdapterError::msg("read", "redis", "the backup stopped reading"))
     }
-}
-
-/// `[cursor, [key, …]]`.
-fn parse_scan(page: Value) -> Option<(String, Vec<Bytes>)> {
-    let Value::Array(mut parts) = page else {
-        return None;
-    };
-    if parts.len() != 2 {
-        return None;
-    }
-    let keys = parts.pop()?;
-    let cursor = parts.pop()?.as_string()?;
-    let Value::Array(keys) = keys else {
-        return None;
-    };
-    let keys = keys
-        .into_iter()
-        .filter_map(|k| k.as_bytes().map(Bytes::copy_from_slice))
-        .collect();
-    Some((cursor, keys))
 }
 
 struct RedisSession {

@@ -6,6 +6,7 @@
 //! with an error naming the first refused keys. [`RestoreTally`] says what was and was not
 //! restored.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 use crate::connect::{max_rdb_version, Connection};
 use crate::glob;
+use crate::pipe::{Pipe, Reply};
 use crate::record::{KeyRecord, RecordDecoder};
 
 /// How to restore.
@@ -110,6 +112,8 @@ impl Target for RedisTarget {
             decoder: RecordDecoder::new(meta.path.to_string()),
             pending: Vec::new(),
             entry: meta.path.to_string(),
+            pipes: HashMap::new(),
+            outstanding: Vec::new(),
         })))
     }
 
@@ -143,6 +147,10 @@ struct Writer {
     decoder: RecordDecoder,
     pending: Vec<KeyRecord>,
     entry: String,
+    /// A connection of its own to each node written to ([`Pipe`]), by `host:port`.
+    pipes: HashMap<String, Pipe>,
+    /// The `RESTORE`s sent whose replies are not read yet, by node.
+    outstanding: Vec<(String, Vec<KeyRecord>)>,
 }
 
 impl Writer {
@@ -176,9 +184,96 @@ impl Writer {
             l.acquire(to_send.iter().map(|r| r.payload.len() as u64).sum())
                 .await;
         }
+        // Sent on each node's pipe; then the replies of the batch before are read, so each
+        // server has a batch waiting while the last one's replies are counted.
+        let mut sent = Vec::new();
+        for (node, records) in self.by_node(to_send) {
+            let name = format!("{}:{}", node.host, node.port);
+            let pipe = match self.pipes.entry(name.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let select = (!self.conn.cluster).then_some(self.conn.db);
+                    e.insert(
+                        Pipe::open(&self.conn.client, &node, select)
+                            .await
+                            .map_err(|e| AdapterError::msg("connect", e.node, e.what))?,
+                    )
+                }
+            };
+            let replace: &[&[u8]] = if self.settings.replace {
+                &[&b"ABSTTL"[..], &b"REPLACE"[..]]
+            } else {
+                &[&b"ABSTTL"[..]]
+            };
+            for r in &records {
+                let expiry = r.expires_at_ms.unwrap_or(0).to_string();
+                let mut args: Vec<&[u8]> =
+                    vec![&b"RESTORE"[..], &r.key, expiry.as_bytes(), &r.payload];
+                args.extend_from_slice(replace);
+                pipe.push(&args);
+            }
+            pipe.send()
+                .await
+                .map_err(|e| AdapterError::msg("write", e.node, e.what))?;
+            sent.push((name, records));
+        }
+        self.settle().await?;
+        self.outstanding = sent;
+        Ok(())
+    }
+
+    /// The records of a batch grouped by the primary that owns them (one group on a standalone
+    /// server).
+    fn by_node(
+        &self,
+        records: Vec<KeyRecord>,
+    ) -> Vec<(fred::types::config::Server, Vec<KeyRecord>)> {
+        let first = || self.conn.primaries[0].clone();
+        if !self.conn.cluster {
+            return vec![(first(), records)];
+        }
+        let state = self.conn.client.cached_cluster_state();
+        let mut groups: Vec<(fred::types::config::Server, Vec<KeyRecord>)> = Vec::new();
+        for r in records {
+            let node = state
+                .as_ref()
+                .and_then(|s| s.get_server(redis_protocol::redis_keyslot(&r.key)).cloned())
+                .unwrap_or_else(first);
+            match groups.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, group)) => group.push(r),
+                None => groups.push((node, vec![r])),
+            }
+        }
+        groups
+    }
+
+    /// Reads the replies of the `RESTORE`s sent last and counts them; keys another node owns
+    /// (a cluster resharding) are restored again through the general client.
+    async fn settle(&mut self) -> Result<(), AdapterError> {
+        let mut redirected = Vec::new();
+        let mut refused = Vec::new();
+        let mut restored = 0u64;
+        for (node, records) in std::mem::take(&mut self.outstanding) {
+            let pipe = self
+                .pipes
+                .get_mut(&node)
+                .expect("a pipe for every batch sent");
+            for r in records {
+                match pipe
+                    .reply()
+                    .await
+                    .map_err(|e| AdapterError::msg("read", e.node, e.what))?
+                {
+                    Reply::Status(_) => restored += 1,
+                    reply if reply.is_redirect() => redirected.push(r),
+                    Reply::Error(e) => refused.push((r, e)),
+                    other => refused.push((r, format!("unexpected reply {other:?}"))),
+                }
+            }
+        }
         let client = &self.conn.client;
         let replace = self.settings.replace;
-        let results = futures::future::join_all(to_send.iter().map(|r| {
+        let results = futures::future::join_all(redirected.iter().map(|r| {
             client.restore::<(), _>(
                 r.key.clone(),
                 r.expires_at_ms.unwrap_or(0),
@@ -190,28 +285,29 @@ impl Writer {
             )
         }))
         .await;
-        let mut t = self.tally.lock().expect("tally lock");
-        for (r, result) in to_send.iter().zip(results) {
+        for (r, result) in redirected.into_iter().zip(results) {
             match result {
-                Ok(()) => t.restored += 1,
-                Err(e) => {
-                    t.refused_count += 1;
-                    if t.refused.len() < LISTED_REFUSALS {
-                        let reason = self.explain(r, &e);
-                        t.refused.push(RefusedKey {
-                            key: String::from_utf8_lossy(&r.key).into_owned(),
-                            reason,
-                        });
-                    }
-                }
+                Ok(()) => restored += 1,
+                Err(e) => refused.push((r, e.details().to_string())),
+            }
+        }
+        let mut t = self.tally.lock().expect("tally lock");
+        t.restored += restored;
+        for (r, reply) in refused {
+            t.refused_count += 1;
+            if t.refused.len() < LISTED_REFUSALS {
+                let reason = self.explain(&r, reply);
+                t.refused.push(RefusedKey {
+                    key: String::from_utf8_lossy(&r.key).into_owned(),
+                    reason,
+                });
             }
         }
         Ok(())
     }
 
     /// The server's refusal, with what we know about why.
-    fn explain(&self, r: &KeyRecord, e: &fred::error::Error) -> String {
-        let mut reason = e.details().to_string();
+    fn explain(&self, r: &KeyRecord, mut reason: String) -> String {
         if reason.contains("BUSYKEY") || reason.contains("already exists") {
             reason.push_str(" (the key exists: restore with `replace` set, `--replace` on the command line, to overwrite it)");
         } else if let (Some(payload), Some(max)) =
@@ -249,6 +345,7 @@ impl ContentWriter for Writer {
         self.decoder
             .finish()
             .map_err(|e| AdapterError::msg("restore", self.entry.clone(), e.reason))?;
-        self.flush().await
+        self.flush().await?;
+        self.settle().await
     }
 }

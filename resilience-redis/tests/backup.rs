@@ -490,3 +490,77 @@ async fn a_key_already_on_the_target_is_refused_and_named_unless_replace_is_set(
     expected.sort();
     assert_eq!(restored, expected);
 }
+
+/// The backup and the restore reach the server on connections of their own: those log in with
+/// the URL's password and use its database too. Keys of another database are neither backed up
+/// nor touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_and_a_database_in_the_url_hold_for_backup_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = support::ServerOptions {
+        password: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let source_server = resilience_redis::testing::start_server(dir.path(), &options);
+    let target_server = resilience_redis::testing::start_server(dir.path(), &options);
+    let url = |server: &support::Server, db: u8| {
+        format!("redis://:s3cret@127.0.0.1:{}/{db}", server.port)
+    };
+    let connect = |url: String| async move {
+        let c = Builder::from_config(Config::from_url(&url).unwrap())
+            .build()
+            .unwrap();
+        c.init().await.unwrap();
+        c
+    };
+    let src3 = connect(url(&source_server, 3)).await;
+    let src0 = connect(url(&source_server, 0)).await;
+    for i in 0..2500 {
+        let _: () = src3
+            .set(format!("k:{i}"), format!("v{i}"), None, None, false)
+            .await
+            .unwrap();
+    }
+    let _: () = src0
+        .set("elsewhere", "db 0", None, None, false)
+        .await
+        .unwrap();
+    let dst5 = connect(url(&target_server, 5)).await;
+    let dst0 = connect(url(&target_server, 0)).await;
+    let _: () = dst0
+        .set("k:7", "db 0's own", None, None, false)
+        .await
+        .unwrap();
+
+    let repo = support::repo().await;
+    let endpoint = |url: String| RedisEndpoint {
+        url,
+        cluster: false,
+    };
+    let record = repo
+        .backup(
+            &RedisSource::new(endpoint(url(&source_server, 3))),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .record;
+    assert_eq!(record.source_metadata["keys"], 2500);
+    let target = RedisTarget::new(
+        endpoint(url(&target_server, 5)).connect().await.unwrap(),
+        RestoreSettings {
+            pipeline: 100,
+            ..Default::default()
+        },
+    );
+    repo.restore(&record.id, &target, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(snapshot_of(&dst5).await, snapshot_of(&src3).await);
+    let n: u64 = dst5.dbsize().await.unwrap();
+    assert_eq!(n, 2500);
+    let own: String = dst0.get("k:7").await.unwrap();
+    assert_eq!(own, "db 0's own");
+    let n: u64 = dst0.dbsize().await.unwrap();
+    assert_eq!(n, 1, "only db 0's own key in the target's db 0");
+}
