@@ -20,7 +20,11 @@ use resilience_redis::source::RedisSource;
 use resilience_redis::target::{RedisTarget, RestoreSettings};
 
 async fn client(server: &support::Server) -> Client {
-    let c = Builder::from_config(Config::from_url(&server.url()).unwrap())
+    client_at(&server.url()).await
+}
+
+async fn client_at(url: &str) -> Client {
+    let c = Builder::from_config(Config::from_url(url).unwrap())
         .build()
         .unwrap();
     c.init().await.unwrap();
@@ -506,15 +510,8 @@ async fn a_password_and_a_database_in_the_url_hold_for_backup_and_restore() {
     let url = |server: &support::Server, db: u8| {
         format!("redis://:s3cret@127.0.0.1:{}/{db}", server.port)
     };
-    let connect = |url: String| async move {
-        let c = Builder::from_config(Config::from_url(&url).unwrap())
-            .build()
-            .unwrap();
-        c.init().await.unwrap();
-        c
-    };
-    let src3 = connect(url(&source_server, 3)).await;
-    let src0 = connect(url(&source_server, 0)).await;
+    let src3 = client_at(&url(&source_server, 3)).await;
+    let src0 = client_at(&url(&source_server, 0)).await;
     for i in 0..2500 {
         let _: () = src3
             .set(format!("k:{i}"), format!("v{i}"), None, None, false)
@@ -525,8 +522,8 @@ async fn a_password_and_a_database_in_the_url_hold_for_backup_and_restore() {
         .set("elsewhere", "db 0", None, None, false)
         .await
         .unwrap();
-    let dst5 = connect(url(&target_server, 5)).await;
-    let dst0 = connect(url(&target_server, 0)).await;
+    let dst5 = client_at(&url(&target_server, 5)).await;
+    let dst0 = client_at(&url(&target_server, 0)).await;
     let _: () = dst0
         .set("k:7", "db 0's own", None, None, false)
         .await
