@@ -23,7 +23,7 @@ use resilience_core::source::{
 use tokio::sync::mpsc;
 
 use crate::connect::{Connection, RedisEndpoint};
-use crate::pipe::{Pipe, PipeError, Reply};
+use crate::pipe::{Pipe, Reply};
 use crate::record::KeyRecord;
 
 /// A keyspace backup.
@@ -155,10 +155,6 @@ struct Producer {
     tx: mpsc::Sender<Result<SourceEntry, AdapterError>>,
 }
 
-fn pipe_err(e: PipeError) -> AdapterError {
-    AdapterError::msg("read", e.node, e.what)
-}
-
 impl Producer {
     async fn run(self, primaries: Vec<fred::types::config::Server>) {
         for (n, node) in primaries.into_iter().enumerate() {
@@ -178,9 +174,7 @@ impl Producer {
         node: fred::types::config::Server,
     ) -> Result<(), AdapterError> {
         let select = (!self.cluster).then_some(self.db);
-        let mut pipe = Pipe::open(&self.client, &node, select)
-            .await
-            .map_err(|e| AdapterError::msg("connect", e.node.clone(), e.what))?;
+        let mut pipe = Pipe::open(&self.client, &node, select).await?;
         let count = self.count.to_string();
         let scan = |pipe: &mut Pipe, cursor: &[u8]| {
             pipe.push(&[
@@ -193,7 +187,7 @@ impl Producer {
             ])
         };
         scan(&mut pipe, b"0");
-        pipe.send().await.map_err(pipe_err)?;
+        pipe.send().await?;
         let (mut cursor, mut keys) = self.scan_reply(&mut pipe).await?;
         let mut outstanding: Option<Vec<Bytes>> = None;
         let mut batch = BytesMut::with_capacity(self.batch_capacity());
@@ -205,14 +199,9 @@ impl Producer {
             }
             for key in &keys {
                 pipe.push(&[b"DUMP", &key[..]]);
-                let expiry: &[u8] = if self.absolute_expiry {
-                    b"PEXPIRETIME"
-                } else {
-                    b"PTTL"
-                };
-                pipe.push(&[expiry, &key[..]]);
+                pipe.push(&[self.expiry_command().as_bytes(), &key[..]]);
             }
-            pipe.send().await.map_err(pipe_err)?;
+            pipe.send().await?;
             if let Some(previous) = outstanding.take() {
                 let records = self.dump_replies(&mut pipe, previous).await?;
                 self.add(n, &mut seq, &mut batch, records).await?;
@@ -253,7 +242,7 @@ impl Producer {
 
     /// The reply of a `SCAN`: the next cursor and the page of keys.
     async fn scan_reply(&self, pipe: &mut Pipe) -> Result<(Bytes, Vec<Bytes>), AdapterError> {
-        let reply = pipe.reply().await.map_err(pipe_err)?;
+        let reply = pipe.reply().await?;
         let unexpected = |what: String| AdapterError::msg("SCAN", pipe.node().to_owned(), what);
         match reply {
             Reply::Array(mut parts) if parts.len() == 2 => {
@@ -288,8 +277,8 @@ impl Producer {
         let mut out = Vec::with_capacity(keys.len());
         let mut redirected = Vec::new();
         for key in keys {
-            let dump = pipe.reply().await.map_err(pipe_err)?;
-            let expiry = pipe.reply().await.map_err(pipe_err)?;
+            let dump = pipe.reply().await?;
+            let expiry = pipe.reply().await?;
             if dump.is_redirect() || expiry.is_redirect() {
                 redirected.push(key);
                 continue;

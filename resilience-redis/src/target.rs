@@ -3,8 +3,10 @@
 //!
 //! A key the server refuses (it exists and `replace` is off, the payload is from a newer
 //! server, …) does not stop the restore: it is counted with its reason, and the restore ends
-//! with an error naming the first refused keys. [`RestoreTally`] says what was and was not
-//! restored.
+//! with an error naming the first refused keys. A key that exists with the very value and
+//! expiry the backup holds is not a refusal: `SCAN` may return a key twice, so a backup may
+//! hold it twice, and a restore run again finds its own keys. [`RestoreTally`] says what was
+//! and was not restored.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +57,9 @@ pub struct RestoreTally {
     pub expired: u64,
     /// Keys left out by the pattern.
     pub filtered: u64,
+    /// Keys already on the target with the value and expiry the backup holds (`replace` off),
+    /// left as they were: a key the backup holds twice, or a restore run again.
+    pub identical: u64,
     /// Keys the server refused (the first 100 are listed in `refused`).
     pub refused_count: u64,
     /// The first refused keys, with reasons.
@@ -131,8 +136,8 @@ impl Target for RedisTarget {
             "RESTORE",
             first.key.clone(),
             format!(
-                "{}; {} key(s) refused in all, {} restored, {} expired, {} filtered out",
-                first.reason, t.refused_count, t.restored, t.expired, t.filtered
+                "{}; {} key(s) refused in all, {} restored, {} already identical, {} expired, {} filtered out",
+                first.reason, t.refused_count, t.restored, t.identical, t.expired, t.filtered
             ),
         ))
     }
@@ -193,11 +198,7 @@ impl Writer {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     let select = (!self.conn.cluster).then_some(self.conn.db);
-                    e.insert(
-                        Pipe::open(&self.conn.client, &node, select)
-                            .await
-                            .map_err(|e| AdapterError::msg("connect", e.node, e.what))?,
-                    )
+                    e.insert(Pipe::open(&self.conn.client, &node, select).await?)
                 }
             };
             let replace: &[&[u8]] = if self.settings.replace {
@@ -212,9 +213,7 @@ impl Writer {
                 args.extend_from_slice(replace);
                 pipe.push(&args);
             }
-            pipe.send()
-                .await
-                .map_err(|e| AdapterError::msg("write", e.node, e.what))?;
+            pipe.send().await?;
             sent.push((name, records));
         }
         self.settle().await?;
@@ -259,11 +258,7 @@ impl Writer {
                 .get_mut(&node)
                 .expect("a pipe for every batch sent");
             for r in records {
-                match pipe
-                    .reply()
-                    .await
-                    .map_err(|e| AdapterError::msg("read", e.node, e.what))?
-                {
+                match pipe.reply().await? {
                     Reply::Status(_) => restored += 1,
                     reply if reply.is_redirect() => redirected.push(r),
                     Reply::Error(e) => refused.push((r, e)),
@@ -291,8 +286,14 @@ impl Writer {
                 Err(e) => refused.push((r, e.details().to_string())),
             }
         }
+        let (refused, identical) = if replace {
+            (refused, 0)
+        } else {
+            leave_identical(&self.conn, refused).await?
+        };
         let mut t = self.tally.lock().expect("tally lock");
         t.restored += restored;
+        t.identical += identical;
         for (r, reply) in refused {
             t.refused_count += 1;
             if t.refused.len() < LISTED_REFUSALS {
@@ -322,6 +323,61 @@ impl Writer {
         }
         reason
     }
+}
+
+/// Of keys refused because they exist, those whose value (`DUMP` payload) and expiry on the
+/// target are the backup's: they are not refusals. Returns the rest and how many were
+/// identical.
+async fn leave_identical(
+    conn: &Connection,
+    refused: Vec<(KeyRecord, String)>,
+) -> Result<(Vec<(KeyRecord, String)>, u64), AdapterError> {
+    let exists = |reason: &str| reason.contains("BUSYKEY") || reason.contains("already exists");
+    if !refused.iter().any(|(_, reason)| exists(reason)) {
+        return Ok((refused, 0));
+    }
+    let absolute = conn
+        .version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|major| major >= 7);
+    let client = &conn.client;
+    let same = futures::future::join_all(refused.iter().map(|(r, reason)| async move {
+        if !exists(reason) {
+            return Ok(false);
+        }
+        let payload: Option<Bytes> = client.dump(r.key.clone()).await?;
+        if payload.as_ref() != Some(&r.payload) {
+            return Ok(false);
+        }
+        Ok::<_, fred::error::Error>(if absolute {
+            let at: i64 = client.pexpire_time(r.key.clone()).await?;
+            at == r.expires_at_ms.unwrap_or(-1)
+        } else {
+            // Before Redis 7 only the remaining time is known: identical only when
+            // neither expires.
+            let ttl: i64 = client.pttl(r.key.clone()).await?;
+            ttl == -1 && r.expires_at_ms.is_none()
+        })
+    }))
+    .await;
+    let mut rest = Vec::new();
+    let mut identical = 0;
+    for ((r, reason), same) in refused.into_iter().zip(same) {
+        match same {
+            Ok(true) => identical += 1,
+            Ok(false) => rest.push((r, reason)),
+            Err(e) => {
+                return Err(AdapterError::msg(
+                    "DUMP",
+                    String::from_utf8_lossy(&r.key).into_owned(),
+                    format!("comparing the existing key with the backup's: {e}"),
+                ))
+            }
+        }
+    }
+    Ok((rest, identical))
 }
 
 #[async_trait]

@@ -133,3 +133,44 @@ pub fn start_server(dir: &Path, options: &ServerOptions) -> TestServer {
     }
     server
 }
+
+/// A cluster of `primaries` primaries (no replicas) in directory `dir`, its slots spread over
+/// them by `redis-cli --cluster create`, every node reporting `cluster_state:ok` (within 20 s).
+pub fn start_cluster(dir: &Path, primaries: usize) -> Vec<TestServer> {
+    let options = ServerOptions {
+        cluster: true,
+        ..Default::default()
+    };
+    let nodes: Vec<TestServer> = (0..primaries)
+        .map(|_| start_server(dir, &options))
+        .collect();
+    let mut create = Command::new("redis-cli");
+    create.args(["--cluster", "create"]);
+    for n in &nodes {
+        create.arg(format!("127.0.0.1:{}", n.port));
+    }
+    let out = create
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli must be installed (Debian package redis-tools)");
+    assert!(
+        out.status.success(),
+        "cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &nodes {
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &n.port.to_string(), "cluster", "info"])
+                .output()
+                .expect("redis-cli must be installed (Debian package redis-tools)");
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    nodes
+}

@@ -4,7 +4,8 @@
 //! key by key (`DUMP` payload, or the members where the encoding's order is the server's own,
 //! and `PEXPIRETIME` to the millisecond), a key that expired in between left out; and a restore
 //! into a server that already holds one of the keys: refused and named without `replace`,
-//! overwritten with it, other keys left alone, and a pattern restoring only what it matches.
+//! overwritten with it, other keys left alone, a key already there with the same value and expiry
+//! not refused, and a pattern restoring only what it matches.
 
 mod support;
 
@@ -426,7 +427,7 @@ async fn a_key_already_on_the_target_is_refused_and_named_unless_replace_is_set(
         "{err}"
     );
     assert!(
-        err.ends_with("; 1 key(s) refused in all, 99 restored, 0 expired, 0 filtered out"),
+        err.ends_with("; 1 key(s) refused in all, 99 restored, 0 already identical, 0 expired, 0 filtered out"),
         "{err}"
     );
     let tally = t.tally();
@@ -468,6 +469,31 @@ async fn a_key_already_on_the_target_is_refused_and_named_unless_replace_is_set(
     assert_eq!(replaced, "42");
     let mine: String = dst.get("mine").await.unwrap();
     assert_eq!(mine, "kept");
+
+    // Again without replace: the keys are there as the backup holds them, so none is refused,
+    // but one whose expiry differs from the backup's is.
+    let _: bool = dst.pexpire("k:7", 600_000, None).await.unwrap();
+    let t = target(
+        &other,
+        RestoreSettings {
+            pipeline: 16,
+            ..Default::default()
+        },
+    )
+    .await;
+    let err = repo
+        .restore(&id, &t, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("RESTORE of k:7 failed: "), "{err}");
+    let tally = t.tally();
+    assert_eq!(
+        (tally.restored, tally.identical, tally.refused_count),
+        (0, 99, 1),
+        "{tally:?}"
+    );
+    let _: bool = dst.persist("k:7").await.unwrap();
     let mut after = snapshot_of(&dst).await;
     assert!(after.remove(b"mine".as_slice()).is_some());
     assert_eq!(after, before);

@@ -129,13 +129,14 @@ pub async fn run(g: &Global, command: &RedisCommand) -> Result<(), CliError> {
                     "restored": tally.restored,
                     "expired": tally.expired,
                     "filtered": tally.filtered,
+                    "identical": tally.identical,
                     "refused_count": tally.refused_count,
                     "refused": tally.refused,
                 }));
             } else {
                 eprintln!(
-                    "{} keys restored, {} expired (not restored), {} filtered out, {} refused",
-                    tally.restored, tally.expired, tally.filtered, tally.refused_count
+                    "{} keys restored, {} already identical, {} expired (not restored), {} filtered out, {} refused",
+                    tally.restored, tally.identical, tally.expired, tally.filtered, tally.refused_count
                 );
                 for r in tally.refused.iter().take(10) {
                     eprintln!("refused: {}: {}", r.key, r.reason);

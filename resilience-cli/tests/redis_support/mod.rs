@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use serde_json::Value as Json;
@@ -112,37 +111,7 @@ impl Lab {
 
     /// A cluster of three primaries; returns the URL of one node.
     pub fn cluster(&mut self) -> String {
-        let nodes: Vec<Server> = (0..3)
-            .map(|_| start_server(self.dir.path(), true))
-            .collect();
-        let mut create = Command::new("redis-cli");
-        create.args(["--cluster", "create"]);
-        for n in &nodes {
-            create.arg(format!("127.0.0.1:{}", n.port));
-        }
-        let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli must be installed");
-        assert!(
-            out.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for n in &nodes {
-            loop {
-                let info = Command::new("redis-cli")
-                    .args(["-p", &n.port.to_string(), "cluster", "info"])
-                    .output()
-                    .unwrap();
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "cluster did not become ok");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        let nodes = resilience_redis::testing::start_cluster(self.dir.path(), 3);
         let url = format!("redis://127.0.0.1:{}", nodes[0].port);
         self.servers.extend(nodes);
         url
