@@ -444,7 +444,7 @@ fn scan_file(name: &str, kind: WalFileKind, path: &Path) -> Result<Scanned, PgEr
         .metadata()
         .map_err(PgError::io("stat", path.display()))?
         .len();
-    let mut read = Hashing::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut read = Hashing::new(std::io::BufReader::with_capacity(256 << 10, file));
     let summary = match kind {
         WalFileKind::Segment => {
             summary_or_warn(name, walscan::summarize_read(name, size, &mut read))
@@ -480,7 +480,7 @@ fn seal_file(
     digest: &str,
 ) -> Result<Vec<u8>, PgError> {
     let file = std::fs::File::open(path).map_err(PgError::io("open", path.display()))?;
-    let mut read = Hashing::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut read = Hashing::new(std::io::BufReader::with_capacity(256 << 10, file));
     let sealed = side
         .seal_read(
             SideObject::Item,

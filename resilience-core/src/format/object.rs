@@ -207,9 +207,10 @@ fn seal_written(
 const STREAM_LEVEL: i32 = 1;
 /// Objects read from a source at least this long are compressed by several threads.
 const MT_MIN_LEN: u64 = 2 << 20;
-/// What each compression thread takes at a time: small, so the threads' input buffers stay a
-/// few MiB (zstd's default for level 3 is 8 MiB a job).
-const MT_JOB_SIZE: u32 = 1 << 20;
+/// What each compression thread takes at a time: zstd's smallest job, so the threads' input
+/// and output buffers stay 2–3 MiB in all (zstd's default for level 3 is 8 MiB a job); on WAL
+/// segments no slower than 1 MiB jobs, and 3 MiB less of a `wal-push`'s peak.
+const MT_JOB_SIZE: u32 = 512 << 10;
 
 /// Threads to compress `len` bytes with: one per core, up to 4, for long objects. A WAL
 /// segment is pushed by one process while the others wait (Postgres archives one file at a

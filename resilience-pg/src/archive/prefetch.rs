@@ -6,10 +6,11 @@
 //! the spool and starts a prefetcher if none holds the spool's lock. The prefetcher fetches the
 //! `count` segments after X on X's timeline, `parallel` at a time, each verified exactly as a
 //! normal fetch verifies it ([`WalArchive::fetch`]: authenticated, its length and BLAKE3
-//! checked against its header), and writes it whole and synced as `<name>.<blake3>`. A later
-//! call serves such a file only after hashing it again ([`Spool::take_prefetched`]): a file
-//! damaged in the spool is removed, named, and fetched from the repository instead. Files of
-//! other timelines, or before the segment asked for, are stale and removed.
+//! checked against its header), and writes it whole (renamed into place once written, not
+//! synced) as `<name>.<blake3>`. A later call serves such a file only after hashing it again
+//! ([`Spool::take_prefetched`]): a file damaged in the spool, or torn by a crash of the machine,
+//! is removed, named, and fetched from the repository instead. Files of other timelines, or
+//! before the segment asked for, are stale and removed.
 
 use std::collections::HashSet;
 use std::path::Path;
