@@ -781,3 +781,59 @@ async fn packs_stay_within_the_pack_size() {
         );
     }
 }
+
+/// A chunk met again after the pack holding its first copy was indexed (the backup indexes its
+/// packs every 16 and then forgets their blobs' ids, finding them in the index instead) is
+/// stored once, within one backup, and both entries restore.
+#[tokio::test]
+async fn a_chunk_met_again_after_its_pack_was_indexed_is_stored_once() {
+    use futures::TryStreamExt;
+    let mem = Arc::new(MemorySink::new());
+    let repo = Repository::init(
+        mem.clone(),
+        &key(),
+        InitOptions {
+            chunker: resilience_core::repo::ChunkerParams {
+                min_size: 2048,
+                avg_size: 4096,
+                max_size: 8192,
+            },
+            // Small packs: the first copy alone fills dozens, indexed several times over.
+            pack_size: 16 << 10,
+            inline_limit: 1024,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let data = pseudo_random(2 << 20, 11);
+    let source = MemorySource::new("mem:twice")
+        .file("a", data.clone())
+        .file("b", data.clone());
+    let report = repo
+        .backup(&source, BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.record.new_bytes,
+        data.len() as u64,
+        "the second copy is deduplicated"
+    );
+    let packs: Vec<_> = mem.list("data/").try_collect().await.unwrap();
+    let packed: u64 = packs.iter().map(|p| p.size).sum();
+    assert!(
+        packs.len() > 16 * 3,
+        "{} packs: not indexed several times",
+        packs.len()
+    );
+    assert!(
+        packed < data.len() as u64 * 11 / 10,
+        "{packed} bytes of packs for {} bytes of data stored twice",
+        data.len()
+    );
+    let target = restore_all(&repo, &report.record.id).await;
+    assert!(target.content("a").unwrap() == data);
+    assert!(target.content("b").unwrap() == data);
+    let v = repo.verify(VerifyOptions { full: true }).await.unwrap();
+    assert!(v.is_ok(), "{v:?}");
+}

@@ -152,6 +152,10 @@ impl Packer {
         for p in &packs {
             dedup.index.add_pack(p);
         }
+        // The index finds these blobs now (under the same lock, so no chunk sees neither).
+        for b in packs.iter().flat_map(|p| &p.blobs) {
+            dedup.claimed.remove(&b.id);
+        }
         Ok(())
     }
 
