@@ -43,6 +43,29 @@ async fn target(server: &support::Server, settings: RestoreSettings) -> RedisTar
     RedisTarget::new(endpoint(server).connect().await.unwrap(), settings)
 }
 
+/// A restore of snapshot `id` into `server` without `replace`, which must fail: the target
+/// (for its tally) and the error's text.
+async fn failed_restore(
+    repo: &resilience_core::repo::Repository,
+    id: &str,
+    server: &support::Server,
+) -> (RedisTarget, String) {
+    let t = target(
+        server,
+        RestoreSettings {
+            pipeline: 16,
+            ..Default::default()
+        },
+    )
+    .await;
+    let err = repo
+        .restore(id, &t, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    (t, err)
+}
+
 /// A command fred has no typed method for here (the dev-dependency's features leave lists,
 /// sets, sorted sets and streams out).
 async fn cmd(c: &Client, name: &'static str, args: Vec<Value>) -> Value {
@@ -408,19 +431,7 @@ async fn a_key_already_on_the_target_is_refused_and_named_unless_replace_is_set(
     let _: () = dst.set("mine", "kept", None, None, false).await.unwrap();
 
     // Without replace: every other key restored, the one refused, the restore an error.
-    let t = target(
-        &other,
-        RestoreSettings {
-            pipeline: 16,
-            ..Default::default()
-        },
-    )
-    .await;
-    let err = repo
-        .restore(&id, &t, Default::default())
-        .await
-        .unwrap_err()
-        .to_string();
+    let (t, err) = failed_restore(&repo, &id, &other).await;
     assert!(err.starts_with("RESTORE of k:42 failed: "), "{err}");
     assert!(
         err.contains("(the key exists: restore with `replace` set, `--replace` on the command line, to overwrite it)"),
@@ -473,19 +484,7 @@ async fn a_key_already_on_the_target_is_refused_and_named_unless_replace_is_set(
     // Again without replace: the keys are there as the backup holds them, so none is refused,
     // but one whose expiry differs from the backup's is.
     let _: bool = dst.pexpire("k:7", 600_000, None).await.unwrap();
-    let t = target(
-        &other,
-        RestoreSettings {
-            pipeline: 16,
-            ..Default::default()
-        },
-    )
-    .await;
-    let err = repo
-        .restore(&id, &t, Default::default())
-        .await
-        .unwrap_err()
-        .to_string();
+    let (t, err) = failed_restore(&repo, &id, &other).await;
     assert!(err.starts_with("RESTORE of k:7 failed: "), "{err}");
     let tally = t.tally();
     assert_eq!(
