@@ -257,6 +257,18 @@ impl RedisEndpoint {
     }
 }
 
+impl Connection {
+    /// Whether the server answers `PEXPIRETIME` (Redis 7 and later): a key's expiry as an
+    /// instant, not only as the time left.
+    pub fn has_pexpiretime(&self) -> bool {
+        self.version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok())
+            .is_some_and(|major| major >= 7)
+    }
+}
+
 /// The newest RDB format a server version reads (`RESTORE` refuses newer payloads).
 pub fn max_rdb_version(server_version: &str) -> Option<u16> {
     let mut parts = server_version.split('.').map(|p| p.parse::<u32>().ok());

@@ -4,10 +4,10 @@
 //!
 //! The general client ([`fred`]) routes, retries and answers every command on its own: a
 //! million `DUMP`s and expiries took 10.9 CPU-seconds of the backup's process and 686,432
-//! writes, against the server's 5.1 (3.7 of them in the commands themselves). This connection takes only what the
-//! general one was configured with — the node's address, TLS, user and password, database —
-//! and leaves routing to its caller: a key another node owns answers `MOVED`, which the caller
-//! redoes with the general client.
+//! writes, against the server's 5.1 (3.7 of them in the commands themselves). This connection
+//! takes only what the general one was configured with — the node's address, TLS, user and
+//! password, database — and leaves routing to its caller: a key another node owns answers
+//! `MOVED`, which the caller redoes with the general client.
 
 use bytes::{Bytes, BytesMut};
 use fred::prelude::*;

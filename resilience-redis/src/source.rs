@@ -112,12 +112,7 @@ impl Source for RedisSource {
             self.endpoint.connect().await.map_err(|e| {
                 AdapterError::msg("connect", redact(&self.endpoint.url), e.to_string())
             })?;
-        let major: u32 = conn
-            .version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0);
+        let absolute_expiry = conn.has_pexpiretime();
         let tally = Arc::new(Tally::default());
         let (tx, rx) = mpsc::channel(2);
         let producer = Producer {
@@ -125,7 +120,7 @@ impl Source for RedisSource {
             pattern: self.pattern.clone().unwrap_or_else(|| "*".into()),
             count: self.scan_count.max(1),
             batch_bytes: self.batch_bytes.max(1),
-            absolute_expiry: major >= 7,
+            absolute_expiry,
             db: conn.db,
             cluster: conn.cluster,
             tally: tally.clone(),

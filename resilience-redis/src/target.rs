@@ -309,7 +309,7 @@ impl Writer {
 
     /// The server's refusal, with what we know about why.
     fn explain(&self, r: &KeyRecord, mut reason: String) -> String {
-        if reason.contains("BUSYKEY") || reason.contains("already exists") {
+        if refused_as_existing(&reason) {
             reason.push_str(" (the key exists: restore with `replace` set, `--replace` on the command line, to overwrite it)");
         } else if let (Some(payload), Some(max)) =
             (r.rdb_version(), max_rdb_version(&self.conn.version))
@@ -325,6 +325,12 @@ impl Writer {
     }
 }
 
+/// Whether the server refused a `RESTORE` because the key exists (`BUSYKEY`; fred's words
+/// for it when the key was redone through the general client).
+fn refused_as_existing(reason: &str) -> bool {
+    reason.contains("BUSYKEY") || reason.contains("already exists")
+}
+
 /// Of keys refused because they exist, those whose value (`DUMP` payload) and expiry on the
 /// target are the backup's: they are not refusals. Returns the rest and how many were
 /// identical.
@@ -332,19 +338,16 @@ async fn leave_identical(
     conn: &Connection,
     refused: Vec<(KeyRecord, String)>,
 ) -> Result<(Vec<(KeyRecord, String)>, u64), AdapterError> {
-    let exists = |reason: &str| reason.contains("BUSYKEY") || reason.contains("already exists");
-    if !refused.iter().any(|(_, reason)| exists(reason)) {
+    if !refused
+        .iter()
+        .any(|(_, reason)| refused_as_existing(reason))
+    {
         return Ok((refused, 0));
     }
-    let absolute = conn
-        .version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok())
-        .is_some_and(|major| major >= 7);
+    let absolute = conn.has_pexpiretime();
     let client = &conn.client;
     let same = futures::future::join_all(refused.iter().map(|(r, reason)| async move {
-        if !exists(reason) {
+        if !refused_as_existing(reason) {
             return Ok(false);
         }
         let payload: Option<Bytes> = client.dump(r.key.clone()).await?;

@@ -586,3 +586,88 @@ async fn a_password_and_a_database_in_the_url_hold_for_backup_and_restore() {
     let n: u64 = dst0.dbsize().await.unwrap();
     assert_eq!(n, 1, "only db 0's own key in the target's db 0");
 }
+
+/// A backup that holds a key twice (`SCAN` returned it twice: a rehash, a resharding) restores
+/// without `replace`: the second copy finds the first in place, identical, and is counted so.
+/// Two copies that differ are a refusal, named, as any existing key of other bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_held_twice_by_a_backup_restores_without_replace() {
+    use resilience_core::testing::MemorySource;
+    use resilience_redis::record::KeyRecord;
+
+    let dir = tempfile::tempdir().unwrap();
+    let source_server = support::start_server(dir.path());
+    let src = client(&source_server).await;
+    let _: () = src.set("twice", "same", None, None, false).await.unwrap();
+    let _: () = src
+        .set("changed", "before", None, None, false)
+        .await
+        .unwrap();
+    let dump = |key: &'static str| {
+        let src = src.clone();
+        async move {
+            let payload: Bytes = src.dump(key).await.unwrap();
+            KeyRecord {
+                key: Bytes::from_static(key.as_bytes()),
+                expires_at_ms: None,
+                payload,
+            }
+        }
+    };
+    let (twice, before) = (dump("twice").await, dump("changed").await);
+    let _: () = src
+        .set("changed", "after", None, None, false)
+        .await
+        .unwrap();
+    let after = dump("changed").await;
+
+    let mut same_twice = bytes::BytesMut::new();
+    twice.encode(&mut same_twice);
+    twice.encode(&mut same_twice);
+    let mut differing = bytes::BytesMut::new();
+    before.encode(&mut differing);
+    after.encode(&mut differing);
+    let repo = support::repo().await;
+    let id = |source: MemorySource| {
+        let repo = &repo;
+        async move {
+            repo.backup(&source, Default::default())
+                .await
+                .unwrap()
+                .record
+                .id
+        }
+    };
+    let same_id = id(MemorySource::new("redis:same").file("keys-0", same_twice.freeze())).await;
+    let differing_id =
+        id(MemorySource::new("redis:differing").file("keys-0", differing.freeze())).await;
+
+    let other = support::start_server(dir.path());
+    let dst = client(&other).await;
+    let t = target(&other, RestoreSettings::default()).await;
+    repo.restore(&same_id, &t, Default::default())
+        .await
+        .unwrap();
+    let tally = t.tally();
+    assert_eq!(
+        (tally.restored, tally.identical, tally.refused_count),
+        (1, 1, 0),
+        "{tally:?}"
+    );
+    let value: String = dst.get("twice").await.unwrap();
+    assert_eq!(value, "same");
+
+    let (t, err) = failed_restore(&repo, &differing_id, &other).await;
+    assert!(err.starts_with("RESTORE of changed failed: "), "{err}");
+    let tally = t.tally();
+    assert_eq!(
+        (tally.restored, tally.identical, tally.refused_count),
+        (1, 0, 1),
+        "{tally:?}"
+    );
+    let value: String = dst.get("changed").await.unwrap();
+    assert_eq!(
+        value, "before",
+        "the first copy stays; the other is refused, not written"
+    );
+}
