@@ -169,6 +169,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn files_hash_to_the_blake3_of_their_bytes_at_every_read_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let piece = 1 << 20;
+        let bytes: Vec<u8> = (0..3 * piece + 7).map(|i| (i * 31 % 251) as u8).collect();
+        for len in [0, 1, piece - 1, piece, piece + 1, 3 * piece + 7] {
+            let path = dir.path().join(format!("f{len}"));
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            let (digest, got) = hash_file(&path).unwrap();
+            assert_eq!(got, len as u64);
+            assert_eq!(
+                digest,
+                blake3::hash(&bytes[..len]).to_hex().to_string(),
+                "{len}"
+            );
+        }
+        let missing = hash_file(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        // A directory opens but does not read: an error, not a digest.
+        assert!(hash_file(dir.path()).is_err());
+    }
+
+    #[test]
     fn durable_writes_replace_whole_files_and_leave_no_temporaries() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
