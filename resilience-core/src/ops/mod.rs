@@ -4,6 +4,7 @@
 //! [`repair`] (derived state rebuilt). [`progress`] is how they report while they run.
 
 pub mod backup;
+pub(crate) mod cpu;
 pub mod follow;
 pub mod lifecycle;
 pub mod memory;

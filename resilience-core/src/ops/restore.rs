@@ -62,17 +62,16 @@ pub struct RestoreReport {
 }
 
 /// Reads one blob: a ranged read of its pack, then decryption, decompression and re-hashing on
-/// the blocking pool.
+/// the CPU threads ([`crate::ops::cpu`]).
 pub async fn read_blob(repo: &Repository, id: BlobId, loc: BlobLocation) -> Result<Bytes> {
     let key = pack::pack_key(&loc.pack);
     let end = loc.offset as u64 + loc.length as u64;
     let sealed = repo.sink.get_range(&key, loc.offset as u64..end).await?;
     let keys = repo.keys.holding(Some(loc.key_id)).await?;
-    tokio::task::spawn_blocking(move || {
+    crate::ops::cpu::run("blob decoding", move || {
         blob::decode_blob(&keys, loc.key_id, loc.kind, &id, loc.raw_len, &sealed, &key)
     })
-    .await
-    .map_err(Error::task("blob decoding"))?
+    .await?
 }
 
 /// Reads one blob from the first of `copies` that reads back authentic: a copy that is damaged

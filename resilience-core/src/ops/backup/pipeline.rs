@@ -4,7 +4,7 @@
 //! chunks are done, and the tree itself is chunked the same way.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
@@ -17,28 +17,10 @@ use crate::error::{Error, Result};
 use crate::format::blob::{self, BlobKind};
 use crate::format::chunker::Chunker;
 use crate::format::snapshot::{self, BlobRef, Content, TreeRecord};
+use crate::ops::cpu;
 use crate::ops::progress::Progress;
 use crate::source::entry::EntryMeta;
 use crate::source::EntryReader;
-
-/// The threads that hash and seal chunks: one per core, for every backup of the process.
-///
-/// CPU-bound work kept off tokio's blocking pool: there each chunk took the pool's lock and
-/// woke one of up to 512 threads, and on the 2-core bench machine a directory backup of
-/// 1.4 GB spent its time switching between eight of them (145% CPU, 2.34 s); on two threads
-/// of their own it runs at 157% (2.06 s).
-fn sealing_pool() -> &'static rayon::ThreadPool {
-    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("resilience-seal-{i}"))
-            // A panic drops the chunk's sender: the backup fails with an error, the process
-            // goes on (rayon's default would abort it).
-            .panic_handler(|_| tracing::error!("a chunk's sealing panicked"))
-            .build()
-            .expect("the sealing threads start")
-    })
-}
 
 /// Hashes a chunk and, unless the repository (or this backup) already has it, seals it.
 fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Option<Encoded>) {
@@ -127,8 +109,10 @@ pub(super) struct Pipeline {
     pub(super) logical_bytes: u64,
 }
 
-/// A chunk being hashed and sealed on the [`sealing_pool`].
-type SealedChunk = tokio::sync::oneshot::Receiver<(ChunkOwner, BlobRef, Option<Encoded>)>;
+/// A chunk being hashed and sealed on the CPU threads ([`cpu`]).
+type SealedChunk = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(ChunkOwner, BlobRef, Option<Encoded>)>> + Send>,
+>;
 
 /// Entries allowed to wait behind a chunk in flight before the reader waits too.
 const MAX_PENDING_ENTRIES: usize = 4096;
@@ -179,13 +163,13 @@ impl Pipeline {
         } else {
             BlobKind::Data
         };
-        let (done, sealed) = tokio::sync::oneshot::channel();
-        sealing_pool().spawn(move || {
-            let (r, enc) = hash_and_seal(&shared, kind, chunk);
-            // The backup may have failed and gone meanwhile: then nobody waits for it.
-            let _ = done.send((owner, r, enc));
-        });
-        self.inflight.push_back(sealed);
+        self.inflight.push_back(Box::pin(cpu::finished(
+            "backup",
+            cpu::spawn(move || {
+                let (r, enc) = hash_and_seal(&shared, kind, chunk);
+                (owner, r, enc)
+            }),
+        )));
         Ok(())
     }
 
@@ -193,10 +177,7 @@ impl Pipeline {
         let Some(done) = self.inflight.next().await else {
             return Ok(());
         };
-        let (owner, r, encoded) = done.map_err(|_| Error::Internal {
-            operation: "backup",
-            detail: "a chunk's sealing ended without a result",
-        })?;
+        let (owner, r, encoded) = done?;
         self.inflight_bytes -= r.len as usize;
         if let Some(enc) = encoded {
             if enc.kind == BlobKind::Data {
