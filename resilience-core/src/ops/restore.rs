@@ -1,6 +1,6 @@
 //! Restoring a snapshot into a [`Target`], and reading trees and blobs back.
 //!
-//! Blob reads run in parallel (ranged reads of packs, decryption on the blocking pool) while
+//! Blob reads run in parallel (ranged reads of packs, decryption on the CPU threads) while
 //! the target receives each entry's content in order; memory is bounded by the read window.
 
 use std::collections::VecDeque;
@@ -62,7 +62,7 @@ pub struct RestoreReport {
 }
 
 /// Reads one blob: a ranged read of its pack, then decryption, decompression and re-hashing on
-/// the CPU threads ([`crate::ops::cpu`]).
+/// the CPU threads (`ops::cpu`).
 pub async fn read_blob(repo: &Repository, id: BlobId, loc: BlobLocation) -> Result<Bytes> {
     let key = pack::pack_key(&loc.pack);
     let end = loc.offset as u64 + loc.length as u64;

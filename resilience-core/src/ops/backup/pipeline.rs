@@ -1,7 +1,7 @@
 //! The chunk pipeline: an entry's content is cut into chunks, each chunk is hashed and, unless
-//! the repository (or this backup) already has it, compressed and sealed on the blocking pool
-//! with a bounded window; each entry's tree record is written, in entry order, once all its
-//! chunks are done, and the tree itself is chunked the same way.
+//! the repository (or this backup) already has it, compressed and sealed on the CPU threads
+//! (`ops::cpu`) with a bounded window; each entry's tree record is written, in entry order,
+//! once all its chunks are done, and the tree itself is chunked the same way.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -87,7 +87,7 @@ impl PendingEntry {
     }
 }
 
-/// Hashes and seals chunks on the blocking pool with a bounded window, across entries, and
+/// Hashes and seals chunks on the CPU threads with a bounded window, across entries, and
 /// writes each entry's tree record once all its chunks are done, in entry order.
 pub(super) struct Pipeline {
     shared: Arc<Shared>,
@@ -109,7 +109,7 @@ pub(super) struct Pipeline {
     pub(super) logical_bytes: u64,
 }
 
-/// A chunk being hashed and sealed on the CPU threads ([`cpu`]).
+/// A chunk being hashed and sealed on the CPU threads (`ops::cpu`).
 type SealedChunk = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(ChunkOwner, BlobRef, Option<Encoded>)>> + Send>,
 >;
