@@ -14,8 +14,8 @@ use futures::stream::BoxStream;
 use crate::sink::{ByteStream, Copied, ObjectMeta, PutMode, Sink, SinkError};
 use crate::source::entry::EntryMeta;
 use crate::source::{
-    AdapterError, ContentWriter, EntryOrder, Source, SourceDescriptor, SourceEntry, SourceMetadata,
-    SourceSession, Target,
+    AdapterError, ContentWriter, Cutting, EntryOrder, Source, SourceDescriptor, SourceEntry,
+    SourceMetadata, SourceSession, Target,
 };
 
 /// `len` reproducible pseudo-random (incompressible) bytes for `seed` (xorshift64).
@@ -73,6 +73,8 @@ pub struct MemorySource {
     pub entries: Vec<(EntryMeta, Bytes)>,
     /// The order the entries are declared to be in.
     pub order: EntryOrder,
+    /// How every entry's content is to be cut into chunks.
+    pub cutting: Cutting,
 }
 
 impl MemorySource {
@@ -85,7 +87,14 @@ impl MemorySource {
             },
             entries: Vec::new(),
             order: EntryOrder::Walk,
+            cutting: Cutting::ContentDefined,
         }
+    }
+
+    /// Asks for every entry's content to be cut this way (by default where the content says).
+    pub fn with_cutting(mut self, cutting: Cutting) -> Self {
+        self.cutting = cutting;
+        self
     }
 
     /// Declares the order the entries are in (by default a walk).
@@ -114,6 +123,7 @@ impl MemorySource {
 struct MemorySession {
     entries: std::vec::IntoIter<(EntryMeta, Bytes)>,
     order: EntryOrder,
+    cutting: Cutting,
 }
 
 #[async_trait]
@@ -126,6 +136,7 @@ impl Source for MemorySource {
         Ok(Box::new(MemorySession {
             entries: self.entries.clone().into_iter(),
             order: self.order,
+            cutting: self.cutting,
         }))
     }
 }
@@ -134,6 +145,10 @@ impl Source for MemorySource {
 impl SourceSession for MemorySession {
     fn entry_order(&self) -> EntryOrder {
         self.order
+    }
+
+    fn cutting(&self, _meta: &EntryMeta) -> Cutting {
+        self.cutting
     }
 
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {

@@ -78,6 +78,9 @@ pub struct Chunker {
     scan: Scan,
     /// Earlier buffers, oldest first, held until the chunks cut from them are dropped.
     retired: VecDeque<Bytes>,
+    /// When set, chunks are cut at fixed offsets of this many bytes instead of where the
+    /// content says ([`Chunker::cut_in_blocks`]).
+    fixed: Option<usize>,
     /// Buffers allocated so far.
     #[cfg(test)]
     allocations: usize,
@@ -102,9 +105,27 @@ impl Chunker {
             allocated: false,
             scan: Scan::default(),
             retired: VecDeque::new(),
+            fixed: None,
             #[cfg(test)]
             allocations: 0,
         }
+    }
+
+    /// How the next content is cut: with `Some(block)`, at fixed offsets every average chunk
+    /// size rounded down to whole `block`s (at least one block), so a content made of blocks
+    /// that change in place (database pages) changes only the chunks holding changed blocks,
+    /// and no boundary is searched for; with `None` (or a `block` of 0 or larger than the
+    /// largest chunk), where the content says. Returns the fixed chunk size, if any.
+    ///
+    /// Call it between contents, when nothing is buffered: the bytes buffered are cut the new
+    /// way.
+    pub fn cut_in_blocks(&mut self, block: Option<u32>) -> Option<usize> {
+        debug_assert_eq!(self.buf.len(), 0, "the cutting changes between contents");
+        self.scan = Scan::default();
+        self.fixed = block
+            .filter(|&b| b > 0 && b <= self.params.max_size)
+            .map(|b| (self.params.avg_size / b).max(1) as usize * b as usize);
+        self.fixed
     }
 
     /// The buffer to read into. Keep reading until [`Chunker::next_chunk`] returns `None`.
@@ -206,6 +227,12 @@ impl Chunker {
     /// stopped once more bytes are buffered: no byte is hashed twice.
     pub fn next_chunk(&mut self, eof: bool) -> Option<Bytes> {
         let len = self.buf.len();
+        if let Some(size) = self.fixed {
+            if len == 0 || (!eof && len < size) {
+                return None;
+            }
+            return Some(self.buf.split_to(len.min(size)).freeze());
+        }
         let min = self.params.min_size as usize;
         let max = self.params.max_size as usize;
         if len == 0 || (!eof && len <= min) {
@@ -329,6 +356,46 @@ mod tests {
                 prop_assert!(ch.len() <= 4096);
                 if i + 1 < a.len() { prop_assert!(ch.len() >= 256); }
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn cuts_in_blocks_are_whole_blocks_at_fixed_offsets(len in 0usize..40_000, feed in 1usize..6000, block in prop::sample::select(vec![1u32, 100, 256, 512, 1000, 1024, 4096, 5000])) {
+            // `small()`: average 1024, largest 4096.
+            let data = pseudo_random(len, 3);
+            let mut c = Chunker::new(small(), 9);
+            let size = c.cut_in_blocks(Some(block));
+            let expected = if block > 4096 { None } else { Some((1024 / block).max(1) as usize * block as usize) };
+            prop_assert_eq!(size, expected);
+            let mut chunks = Vec::new();
+            for piece in data.chunks(feed) {
+                c.buffer_mut().extend_from_slice(piece);
+                while let Some(ch) = c.next_chunk(false) { chunks.push(ch); }
+            }
+            while let Some(ch) = c.next_chunk(true) { chunks.push(ch); }
+            prop_assert_eq!(chunks.concat(), data.clone());
+            match size {
+                Some(size) => {
+                    prop_assert_eq!(chunks.len(), len.div_ceil(size));
+                    for (i, ch) in chunks.iter().enumerate() {
+                        if i + 1 < chunks.len() { prop_assert_eq!(ch.len(), size); }
+                        else { prop_assert!(!ch.is_empty() && ch.len() <= size); }
+                    }
+                }
+                // Too large a block: cut where the content says, as if never asked.
+                None => {
+                    let lens: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+                    prop_assert_eq!(lens, reference_cuts(&data, 9));
+                }
+            }
+            // Back to content-defined cuts for the next content.
+            prop_assert_eq!(c.cut_in_blocks(None), None);
+            let again = pseudo_random(len, 4);
+            c.push(&again);
+            let mut lens = Vec::new();
+            while let Some(ch) = c.next_chunk(true) { lens.push(ch.len()); }
+            prop_assert_eq!(lens, reference_cuts(&again, 9));
         }
     }
 

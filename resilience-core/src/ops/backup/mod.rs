@@ -328,7 +328,7 @@ impl Repository {
                         }
                         pipeline.add_entry(meta, content, &mut packer).await?;
                     }
-                    Ahead::Content(meta, reader) => {
+                    Ahead::Content(meta, reader, cutting) => {
                         if let Some(p) = &options.progress {
                             p.entry(&meta);
                         }
@@ -336,6 +336,7 @@ impl Repository {
                             .store_content(
                                 reader,
                                 meta,
+                                cutting,
                                 &mut chunker,
                                 &mut packer,
                                 options.progress.as_ref(),

@@ -20,7 +20,15 @@ use crate::format::snapshot::{self, BlobRef, Content, TreeRecord};
 use crate::ops::cpu;
 use crate::ops::progress::Progress;
 use crate::source::entry::EntryMeta;
-use crate::source::EntryReader;
+use crate::source::{Cutting, EntryReader};
+
+thread_local! {
+    /// Each CPU thread seals into a buffer of its own, sized once for the worst case, and the
+    /// blob keeps a copy of exactly its size. A buffer of the worst case for every chunk, shrunk
+    /// to what compression left, cut the allocator's heaps into holes pinned by the sealed
+    /// blobs waiting for their packs.
+    static SEALING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Hashes a chunk and, unless the repository (or this backup) already has it, seals it.
 fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Option<Encoded>) {
@@ -40,20 +48,18 @@ fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Opt
             return (r, None);
         }
     }
-    let mut stored = Vec::new();
-    blob::encode_blob(
-        &shared.keys.current_key(),
-        kind,
-        &id,
-        &chunk,
-        repo.config.compression_level,
-        &mut stored,
-    );
-    // Room was made for the worst case; what compression saved is given back (in place) while
-    // the blob waits for its pack.
-    if stored.capacity() - stored.len() > stored.len() / 8 + 4096 {
-        stored.shrink_to_fit();
-    }
+    let stored = SEALING.with_borrow_mut(|sealing| {
+        sealing.clear();
+        blob::encode_blob(
+            &shared.keys.current_key(),
+            kind,
+            &id,
+            &chunk,
+            repo.config.compression_level,
+            sealing,
+        );
+        sealing.to_vec()
+    });
     (
         r,
         Some(Encoded {
@@ -247,12 +253,14 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Reads an entry's content through `chunker` and pushes its chunks; content no larger
-    /// than the repository's inline limit goes inside the tree instead.
+    /// Reads an entry's content through `chunker`, cut as `cutting` says, and pushes its
+    /// chunks; content no larger than the repository's inline limit goes inside the tree
+    /// instead.
     pub(super) async fn store_content(
         &mut self,
         mut reader: EntryReader,
         meta: EntryMeta,
+        cutting: Cutting,
         chunker: &mut Chunker,
         packer: &mut Packer,
         progress: Option<&Arc<dyn Progress>>,
@@ -261,6 +269,10 @@ impl Pipeline {
         let inline_limit = self.shared.repo.config.inline_limit as u64;
         let path = meta.path.to_string();
         let mut meta = Some(meta);
+        chunker.cut_in_blocks(match cutting {
+            Cutting::ContentDefined => None,
+            Cutting::Blocks { block } => Some(block),
+        });
         loop {
             // The chunker's two buffers both hold chunks in flight: the oldest finish first.
             while !self.inflight.is_empty() && chunker.is_full() {

@@ -14,14 +14,15 @@ use super::Shared;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Content;
 use crate::source::entry::{EntryKind, EntryMeta};
-use crate::source::{DropGuardReader, EntryReader, Vanished};
+use crate::source::{Cutting, DropGuardReader, EntryReader, Vanished};
 
 /// What the read-ahead stage hands the backup loop, in source order.
 pub(super) enum Ahead {
     /// Unchanged since the parent: its content (blobs or inline bytes), without reading.
     Reused(EntryMeta, Content),
-    /// Content to store: read ahead into memory for small files, else the source's reader.
-    Content(EntryMeta, EntryReader),
+    /// Content to store: read ahead into memory for small files, else the source's reader;
+    /// cut into chunks as the source asked.
+    Content(EntryMeta, EntryReader, Cutting),
     /// An entry without content.
     NoContent(EntryMeta),
     /// A file that disappeared before it was read ([`Vanished`]): left out.
@@ -96,6 +97,7 @@ pub(super) fn spawn_read_ahead(
                 let item: futures::future::BoxFuture<'static, Result<Ahead>> =
                     match (meta.kind, entry.content) {
                         (EntryKind::File, Some(reader)) => {
+                            let cutting = session.cutting(&meta);
                             let open = open_readers.clone();
                             let mut reader = DropGuardReader::wrap(reader, move || drop(open));
                             let reuse = match cursor.reusable(&meta, &shared).await {
@@ -130,13 +132,13 @@ pub(super) fn spawn_read_ahead(
                                         }
                                         let reader: EntryReader =
                                             Box::pin(std::io::Cursor::new(buf));
-                                        Ok(Ahead::Content(meta, reader))
+                                        Ok(Ahead::Content(meta, reader, cutting))
                                     })
                                 }
                                 None => {
                                     streams = true;
                                     Box::pin(futures::future::ready(Ok(Ahead::Content(
-                                        meta, reader,
+                                        meta, reader, cutting,
                                     ))))
                                 }
                             }
@@ -188,7 +190,8 @@ pub(super) fn spawn_read_ahead(
                 for entry in entries {
                     let item = match entry.content {
                         Some(reader) if entry.meta.kind == EntryKind::File => {
-                            Ahead::Content(entry.meta, reader)
+                            let cutting = session.cutting(&entry.meta);
+                            Ahead::Content(entry.meta, reader, cutting)
                         }
                         _ => Ahead::NoContent(entry.meta),
                     };

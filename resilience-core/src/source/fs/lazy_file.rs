@@ -93,6 +93,9 @@ pub struct LazyFile {
     /// The size the walk saw: the first read asks for that much (plus one byte to see the end).
     size_hint: u64,
     state: State,
+    /// The buffer of the block last handed on, kept for the next read: a large file is read
+    /// through two buffers, not a new one for every block.
+    spare: Vec<u8>,
 }
 
 enum State {
@@ -120,6 +123,7 @@ impl LazyFile {
             path,
             size_hint,
             state: State::Unopened,
+            spare: Vec::new(),
         }
     }
 }
@@ -179,6 +183,7 @@ impl AsyncRead for LazyFile {
                         return Poll::Ready(Ok(()));
                     }
                     if let Some(next) = ahead.take() {
+                        this.spare = std::mem::take(buf);
                         this.state = State::Reading(next);
                         continue;
                     }
@@ -211,7 +216,12 @@ impl AsyncRead for LazyFile {
                             let (file, ahead) = match file {
                                 Some(f) if !eof => (
                                     None,
-                                    Some(queue_read(this.path.clone(), Some(f), Vec::new(), BLOCK)),
+                                    Some(queue_read(
+                                        this.path.clone(),
+                                        Some(f),
+                                        std::mem::take(&mut this.spare),
+                                        BLOCK,
+                                    )),
                                 ),
                                 file => (file, None),
                             };
