@@ -75,20 +75,30 @@ impl CliError {
     }
 }
 
-/// Caps glibc's malloc at two arenas. It otherwise keeps one per thread that allocates (up to
-/// eight per core), and the blocking pool's threads each hold freed chunk and pack buffers in
-/// their own: a 1 GiB backup peaked at 286 MiB with the default, 191 MiB with one arena
-/// (benches/compare-restic.sh), for the same work.
-fn limit_malloc_arenas() {
+/// Tunes glibc's malloc for buffers of a chunk's size, allocated and freed thousands of times.
+///
+/// - Two arenas at most. It otherwise keeps one per thread that allocates (up to eight per
+///   core), and the blocking pool's threads each hold freed chunk and pack buffers in their
+///   own: a 1 GiB backup peaked at 286 MiB with the default, 191 MiB with one arena
+///   (benches/compare-restic.sh), for the same work.
+/// - Buffers below 8 MiB (chunks of up to 4 MiB and their sealed or decoded forms) come from
+///   the arenas, and up to 32 MiB freed at an arena's top stays there. By default glibc gives
+///   such memory back to the system as soon as it is freed and takes it again for the next
+///   chunk: a restore of a 4.7 GB Postgres cluster took 600,000 page faults and 4.0 s of system
+///   time, 6,000 and 2.6 s with these settings (peak RSS 38 → 44 MiB; a base backup's
+///   unchanged). The budget bounds what is in use at once, so what stays is what the peak used.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a tunable of the allocator; called before any other thread.
+    // SAFETY: mallopt only sets tunables of the allocator; called before any other thread.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
     }
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
