@@ -131,14 +131,25 @@ impl Chunker {
     /// The buffer to read into. Keep reading until [`Chunker::next_chunk`] returns `None`.
     ///
     /// Its buffer holds a largest chunk and a quarter more (5 MiB with the default 4 MiB
-    /// chunks): chunks come out as soon as their boundary is read, so what waits in it is
-    /// usually less than an average chunk.
+    /// chunks; two and a half chunks, 2.5 MiB, when cutting in blocks): chunks come out as
+    /// soon as their boundary is read, so what waits in it is usually less than an average
+    /// chunk.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
-        let max = self.params.max_size as usize;
-        if self.spare() < max / 4 {
-            self.make_room(max / 4, max + max / 4);
+        let span = self.span();
+        if self.spare() < span / 4 {
+            self.make_room(span / 4, span + span / 4);
         }
         &mut self.buf
+    }
+
+    /// What a buffer is sized for (and a quarter more): a largest chunk, or two chunks when
+    /// cutting in blocks (chunks of about the average size: a buffer of the largest would
+    /// hold memory no chunk needs).
+    fn span(&self) -> usize {
+        match self.fixed {
+            Some(size) => (2 * size).min(self.params.max_size as usize),
+            None => self.params.max_size as usize,
+        }
     }
 
     /// Whether reading on would take a third buffer: the one being read into has too little
@@ -146,10 +157,10 @@ impl Chunker {
     /// (waits for) its oldest chunks first keeps the chunker at two buffers; one that reads
     /// on anyway gets a new buffer.
     pub fn is_full(&mut self) -> bool {
-        let max = self.params.max_size as usize;
-        self.spare() < max / 4
+        let span = self.span();
+        self.spare() < span / 4
             && self.retired.len() >= MAX_RETIRED
-            && !self.buf.try_reclaim(max / 4)
+            && !self.buf.try_reclaim(span / 4)
             && !self.retired.iter().any(Bytes::is_unique)
     }
 
@@ -482,6 +493,26 @@ mod tests {
             take(ch, &mut out, &mut kept);
         }
         out
+    }
+
+    #[test]
+    fn cutting_in_blocks_holds_two_buffers_of_two_chunks_and_a_half() {
+        let data = pseudo_random(300_000, 8);
+        let mut c = Chunker::new(small(), 1);
+        let size = c.cut_in_blocks(Some(512)).expect("512-byte blocks fit");
+        assert_eq!(size, 1024);
+        assert_eq!(read_through(&mut c, &data, 2), data);
+        // A largest chunk's buffer (4096 and a quarter) would hold twice what two chunks need.
+        assert!(
+            c.buf.capacity() <= 2 * size + size / 2,
+            "{}",
+            c.buf.capacity()
+        );
+        assert!(
+            c.allocations <= 1 + MAX_RETIRED,
+            "{} buffers",
+            c.allocations
+        );
     }
 
     #[test]
