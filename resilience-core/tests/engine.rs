@@ -166,8 +166,8 @@ async fn content_cut_in_blocks_costs_one_chunk_for_a_changed_page() {
         .unwrap();
     assert_eq!(third.record.new_bytes, 3 * PAGE as u64);
 
-    // The same page change, cut where the content says, costs at least as much: the cut
-    // in blocks loses nothing in deduplication on such content.
+    // The same page change, cut where the content says, costs a whole chunk too (at least
+    // the smallest, 512 KiB): the cut in blocks loses no deduplication on such content.
     let sink: Arc<dyn Sink> = Arc::new(MemorySink::new());
     let cdc = new_repo(sink).await;
     let src = |data: Vec<u8>| MemorySource::new("pg").file("base/1/16384", data);

@@ -58,6 +58,28 @@ impl ChunkerParams {
     }
 }
 
+/// How the engine cuts an entry's content into chunks (asked of the session per entry:
+/// [`crate::source::SourceSession::cutting`]). Either way the chunks are content-addressed and
+/// a restore reads them the same: the choice costs or saves CPU and deduplication, never
+/// correctness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Cutting {
+    /// Where the content says (FastCDC): bytes inserted or removed shift only the chunks around
+    /// them. For content whose bytes may move: files in general.
+    #[default]
+    ContentDefined,
+    /// At fixed offsets, every so many whole `block`s (the repository's average chunk size,
+    /// rounded down to whole blocks). For content made of fixed-size blocks that change in
+    /// place and are only ever added at the end (database pages, WAL): a changed block changes
+    /// the one chunk that holds it, and no CPU goes into searching for boundaries (the search
+    /// is the one step of a backup that cannot be spread over cores within a file). A `block`
+    /// larger than the repository's largest chunk falls back to [`Cutting::ContentDefined`].
+    Blocks {
+        /// The block size in bytes (Postgres: 8192).
+        block: u32,
+    },
+}
+
 /// Chunker parameters outside what FastCDC accepts, or not ordered min ≤ avg ≤ max.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid chunker parameters {0:?}: FastCDC needs min ≤ avg ≤ max within its bounds")]
@@ -79,7 +101,7 @@ pub struct Chunker {
     /// Earlier buffers, oldest first, held until the chunks cut from them are dropped.
     retired: VecDeque<Bytes>,
     /// When set, chunks are cut at fixed offsets of this many bytes instead of where the
-    /// content says ([`Chunker::cut_in_blocks`]).
+    /// content says ([`Chunker::set_cutting`]).
     fixed: Option<usize>,
     /// Buffers allocated so far.
     #[cfg(test)]
@@ -111,20 +133,23 @@ impl Chunker {
         }
     }
 
-    /// How the next content is cut: with `Some(block)`, at fixed offsets every average chunk
-    /// size rounded down to whole `block`s (at least one block), so a content made of blocks
-    /// that change in place (database pages) changes only the chunks holding changed blocks,
-    /// and no boundary is searched for; with `None` (or a `block` of 0 or larger than the
-    /// largest chunk), where the content says. Returns the fixed chunk size, if any.
+    /// How the next content is cut: in blocks ([`Cutting::Blocks`]), at fixed offsets every
+    /// average chunk size rounded down to whole blocks (at least one block), so a content made
+    /// of blocks that change in place (database pages) changes only the chunks holding changed
+    /// blocks, and no boundary is searched for; otherwise (or with a block of 0 or larger than
+    /// the largest chunk), where the content says. Returns the fixed chunk size, if any.
     ///
     /// Call it between contents, when nothing is buffered: the bytes buffered are cut the new
     /// way.
-    pub fn cut_in_blocks(&mut self, block: Option<u32>) -> Option<usize> {
+    pub fn set_cutting(&mut self, cutting: Cutting) -> Option<usize> {
         debug_assert_eq!(self.buf.len(), 0, "the cutting changes between contents");
         self.scan = Scan::default();
-        self.fixed = block
-            .filter(|&b| b > 0 && b <= self.params.max_size)
-            .map(|b| (self.params.avg_size / b).max(1) as usize * b as usize);
+        self.fixed = match cutting {
+            Cutting::Blocks { block } if block > 0 && block <= self.params.max_size => {
+                Some((self.params.avg_size / block).max(1) as usize * block as usize)
+            }
+            _ => None,
+        };
         self.fixed
     }
 
@@ -376,7 +401,7 @@ mod tests {
             // `small()`: average 1024, largest 4096.
             let data = pseudo_random(len, 3);
             let mut c = Chunker::new(small(), 9);
-            let size = c.cut_in_blocks(Some(block));
+            let size = c.set_cutting(Cutting::Blocks { block });
             let expected = if block > 4096 { None } else { Some((1024 / block).max(1) as usize * block as usize) };
             prop_assert_eq!(size, expected);
             let mut chunks = Vec::new();
@@ -401,7 +426,7 @@ mod tests {
                 }
             }
             // Back to content-defined cuts for the next content.
-            prop_assert_eq!(c.cut_in_blocks(None), None);
+            prop_assert_eq!(c.set_cutting(Cutting::ContentDefined), None);
             let again = pseudo_random(len, 4);
             c.push(&again);
             let mut lens = Vec::new();
@@ -499,7 +524,9 @@ mod tests {
     fn cutting_in_blocks_holds_two_buffers_of_two_chunks_and_a_half() {
         let data = pseudo_random(300_000, 8);
         let mut c = Chunker::new(small(), 1);
-        let size = c.cut_in_blocks(Some(512)).expect("512-byte blocks fit");
+        let size = c
+            .set_cutting(Cutting::Blocks { block: 512 })
+            .expect("512-byte blocks fit");
         assert_eq!(size, 1024);
         assert_eq!(read_through(&mut c, &data, 2), data);
         // A largest chunk's buffer (4096 and a quarter) would hold twice what two chunks need.

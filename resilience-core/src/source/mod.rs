@@ -21,6 +21,7 @@ use crate::source::entry::{EntryMeta, EntryPath};
 
 pub use self::content_check::ContentCheck;
 pub use self::drop_guard::DropGuardReader;
+pub use crate::format::chunker::Cutting;
 
 /// An entry's content, read once, front to back.
 pub type EntryReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -157,27 +158,6 @@ impl EntryOrder {
     }
 }
 
-/// How the engine cuts an entry's content into chunks (asked of the session per entry:
-/// [`SourceSession::cutting`]). Either way the chunks are content-addressed and a restore reads
-/// them the same: the choice costs or saves CPU and deduplication, never correctness.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Cutting {
-    /// Where the content says (FastCDC): bytes inserted or removed shift only the chunks around
-    /// them. For content whose bytes may move: files in general.
-    #[default]
-    ContentDefined,
-    /// At fixed offsets, every so many whole `block`s (the repository's average chunk size,
-    /// rounded down to whole blocks). For content made of fixed-size blocks that change in
-    /// place and are only ever added at the end (database pages, WAL): a changed block changes
-    /// the one chunk that holds it, and no CPU goes into searching for boundaries (the search
-    /// is the one step of a backup that cannot be spread over cores within a file). A `block`
-    /// larger than the repository's largest chunk falls back to [`Cutting::ContentDefined`].
-    Blocks {
-        /// The block size in bytes (Postgres: 8192).
-        block: u32,
-    },
-}
-
 /// One snapshot being taken.
 ///
 /// Entries should come in the session's [`EntryOrder`] where the source can (it lets the
@@ -190,7 +170,8 @@ pub trait SourceSession: Send {
     }
 
     /// How to cut this entry's content into chunks (by default where the content says:
-    /// [`Cutting::ContentDefined`]). Asked once per entry whose content is read.
+    /// [`Cutting::ContentDefined`]). Asked once per file entry, whether its content is then
+    /// read or reused from the parent snapshot.
     fn cutting(&self, _meta: &EntryMeta) -> Cutting {
         Cutting::ContentDefined
     }

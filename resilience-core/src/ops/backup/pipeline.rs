@@ -269,10 +269,7 @@ impl Pipeline {
         let inline_limit = self.shared.repo.config.inline_limit as u64;
         let path = meta.path.to_string();
         let mut meta = Some(meta);
-        chunker.cut_in_blocks(match cutting {
-            Cutting::ContentDefined => None,
-            Cutting::Blocks { block } => Some(block),
-        });
+        chunker.set_cutting(cutting);
         loop {
             // The chunker's two buffers both hold chunks in flight: the oldest finish first.
             while !self.inflight.is_empty() && chunker.is_full() {
