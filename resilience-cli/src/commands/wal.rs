@@ -27,6 +27,9 @@ use crate::CliError;
 /// Exit status of `wal-fetch` when the archive cannot be read: above 125, so Postgres stops
 /// recovery instead of taking the failure for the end of the WAL.
 const FETCH_FAILED: u8 = 126;
+/// How long a prefetch of the segment asked for may stand still (its file not growing) before
+/// the call stops waiting for it and fetches the segment itself.
+const PREFETCH_STALL: Duration = Duration::from_millis(500);
 
 /// The directory of a WAL file given as %p (`pg_wal`, relative to the data directory).
 fn wal_dir(path: &Path) -> PathBuf {
@@ -172,7 +175,7 @@ pub async fn fetch(g: &Global, args: &WalFetchArgs) -> Result<(), CliError> {
         return run_prefetcher(g, args, &spool).await.map_err(failed);
     }
     if let Some(spool) = &spool {
-        match spool.take_prefetched(name, &args.dest) {
+        match serve_prefetched(spool, name, &args.dest) {
             Ok(Some(len)) => {
                 prefetch_after(spool, name, len);
                 return Ok(());
@@ -187,6 +190,7 @@ pub async fn fetch(g: &Global, args: &WalFetchArgs) -> Result<(), CliError> {
         dest: args.dest.clone(),
         tmp: args.dest.with_extension("resilience-partial"),
         durable: false,
+        crc32c_in_name: false,
     };
     let fetched = wal.fetch_to_file(name, move |_| Ok(target)).await;
     let Some(header) = fetched.map_err(|e| failed(e.into()))? else {
@@ -196,6 +200,19 @@ pub async fn fetch(g: &Global, args: &WalFetchArgs) -> Result<(), CliError> {
         prefetch_after(spool, name, header.size);
     }
     Ok(())
+}
+
+/// Serves segment `name` from the spool: at once if it is prefetched, after the prefetcher
+/// finished it if it is writing it now (stalled for [`PREFETCH_STALL`]: not waited for);
+/// `None` if it is neither.
+fn serve_prefetched(spool: &Spool, name: &str, dest: &Path) -> Result<Option<u64>, PgError> {
+    if let Some(len) = spool.take_prefetched(name, dest)? {
+        return Ok(Some(len));
+    }
+    if spool.wait_for_prefetch(name, PREFETCH_STALL)? {
+        return spool.take_prefetched(name, dest);
+    }
+    Ok(None)
 }
 
 /// After segment `name` (of `len` bytes) was served: stale prefetched segments go, the

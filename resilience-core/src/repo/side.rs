@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::crypto::KeySet;
+pub use crate::format::object::CompressionThreads;
 use crate::format::object::{self, ObjectKind};
 use crate::repo::Repository;
 use crate::sink::Sink;
@@ -80,7 +81,7 @@ impl SideArchive {
     }
 
     /// [`SideArchive::seal_parts`] of `prefix` followed by `len` bytes read from `source`,
-    /// never held whole ([`object::seal_object_read`]).
+    /// never held whole, compressed by `threads` ([`object::seal_object_read`]).
     pub fn seal_read(
         &self,
         kind: SideObject,
@@ -88,8 +89,9 @@ impl SideArchive {
         prefix: &[u8],
         source: impl std::io::Read,
         len: u64,
+        threads: CompressionThreads,
     ) -> std::io::Result<Vec<u8>> {
-        object::seal_object_read(&self.keys, kind.kind(), key, prefix, source, len)
+        object::seal_object_read(&self.keys, kind.kind(), key, prefix, source, len, threads)
     }
 
     /// [`SideArchive::open`] as a stream: checks and decrypts the object where it lies in

@@ -23,6 +23,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use resilience_core::repo::side::CompressionThreads;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
@@ -239,6 +240,13 @@ pub async fn run_pusher(
     options: &PusherOptions,
 ) -> Result<PusherReport, PgError> {
     spool.remove_leftovers()?;
+    // Several files at once keep the cores busy: each is compressed by one thread.
+    let wal = &match options.parallel > 1 {
+        true => wal
+            .clone()
+            .with_compression_threads(CompressionThreads::One),
+        false => wal.clone(),
+    };
     let mut report = PusherReport::default();
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<(String, bool)> = JoinSet::new();

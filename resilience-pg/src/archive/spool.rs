@@ -60,6 +60,26 @@ impl Spool {
         self.path(&format!("{TEMP_PREFIX}{file}.{}", hex::encode(id)))
     }
 
+    /// The size of a temporary file being written for `file` ([`Spool::temp_path`]), if one
+    /// is in the spool.
+    pub fn writing(&self, file: &str) -> Result<Option<u64>, PgError> {
+        let prefix = format!("{TEMP_PREFIX}{file}.");
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(PgError::io("list", self.dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(PgError::io("list", self.dir.display()))?;
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                return match entry.metadata() {
+                    Ok(m) => Ok(Some(m.len())),
+                    // Renamed or removed under us: the caller's next look tells which.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(0)),
+                    Err(e) => Err(PgError::io("stat", entry.path().display())(e)),
+                };
+            }
+        }
+        Ok(None)
+    }
+
     /// Writes `bytes` as `file`, whole or not at all, and durably: a temporary file is written
     /// and synced, renamed to `file`, and the directory synced.
     pub fn write_durably(&self, file: &str, bytes: &[u8]) -> Result<(), PgError> {
@@ -164,12 +184,32 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hasher.finalize().to_hex().to_string(), len))
 }
 
+/// CRC32C (Castagnoli, as Postgres' WAL records use) and length of the file at `path`, read
+/// in pieces.
+pub fn crc32c_file(path: &Path) -> std::io::Result<(u32, u64)> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut crc, mut len) = (0u32, 0u64);
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok((crc, len)),
+            Ok(n) => {
+                crc = crc32c::crc32c_append(crc, &buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn files_hash_to_the_blake3_of_their_bytes_at_every_read_boundary() {
+    fn files_hash_to_the_blake3_and_crc32c_of_their_bytes_at_every_read_boundary() {
         let dir = tempfile::tempdir().unwrap();
         let piece = 1 << 20;
         let bytes: Vec<u8> = (0..3 * piece + 7).map(|i| (i * 31 % 251) as u8).collect();
@@ -178,6 +218,9 @@ mod tests {
             std::fs::write(&path, &bytes[..len]).unwrap();
             let (digest, got) = hash_file(&path).unwrap();
             assert_eq!(got, len as u64);
+            let (crc, got) = crc32c_file(&path).unwrap();
+            assert_eq!(got, len as u64);
+            assert_eq!(crc, crc32c::crc32c(&bytes[..len]), "{len}");
             assert_eq!(
                 digest,
                 blake3::hash(&bytes[..len]).to_hex().to_string(),
@@ -188,6 +231,11 @@ mod tests {
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
         // A directory opens but does not read: an error, not a digest.
         assert!(hash_file(dir.path()).is_err());
+        assert!(crc32c_file(dir.path()).is_err());
+        assert_eq!(
+            crc32c_file(&dir.path().join("missing")).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
     }
 
     #[test]
