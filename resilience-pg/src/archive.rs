@@ -844,33 +844,36 @@ mod tests {
         let scanned = scan_file(name, WalFileKind::Segment, &path).unwrap();
         let header = wal.header_for(name, scanned.size, &scanned.digest, scanned.summary);
         let key = wal.key(name);
-        for changed in [segment(2).to_vec(), [&segment(1)[..], b"more"].concat()] {
-            std::fs::write(&path, &changed).unwrap();
-            let err = seal_file(
+        let seal = || {
+            let threads = CompressionThreads::One;
+            seal_file(
                 &wal.side,
                 &key,
                 &header,
                 name,
                 &path,
                 scanned.crc32c,
-                CompressionThreads::One,
+                threads,
             )
-            .unwrap_err();
-            assert!(matches!(err, PgError::WalChanged { .. }), "{err}");
+        };
+        let mut one_bit = segment(1).to_vec();
+        one_bit[9000] ^= 0x04;
+        let changed = [
+            segment(2).to_vec(),
+            one_bit,
+            [&segment(1)[..], b"more"].concat(),
+            segment(1)[..1000].to_vec(),
+        ];
+        for bytes in changed {
+            std::fs::write(&path, &bytes).unwrap();
+            let err = seal().unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
+            if bytes.len() >= 1000 * 2 {
+                assert!(matches!(err, PgError::WalChanged { .. }), "{err}");
+            }
         }
-        std::fs::write(&path, &segment(1)[..1000]).unwrap();
-        let err = seal_file(
-            &wal.side,
-            &key,
-            &header,
-            name,
-            &path,
-            scanned.crc32c,
-            CompressionThreads::One,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains(name), "{err}");
+        std::fs::write(&path, segment(1)).unwrap();
+        assert!(seal().is_ok(), "the same bytes seal");
         assert!(
             wal.fetch(name).await.unwrap().is_none(),
             "nothing was written"
