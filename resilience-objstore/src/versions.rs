@@ -1,7 +1,7 @@
 //! S3 object versions: `ListObjectVersions` (which `object_store` does not offer), and where
 //! versions live in a snapshot.
 //!
-//! The request goes through the bucket's requests by exact key ([`crate::s3_exact`]): signed
+//! The request goes through the bucket's requests by exact key (`s3_exact`): signed
 //! with the credentials of the store [`crate::open_store`] builds from the same URL and `AWS_*`
 //! variables, trusting the same extra CA certificates, tried again on a busy server. Pages are
 //! streamed (`key-marker` / `version-id-marker`), never gathered.

@@ -13,7 +13,7 @@
 //! Pushing is idempotent and never lies: success is reported only after the object is durable;
 //! a second push of identical bytes succeeds; different bytes under an existing name are refused
 //! and the stored object is kept. Two pushes of one name at the same moment agree through
-//! claims which may write it ([`claim`]): of different bytes, at most one is acknowledged, also
+//! claims which may write it (`claim`): of different bytes, at most one is acknowledged, also
 //! on stores that ignore create-only puts.
 
 pub mod async_push;
@@ -156,7 +156,7 @@ impl WalArchive {
     /// holding it in memory: it is read twice, in pieces — once to hash and summarize it, once
     /// to seal it — so a 16 MiB segment costs its compressed size. Bytes that change between
     /// the two reads are refused ([`PgError::WalChanged`], the second read checked by CRC32C:
-    /// [`seal_file`]), never archived under a digest that is not theirs.
+    /// see `seal_file`), never archived under a digest that is not theirs.
     pub async fn push_file(&self, name: &str, path: &Path) -> Result<Pushed, PgError> {
         let kind = Self::check_name(name)?;
         let (n, p) = (name.to_owned(), path.to_owned());

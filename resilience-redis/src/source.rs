@@ -1,7 +1,7 @@
 //! Backing up a keyspace with `SCAN` + `DUMP` + `PEXPIRETIME`, pipelined, on every primary.
 //!
 //! Works where managed services forbid `SYNC`, `BGSAVE` and `CONFIG`. Each primary is scanned
-//! with a cursor on a connection of the backup's own ([`crate::pipe`]): each round sends the
+//! with a cursor on a connection of the backup's own (`pipe`): each round sends the
 //! next `SCAN` with the `DUMP` and expiry of every key of the page before, so the server always
 //! has a page to work on while the last one's replies are read. Keys are packed into entries of
 //! about [`RedisSource::batch_bytes`] (records as in [`crate::record`]), so a million keys make

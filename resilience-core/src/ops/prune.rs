@@ -32,7 +32,7 @@
 //! before anything is deleted.
 //!
 //! Each run also discards the unfinished uploads (multipart uploads, staging files) that killed
-//! writers left, once older than the grace period ([`uploads`]).
+//! writers left, once older than the grace period (the private `uploads` module).
 
 pub mod retention;
 mod uploads;

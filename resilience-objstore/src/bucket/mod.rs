@@ -15,7 +15,7 @@
 //! is.
 //!
 //! Keys are kept exactly as the store names them (any UTF-8, `%`, `+`, `#`, `?`, spaces). On
-//! S3, GCS and Azure, the bucket is listed, read and written by exact key ([`crate::exact`]),
+//! S3, GCS and Azure, the bucket is listed, read and written by exact key (`exact`),
 //! so every key the store can hold round-trips: a leading, trailing or doubled `/`, `.` and
 //! `..` segments, control characters. (A key that is only `.` or `..`, at the root of an S3
 //! bucket or an Azure container, has no URL path and is an error naming it.) Objects whose keys

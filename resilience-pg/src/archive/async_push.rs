@@ -70,7 +70,7 @@ struct MarkerFile {
 }
 
 impl PushMarker {
-    /// A failure marker; the message is cut to [`MAX_MESSAGE_BYTES`] (at a character boundary).
+    /// A failure marker; the message is cut to 4096 bytes (at a character boundary).
     pub fn failed(message: &str) -> Self {
         let mut end = message.len().min(MAX_MESSAGE_BYTES);
         while !message.is_char_boundary(end) {
