@@ -415,7 +415,7 @@ mod tests {
             content in proptest::collection::vec(any::<u8>(), 0..20_000),
         ) {
             let ks = KeySet::generate();
-            let obj = seal_object_read(&ks, ObjectKind::SideItem, "wal/x/1", &prefix, &content[..], content.len() as u64, CompressionThreads::PerCore).unwrap();
+            let obj = seal_item(&ks, &prefix, &content[..], content.len() as u64, CompressionThreads::PerCore).unwrap();
             prop_assert_eq!(open_object(&ks, ObjectKind::SideItem, "wal/x/1", &obj).unwrap(), [prefix, content].concat());
         }
 
@@ -457,18 +457,29 @@ mod tests {
         }
     }
 
+    /// A side item named `wal/x/1` sealed from `source` ([`seal_object_read`]).
+    fn seal_item(
+        ks: &KeySet,
+        prefix: &[u8],
+        source: impl std::io::Read,
+        len: u64,
+        threads: CompressionThreads,
+    ) -> std::io::Result<Vec<u8>> {
+        seal_object_read(
+            ks,
+            ObjectKind::SideItem,
+            "wal/x/1",
+            prefix,
+            source,
+            len,
+            threads,
+        )
+    }
+
     #[test]
     fn a_reader_that_ends_early_or_fails_seals_nothing() {
         let ks = KeySet::generate();
-        let short = seal_object_read(
-            &ks,
-            ObjectKind::SideItem,
-            "wal/x/1",
-            b"h",
-            &b"abc"[..],
-            4,
-            CompressionThreads::PerCore,
-        );
+        let short = seal_item(&ks, b"h", &b"abc"[..], 4, CompressionThreads::PerCore);
         assert_eq!(short.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
         struct Failing;
         impl std::io::Read for Failing {
@@ -476,26 +487,10 @@ mod tests {
                 Err(std::io::Error::other("disk gone"))
             }
         }
-        let failed = seal_object_read(
-            &ks,
-            ObjectKind::SideItem,
-            "wal/x/1",
-            b"h",
-            Failing,
-            4,
-            CompressionThreads::One,
-        );
+        let failed = seal_item(&ks, b"h", Failing, 4, CompressionThreads::One);
         assert!(failed.unwrap_err().to_string().contains("disk gone"));
         // A longer source is read only as far as `len`.
-        let obj = seal_object_read(
-            &ks,
-            ObjectKind::SideItem,
-            "wal/x/1",
-            b"h",
-            &b"abcdef"[..],
-            3,
-            CompressionThreads::PerCore,
-        );
+        let obj = seal_item(&ks, b"h", &b"abcdef"[..], 3, CompressionThreads::PerCore);
         let opened = open_object(&ks, ObjectKind::SideItem, "wal/x/1", &obj.unwrap()).unwrap();
         assert_eq!(opened, b"habc");
     }
@@ -511,16 +506,7 @@ mod tests {
             })
             .collect();
         for threads in [CompressionThreads::One, CompressionThreads::PerCore] {
-            let obj = seal_object_read(
-                &ks,
-                ObjectKind::SideItem,
-                "wal/x/1",
-                b"head",
-                &content[..],
-                content.len() as u64,
-                threads,
-            )
-            .unwrap();
+            let obj = seal_item(&ks, b"head", &content[..], content.len() as u64, threads).unwrap();
             let opened = open_object(&ks, ObjectKind::SideItem, "wal/x/1", &obj).unwrap();
             assert_eq!(opened.len(), content.len() + 4, "{threads:?}");
             assert!(

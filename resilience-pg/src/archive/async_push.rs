@@ -241,11 +241,14 @@ pub async fn run_pusher(
 ) -> Result<PusherReport, PgError> {
     spool.remove_leftovers()?;
     // Several files at once keep the cores busy: each is compressed by one thread.
-    let wal = &match options.parallel > 1 {
-        true => wal
+    let one_at_a_time;
+    let wal = if options.parallel > 1 {
+        one_at_a_time = wal
             .clone()
-            .with_compression_threads(CompressionThreads::One),
-        false => wal.clone(),
+            .with_compression_threads(CompressionThreads::One);
+        &one_at_a_time
+    } else {
+        wal
     };
     let mut report = PusherReport::default();
     let mut in_flight: HashSet<String> = HashSet::new();

@@ -528,15 +528,12 @@ mod tests {
             parse_prefetched("000000010000000000000008.deadBEEF"),
             Some(("000000010000000000000008", 0xdead_beef))
         );
-        let digest = &crc;
         for n in [
             "000000010000000000000004",
             "000000010000000000000009",
             "000000020000000000000009",
         ] {
-            spool
-                .write_durably(&format!("{n}.{digest}"), &good)
-                .unwrap();
+            spool.write_durably(&format!("{n}.{crc}"), &good).unwrap();
         }
         let by_blake3 = format!("00000001000000000000000A.{}", blake3::hash(&good).to_hex());
         spool.write_durably(&by_blake3, &good).unwrap();
