@@ -192,12 +192,19 @@ pub async fn fetch(g: &Global, args: &WalFetchArgs) -> Result<(), CliError> {
         durable: false,
         crc32c_in_name: false,
     };
-    let fetched = wal.fetch_to_file(name, move |_| Ok(target)).await;
-    let Some(header) = fetched.map_err(|e| failed(e.into()))? else {
+    // The prefetcher is asked for the next segments as soon as this one's header is read,
+    // so that it starts while this segment is being written, not after.
+    let owned = name.to_owned();
+    let fetched = wal
+        .fetch_to_file(name, move |header| {
+            if let Some(spool) = &spool {
+                prefetch_after(spool, &owned, header.size);
+            }
+            Ok(target)
+        })
+        .await;
+    if fetched.map_err(|e| failed(e.into()))?.is_none() {
         return Err(CliError::Quiet(1));
-    };
-    if let Some(spool) = &spool {
-        prefetch_after(spool, name, header.size);
     }
     Ok(())
 }

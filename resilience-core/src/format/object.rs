@@ -206,6 +206,14 @@ fn seal_written(
 /// for each. Level 1 compresses twice as fast as 3; on WAL its output is within a few percent
 /// of level 3's (smaller on pgbench-like segments: 2.98 against 3.38 MB of 16 MiB).
 const STREAM_LEVEL: i32 = 1;
+/// Level 1's window and hash table, narrowed for WAL: a 128 KiB window (not 512) and a
+/// 4096-entry table (not 8192), which stay in the core's caches. On pgbench-like segments
+/// 16–42% faster than level 1's own (17.8 against 21.3 ms a segment), their output within 2%
+/// of its size (2.96 against 2.98 MB; 1.63 against 1.60 on pgbench's load, 1.42 against 1.40
+/// on its updates). Any zstd decoder reads it: a smaller window asks less of the decoder.
+const STREAM_WINDOW_LOG: u32 = 17;
+/// See [`STREAM_WINDOW_LOG`].
+const STREAM_HASH_LOG: u32 = 12;
 /// Objects read from a source at least this long are compressed by several threads.
 const MT_MIN_LEN: u64 = 2 << 20;
 /// What each compression thread takes at a time: zstd's smallest job, so the threads' input
@@ -246,6 +254,8 @@ fn compress_read(
 ) -> std::io::Result<()> {
     use std::io::Write;
     let mut encoder = zstd::stream::write::Encoder::new(out, STREAM_LEVEL)?;
+    encoder.set_parameter(zstd::stream::raw::CParameter::WindowLog(STREAM_WINDOW_LOG))?;
+    encoder.set_parameter(zstd::stream::raw::CParameter::HashLog(STREAM_HASH_LOG))?;
     let workers = compression_workers(total, threads);
     if workers > 1 {
         encoder.multithread(workers)?;
@@ -254,7 +264,7 @@ fn compress_read(
     encoder.set_pledged_src_size(Some(total))?;
     encoder.include_contentsize(true)?;
     encoder.write_all(prefix)?;
-    let copied = std::io::copy(&mut source.take(len), &mut encoder)?;
+    let copied = copy_in_pieces(&mut source.take(len), &mut encoder)?;
     if copied != len {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -263,6 +273,31 @@ fn compress_read(
     }
     encoder.finish()?;
     Ok(())
+}
+
+/// How much [`compress_read`] reads from its source at a time.
+const READ_PIECE: usize = 256 << 10;
+
+/// Copies `source` to its end into `sink` in pieces of [`READ_PIECE`]; how many bytes it
+/// copied. `std::io::copy` reads 8 KiB at a time: 2048 reads of a 16 MiB segment, each hashed
+/// by the caller's reader in a piece too small for BLAKE3's and CRC32C's widest paths.
+fn copy_in_pieces(
+    mut source: impl std::io::Read,
+    mut sink: impl std::io::Write,
+) -> std::io::Result<u64> {
+    let mut piece = vec![0u8; READ_PIECE];
+    let mut copied = 0u64;
+    loop {
+        match source.read(&mut piece) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => {
+                sink.write_all(&piece[..n])?;
+                copied += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Appends one zstd frame (level 3, its content size recorded) of the concatenated `parts`.
