@@ -22,7 +22,7 @@ pub mod prefetch;
 pub mod spool;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,6 +32,7 @@ use resilience_core::repo::side::{CompressionThreads, SideArchive, SideObject};
 use resilience_core::sink::{PutMode, Sink, SinkError};
 use serde::{Deserialize, Serialize};
 
+use self::spool::hash_file;
 use crate::error::PgError;
 use crate::lsn::{self, SegmentName, WalFileKind};
 use crate::walscan::{self, RestorePoint, SegmentSummary};
@@ -153,37 +154,46 @@ impl WalArchive {
     }
 
     /// Archives the WAL file at `path` under `name`, as [`WalArchive::push`] does, without
-    /// holding it in memory: it is read twice, in pieces — once to hash and summarize it, once
-    /// to seal it — so a 16 MiB segment costs its compressed size. Bytes that change between
-    /// the two reads are refused ([`PgError::WalChanged`], the second read checked by CRC32C:
-    /// see `seal_file`), never archived under a digest that is not theirs.
+    /// holding it in memory: it is read once, in pieces, each hashed, summarized and compressed
+    /// as it passes, and its header (BLAKE3, summary) sealed before its content
+    /// ([`SideArchive::seal_written`]), so a 16 MiB segment costs its compressed size and what
+    /// is archived is exactly what was hashed. A file whose length changes while it is read is
+    /// refused ([`PgError::WalChanged`]). A file archived already is only hashed, to compare.
     pub async fn push_file(&self, name: &str, path: &Path) -> Result<Pushed, PgError> {
         let kind = Self::check_name(name)?;
-        let (n, p) = (name.to_owned(), path.to_owned());
-        let scanned = tokio::task::spawn_blocking(move || scan_file(&n, kind, &p))
-            .await
-            .map_err(|e| PgError::Invalid(format!("reading {name}: {e}")))??;
-        let pushed = |outcome| Pushed {
-            outcome,
-            size: scanned.size,
-            blake3: scanned.digest.clone(),
-        };
         if let Some(existing) = self.header(name).await? {
-            return self.compare(name, &existing, &scanned.digest).map(pushed);
+            let p = path.to_owned();
+            let (digest, size) = tokio::task::spawn_blocking(move || hash_file(&p))
+                .await
+                .map_err(|e| PgError::Invalid(format!("reading {name}: {e}")))?
+                .map_err(PgError::io("read", path.display()))?;
+            let outcome = self.compare(name, &existing, &digest)?;
+            return Ok(Pushed {
+                outcome,
+                size,
+                blake3: digest,
+            });
         }
-        let header = self.header_for(name, scanned.size, &scanned.digest, scanned.summary.clone());
+        let read = FileToSeal {
+            name: name.to_owned(),
+            kind,
+            path: path.to_owned(),
+            archived_at: self.clock.now(),
+        };
+        let (side, key, threads) = (self.side.clone(), self.key(name), self.compression);
+        let (sealed, header) =
+            tokio::task::spawn_blocking(move || read.open_and_seal(&side, &key, threads))
+                .await
+                .map_err(|e| PgError::Invalid(format!("sealing {name}: {e}")))??;
         let restore_points = restore_points_of(&header);
-        let (side, key, p) = (self.side.clone(), self.key(name), path.to_owned());
-        let (n, crc, threads) = (name.to_owned(), scanned.crc32c, self.compression);
-        let sealed = tokio::task::spawn_blocking(move || {
-            seal_file(&side, &key, &header, &n, &p, crc, threads)
-        })
-        .await
-        .map_err(|e| PgError::Invalid(format!("sealing {name}: {e}")))??;
         let outcome = self
-            .store(name, &scanned.digest, sealed, restore_points)
+            .store(name, &header.blake3, sealed, restore_points)
             .await?;
-        Ok(pushed(outcome))
+        Ok(Pushed {
+            outcome,
+            size: header.size,
+            blake3: header.blake3,
+        })
     }
 
     /// The header recorded for a file archived now.
@@ -440,106 +450,141 @@ pub struct Pushed {
     pub blake3: String,
 }
 
-/// A file's length, digests and (for a segment) summary, from one read.
-struct Scanned {
-    size: u64,
-    /// BLAKE3, hex: what the archive records.
-    digest: String,
-    /// CRC32C: what the second read is checked against ([`seal_file`]).
-    crc32c: u32,
-    summary: Option<SegmentSummary>,
+/// A WAL file opened to be archived: what its header will say besides its digest and summary.
+struct FileToSeal {
+    name: String,
+    kind: WalFileKind,
+    path: PathBuf,
+    archived_at: DateTime<Utc>,
 }
 
-/// Reads the file at `path` once, in pieces: its length, BLAKE3, CRC32C and, for a segment,
-/// summary.
-fn scan_file(name: &str, kind: WalFileKind, path: &Path) -> Result<Scanned, PgError> {
-    let file = std::fs::File::open(path).map_err(PgError::io("open", path.display()))?;
-    let size = file
-        .metadata()
-        .map_err(PgError::io("stat", path.display()))?
-        .len();
-    // Hashed beneath the buffer: the digests take the file in pieces of READ_PIECE, whatever
-    // the scanner reads at a time (BLAKE3 and CRC32C are a third slower on 8 KiB pieces).
-    let mut read = std::io::BufReader::with_capacity(READ_PIECE, Hashing::new(file));
-    let summary = match kind {
-        WalFileKind::Segment => {
-            summary_or_warn(name, walscan::summarize_read(name, size, &mut read))
+impl FileToSeal {
+    /// Opens the file and seals it ([`FileToSeal::read_and_seal`]) at the length it has now.
+    fn open_and_seal(
+        self,
+        side: &SideArchive,
+        key: &str,
+        threads: CompressionThreads,
+    ) -> Result<(Vec<u8>, WalHeader), PgError> {
+        let file =
+            std::fs::File::open(&self.path).map_err(PgError::io("open", self.path.display()))?;
+        let size = file
+            .metadata()
+            .map_err(PgError::io("stat", self.path.display()))?
+            .len();
+        self.read_and_seal(side, key, file, size, threads)
+    }
+
+    /// Reads `file` once, in pieces of [`READ_PIECE`], and seals it as the object `key`,
+    /// compressed by `threads`: each piece is hashed (BLAKE3), summarized (a segment) and
+    /// compressed as it passes; the header, known at the end, is sealed before the content.
+    /// The sealed object and its header; [`PgError::WalChanged`] if the file did not hold
+    /// exactly `size` bytes, its length when opened (it grew or shrank while it was read), and
+    /// nothing is sealed.
+    fn read_and_seal(
+        self,
+        side: &SideArchive,
+        key: &str,
+        file: std::fs::File,
+        size: u64,
+        threads: CompressionThreads,
+    ) -> Result<(Vec<u8>, WalHeader), PgError> {
+        let path = self.path.display().to_string();
+        let mut failed: Option<PgError> = None;
+        let mut header: Option<WalHeader> = None;
+        let sealed = side.seal_written(SideObject::Item, key, size, threads, |content| {
+            let teed = Teed {
+                inner: Hashing::new(file),
+                copy: content,
+                left: size,
+                failed: None,
+            };
+            // Hashed beneath the buffer: the digest takes the file in pieces of READ_PIECE,
+            // whatever the scanner reads at a time (BLAKE3 is slower on 8 KiB pieces).
+            let mut read = std::io::BufReader::with_capacity(READ_PIECE, teed);
+            let summary = match self.kind {
+                WalFileKind::Segment => summary_or_warn(
+                    &self.name,
+                    walscan::summarize_read(&self.name, size, &mut read),
+                ),
+                _ => None,
+            };
+            // The summary may stop early (where the valid records end); the digest and the
+            // content cover every byte.
+            let drained = std::io::copy(&mut read, &mut std::io::sink());
+            let mut teed = read.into_inner();
+            let why = if let Some(e) = teed.failed.take() {
+                Some(PgError::io("compress", &path)(e))
+            } else if let Some(e) = teed.inner.failed.take().or(drained.err()) {
+                Some(PgError::io("read", &path)(e))
+            } else if teed.inner.len != size {
+                Some(PgError::WalChanged {
+                    name: self.name.clone(),
+                    path: path.clone(),
+                })
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                let said = why.to_string();
+                failed = Some(why);
+                return Err(std::io::Error::other(said));
+            }
+            let made = WalHeader {
+                name: self.name.clone(),
+                size,
+                blake3: teed.inner.digest(),
+                archived_at: self.archived_at,
+                summary,
+            };
+            let prefix = framing(&made);
+            header = Some(made);
+            Ok(prefix)
+        });
+        match (sealed, failed, header) {
+            (_, Some(why), _) => Err(why),
+            (Ok(sealed), None, Some(header)) => Ok((sealed, header)),
+            (Err(e), None, _) => Err(PgError::io("seal", &path)(e)),
+            (Ok(_), None, None) => unreachable!("sealed only once the header is made"),
         }
-        _ => None,
-    };
-    // The summary may stop early (where the valid records end); the digest covers every byte.
-    std::io::copy(&mut read, &mut std::io::sink()).map_err(PgError::io("read", path.display()))?;
-    let mut read = read.into_inner();
-    if let Some(e) = read.failed.take() {
-        return Err(PgError::io("read", path.display())(e));
     }
-    if read.len != size {
-        return Err(PgError::WalChanged {
-            name: name.to_owned(),
-            path: path.display().to_string(),
-        });
-    }
-    Ok(Scanned {
-        size,
-        digest: read.digest(),
-        crc32c: read.crc32c,
-        summary,
-    })
 }
 
-/// Reads the file at `path` again and seals it under `header` as the object `key`, compressed
-/// by `threads`; refused if its bytes are no longer those the scan read (their CRC32C `crc`).
-///
-/// The second read is checked by CRC32C, not by BLAKE3 again: it guards against a file that
-/// changes between the two reads (which Postgres does not do to a file it marked ready), not
-/// against forgery, and saves a BLAKE3 pass over every segment pushed (about 3 ms of 16 MiB's
-/// 60 CPU-milliseconds). Should a change keep the CRC32C (one in 2^32), the header's BLAKE3
-/// would not match the stored content, and every fetch or verify refuses the object, naming it.
-fn seal_file(
-    side: &SideArchive,
-    key: &str,
-    header: &WalHeader,
-    name: &str,
-    path: &Path,
-    crc: u32,
-    threads: CompressionThreads,
-) -> Result<Vec<u8>, PgError> {
-    let file = std::fs::File::open(path).map_err(PgError::io("open", path.display()))?;
-    // Unbuffered: the sealing reads in large pieces itself.
-    let mut read = Hashing::crc32c_only(file);
-    let sealed = side
-        .seal_read(
-            SideObject::Item,
-            key,
-            &framing(header),
-            &mut read,
-            header.size,
-            threads,
-        )
-        .map_err(PgError::io("read", path.display()))?;
-    // The file was read as far as its first length: one byte more means it grew.
-    let grew = std::io::Read::read(&mut read, &mut [0u8; 1])
-        .map_err(PgError::io("read", path.display()))?
-        > 0;
-    if grew || read.len != header.size || read.crc32c != crc {
-        return Err(PgError::WalChanged {
-            name: name.to_owned(),
-            path: path.display().to_string(),
-        });
+/// A reader that also writes the first `left` bytes it reads into `copy` (the content's
+/// compressor), keeping the first error of those writes (a reader such as the segment scanner
+/// takes an error for an end).
+struct Teed<'a, R> {
+    inner: R,
+    copy: &'a mut dyn std::io::Write,
+    left: u64,
+    failed: Option<std::io::Error>,
+}
+
+impl<R: std::io::Read> std::io::Read for Teed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let copied = n.min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if copied > 0 && self.failed.is_none() {
+            if let Err(e) = self.copy.write_all(&buf[..copied]) {
+                self.failed = Some(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        self.left -= copied as u64;
+        match self.failed.as_ref() {
+            Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            None => Ok(n),
+        }
     }
-    Ok(sealed)
 }
 
 /// How much of a file a push reads at a time.
 const READ_PIECE: usize = 256 << 10;
 
-/// A reader that checksums and counts what passes through it (CRC32C, and BLAKE3 unless
-/// made with [`Hashing::crc32c_only`]), and keeps the first error it passed on (for readers,
-/// such as the segment scanner, that take an error for an end).
+/// A reader that hashes (BLAKE3) and counts what passes through it, and keeps the first error
+/// it passed on (for readers, such as the segment scanner, that take an error for an end).
 struct Hashing<R> {
     inner: R,
-    blake3: Option<blake3::Hasher>,
-    crc32c: u32,
+    blake3: blake3::Hasher,
     len: u64,
     failed: Option<std::io::Error>,
 }
@@ -547,16 +592,8 @@ struct Hashing<R> {
 impl<R> Hashing<R> {
     fn new(inner: R) -> Self {
         Hashing {
-            blake3: Some(blake3::Hasher::new()),
-            ..Self::crc32c_only(inner)
-        }
-    }
-
-    fn crc32c_only(inner: R) -> Self {
-        Hashing {
             inner,
-            blake3: None,
-            crc32c: 0,
+            blake3: blake3::Hasher::new(),
             len: 0,
             failed: None,
         }
@@ -564,8 +601,7 @@ impl<R> Hashing<R> {
 
     /// BLAKE3 (hex) of what was read.
     fn digest(&self) -> String {
-        let hasher = self.blake3.as_ref().expect("made to hash with BLAKE3");
-        hasher.finalize().to_hex().to_string()
+        self.blake3.finalize().to_hex().to_string()
     }
 }
 
@@ -573,10 +609,7 @@ impl<R: std::io::Read> std::io::Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                if let Some(hasher) = &mut self.blake3 {
-                    hasher.update(&buf[..n]);
-                }
-                self.crc32c = crc32c::crc32c_append(self.crc32c, &buf[..n]);
+                self.blake3.update(&buf[..n]);
                 self.len += n as u64;
                 Ok(n)
             }
@@ -844,45 +877,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_file_that_changes_between_its_reads_is_not_archived() {
+    async fn a_file_whose_length_changes_while_it_is_read_is_not_archived() {
         let (_, wal) = archive().await;
         let name = "000000010000000000000000";
         let (_dir, path) = on_disk(name, &segment(1));
-        let scanned = scan_file(name, WalFileKind::Segment, &path).unwrap();
-        let header = wal.header_for(name, scanned.size, &scanned.digest, scanned.summary);
-        let key = wal.key(name);
-        let seal = || {
-            let threads = CompressionThreads::One;
-            seal_file(
-                &wal.side,
-                &key,
-                &header,
-                name,
-                &path,
-                scanned.crc32c,
-                threads,
-            )
+        let len = segment(1).len() as u64;
+        let seal = |size: u64| {
+            let read = FileToSeal {
+                name: name.to_owned(),
+                kind: WalFileKind::Segment,
+                path: path.clone(),
+                archived_at: wal.clock.now(),
+            };
+            let file = std::fs::File::open(&path).unwrap();
+            let key = wal.key(name);
+            read.read_and_seal(&wal.side, &key, file, size, CompressionThreads::One)
         };
-        let mut one_bit = segment(1).to_vec();
-        one_bit[9000] ^= 0x04;
-        // Other bytes of the same length, and more bytes, are a change; fewer bytes fail the
-        // read itself (the source ends before the length sealed).
-        let changed = [
-            (segment(2).to_vec(), true),
-            (one_bit, true),
-            ([&segment(1)[..], b"more"].concat(), true),
-            (segment(1)[..1000].to_vec(), false),
-        ];
-        for (bytes, reported_as_changed) in changed {
-            std::fs::write(&path, &bytes).unwrap();
-            let err = seal().unwrap_err();
+        // Longer than it was when opened (it grew), shorter (truncated), far shorter.
+        for size in [len - 1, len + 1, 1000] {
+            let err = seal(size).unwrap_err();
+            assert!(matches!(err, PgError::WalChanged { .. }), "{size}: {err}");
             assert!(err.to_string().contains(name), "{err}");
-            if reported_as_changed {
-                assert!(matches!(err, PgError::WalChanged { .. }), "{err}");
-            }
         }
-        std::fs::write(&path, segment(1)).unwrap();
-        assert!(seal().is_ok(), "the same bytes seal");
+        // Its own length: sealed, with the header of exactly the bytes read, which open to
+        // the header followed by the file.
+        let (sealed, header) = seal(len).unwrap();
+        assert_eq!(header.size, len);
+        assert_eq!(
+            header.blake3,
+            blake3::hash(&segment(1)).to_hex().to_string()
+        );
+        assert_eq!(header.summary.as_ref().unwrap().system_id, 99);
+        let payload = wal
+            .side
+            .open(SideObject::Item, &wal.key(name), &sealed)
+            .unwrap();
+        assert_eq!(payload, [framing(&header), segment(1).to_vec()].concat());
         assert!(
             wal.fetch(name).await.unwrap().is_none(),
             "nothing was written"

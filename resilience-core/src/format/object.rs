@@ -152,28 +152,75 @@ pub fn seal_object_parts(keys: &KeySet, kind: ObjectKind, name: &str, parts: &[&
     })
 }
 
-/// [`seal_object_parts`] of `prefix` followed by exactly `len` bytes read from `source`, which
-/// is never held whole: memory is the sealed object and zstd's window, so a 16 MiB file costs
-/// its compressed size. Compressed at level 1, by several threads when it is long (the caller
-/// waits for it: a WAL push). A read that fails, or a source that ends before `len` bytes, is an
-/// error (and nothing is sealed).
-pub fn seal_object_read(
+/// A sealed object of `kind` named `name` whose payload is a prefix known only once its content
+/// has been read (a WAL file's header: its BLAKE3 and summary) followed by that content, read
+/// once, never held whole. `write_content` is given a writer into which it writes the content,
+/// exactly `len` bytes, and returns the prefix. The content is compressed as one frame (level 1
+/// narrowed for WAL, by several threads when it is long and `threads` allows: the caller may be
+/// waiting for it, a WAL push) and the prefix as a second frame (level 3) placed before it:
+/// every reader of sealed objects reads concatenated frames as one payload, the prefix first.
+/// Memory is the sealed object and zstd's window: a 16 MiB file costs its compressed size.
+///
+/// An error of `write_content`'s, or content of another length than `len`, is an error, and
+/// nothing is sealed.
+pub fn seal_object_written(
     keys: &KeySet,
     kind: ObjectKind,
     name: &str,
-    prefix: &[u8],
-    source: impl std::io::Read,
     len: u64,
     threads: CompressionThreads,
+    write_content: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<Vec<u8>>,
 ) -> std::io::Result<Vec<u8>> {
-    let total = prefix.len() as u64 + len;
+    // Room reserved (never touched beyond what is written) for the prefix's frame too.
+    const PREFIX_ROOM: u64 = 64 << 10;
     let mut failed = None;
-    let sealed = seal_written(keys, kind, name, total, |out| {
-        failed = compress_read(prefix, source, len, total, threads, out).err();
+    let sealed = seal_written(keys, kind, name, len + PREFIX_ROOM, |out| {
+        let start = out.len();
+        let written = (|| {
+            let mut counted = Counted {
+                inner: stream_encoder(out, len, threads)?,
+                len: 0,
+            };
+            let prefix = write_content(&mut counted)?;
+            if counted.len != len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} bytes where {len} were expected", counted.len),
+                ));
+            }
+            counted.inner.finish()?;
+            Ok(prefix)
+        })();
+        match written {
+            Ok(prefix) => {
+                let mut frame = Vec::new();
+                compress_parts(&[&prefix], prefix.len(), &mut frame);
+                out.splice(start..start, frame);
+            }
+            Err(e) => failed = Some(e),
+        }
     });
     match failed {
         Some(e) => Err(e),
         None => Ok(sealed),
+    }
+}
+
+/// A writer that counts what passes through it.
+struct Counted<W> {
+    inner: W,
+    len: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -221,7 +268,7 @@ const MT_MIN_LEN: u64 = 2 << 20;
 /// segments no slower than 1 MiB jobs, and 3 MiB less of a `wal-push`'s peak.
 const MT_JOB_SIZE: u32 = 512 << 10;
 
-/// How many threads compress an object sealed from a reader ([`seal_object_read`]).
+/// How many threads compress an object's content ([`seal_object_written`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CompressionThreads {
     /// One per core, up to 4, for an object of at least 2 MiB: a WAL segment pushed by one
@@ -235,24 +282,13 @@ pub enum CompressionThreads {
     One,
 }
 
-/// Threads to compress `len` bytes with.
-fn compression_workers(len: u64, threads: CompressionThreads) -> u32 {
-    if len < MT_MIN_LEN || threads == CompressionThreads::One {
-        return 1;
-    }
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32
-}
-
-/// Appends one zstd frame of `prefix` and `len` bytes of `source`.
-fn compress_read(
-    prefix: &[u8],
-    source: impl std::io::Read,
-    len: u64,
+/// A zstd encoder of one frame of exactly `total` bytes (its content size recorded) appending
+/// to `out`: level 1 narrowed for WAL ([`STREAM_WINDOW_LOG`]), by `threads`.
+fn stream_encoder(
+    out: &mut Vec<u8>,
     total: u64,
     threads: CompressionThreads,
-    out: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    use std::io::Write;
+) -> std::io::Result<zstd::stream::write::Encoder<'static, &mut Vec<u8>>> {
     let mut encoder = zstd::stream::write::Encoder::new(out, STREAM_LEVEL)?;
     encoder.set_parameter(zstd::stream::raw::CParameter::WindowLog(STREAM_WINDOW_LOG))?;
     encoder.set_parameter(zstd::stream::raw::CParameter::HashLog(STREAM_HASH_LOG))?;
@@ -263,41 +299,15 @@ fn compress_read(
     }
     encoder.set_pledged_src_size(Some(total))?;
     encoder.include_contentsize(true)?;
-    encoder.write_all(prefix)?;
-    let copied = copy_in_pieces(&mut source.take(len), &mut encoder)?;
-    if copied != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("{copied} bytes where {len} were expected"),
-        ));
-    }
-    encoder.finish()?;
-    Ok(())
+    Ok(encoder)
 }
 
-/// How much [`compress_read`] reads from its source at a time.
-const READ_PIECE: usize = 256 << 10;
-
-/// Copies `source` to its end into `sink` in pieces of [`READ_PIECE`]; how many bytes it
-/// copied. `std::io::copy` reads 8 KiB at a time: 2048 reads of a 16 MiB segment, each hashed
-/// by the caller's reader in a piece too small for BLAKE3's and CRC32C's widest paths.
-fn copy_in_pieces(
-    mut source: impl std::io::Read,
-    mut sink: impl std::io::Write,
-) -> std::io::Result<u64> {
-    let mut piece = vec![0u8; READ_PIECE];
-    let mut copied = 0u64;
-    loop {
-        match source.read(&mut piece) {
-            Ok(0) => return Ok(copied),
-            Ok(n) => {
-                sink.write_all(&piece[..n])?;
-                copied += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Threads to compress `len` bytes with.
+fn compression_workers(len: u64, threads: CompressionThreads) -> u32 {
+    if len < MT_MIN_LEN || threads == CompressionThreads::One {
+        return 1;
     }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32
 }
 
 /// Appends one zstd frame (level 3, its content size recorded) of the concatenated `parts`.
@@ -493,6 +503,8 @@ mod tests {
     }
 
     /// A side item named `wal/x/1` sealed from `source` ([`seal_object_read`]).
+    /// `prefix` and `len` bytes of `source`, sealed in one read of it: the prefix is given once
+    /// the content is written, as a WAL push gives its header.
     fn seal_item(
         ks: &KeySet,
         prefix: &[u8],
@@ -500,15 +512,10 @@ mod tests {
         len: u64,
         threads: CompressionThreads,
     ) -> std::io::Result<Vec<u8>> {
-        seal_object_read(
-            ks,
-            ObjectKind::SideItem,
-            "wal/x/1",
-            prefix,
-            source,
-            len,
-            threads,
-        )
+        seal_object_written(ks, ObjectKind::SideItem, "wal/x/1", len, threads, |w| {
+            std::io::copy(&mut source.take(len), w)?;
+            Ok(prefix.to_vec())
+        })
     }
 
     #[test]
@@ -516,6 +523,16 @@ mod tests {
         let ks = KeySet::generate();
         let short = seal_item(&ks, b"h", &b"abc"[..], 4, CompressionThreads::PerCore);
         assert_eq!(short.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+        // More content than announced is refused too (zstd's pledged size).
+        let long = seal_object_written(
+            &ks,
+            ObjectKind::SideItem,
+            "wal/x/1",
+            3,
+            CompressionThreads::One,
+            |w| w.write_all(b"abcd").map(|()| b"h".to_vec()),
+        );
+        assert!(long.is_err());
         struct Failing;
         impl std::io::Read for Failing {
             fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {

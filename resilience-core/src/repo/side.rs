@@ -80,18 +80,18 @@ impl SideArchive {
         object::seal_object_parts(&self.keys, kind.kind(), key, parts)
     }
 
-    /// [`SideArchive::seal_parts`] of `prefix` followed by `len` bytes read from `source`,
-    /// never held whole, compressed by `threads` ([`object::seal_object_read`]).
-    pub fn seal_read(
+    /// Seals as the object named `key` a prefix known only once the content is read, followed
+    /// by that content, read once: `write_content` writes exactly `len` bytes of content into
+    /// the writer it is given and returns the prefix ([`object::seal_object_written`]).
+    pub fn seal_written(
         &self,
         kind: SideObject,
         key: &str,
-        prefix: &[u8],
-        source: impl std::io::Read,
         len: u64,
         threads: CompressionThreads,
+        write_content: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<Vec<u8>>,
     ) -> std::io::Result<Vec<u8>> {
-        object::seal_object_read(&self.keys, kind.kind(), key, prefix, source, len, threads)
+        object::seal_object_written(&self.keys, kind.kind(), key, len, threads, write_content)
     }
 
     /// [`SideArchive::open`] as a stream: checks and decrypts the object where it lies in
