@@ -4,7 +4,8 @@
 //!
 //! The caller that fetched (or was served) segment X writes a [`PrefetchRequest`] for X into
 //! the spool and starts a prefetcher if none holds the spool's lock. The prefetcher fetches the
-//! `count` segments after X on X's timeline, `parallel` at a time, each verified exactly as a
+//! `count` segments after X on X's timeline, `parallel` at a time (of which `writing` write
+//! their segment at once, the earliest first: [`PrefetchOptions`]), each verified exactly as a
 //! normal fetch verifies it ([`WalArchive::fetch`]: authenticated, its length and BLAKE3
 //! checked against its header), and writes it whole (renamed into place once written, not
 //! synced) as `<name>.<crc32c>`, the CRC32C of what it wrote. A later call serves such a file
