@@ -866,6 +866,15 @@ mod tests {
             wal.push(name, segment(1)).await.unwrap(),
             PushOutcome::AlreadyArchived
         );
+        // From disk again: only hashed, and found archived with its own size and digest.
+        let again = wal.push_file(name, &path).await.unwrap();
+        assert_eq!(
+            again,
+            Pushed {
+                outcome: PushOutcome::AlreadyArchived,
+                ..pushed
+            }
+        );
         std::fs::write(&path, segment(2)).unwrap();
         let err = wal.push_file(name, &path).await.unwrap_err();
         assert!(matches!(err, PgError::WalConflict { .. }), "{err}");

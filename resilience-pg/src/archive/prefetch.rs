@@ -286,7 +286,7 @@ pub async fn run_prefetcher(
     let mut absent: HashSet<String> = HashSet::new();
     let mut last_request: Option<PrefetchRequest> = None;
     let mut tasks: JoinSet<(String, Result<bool, PgError>)> = JoinSet::new();
-    let turns = Turns::new(options.writing.max(1));
+    let turns = Turns::new(options.writing);
     let mut idle_since = Instant::now();
     loop {
         let request = spool.read_request()?;
@@ -410,6 +410,7 @@ struct Turn {
 }
 
 impl Turns {
+    /// Turns for `limit` writers at once (at least one).
     fn new(limit: usize) -> Self {
         let state = TurnState {
             limit: limit.max(1),
@@ -490,8 +491,9 @@ mod tests {
         let turns = Turns::new(1);
         let first = turns.take("000000010000000000000001");
         let order = Arc::new(Mutex::new(Vec::new()));
-        let at_once = Arc::new(Mutex::new((0usize, 0usize))); // (now, most)
-                                                              // Asked for out of order, while the one turn is held.
+        // How many hold a turn now, and the most that ever did.
+        let at_once = Arc::new(Mutex::new((0usize, 0usize)));
+        // Asked for out of order, while the one turn is held.
         let waiters: Vec<_> = ["04", "02", "03"]
             .into_iter()
             .enumerate()
