@@ -148,7 +148,9 @@ done'
 # peak VmHWM (KiB) of background workers (matching PATTERN) while a step runs. VmHWM is a
 # high-water mark, so a sample every half second (and one as the step ends: the workers idle
 # a while before they exit) sees the peak; sampling every 50 ms took 15% of a core (a pgrep
-# is 10 CPU-ms here), which delayed the very processes being timed.
+# is 10 CPU-ms here), which delayed the very processes being timed. The first sample is taken
+# half a second in, not as the step starts (when no worker runs yet, and the step's first
+# calls would share the machine with it).
 sample_workers() {
   local pattern="$1" out="$2" max=0
   sample() {
@@ -157,7 +159,7 @@ sample_workers() {
       if [ "${h:-0}" -gt "$max" ]; then max=$h; fi
     done
   }
-  while [ ! -f "$out.stop" ]; do sample; sleep 0.5; done
+  while sleep 0.5 && [ ! -f "$out.stop" ]; do sample; done
   sample
   echo "$max" > "$out"
 }

@@ -37,6 +37,50 @@ pub struct Cli {
 }
 
 /// Options every command takes, before or after its name.
+/// The command line of the two commands Postgres starts once per WAL file: [`Cli`]'s own
+/// options and theirs, parsed without building every other command's. Building the whole
+/// command tree was an eighth of a served `wal-fetch`'s instructions.
+#[derive(Debug, Parser)]
+#[command(name = "resilience")]
+struct WalCli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: WalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCommand {
+    WalPush(WalPushArgs),
+    WalFetch(WalFetchArgs),
+}
+
+impl Cli {
+    /// Parses the process's arguments ([`Cli::parse_args_from`]).
+    pub fn parse_args() -> Cli {
+        Cli::parse_args_from(std::env::args_os().collect())
+    }
+
+    /// Parses `args`: a `wal-push` or `wal-fetch` by [`WalCli`] alone when it accepts them,
+    /// anything else (other commands, help, errors) by the whole command line, exiting with
+    /// clap's message and status where it fails.
+    pub fn parse_args_from(args: Vec<std::ffi::OsString>) -> Cli {
+        if args.iter().any(|a| a == "wal-push" || a == "wal-fetch") {
+            if let Ok(wal) = WalCli::try_parse_from(&args) {
+                let command = match wal.command {
+                    WalCommand::WalPush(a) => Command::WalPush(a),
+                    WalCommand::WalFetch(a) => Command::WalFetch(a),
+                };
+                return Cli {
+                    global: wal.global,
+                    command,
+                };
+            }
+        }
+        Cli::parse_from(args)
+    }
+}
+
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
@@ -893,7 +937,30 @@ pub struct WalFetchArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_memory;
+    use super::{parse_memory, Cli, WalCli};
+    use clap::Parser;
+
+    #[test]
+    fn wal_commands_parse_as_the_whole_command_line_parses_them() {
+        let lines = [
+            "resilience --repo /r --key-file /k wal-fetch --prefetch 8 --source main 000000010000000000000001 pg_wal/RECOVERYXLOG",
+            "resilience wal-fetch 000000010000000000000001 x --repo /r --password-file /p --memory 8MiB",
+            "resilience wal-fetch --prefetch-worker --spool /s 000000010000000000000001 x",
+            "resilience --repo s3://b/p wal-push --async --parallel 4 --source main pg_wal/000000010000000000000001",
+            "resilience wal-push pg_wal/00000002.history --json",
+            "resilience --repo wal-fetch snapshots",
+        ];
+        for (i, line) in lines.iter().enumerate() {
+            let args: Vec<std::ffi::OsString> = line.split(' ').map(Into::into).collect();
+            // The short path takes the WAL commands (and only them).
+            assert_eq!(WalCli::try_parse_from(&args).is_ok(), i < 5, "{line}");
+            assert_eq!(
+                format!("{:?}", Cli::parse_args_from(args.clone())),
+                format!("{:?}", Cli::parse_from(args)),
+                "{line}"
+            );
+        }
+    }
 
     #[test]
     fn memory_sizes_parse_with_and_without_units() {

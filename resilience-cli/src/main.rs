@@ -14,8 +14,6 @@ mod wal_fetch;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// A failure of a command, with the exit status it deserves.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -97,9 +95,27 @@ fn tune_malloc() {
     }
 }
 
+/// How much lower the prefetcher's CPU priority is than recovery's (a nice value).
+const PREFETCHER_NICENESS: libc::c_int = 10;
+
+/// Lowers this process's CPU priority (before its runtime's threads start, which inherit it):
+/// the prefetcher works for recovery, whose replay and restore_command calls then never wait
+/// for a core it holds. On two cores, a served call shared one with it now and then, 10–17 ms
+/// instead of 7.
+fn yield_to_recovery() {
+    // SAFETY: nice only changes this thread's scheduling priority.
+    let failed = unsafe {
+        *libc::__errno_location() = 0;
+        libc::nice(PREFETCHER_NICENESS) == -1 && *libc::__errno_location() != 0
+    };
+    if failed {
+        tracing::debug!("cannot lower the prefetcher's priority");
+    }
+}
+
 fn main() -> ExitCode {
     tune_malloc();
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_args();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -115,6 +131,9 @@ fn main() -> ExitCode {
         cli::Command::WalFetch(a) => !a.prefetch_worker,
         _ => false,
     };
+    if matches!(&cli.command, cli::Command::WalFetch(a) if a.prefetch_worker) {
+        yield_to_recovery();
+    }
     let mut builder = if one_shot {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -4,21 +4,21 @@
 //!
 //! The caller that fetched (or was served) segment X writes a [`PrefetchRequest`] for X into
 //! the spool and starts a prefetcher if none holds the spool's lock. The prefetcher fetches the
-//! `count` segments after X on X's timeline, `parallel` at a time (of which `writing` write
-//! their segment at once, the earliest first: [`PrefetchOptions`]), each verified exactly as a
-//! normal fetch verifies it ([`WalArchive::fetch`]: authenticated, its length and BLAKE3
-//! checked against its header), and writes it whole (renamed into place once written, not
-//! synced) as `<name>.<crc32c>`, the CRC32C of what it wrote. A later call serves such a file
-//! only after checking it against that CRC32C ([`Spool::take_prefetched`]): a file damaged in
-//! the spool, or torn by a crash of the machine, is removed, named, and fetched from the
-//! repository instead. Files of other timelines, or before the segment asked for, are stale
-//! and removed.
+//! `count` segments after X on X's timeline, `parallel` at a time (of which `writing` open and
+//! write their segment at once, the earliest first: [`PrefetchOptions`]), each verified
+//! exactly as `wal-fetch` verifies it ([`WalArchive::fetch_to_file`]: authenticated, its
+//! length and CRC32C, or BLAKE3 in older objects, checked against its header), and writes it
+//! whole (renamed into place once written, not synced) as `<name>.<crc32c>`, the CRC32C of
+//! what it wrote. A later call serves such a file only after checking it against that CRC32C
+//! ([`Spool::take_prefetched`]): a file damaged in the spool, or torn by a crash of the
+//! machine, is removed, named, and fetched from the repository instead. Files of other
+//! timelines, or before the segment asked for, are stale and removed.
 //!
-//! Why a CRC32C and not BLAKE3 again: the content was authenticated and its BLAKE3 checked as
-//! it came from the repository; what the served call guards against is local damage (a torn
-//! write, a bad block), which a CRC32C catches as Postgres' own WAL records rely on it to. It
-//! reads a 16 MiB segment in about 1 ms against BLAKE3's 3.5–7 ms, and the served call is on
-//! recovery's critical path: BLAKE3 was 70% of its CPU.
+//! Why a CRC32C and not BLAKE3 again: the content was authenticated and checked against its
+//! header as it came from the repository; what the served call guards against is local damage
+//! (a torn write, a bad block), which a CRC32C catches as Postgres' own WAL records rely on it
+//! to. It reads a 16 MiB segment in about 1 ms against BLAKE3's 3.5–7 ms, and the served call
+//! is on recovery's critical path: BLAKE3 was 70% of its CPU.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use super::spool::{crc32c_file, Spool};
+use super::spool::{cores, crc32c_file, Spool};
 use super::{FetchTarget, WalArchive, WalHeader};
 use crate::error::PgError;
 use crate::lsn::SegmentName;
@@ -142,7 +142,8 @@ impl Spool {
         };
         let path = self.path(&file);
         let (_, written) = parse_prefetched(&file).expect("listed as prefetched");
-        let (actual, len) = crc32c_file(&path).map_err(PgError::io("read", path.display()))?;
+        let (actual, len) =
+            crc32c_file(&path, cores()).map_err(PgError::io("read", path.display()))?;
         if actual != written {
             self.remove(&file)?;
             return Err(PgError::SpoolDamaged {
@@ -221,25 +222,44 @@ impl Spool {
         Ok(())
     }
 
-    /// Records the latest request for the prefetcher.
+    /// Records the latest request for the prefetcher, whole or not at all: a symbolic link
+    /// whose target is the request's text, renamed over the last one. A link holds no data
+    /// blocks; renaming a regular file over another makes ext4 write the new one back first,
+    /// 0.1–0.4 ms on every served call.
     pub fn request_prefetch(&self, request: &PrefetchRequest) -> Result<(), PgError> {
-        self.write_whole(REQUEST_FILE, &request.encode(), false)
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = self.temp_path(REQUEST_FILE);
+        let text = request.encode();
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&text), &tmp)
+            .map_err(PgError::io("write", tmp.display()))?;
+        let dest = self.path(REQUEST_FILE);
+        std::fs::rename(&tmp, &dest).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            PgError::io("rename into place", dest.display())(e)
+        })
     }
 
+    /// The latest request, if any; one written as a regular file (by an earlier version) is
+    /// read as well.
     fn read_request(&self) -> Result<Option<PrefetchRequest>, PgError> {
+        use std::os::unix::ffi::OsStrExt;
         let path = self.path(REQUEST_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                PrefetchRequest::decode(&bytes)
-                    .map(Some)
-                    .map_err(|reason| PgError::SpoolDamaged {
-                        path: path.display().to_string(),
-                        reason,
-                    })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(PgError::io("read", path.display())(e)),
-        }
+        let bytes = match std::fs::read_link(&path) {
+            Ok(target) => target.as_os_str().as_bytes().to_vec(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(PgError::io("read", path.display())(e)),
+            },
+            Err(e) => return Err(PgError::io("read", path.display())(e)),
+        };
+        PrefetchRequest::decode(&bytes)
+            .map(Some)
+            .map_err(|reason| PgError::SpoolDamaged {
+                path: path.display().to_string(),
+                reason,
+            })
     }
 }
 
@@ -250,7 +270,7 @@ pub struct PrefetchOptions {
     pub count: usize,
     /// Fetches at once.
     pub parallel: usize,
-    /// Of those, how many write their segment at once (the rest are read and opened, and wait
+    /// Of those, how many open and write their segment at once (the rest are read, and wait
     /// their turn in segment order). By default one per core but one: recovery's replay
     /// (Postgres' startup process, one core) and its restore_command calls wait for none.
     pub writing: usize,
@@ -313,9 +333,10 @@ pub async fn run_prefetcher(
                 }
                 in_flight.insert(name.clone());
                 let (wal, spool, asked) = (wal.clone(), spool.clone(), request.clone());
-                let turns = turns.clone();
+                // In line for a turn from here, in segment order, before any task runs.
+                let in_line = turns.enter(&name);
                 tasks.spawn(async move {
-                    let got = prefetch_one(&wal, &spool, &name, &asked, turns).await;
+                    let got = prefetch_one(&wal, &spool, &name, &asked, in_line).await;
                     (name, got)
                 });
             }
@@ -350,20 +371,25 @@ pub async fn run_prefetcher(
     }
 }
 
-/// Fetches `name` into the spool, writing it in its turn (`turns`); `false` if it is not
-/// archived.
+/// Fetches `name` into the spool, opening and writing it in its turn (`in_line`); `false` if
+/// it is not archived. Its temporary file is there from the start, empty until it is written: a
+/// call that asks for the segment meanwhile waits for this fetch
+/// ([`Spool::wait_for_prefetch`]) rather than fetching it a second time beside it (a recovery's
+/// second call came before the prefetcher had read its object, and took 30 ms for it instead
+/// of 8).
 async fn prefetch_one(
     wal: &WalArchive,
     spool: &Spool,
     name: &str,
     asked: &PrefetchRequest,
-    turns: Turns,
+    in_line: InLine,
 ) -> Result<bool, PgError> {
-    let (owned, segment_size, spool) = (name.to_owned(), asked.segment_size, spool.clone());
-    // The turn is taken once the object is read and opened, and held until the segment is
-    // written (the fetch has returned).
-    let turn: Arc<Mutex<Option<Turn>>> = Arc::default();
-    let held = turn.clone();
+    let (owned, segment_size) = (name.to_owned(), asked.segment_size);
+    // The turn is taken once the object is read, and held until the segment is written.
+    let ready = move || in_line.take();
+    let tmp = spool.temp_path(name);
+    std::fs::File::create(&tmp).map_err(PgError::io("create", tmp.display()))?;
+    let (dest, written_to) = (spool.path(name), tmp.clone());
     let place = move |header: &WalHeader| {
         if header.size != segment_size {
             return Err(PgError::Invalid(format!(
@@ -371,10 +397,9 @@ async fn prefetch_one(
                 header.size
             )));
         }
-        *held.lock().expect("not poisoned") = Some(turns.take(&owned));
         Ok(FetchTarget {
-            dest: spool.path(&owned),
-            tmp: spool.temp_path(&owned),
+            dest,
+            tmp: written_to,
             // Not synced: a prefetched file is checked again before it is served, so one torn
             // by a crash is found and fetched anew; a sync would write 16 MiB back per segment
             // while recovery waits.
@@ -382,16 +407,22 @@ async fn prefetch_one(
             crc32c_in_name: true,
         })
     };
-    let fetched = wal.fetch_to_file(name, place).await;
-    drop(turn);
+    let fetched = wal.fetch_to_file_when(name, ready, place).await;
+    if !matches!(fetched, Ok(Some(_))) {
+        // Not archived, refused or failed: nothing to wait for. (A failed write removed it.)
+        let _ = std::fs::remove_file(&tmp);
+    }
     Ok(fetched?.is_some())
 }
 
-/// Turns to write prefetched segments: at most `limit` at once, the earliest segment waiting
-/// first. Writing (decompressing, hashing, writing 16 MiB) is what a prefetch spends its CPU
-/// on; with more fetches than cores, each would otherwise share the cores with the later ones
-/// and the segment recovery asks for next would be ready no sooner than they (the second call
-/// of a recovery waited 57 ms instead of about 20 on two cores).
+/// Turns to open and write prefetched segments: at most `limit` at once, in segment order
+/// among the segments in flight. Opening and writing (decrypting, decompressing, checking,
+/// writing 16 MiB) is what a prefetch spends its CPU on; with more fetches than cores, each
+/// would otherwise share the cores with the later ones and the segment recovery asks for next
+/// would be ready no sooner than they (the second call of a recovery waited 57 ms instead of
+/// about 20 on two cores). A segment is in line from the start of its fetch
+/// ([`Turns::enter`]), not only once its object is read: a later one read first would
+/// otherwise go before it.
 #[derive(Clone)]
 struct Turns {
     inner: Arc<(Mutex<TurnState>, Condvar)>,
@@ -401,7 +432,15 @@ struct Turns {
 struct TurnState {
     limit: usize,
     writing: usize,
-    waiting: BTreeSet<String>,
+    /// Segments in flight that have not had their turn yet.
+    in_line: BTreeSet<String>,
+}
+
+/// A segment's place in line for a turn; it leaves the line when dropped without taking one
+/// (its fetch found nothing, or failed).
+struct InLine {
+    inner: Arc<(Mutex<TurnState>, Condvar)>,
+    name: String,
 }
 
 /// A turn to write, given back when dropped.
@@ -421,31 +460,61 @@ impl Turns {
         }
     }
 
-    /// Blocks until segment `name` may be written: a turn is free and no earlier segment waits.
-    fn take(&self, name: &str) -> Turn {
-        let (lock, turn_freed) = &*self.inner;
-        let mut state = lock.lock().expect("not poisoned");
-        state.waiting.insert(name.to_owned());
-        while state.writing >= state.limit
-            || state.waiting.first().map(String::as_str) != Some(name)
-        {
-            state = turn_freed.wait(state).expect("not poisoned");
+    /// Puts segment `name` in line, as its fetch starts.
+    fn enter(&self, name: &str) -> InLine {
+        let (lock, _) = &*self.inner;
+        lock.lock()
+            .expect("not poisoned")
+            .in_line
+            .insert(name.to_owned());
+        InLine {
+            inner: self.inner.clone(),
+            name: name.to_owned(),
         }
-        state.waiting.remove(name);
+    }
+}
+
+impl InLine {
+    /// Blocks until the segment may be written: a turn is free and no earlier segment is in
+    /// line.
+    fn take(self) -> Turn {
+        let (lock, line_moved) = &*self.inner;
+        let mut state = lock.lock().expect("not poisoned");
+        while state.writing >= state.limit
+            || state.in_line.first().map(String::as_str) != Some(self.name.as_str())
+        {
+            state = line_moved.wait(state).expect("not poisoned");
+        }
+        state.in_line.remove(&self.name);
         state.writing += 1;
-        // The next earliest may take a turn that is still free.
-        turn_freed.notify_all();
+        // The next in line may take a turn that is still free.
+        line_moved.notify_all();
+        drop(state);
         Turn {
             inner: self.inner.clone(),
         }
     }
 }
 
+impl Drop for InLine {
+    fn drop(&mut self) {
+        let (lock, line_moved) = &*self.inner;
+        if lock
+            .lock()
+            .expect("not poisoned")
+            .in_line
+            .remove(&self.name)
+        {
+            line_moved.notify_all();
+        }
+    }
+}
+
 impl Drop for Turn {
     fn drop(&mut self) {
-        let (lock, turn_freed) = &*self.inner;
+        let (lock, line_moved) = &*self.inner;
         lock.lock().expect("not poisoned").writing -= 1;
-        turn_freed.notify_all();
+        line_moved.notify_all();
     }
 }
 
@@ -477,45 +546,38 @@ mod tests {
         }
     }
 
-    /// Waits until `count` segments wait for a turn.
-    fn until_waiting(turns: &Turns, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while turns.inner.0.lock().unwrap().waiting.len() < count {
-            assert!(Instant::now() < deadline, "{count} never waited");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     #[test]
-    fn turns_go_to_the_earliest_segment_waiting_and_never_to_more_than_the_limit() {
+    fn turns_go_in_segment_order_among_those_in_flight_and_never_to_more_than_the_limit() {
         let turns = Turns::new(1);
-        let first = turns.take("000000010000000000000001");
+        let name = |tail: &str| format!("0000000100000000000000{tail}");
+        // In line in segment order as their fetches start.
+        let mut lines: Vec<InLine> = ["01", "02", "03", "04"]
+            .iter()
+            .map(|t| turns.enter(&name(t)))
+            .collect();
+        let first = lines.remove(0).take();
         let order = Arc::new(Mutex::new(Vec::new()));
         // How many hold a turn now, and the most that ever did.
         let at_once = Arc::new(Mutex::new((0usize, 0usize)));
-        // Asked for out of order, while the one turn is held.
-        let waiters: Vec<_> = ["04", "02", "03"]
-            .into_iter()
-            .enumerate()
-            .map(|(i, tail)| {
-                let (mine, order, at_once) = (turns.clone(), order.clone(), at_once.clone());
-                let name = format!("0000000100000000000000{tail}");
-                let waiter = std::thread::spawn(move || {
-                    let turn = mine.take(&name);
-                    {
-                        let mut n = at_once.lock().unwrap();
-                        n.0 += 1;
-                        n.1 = n.1.max(n.0);
-                    }
-                    order.lock().unwrap().push(name);
-                    std::thread::sleep(Duration::from_millis(5));
-                    at_once.lock().unwrap().0 -= 1;
-                    drop(turn);
-                });
-                until_waiting(&turns, i + 1);
-                waiter
-            })
-            .collect();
+        // Their objects are read in another order: the latest first.
+        let mut waiters = Vec::new();
+        for in_line in lines.into_iter().rev() {
+            let (order, at_once) = (order.clone(), at_once.clone());
+            waiters.push(std::thread::spawn(move || {
+                let name = in_line.name.clone();
+                let turn = in_line.take();
+                {
+                    let mut n = at_once.lock().unwrap();
+                    n.0 += 1;
+                    n.1 = n.1.max(n.0);
+                }
+                order.lock().unwrap().push(name);
+                std::thread::sleep(Duration::from_millis(5));
+                at_once.lock().unwrap().0 -= 1;
+                drop(turn);
+            }));
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert!(
             order.lock().unwrap().is_empty(),
             "none writes while the turn is held"
@@ -524,37 +586,36 @@ mod tests {
         for waiter in waiters {
             waiter.join().unwrap();
         }
-        let order = order.lock().unwrap().clone();
-        assert_eq!(
-            order,
-            [
-                "000000010000000000000002",
-                "000000010000000000000003",
-                "000000010000000000000004"
-            ]
-        );
+        assert_eq!(*order.lock().unwrap(), [name("02"), name("03"), name("04")]);
         assert_eq!(
             at_once.lock().unwrap().1,
             1,
             "one turn, one writer at a time"
         );
 
+        // A later segment read first waits for an earlier one in line that is not read yet;
+        // one whose fetch found nothing leaves the line, and the next one goes.
+        let gone = turns.enter(&name("05"));
+        let next = turns.enter(&name("06"));
+        let after = std::thread::spawn(move || drop(next.take()));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!after.is_finished(), "06 went before 05");
+        drop(gone);
+        after.join().unwrap();
+
         // Two turns: two write at once, and a third waits for one of them.
         let turns = Turns::new(2);
-        let (a, b) = (turns.take("A"), turns.take("B"));
-        let third = {
-            let turns = turns.clone();
-            std::thread::spawn(move || drop(turns.take("C")))
-        };
-        until_waiting(&turns, 1);
+        let (a, b, c) = (turns.enter("A"), turns.enter("B"), turns.enter("C"));
+        let (a, b) = (a.take(), b.take());
+        let third = std::thread::spawn(move || drop(c.take()));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!third.is_finished(), "a third writer at once");
         drop(a);
         third.join().unwrap();
         drop(b);
-        assert_eq!(
-            turns.inner.0.lock().unwrap().writing,
-            0,
-            "every turn given back"
-        );
+        let state = turns.inner.0.lock().unwrap();
+        assert_eq!(state.writing, 0, "every turn given back");
+        assert!(state.in_line.is_empty(), "no one left in line");
     }
 
     #[test]
@@ -719,5 +780,131 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(left, vec!["000000010000000000000009"]);
+    }
+
+    #[test]
+    fn the_latest_request_is_read_back_whole_in_either_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        assert_eq!(spool.read_request().unwrap(), None);
+        let asked = |n: &str| PrefetchRequest {
+            name: n.into(),
+            segment_size: 16 << 20,
+        };
+        for n in ["000000010000000000000004", "000000020000000000000003"] {
+            spool.request_prefetch(&asked(n)).unwrap();
+            assert_eq!(spool.read_request().unwrap(), Some(asked(n)));
+        }
+        // A link, replaced in place: no temporary is left, no data block written.
+        let meta = std::fs::symlink_metadata(spool.path(REQUEST_FILE)).unwrap();
+        assert!(meta.file_type().is_symlink());
+        assert_eq!(spool.files().unwrap(), vec![REQUEST_FILE.to_owned()]);
+        // A regular file, as an earlier version wrote it.
+        std::fs::remove_file(spool.path(REQUEST_FILE)).unwrap();
+        spool
+            .write_whole(
+                REQUEST_FILE,
+                &asked("000000010000000000000009").encode(),
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            spool.read_request().unwrap(),
+            Some(asked("000000010000000000000009"))
+        );
+        // A torn or foreign one is damage, named.
+        std::fs::remove_file(spool.path(REQUEST_FILE)).unwrap();
+        std::os::unix::fs::symlink("000000010000000000000009 16777", spool.path(REQUEST_FILE))
+            .unwrap();
+        let err = spool.read_request().unwrap_err();
+        assert!(err.to_string().contains(REQUEST_FILE), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_is_marked_as_coming_before_its_object_is_read() {
+        use resilience_core::keys::KeyFileProvider;
+        use resilience_core::repo::{InitOptions, Repository};
+        use resilience_core::sink::MemorySink;
+        use resilience_core::testing::PausableSink;
+        let sink = Arc::new(PausableSink::new(Arc::new(MemorySink::new())));
+        let key = KeyFileProvider::from_key([5; 32]);
+        let repo = Repository::init(sink.clone(), &key, InitOptions::default())
+            .await
+            .unwrap();
+        let wal = WalArchive::new(&repo, "main").unwrap();
+        let content: Vec<u8> = (0..1u32 << 20).map(|i| (i * 13 % 241) as u8).collect();
+        let (asked, coming, absent) = (
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000003",
+        );
+        wal.push(coming, content.clone().into()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        let request = PrefetchRequest {
+            name: asked.into(),
+            segment_size: 1 << 20,
+        };
+        spool.request_prefetch(&request).unwrap();
+        // The store stands still: no object can be read.
+        sink.pause();
+        let lock = spool.try_lock(PREFETCHER_LOCK).unwrap().unwrap();
+        let options = PrefetchOptions {
+            count: 2,
+            idle: Duration::from_millis(300),
+            ..PrefetchOptions::default()
+        };
+        let prefetcher = {
+            let (wal, spool) = (wal.clone(), spool.clone());
+            tokio::spawn(async move { run_prefetcher(&wal, &spool, &options).await })
+        };
+        // Both segments are marked as being written, empty, while their objects are not read.
+        let started = Instant::now();
+        while spool.writing(coming).unwrap() != Some(0) || spool.writing(absent).unwrap().is_none()
+        {
+            assert!(started.elapsed() < Duration::from_secs(60), "never marked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A call for the coming one waits for it (not fetching it a second time), and is
+        // served once the store goes on; the one not archived is unmarked, and not waited for.
+        let waiter = {
+            let spool = spool.clone();
+            tokio::task::spawn_blocking(move || {
+                spool.wait_for_prefetch(coming, Duration::from_secs(60))
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a call did not wait for the marked segment"
+        );
+        sink.resume();
+        assert!(waiter.await.unwrap().unwrap());
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert_eq!(
+            spool.take_prefetched(coming, &dest).unwrap(),
+            Some(content.len() as u64)
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), content);
+        let started = Instant::now();
+        while spool.writing(absent).unwrap().is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never unmarked"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!spool
+            .wait_for_prefetch(absent, Duration::from_secs(60))
+            .unwrap());
+        // As the served call does: the next request is for what it served.
+        spool
+            .request_prefetch(&PrefetchRequest {
+                name: coming.into(),
+                segment_size: 1 << 20,
+            })
+            .unwrap();
+        assert_eq!(prefetcher.await.unwrap().unwrap(), 1);
+        drop(lock);
     }
 }

@@ -185,11 +185,111 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
 }
 
 /// CRC32C (Castagnoli, as Postgres' WAL records use) and length of the file at `path`, read
-/// in pieces.
-pub fn crc32c_file(path: &Path) -> std::io::Result<(u32, u64)> {
-    use std::io::Read;
-    let mut file = File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
+/// in pieces, in parts of at least [`CRC_PART`] read at once by up to `threads` threads, their
+/// CRCs combined: a served call of a prefetched segment is on recovery's critical path, and
+/// recovery replays on one core (16 MiB in 1.4 ms on two cores here, against 2.5 on one).
+pub fn crc32c_file(path: &Path, threads: usize) -> std::io::Result<(u32, u64)> {
+    crc32c_file_in_parts(path, threads, CRC_PART)
+}
+
+/// The cores this process may run on (its CPU affinity): one system call, where
+/// `available_parallelism` also reads the cgroup's quota files (15 calls, on every served
+/// segment).
+pub fn cores() -> usize {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills in; 0 names this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            return (libc::CPU_COUNT(&set) as usize).max(1);
+        }
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The smallest part of a file [`crc32c_file`] gives a thread of its own.
+pub const CRC_PART: u64 = 4 << 20;
+
+/// How much of a file [`crc32c_file`] reads at a time, per thread.
+const CRC_PIECE: usize = 256 << 10;
+
+fn crc32c_file_in_parts(path: &Path, threads: usize, min_part: u64) -> std::io::Result<(u32, u64)> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let parts = (threads.max(1) as u64).min(len / min_part.max(1)).max(1);
+    if parts > 1 {
+        let part = len.div_ceil(parts);
+        let ranges: Vec<(u64, u64)> = (0..parts)
+            .map(|i| (i * part, part.min(len - i * part)))
+            .collect();
+        let shared = &file;
+        let crcs = std::thread::scope(|scope| {
+            let others: Vec<_> = ranges[1..]
+                .iter()
+                .map(|&(at, n)| scope.spawn(move || crc32c_range(shared, at, n)))
+                .collect();
+            let first = crc32c_range(shared, ranges[0].0, ranges[0].1);
+            std::iter::once(first)
+                .chain(
+                    others
+                        .into_iter()
+                        .map(|t| t.join().expect("a CRC thread panicked")),
+                )
+                .collect::<std::io::Result<Vec<u32>>>()
+        });
+        match crcs {
+            // Read as it was when opened: whole parts, and nothing past its length.
+            Ok(crcs) if read_at_full(&file, &mut [0u8; 1], len)? == 0 => {
+                let crc = ranges.iter().zip(crcs).fold(0, |acc, (&(_, n), crc)| {
+                    crc32c::crc32c_combine(acc, crc, n as usize)
+                });
+                return Ok((crc, len));
+            }
+            // It changed length meanwhile: read again, from its start to its end.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => return Err(e),
+        }
+    }
+    crc32c_read(file)
+}
+
+/// CRC32C of `n` bytes of `file` from `at`; an error if it ends before them (it shrank: the
+/// caller reads it again from its start).
+fn crc32c_range(file: &File, at: u64, n: u64) -> std::io::Result<u32> {
+    let mut buf = vec![0u8; CRC_PIECE.min(n as usize)];
+    let (mut crc, mut done) = (0u32, 0u64);
+    while done < n {
+        let want = buf.len().min((n - done) as usize);
+        let got = read_at_full(file, &mut buf[..want], at + done)?;
+        if got < want {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..got]);
+        done += got as u64;
+    }
+    Ok(crc)
+}
+
+/// Reads into `buf` from `at` until it is full or the file ends; how many bytes were read.
+fn read_at_full(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// CRC32C and length of what `file` holds from its start, read in one thread.
+fn crc32c_read(mut file: File) -> std::io::Result<(u32, u64)> {
+    use std::io::{Read, Seek};
+    file.rewind()?;
+    let mut buf = vec![0u8; CRC_PIECE];
     let (mut crc, mut len) = (0u32, 0u64);
     loop {
         match file.read(&mut buf) {
@@ -218,9 +318,17 @@ mod tests {
             std::fs::write(&path, &bytes[..len]).unwrap();
             let (digest, got) = hash_file(&path).unwrap();
             assert_eq!(got, len as u64);
-            let (crc, got) = crc32c_file(&path).unwrap();
-            assert_eq!(got, len as u64);
-            assert_eq!(crc, crc32c::crc32c(&bytes[..len]), "{len}");
+            for threads in [1, 2, 3, 4] {
+                let (crc, got) = crc32c_file(&path, threads).unwrap();
+                assert_eq!(got, len as u64);
+                assert_eq!(crc, crc32c::crc32c(&bytes[..len]), "{len}");
+                // In parts of any size: each part's CRC32C combined with the next.
+                for min_part in [1, 4096, piece as u64 + 3] {
+                    let (crc, got) = crc32c_file_in_parts(&path, threads, min_part).unwrap();
+                    assert_eq!(got, len as u64);
+                    assert_eq!(crc, crc32c::crc32c(&bytes[..len]), "{len} {threads}");
+                }
+            }
             assert_eq!(
                 digest,
                 blake3::hash(&bytes[..len]).to_hex().to_string(),
@@ -231,9 +339,19 @@ mod tests {
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
         // A directory opens but does not read: an error, not a digest.
         assert!(hash_file(dir.path()).is_err());
-        assert!(crc32c_file(dir.path()).is_err());
+        assert!(crc32c_file(dir.path(), 2).is_err());
+        // The affinity: never fewer than the cores std counts (which a CPU quota may lower).
+        assert!(cores() >= std::thread::available_parallelism().unwrap().get());
+        // A part past the end (the file shrank while read) is told apart from other errors.
+        let short = File::open(dir.path().join("f1")).unwrap();
         assert_eq!(
-            crc32c_file(&dir.path().join("missing")).unwrap_err().kind(),
+            crc32c_range(&short, 0, 2).unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
+        assert_eq!(
+            crc32c_file(&dir.path().join("missing"), 2)
+                .unwrap_err()
+                .kind(),
             std::io::ErrorKind::NotFound
         );
     }
