@@ -49,7 +49,7 @@ pub struct WalHeader {
     /// CRC32C (Castagnoli) of its content: what `wal-fetch` checks the decompressed content
     /// against ([`WalArchive::fetch_to_file`]). The object itself is authenticated before it
     /// is decompressed, so what is left to catch there is a fault (of the codec, of memory),
-    /// not a forgery, and a CRC32C is a fifth of BLAKE3's cost on recovery's path. `None` in
+    /// not a forgery, and a CRC32C is a quarter of BLAKE3's cost on recovery's path. `None` in
     /// objects pushed before it was recorded: those are checked by BLAKE3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crc32c: Option<u32>,

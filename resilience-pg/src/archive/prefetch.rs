@@ -82,6 +82,16 @@ impl PrefetchRequest {
         })
     }
 
+    /// Whether segment `name` can still be asked for after this request: it is on the
+    /// requested segment's timeline and after it (anything, if the request names no segment).
+    pub fn is_ahead(&self, name: &str) -> bool {
+        let Some(asked) = SegmentName::parse(&self.name, self.segment_size) else {
+            return true;
+        };
+        SegmentName::parse(name, self.segment_size)
+            .is_some_and(|s| s.timeline == asked.timeline && s.segno > asked.segno)
+    }
+
     /// The `count` segments after the requested one, on its timeline.
     pub fn window(&self, count: usize) -> Vec<String> {
         let Some(seg) = SegmentName::parse(&self.name, self.segment_size) else {
@@ -203,13 +213,11 @@ impl Spool {
     /// Removes prefetched segments that can no longer be asked for after `asked`: of other
     /// timelines, or not after it.
     pub fn remove_stale_prefetched(&self, asked: &PrefetchRequest) -> Result<(), PgError> {
-        let Some(asked_seg) = SegmentName::parse(&asked.name, asked.segment_size) else {
+        if SegmentName::parse(&asked.name, asked.segment_size).is_none() {
             return Ok(());
-        };
+        }
         for (name, file) in self.prefetched()? {
-            let keep = SegmentName::parse(&name, asked.segment_size)
-                .is_some_and(|s| s.timeline == asked_seg.timeline && s.segno > asked_seg.segno);
-            if !keep {
+            if !asked.is_ahead(&name) {
                 self.remove(&file)?;
             }
         }
@@ -316,6 +324,9 @@ pub async fn run_prefetcher(
             idle_since = Instant::now();
         }
         if let Some(request) = &request {
+            // Segments recovery has had meanwhile hold no later one up, however long their
+            // objects take to read (a store that stalls).
+            turns.leave_line(|name| request.is_ahead(name));
             let present: HashSet<String> =
                 spool.prefetched()?.into_iter().map(|(n, _)| n).collect();
             // Past the first segment known not archived, nothing is fetched.
@@ -460,6 +471,18 @@ impl Turns {
         }
     }
 
+    /// Takes the segments for which `needed` is false out of line: their fetches go on, but
+    /// no later segment waits for them.
+    fn leave_line(&self, needed: impl Fn(&str) -> bool) {
+        let (lock, line_moved) = &*self.inner;
+        let mut state = lock.lock().expect("not poisoned");
+        let before = state.in_line.len();
+        state.in_line.retain(|name| needed(name));
+        if state.in_line.len() != before {
+            line_moved.notify_all();
+        }
+    }
+
     /// Puts segment `name` in line, as its fetch starts.
     fn enter(&self, name: &str) -> InLine {
         let (lock, _) = &*self.inner;
@@ -476,12 +499,14 @@ impl Turns {
 
 impl InLine {
     /// Blocks until the segment may be written: a turn is free and no earlier segment is in
-    /// line.
+    /// line (whether or not this one still is: [`Turns::leave_line`]).
     fn take(self) -> Turn {
+        use std::ops::Bound;
         let (lock, line_moved) = &*self.inner;
         let mut state = lock.lock().expect("not poisoned");
+        let earlier = (Bound::Unbounded, Bound::Excluded(self.name.as_str()));
         while state.writing >= state.limit
-            || state.in_line.first().map(String::as_str) != Some(self.name.as_str())
+            || state.in_line.range::<str, _>(earlier).next().is_some()
         {
             state = line_moved.wait(state).expect("not poisoned");
         }
@@ -602,6 +627,20 @@ mod tests {
         assert!(!after.is_finished(), "06 went before 05");
         drop(gone);
         after.join().unwrap();
+
+        // Recovery had 07 elsewhere (its store stalls): 08 no longer waits for it, and 07,
+        // read at last, still gets a turn.
+        let (stalled, later) = (turns.enter(&name("07")), turns.enter(&name("08")));
+        let after = std::thread::spawn(move || drop(later.take()));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!after.is_finished(), "08 went before 07");
+        let asked = PrefetchRequest {
+            name: name("07"),
+            segment_size: 16 << 20,
+        };
+        turns.leave_line(|n| asked.is_ahead(n));
+        after.join().unwrap();
+        drop(stalled.take());
 
         // Two turns: two write at once, and a third waits for one of them.
         let turns = Turns::new(2);
