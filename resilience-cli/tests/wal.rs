@@ -209,6 +209,38 @@ async fn an_async_push_of_different_bytes_is_refused_and_reported_to_the_caller(
     );
 }
 
+/// The processes (pids) whose command lines hold every one of `words`.
+fn processes_with(words: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if words.iter().all(|w| args.iter().any(|a| a == w)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The nice value of process `pid` (or `self`), from `/proc/<pid>/stat`.
+fn nice_of(pid: &str) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command's closing parenthesis: state is field 3, nice field 19.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    fields[16].parse().unwrap()
+}
+
 /// Waits until `spool` holds prefetched copies of every one of `names`.
 fn wait_prefetched(spool: &Path, names: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -269,6 +301,11 @@ async fn prefetched_segments_are_served_checked_and_a_damaged_one_is_fetched_aga
     assert_eq!(std::fs::read(&dest).unwrap(), reference(first));
     let spool = pg_wal.join(".resilience-prefetch");
     wait_prefetched(&spool, next);
+    // The prefetcher (idle now, not yet exited) yields the CPU to recovery: ten steps nicer.
+    let ours = nice_of("self");
+    let prefetchers = processes_with(&["--prefetch-worker", dest.to_str().unwrap()]);
+    assert_eq!(prefetchers.len(), 1, "{prefetchers:?}");
+    assert_eq!(nice_of(&prefetchers[0]), (ours + 10).min(19));
 
     // A prefetched file damaged in the spool: named, not served, fetched again.
     let damaged = std::fs::read_dir(&spool)

@@ -216,14 +216,14 @@ impl Spool {
         if SegmentName::parse(&asked.name, asked.segment_size).is_none() {
             return Ok(());
         }
-        for (name, file) in self.prefetched()? {
-            if !asked.is_ahead(&name) {
-                self.remove(&file)?;
-            }
-        }
-        // Segments an earlier version prefetched, named by their BLAKE3: never served now.
+        // One listing (this runs on every served call).
         for file in self.files()? {
-            if is_prefetched_by_blake3(&file) {
+            let stale = match parse_prefetched(&file) {
+                Some((name, _)) => !asked.is_ahead(name),
+                // Segments an earlier version prefetched, named by their BLAKE3: never served.
+                None => is_prefetched_by_blake3(&file),
+            };
+            if stale {
                 self.remove(&file)?;
             }
         }
