@@ -126,6 +126,25 @@ async fn a_short_write_is_an_error_naming_the_file() {
     );
 }
 
+/// Creates and completes the entry `meta` (content: nothing, or `size` zero bytes); the
+/// error of either call.
+async fn put(
+    target: &DirTarget,
+    meta: &EntryMeta,
+) -> Result<(), resilience_core::source::AdapterError> {
+    if let Some(mut w) = target.create(meta).await? {
+        if meta.size > 0 {
+            w.write(bytes::Bytes::from(vec![1u8; meta.size as usize]))
+                .await?;
+        }
+        w.complete().await?;
+    }
+    Ok(())
+}
+
+/// A name held twice is refused by the call that creates it or, for a small file written
+/// behind the restore, by the target's finish: the restore fails, and nothing is written
+/// through the symlink.
 #[tokio::test]
 async fn a_name_held_twice_is_refused_whichever_comes_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,21 +154,31 @@ async fn a_name_held_twice_is_refused_whichever_comes_first() {
     link.kind = EntryKind::Symlink;
     link.link_target = Some(outside.as_os_str().as_encoded_bytes().to_vec());
 
-    // A file, then a symlink in its place.
-    let target = DirTarget::new(dir.path().join("one"));
-    target.create(&file(b"a")).await.unwrap();
-    let err = target.create(&link).await.err().unwrap();
-    assert!(
-        err.to_string().contains("twice") && err.to_string().contains('a'),
-        "{err}"
-    );
+    for size in [0u64, 10, 200 << 10] {
+        let mut a = file(b"a");
+        a.size = size;
+        // A file, then a symlink in its place.
+        let target = DirTarget::new(dir.path().join(format!("one-{size}")));
+        put(&target, &a).await.unwrap();
+        let err = match put(&target, &link).await {
+            Err(e) => e,
+            Ok(()) => target.finish().await.expect_err("refused by finish"),
+        };
+        assert!(
+            err.to_string().contains("twice") && err.to_string().contains('a'),
+            "{size}: {err}"
+        );
 
-    // A symlink, then a file written through it.
-    let target = DirTarget::new(dir.path().join("two"));
-    target.create(&link).await.unwrap();
-    let err = target.create(&file(b"a")).await.err().unwrap();
-    assert!(err.to_string().contains("twice"), "{err}");
-    assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
+        // A symlink, then a file written through it.
+        let target = DirTarget::new(dir.path().join(format!("two-{size}")));
+        put(&target, &link).await.unwrap();
+        let err = match put(&target, &a).await {
+            Err(e) => e,
+            Ok(()) => target.finish().await.expect_err("refused by finish"),
+        };
+        assert!(err.to_string().contains("twice"), "{size}: {err}");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
+    }
 }
 
 #[tokio::test]
@@ -161,15 +190,25 @@ async fn the_metadata_pass_never_follows_a_symlink() {
     std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
     let before = std::fs::metadata(&outside).unwrap();
 
-    let target = DirTarget::new(dir.path().join("out"));
     let mut meta = file(b"a");
     meta.mode = 0o100777;
     meta.mtime_ns = Some(1_000_000_000);
-    target.create(&meta).await.unwrap().unwrap();
-    // Swapped for a symlink to a file outside between the passes.
     let placed = dir.path().join("out/a");
+    // A restore sets a file's metadata through the descriptor that wrote it: a file swapped
+    // for a symlink afterwards is not touched through it.
+    let target = DirTarget::new(dir.path().join("out"));
+    put(&target, &meta).await.unwrap();
+    target.finish().await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&placed).unwrap().permissions().mode() & 0o777,
+        0o777
+    );
     std::fs::remove_file(&placed).unwrap();
     std::os::unix::fs::symlink(&outside, &placed).unwrap();
+    target.apply_metadata(&meta).await.unwrap();
+    // A resumed restore sets the metadata of the files already there by path: one swapped
+    // for a symlink between the passes is refused by name.
+    let target = DirTarget::new(dir.path().join("out")).resume(true);
     let err = target.apply_metadata(&meta).await.err().unwrap();
     assert!(err.to_string().contains("no longer"), "{err}");
     let after = std::fs::metadata(&outside).unwrap();

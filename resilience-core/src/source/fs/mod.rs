@@ -6,6 +6,7 @@
 mod lazy_file;
 mod source;
 mod target;
+mod write_behind;
 
 pub use lazy_file::LazyFile;
 pub use source::DirSource;

@@ -26,6 +26,8 @@ use tokio::sync::OnceCell;
 use crate::source::entry::{EntryKind, EntryMeta};
 use crate::source::{AdapterError, ContentCheck, ContentWriter, Target};
 
+use super::write_behind::{self, FileRules, SmallFile, WriteBehind};
+
 /// Restores into a directory, created if missing; an existing directory must be empty unless
 /// [`DirTarget::allow_existing`] says otherwise.
 #[derive(Debug)]
@@ -37,6 +39,7 @@ pub struct DirTarget {
     write_back: bool,
     ready: OnceCell<PathBuf>,
     checked_parent: Mutex<Option<PathBuf>>,
+    behind: Arc<WriteBehind>,
 }
 
 impl DirTarget {
@@ -50,6 +53,7 @@ impl DirTarget {
             write_back: false,
             ready: OnceCell::new(),
             checked_parent: Mutex::new(None),
+            behind: Arc::new(WriteBehind::new()),
         }
     }
 
@@ -102,6 +106,13 @@ impl DirTarget {
     pub fn write_back(mut self, write_back: bool) -> Self {
         self.write_back = write_back;
         self
+    }
+
+    fn rules(&self) -> FileRules {
+        FileRules {
+            allow_existing: self.allow_existing,
+            fsync: self.fsync,
+        }
     }
 
     async fn root(&self) -> Result<&PathBuf, AdapterError> {
@@ -185,7 +196,11 @@ impl DirTarget {
 }
 
 /// A libc call's return code as a result: nonzero is the OS error, naming `object`.
-fn os_result(rc: libc::c_int, operation: &'static str, object: &str) -> Result<(), AdapterError> {
+pub(super) fn os_result(
+    rc: libc::c_int,
+    operation: &'static str,
+    object: &str,
+) -> Result<(), AdapterError> {
     if rc == 0 {
         Ok(())
     } else {
@@ -199,7 +214,7 @@ fn os_result(rc: libc::c_int, operation: &'static str, object: &str) -> Result<(
 
 /// A name the snapshot holds twice: refused, so a later entry never replaces an earlier one
 /// (a file by a symlink that the metadata pass would then follow).
-fn duplicate(meta: &EntryMeta) -> AdapterError {
+pub(super) fn duplicate(meta: &EntryMeta) -> AdapterError {
     AdapterError::msg(
         "restore",
         meta.path.to_string(),
@@ -210,7 +225,8 @@ fn duplicate(meta: &EntryMeta) -> AdapterError {
 struct FileWriter {
     file: Arc<std::fs::File>,
     path: PathBuf,
-    expected: u64,
+    /// The entry: its size, and the owner, mode and times set once it is written.
+    meta: EntryMeta,
     offset: u64,
     fsync: bool,
     /// Start the write-back of each large write ([`DirTarget::write_back`]).
@@ -260,7 +276,7 @@ fn start_write_back(file: &std::fs::File, at: u64, len: usize) {
     let _ = (file, at, len);
 }
 
-fn is_zero(data: &[u8]) -> bool {
+pub(super) fn is_zero(data: &[u8]) -> bool {
     let (head, body, tail) = unsafe { data.align_to::<u128>() };
     head.iter().all(|b| *b == 0) && body.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
 }
@@ -319,20 +335,22 @@ impl Target for DirTarget {
                 tracing::warn!(entry = %meta.path, "not restoring a special file (FIFO, socket or device)");
                 Ok(None)
             }
+            EntryKind::File if meta.size <= write_behind::SMALL_FILE => {
+                self.behind.check()?;
+                Ok(Some(Box::new(SmallWriter {
+                    behind: self.behind.clone(),
+                    rules: self.rules(),
+                    file: SmallFile {
+                        path,
+                        meta: meta.clone(),
+                        content: Vec::new(),
+                    },
+                })))
+            }
             EntryKind::File => {
                 // Never through a symlink; into a directory that must start empty, never over
                 // an entry restored before (a name the snapshot holds twice).
-                let mut options = std::fs::OpenOptions::new();
-                options
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600);
-                if self.allow_existing {
-                    options.create(true).truncate(true);
-                } else {
-                    options.create_new(true);
-                }
-                let file = options.open(&path).map_err(|e| {
+                let file = write_behind::open_new(&path, self.allow_existing).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::AlreadyExists {
                         duplicate(meta)
                     } else {
@@ -342,7 +360,7 @@ impl Target for DirTarget {
                 Ok(Some(Box::new(FileWriter {
                     file: Arc::new(file),
                     path,
-                    expected: meta.size,
+                    meta: meta.clone(),
                     offset: 0,
                     fsync: self.fsync,
                     write_back: self.write_back,
@@ -356,8 +374,14 @@ impl Target for DirTarget {
     /// Owner, mode and times, never through a symlink: the entry must still be of the kind
     /// the snapshot records (a file or directory swapped for a symlink since it was written is
     /// refused, naming it), and every call takes `AT_SYMLINK_NOFOLLOW`.
+    ///
+    /// Waits first for every file handed to the write-behind threads. A file this target
+    /// created has had its metadata set through its descriptor as it was completed, so only
+    /// a resumed restore (whose files already there were not written again) sets a file's
+    /// metadata here.
     async fn apply_metadata(&self, meta: &EntryMeta) -> Result<(), AdapterError> {
-        if meta.kind == EntryKind::Other {
+        self.behind.drain(self.rules()).await?;
+        if meta.kind == EntryKind::Other || (meta.kind == EntryKind::File && !self.resume) {
             return Ok(());
         }
         let path = self.place(meta).await?;
@@ -424,6 +448,7 @@ impl Target for DirTarget {
     }
 
     async fn finish(&self) -> Result<(), AdapterError> {
+        self.behind.drain(self.rules()).await?;
         let root = self.root().await?;
         if self.fsync {
             std::fs::File::open(root)
@@ -473,36 +498,67 @@ impl ContentWriter for FileWriter {
             self.reap_one().await?;
         }
         let shown = self.path.display().to_string();
-        if self.offset != self.expected {
+        if self.offset != self.meta.size {
             return Err(AdapterError::msg(
                 "restore",
                 shown,
                 format!(
                     "wrote {} bytes, the snapshot records {}",
-                    self.offset, self.expected
+                    self.offset, self.meta.size
                 ),
             ));
         }
-        if !self.fsync && !self.ends_in_hole {
-            return Ok(());
+        if self.fsync || self.ends_in_hole {
+            let (fsync, size, file, hole) = (
+                self.fsync,
+                self.offset,
+                self.file.clone(),
+                self.ends_in_hole,
+            );
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                if hole {
+                    file.set_len(size)?;
+                }
+                if fsync {
+                    file.sync_all()?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| AdapterError::new("finish", shown.clone(), e))?
+            .map_err(|e| AdapterError::new("finish", shown.clone(), e))?;
         }
-        let (fsync, size, file, hole) = (
-            self.fsync,
-            self.offset,
-            self.file.clone(),
-            self.ends_in_hole,
-        );
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if hole {
-                file.set_len(size)?;
-            }
-            if fsync {
-                file.sync_all()?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| AdapterError::new("finish", shown.clone(), e))?
-        .map_err(|e| AdapterError::new("finish", shown, e))
+        write_behind::set_metadata(&self.file, &self.meta, &shown)
+    }
+}
+
+/// A small file's content, gathered and handed to the write-behind threads once complete.
+struct SmallWriter {
+    behind: Arc<WriteBehind>,
+    rules: FileRules,
+    file: SmallFile,
+}
+
+#[async_trait]
+impl ContentWriter for SmallWriter {
+    async fn write(&mut self, data: Bytes) -> Result<(), AdapterError> {
+        self.file.content.push(data);
+        Ok(())
+    }
+
+    async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
+        let this = *self;
+        let written: u64 = this.file.content.iter().map(|c| c.len() as u64).sum();
+        if written != this.file.meta.size {
+            return Err(AdapterError::msg(
+                "restore",
+                this.file.path.display().to_string(),
+                format!(
+                    "wrote {written} bytes, the snapshot records {}",
+                    this.file.meta.size
+                ),
+            ));
+        }
+        this.behind.submit(this.file, this.rules).await
     }
 }

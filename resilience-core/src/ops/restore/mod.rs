@@ -21,6 +21,9 @@ use crate::ops::progress::Progress;
 use crate::repo::Repository;
 use crate::source::{ContentCheck, ContentWriter, Target};
 
+mod batch;
+use batch::Item;
+
 /// Entries whose [`Target::wants`] is asked ahead of the one being written.
 const WANTS_AHEAD: usize = 16;
 
@@ -222,10 +225,10 @@ enum Step {
 /// The read budget is counted in units of this many bytes.
 const PERMIT_BYTES: usize = 64 << 10;
 
-/// The units of the read budget a blob of `len` raw bytes takes (sealed and opened: twice),
-/// at most all of them: a blob larger than the budget is read alone.
-fn permits_for(len: u32, total: u32) -> u32 {
-    ((2 * len as usize).div_ceil(PERMIT_BYTES) as u32).clamp(1, total)
+/// The units of the read budget a batch holding `bytes` (read and opened) takes, at most all
+/// of them: a batch larger than the budget is read alone.
+fn permits_for(bytes: u64, total: u32) -> u32 {
+    bytes.div_ceil(PERMIT_BYTES as u64).clamp(1, total as u64) as u32
 }
 
 impl Repository {
@@ -269,9 +272,9 @@ impl Repository {
         let permits_total = (read_bytes / PERMIT_BYTES).max(1) as u32;
         let budget = Arc::new(tokio::sync::Semaphore::new(permits_total as usize));
 
-        // Pass 1: content. A stream of steps, each blob read running ahead in a bounded window;
-        // the target says which entries it wants first, so the others are never read.
-        let steps = stream::unfold(Some(tree), |state| async move {
+        // Pass 1: content. A stream of steps, blobs read in batches running ahead in a bounded
+        // window; the target says which entries it wants first, so the others are never read.
+        let items = stream::unfold(Some(tree), |state| async move {
             let mut reader = state?;
             match reader.next().await {
                 Ok(Some(rec)) => Some((Ok(rec), Some(reader))),
@@ -290,7 +293,7 @@ impl Repository {
         })
         .buffered(WANTS_AHEAD)
         .flat_map(|rec: Result<(TreeRecord, bool)>| {
-            let steps: Vec<Result<StepPlan>> = match rec {
+            let plans: Vec<Result<StepPlan>> = match rec {
                 Err(e) => vec![Err(e)],
                 Ok((_, false)) => Vec::new(),
                 Ok((rec, true)) => {
@@ -301,47 +304,57 @@ impl Repository {
                     v
                 }
             };
-            stream::iter(steps)
+            stream::iter(plans)
         })
-        // Each blob's bytes are reserved in order, before its read starts, and given back once
-        // the target took it: reads ahead stay within the budget, and a blob waiting for bytes
-        // never holds back one before it.
+        // Every blob located (an in-memory lookup, unless an index file was lost).
         .then(|plan| {
-            let budget = budget.clone();
-            async move {
-                let plan = plan?;
-                let permit = match &plan {
-                    StepPlan::Blob(r) => Some(
-                        budget
-                            .clone()
-                            .acquire_many_owned(permits_for(r.len, permits_total))
-                            .await
-                            .map_err(|_| Error::Internal {
-                                operation: "restore",
-                                detail: "the read budget was closed",
-                            })?,
-                    ),
-                    _ => None,
-                };
-                Ok::<_, Error>((plan, permit))
-            }
-        })
-        .map(|planned| {
             let index = index.clone();
-            let repo = self.clone();
             async move {
-                let (plan, permit) = planned?;
-                match plan {
-                    StepPlan::Begin(rec) => Ok::<Step, Error>(Step::Begin(rec)),
-                    StepPlan::End => Ok(Step::End),
-                    StepPlan::Blob(r) => Ok(Step::Piece(
-                        read_blob_from(&repo, r.id, index.copies(&r.id).await?).await?,
-                        permit,
-                    )),
-                }
+                Ok(match plan? {
+                    StepPlan::Begin(rec) => Item::Begin(rec),
+                    StepPlan::End => Item::End,
+                    StepPlan::Blob(r) => Item::Blob(r, index.copies(&r.id).await?),
+                })
             }
-        })
-        .buffered(options.concurrency.max(1));
+        });
+        // Each batch's bytes are reserved in order, before its read starts, and given back once
+        // the target took its last piece: reads ahead stay within the budget, and a batch
+        // waiting for bytes never holds back one before it.
+        let steps = batch::batches(items)
+            .then(|batch| {
+                let budget = budget.clone();
+                async move {
+                    let batch = batch?;
+                    let permit = match batch.bytes() {
+                        0 => None,
+                        bytes => Some(
+                            budget
+                                .clone()
+                                .acquire_many_owned(permits_for(bytes, permits_total))
+                                .await
+                                .map_err(|_| Error::Internal {
+                                    operation: "restore",
+                                    detail: "the read budget was closed",
+                                })?,
+                        ),
+                    };
+                    Ok::<_, Error>((batch, permit))
+                }
+            })
+            .map(|planned| {
+                let repo = self.clone();
+                async move {
+                    let (batch, permit) = planned?;
+                    batch::read(repo, batch, permit).await
+                }
+            })
+            .buffered(options.concurrency.max(1))
+            .flat_map(|steps: Result<Vec<Step>>| {
+                stream::iter(match steps {
+                    Ok(steps) => steps.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                })
+            });
         futures::pin_mut!(steps);
 
         let (mut entries, mut bytes) = (0u64, 0u64);
