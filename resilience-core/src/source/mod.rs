@@ -225,10 +225,12 @@ pub trait Target: Send + Sync {
     ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError>;
 
     /// Called for every entry in a second pass, after all content is written, to apply what
-    /// writing would disturb (directory times, read-only modes).
+    /// writing would disturb (directory times, read-only modes). Every entry completed before
+    /// is written by the time it returns `Ok` (see [`ContentWriter::complete`]).
     async fn apply_metadata(&self, meta: &EntryMeta) -> Result<(), AdapterError>;
 
-    /// Called once at the end of a successful restore.
+    /// Called once at the end of a successful restore; every entry completed is written by
+    /// the time it returns `Ok`.
     async fn finish(&self) -> Result<(), AdapterError>;
 }
 
@@ -238,7 +240,10 @@ pub trait ContentWriter: Send {
     /// Appends the next piece of content.
     async fn write(&mut self, data: Bytes) -> Result<(), AdapterError>;
 
-    /// Called after the last piece; makes the entry durable and complete.
+    /// Called after the last piece; makes the entry complete (and durable, where the target
+    /// syncs). A target may write the entry behind, on other threads: then a failure is
+    /// returned by its next call, and [`Target::apply_metadata`] and [`Target::finish`] wait
+    /// for every entry handed over.
     async fn complete(self: Box<Self>) -> Result<(), AdapterError>;
 }
 

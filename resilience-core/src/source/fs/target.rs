@@ -300,6 +300,8 @@ impl Target for DirTarget {
         &self,
         meta: &EntryMeta,
     ) -> Result<Option<Box<dyn ContentWriter>>, AdapterError> {
+        // A small file written behind that failed fails the restore here.
+        self.behind.check()?;
         let path = self.place(meta).await?;
         let shown = path.display().to_string();
         match meta.kind {
@@ -336,7 +338,6 @@ impl Target for DirTarget {
                 Ok(None)
             }
             EntryKind::File if meta.size <= write_behind::SMALL_FILE => {
-                self.behind.check()?;
                 Ok(Some(Box::new(SmallWriter {
                     behind: self.behind.clone(),
                     rules: self.rules(),
