@@ -549,7 +549,7 @@ impl ContentWriter for SmallWriter {
 
     async fn complete(self: Box<Self>) -> Result<(), AdapterError> {
         let this = *self;
-        let written: u64 = this.file.content.iter().map(|c| c.len() as u64).sum();
+        let written = this.file.len() as u64;
         if written != this.file.meta.size {
             return Err(AdapterError::msg(
                 "restore",
