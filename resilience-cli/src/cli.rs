@@ -181,6 +181,11 @@ pub enum Command {
         /// already matches are kept (not read again), everything else is written again.
         #[arg(long)]
         resume: bool,
+        /// Exit without waiting for the disk: the restored tree may still be only in the
+        /// page cache, and a crash of the machine can lose part of it. By default the command
+        /// exits 0 only once everything it restored is on disk.
+        #[arg(long)]
+        no_sync: bool,
     },
     /// Check that every snapshot is restorable; exit 3 naming every damaged object.
     Verify {

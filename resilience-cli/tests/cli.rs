@@ -204,13 +204,15 @@ fn backup_list_restore_verify_and_deduplicate() {
     assert_eq!(restored["bytes"], second["logical_bytes"]);
     assert!(restored["entries"].as_u64().unwrap() >= 4 && restored.get("duration_ms").is_some());
     same_tree(&data, &env.path("out"));
-    // A unique id prefix names a snapshot; the repository may come from the environment.
+    // A unique id prefix names a snapshot; the repository may come from the environment;
+    // `--no-sync` restores the same tree without waiting for the disk.
     let by_prefix = env
         .cmd(&[
             "restore",
             &id[..id.len() - 2],
             "--target",
             env.path("out2").to_str().unwrap(),
+            "--no-sync",
         ])
         .env("RESILIENCE_REPOSITORY", env.repo())
         .output()

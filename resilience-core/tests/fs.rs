@@ -393,11 +393,33 @@ async fn a_file_removed_between_the_walk_and_its_read_is_left_out() {
     assert!(target.content("c-big-gone").is_none());
 }
 
-/// A restore that starts each write's write-back at once (as a Postgres restore does, before
-/// its final sync) writes the same bytes: large files, a zero run inside one and at its end
-/// (holes), and small files.
+/// A durable restore's final sync is never skipped in silence: a target whose directory is
+/// gone by then fails `finish`, naming it, where a target that does not sync finishes.
 #[tokio::test]
-async fn a_restore_writing_back_early_writes_the_same_bytes() {
+async fn a_durable_restore_that_cannot_sync_fails_naming_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    for durable in [true, false] {
+        let out = dir.path().join(format!("out-{durable}"));
+        let target = DirTarget::new(&out).durable(durable);
+        put(&target, &file(b"a")).await.unwrap();
+        // Waits for the small file written behind.
+        target.apply_metadata(&file(b"a")).await.unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+        let finished = target.finish().await;
+        if durable {
+            let err = finished.unwrap_err().to_string();
+            assert!(err.contains("sync") && err.contains("out-true"), "{err}");
+        } else {
+            finished.unwrap();
+        }
+    }
+}
+
+/// A durable restore (each write's write-back started at once, the file system synced at the
+/// end) writes the same bytes: large files, a zero run inside one and at its end (holes), and
+/// small files.
+#[tokio::test]
+async fn a_durable_restore_writes_the_same_bytes() {
     use resilience_core::sink::MemorySink;
     use resilience_core::testing::pseudo_random;
 
@@ -415,7 +437,7 @@ async fn a_restore_writing_back_early_writes_the_same_bytes() {
     let out = dir.path().join("out");
     repo.restore(
         "latest",
-        &DirTarget::new(&out).write_back(true),
+        &DirTarget::new(&out).durable(true),
         Default::default(),
     )
     .await

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use resilience_core::source::entry::{EntryMeta, EntryPath};
-use resilience_core::source::fs::DirTarget;
+use resilience_core::source::fs::{sync_file_system, DirTarget};
 use resilience_core::source::{AdapterError, ContentCheck, ContentWriter, Target};
 
 use crate::error::PgError;
@@ -34,7 +34,7 @@ impl PgDataTarget {
     pub fn new(pgdata: &Path, resume: bool) -> Self {
         PgDataTarget {
             pgdata: pgdata.to_owned(),
-            inner: DirTarget::new(pgdata).resume(resume).write_back(true),
+            inner: DirTarget::new(pgdata).resume(resume).durable(true),
         }
     }
 
@@ -48,7 +48,7 @@ impl PgDataTarget {
     /// before Postgres may start on them), then moves the control file into place and syncs
     /// its directory.
     pub fn seal(pgdata: &Path) -> Result<(), PgError> {
-        sync_file_system(pgdata)?;
+        sync_file_system(pgdata).map_err(PgError::io("sync", pgdata.display()))?;
         let pending = pgdata.join(PENDING_CONTROL);
         let control = pgdata.join("global/pg_control");
         std::fs::rename(&pending, &control).map_err(PgError::io("rename", pending.display()))?;
@@ -68,19 +68,6 @@ impl PgDataTarget {
             std::borrow::Cow::Borrowed(meta)
         }
     }
-}
-
-/// `syncfs(2)` of the file system holding `path`.
-fn sync_file_system(path: &Path) -> Result<(), PgError> {
-    let dir = std::fs::File::open(path).map_err(PgError::io("open", path.display()))?;
-    // SAFETY: `dir` is an open file descriptor for the duration of the call.
-    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
-    if rc != 0 {
-        return Err(PgError::io("syncfs", path.display())(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }
 
 impl std::fmt::Debug for PgDataTarget {

@@ -10,4 +10,4 @@ mod write_behind;
 
 pub use lazy_file::LazyFile;
 pub use source::DirSource;
-pub use target::DirTarget;
+pub use target::{sync_file_system, DirTarget};

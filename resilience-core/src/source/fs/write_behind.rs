@@ -9,8 +9,9 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -32,8 +33,6 @@ const BATCHES_IN_FLIGHT: u32 = 4;
 pub(super) struct FileRules {
     /// Replace a file already there (else an existing name is a name held twice).
     pub allow_existing: bool,
-    /// Fsync each file.
-    pub fsync: bool,
 }
 
 /// One small file: where, what, and the metadata to set once it is written.
@@ -73,10 +72,6 @@ impl SmallFile {
         if ends_in_hole {
             file.set_len(at)
                 .map_err(|e| AdapterError::new("finish", shown(), e))?;
-        }
-        if rules.fsync {
-            file.sync_all()
-                .map_err(|e| AdapterError::new("fsync", shown(), e))?;
         }
         set_metadata(&file, &self.meta, &shown())
     }
@@ -139,11 +134,15 @@ pub(super) fn set_metadata(
     Ok(())
 }
 
+/// How one small file is written ([`SmallFile::write`]; another in tests).
+type WriteFile = fn(&SmallFile, FileRules) -> Result<(), AdapterError>;
+
 /// The small files handed over and not yet known written.
 pub(super) struct WriteBehind {
     batch: Mutex<Vec<SmallFile>>,
     slots: Arc<Semaphore>,
     failed: Arc<Mutex<Option<AdapterError>>>,
+    write: WriteFile,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -152,18 +151,63 @@ impl std::fmt::Debug for WriteBehind {
     }
 }
 
+/// `mutex`'s content, also after a panic while it was held (every holder leaves it whole).
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes `batch` in order, stopping at the first failure, which is returned. A panic is a
+/// failure of the file being written.
+fn write_batch(batch: &[SmallFile], rules: FileRules, write: WriteFile) -> Option<AdapterError> {
+    let mut at = 0;
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        while let Some(file) = batch.get(at) {
+            write(file, rules)?;
+            at += 1;
+        }
+        Ok(())
+    }));
+    match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            let shown = batch.get(at).map_or_else(
+                || "small files".to_string(),
+                |f| f.path.display().to_string(),
+            );
+            Some(AdapterError::msg(
+                "restore",
+                shown,
+                format!("the thread writing it panicked: {why}"),
+            ))
+        }
+    }
+}
+
 impl WriteBehind {
     pub(super) fn new() -> Self {
+        Self::writing_with(SmallFile::write)
+    }
+
+    fn writing_with(write: WriteFile) -> Self {
         WriteBehind {
             batch: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT as usize)),
             failed: Arc::new(Mutex::new(None)),
+            write,
         }
     }
 
     /// The first failure of a file handed over, if one failed (returned once).
     pub(super) fn check(&self) -> Result<(), AdapterError> {
-        match self.failed.lock().expect("write-behind lock").take() {
+        match locked(&self.failed).take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -177,7 +221,7 @@ impl WriteBehind {
     ) -> Result<(), AdapterError> {
         self.check()?;
         let full = {
-            let mut batch = self.batch.lock().expect("write-behind lock");
+            let mut batch = locked(&self.batch);
             batch.push(file);
             let bytes: usize = batch.iter().map(SmallFile::len).sum();
             (batch.len() >= BATCH_FILES || bytes >= BATCH_BYTES)
@@ -197,14 +241,12 @@ impl WriteBehind {
                 "the write-behind slots were closed",
             )
         })?;
-        let failed = self.failed.clone();
+        let (failed, write) = (self.failed.clone(), self.write);
         tokio::task::spawn_blocking(move || {
-            for file in &batch {
-                if let Err(e) = file.write(rules) {
-                    failed.lock().expect("write-behind lock").get_or_insert(e);
-                    break;
-                }
+            if let Some(e) = write_batch(&batch, rules, write) {
+                locked(&failed).get_or_insert(e);
             }
+            // The slot is given back only once the failure, if any, is recorded.
             drop(slot);
         });
         Ok(())
@@ -213,7 +255,7 @@ impl WriteBehind {
     /// Writes what is left of the batch and waits for every file handed over; the first
     /// failure, if any.
     pub(super) async fn drain(&self, rules: FileRules) -> Result<(), AdapterError> {
-        let rest = std::mem::take(&mut *self.batch.lock().expect("write-behind lock"));
+        let rest = std::mem::take(&mut *locked(&self.batch));
         if !rest.is_empty() {
             self.start(rest, rules).await?;
         }
@@ -230,5 +272,73 @@ impl WriteBehind {
             })?;
         drop(all);
         self.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::entry::{EntryKind, EntryPath};
+
+    fn file(name: &str) -> SmallFile {
+        SmallFile {
+            path: PathBuf::from(name),
+            meta: EntryMeta {
+                path: EntryPath(name.as_bytes().to_vec()),
+                kind: EntryKind::File,
+                size: 1,
+                mode: 0,
+                mtime_ns: None,
+                uid: None,
+                gid: None,
+                link_target: None,
+                fingerprint: None,
+                attrs: Default::default(),
+            },
+            content: vec![Bytes::from_static(b"x")],
+        }
+    }
+
+    const RULES: FileRules = FileRules {
+        allow_existing: false,
+    };
+
+    fn panics_on_boom(file: &SmallFile, _: FileRules) -> Result<(), AdapterError> {
+        if file.path.ends_with("boom") {
+            panic!("forced for the test");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_thread_that_panics_fails_the_restore_naming_the_file() {
+        let behind = WriteBehind::writing_with(panics_on_boom);
+        for name in ["a", "b", "boom", "c"] {
+            behind.submit(file(name), RULES).await.unwrap();
+        }
+        let err = behind.drain(RULES).await.unwrap_err().to_string();
+        assert!(err.contains("boom"), "{err}");
+        assert!(err.contains("panicked: forced for the test"), "{err}");
+        // Every slot came back: the target can still be drained, and has nothing left.
+        behind.drain(RULES).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_that_panics_fails_the_next_file_handed_over() {
+        let behind = WriteBehind::writing_with(panics_on_boom);
+        behind.submit(file("boom"), RULES).await.unwrap();
+        for i in 1..BATCH_FILES {
+            behind.submit(file(&format!("f{i}")), RULES).await.unwrap();
+        }
+        // The full batch was started; wait for its slot to come back.
+        drop(behind.slots.acquire_many(BATCHES_IN_FLIGHT).await.unwrap());
+        let err = behind.submit(file("late"), RULES).await.unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_written_whole_reports_nothing() {
+        let batch = [file("a"), file("b")];
+        assert!(write_batch(&batch, RULES, panics_on_boom).is_none());
     }
 }
