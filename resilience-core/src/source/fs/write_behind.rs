@@ -278,23 +278,11 @@ impl WriteBehind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::entry::{EntryKind, EntryPath};
 
     fn file(name: &str) -> SmallFile {
         SmallFile {
             path: PathBuf::from(name),
-            meta: EntryMeta {
-                path: EntryPath(name.as_bytes().to_vec()),
-                kind: EntryKind::File,
-                size: 1,
-                mode: 0,
-                mtime_ns: None,
-                uid: None,
-                gid: None,
-                link_target: None,
-                fingerprint: None,
-                attrs: Default::default(),
-            },
+            meta: EntryMeta::file(name, 1),
             content: vec![Bytes::from_static(b"x")],
         }
     }
