@@ -240,10 +240,11 @@ pub trait ContentWriter: Send {
     /// Appends the next piece of content.
     async fn write(&mut self, data: Bytes) -> Result<(), AdapterError>;
 
-    /// Called after the last piece; makes the entry complete (and durable, where the target
-    /// syncs). A target may write the entry behind, on other threads: then a failure is
-    /// returned by its next call, and [`Target::apply_metadata`] and [`Target::finish`] wait
-    /// for every entry handed over.
+    /// Called after the last piece; makes the entry complete. A target that makes a restore
+    /// durable may wait for [`Target::finish`] to put it on disk (`DirTarget::durable` syncs
+    /// the whole file system there). A target may write the entry behind, on other threads:
+    /// then a failure is returned by its next call, and [`Target::apply_metadata`] and
+    /// [`Target::finish`] wait for every entry handed over.
     async fn complete(self: Box<Self>) -> Result<(), AdapterError>;
 }
 
