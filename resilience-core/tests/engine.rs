@@ -821,6 +821,61 @@ async fn the_memory_budget_changes_how_much_is_in_flight_never_the_result() {
     }
 }
 
+/// Small files' chunks go to the CPU threads in batches: each file still gets its own
+/// content, in order, whatever the window, and a chunk met twice (in one batch or across two)
+/// is stored once.
+#[tokio::test]
+async fn small_files_sealed_in_batches_keep_their_content_and_are_stored_once() {
+    const DISTINCT: usize = 150;
+    let content = |i: usize| pseudo_random(4100 + i % DISTINCT, (i % DISTINCT) as u64);
+    let mut source = MemorySource::new("mem:batches");
+    for i in 0..3 * DISTINCT {
+        source = source.file(&format!("f{i:04}"), content(i));
+        if i % 10 == 0 {
+            // The same chunk again at once: in the same batch.
+            source = source.file(&format!("f{i:04}-again"), content(i));
+        }
+        if i == DISTINCT / 2 {
+            source = source
+                .file(&format!("f{i:04}-big"), pseudo_random(3 << 20, 77))
+                .file(&format!("f{i:04}-tiny"), b"inline".to_vec());
+        }
+    }
+    let distinct_bytes: u64 = (0..DISTINCT).map(|i| content(i).len() as u64).sum();
+    for chunk_concurrency in [1, 4] {
+        let repo = new_repo(Arc::new(MemorySink::new())).await;
+        let report = repo
+            .backup(
+                &source,
+                BackupOptions {
+                    chunk_concurrency,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.record.entries, 3 * DISTINCT as u64 + 45 + 2);
+        assert_eq!(
+            report.record.new_bytes,
+            distinct_bytes + (3 << 20),
+            "window {chunk_concurrency}: every distinct chunk once"
+        );
+        let target = restore_all(&repo, "latest").await;
+        for i in 0..3 * DISTINCT {
+            assert_eq!(
+                target.content(&format!("f{i:04}")).unwrap(),
+                content(i),
+                "window {chunk_concurrency}, file {i}"
+            );
+        }
+        assert_eq!(target.content("f0140-again").unwrap(), content(140));
+        let big = format!("f{:04}-big", DISTINCT / 2);
+        assert_eq!(target.content(&big).unwrap(), pseudo_random(3 << 20, 77));
+        let v = repo.verify(VerifyOptions { full: true }).await.unwrap();
+        assert!(v.is_ok(), "{v:?}");
+    }
+}
+
 /// A pack is sealed before a blob would take it past the repository's pack size: packs of
 /// incompressible chunks stay within `pack_size` plus their table (the buffer a pack is built
 /// in never grows past what it was allocated at).

@@ -41,7 +41,9 @@ pub struct BackupOptions {
     pub labels: BTreeMap<String, String>,
     /// Reuse unchanged entries of the latest succeeded snapshot of the same source.
     pub use_parent: bool,
-    /// Chunks hashed, compressed and sealed at once.
+    /// Batches of chunks hashed, compressed and sealed at once: a chunk of a large file makes
+    /// a batch alone, the chunks of small files go in runs of up to 64 (256 KiB), so a tree of
+    /// small files keeps every core busy without a trip between threads for each file.
     pub chunk_concurrency: usize,
     /// Packs uploaded at once, at most (the memory budget may allow fewer).
     pub upload_concurrency: usize,

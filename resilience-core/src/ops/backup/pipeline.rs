@@ -2,6 +2,10 @@
 //! the repository (or this backup) already has it, compressed and sealed on the CPU threads
 //! (`ops::cpu`) with a bounded window; each entry's tree record is written, in entry order,
 //! once all its chunks are done, and the tree itself is chunked the same way.
+//!
+//! Chunks go to the CPU threads in batches ([`BATCH_BYTES`], [`BATCH_CHUNKS`]): a large chunk
+//! fills one alone, the chunks of small files travel together, so a tree of small files pays
+//! one trip between tokio and the CPU threads per run of files, not one per file.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -97,9 +101,15 @@ impl PendingEntry {
 /// writes each entry's tree record once all its chunks are done, in entry order.
 pub(super) struct Pipeline {
     shared: Arc<Shared>,
-    inflight: FuturesOrdered<SealedChunk>,
+    /// Batches sent to the CPU threads, in the order their chunks were pushed.
+    inflight: FuturesOrdered<SealedBatch>,
+    /// Batches sent at once, at most.
     window: usize,
-    /// Raw bytes of the chunks in flight, and the most there may be (one chunk at least).
+    /// The batch being gathered (its chunks come after every sent one's), and its raw bytes.
+    open: Vec<(ChunkOwner, Bytes)>,
+    open_bytes: usize,
+    /// Raw bytes of the chunks in flight, gathered or sent, and the most there may be (one
+    /// chunk at least).
     inflight_bytes: usize,
     byte_window: usize,
     pending: VecDeque<PendingEntry>,
@@ -115,10 +125,18 @@ pub(super) struct Pipeline {
     pub(super) logical_bytes: u64,
 }
 
-/// A chunk being hashed and sealed on the CPU threads (`ops::cpu`).
-type SealedChunk = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(ChunkOwner, BlobRef, Option<Encoded>)>> + Send>,
->;
+/// A chunk hashed and, unless already stored, sealed.
+type Sealed = (ChunkOwner, BlobRef, Option<Encoded>);
+
+/// A batch of chunks being hashed and sealed on the CPU threads (`ops::cpu`).
+type SealedBatch = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Sealed>>> + Send>>;
+
+/// A batch goes to the CPU threads once its chunks reach this many raw bytes (a chunk of a
+/// large file, at least the chunker's smallest, fills one alone)...
+const BATCH_BYTES: usize = 256 * 1024;
+/// ...or this many chunks. On a million files of 1–8 KiB, one trip per chunk spent 15% of the
+/// backup's CPU time waking threads, and the backup took 25.5–26.3 s against 23.3 s in batches.
+const BATCH_CHUNKS: usize = 64;
 
 /// Entries allowed to wait behind a chunk in flight before the reader waits too.
 const MAX_PENDING_ENTRIES: usize = 4096;
@@ -133,6 +151,8 @@ impl Pipeline {
             shared,
             inflight: FuturesOrdered::new(),
             window: window.max(1),
+            open: Vec::new(),
+            open_bytes: 0,
             inflight_bytes: 0,
             byte_window,
             pending: VecDeque::new(),
@@ -151,9 +171,7 @@ impl Pipeline {
         chunk: Bytes,
         packer: &mut Packer,
     ) -> Result<()> {
-        while self.inflight.len() >= self.window
-            || (!self.inflight.is_empty() && self.inflight_bytes + chunk.len() > self.byte_window)
-        {
+        while self.is_busy() && self.inflight_bytes + chunk.len() > self.byte_window {
             self.pop(packer).await?;
         }
         self.inflight_bytes += chunk.len();
@@ -163,47 +181,86 @@ impl Pipeline {
                 .expect("content belongs to an open entry")
                 .pushed += 1;
         }
+        self.open_bytes += chunk.len();
+        self.open.push((owner, chunk));
+        if self.open_bytes >= BATCH_BYTES || self.open.len() >= BATCH_CHUNKS {
+            self.send_open(packer).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether any chunk is in flight, gathered or sent.
+    fn is_busy(&self) -> bool {
+        !self.inflight.is_empty() || !self.open.is_empty()
+    }
+
+    /// Sends the batch being gathered to the CPU threads, once the window has room.
+    async fn send_open(&mut self, packer: &mut Packer) -> Result<()> {
+        while self.inflight.len() >= self.window {
+            self.pop_sent(packer).await?;
+        }
+        if self.open.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.open);
+        self.open_bytes = 0;
         let shared = self.shared.clone();
-        let kind = if owner == ChunkOwner::Tree {
-            BlobKind::Tree
-        } else {
-            BlobKind::Data
-        };
         self.inflight.push_back(Box::pin(cpu::finished(
             "backup",
             cpu::spawn(move || {
-                let (r, enc) = hash_and_seal(&shared, kind, chunk);
-                (owner, r, enc)
+                batch
+                    .into_iter()
+                    .map(|(owner, chunk)| {
+                        let kind = match owner {
+                            ChunkOwner::Tree => BlobKind::Tree,
+                            ChunkOwner::Content => BlobKind::Data,
+                        };
+                        let (r, enc) = hash_and_seal(&shared, kind, chunk);
+                        (owner, r, enc)
+                    })
+                    .collect()
             }),
         )));
         Ok(())
     }
 
+    /// Takes the oldest batch's results, sending the one being gathered first if nothing else
+    /// is in flight.
     async fn pop(&mut self, packer: &mut Packer) -> Result<()> {
+        if self.inflight.is_empty() {
+            self.send_open(packer).await?;
+        }
+        self.pop_sent(packer).await
+    }
+
+    /// Takes the oldest sent batch's results: its new blobs go to the packer, its chunks to
+    /// their entries (or the tree), in the order they were pushed.
+    async fn pop_sent(&mut self, packer: &mut Packer) -> Result<()> {
         let Some(done) = self.inflight.next().await else {
             return Ok(());
         };
-        let (owner, r, encoded) = done?;
-        self.inflight_bytes -= r.len as usize;
-        if let Some(enc) = encoded {
-            if enc.kind == BlobKind::Data {
-                self.new_bytes += enc.raw_len as u64;
+        for (owner, r, encoded) in done? {
+            self.inflight_bytes -= r.len as usize;
+            if let Some(enc) = encoded {
+                if enc.kind == BlobKind::Data {
+                    self.new_bytes += enc.raw_len as u64;
+                }
+                packer.add(enc).await?;
             }
-            packer.add(enc).await?;
-        }
-        match owner {
-            ChunkOwner::Tree => self.tree_refs.push(r),
-            ChunkOwner::Content => {
-                // Results arrive in push order, so the chunk belongs to the first entry that
-                // still waits for chunks.
-                let entry = self
-                    .pending
-                    .iter_mut()
-                    .find(|e| e.expected.is_none_or(|n| e.received < n))
-                    .expect("a content chunk has an owner");
-                entry.received += 1;
-                if let Content::Blobs(refs) = &mut entry.content {
-                    refs.push(r);
+            match owner {
+                ChunkOwner::Tree => self.tree_refs.push(r),
+                ChunkOwner::Content => {
+                    // Results arrive in push order, so the chunk belongs to the first entry
+                    // that still waits for chunks.
+                    let entry = self
+                        .pending
+                        .iter_mut()
+                        .find(|e| e.expected.is_none_or(|n| e.received < n))
+                        .expect("a content chunk has an owner");
+                    entry.received += 1;
+                    if let Content::Blobs(refs) = &mut entry.content {
+                        refs.push(r);
+                    }
                 }
             }
         }
@@ -272,7 +329,7 @@ impl Pipeline {
         chunker.set_cutting(cutting);
         loop {
             // The chunker's two buffers both hold chunks in flight: the oldest finish first.
-            while !self.inflight.is_empty() && chunker.is_full() {
+            while self.is_busy() && chunker.is_full() {
                 self.pop(packer).await?;
             }
             let n = match reader.read_buf(chunker.buffer_mut()).await {
@@ -349,7 +406,7 @@ impl Pipeline {
     pub(super) async fn finish(&mut self, packer: &mut Packer) -> Result<()> {
         loop {
             self.flush_ready(packer).await?;
-            if self.inflight.is_empty() {
+            if !self.is_busy() {
                 break;
             }
             self.pop(packer).await?;
@@ -363,7 +420,7 @@ impl Pipeline {
         while let Some(chunk) = self.tree_chunker.next_chunk(true) {
             self.push_chunk(ChunkOwner::Tree, chunk, packer).await?;
         }
-        while !self.inflight.is_empty() {
+        while self.is_busy() {
             self.pop(packer).await?;
         }
         Ok(())

@@ -31,8 +31,12 @@ pub(super) enum Ahead {
     Finished(crate::source::SourceMetadata),
 }
 
-/// Entries in flight in the read-ahead stage, at most.
-const READ_AHEAD_ENTRIES: usize = 8;
+/// Entries in flight in the read-ahead stage, at most (their bytes are bounded by the
+/// read-ahead share as well). With 8, the threads reading small files ran out of work between
+/// files and were woken again for the next one: 100,000 files of 1–8 KiB, with their chunks
+/// sealed in batches, took 2.83–2.94 s to back up with 8 and 2.35–2.61 s with 64 (256 gained
+/// nothing more).
+const READ_AHEAD_ENTRIES: usize = 64;
 /// Batches handed on and not yet taken by the backup loop, at most.
 const HANDED_ON: usize = 2;
 /// Entries in a batch, at most: the backup loop is woken once a batch, not once an entry (a
