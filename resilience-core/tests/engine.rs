@@ -821,9 +821,9 @@ async fn the_memory_budget_changes_how_much_is_in_flight_never_the_result() {
     }
 }
 
-/// Small files' chunks go to the CPU threads in batches: each file still gets its own
-/// content, in order, whatever the window, and a chunk met twice (in one batch or across two)
-/// is stored once.
+/// Small files' chunks go to the CPU threads in batches, a file read ahead whole is its own
+/// chunk: each file still gets its own content, in order, whatever the window, and a chunk
+/// met twice (in one batch or across two) is stored once.
 #[tokio::test]
 async fn small_files_sealed_in_batches_keep_their_content_and_are_stored_once() {
     const DISTINCT: usize = 150;
@@ -838,6 +838,8 @@ async fn small_files_sealed_in_batches_keep_their_content_and_are_stored_once() 
         if i == DISTINCT / 2 {
             source = source
                 .file(&format!("f{i:04}-big"), pseudo_random(3 << 20, 77))
+                // Read ahead whole, yet longer than the smallest chunk: cut by the chunker.
+                .file(&format!("f{i:04}-mid"), pseudo_random(700 << 10, 78))
                 .file(&format!("f{i:04}-tiny"), b"inline".to_vec());
         }
     }
@@ -854,10 +856,10 @@ async fn small_files_sealed_in_batches_keep_their_content_and_are_stored_once() 
             )
             .await
             .unwrap();
-        assert_eq!(report.record.entries, 3 * DISTINCT as u64 + 45 + 2);
+        assert_eq!(report.record.entries, 3 * DISTINCT as u64 + 45 + 3);
         assert_eq!(
             report.record.new_bytes,
-            distinct_bytes + (3 << 20),
+            distinct_bytes + (3 << 20) + (700 << 10),
             "window {chunk_concurrency}: every distinct chunk once"
         );
         let target = restore_all(&repo, "latest").await;
@@ -871,6 +873,8 @@ async fn small_files_sealed_in_batches_keep_their_content_and_are_stored_once() 
         assert_eq!(target.content("f0140-again").unwrap(), content(140));
         let big = format!("f{:04}-big", DISTINCT / 2);
         assert_eq!(target.content(&big).unwrap(), pseudo_random(3 << 20, 77));
+        let mid = format!("f{:04}-mid", DISTINCT / 2);
+        assert_eq!(target.content(&mid).unwrap(), pseudo_random(700 << 10, 78));
         let v = repo.verify(VerifyOptions { full: true }).await.unwrap();
         assert!(v.is_ok(), "{v:?}");
     }

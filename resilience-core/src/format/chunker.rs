@@ -153,6 +153,16 @@ impl Chunker {
         self.fixed
     }
 
+    /// Whether a content of `len` bytes, cut as the last [`Chunker::set_cutting`] said, is
+    /// one chunk: no longer than a fixed chunk, or than the smallest chunk (no boundary is
+    /// searched for before it).
+    pub fn cuts_whole(&self, len: usize) -> bool {
+        match self.fixed {
+            Some(size) => len <= size,
+            None => len <= self.params.min_size as usize,
+        }
+    }
+
     /// The buffer to read into. Keep reading until [`Chunker::next_chunk`] returns `None`.
     ///
     /// Its buffer holds a largest chunk and a quarter more (5 MiB with the default 4 MiB
@@ -391,6 +401,33 @@ mod tests {
             for (i, ch) in a.iter().enumerate() {
                 prop_assert!(ch.len() <= 4096);
                 if i + 1 < a.len() { prop_assert!(ch.len() >= 256); }
+            }
+        }
+    }
+
+    proptest! {
+        /// A content the chunker says it cuts whole comes out as one chunk (and in blocks,
+        /// exactly then): the backup stores such a content read ahead as its one chunk.
+        #[test]
+        fn a_content_cut_whole_is_one_chunk(len in 1usize..12_000, seed in any::<u64>(), block in prop::sample::select(vec![0u32, 100, 512, 1000, 4096, 5000])) {
+            let data = pseudo_random(len, seed);
+            let mut c = Chunker::new(small(), 5);
+            let cutting = if block == 0 { Cutting::ContentDefined } else { Cutting::Blocks { block } };
+            let fixed = c.set_cutting(cutting);
+            let whole = c.cuts_whole(len);
+            c.push(&data);
+            let mut chunks = Vec::new();
+            while let Some(ch) = c.next_chunk(true) {
+                chunks.push(ch);
+            }
+            if whole {
+                prop_assert_eq!(chunks.len(), 1);
+                prop_assert_eq!(&chunks[0][..], &data[..]);
+            }
+            if fixed.is_some() {
+                prop_assert_eq!(whole, chunks.len() == 1);
+            } else {
+                prop_assert_eq!(whole, len <= 256);
             }
         }
     }

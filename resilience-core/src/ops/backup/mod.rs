@@ -319,7 +319,20 @@ impl Repository {
             let session = source.start().await?;
             let (mut ahead, reader_task) = spawn_read_ahead(session, cursor, shared.clone(), &shares);
             let mut source_metadata = None;
-            while let Some(batch) = ahead.recv().await {
+            loop {
+              let batch = match ahead.try_recv() {
+                  Ok(batch) => batch,
+                  Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+                  Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                      // Nothing more read yet: the chunks gathered meanwhile go to the CPU
+                      // threads rather than wait for the next files to fill their batch.
+                      pipeline.send_gathered(&mut packer).await?;
+                      match ahead.recv().await {
+                          Some(batch) => batch,
+                          None => break,
+                      }
+                  }
+              };
               for item in batch {
                 match item? {
                     Ahead::Reused(meta, content) => {
@@ -338,6 +351,21 @@ impl Repository {
                             .store_content(
                                 reader,
                                 meta,
+                                cutting,
+                                &mut chunker,
+                                &mut packer,
+                                options.progress.as_ref(),
+                            )
+                            .await?;
+                    }
+                    Ahead::Read(meta, data, cutting) => {
+                        if let Some(p) = &options.progress {
+                            p.entry(&meta);
+                        }
+                        pipeline
+                            .store_read(
+                                meta,
+                                data,
                                 cutting,
                                 &mut chunker,
                                 &mut packer,

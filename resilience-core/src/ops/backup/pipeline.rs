@@ -194,6 +194,15 @@ impl Pipeline {
         !self.inflight.is_empty() || !self.open.is_empty()
     }
 
+    /// Sends the chunks gathered so far to the CPU threads, if the window has room now: the
+    /// backup loop calls it before it waits for the source.
+    pub(super) async fn send_gathered(&mut self, packer: &mut Packer) -> Result<()> {
+        if self.inflight.len() < self.window {
+            self.send_open(packer).await?;
+        }
+        Ok(())
+    }
+
     /// Sends the batch being gathered to the CPU threads, once the window has room.
     async fn send_open(&mut self, packer: &mut Packer) -> Result<()> {
         while self.inflight.len() >= self.window {
@@ -377,6 +386,47 @@ impl Pipeline {
             }
         }
         self.end_entry(read);
+        self.flush_ready(packer).await
+    }
+
+    /// Stores a content read whole (a small file read ahead) without copying it: no longer
+    /// than the repository's inline limit it goes inside the tree; cut as one chunk (as
+    /// `chunker` would cut it), it is that chunk; longer, it is cut as a content read from
+    /// the source is.
+    pub(super) async fn store_read(
+        &mut self,
+        mut meta: EntryMeta,
+        data: Vec<u8>,
+        cutting: Cutting,
+        chunker: &mut Chunker,
+        packer: &mut Packer,
+        progress: Option<&Arc<dyn Progress>>,
+    ) -> Result<()> {
+        let len = data.len();
+        if let Some(p) = progress {
+            p.bytes(len as u64);
+        }
+        if len as u64 <= self.shared.repo.config.inline_limit as u64 {
+            meta.size = len as u64;
+            let content = if data.is_empty() {
+                Content::None
+            } else {
+                Content::Inline(data)
+            };
+            return self.add_entry(meta, content, packer).await;
+        }
+        chunker.set_cutting(cutting);
+        if !chunker.cuts_whole(len) {
+            let reader: EntryReader = Box::pin(std::io::Cursor::new(data));
+            // Its bytes were counted above.
+            return self
+                .store_content(reader, meta, cutting, chunker, packer, None)
+                .await;
+        }
+        self.begin_entry(meta);
+        self.push_chunk(ChunkOwner::Content, Bytes::from(data), packer)
+            .await?;
+        self.end_entry(len as u64);
         self.flush_ready(packer).await
     }
 

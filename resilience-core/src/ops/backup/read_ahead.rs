@@ -20,9 +20,11 @@ use crate::source::{Cutting, DropGuardReader, EntryReader, Vanished};
 pub(super) enum Ahead {
     /// Unchanged since the parent: its content (blobs or inline bytes), without reading.
     Reused(EntryMeta, Content),
-    /// Content to store: read ahead into memory for small files, else the source's reader;
+    /// Content to store, read by the backup loop from the source's reader (a large file);
     /// cut into chunks as the source asked.
     Content(EntryMeta, EntryReader, Cutting),
+    /// A small file's content, read ahead whole; cut into chunks as the source asked.
+    Read(EntryMeta, Vec<u8>, Cutting),
     /// An entry without content.
     NoContent(EntryMeta),
     /// A file that disappeared before it was read ([`Vanished`]): left out.
@@ -134,9 +136,7 @@ pub(super) fn spawn_read_ahead(
                                                 .into())
                                             }
                                         }
-                                        let reader: EntryReader =
-                                            Box::pin(std::io::Cursor::new(buf));
-                                        Ok(Ahead::Content(meta, reader, cutting))
+                                        Ok(Ahead::Read(meta, buf, cutting))
                                     })
                                 }
                                 None => {
