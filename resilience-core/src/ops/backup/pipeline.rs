@@ -75,6 +75,15 @@ fn hash_and_seal(shared: &Shared, kind: BlobKind, chunk: Bytes) -> (BlobRef, Opt
     )
 }
 
+/// A content no longer than the inline limit, as the tree holds it: none when empty.
+fn inline(data: Vec<u8>) -> Content {
+    if data.is_empty() {
+        Content::None
+    } else {
+        Content::Inline(data)
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ChunkOwner {
     Content,
@@ -365,12 +374,7 @@ impl Pipeline {
                     .unwrap_or_default();
                 let mut m = m;
                 m.size = read;
-                let content = if data.is_empty() {
-                    Content::None
-                } else {
-                    Content::Inline(data)
-                };
-                return self.add_entry(m, content, packer).await;
+                return self.add_entry(m, inline(data), packer).await;
             }
             if !eof && read <= inline_limit {
                 continue;
@@ -408,12 +412,7 @@ impl Pipeline {
         }
         if len as u64 <= self.shared.repo.config.inline_limit as u64 {
             meta.size = len as u64;
-            let content = if data.is_empty() {
-                Content::None
-            } else {
-                Content::Inline(data)
-            };
-            return self.add_entry(meta, content, packer).await;
+            return self.add_entry(meta, inline(data), packer).await;
         }
         chunker.set_cutting(cutting);
         if !chunker.cuts_whole(len) {
