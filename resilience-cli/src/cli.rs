@@ -241,12 +241,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Move the service to another region of the config's [[region]]s: fence the old primary
+    /// Move the service to another region of the config's `[[region]]` tables: fence the old primary
     /// where it answers, promote the standby (or recover the newest base backup), restore
     /// Redis, switch Kubernetes traffic, check; each step timed, the failover journaled in the
     /// region's repository with its RTO and RPO. Run again after a failed step, it resumes.
     Failover {
-        /// The daemon's TOML configuration, with [[region]]s.
+        /// The daemon's TOML configuration, with `[[region]]` tables.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// The region to move to.
@@ -796,7 +796,7 @@ pub struct RdsSnapshotArgs {
     /// repository's own key, a global option).
     #[arg(long, value_name = "KEY", requires = "copy_to_region")]
     pub copy_kms_key_id: Option<String>,
-    /// Source id in the catalog (default: rds:<instance or cluster id>).
+    /// Source id in the catalog (default: `rds:` followed by the instance or cluster id).
     #[arg(long)]
     pub source: Option<String>,
     /// Labels recorded with the backup.

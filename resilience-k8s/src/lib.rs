@@ -10,7 +10,7 @@
 //! What it needs of each cluster is exactly the Role in `examples/k8s/failover-role.yaml`:
 //! `get` and `patch` on `deployments/scale`, `get` and `update` on `services`.
 //!
-//! [`testing`] (feature `testing`) is an API server double that speaks the documented JSON API
+//! The module `testing` (feature `testing`) is an API server double that speaks the documented JSON API
 //! for those objects: no Kubernetes API server installs on a test machine, so the tests of this
 //! crate and of the CLI's failover are contract tests against it.
 
