@@ -450,3 +450,78 @@ async fn a_durable_restore_writes_the_same_bytes() {
         );
     }
 }
+
+/// Unmounts a file system mounted for a test, however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A durable restore into an existing directory that holds the mount point of another file
+/// system syncs that file system too, not only the root's: the files restored under the mount
+/// point are on a disk the root's `syncfs` never reaches. (Mounts a tmpfs: run as root, as
+/// `scripts/test` does; it fails, not skips, otherwise.)
+#[tokio::test]
+async fn a_durable_restore_syncs_each_file_system_mounted_inside_the_target() {
+    use resilience_core::sink::MemorySink;
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("mnt/sub")).unwrap();
+    std::fs::create_dir_all(src.join("plain")).unwrap();
+    std::fs::write(src.join("top"), b"on the root's file system").unwrap();
+    std::fs::write(src.join("mnt/a"), b"on the mounted one").unwrap();
+    std::fs::write(src.join("mnt/sub/b"), vec![7u8; 200_000]).unwrap();
+    std::fs::write(
+        src.join("plain/c"),
+        b"an existing directory, same file system",
+    )
+    .unwrap();
+    let repo = backed_up(std::sync::Arc::new(MemorySink::new()), &src).await;
+
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("mnt")).unwrap();
+    std::fs::create_dir_all(out.join("plain")).unwrap();
+    let status = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "resilience-test",
+            out.join("mnt").to_str().unwrap(),
+        ])
+        .status()
+        .expect("runs mount");
+    assert!(
+        status.success(),
+        "this test mounts a tmpfs inside the restore target: run it as root"
+    );
+    let _mounted = Mounted(out.join("mnt"));
+
+    let target = DirTarget::new(&out).allow_existing(true).durable(true);
+    repo.restore("latest", &target, Default::default())
+        .await
+        .unwrap();
+    let root = std::fs::canonicalize(&out).unwrap();
+    assert_eq!(target.file_systems(), vec![root.clone(), root.join("mnt")]);
+    for name in ["top", "mnt/a", "mnt/sub/b", "plain/c"] {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(src.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+
+    // Without a mount inside, the root's file system is the only one synced.
+    let out2 = dir.path().join("out2");
+    let target = DirTarget::new(&out2).durable(true);
+    repo.restore("latest", &target, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        target.file_systems(),
+        vec![std::fs::canonicalize(&out2).unwrap()]
+    );
+}
