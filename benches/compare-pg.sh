@@ -13,7 +13,9 @@
 # (removed at the start, kept at the end for inspection); the bench cluster listens on
 # 127.0.0.1:$PORT and is stopped on exit. Both backup tools encrypt and compress with zstd:
 # pgBackRest at level 3 with process-max=2, resilience at its repository's default level (1), resilience --memory $MEMORY. pg_basebackup (plain
-# files, no compression, -X none; its "restore" is cp -a) is the reference.
+# files, no compression, -X none; its "restore" is cp -a) is the reference, and so is the disk
+# floor: the bytes a restore writes, in one file, written with dd and synced once a round (a
+# restore that is durable when it exits cannot take less, and the disk's speed varies).
 #
 # Honest on a shared VM: memory touched first, the page cache warm for everybody (the data
 # directory is read once before the rounds) and written back (`sync`) before every timed step;
@@ -146,6 +148,9 @@ EOF
 
 touch_memory
 find "$PGDATA" -type f -exec cat {} + >/dev/null   # warm the page cache for everybody
+# the bytes a restore writes (the data directory but its WAL), in one file: the disk floor's
+find "$PGDATA" -path "$PGDATA/pg_wal" -prune -o -type f -print0 | xargs -0 cat >"$WORK/floor-src"
+chown postgres:postgres "$WORK/floor-src"
 SIZES="$WORK/stored.tsv"; : > "$SIZES"   # tool, round, bytes the backup added to its repository
 
 # --- the rounds --------------------------------------------------------------------------------
@@ -196,10 +201,19 @@ pgbb_round() {
   rm -rf "$WORK/pgbb-restore" "$WORK/pgbb"
 }
 
+# The disk floor: the data directory's bytes written once, to one file, and synced. A restore
+# that is durable when it exits cannot take less; when the disk is the bottleneck (its speed
+# varies several-fold on a shared VM), every tool's restore takes about this long.
+floor_round() {
+  step disk write "$1" dd if="$WORK/floor-src" of="$WORK/floor" bs=4M conv=fsync status=none
+  rm -f "$WORK/floor"
+}
+
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r of $ROUNDS" >&2
   if [ $((r % 2)) -eq 1 ]; then res_round "$r"; pgbr_round "$r"; else pgbr_round "$r"; res_round "$r"; fi
   pgbb_round "$r"
+  floor_round "$r"
 done
 
 # --- report ------------------------------------------------------------------------------------
@@ -222,6 +236,13 @@ OUT=$(results_file pg-compare)
   echo "Reference, pg_basebackup (plain files, no compression or encryption, -X none; restore = \`cp -a\`):"
   echo
   report_table pg_basebackup resilience "base backup=backup" "restore=restore"
+  echo
+  echo "The disk floor: the data directory's bytes but its WAL, $(python3 -c "print(f'{$(size "$WORK/floor-src")/1e6:.1f}')") MB in one file," \
+       "written with \`dd bs=4M conv=fsync\` once a round (a ratio near 1× is a restore at the disk's speed):"
+  echo
+  report_table disk resilience "restore=write:restore"
+  echo
+  report_table disk pgBackRest "restore=write:restore"
   echo
   echo "Stored (median MB, 10^6 bytes, a backup's growth of its repository, incl. the WAL it archives):" \
        "resilience $(stored resilience), pgBackRest $(stored pgBackRest), pg_basebackup $(stored pg_basebackup)."
