@@ -42,6 +42,40 @@ async fn entries_come_in_walk_order() {
     assert_eq!(paths.len(), 8);
 }
 
+/// The walk runs a batch ahead of its consumer: across many batches, every entry still comes
+/// exactly once and in walk order, the counts are the tree's, and a session dropped with a
+/// batch under way goes away quietly.
+#[tokio::test]
+async fn a_walk_made_ahead_in_batches_keeps_every_entry_once_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["b", "a/deep", "c"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        for i in 0..300 {
+            std::fs::write(dir.path().join(format!("{d}/f{i:03}")), format!("{d}{i}")).unwrap();
+        }
+    }
+    let mut session = DirSource::new(dir.path()).start().await.unwrap();
+    let mut paths: Vec<EntryPath> = Vec::new();
+    while let Some(e) = session.next_entry().await.unwrap() {
+        paths.push(e.meta.path);
+    }
+    let mut sorted = paths.clone();
+    sorted.sort_by(|a, b| a.walk_cmp(b));
+    sorted.dedup();
+    assert_eq!(paths, sorted, "in walk order, each once");
+    // 900 files and 4 directories (`a`, `a/deep`, `b`, `c`).
+    assert_eq!(paths.len(), 904);
+    let finished = session.finish().await.unwrap();
+    assert_eq!(finished.get("files").and_then(|v| v.as_u64()), Some(900));
+    assert_eq!(finished.get("dirs").and_then(|v| v.as_u64()), Some(4));
+
+    let mut session = DirSource::new(dir.path()).start().await.unwrap();
+    for _ in 0..300 {
+        session.next_entry().await.unwrap().unwrap();
+    }
+    drop(session);
+}
+
 fn file(path: &[u8]) -> EntryMeta {
     EntryMeta {
         path: EntryPath(path.to_vec()),

@@ -80,17 +80,20 @@ impl Source for DirSource {
                 .await
                 .map_err(|e| AdapterError::new("list", shown, e))??
         };
-        Ok(Box::new(DirSession {
-            walk: Some(Walk {
-                root,
-                stack: vec![(Vec::new(), listing)],
-                files: 0,
-                dirs: 0,
-                bytes: 0,
-            }),
+        let mut session = DirSession {
+            walk: None,
+            next: None,
             ready: VecDeque::new(),
             done: false,
-        }))
+        };
+        session.walk_ahead(Walk {
+            root,
+            stack: vec![(Vec::new(), listing)],
+            files: 0,
+            dirs: 0,
+            bytes: 0,
+        });
+        Ok(Box::new(session))
     }
 }
 
@@ -110,6 +113,9 @@ fn list_dir(dir: &Path) -> Result<std::vec::IntoIter<OsString>, AdapterError> {
 /// Entries made per trip to the blocking pool: a tree of many small files is walked in a few
 /// large steps, not one `lstat` at a time.
 const WALK_BATCH: usize = 256;
+
+/// A batch of the walk being made on the blocking pool, and the walk it goes on with.
+type NextBatch = tokio::task::JoinHandle<(Walk, VecDeque<Result<SourceEntry, AdapterError>>)>;
 
 /// A depth-first walk, moved to the blocking pool for each batch of entries.
 struct Walk {
@@ -218,35 +224,52 @@ impl Walk {
     }
 }
 
+/// A walk one batch ahead: while the entries of one batch are handed on, the next batch is
+/// made on the blocking pool. (Made only when asked for, the walk and its consumer took turns:
+/// the reads of the files already listed were not collected while the next 256 were `lstat`ed,
+/// and a backup of 100,000 small files left both cores idle a fifth of the time.)
 struct DirSession {
-    /// The walk; `None` while a batch is being made on the blocking pool (or after a panic).
+    /// The walk, once complete (or while no batch is being made).
     walk: Option<Walk>,
+    /// The next batch, being made.
+    next: Option<NextBatch>,
     /// Entries of the last batch not yet handed on.
     ready: VecDeque<Result<SourceEntry, AdapterError>>,
-    /// The walk is complete.
+    /// The walk is complete: no batch comes after `ready`.
     done: bool,
+}
+
+impl DirSession {
+    /// Starts making the next batch of `walk` on the blocking pool.
+    fn walk_ahead(&mut self, mut walk: Walk) {
+        self.next = Some(tokio::task::spawn_blocking(move || {
+            let batch = walk.batch(WALK_BATCH);
+            (walk, batch)
+        }));
+    }
 }
 
 #[async_trait]
 impl SourceSession for DirSession {
     async fn next_entry(&mut self) -> Result<Option<SourceEntry>, AdapterError> {
         if self.ready.is_empty() && !self.done {
-            let mut walk = self.walk.take().ok_or_else(|| {
+            let next = self.next.take().ok_or_else(|| {
                 AdapterError::msg(
                     "walk",
                     "directory tree",
                     "an earlier step of the walk failed",
                 )
             })?;
-            let (walk, batch) = tokio::task::spawn_blocking(move || {
-                let batch = walk.batch(WALK_BATCH);
-                (walk, batch)
-            })
-            .await
-            .map_err(|e| AdapterError::new("walk", "directory tree", e))?;
+            let (walk, batch) = next
+                .await
+                .map_err(|e| AdapterError::new("walk", "directory tree", e))?;
             self.done = batch.len() < WALK_BATCH || batch.back().is_some_and(|r| r.is_err());
-            self.walk = Some(walk);
             self.ready = batch;
+            if self.done {
+                self.walk = Some(walk);
+            } else {
+                self.walk_ahead(walk);
+            }
         }
         match self.ready.pop_front() {
             Some(Ok(entry)) => Ok(Some(entry)),
