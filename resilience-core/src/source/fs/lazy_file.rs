@@ -9,8 +9,11 @@
 //! next one is being read, so a large file's reads overlap its chunking (1 MiB more held).
 //!
 //! The reads of all lazy files go through one queue, drained by a few threads of the blocking
-//! pool that take job after job while there are any: many small reads in flight (the engine
-//! reads ahead several files at once) cost a few thread wake-ups, not one per file.
+//! pool that take job after job while there are any, and wait a moment for the next before
+//! they leave: many small reads in flight (the engine reads ahead several files at once) cost a
+//! few thread wake-ups, not one per file. (Leaving at once, a thread was started again for
+//! nearly every file of a backup of small files: 100,000 of them took 3.21–3.56 s, against
+//! 3.05–3.32 s with a thread that lingers 200 µs.)
 
 use std::future::Future;
 use std::io::Read;
@@ -33,41 +36,70 @@ const MAX_DRAINERS: usize = 4;
 type BlockRead = std::io::Result<(Option<std::fs::File>, Vec<u8>, bool)>;
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Reads waiting for a thread, and how many threads drain them.
+/// How long a draining thread waits for another read once the queue is empty, before it
+/// leaves the blocking pool: a read queued meanwhile is taken at once, with no thread to start.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Reads waiting for a thread, and the threads draining them.
 struct ReadQueue {
-    state: std::sync::Mutex<(std::collections::VecDeque<Job>, usize)>,
+    state: std::sync::Mutex<QueueState>,
+    /// Signalled when a read is queued while a draining thread lingers.
+    queued: std::sync::Condvar,
+}
+
+struct QueueState {
+    jobs: std::collections::VecDeque<Job>,
+    /// Threads draining the queue, lingering ones included.
+    drainers: usize,
+    /// Draining threads waiting for a read ([`LINGER`]).
+    lingering: usize,
 }
 
 static QUEUE: ReadQueue = ReadQueue {
-    state: std::sync::Mutex::new((std::collections::VecDeque::new(), 0)),
+    state: std::sync::Mutex::new(QueueState {
+        jobs: std::collections::VecDeque::new(),
+        drainers: 0,
+        lingering: 0,
+    }),
+    queued: std::sync::Condvar::new(),
 };
 
 impl ReadQueue {
-    /// Queues `job`; starts another draining thread while there are fewer than
-    /// [`MAX_DRAINERS`] and more jobs waiting than threads draining.
+    /// Queues `job`: a lingering thread takes it, else another draining thread starts while
+    /// there are fewer than [`MAX_DRAINERS`] and more jobs waiting than threads draining.
     fn submit(&'static self, job: Job) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0.push_back(job);
-        if state.1 < MAX_DRAINERS && state.0.len() > state.1 {
-            state.1 += 1;
+        state.jobs.push_back(job);
+        if state.lingering > 0 {
+            drop(state);
+            self.queued.notify_one();
+        } else if state.drainers < MAX_DRAINERS && state.jobs.len() > state.drainers {
+            state.drainers += 1;
             drop(state);
             tokio::task::spawn_blocking(move || self.drain());
         }
     }
 
     fn drain(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let job = {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                match state.0.pop_front() {
-                    Some(job) => job,
-                    None => {
-                        state.1 -= 1;
-                        return;
-                    }
-                }
-            };
-            job();
+            if let Some(job) = state.jobs.pop_front() {
+                drop(state);
+                job();
+                state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.lingering += 1;
+            let (next, _) = self
+                .queued
+                .wait_timeout_while(state, LINGER, |s| s.jobs.is_empty())
+                .unwrap_or_else(|p| p.into_inner());
+            state = next;
+            state.lingering -= 1;
+            if state.jobs.is_empty() {
+                state.drainers -= 1;
+                return;
+            }
         }
     }
 }
@@ -297,6 +329,45 @@ mod tests {
             prop_assert_eq!(got.len(), data.len());
             prop_assert!(got == data);
         }
+    }
+
+    /// Reads queued in bursts and one at a time, with pauses shorter and longer than a
+    /// draining thread lingers: every read is taken (by a lingering thread or a new one), and
+    /// every file reads back as its own bytes.
+    #[test]
+    fn reads_queued_in_bursts_and_after_pauses_are_all_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..300)
+            .map(|i| {
+                let path = dir.path().join(format!("f{i}"));
+                std::fs::write(&path, format!("file {i}").repeat(i % 7 + 1)).unwrap();
+                path
+            })
+            .collect();
+        runtime().block_on(async {
+            for (round, group) in paths.chunks(30).enumerate() {
+                let reads: Vec<_> = group
+                    .iter()
+                    .map(|p| tokio::spawn(read_all(p.clone(), 0, 4096)))
+                    .collect();
+                for (read, path) in reads.into_iter().zip(group) {
+                    let got = read.await.unwrap().unwrap();
+                    assert_eq!(got, std::fs::read(path).unwrap(), "{}", path.display());
+                }
+                // One read alone, then a pause: shorter than LINGER, then longer.
+                let path = &group[round % group.len()];
+                let got = read_all(path.clone(), 0, 4096).await.unwrap();
+                assert_eq!(got, std::fs::read(path).unwrap());
+                let pause = if round % 2 == 0 {
+                    LINGER / 4
+                } else {
+                    LINGER * 5
+                };
+                std::thread::sleep(pause);
+            }
+        });
+        let state = QUEUE.state.lock().unwrap();
+        assert!(state.drainers <= MAX_DRAINERS && state.lingering <= state.drainers);
     }
 
     #[test]
