@@ -10,12 +10,13 @@
 #
 # Runs as root; every Postgres-side command and both backup tools run as the postgres OS user
 # (setpriv execs, so /usr/bin/time sees the tool's own peak RSS). Everything lives under $WORK
-# (removed at the start, kept at the end for inspection); the bench cluster listens on
+# (removed at the start, kept at the end for inspection, but for the file system every restore
+# writes into, new each time: see fresh_fs_init); the bench cluster listens on
 # 127.0.0.1:$PORT and is stopped on exit. Both backup tools encrypt and compress with zstd:
 # pgBackRest at level 3 with process-max=2, resilience at its repository's default level (1), resilience --memory $MEMORY. pg_basebackup (plain
 # files, no compression, -X none; its "restore" is cp -a) is the reference, and so is the disk
-# floor: the bytes a restore writes, in one file, written with dd and synced once a round (a
-# restore that is durable when it exits cannot take less, and the disk's speed varies).
+# reference: the bytes a restore writes, in one file, written with dd and synced once a round
+# (the disk's speed varies).
 #
 # Honest on a shared VM: memory touched first, the page cache warm for everybody (the data
 # directory is read once before the rounds) and written back (`sync`) before every timed step;
@@ -50,8 +51,12 @@ q() { pg "$PGBIN/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U pos
 
 RES_SRC=$(resilience_bin)
 
-# --- fresh work dir (stop a cluster a previous, interrupted run may have left) -------------
+# --- fresh work dir (stop a cluster, and drop a restore file system, that a previous,
+# interrupted run may have left) ----------------------------------------------------------------
+FS_IMG="$WORK/restore-fs.img" MNT="$WORK/restore-fs" LOOP_DEV=""
 if [ -f "$PGDATA/postmaster.pid" ]; then pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true; fi
+umount "$MNT" 2>/dev/null || true
+if [ -f "$FS_IMG" ]; then losetup -j "$FS_IMG" | cut -d: -f1 | xargs -r -n1 losetup -d || true; fi
 rm -rf "$WORK"
 mkdir -p "$WORK/bin" "$LOG" "$WORK/pgbr-log" "$WORK/pgbr-lock" "$WORK/pgbr-spool"
 # a private copy of the binary: postgres can run it, and a concurrent rebuild cannot swap it mid-run
@@ -65,7 +70,8 @@ cd "$WORK"
 stop_cluster() {
   if [ -f "$PGDATA/postmaster.pid" ]; then pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 || true; fi
 }
-trap stop_cluster EXIT
+on_exit() { stop_cluster; fresh_fs_cleanup; }
+trap on_exit EXIT
 
 size() { du -sb "$1" | cut -f1; }
 
@@ -148,9 +154,11 @@ EOF
 
 touch_memory
 find "$PGDATA" -type f -exec cat {} + >/dev/null   # warm the page cache for everybody
-# the bytes a restore writes (the data directory but its WAL), in one file: the disk floor's
+# the bytes a restore writes (the data directory but its WAL), in one file: the disk reference's
 find "$PGDATA" -path "$PGDATA/pg_wal" -prune -o -type f -print0 | xargs -0 cat >"$WORK/floor-src"
 chown postgres:postgres "$WORK/floor-src"
+# every restore (and the floor) writes into a new file system of its own
+fresh_fs_init "$FS_IMG" "$MNT" "$(size "$WORK/floor-src")"
 SIZES="$WORK/stored.tsv"; : > "$SIZES"   # tool, round, bytes the backup added to its repository
 
 # --- the rounds --------------------------------------------------------------------------------
@@ -164,10 +172,10 @@ res_round() {
   step resilience backup "$r" "$RES" "${RESG[@]}" pg backup --source main --pgdata "$PGDATA" \
     --dsn "host=127.0.0.1 port=$PORT user=postgres dbname=postgres" --json
   printf 'resilience\t%s\t%s\n' "$r" "$(( $(size "$WORK/res-repo") - before ))" >> "$SIZES"
-  step resilience restore "$r" "$RES" "${RESG[@]}" pg restore --source main --pgdata "$WORK/res-restore" \
+  fresh_target postgres:postgres
+  step resilience restore "$r" "$RES" "${RESG[@]}" pg restore --source main --pgdata "$MNT/res-restore" \
     --target immediate --json
-  check_restore "$WORK/res-restore"
-  rm -rf "$WORK/res-restore"
+  check_restore "$MNT/res-restore"
 }
 
 pgbr_round() {
@@ -183,10 +191,10 @@ pgbr_round() {
   before=$(size "$WORK/pgbr-repo")
   step pgBackRest backup "$r" "${PGBR[@]}" backup --type=full
   printf 'pgBackRest\t%s\t%s\n' "$r" "$(( $(size "$WORK/pgbr-repo") - before ))" >> "$SIZES"
-  install -d -m 0700 -o postgres -g postgres "$WORK/pgbr-restore"
-  step pgBackRest restore "$r" "${PGBR[@]}" --pg1-path="$WORK/pgbr-restore" restore --type=immediate
-  check_restore "$WORK/pgbr-restore"
-  rm -rf "$WORK/pgbr-restore"
+  fresh_target postgres:postgres
+  install -d -m 0700 -o postgres -g postgres "$MNT/pgbr-restore"
+  step pgBackRest restore "$r" "${PGBR[@]}" --pg1-path="$MNT/pgbr-restore" restore --type=immediate
+  check_restore "$MNT/pgbr-restore"
 }
 
 pgbb_round() {
@@ -196,17 +204,19 @@ pgbb_round() {
   step pg_basebackup backup "$r" "$PGBIN/pg_basebackup" -D "$WORK/pgbb" -Fp -X none -c fast \
     -h 127.0.0.1 -p "$PORT" -U postgres
   printf 'pg_basebackup\t%s\t%s\n' "$r" "$(size "$WORK/pgbb")" >> "$SIZES"
-  step pg_basebackup restore "$r" cp -a "$WORK/pgbb" "$WORK/pgbb-restore"
-  check_restore "$WORK/pgbb-restore"
-  rm -rf "$WORK/pgbb-restore" "$WORK/pgbb"
+  fresh_target postgres:postgres
+  step pg_basebackup restore "$r" cp -a "$WORK/pgbb" "$MNT/pgbb-restore"
+  check_restore "$MNT/pgbb-restore"
+  rm -rf "$WORK/pgbb"
 }
 
-# The disk floor: the data directory's bytes written once, to one file, and synced. A restore
-# that is durable when it exits cannot take less; when the disk is the bottleneck (its speed
-# varies several-fold on a shared VM), every tool's restore takes about this long.
+# The disk reference: the data directory's bytes written once, to one file, then synced. It
+# writes first and waits for the write-back after, so a restore that starts its write-back as it
+# writes can take less; when the disk is the bottleneck (its speed varies several-fold on a
+# shared VM), every tool's restore takes about this long.
 floor_round() {
-  step disk write "$1" dd if="$WORK/floor-src" of="$WORK/floor" bs=4M conv=fsync status=none
-  rm -f "$WORK/floor"
+  fresh_target postgres:postgres
+  step disk write "$1" dd if="$WORK/floor-src" of="$MNT/floor" bs=4M conv=fsync status=none
 }
 
 for r in $(seq 1 "$ROUNDS"); do
@@ -229,7 +239,8 @@ OUT=$(results_file pg-compare)
        "$("$PGBIN/postgres" --version), $(pgbackrest version), $("$RES" --version)."
   echo "Both backup tools: zstd and encryption (pgBackRest level 3, aes-256-cbc, process-max=2;"
   echo "resilience its default level 1, --memory $MEMORY); a fresh repository every round; restores with recovery to the"
-  echo "end of the backup (--target immediate, --type=immediate) into a new directory, checked."
+  echo "end of the backup (--target immediate, --type=immediate) into a new directory, checked;"
+  echo "each restore writes into a new file system: $FRESH."
   echo
   report_table pgBackRest resilience "base backup=backup" "restore=restore"
   echo
@@ -237,8 +248,8 @@ OUT=$(results_file pg-compare)
   echo
   report_table pg_basebackup resilience "base backup=backup" "restore=restore"
   echo
-  echo "The disk floor: the data directory's bytes but its WAL, $(python3 -c "print(f'{$(size "$WORK/floor-src")/1e6:.1f}')") MB in one file," \
-       "written with \`dd bs=4M conv=fsync\` once a round (a ratio near 1× is a restore at the disk's speed):"
+  echo "The disk reference: the data directory's bytes but its WAL, $(python3 -c "print(f'{$(size "$WORK/floor-src")/1e6:.1f}')") MB in one file," \
+       "written with \`dd bs=4M conv=fsync\` once a round (written first, synced after: a restore that overlaps the two can take less):"
   echo
   report_table disk resilience "restore=write:restore"
   echo

@@ -40,13 +40,10 @@ SMALL_MIN_BYTES="${SMALL_MIN_BYTES:-100}"
 SMALL_MAX_BYTES="${SMALL_MAX_BYTES:-4096}"
 MEMORY="${MEMORY:-64MiB}"
 WORK="${WORK_DIR:-$(mktemp -d)}"
-FS_IMG="$WORK.fs.img"
-MNT="$WORK.mnt"
-LOOP_DEV=""
+FS_IMG="$WORK.fs.img" MNT="$WORK.mnt" LOOP_DEV=""
 cleanup() {
-  umount "$MNT" 2>/dev/null || true
-  if [ -n "$LOOP_DEV" ]; then losetup -d "$LOOP_DEV" 2>/dev/null || true; fi
-  rm -rf "$WORK" "$FS_IMG" "$MNT"
+  fresh_fs_cleanup
+  rm -rf "$WORK"
 }
 trap cleanup EXIT
 # shellcheck source=lib/bench.sh
@@ -72,25 +69,8 @@ FILES=$(find "$WORK/data" -type f | wc -l)
 
 touch_memory
 
-# fresh_target: an empty file system (or, without root, an empty directory) to restore into.
-FRESH="directory"
-if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then
-  FRESH="ext4 (a loop device with direct I/O over an allocated image)"
-  mkdir -p "$MNT"
-  # Twice the data's disk usage and a GiB, with an inode per 4 KiB (many small files),
-  # written in full (allocated, as a disk is) and never discarded by mkfs.
-  IMG_MIB=$(( ($(du -s --block-size=1 "$WORK/data" | cut -f1) * 2 + (1 << 30)) >> 20 ))
-  dd if=/dev/zero of="$FS_IMG" bs=1M count="$IMG_MIB" oflag=direct status=none
-  LOOP_DEV=$(losetup --direct-io=on -f --show "$FS_IMG")
-fi
-fresh_target() {
-  if [ -n "$LOOP_DEV" ]; then
-    umount "$MNT" 2>/dev/null || true
-    mkfs.ext4 -q -F -E nodiscard -i 4096 "$LOOP_DEV" && mount "$LOOP_DEV" "$MNT"
-  else
-    rm -rf "$MNT"; mkdir -p "$MNT"
-  fi
-}
+# every restore writes into a new file system (see fresh_fs_init)
+fresh_fs_init "$FS_IMG" "$MNT" "$(du -s --block-size=1 "$WORK/data" | cut -f1)"
 
 export RESTIC_PASSWORD=bench RESILIENCE_PASSWORD=bench
 bench_init "$WORK"
