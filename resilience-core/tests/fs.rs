@@ -32,14 +32,21 @@ async fn entries_come_in_walk_order() {
         std::fs::write(&path, p).unwrap();
     }
     let mut session = DirSource::new(dir.path()).start().await.unwrap();
+    let paths = walk_in_order(&mut *session).await;
+    assert_eq!(paths.len(), 8);
+}
+
+/// Every entry of a walk, checked to come in walk order and each once.
+async fn walk_in_order(session: &mut dyn resilience_core::source::SourceSession) -> Vec<EntryPath> {
     let mut paths: Vec<EntryPath> = Vec::new();
     while let Some(e) = session.next_entry().await.unwrap() {
         paths.push(e.meta.path);
     }
     let mut sorted = paths.clone();
     sorted.sort_by(|a, b| a.walk_cmp(b));
-    assert_eq!(paths, sorted);
-    assert_eq!(paths.len(), 8);
+    sorted.dedup();
+    assert_eq!(paths, sorted, "in walk order, each once");
+    paths
 }
 
 /// The walk runs a batch ahead of its consumer: across many batches, every entry still comes
@@ -55,14 +62,7 @@ async fn a_walk_made_ahead_in_batches_keeps_every_entry_once_and_in_order() {
         }
     }
     let mut session = DirSource::new(dir.path()).start().await.unwrap();
-    let mut paths: Vec<EntryPath> = Vec::new();
-    while let Some(e) = session.next_entry().await.unwrap() {
-        paths.push(e.meta.path);
-    }
-    let mut sorted = paths.clone();
-    sorted.sort_by(|a, b| a.walk_cmp(b));
-    sorted.dedup();
-    assert_eq!(paths, sorted, "in walk order, each once");
+    let paths = walk_in_order(&mut *session).await;
     // 900 files and 4 directories (`a`, `a/deep`, `b`, `c`).
     assert_eq!(paths.len(), 904);
     let finished = session.finish().await.unwrap();
