@@ -312,6 +312,10 @@ pub async fn run_prefetcher(
     let mut in_flight: HashSet<String> = HashSet::new();
     // Segments found not archived for the current request: not asked again until it changes.
     let mut absent: HashSet<String> = HashSet::new();
+    // Segments fetched for the current request: not fetched again until it changes (one taken
+    // from the spool by the call it served, before that call asks for the next ones, is gone
+    // from the spool but not to be fetched a second time).
+    let mut fetched_now: HashSet<String> = HashSet::new();
     let mut last_request: Option<PrefetchRequest> = None;
     let mut tasks: JoinSet<(String, Result<bool, PgError>)> = JoinSet::new();
     let turns = Turns::new(options.writing);
@@ -320,6 +324,7 @@ pub async fn run_prefetcher(
         let request = spool.read_request()?;
         if request != last_request {
             absent.clear();
+            fetched_now.clear();
             last_request = request.clone();
             idle_since = Instant::now();
         }
@@ -339,7 +344,10 @@ pub async fn run_prefetcher(
                 if in_flight.len() >= options.parallel.max(1) {
                     break;
                 }
-                if present.contains(&name) || in_flight.contains(&name) {
+                if present.contains(&name)
+                    || in_flight.contains(&name)
+                    || fetched_now.contains(&name)
+                {
                     continue;
                 }
                 in_flight.insert(name.clone());
@@ -367,7 +375,10 @@ pub async fn run_prefetcher(
                         .map_err(|e| PgError::Invalid(format!("a prefetch task failed: {e}")))?;
                     in_flight.remove(&name);
                     match got {
-                        Ok(true) => fetched += 1,
+                        Ok(true) => {
+                            fetched += 1;
+                            fetched_now.insert(name);
+                        }
                         Ok(false) => { absent.insert(name); }
                         Err(e) => {
                             // The caller fetches it itself, and reports what fails.
