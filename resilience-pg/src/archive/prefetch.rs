@@ -179,6 +179,11 @@ impl Spool {
         Ok(Some(len))
     }
 
+    /// Whether segment `name` is prefetched, in place to be taken.
+    fn is_prefetched(&self, name: &str) -> Result<bool, PgError> {
+        Ok(self.prefetched()?.iter().any(|(n, _)| n == name))
+    }
+
     /// Waits while the prefetcher is writing segment `name` (its temporary file is in the spool
     /// and grew within the last `stall`): `true` once the segment is prefetched, `false` as
     /// soon as nothing is being written for it, the writing stalls or no prefetcher holds the
@@ -187,12 +192,13 @@ impl Spool {
     pub fn wait_for_prefetch(&self, name: &str, stall: Duration) -> Result<bool, PgError> {
         let mut last: Option<(u64, Instant)> = None;
         loop {
-            if self.prefetched()?.iter().any(|(n, _)| n == name) {
+            if self.is_prefetched(name)? {
                 return Ok(true);
             }
             let writing = self.writing(name)?;
             let Some(size) = writing else {
-                return Ok(false);
+                // Not being written: unless it was renamed into place between the two looks.
+                return self.is_prefetched(name);
             };
             match last {
                 Some((seen, since)) if seen == size => {
@@ -204,7 +210,7 @@ impl Spool {
             }
             if !self.locked(PREFETCHER_LOCK)? {
                 // A killed prefetcher's leftover; but it may have finished just now.
-                return Ok(self.prefetched()?.iter().any(|(n, _)| n == name));
+                return self.is_prefetched(name);
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -870,8 +876,15 @@ mod tests {
         assert!(err.to_string().contains(REQUEST_FILE), "{err}");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_segment_is_marked_as_coming_before_its_object_is_read() {
+    /// A repository over a pausable in-memory store whose WAL archive holds `segment` (1 MiB):
+    /// the store, the archive and the segment's content.
+    async fn archive_holding(
+        segment: &str,
+    ) -> (
+        Arc<resilience_core::testing::PausableSink>,
+        WalArchive,
+        Vec<u8>,
+    ) {
         use resilience_core::keys::KeyFileProvider;
         use resilience_core::repo::{InitOptions, Repository};
         use resilience_core::sink::MemorySink;
@@ -883,12 +896,61 @@ mod tests {
             .unwrap();
         let wal = WalArchive::new(&repo, "main").unwrap();
         let content: Vec<u8> = (0..1u32 << 20).map(|i| (i * 13 % 241) as u8).collect();
+        wal.push(segment, content.clone().into()).await.unwrap();
+        (sink, wal, content)
+    }
+
+    /// The call a prefetched segment served takes it from the spool before it asks for the
+    /// next ones: meanwhile the prefetcher, still on the old request, must not fetch it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_taken_from_the_spool_is_not_fetched_again_for_the_same_request() {
+        let (asked, coming) = ("000000010000000000000001", "000000010000000000000002");
+        let (_sink, wal, content) = archive_holding(coming).await;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        spool
+            .request_prefetch(&PrefetchRequest {
+                name: asked.into(),
+                segment_size: 1 << 20,
+            })
+            .unwrap();
+        let lock = spool.try_lock(PREFETCHER_LOCK).unwrap().unwrap();
+        let options = PrefetchOptions {
+            count: 1,
+            idle: Duration::from_millis(300),
+            ..PrefetchOptions::default()
+        };
+        let prefetcher = {
+            let (wal, spool) = (wal.clone(), spool.clone());
+            tokio::spawn(async move { run_prefetcher(&wal, &spool, &options).await })
+        };
+        let poll = PrefetchOptions::default().poll;
+        let dest = dir.path().join("RECOVERYXLOG");
+        let started = Instant::now();
+        while spool.take_prefetched(coming, &dest).unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never prefetched"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(std::fs::read(&dest).unwrap(), content);
+        // Ten of the prefetcher's polls on the same request: the segment stays taken.
+        tokio::time::sleep(poll * 10).await;
+        assert!(spool.prefetched().unwrap().is_empty());
+        assert_eq!(spool.writing(coming).unwrap(), None);
+        assert_eq!(prefetcher.await.unwrap().unwrap(), 1);
+        drop(lock);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_is_marked_as_coming_before_its_object_is_read() {
         let (asked, coming, absent) = (
             "000000010000000000000001",
             "000000010000000000000002",
             "000000010000000000000003",
         );
-        wal.push(coming, content.clone().into()).await.unwrap();
+        let (sink, wal, content) = archive_holding(coming).await;
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&dir.path().join("spool")).unwrap();
         let request = PrefetchRequest {
