@@ -1,10 +1,14 @@
 //! The `resilience` binary end to end on a local repository: what scripts rely on, corruption,
 //! a backup killed with SIGKILL, concurrent backups, and bad input.
 
+mod tree_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+
+use tree_support::same_tree;
 
 const BIN: &str = env!("CARGO_BIN_EXE_resilience");
 
@@ -108,20 +112,6 @@ fn chrono_like(s: &str) -> bool {
         && b[10] == b'T'
         && b[13] == b':'
         && (s.ends_with('Z') || s[s.len() - 6..].starts_with(['+', '-']))
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    let out = Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "trees differ: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 #[test]

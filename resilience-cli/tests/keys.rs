@@ -4,11 +4,15 @@
 //! SIGKILL during `key rotate` and `key rotate --rewrite`, and hand-edited objects refused by
 //! name.
 
+mod tree_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use tree_support::same_tree;
 
 const BIN: &str = env!("CARGO_BIN_EXE_resilience");
 
@@ -125,20 +129,6 @@ fn make_tree(root: &Path, seed: u64, big: usize) {
     )
     .unwrap();
     std::fs::write(root.join("nested/random.bin"), random_bytes(big, seed)).unwrap();
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    let out = Command::new("diff")
-        .arg("-r")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "trees differ: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 fn moto() -> String {

@@ -9,6 +9,8 @@
 //! and continued (SIGCONT) afterwards. Every process of a slow backup (the `unshare` or
 //! `faketime` wrapper too) is in its own process group, which a failing test kills.
 
+mod tree_support;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -17,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+
+use tree_support::same_tree;
 
 const BIN: &str = env!("CARGO_BIN_EXE_resilience");
 
@@ -234,21 +238,6 @@ fn make_data(root: &Path, seed: u64, files: u64, each: usize) {
 /// work ahead of it.
 fn make_big_data(root: &Path, seed: u64) {
     make_data(root, seed, 5, 8 << 20);
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    let out = Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(a)
-        .arg(b)
-        .output()
-        .expect("diff (diffutils) must be installed");
-    assert!(
-        out.status.success(),
-        "trees differ: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn started_at(record: &Value) -> DateTime<Utc> {
