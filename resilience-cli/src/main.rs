@@ -75,10 +75,13 @@ impl CliError {
 
 /// Tunes glibc's malloc for buffers of a chunk's size, allocated and freed thousands of times.
 ///
-/// - Two arenas at most. It otherwise keeps one per thread that allocates (up to eight per
-///   core), and the blocking pool's threads each hold freed chunk and pack buffers in their
-///   own: a 1 GiB backup peaked at 286 MiB with the default, 191 MiB with one arena
-///   (benches/compare-restic.sh), for the same work.
+/// - One arena. glibc otherwise keeps one per thread that allocates (up to eight per core),
+///   and the blocking pool's threads each hold freed chunk and pack buffers in their own: a
+///   1 GiB backup peaked at 286 MiB with the default, 191 MiB with one arena
+///   (benches/compare-restic.sh), for the same work. With two, a Postgres base backup at
+///   pgbench scale 100 (`--memory 64MiB`) peaked at 58.2–62.8 MiB, once 66 MiB in the bench;
+///   with one at 57.8–58.3 MiB, and neither it nor a directory backup of 1 GiB or of 100,000
+///   small files got slower (2026-12-06, alternating runs).
 /// - Buffers below 8 MiB (chunks of up to 4 MiB and their sealed or decoded forms) come from
 ///   the arenas, and up to 32 MiB freed at an arena's top stays there. By default glibc gives
 ///   such memory back to the system as soon as it is freed and takes it again for the next
@@ -89,7 +92,7 @@ fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets tunables of the allocator; called before any other thread.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
     }
