@@ -260,7 +260,8 @@ pub(super) fn duplicate(meta: &EntryMeta) -> AdapterError {
 }
 
 struct FileWriter {
-    file: Arc<std::fs::File>,
+    /// The file, and the turn its writes take one at a time (see [`WRITES_IN_FLIGHT`]).
+    file: Arc<(std::fs::File, std::sync::Mutex<()>)>,
     path: PathBuf,
     /// The entry: its size, and the owner, mode and times set once it is written.
     meta: EntryMeta,
@@ -273,7 +274,9 @@ struct FileWriter {
     ends_in_hole: bool,
 }
 
-/// Positional writes in flight per file.
+/// Positional writes in flight per file. They are made one at a time, in turn: the kernel
+/// takes the file's lock for each write, and a second writer spun on it (in a Postgres restore,
+/// 9% of all CPU time went to `rwsem_spin_on_owner`) where it now sleeps on the turn.
 const WRITES_IN_FLIGHT: usize = 4;
 /// Writes up to this size are made at once, on the calling thread.
 const SMALL_WRITE: usize = 64 * 1024;
@@ -417,7 +420,7 @@ impl Target for DirTarget {
                     }
                 })?;
                 Ok(Some(Box::new(FileWriter {
-                    file: Arc::new(file),
+                    file: Arc::new((file, std::sync::Mutex::new(()))),
                     path,
                     meta: meta.clone(),
                     offset: 0,
@@ -535,23 +538,27 @@ impl ContentWriter for FileWriter {
         if data.len() <= SMALL_WRITE && self.inflight.is_empty() {
             // A small write into the page cache takes less time than a trip to the blocking
             // pool: a tree of small files is written without one trip per file.
-            self.file
-                .write_all_at(&data, at)
+            let file = &self.file.0;
+            file.write_all_at(&data, at)
                 .map_err(|e| AdapterError::new("write", self.path.display().to_string(), e))?;
             if self.write_back {
-                start_write_back(&self.file, at, data.len() as u64);
+                start_write_back(file, at, data.len() as u64);
             }
             return Ok(());
         }
         while self.inflight.len() >= WRITES_IN_FLIGHT {
             self.reap_one().await?;
         }
-        let (file, write_back) = (self.file.clone(), self.write_back);
+        let (shared, write_back) = (self.file.clone(), self.write_back);
         self.inflight
             .push_back(tokio::task::spawn_blocking(move || {
+                let (file, turn) = &*shared;
+                let _turn = turn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 file.write_all_at(&data, at)?;
                 if write_back {
-                    start_write_back(&file, at, data.len() as u64);
+                    start_write_back(file, at, data.len() as u64);
                 }
                 Ok(())
             }));
@@ -575,12 +582,12 @@ impl ContentWriter for FileWriter {
         }
         if self.ends_in_hole {
             let (size, file) = (self.offset, self.file.clone());
-            tokio::task::spawn_blocking(move || file.set_len(size))
+            tokio::task::spawn_blocking(move || file.0.set_len(size))
                 .await
                 .map_err(|e| AdapterError::new("finish", shown.clone(), e))?
                 .map_err(|e| AdapterError::new("finish", shown.clone(), e))?;
         }
-        write_behind::set_metadata(&self.file, &self.meta, &shown)
+        write_behind::set_metadata(&self.file.0, &self.meta, &shown)
     }
 }
 
