@@ -3,9 +3,39 @@
 use resilience_core::catalog::BackupRecord;
 use serde_json::{json, Value};
 
+/// `println!` for what a command reports on standard output, but a reader that went away
+/// (`resilience snapshots | head -1`) ends the process quietly, with status 141 as a shell
+/// reports a process killed by SIGPIPE, where `println!` panics with a backtrace. (The CLI
+/// cannot let SIGPIPE kill it instead: its network connections' vectored writes raise it too.)
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// The status of a process whose standard output's reader went away: 128 + SIGPIPE.
+pub const READER_GONE: i32 = 128 + libc::SIGPIPE;
+
+/// Writes one line to standard output: see [`outln!`]. Any other failure to write panics,
+/// naming it, as `println!` does.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(READER_GONE),
+        Err(e) => panic!("failed printing to stdout: {e}"),
+    }
+}
+
 /// Prints `value` as one pretty-printed JSON document on stdout.
 pub fn print_json(value: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON values serialize")
     );
@@ -13,7 +43,7 @@ pub fn print_json(value: &Value) {
 
 /// Prints `value` as one JSON line on stdout (for a stream of documents, one per event).
 pub fn print_json_line(value: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(value).expect("JSON values serialize")
     );

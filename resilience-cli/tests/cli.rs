@@ -1017,3 +1017,39 @@ fn repair_snapshots_names_the_lost_file_and_salvage_restores_everything_else() {
     assert_eq!(again["damaged"][0]["salvage"]["snapshot"], s.as_str());
     assert_eq!(objects(&env), before);
 }
+
+/// A reader that went away (`resilience snapshots | head -1`) ends a command quietly, with
+/// status 141 as a shell reports SIGPIPE: no panic, no backtrace. Its work is not undone: a
+/// backup whose report nobody reads is in the repository.
+#[test]
+fn a_reader_that_went_away_ends_the_command_quietly() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), b"kept").unwrap();
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    for args in [
+        vec![
+            "backup",
+            "--repo",
+            &env.repo(),
+            "--json",
+            "dir",
+            data.to_str().unwrap(),
+        ],
+        vec!["snapshots", "--repo", &env.repo()],
+        vec!["snapshots", "--repo", &env.repo(), "--json"],
+    ] {
+        let out = env.cmd(&args).stdout(closed()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    let listed = env.json(&["snapshots", "--repo", &env.repo(), "--json"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+}

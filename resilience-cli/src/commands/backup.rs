@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::access;
 use crate::cli::{BackupSource, Global};
+use crate::output::outln;
 use crate::output::{bytes, print_json};
 use crate::progress::Bar;
 use crate::CliError;
@@ -94,7 +95,7 @@ pub(crate) fn print_report(
         doc.as_object_mut().expect("an object").extend(extra);
         print_json(&doc);
     } else {
-        println!("{}", r.id);
+        outln!("{}", r.id);
         eprintln!(
             "{} entries ({} unchanged), {} read, {} new, {} stored in {:.1?}",
             r.entries,

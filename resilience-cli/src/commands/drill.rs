@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::config::DaemonConfig;
+use crate::output::outln;
 use crate::output::print_json;
 use crate::{access, daemon, drill, CliError};
 
@@ -29,14 +30,14 @@ pub async fn run(
         }));
     } else {
         for c in &report.checks {
-            println!(
+            outln!(
                 "{} {}: {}",
                 if c.ok { "ok  " } else { "FAIL" },
                 c.name,
                 c.detail
             );
         }
-        println!(
+        outln!(
             "drill of {} (snapshot {}): {}; RTO {:.1} s, RPO {:.1} s",
             report.source,
             report.snapshot,

@@ -20,6 +20,7 @@ use crate::access;
 use crate::cli::Global;
 use crate::commands::pg::owner_name;
 use crate::config::{DaemonConfig, RegionConfig};
+use crate::output::outln;
 use crate::output::print_json;
 use crate::{wal_fetch, CliError};
 
@@ -84,16 +85,16 @@ pub async fn run(
                 "steps": steps,
             }));
         } else {
-            println!("failover to region {}:", region.name);
+            outln!("failover to region {}:", region.name);
             if let Some(r) = &earlier {
-                println!(
+                outln!(
                     "  (resumes failover {}, started {})",
                     r.id,
                     r.started_at.to_rfc3339()
                 );
             }
             for (i, s) in steps.iter().enumerate() {
-                println!(
+                outln!(
                     "  {}. {}{}: {}",
                     i + 1,
                     s["name"].as_str().unwrap_or_default(),
@@ -152,7 +153,7 @@ pub async fn list(g: &Global) -> Result<(), CliError> {
         print_json(&serde_json::to_value(&records).expect("records serialize"));
     } else {
         for r in &records {
-            println!(
+            outln!(
                 "{}  to {}  {}  RTO {}  RPO {}  ({} step(s){})",
                 r.id,
                 r.region,

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::access;
 use crate::cli::{ForgetArgs, Global};
+use crate::output::outln;
 use crate::output::print_json;
 use crate::CliError;
 
@@ -32,7 +33,7 @@ pub async fn run(g: &Global, args: &ForgetArgs) -> Result<(), CliError> {
         ));
     } else {
         for d in &plan.decisions {
-            println!(
+            outln!(
                 "{:<6} {}  {}  ({})",
                 format!("{:?}", d.action).to_lowercase(),
                 d.id,

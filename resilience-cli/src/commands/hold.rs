@@ -2,6 +2,7 @@
 
 use crate::access;
 use crate::cli::Global;
+use crate::output::outln;
 use crate::output::{print_json, record_json};
 use crate::CliError;
 
@@ -12,7 +13,7 @@ pub async fn run(g: &Global, snapshot: &str, release: bool) -> Result<(), CliErr
     if g.json {
         print_json(&record_json(&record));
     } else {
-        println!(
+        outln!(
             "{} {}",
             record.id,
             if record.legal_hold {

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::access;
 use crate::cli::{Global, InitArgs};
+use crate::output::outln;
 use crate::output::print_json;
 use crate::CliError;
 
@@ -71,13 +72,13 @@ pub async fn run(g: &Global, args: &InitArgs) -> Result<(), CliError> {
             "object_lock": repo.object_lock(),
         }));
     } else {
-        println!(
+        outln!(
             "created repository {} at {}",
             repo.config().id,
             repo.sink().location()
         );
         if let Some(lock) = repo.object_lock() {
-            println!(
+            outln!(
                 "every pack, manifest, key and WAL file is locked ({}) for {} after it is written; run prune at least every {} to extend what live snapshots need",
                 lock.mode,
                 humantime::format_duration(lock.period()),

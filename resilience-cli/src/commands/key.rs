@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::access;
 use crate::cli::{Global, KeyAddArgs, KeyCommand};
+use crate::output::outln;
 use crate::output::print_json;
 use crate::CliError;
 
@@ -54,9 +55,9 @@ async fn list(g: &Global) -> Result<(), CliError> {
             .collect();
         print_json(&serde_json::Value::Array(copies));
     } else {
-        println!("{:<16}  {:<14}  {:<25}  state", "id", "provider", "created");
+        outln!("{:<16}  {:<14}  {:<25}  state", "id", "provider", "created");
         for c in &ring.copies {
-            println!(
+            outln!(
                 "{:<16}  {:<14}  {:<25}  {}",
                 c.id,
                 c.provider,
@@ -65,13 +66,15 @@ async fn list(g: &Global) -> Result<(), CliError> {
             );
         }
         if let Ok(Some(gen)) = ring.in_force() {
-            println!(
+            outln!(
                 "key set generation {} in force: data keys {:?}, current {}",
-                gen.generation, gen.data_keys, gen.current
+                gen.generation,
+                gen.data_keys,
+                gen.current
             );
         }
         for name in ring.not_in_force() {
-            println!(
+            outln!(
                 "{name}: not in force (an interrupted change of keys, or made by a writer that \
                  cannot delete); the next `key add`, `key remove` or `key rotate` removes it"
             );
@@ -123,7 +126,7 @@ async fn add(g: &Global, args: &KeyAddArgs) -> Result<(), CliError> {
             "created_at": copy.created_at.to_rfc3339(),
         }));
     } else {
-        println!("added key {} ({})", copy.id, copy.provider);
+        outln!("added key {} ({})", copy.id, copy.provider);
     }
     Ok(())
 }
@@ -134,7 +137,7 @@ async fn remove(g: &Global, id: &str) -> Result<(), CliError> {
     if g.json {
         print_json(&json!({ "removed": copy.id, "provider": copy.provider }));
     } else {
-        println!("removed key {} ({})", copy.id, copy.provider);
+        outln!("removed key {} ({})", copy.id, copy.provider);
     }
     Ok(())
 }
@@ -146,7 +149,7 @@ async fn rotate(g: &Global, rewrite: bool, max_rate: Option<u64>) -> Result<(), 
         if g.json {
             print_json(&json!(report));
         } else {
-            println!(
+            outln!(
                 "rewrote {} pack(s) and {} sealed object(s) with data key {} ({} old pack(s) \
                  deleted, {} read)",
                 report.packs_rewritten,
@@ -156,8 +159,8 @@ async fn rotate(g: &Global, rewrite: bool, max_rate: Option<u64>) -> Result<(), 
                 crate::output::bytes(report.bytes_read)
             );
             match &report.kept_because {
-                Some(why) => println!("old data keys kept: {why}"),
-                None => println!("retired data keys {:?}", report.retired_keys),
+                Some(why) => outln!("old data keys kept: {why}"),
+                None => outln!("retired data keys {:?}", report.retired_keys),
             }
         }
         return Ok(());
@@ -166,7 +169,7 @@ async fn rotate(g: &Global, rewrite: bool, max_rate: Option<u64>) -> Result<(), 
     if g.json {
         print_json(&json!(rotation));
     } else {
-        println!(
+        outln!(
             "rotated: data key {} for new writes (data keys {:?} kept for reading), key set \
              generation {} sealed to {} copies",
             rotation.data_key,

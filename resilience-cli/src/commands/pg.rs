@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::cli::{Global, PgCommand, PgRestoreArgs};
 use crate::commands::backup::{back_up, parse_labels, print_report};
+use crate::output::outln;
 use crate::output::{bytes, print_json, replay_point, restore_json};
 use crate::progress::Bar;
 use crate::CliError;
@@ -344,7 +345,7 @@ async fn check(g: &Global, source: &str) -> Result<(), CliError> {
         print_json(&serde_json::to_value(&report).expect("serializes"));
     } else {
         for t in &report.timelines {
-            println!(
+            outln!(
                 "timeline {}: {} segments (newest {}), {} base backup(s), recoverable from {} to {}{}",
                 t.timeline,
                 t.segments,

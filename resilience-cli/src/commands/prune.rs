@@ -7,6 +7,7 @@ use resilience_core::retention::RetentionDuration;
 
 use crate::access;
 use crate::cli::Global;
+use crate::output::outln;
 use crate::output::{bytes, print_json};
 use crate::CliError;
 
@@ -28,7 +29,7 @@ pub async fn run(g: &Global, dry_run: bool, grace: &str) -> Result<(), CliError>
     if g.json {
         print_json(&serde_json::to_value(&report).expect("the report serializes"));
     } else {
-        println!(
+        outln!(
             "{}condemned {} pack(s) ({}), repacked {}, deleted {} ({} freed), resurrected {}",
             if dry_run { "dry run: " } else { "" },
             report.condemned_packs,
@@ -39,19 +40,19 @@ pub async fn run(g: &Global, dry_run: bool, grace: &str) -> Result<(), CliError>
             report.resurrected_packs
         );
         for w in &report.waiting_plans {
-            println!("waiting: {w}");
+            outln!("waiting: {w}");
         }
         if let Some(r) = &report.retention {
-            println!(
+            outln!(
                 "object lock: {} object(s) live snapshots need, {} extended a full period, {} locked again",
                 r.needed, r.extended, r.relocked
             );
         }
         for d in &report.deferred {
-            println!("deferred: {} is under object lock until {}", d.key, d.until);
+            outln!("deferred: {} is under object lock until {}", d.key, d.until);
         }
         if report.discarded_uploads > 0 {
-            println!(
+            outln!(
                 "{} {} unfinished upload(s) left by interrupted writers",
                 if dry_run {
                     "would discard"
@@ -62,7 +63,7 @@ pub async fn run(g: &Global, dry_run: bool, grace: &str) -> Result<(), CliError>
             );
         }
         for w in &report.waiting_uploads {
-            println!("waiting: {w}");
+            outln!("waiting: {w}");
         }
         for w in &report.upload_warnings {
             eprintln!("warning: {w}");

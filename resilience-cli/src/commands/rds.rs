@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::access;
 use crate::cli::{Global, RdsCommand, RdsRestoreArgs, RdsSnapshotArgs};
 use crate::commands::backup::parse_labels;
+use crate::output::outln;
 use crate::output::print_json;
 use crate::CliError;
 
@@ -67,7 +68,7 @@ async fn snapshot(g: &Global, args: &RdsSnapshotArgs) -> Result<(), CliError> {
             "rds": rds,
         }));
     } else {
-        println!("{}", r.id);
+        outln!("{}", r.id);
         eprintln!("{}", summary(&rds));
     }
     Ok(())
@@ -139,7 +140,7 @@ async fn restore(g: &Global, args: &RdsRestoreArgs) -> Result<(), CliError> {
             "endpoint": server.endpoint,
         }));
     } else {
-        println!("{}", server.resource.id());
+        outln!("{}", server.resource.id());
         eprintln!(
             "{} restored from {} is {}{}",
             server.resource,

@@ -10,6 +10,7 @@ use resilience_core::ops::repair::{
 
 use crate::access;
 use crate::cli::{Global, RepairCommand};
+use crate::output::outln;
 use crate::output::{bytes, print_json};
 use crate::CliError;
 
@@ -69,15 +70,18 @@ pub async fn run(g: &Global, what: &RepairCommand) -> Result<(), CliError> {
 fn print_catalog(r: &RepairCatalogReport) {
     let verb = if r.dry_run { "would write" } else { "wrote" };
     for w in &r.rewritten {
-        println!(
+        outln!(
             "{}: {verb} a {} revision superseding {} (from {})",
-            w.id, w.status, w.damaged, w.from
+            w.id,
+            w.status,
+            w.damaged,
+            w.from
         );
     }
     for l in &r.left {
-        println!("LEFT {}: {}", l.object, l.reason);
+        outln!("LEFT {}: {}", l.object, l.reason);
     }
-    println!(
+    outln!(
         "{} record(s) checked, {} superseded, {} left",
         r.records_checked,
         r.rewritten.len(),
@@ -87,18 +91,19 @@ fn print_catalog(r: &RepairCatalogReport) {
 
 fn print_snapshots(r: &RepairSnapshotsReport) {
     for f in &r.damaged_index_files {
-        println!("damaged index file (run `resilience repair index`): {f}");
+        outln!("damaged index file (run `resilience repair index`): {f}");
     }
     for d in &r.damaged {
-        println!("DAMAGED snapshot {} (source {})", d.snapshot, d.source);
+        outln!("DAMAGED snapshot {} (source {})", d.snapshot, d.source);
         if let Some(m) = &d.manifest {
-            println!(
+            outln!(
                 "  manifest {}: {}: nothing of it can be read",
-                m.object, m.problem
+                m.object,
+                m.problem
             );
         }
         for o in &d.lost_objects {
-            println!("  lost: {}: {}", o.object, o.problem);
+            outln!("  lost: {}: {}", o.object, o.problem);
         }
         for f in &d.files {
             let how = match f.loss {
@@ -110,37 +115,39 @@ fn print_snapshots(r: &RepairSnapshotsReport) {
                     bytes(f.bytes_lost)
                 ),
             };
-            println!("  file {} ({}): {how}", f.path, bytes(f.size));
+            outln!("  file {} ({}): {how}", f.path, bytes(f.size));
         }
         if let Some(t) = &d.tree {
             let after = match &t.after {
                 Some(path) => format!("every entry after {path}"),
                 None => "every entry".to_owned(),
             };
-            println!(
+            outln!(
                 "  tree: {after} ({} entries) cannot be read: {}: {}",
-                t.entries_unreadable, t.lost.object, t.lost.problem
+                t.entries_unreadable,
+                t.lost.object,
+                t.lost.problem
             );
         }
         let kept = format!("{} entries, {}", d.entries_kept, bytes(d.bytes_kept));
         match &d.salvage {
-            SalvageAction::NotRequested => println!(
+            SalvageAction::NotRequested => outln!(
                 "  still restorable: {kept} (run `resilience repair snapshots --salvage` to keep them in a new snapshot)"
             ),
             SalvageAction::WouldWrite => {
-                println!("  dry run: would write a salvage snapshot of {kept}")
+                outln!("  dry run: would write a salvage snapshot of {kept}")
             }
             SalvageAction::Written { snapshot } => {
-                println!("  salvaged as {snapshot}: {kept}; the files above are left out")
+                outln!("  salvaged as {snapshot}: {kept}; the files above are left out")
             }
             SalvageAction::AlreadySalvaged { snapshot } => {
-                println!("  already salvaged as {snapshot}")
+                outln!("  already salvaged as {snapshot}")
             }
-            SalvageAction::Impossible { reason } => println!("  cannot be salvaged: {reason}"),
+            SalvageAction::Impossible { reason } => outln!("  cannot be salvaged: {reason}"),
         }
     }
     if r.damaged.is_empty() {
-        println!(
+        outln!(
             "no snapshot lost data: {} snapshot(s) checked, {} pack(s) looked at{}",
             r.snapshots_checked,
             r.packs_checked,
@@ -151,7 +158,7 @@ fn print_snapshots(r: &RepairSnapshotsReport) {
             }
         );
     } else {
-        println!(
+        outln!(
             "{} of {} snapshot(s) lost data; {}",
             r.damaged.len(),
             r.snapshots_checked,
@@ -171,10 +178,10 @@ fn print_index(r: &RepairIndexReport) {
         ("wrote", "removed")
     };
     for f in &r.damaged_index_files {
-        println!("damaged index file: {f}");
+        outln!("damaged index file: {f}");
     }
     for p in &r.unreadable_packs {
-        println!(
+        outln!(
             "unreadable pack: {}: {}{}",
             p.pack,
             p.problem,
@@ -186,9 +193,9 @@ fn print_index(r: &RepairIndexReport) {
         );
     }
     for p in &r.missing_packs {
-        println!("missing pack (kept in the index so verify names the loss): {p}");
+        outln!("missing pack (kept in the index so verify names the loss): {p}");
     }
-    println!(
+    outln!(
         "{would} {} index file(s) listing {} pack(s), {} blob(s); {written} {} damaged and {} \
          other old index file(s){}",
         r.new_index_files,
@@ -202,6 +209,6 @@ fn print_index(r: &RepairIndexReport) {
         }
     );
     for f in &r.not_removed {
-        println!("not removed (append-only: run `resilience repair index` with maintenance credentials): {f}");
+        outln!("not removed (append-only: run `resilience repair index` with maintenance credentials): {f}");
     }
 }

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::access;
 use crate::cli::Global;
+use crate::output::outln;
 use crate::output::{bytes, print_json, record_json};
 use crate::CliError;
 
@@ -21,13 +22,18 @@ pub async fn run(g: &Global) -> Result<(), CliError> {
 }
 
 fn print_table(records: &[BackupRecord]) {
-    println!(
+    outln!(
         "{:<26} {:<10} {:<20} {:>10} {:>10}  {:<4} source [labels]",
-        "id", "status", "started (UTC)", "size", "stored", "tier"
+        "id",
+        "status",
+        "started (UTC)",
+        "size",
+        "stored",
+        "tier"
     );
     for r in records {
         let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "{:<26} {:<10} {:<20} {:>10} {:>10}  {:<4} {}{}{}",
             r.id,
             r.status.to_string(),
@@ -44,7 +50,7 @@ fn print_table(records: &[BackupRecord]) {
             if r.legal_hold { " HOLD" } else { "" },
         );
         if let Some(s) = &r.salvage {
-            println!(
+            outln!(
                 "{:<26} salvaged from {}: {} file(s) left out{}",
                 "",
                 s.from,

@@ -5,6 +5,7 @@ use resilience_core::ops::verify::{VerifyOptions, VerifyReport, REPAIR_SNAPSHOTS
 
 use crate::access;
 use crate::cli::Global;
+use crate::output::outln;
 use crate::output::{bytes, print_json};
 use crate::CliError;
 
@@ -33,17 +34,17 @@ fn print_text(report: &VerifyReport) {
         } else {
             d.affected_snapshots.join(", ")
         };
-        println!("DAMAGED {}: {} (affects: {affects})", d.object, d.problem);
+        outln!("DAMAGED {}: {} (affects: {affects})", d.object, d.problem);
         match &d.repair {
-            Some(repair) if repair == REPAIR_SNAPSHOTS => println!(
+            Some(repair) if repair == REPAIR_SNAPSHOTS => outln!(
                 "  keep what is restorable: run `{repair}` (the lost data itself is only in a replica)"
             ),
-            Some(repair) => println!("  fix: run `{repair}`"),
-            None => println!("  fix: none rebuilds it; restore the object from a replica"),
+            Some(repair) => outln!("  fix: run `{repair}`"),
+            None => outln!("  fix: none rebuilds it; restore the object from a replica"),
         }
     }
     for id in &report.expiring {
-        println!(
+        outln!(
             "EXPIRING {id}: an expiry was interrupted after it deleted the manifest\n  fix: run `resilience forget` again to finish it"
         );
     }
@@ -51,7 +52,7 @@ fn print_text(report: &VerifyReport) {
         0 => String::new(),
         n => format!(", {n} unindexed pack(s) left by interrupted backups"),
     };
-    println!(
+    outln!(
         "{} verification: {} snapshots, {} packs, {} read, {} blobs re-hashed{unindexed}: {}",
         report.mode,
         report.snapshots_checked,
