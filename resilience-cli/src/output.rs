@@ -15,7 +15,7 @@ macro_rules! outln {
 pub(crate) use outln;
 
 /// The status of a process whose standard output's reader went away: 128 + SIGPIPE.
-pub const READER_GONE: i32 = 128 + libc::SIGPIPE;
+const READER_GONE: i32 = 128 + libc::SIGPIPE;
 
 /// Writes one line to standard output: see [`outln!`]. Any other failure to write panics,
 /// naming it, as `println!` does.

@@ -15,7 +15,6 @@
 
 mod tree_support;
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -28,12 +27,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_resilience");
 /// The size of a test's file system.
 const IMAGE_BYTES: u64 = 128 << 20;
 
+/// A test path as the `&str` an argument list takes (temporary directories are UTF-8).
+fn utf8(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
 /// Runs `program ARGS`; panics with its output unless it exits 0. Returns its standard output.
-fn run<I, S>(program: &str, args: I) -> String
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
+fn run(program: &str, args: &[&str]) -> String {
     let mut cmd = Command::new(program);
     cmd.args(args);
     let out = cmd
@@ -65,12 +65,12 @@ impl Disk {
             .unwrap();
         run(
             "mkfs.ext4",
-            [
-                OsStr::new("-q"),
-                OsStr::new("-F"),
-                OsStr::new("-E"),
-                OsStr::new("lazy_itable_init=0,lazy_journal_init=0"),
-                image.as_os_str(),
+            &[
+                "-q",
+                "-F",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+                utf8(image),
             ],
         );
         Disk::attach(image, mount)
@@ -78,16 +78,9 @@ impl Disk {
 
     /// The file system in `image` behind a new loop device, mounted at `mount`.
     fn attach(image: &Path, mount: &Path) -> Disk {
-        let device = run(
-            "losetup",
-            [
-                OsStr::new("--find"),
-                OsStr::new("--show"),
-                image.as_os_str(),
-            ],
-        )
-        .trim()
-        .to_owned();
+        let device = run("losetup", &["--find", "--show", utf8(image)])
+            .trim()
+            .to_owned();
         std::fs::create_dir_all(mount).unwrap();
         let disk = Disk {
             image: image.to_owned(),
@@ -96,12 +89,7 @@ impl Disk {
         };
         run(
             "mount",
-            [
-                OsStr::new("-o"),
-                OsStr::new("commit=600,noatime"),
-                OsStr::new(&disk.device),
-                mount.as_os_str(),
-            ],
+            &["-o", "commit=600,noatime", &disk.device, utf8(mount)],
         );
         disk
     }
@@ -171,7 +159,7 @@ impl Lab {
     }
 
     /// `resilience ARGS` (through `eatmydata` when `skip_syncs`): its output, whatever its status.
-    fn resilience(&self, skip_syncs: bool, args: &[&OsStr]) -> Output {
+    fn resilience(&self, skip_syncs: bool, args: &[&str]) -> Output {
         let mut cmd = if skip_syncs {
             let mut c = Command::new("eatmydata");
             c.arg(BIN);
@@ -187,7 +175,7 @@ impl Lab {
     }
 
     /// `resilience ARGS`, which must exit 0: its standard output.
-    fn ok(&self, skip_syncs: bool, args: &[&OsStr]) -> String {
+    fn ok(&self, skip_syncs: bool, args: &[&str]) -> String {
         let out = self.resilience(skip_syncs, args);
         assert!(
             out.status.success(),
@@ -199,24 +187,15 @@ impl Lab {
     }
 
     fn init(&self, repo: &Path) {
-        self.ok(
-            false,
-            &[OsStr::new("init"), OsStr::new("--repo"), repo.as_os_str()],
-        );
+        self.ok(false, &["init", "--repo", utf8(repo)]);
     }
 
     /// Backs the data up into `repo`: the new snapshot's id.
     fn backup(&self, skip_syncs: bool, repo: &Path) -> String {
+        let data = self.path("data");
         let out = self.ok(
             skip_syncs,
-            &[
-                OsStr::new("backup"),
-                OsStr::new("--repo"),
-                repo.as_os_str(),
-                OsStr::new("--json"),
-                OsStr::new("dir"),
-                self.path("data").as_os_str(),
-            ],
+            &["backup", "--repo", utf8(repo), "--json", "dir", utf8(&data)],
         );
         let report: Value = serde_json::from_str(&out).unwrap();
         report["id"]
@@ -228,28 +207,20 @@ impl Lab {
     /// `resilience restore` of snapshot `id` from `repo` into `target`, with `extra` options.
     fn restore(&self, repo: &Path, id: &str, target: &Path, extra: &[&str]) {
         let mut args = vec![
-            OsStr::new("restore"),
-            OsStr::new("--repo"),
-            repo.as_os_str(),
-            OsStr::new(id),
-            OsStr::new("--target"),
-            target.as_os_str(),
+            "restore",
+            "--repo",
+            utf8(repo),
+            id,
+            "--target",
+            utf8(target),
         ];
-        args.extend(extra.iter().map(OsStr::new));
+        args.extend(extra);
         self.ok(false, &args);
     }
 
     /// The ids of `repo`'s snapshots, or the error `snapshots` reported.
     fn snapshot_ids(&self, repo: &Path) -> Result<Vec<String>, String> {
-        let out = self.resilience(
-            false,
-            &[
-                OsStr::new("snapshots"),
-                OsStr::new("--repo"),
-                repo.as_os_str(),
-                OsStr::new("--json"),
-            ],
-        );
+        let out = self.resilience(false, &["snapshots", "--repo", utf8(repo), "--json"]);
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
@@ -301,10 +272,7 @@ fn a_backup_that_exited_0_is_whole_after_a_power_cut() {
     let cut = lab.cut(&disk);
     let repo = cut.path("repo");
     assert_eq!(lab.snapshot_ids(&repo), Ok(vec![id.clone()]));
-    let verified = lab.ok(
-        false,
-        &[OsStr::new("verify"), OsStr::new("--repo"), repo.as_os_str()],
-    );
+    let verified = lab.ok(false, &["verify", "--repo", utf8(&repo)]);
     assert!(verified.contains("sound"), "{verified}");
     let out = lab.path("restored");
     lab.restore(&repo, &id, &out, &[]);
@@ -376,29 +344,26 @@ fn a_wal_file_acknowledged_by_wal_push_survives_a_power_cut() {
         let pg_wal = lab.path(&format!("pg_wal-{case}"));
         std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
         std::fs::write(pg_wal.join(SEGMENT), &content).unwrap();
-        let mut push = vec![
-            OsStr::new("wal-push"),
-            OsStr::new("--repo"),
-            repo.as_os_str(),
-        ];
+        let mut push = vec!["wal-push", "--repo", utf8(&repo)];
         if async_push {
             std::fs::write(pg_wal.join(format!("archive_status/{SEGMENT}.ready")), b"").unwrap();
-            push.push(OsStr::new("--async"));
+            push.push("--async");
         }
         let file = pg_wal.join(SEGMENT);
-        push.push(file.as_os_str());
+        push.push(utf8(&file));
         lab.ok(skip_syncs, &push);
 
         let cut = lab.cut(&disk);
         let fetched = lab.path(&format!("fetched-{case}"));
+        let cut_repo = cut.path("repo");
         let fetch = lab.resilience(
             false,
             &[
-                OsStr::new("wal-fetch"),
-                OsStr::new("--repo"),
-                cut.path("repo").as_os_str(),
-                OsStr::new(SEGMENT),
-                fetched.as_os_str(),
+                "wal-fetch",
+                "--repo",
+                utf8(&cut_repo),
+                SEGMENT,
+                utf8(&fetched),
             ],
         );
         let context = format!("async {async_push}, syncs skipped {skip_syncs}");
